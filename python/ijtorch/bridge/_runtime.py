@@ -1,0 +1,183 @@
+"""Start one JVM per process with ImageJ 1.x on the class path, and keep it.
+
+Embedded mode takes ImageJ 1.x, ImgLib2 and Jython from Debian's packages (``/usr/share/java``);
+``IJTORCH_FIJI=/path/to/Fiji.app`` (or ``start(fiji=...)``) uses that Fiji's jars instead. Java
+comes from the system (scyjava's JDK download is switched off) and no Maven resolution happens:
+if a piece is missing, ``start`` fails at once naming it and the command that installs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BridgeError
+from ._shim import shim_jar
+from ._xvfb import VirtualDisplay, start_virtual_display
+
+__all__ = ["Runtime", "start", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java"]
+
+log = logging.getLogger(__name__)
+
+DEBIAN_JAVA = Path("/usr/share/java")
+APT_HINT = "apt-get install -y default-jdk-headless libij-java libimglib2-java jython xvfb"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What ``start`` brought up: the mode, the jars and the display ImageJ draws on."""
+
+    mode: str  # "embedded" or "fiji"
+    classpath: tuple[str, ...]
+    shim_jar: str
+    imagej_version: str
+    java_version: str
+    display: str | None
+    fiji: str | None = None
+    xvfb: VirtualDisplay | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def xvfb_pid(self) -> int | None:
+        return self.xvfb.pid if self.xvfb else None
+
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+
+
+def find_java() -> str:
+    """Path of the system ``java`` (JAVA_HOME first); raises BridgeError naming the install."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    exe = shutil.which("java")
+    if exe is None:
+        raise BridgeError(f"Java was not found (no JAVA_HOME, no java on PATH). Install it with: {APT_HINT}")
+    return exe
+
+
+def embedded_classpath() -> list[Path]:
+    """ImageJ 1.x, ImgLib2 and Jython jars from Debian (``IJTORCH_IJ_JAR`` overrides ImageJ's)."""
+    ij = Path(os.environ.get("IJTORCH_IJ_JAR") or DEBIAN_JAVA / "ij.jar")
+    if not ij.exists():
+        raise BridgeError(
+            f"ImageJ 1.x jar not found at {ij}. Install it with: {APT_HINT}  "
+            "(or point IJTORCH_FIJI at a Fiji.app)"
+        )
+    jars = [ij]
+    for name, package in (("imglib2.jar", "libimglib2-java"), ("jython.jar", "jython")):
+        path = DEBIAN_JAVA / name
+        if not path.exists():
+            raise BridgeError(f"{path} not found. Install it with: apt-get install -y {package}")
+        jars.append(path)
+    return jars
+
+
+def fiji_classpath(fiji: Path) -> list[Path]:
+    """Every jar of a Fiji.app under ``jars/`` and ``plugins/`` except other platforms' natives."""
+    fiji = Path(fiji)
+    if not (fiji / "jars").is_dir():
+        raise BridgeError(f"{fiji} is not a Fiji.app folder (no jars/ inside); check IJTORCH_FIJI")
+    skip = ("win32", "win64", "macosx", "linux32")
+    jars = [p for sub in ("jars", "plugins") for p in sorted((fiji / sub).rglob("*.jar"))
+            if not any(part in skip for part in p.relative_to(fiji).parts)]
+    if not any(p.name.startswith("ij-") or p.name == "ij.jar" for p in jars):
+        raise BridgeError(f"{fiji} holds no ImageJ 1.x jar (jars/ij-*.jar)")
+    return jars
+
+
+def _imagej_jar(classpath: list[Path]) -> Path:
+    for p in classpath:
+        if p.name == "ij.jar" or (p.name.startswith("ij-") and p.parent.name == "jars"):
+            return p
+    return classpath[0]
+
+
+def is_started() -> bool:
+    return _runtime is not None
+
+
+def runtime() -> Runtime:
+    """The running bridge; starts it with defaults when needed."""
+    return _runtime if _runtime is not None else start()
+
+
+def start(*, fiji: str | os.PathLike | None = None) -> Runtime:
+    """Start the JVM with ImageJ (once per process) and register ijtorch's commands.
+
+    Parameters
+    ----------
+    fiji
+        A Fiji.app folder whose jars to use; defaults to ``$IJTORCH_FIJI``, else the embedded
+        Debian ImageJ.
+    """
+    global _runtime
+    with _lock:
+        fiji = fiji if fiji is not None else (os.environ.get("IJTORCH_FIJI") or None)
+        if _runtime is not None:
+            if fiji is not None and _runtime.fiji != str(fiji):
+                raise BridgeError(f"the JVM already runs in {_runtime.mode} mode; one process can hold one JVM "
+                                  f"(asked for Fiji at {fiji})")
+            return _runtime
+        find_java()
+        classpath = fiji_classpath(Path(fiji)) if fiji else embedded_classpath()
+        jar = shim_jar(_imagej_jar(classpath))
+        xvfb = None
+        if not os.environ.get("DISPLAY"):
+            xvfb = start_virtual_display()
+            os.environ["DISPLAY"] = xvfb.display
+        _start_jvm([*map(str, classpath), str(jar)], preinit=bool(fiji))
+        from jpype import JClass
+
+        System = JClass("java.lang.System")
+        System.setProperty("java.awt.headless", "false")
+        IJ = JClass("ij.IJ")
+        if IJ.getInstance() is None:
+            ImageJ = JClass("ij.ImageJ")
+            ImageJ(ImageJ.NO_SHOW)
+        _runtime = Runtime(
+            mode="fiji" if fiji else "embedded",
+            classpath=tuple(map(str, classpath)),
+            shim_jar=str(jar),
+            imagej_version=str(IJ.getFullVersion()),
+            java_version=str(System.getProperty("java.version")),
+            display=os.environ.get("DISPLAY"),
+            fiji=str(fiji) if fiji else None,
+            xvfb=xvfb,
+        )
+        log.info("ImageJ %s started (%s mode, display %s)", _runtime.imagej_version, _runtime.mode, _runtime.display)
+        from ._commands import install_registered
+
+        install_registered()
+        return _runtime
+
+
+def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
+    import jpype
+    import scyjava
+
+    if jpype.isJVMStarted():
+        # Someone (pyimagej, a test) started it: use it as it is, adding what classes we can.
+        for entry in classpath:
+            jpype.addClassPath(entry)
+        return
+    # scyjava would otherwise try to download a JDK; the system Java is what we want.
+    scyjava.config.set_java_constraints(fetch="never")
+    for entry in classpath:
+        scyjava.config.add_classpath(entry)
+    heap = os.environ.get("IJTORCH_JAVA_HEAP")
+    options = ["-Djava.awt.headless=false", "--add-opens=java.base/java.lang=ALL-UNNAMED"]
+    if heap:
+        options.append(f"-Xmx{heap}")
+    # AWT keeps non-daemon threads; destroying the JVM at exit would wait on them forever.
+    jpype.config.destroy_jvm = False
+    scyjava.start_jvm(options)
+    if preinit:
+        try:
+            jpype.JClass("net.imagej.patcher.LegacyInjector").preinit()
+        except Exception as exc:  # a Fiji without ij1-patcher still works as plain ImageJ 1.x
+            log.debug("LegacyInjector.preinit unavailable: %s", exc)

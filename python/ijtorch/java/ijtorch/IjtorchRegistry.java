@@ -1,0 +1,149 @@
+package ijtorch;
+
+import ij.IJ;
+import ij.Menus;
+import ij.macro.Interpreter;
+
+import java.awt.Menu;
+import java.awt.MenuBar;
+import java.awt.MenuItem;
+import java.util.Hashtable;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * The one place where ImageJ meets Python: command and macro-function handlers registered by
+ * Python (through JPype proxies) are looked up here by the ImageJ-facing classes.
+ *
+ * <p>Logic stays in Python; this class only stores handlers, installs menu entries and reports
+ * errors the way ImageJ users expect (a macro error that names the problem).
+ */
+public final class IjtorchRegistry {
+
+    /** Runs one command; returns null on success or an error message. */
+    public interface CommandHandler {
+        String run(String command, String options);
+    }
+
+    /** Runs one macro extension function; returns the macro-visible result. */
+    public interface FunctionHandler {
+        String call(String name, Object[] args);
+    }
+
+    /** Dialog field description, one per line: kind \t key \t default \t choices(|) \t help. */
+    private static final Map<String, String> DIALOG_SPECS = new LinkedHashMap<>();
+    private static final Map<String, CommandHandler> COMMANDS = new LinkedHashMap<>();
+    private static final Map<String, int[]> FUNCTIONS = new LinkedHashMap<>();
+    private static FunctionHandler functionHandler;
+    private static volatile String lastError;
+
+    public static final String MENU_PATH = "Plugins>ijtorch";
+
+    private IjtorchRegistry() {}
+
+    public static synchronized void registerCommand(String command, String dialogSpec, CommandHandler handler) {
+        COMMANDS.put(command, handler);
+        DIALOG_SPECS.put(command, dialogSpec == null ? "" : dialogSpec);
+        installMenuCommand(command, "ijtorch.IjtorchCommand(\"" + command + "\")");
+    }
+
+    public static synchronized void unregisterCommand(String command) {
+        COMMANDS.remove(command);
+        DIALOG_SPECS.remove(command);
+    }
+
+    public static synchronized void registerFunction(String name, int[] argTypes) {
+        FUNCTIONS.put(name, argTypes);
+    }
+
+    public static synchronized void setFunctionHandler(FunctionHandler handler) {
+        functionHandler = handler;
+    }
+
+    public static synchronized CommandHandler command(String command) {
+        return COMMANDS.get(command);
+    }
+
+    public static synchronized String dialogSpec(String command) {
+        String spec = DIALOG_SPECS.get(command);
+        return spec == null ? "" : spec;
+    }
+
+    public static synchronized String[] commandNames() {
+        return COMMANDS.keySet().toArray(new String[0]);
+    }
+
+    public static synchronized Map<String, int[]> functions() {
+        return new LinkedHashMap<>(FUNCTIONS);
+    }
+
+    static synchronized FunctionHandler functionHandler() {
+        return functionHandler;
+    }
+
+    /** The message of the last failed command or function (null when the last one succeeded). */
+    public static String lastError() {
+        return lastError;
+    }
+
+    static void setLastError(String message) {
+        lastError = message;
+    }
+
+    /** Puts a command into ImageJ's command table and, when a menu bar exists, under Plugins>ijtorch. */
+    public static void installMenuCommand(String command, String className) {
+        Hashtable<String, String> table = Menus.getCommands();
+        if (table == null) {
+            return;  // ImageJ not initialised: nothing to install into
+        }
+        boolean isNew = !table.containsKey(command);
+        table.put(command, className);
+        MenuBar bar = Menus.getMenuBar();
+        if (!isNew || bar == null || IJ.getInstance() == null) {
+            return;
+        }
+        Menu plugins = Menus.getImageJMenu("Plugins");
+        if (plugins == null) {
+            return;
+        }
+        Menu sub = null;
+        for (int i = 0; i < plugins.getItemCount(); i++) {
+            MenuItem item = plugins.getItem(i);
+            if (item instanceof Menu && "ijtorch".equals(item.getLabel())) {
+                sub = (Menu) item;
+            }
+        }
+        if (sub == null) {
+            sub = new Menu("ijtorch");
+            plugins.add(sub);
+        }
+        MenuItem item = new MenuItem(command);
+        item.addActionListener(IJ.getInstance());
+        sub.add(item);
+    }
+
+    /**
+     * Reports a failure: inside a running macro it aborts the macro with the message (so a
+     * macro sees an error carrying the Python text); otherwise it logs and shows an error.
+     */
+    static void reportError(String where, String message) {
+        String text = where + ": " + message;
+        lastError = text;
+        Interpreter interp = Interpreter.getInstance();
+        if (interp != null && IJ.macroRunning()) {
+            interp.abort(text);
+        } else {
+            IJ.log(text);
+            if (!GraphicsEnvironmentCheck.isHeadless() && !IJ.isMacro()) {
+                IJ.error("ijtorch", text);
+            }
+        }
+    }
+
+    /** Kept separate so that headless checks do not load AWT classes eagerly. */
+    static final class GraphicsEnvironmentCheck {
+        static boolean isHeadless() {
+            return java.awt.GraphicsEnvironment.isHeadless() || "true".equals(System.getProperty("ijtorch.batch"));
+        }
+    }
+}

@@ -1,0 +1,115 @@
+"""Python handlers as ImageJ commands and macro functions, run in the real embedded ImageJ."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from ijtorch import bridge
+from ijtorch.errors import MacroError
+
+pytestmark = pytest.mark.jvm
+
+
+class ScaleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    factor: float = Field(2.0, description="multiply pixel values by this")
+    mode: Literal["fast", "exact"] = "fast"
+    title: str = "scaled result"
+    verbose: bool = False
+
+
+CALLS: list[ScaleParams] = []
+
+
+@bridge.command("ijtorch Test Scale", params=ScaleParams)
+def _scale(ctx, params: ScaleParams) -> None:
+    if params.factor < 0:
+        raise ValueError(f"factor must be >= 0, got {params.factor}")
+    CALLS.append(params)
+    from jpype import JClass
+
+    JClass("ij.IJ").log(f"scaled by {params.factor} ({params.mode}) into [{params.title}]")
+
+
+@bridge.macro_function("ijtorchTestAdd")
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+@bridge.macro_function("ijtorchTestGreet")
+def _greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@bridge.macro_function("ijtorchTestSqrt")
+def _sqrt(x: float) -> float:
+    if x < 0:
+        raise ValueError(f"cannot take the square root of {x}")
+    return x ** 0.5
+
+
+@bridge.macro_function("ijtorchTestCount", returns="number")
+def _count(text: str) -> int:
+    return len(text)
+
+
+def test_command_in_command_table_and_menu(ij):
+    from jpype import JClass
+
+    assert str(JClass("ij.Menus").getCommands().get("ijtorch Test Scale")) == 'ijtorch.IjtorchCommand("ijtorch Test Scale")'
+    plugins = JClass("ij.Menus").getImageJMenu("Plugins")
+    labels = {str(plugins.getItem(i).getLabel()) for i in range(plugins.getItemCount())}
+    assert "ijtorch" in labels
+
+
+def test_macro_options_reach_python_with_imagej_syntax(ij):
+    CALLS.clear()
+    result = bridge.run_macro('run("ijtorch Test Scale", "factor=3.5 mode=exact title=[my result] verbose");')
+    assert CALLS == [ScaleParams(factor=3.5, mode="exact", title="my result", verbose=True)]
+    assert result.log == "scaled by 3.5 (exact) into [my result]"
+
+
+def test_absent_checkbox_is_false_and_defaults_apply(ij):
+    CALLS.clear()
+    bridge.run_macro('run("ijtorch Test Scale", "factor=1");')
+    assert CALLS == [ScaleParams(factor=1.0, verbose=False)]
+
+
+def test_python_exception_becomes_macro_error_and_imagej_keeps_working(ij):
+    with pytest.raises(MacroError, match="factor must be >= 0, got -1.0"):
+        bridge.run_macro('run("ijtorch Test Scale", "factor=-1"); print("not reached");')
+    with pytest.raises(MacroError, match=r"unknown option\(s\) \['bogus'\]; accepted: \['factor', 'mode', 'title', 'verbose'\]"):
+        bridge.run_macro('run("ijtorch Test Scale", "bogus=1");')
+    with pytest.raises(MacroError, match="mode"):
+        bridge.run_macro('run("ijtorch Test Scale", "mode=slow");')
+    assert bridge.run_macro('run("ijtorch Test Scale", "factor=2"); print("still alive");').log.endswith("still alive")
+
+
+def test_ext_functions_return_strings_and_numbers(ij):
+    code = """
+    run("ijtorch Macro Functions");
+    s = Ext.ijtorchTestGreet("fiji");
+    t = Ext.ijtorchTestAdd(2, 3.5);
+    Ext.ijtorchTestCount("abcd", n);
+    print(s); print(t); print(n + 1);
+    return Ext.ijtorchVersion();
+    """
+    import ijtorch
+
+    result = bridge.run_macro(code)
+    assert result.log.splitlines() == ["hello fiji", "5.5", "5"]
+    assert result.value == ijtorch.__version__
+
+
+def test_ext_function_error_is_macro_error(ij):
+    with pytest.raises(MacroError, match=r"Ext.ijtorchTestSqrt: cannot take the square root of -4.0"):
+        bridge.run_macro('run("ijtorch Macro Functions"); x = Ext.ijtorchTestSqrt(-4); print("not reached");')
+    assert bridge.run_macro('run("ijtorch Macro Functions"); print(Ext.ijtorchTestSqrt(16));').log == "4.0"
+
+
+def test_macro_syntax_error_is_reported(ij):
+    with pytest.raises(MacroError, match="Undefined variable"):
+        bridge.run_macro("x = undefinedThing + 1;")
