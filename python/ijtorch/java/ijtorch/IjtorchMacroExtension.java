@@ -59,5 +59,5 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
     }
 
     /** Python marks a failure with this prefix (a proxy cannot throw checked Java exceptions). */
-    public static final String ERROR_PREFIX = "\u0000ijtorch-error\u0000";
+    public static final String ERROR_PREFIX = "\u001bijtorch-error:";
 }

@@ -130,7 +130,7 @@ public final class IjtorchRegistry {
         String text = where + ": " + message;
         lastError = text;
         Interpreter interp = Interpreter.getInstance();
-        if (interp != null && IJ.macroRunning()) {
+        if (interp != null) {
             interp.abort(text);
         } else {
             IJ.log(text);
