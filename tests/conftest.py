@@ -36,11 +36,9 @@ def rng() -> np.random.Generator:
 def _close_imagej_windows(request):
     """JVM tests start from a clean ImageJ: no open images, empty ROI Manager, empty results."""
     yield
-    if "jvm" in request.keywords:
-        from jpype import JClass
+    from ijtorch import bridge
 
-        JClass("ij.macro.Interpreter").batchMode = False
-        JClass("ij.WindowManager").closeAllWindows() if False else None
+    if "jvm" in request.keywords and bridge.is_started():
         from ijtorch.bridge import run_macro
 
         run_macro('while (nImages > 0) { selectImage(nImages); close(); } '

@@ -36,9 +36,8 @@ def run_macro(code: str, argument: str = "") -> MacroResult:
     printed = after[len(before):] if after.startswith(before) else after
     message = interp.getErrorMessage()
     if interp.wasError() or message is not None:
-        line = interp.getErrorLine() if hasattr(interp, "getErrorLine") else None
         text = str(message) if message is not None else "macro failed"
-        raise MacroError(text + (f" (in line: {str(line).strip()})" if line else ""))
+        raise MacroError(f"{text} (line {int(interp.getLineNumber())})")
     return MacroResult(value="" if value is None else str(value), log=printed.rstrip("\n"))
 
 

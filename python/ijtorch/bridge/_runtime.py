@@ -173,8 +173,10 @@ def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
     options = ["-Djava.awt.headless=false", "--add-opens=java.base/java.lang=ALL-UNNAMED"]
     if heap:
         options.append(f"-Xmx{heap}")
-    # AWT keeps non-daemon threads; destroying the JVM at exit would wait on them forever.
-    jpype.config.destroy_jvm = False
+    # Destroy the JVM at exit (JPype's default, stated on purpose): leaving it alive while Python
+    # finalizes lets Java threads call into a dead interpreter, which aborts the process
+    # (glibc "FATAL: exception not rethrown", exit 134) and loses the script's exit code.
+    jpype.config.destroy_jvm = True
     scyjava.start_jvm(options)
     if preinit:
         try:

@@ -51,6 +51,18 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _compile_classpath(ij_jar: Path) -> str:
+    """``ij_jar`` plus an ImgLib2 jar (next to it as in Fiji's ``jars/``, else Debian's)."""
+    ij_jar = Path(ij_jar)
+    candidates = [ij_jar.parent / "imglib2.jar", *sorted(ij_jar.parent.glob("imglib2-[0-9]*.jar")),
+                  Path("/usr/share/java/imglib2.jar")]
+    imglib2 = next((c for c in candidates if c.exists()), None)
+    if imglib2 is None:
+        raise BridgeError(f"no ImgLib2 jar next to {ij_jar} or in /usr/share/java; the ijtorch shim needs it. "
+                          "Install it with: apt-get install -y libimglib2-java")
+    return os.pathsep.join([str(ij_jar), str(imglib2)])
+
+
 def build_jar(ij_jar: Path, destination: Path) -> Path:
     """Compile the shim against ``ij_jar`` and write the jar atomically to ``destination``."""
     javac = shutil.which("javac")
@@ -64,7 +76,7 @@ def build_jar(ij_jar: Path, destination: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="ijtorch-shim-") as tmp:
         classes = Path(tmp) / "classes"
         classes.mkdir()
-        cmd = [javac, "-nowarn", "--release", "11", "-encoding", "UTF-8", "-cp", str(ij_jar),
+        cmd = [javac, "-nowarn", "--release", "11", "-encoding", "UTF-8", "-cp", _compile_classpath(ij_jar),
                "-d", str(classes), *map(str, shim_sources())]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

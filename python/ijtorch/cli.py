@@ -1,0 +1,85 @@
+"""Command line: ``ijtorch VERB INPUT... [options] --output DIR``.
+
+Every verb calls the same task function as the ImageJ command and the server. The CLI is the
+one place (with the Java shim) that configures logging output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(fiji=args.fiji, stream=sys.stdout)
+
+
+def _macro(args: argparse.Namespace) -> int:
+    from . import bridge
+    from .errors import IjtorchError, MacroError
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"ijtorch macro: no such macro file: {path}", file=sys.stderr)
+        return 2
+    try:
+        bridge.start(fiji=args.fiji)
+        result = bridge.run_macro(path.read_text(), " ".join(args.arg or []))
+    except MacroError as exc:
+        from .bridge._macro import log_text
+
+        printed = log_text()
+        if printed:
+            print(printed.rstrip("\n"))
+        print(f"ijtorch macro: {path.name}: {exc}", file=sys.stderr)
+        return 1
+    except IjtorchError as exc:
+        print(f"ijtorch macro: {exc}", file=sys.stderr)
+        return 2
+    if result.log:
+        print(result.log)
+    if result.value:
+        print(result.value)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="ijtorch", description="Deep learning for microscopy, from Fiji/ImageJ and Python.")
+    parser.add_argument("--version", action="version", version=f"ijtorch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("doctor", help="check Java, ImageJ, the shim, torch and the display")
+    p.add_argument("--fiji", help="a Fiji.app to check instead of the embedded ImageJ (default: $IJTORCH_FIJI)")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("macro", help="run an ImageJ macro (.ijm) in the embedded ImageJ with ijtorch commands")
+    p.add_argument("file", help="the .ijm file")
+    p.add_argument("--arg", action="append", help="argument passed to the macro (getArgument()); repeatable, joined by spaces")
+    p.add_argument("--fiji", help="use this Fiji.app's jars (default: $IJTORCH_FIJI, else embedded)")
+    p.set_defaults(func=_macro)
+
+    from . import _cli_verbs
+
+    _cli_verbs.add_verbs(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""A trained 2D StarDist model: network + config, tiled prediction, thresholds, save/load.
+
+Examples
+--------
+>>> from ijtorch.models.store import load_model           # doctest: +SKIP
+>>> model = load_model("nuclei", device="cpu")            # doctest: +SKIP
+>>> labels, details = model.predict_instances(image)      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ijtorch.errors import ModelError
+from ijtorch.train.data import percentile_normalize
+from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
+from ijtorch.train.tiling import predict_tiled
+
+from . import stardist as sd
+from .store import ModelDir, load_model_dir, save_model_dir
+
+__all__ = ["StarDistModel", "MODEL_TYPE"]
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "stardist2d"
+DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
+
+
+class StarDistModel:
+    """A 2D star-convex instance segmentation model.
+
+    Parameters
+    ----------
+    net : StarDistNet
+        The network (its ``config`` is the ``architecture`` entry of the config).
+    config : dict
+        Model config: ``normalization`` (``{"method": "percentile", "low", "high"}``), ``thresholds``
+        (``{"prob", "nms"}``), ``grid``, ``axes`` (``"YX"``), ``training``, ``metrics``.
+    device : str
+        Device the network runs on.
+    """
+
+    def __init__(self, net: Any, config: dict[str, Any], *, device: str = "cpu") -> None:
+        self.net = net.to(device).eval()
+        self.config = dict(config)
+        self.config.setdefault("model_type", MODEL_TYPE)
+        self.config.setdefault("axes", "YX")
+        self.config.setdefault("normalization", {"method": "percentile", "low": 1.0, "high": 99.8})
+        self.config.setdefault("thresholds", dict(DEFAULT_THRESHOLDS))
+        self.config.setdefault("grid", 2)
+        self.config["architecture"] = dict(net.config)
+        self.device = device
+
+    # ------------------------------------------------------------------ store
+    @classmethod
+    def from_model_dir(cls, md: ModelDir, *, device: str = "cpu") -> "StarDistModel":
+        """Build from a loaded :class:`~ijtorch.models.store.ModelDir`."""
+        if md.config.get("model_type") != MODEL_TYPE:
+            raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        net = sd.StarDistNet(**md.config["architecture"])
+        net.load_state_dict(md.state_dict)
+        return cls(net, md.config, device=device)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> "StarDistModel":
+        """Load a model directory (uncached; use :func:`ijtorch.models.store.load_model` for caching)."""
+        return cls.from_model_dir(load_model_dir(path), device=device)
+
+    def save(self, path: str | Path) -> Path:
+        """Save as a model directory."""
+        return save_model_dir(path, self.net.state_dict(), self.config)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.config["thresholds"])
+
+    @property
+    def n_rays(self) -> int:
+        return int(self.net.n_rays)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Apply the stored normalisation to a ``YX`` image (float32)."""
+        norm = self.config["normalization"]
+        if norm.get("method") == "percentile":
+            return percentile_normalize(image, norm.get("low", 1.0), norm.get("high", 99.8))
+        if norm.get("method") == "none":
+            return image.astype(np.float32)
+        raise ModelError(f"normalization method {norm.get('method')!r} is unknown")
+
+    # -------------------------------------------------------------- predict
+    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            with torch.autocast("cuda", enabled=self.device.startswith("cuda")):
+                out = self.net(x).float()
+            out[:, :1] = torch.sigmoid(out[:, :1])
+            return out.cpu().numpy()
+
+    def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] = 512,
+                     overlap: int = 96, batch_size: int = 2, progress: ProgressCallback | None = None,
+                     cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Probability ``(Y, X)`` and distances ``(Y, X, n_rays)`` of a 2D image, predicted in tiles.
+
+        ``overlap`` should exceed the diameter of the largest object plus the network's effective
+        receptive field so that stitched maps equal whole-image maps around every object.
+        """
+        if image.ndim != 2:
+            raise ValueError(f"image has shape {image.shape}; predict_maps needs a 2D (YX) image")
+        x = self.normalize(image) if normalize else image.astype(np.float32)
+        tiles = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)  # type: ignore[arg-type]
+        out = predict_tiled(self._forward_numpy, x[None], tile_shape=tiles, overlap=overlap,
+                            out_channels=1 + self.n_rays, size_multiple=self.net.size_multiple(),
+                            batch_size=batch_size, blend="crop", progress=progress, cancel=cancel)
+        return out[0], np.moveaxis(out[1:], 0, -1)
+
+    def predict_instances(self, image: np.ndarray, *, prob_threshold: float | None = None,
+                          nms_threshold: float | None = None, normalize: bool = True,
+                          tile_size: int | Sequence[int] = 512, overlap: int = 96, batch_size: int = 2,
+                          progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
+                          dtype: Any = np.int32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Label map of a 2D image; thresholds default to the tuned ones in the config."""
+        pt = self.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
+        nt = self.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
+        for arg, v in (("prob_threshold", pt), ("nms_threshold", nt)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{arg}={v!r}: expected a float in [0, 1]")
+        prob, dist = self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
+                                       batch_size=batch_size, progress=progress, cancel=cancel)
+        emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
+        labels, details = sd.instances_from_maps(prob, dist, prob_threshold=pt, nms_threshold=nt,
+                                                 grid=int(self.config.get("grid", 1)), dtype=dtype)
+        emit(progress, ProgressEvent("nms", 1, 1, f"{len(details['prob'])} objects"))
+        return labels, details
+
+    # --------------------------------------------------------- thresholds
+    def optimize_thresholds(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                            prob_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+                            nms_thresholds: Sequence[float] = (0.3, 0.4, 0.5),
+                            iou_threshold: float = 0.5, progress: ProgressCallback | None = None) -> dict[str, float]:
+        """Grid-search probability and NMS thresholds that maximise accuracy ``TP/(TP+FP+FN)``.
+
+        Counts are pooled over all validation images at ``iou_threshold``. The best pair is stored
+        in ``config["thresholds"]`` and returned with its score.
+        """
+        maps = [self.predict_maps(im) for im in images]
+        best: tuple[float, float, float] = (-1.0, DEFAULT_THRESHOLDS["prob"], DEFAULT_THRESHOLDS["nms"])
+        combos = [(p, n) for p in prob_thresholds for n in nms_thresholds]
+        for ci, (p, n) in enumerate(combos):
+            tp = fp = fn = 0
+            for (prob, dist), gt in zip(maps, labels):
+                pred, _ = sd.instances_from_maps(prob, dist, prob_threshold=p, nms_threshold=n,
+                                                 grid=int(self.config.get("grid", 1)))
+                a, b, c = sd.match_counts(gt, pred, (iou_threshold,))[iou_threshold]
+                tp, fp, fn = tp + a, fp + b, fn + c
+            score = tp / max(tp + fp + fn, 1)
+            log.info("thresholds prob=%.2f nms=%.2f: accuracy@%.2f %.4f", p, n, iou_threshold, score)
+            emit(progress, ProgressEvent("thresholds", ci + 1, len(combos), f"prob {p} nms {n}: {score:.4f}"))
+            if score > best[0]:
+                best = (score, p, n)
+        self.config["thresholds"] = {"prob": float(best[1]), "nms": float(best[2])}
+        return {"prob": float(best[1]), "nms": float(best[2]), "score": float(best[0])}
+
+    def evaluate(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                 iou_thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, float]:
+        """Pooled ``ap@t = TP/(TP+FP+FN)`` (StarDist/DSB "accuracy"), precision, recall, F1 per IoU threshold."""
+        counts = {t: [0, 0, 0] for t in iou_thresholds}
+        for im, gt in zip(images, labels):
+            pred, _ = self.predict_instances(im)
+            for t, (a, b, c) in sd.match_counts(gt, pred, tuple(iou_thresholds)).items():
+                counts[t][0] += a
+                counts[t][1] += b
+                counts[t][2] += c
+        out: dict[str, float] = {}
+        for t, (tp, fp, fn) in counts.items():
+            out[f"ap@{t:g}"] = tp / max(tp + fp + fn, 1)
+            out[f"precision@{t:g}"] = tp / max(tp + fp, 1)
+            out[f"recall@{t:g}"] = tp / max(tp + fn, 1)
+            out[f"f1@{t:g}"] = 2 * tp / max(2 * tp + fp + fn, 1)
+            out[f"tp@{t:g}"], out[f"fp@{t:g}"], out[f"fn@{t:g}"] = float(tp), float(fp), float(fn)
+        return out

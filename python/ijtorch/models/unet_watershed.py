@@ -1,0 +1,613 @@
+"""U-Net boundary/interior classifier + seeded watershed, for touching, irregular cells (2D).
+
+StarDist assumes star-convex objects; phase-contrast cells with protrusions are not. This model
+predicts three classes per pixel (background, boundary, interior) and turns them into instances:
+
+1. **Targets** (:func:`targets_from_labels`): ``boundary`` = object pixels within
+   ``boundary_width`` pixels of another label or of the background (scikit-image
+   ``find_boundaries(mode="inner")``, so two touching cells are separated by ``2 * boundary_width``
+   boundary pixels), ``interior`` = remaining object pixels.
+2. **Loss** (:func:`class_weighted_loss`): class-weighted cross-entropy, weights from the training
+   set's class frequencies (``freq ** -0.5``, normalised so that the expected weight is 1), which
+   keeps the thin boundary class from being ignored.
+3. **Post-processing** (:func:`postprocess`): foreground = ``1 - p_background > fg_threshold``;
+   seeds = connected components of ``p_interior > seed_threshold`` with at least ``min_seed_size``
+   pixels; ``skimage.segmentation.watershed`` of ``1 - p_interior`` from the seeds inside the
+   foreground; foreground components without a seed become objects of their own; objects below
+   ``min_size`` pixels are removed and labels renumbered 1..N.
+
+Models are saved as a model folder of type ``"unet_watershed"`` (weights as safetensors, config
+with architecture, normalisation and post-processing thresholds). See :func:`train`,
+:func:`predict` and :func:`predict_instances`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ijtorch.image import check_axes
+
+if TYPE_CHECKING:  # torch stays a lazy import (house rule 11)
+    import torch
+
+    from ijtorch.train.progress import ProgressEvent
+    from ijtorch.train.trainer import TrainResult
+
+__all__ = [
+    "MODEL_TYPE", "CLASSES", "PostprocessConfig", "NormalizeConfig", "UNetWatershed", "ProbabilityMaps",
+    "WatershedTrainResult", "targets_from_labels", "class_weights_from_targets", "class_weighted_loss",
+    "postprocess", "predict", "predict_instances", "train", "save_model", "load_model", "from_model_dir",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "unet_watershed"
+CLASSES = ("background", "boundary", "interior")
+
+
+class PostprocessConfig(BaseModel):
+    """Thresholds that turn class probabilities into instances (saved with the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fg_threshold: float = Field(0.5, gt=0, lt=1, description="a pixel is foreground if 1 - p_background exceeds this")
+    seed_threshold: float = Field(0.5, gt=0, lt=1, description="seeds are components of p_interior above this")
+    min_seed_size: int = Field(5, ge=1, description="seeds with fewer pixels are discarded")
+    min_size: int = Field(15, ge=0, description="objects with fewer pixels are removed")
+
+
+class NormalizeConfig(BaseModel):
+    """Percentile normalisation applied to every input image (training and prediction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float = Field(1.0, ge=0, lt=100, description="percentile mapped to 0")
+    high: float = Field(99.8, gt=0, le=100, description="percentile mapped to 1")
+
+
+@dataclass
+class UNetWatershed:
+    """A loaded model: the network plus what is needed to use it.
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        :class:`ijtorch.models.unet.UNet` with 3 output channels (class logits).
+    postprocess : PostprocessConfig
+        Default thresholds for :func:`postprocess`.
+    normalize : NormalizeConfig
+        Input normalisation used in training.
+    boundary_width : int
+        Boundary thickness of the training targets.
+    meta : dict
+        Everything else from the model config (training summary, validation names, ...).
+    """
+
+    net: Any
+    postprocess: PostprocessConfig
+    normalize: NormalizeConfig
+    boundary_width: int = 1
+    meta: dict | None = None
+
+
+@dataclass(frozen=True)
+class ProbabilityMaps:
+    """Per-pixel class probabilities (float32, the input's YX shape)."""
+
+    background: np.ndarray
+    boundary: np.ndarray
+    interior: np.ndarray
+
+
+@dataclass(frozen=True)
+class WatershedTrainResult:
+    """What :func:`train` returns: the trained model, the trainer's summary and the saved folder."""
+
+    model: UNetWatershed
+    result: "TrainResult"
+    model_dir: str | None
+    train_names: tuple[str, ...]
+    val_names: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------- targets
+def _check_labels2d(labels: Any, name: str = "labels") -> np.ndarray:
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(labels).__name__}")
+    if labels.ndim != 2:
+        raise ValueError(f"{name} has shape {labels.shape}; expected a 2D (YX) label map")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} has dtype {labels.dtype}; expected integer labels (0 = background)")
+    return labels
+
+
+def targets_from_labels(labels: np.ndarray, *, boundary_width: int = 1) -> np.ndarray:
+    """Three-class target map from a label map.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2D integer label map, 0 = background.
+    boundary_width : int, default 1
+        Thickness in pixels of the boundary class inside each object.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` map with 0 = background, 1 = boundary, 2 = interior.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    labels = _check_labels2d(labels)
+    if not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
+        raise ValueError(f"boundary_width={boundary_width!r}: expected an integer >= 1")
+    fg = labels > 0
+    boundary = find_boundaries(labels, mode="inner", connectivity=1)
+    if boundary_width > 1:
+        boundary = ndi.binary_dilation(boundary, iterations=int(boundary_width) - 1) & fg
+    out = np.zeros(labels.shape, np.uint8)
+    out[fg] = 2
+    out[boundary & fg] = 1
+    return out
+
+
+def class_weights_from_targets(targets: Sequence[np.ndarray], *, power: float = 0.5) -> np.ndarray:
+    """Class weights ``freq ** -power``, normalised so that ``sum(freq * w) == 1`` (float32, length 3)."""
+    counts = np.zeros(3, np.float64)
+    for t in targets:
+        counts += np.bincount(t.ravel(), minlength=3)[:3]
+    freq = np.maximum(counts / max(counts.sum(), 1.0), 1e-4)
+    w = freq ** (-float(power))
+    return (w / float((freq * w).sum())).astype(np.float32)
+
+
+def class_weighted_loss(logits: "torch.Tensor", target: "torch.Tensor", weights: "torch.Tensor") -> "torch.Tensor":
+    """Class-weighted cross-entropy of ``(N, 3, Y, X)`` logits against ``(N, Y, X)`` class indices."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits, target.long(), weight=weights.to(logits.device, logits.dtype))
+
+
+# ------------------------------------------------------------------------------ postprocess
+def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size <= 1 or labels.max() == 0:
+        return labels
+    counts = np.bincount(labels.ravel())
+    small = counts < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def postprocess(probs: ProbabilityMaps, *, config: PostprocessConfig | None = None) -> np.ndarray:
+    """Seeded watershed of class probabilities into an instance label map.
+
+    Parameters
+    ----------
+    probs : ProbabilityMaps
+        Background, boundary and interior probabilities (equal 2D shapes).
+    config : PostprocessConfig, optional
+        Thresholds; defaults to ``PostprocessConfig()``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` label map, 0 = background, objects 1..N.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential, watershed
+
+    if not isinstance(probs, ProbabilityMaps):
+        raise TypeError(f"probs must be a ProbabilityMaps, got {type(probs).__name__}")
+    cfg = config or PostprocessConfig()
+    p_bg, p_int = probs.background, probs.interior
+    if p_bg.shape != p_int.shape or p_bg.ndim != 2:
+        raise ValueError(f"probs: background {p_bg.shape} and interior {p_int.shape} must be equal 2D shapes")
+    fg = (1.0 - p_bg) > cfg.fg_threshold
+    seeds, _ = ndi.label((p_int > cfg.seed_threshold) & fg)
+    seeds = _remove_small(seeds, cfg.min_seed_size)
+    labels = watershed(1.0 - p_int, seeds, mask=fg)
+    orphan, n_orphan = ndi.label(fg & (labels == 0))
+    if n_orphan:
+        labels = np.where(orphan > 0, orphan + labels.max(), labels)
+    labels = _remove_small(labels, cfg.min_size)
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32)
+
+
+# --------------------------------------------------------------------------------- network
+def _build_net(architecture: dict) -> Any:
+    from ijtorch.models.unet import UNet
+
+    return UNet(**architecture)
+
+
+def _normalize(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    from ijtorch.train.data import percentile_normalize
+
+    return percentile_normalize(image, cfg.low, cfg.high)
+
+
+def _check_image(image: Any, axes: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+    axes = check_axes(axes, image.ndim)
+    if axes != "YX":
+        raise ValueError(f"axes={axes!r}: the unet_watershed model accepts only 'YX' (one 2D grayscale plane)")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"image has dtype {image.dtype}; expected an integer or float grayscale image")
+    return image
+
+
+def _forward_tiled(net: Any, image: np.ndarray, *, tile: int, overlap: int, device: str,
+                   progress: Callable | None, cancel: Callable[[], bool] | None) -> np.ndarray:
+    """Softmax probabilities ``(3, Y, X)`` via :func:`ijtorch.train.tiling.predict_tiled` (crop stitching)."""
+    import torch
+
+    from ijtorch.train.tiling import predict_tiled
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            return torch.softmax(net(x), dim=1).float().cpu().numpy()
+
+    net.eval()
+    return predict_tiled(fn, image[None].astype(np.float32, copy=False), tile_shape=(tile, tile), overlap=overlap,
+                         out_channels=3, size_multiple=net.size_multiple(), batch_size=1, blend="crop",
+                         progress=progress, cancel=cancel)
+
+
+def _as_model(model: "UNetWatershed | str | os.PathLike", device: str | None) -> tuple[UNetWatershed, str]:
+    from ijtorch.models.device import resolve_device
+
+    dev = resolve_device(device)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, device=dev)
+    if not isinstance(model, UNetWatershed):
+        raise TypeError(f"model must be a UNetWatershed or a model folder path, got {type(model).__name__}")
+    model.net.to(dev)
+    return model, dev
+
+
+def predict(
+    model: "UNetWatershed | str | os.PathLike",
+    image: np.ndarray,
+    axes: str = "YX",
+    *,
+    normalize: bool = True,
+    tile_size: int = 512,
+    overlap: int = 64,
+    device: str | None = "cpu",
+    progress: "Callable[[ProgressEvent], None] | None" = None,
+    cancel: Callable[[], bool] | None = None,
+) -> ProbabilityMaps:
+    """Class probabilities of a 2D image.
+
+    Parameters
+    ----------
+    model : UNetWatershed or path
+        A loaded model or a model folder of type ``"unet_watershed"``.
+    image : numpy.ndarray
+        2D grayscale image.
+    axes : str, default "YX"
+        Must be ``"YX"``.
+    normalize : bool, default True
+        Apply the model's percentile normalisation (as in training). ``False`` feeds ``image``
+        unchanged (it must then already be normalised the same way); integer input then warns.
+    tile_size, overlap : int
+        Tile size and minimum overlap of neighbouring tiles in pixels; each output pixel comes from
+        the tile whose core contains it (:func:`ijtorch.train.tiling.predict_tiled`, ``"crop"``), so
+        with an overlap above the network's receptive field results do not depend on tiling.
+    device : str or None, default "cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``None``/``"auto"`` for the best available.
+    progress, cancel : callable, optional
+        Progress listener (phase ``"tile"``) and cancel check polled between tiles.
+
+    Returns
+    -------
+    ProbabilityMaps
+    """
+    image = _check_image(image, axes)
+    if not isinstance(tile_size, (int, np.integer)) or tile_size < 16:
+        raise ValueError(f"tile_size={tile_size!r}: expected an integer >= 16")
+    if not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise ValueError(f"overlap={overlap!r}: expected an integer >= 0")
+    model, dev = _as_model(model, device)
+    if normalize:
+        x = _normalize(image, model.normalize)
+    else:
+        if np.issubdtype(image.dtype, np.integer):
+            log.warning("predict: normalize=False with %s input; did you forget to normalise?", image.dtype)
+        x = image.astype(np.float32)
+    p = _forward_tiled(model.net, x, tile=int(tile_size), overlap=int(overlap), device=dev,
+                       progress=progress, cancel=cancel)
+    return ProbabilityMaps(background=p[0], boundary=p[1], interior=p[2])
+
+
+def predict_instances(
+    model: "UNetWatershed | str | os.PathLike",
+    image: np.ndarray,
+    axes: str = "YX",
+    *,
+    normalize: bool = True,
+    fg_threshold: float | None = None,
+    seed_threshold: float | None = None,
+    min_size: int | None = None,
+    tile_size: int = 512,
+    overlap: int = 64,
+    device: str | None = "cpu",
+    progress: "Callable[[ProgressEvent], None] | None" = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Instance label map of a 2D image: :func:`predict` then :func:`postprocess`.
+
+    Thresholds left at ``None`` come from the model's saved :class:`PostprocessConfig`; the other
+    parameters are those of :func:`predict`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` label map of the image's shape, 0 = background.
+    """
+    from ijtorch.train.progress import ProgressEvent, emit
+
+    _check_image(image, axes)
+    model, dev = _as_model(model, device)
+    probs = predict(model, image, axes, normalize=normalize, tile_size=tile_size, overlap=overlap,
+                    device=dev, progress=progress, cancel=cancel)
+    overrides = {k: v for k, v in (("fg_threshold", fg_threshold), ("seed_threshold", seed_threshold),
+                                   ("min_size", min_size)) if v is not None}
+    cfg = PostprocessConfig(**{**model.postprocess.model_dump(), **overrides})
+    emit(progress, ProgressEvent("watershed", 0, 1, "seeded watershed"))
+    labels = postprocess(probs, config=cfg)
+    emit(progress, ProgressEvent("watershed", 1, 1, f"{int(labels.max())} objects"))
+    return labels
+
+
+# -------------------------------------------------------------------------------- training
+def _check_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                         names: Sequence[str] | None) -> list[str]:
+    if not isinstance(images, (list, tuple)) or not isinstance(labels, (list, tuple)):
+        raise TypeError("images and labels must be lists (or tuples) of 2D numpy arrays")
+    if len(images) != len(labels) or not images:
+        raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) must be non-empty and of equal length")
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        _check_image(im, "YX")
+        _check_labels2d(lab, f"labels[{i}]")
+        if im.shape != lab.shape:
+            raise ValueError(f"images[{i}] has shape {im.shape} but labels[{i}] has shape {lab.shape}")
+    if names is None:
+        names = [f"image{i:03d}" for i in range(len(images))]
+    if len(names) != len(images):
+        raise ValueError(f"names has {len(names)} entries; expected {len(images)} (one per image)")
+    return [str(n) for n in names]
+
+
+def train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] | None = None,
+    model_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    init: "UNetWatershed | str | os.PathLike | None" = None,
+    epochs: int = 50,
+    steps_per_epoch: int = 50,
+    batch_size: int = 4,
+    patch_size: int = 256,
+    lr: float = 1e-3,
+    val_fraction: float = 0.2,
+    base_channels: int = 32,
+    depth: int = 4,
+    boundary_width: int = 1,
+    augment: bool = True,
+    patience: int | None = 20,
+    seed: int = 0,
+    device: str | None = "cpu",
+    resume: bool = False,
+    progress: "Callable[[ProgressEvent], None] | None" = None,
+    cancel: Callable[[], bool] | None = None,
+) -> WatershedTrainResult:
+    """Train (or fine-tune) a boundary/interior U-Net on 2D images with instance label maps.
+
+    Parameters
+    ----------
+    images, labels : sequence of numpy.ndarray
+        2D grayscale images (raw intensities; normalised here with the model's percentiles) and
+        integer label maps of the same shapes.
+    names : sequence of str, optional
+        Item names recorded for the train/validation split (default ``image000``, ...).
+    model_dir : path, optional
+        Where the trained model folder is written (replaced atomically at the end).
+    checkpoint_dir : path, optional
+        Per-epoch checkpoints for ``resume``; default ``<model_dir>_checkpoints`` next to
+        ``model_dir`` (not inside it, because saving replaces the whole model folder).
+    init : UNetWatershed or path, optional
+        Fine-tune: start from this model's weights, architecture, normalisation and thresholds
+        (``base_channels``, ``depth`` and ``boundary_width`` are then taken from it).
+    epochs, steps_per_epoch, batch_size, patch_size, lr : int / float
+        Training schedule: ``steps_per_epoch`` batches of ``batch_size`` random patches of
+        ``patch_size``² pixels per epoch; AdamW with cosine decay from ``lr``.
+    val_fraction : float, default 0.2
+        Fraction of the images held out for validation (deterministic split from ``seed``; at
+        least one image if there are two or more, none with a single image).
+    base_channels, depth : int
+        U-Net width and number of down-sampling steps (new models only).
+    boundary_width : int, default 1
+        Thickness of the boundary class (new models only).
+    augment : bool, default True
+        Flips, 90° rotations, zoom, elastic and intensity augmentation
+        (:class:`ijtorch.train.data.AugmentConfig` defaults).
+    patience : int or None, default 20
+        Early stopping on the validation loss (training loss without validation images).
+    seed : int
+        Seeds the split, patch sampling and initialisation.
+    device : str or None, default "cpu"
+        Training device; ``None``/``"auto"`` picks the best available.
+    resume : bool, default False
+        Continue an interrupted run from ``checkpoint_dir``.
+    progress, cancel : callable, optional
+        Progress listener and cancel check (see :class:`ijtorch.train.trainer.Trainer`).
+
+    Returns
+    -------
+    WatershedTrainResult
+        The trained model (best validation weights), the trainer summary, the saved folder and the
+        names of training and validation images.
+    """
+    import torch
+
+    from ijtorch.train.data import AugmentConfig, random_patch, split_train_val
+    from ijtorch.train.trainer import Trainer
+
+    names = _check_training_data(images, labels, names)
+    for arg, value, lo in (("epochs", epochs, 1), ("steps_per_epoch", steps_per_epoch, 1),
+                           ("batch_size", batch_size, 1), ("patch_size", patch_size, 16)):
+        if not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"{arg}={value!r}: expected an integer >= {lo}")
+    if checkpoint_dir is None and model_dir is not None:
+        checkpoint_dir = Path(model_dir).with_name(Path(model_dir).name + "_checkpoints")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs model_dir or checkpoint_dir (where the checkpoints are)")
+
+    if init is not None:
+        model, _ = _as_model(init, "cpu")
+        log.info("fine-tuning from %s", init if not isinstance(init, UNetWatershed) else "a loaded model")
+    else:
+        torch.manual_seed(seed)
+        arch = dict(in_channels=1, out_channels=3, ndim=2, base_channels=int(base_channels), depth=int(depth),
+                    norm="batch", activation="relu")
+        model = UNetWatershed(net=_build_net(arch), postprocess=PostprocessConfig(), normalize=NormalizeConfig(),
+                              boundary_width=int(boundary_width), meta={})
+    mult = int(model.net.size_multiple()[-1])
+    patch = max(mult, (int(patch_size) // mult) * mult)
+
+    tr_idx, val_idx = split_train_val(len(images), val_fraction=val_fraction, seed=seed) if len(images) > 1 \
+        else ([0], [])
+    norm_images = [_normalize(im, model.normalize) for im in images]
+    bw = model.boundary_width
+    weights = torch.from_numpy(class_weights_from_targets(
+        [targets_from_labels(labels[i], boundary_width=bw) for i in tr_idx]))
+    aug = AugmentConfig() if augment else None
+
+    def train_batches(rng: np.random.Generator):
+        for _ in range(int(steps_per_epoch)):
+            xs, ys = [], []
+            for _ in range(int(batch_size)):
+                i = tr_idx[int(rng.integers(len(tr_idx)))]
+                img, lab = random_patch(norm_images[i], labels[i], (patch, patch), rng, augment=aug)
+                xs.append(img[None])
+                ys.append(targets_from_labels(lab, boundary_width=bw))
+            yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+    def val_batches(rng: np.random.Generator):
+        for i in val_idx:  # whole images, cropped to the size multiple
+            h, w = (s // mult * mult for s in labels[i].shape)
+            lab = labels[i][:h, :w]
+            yield (torch.from_numpy(np.ascontiguousarray(norm_images[i][None, None, :h, :w])),
+                   torch.from_numpy(targets_from_labels(np.ascontiguousarray(lab), boundary_width=bw)[None].astype(np.int64)))
+
+    def loss_fn(net: Any, batch: Any) -> Any:
+        x, y = batch
+        return class_weighted_loss(net(x), y, weights)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    trainer = Trainer(model.net, loss_fn, train_batches, val_data=val_batches if val_idx else None,
+                      epochs=int(epochs), lr=lr, patience=patience, checkpoint_dir=ckpt, resume=resume,
+                      seed=seed, device=device or "auto", progress=progress, cancel=cancel, progress_bar=False)
+    result = trainer.fit()
+    model.net.to("cpu").eval()
+    previous = dict(model.meta or {})
+    runs = list((previous.get("training") or {}).get("runs", []))
+    runs.append(dict(epochs_run=result.epochs_run, best_epoch=result.best_epoch, best_metric=result.best_metric,
+                     monitor=result.monitor, seconds=round(result.seconds, 1), patch_size=patch,
+                     batch_size=int(batch_size), steps_per_epoch=int(steps_per_epoch), lr=float(lr), seed=int(seed),
+                     augment=bool(augment), class_weights=[float(w) for w in weights],
+                     fine_tuned_from=str(init) if isinstance(init, (str, os.PathLike)) else None,
+                     history=[{k: round(float(v), 5) for k, v in h.items()} for h in result.history]))
+    model.meta = {**previous, "training": {
+        "items": len(names), "train_names": [names[i] for i in tr_idx], "val_names": [names[i] for i in val_idx],
+        "split": {"val_fraction": val_fraction, "seed": seed}, "runs": runs}}
+    if model_dir is not None:
+        save_model(model, model_dir)
+    return WatershedTrainResult(model=model, result=result, model_dir=str(model_dir) if model_dir else None,
+                                train_names=tuple(names[i] for i in tr_idx),
+                                val_names=tuple(names[i] for i in val_idx))
+
+
+# ---------------------------------------------------------------------------- save / load
+def save_model(model: UNetWatershed, model_dir: str | os.PathLike) -> Path:
+    """Write ``model`` as a model folder through :func:`ijtorch.models.store.save_model_dir`.
+
+    ``config.json`` holds ``model_type="unet_watershed"``, the axes contract ``"YX"``, the U-Net
+    architecture, the normalisation, the post-processing ``thresholds``, ``boundary_width``, the
+    training summary and train/validation names; the store adds ``schema_version``, the ijtorch
+    version and the weights' SHA-256.
+    """
+    from ijtorch.models.store import save_model_dir
+
+    if not isinstance(model, UNetWatershed):
+        raise TypeError(f"model must be a UNetWatershed, got {type(model).__name__}")
+    meta = {k: v for k, v in (model.meta or {}).items() if k not in _CONFIG_KEYS}
+    config = {
+        **meta,
+        "model_type": MODEL_TYPE,
+        "axes": "YX",
+        "classes": list(CLASSES),
+        "architecture": dict(model.net.config),
+        "boundary_width": int(model.boundary_width),
+        "normalization": {"method": "percentile", **model.normalize.model_dump()},
+        "thresholds": model.postprocess.model_dump(),
+    }
+    return save_model_dir(model_dir, model.net.state_dict(), config)
+
+
+_CONFIG_KEYS = {"schema_version", "ijtorch_version", "model_type", "axes", "classes", "architecture",
+                "boundary_width", "normalization", "thresholds", "weights"}
+
+
+def from_model_dir(md: Any, *, device: str | None = "cpu") -> UNetWatershed:
+    """Build a :class:`UNetWatershed` from a loaded :class:`ijtorch.models.store.ModelDir`.
+
+    This is the builder to register with the store:
+    ``register_model_type("unet_watershed", lambda md, dev: from_model_dir(md, device=dev))``.
+    """
+    from ijtorch.errors import ModelError
+    from ijtorch.models.device import resolve_device
+
+    config = md.config
+    if config.get("model_type") != MODEL_TYPE:
+        raise ModelError(f"{md.path}: model_type={config.get('model_type')!r}; this loader reads {MODEL_TYPE!r}")
+    try:
+        net = _build_net(config["architecture"])
+        net.load_state_dict(md.state_dict)
+        norm = dict(config.get("normalization", {}))
+        if norm.pop("method", "percentile") != "percentile":
+            raise ValueError(f"normalization method {config['normalization'].get('method')!r} is unknown")
+        model = UNetWatershed(net=net, postprocess=PostprocessConfig(**config.get("thresholds", {})),
+                              normalize=NormalizeConfig(**norm), boundary_width=int(config.get("boundary_width", 1)),
+                              meta={k: v for k, v in config.items() if k not in _CONFIG_KEYS})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{md.path}: malformed {MODEL_TYPE} model folder: {e}") from e
+    net.to(resolve_device(device)).eval()
+    return model
+
+
+def load_model(model_dir: str | os.PathLike, *, device: str | None = "cpu") -> UNetWatershed:
+    """Load a ``unet_watershed`` model folder (or registered model name) written by :func:`save_model`.
+
+    Raises
+    ------
+    ijtorch.errors.ModelError
+        Missing files, unknown schema version or model type, or weights whose SHA-256 differs.
+    """
+    from ijtorch.models.store import load_model_dir, resolve_model
+
+    return from_model_dir(load_model_dir(resolve_model(model_dir)), device=device)

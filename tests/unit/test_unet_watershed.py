@@ -1,0 +1,131 @@
+"""U-Net boundary/interior + seeded watershed: targets, post-processing checked independently of
+training on ground-truth-derived probabilities of the real phase-contrast cells, a short training
+run whose loss falls, save/load/fine-tune round trips and tiled vs whole-image agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from ijtorch.metrics import match_labels
+from ijtorch.models import unet_watershed as uw
+
+
+def gt_probabilities(labels: np.ndarray, *, boundary_width: int = 1, sigma: float = 1.0) -> uw.ProbabilityMaps:
+    """One-hot 3-class targets blurred by ``sigma`` px: what a well-trained network would output."""
+    t = uw.targets_from_labels(labels, boundary_width=boundary_width)
+    p = np.stack([t == k for k in range(3)]).astype(np.float32)
+    if sigma > 0:
+        p = ndi.gaussian_filter(p, (0, sigma, sigma))
+    return uw.ProbabilityMaps(background=p[0], boundary=p[1], interior=p[2])
+
+
+@pytest.fixture(scope="module")
+def cells(shared_data):
+    from ijtorch.train.data import load_pairs
+
+    return load_pairs(shared_data / "cells_usiigaci_phase" / "train")
+
+
+def test_targets_separate_touching_objects():
+    lab = np.zeros((10, 12), np.uint16)
+    lab[2:8, 1:6] = 1
+    lab[2:8, 6:11] = 2  # touching at column 5/6
+    t = uw.targets_from_labels(lab)
+    assert t.dtype == np.uint8 and set(np.unique(t)) == {0, 1, 2}
+    assert (t[lab == 0] == 0).all()
+    assert (t[2:8, 5] == 1).all() and (t[2:8, 6] == 1).all()  # both sides of the contact are boundary
+    interior, n = ndi.label(t == 2)
+    assert n == 2
+    assert (uw.targets_from_labels(lab, boundary_width=2) == 2).sum() < (t == 2).sum()
+
+
+def test_targets_and_postprocess_validate_inputs():
+    with pytest.raises(ValueError, match="labels has dtype float32"):
+        uw.targets_from_labels(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="boundary_width=0"):
+        uw.targets_from_labels(np.zeros((4, 4), np.uint8), boundary_width=0)
+    with pytest.raises(TypeError, match="probs must be a ProbabilityMaps"):
+        uw.postprocess(np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match="seed_threshold"):
+        uw.PostprocessConfig(seed_threshold=1.5)
+    with pytest.raises(ValueError, match="unknown_key"):
+        uw.PostprocessConfig(unknown_key=1)
+
+
+def test_postprocess_on_ground_truth_probabilities_reproduces_cells(cells):
+    """The watershed logic alone: GT-derived probabilities must give back the GT instances."""
+    aps = []
+    for pair in cells:
+        pred = uw.postprocess(gt_probabilities(pair.labels))
+        assert pred.dtype == np.int32 and pred.shape == pair.labels.shape
+        res = match_labels(pair.labels, pred, iou_threshold=0.5)
+        aps.append(res.accuracy)
+        assert res.accuracy >= 0.9, f"{pair.name}: AP@0.5 {res.accuracy:.3f} (tp {res.tp} fp {res.fp} fn {res.fn})"
+    assert np.mean(aps) >= 0.95, f"mean AP@0.5 {np.mean(aps):.3f} over {len(aps)} images"
+
+
+def test_postprocess_keeps_seedless_components_and_drops_small_objects():
+    lab = np.zeros((40, 40), np.uint16)
+    lab[5:20, 5:20] = 1
+    lab[30:33, 30:40] = 2  # 3 px thick: all boundary, no interior seed -> kept as its own object
+    lab[0:2, 38:40] = 3  # 4 px: removed by min_size
+    pred = uw.postprocess(gt_probabilities(lab, sigma=0), config=uw.PostprocessConfig(min_size=10))
+    assert pred.max() == 2
+    assert match_labels(lab, pred).tp == 2
+
+
+def _tiny_train(cells, tmp_path, **kw):
+    return uw.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
+                    model_dir=tmp_path / "model", epochs=4, steps_per_epoch=3, batch_size=2, patch_size=64,
+                    base_channels=4, depth=2, lr=3e-3, seed=0, device="cpu", **kw)
+
+
+def test_short_training_lowers_loss_and_round_trips(cells, tmp_path):
+    out = _tiny_train(cells, tmp_path, augment=False, patience=None)
+    hist = out.result.history
+    assert len(hist) == 4
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"], [h["train_loss"] for h in hist]
+    assert len(out.val_names) == 1 and set(out.val_names).isdisjoint(out.train_names)
+
+    from ijtorch.models.store import read_config
+
+    cfg = read_config(tmp_path / "model")
+    assert cfg["model_type"] == "unet_watershed" and cfg["axes"] == "YX"
+    assert cfg["training"]["val_names"] == list(out.val_names) and len(cfg["weights"]["sha256"]) == 64
+
+    img = cells[0].image[:96, :128]
+    loaded = uw.load_model(tmp_path / "model")
+    p1 = uw.predict(out.model, img).interior
+    p2 = uw.predict(loaded, img).interior
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    labels = uw.predict_instances(tmp_path / "model", img)
+    assert labels.dtype == np.int32 and labels.shape == img.shape
+
+    # fine-tuning continues from the saved weights and keeps the architecture and split record
+    tuned = uw.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
+                     model_dir=tmp_path / "tuned", init=tmp_path / "model", epochs=1, steps_per_epoch=1,
+                     batch_size=1, patch_size=64, augment=False, seed=1)
+    assert tuned.model.net.config == loaded.net.config
+    assert len(read_config(tmp_path / "tuned")["training"]["runs"]) == 2
+
+
+def test_tiled_and_whole_image_predictions_agree(cells, tmp_path):
+    out = _tiny_train(cells, tmp_path, patience=None)
+    img = cells[1].image[:200, :232]  # not a multiple of the tile or the size multiple
+    whole = uw.predict(out.model, img, tile_size=256, overlap=0).interior
+    tiled = uw.predict(out.model, img, tile_size=128, overlap=64).interior  # 32 px context > receptive field
+    assert whole.shape == img.shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_predict_validates_axes_and_model(tmp_path):
+    with pytest.raises(ValueError, match="axes='ZYX'"):
+        uw.predict_instances(tmp_path, np.zeros((2, 8, 8), np.float32), "ZYX")
+    from ijtorch.errors import ModelError
+
+    with pytest.raises(ModelError):
+        uw.load_model(tmp_path / "nothing_here")
+    with pytest.raises(ValueError, match="images .* and labels .* must be non-empty"):
+        uw.train([np.zeros((8, 8))], [], epochs=1)
