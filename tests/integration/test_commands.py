@@ -113,3 +113,56 @@ def test_ext_function_error_is_macro_error(ij):
 def test_macro_syntax_error_is_reported(ij):
     with pytest.raises(MacroError, match="Undefined variable"):
         bridge.run_macro("x = undefinedThing + 1;")
+
+
+def _find_dialog(title: str, timeout: float = 20.0):
+    import time
+
+    from jpype import JClass
+
+    Window = JClass("java.awt.Window")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for w in Window.getWindows():
+            if isinstance(w, JClass("ij.gui.GenericDialog")) and str(w.getTitle()) == title and w.isVisible():
+                return w
+        time.sleep(0.05)
+    raise AssertionError(f"no dialog titled {title!r} appeared")
+
+
+def test_menu_dialog_runs_command_and_macro_recorder_line_replays(ij):
+    """Run from the menu (dialog filled and OK pressed), record it, replay the recorded line."""
+    import time
+
+    from jpype import JClass
+
+    IJ = JClass("ij.IJ")
+    Recorder = JClass("ij.plugin.frame.Recorder")
+    recorder = Recorder(False)
+    record_flag = Recorder.class_.getField("record")  # JPype cannot assign Java static fields directly
+    record_flag.setBoolean(None, True)
+    try:
+        CALLS.clear()
+        IJ.doCommand("ijtorch Test Scale")  # what a menu click does: runs on a new thread
+        dialog = _find_dialog("ijtorch Test Scale")
+        fields = dialog.getStringFields()
+        fields.get(0).setText("4.25")
+        fields.get(1).setText("from the dialog")
+        dialog.getChoices().get(0).select("exact")
+        dialog.getCheckboxes().get(0).setState(True)
+        ok = dialog.getButtons()[0]
+        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+        deadline = time.time() + 20
+        while not CALLS and time.time() < deadline:
+            time.sleep(0.05)
+        assert CALLS == [ScaleParams(factor=4.25, mode="exact", title="from the dialog", verbose=True)]
+        time.sleep(0.5)  # the Recorder writes the line after the command returns
+        text = str(recorder.getText())
+    finally:
+        record_flag.setBoolean(None, False)
+        recorder.close()
+    lines = [line for line in text.splitlines() if "ijtorch Test Scale" in line]
+    assert lines == ['run("ijtorch Test Scale", "factor=4.25 mode=exact title=[from the dialog] verbose");']
+    CALLS.clear()
+    bridge.run_macro(lines[0])
+    assert CALLS == [ScaleParams(factor=4.25, mode="exact", title="from the dialog", verbose=True)]

@@ -93,7 +93,7 @@ class Outlines:
     @property
     def polygons(self) -> list[np.ndarray]:
         """All polygons as a list of ``(m, 2)`` float64 views into :attr:`coords`."""
-        return np.split(self.coords, self.offsets[1:-1])
+        return np.split(self.coords, self.offsets[1:-1]) if len(self) else []
 
     @property
     def areas(self) -> np.ndarray:
