@@ -215,3 +215,24 @@ def test_evaluate_folders_and_atomic_csv(tmp_path):
         evaluate_folders(pred_dir, tmp_path / "out")
     with pytest.raises(ValueError, match="gt_dir=.* is not a directory"):
         evaluate_folders(pred_dir, tmp_path / "missing")
+
+
+def test_evaluate_task_writes_csv_and_formats_table(tmp_path):
+    import tifffile
+
+    from ijtorch.tasks.evaluate import CSV_NAME, evaluate, format_table
+
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    y = make_disks()
+    tifffile.imwrite(tmp_path / "gt" / "img_with_a_long_name.tif", y)
+    tifffile.imwrite(tmp_path / "pred" / "img_with_a_long_name.tif", np.roll(y, 3, axis=0))
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", output=tmp_path / "out")
+    assert result["csv"] == str(tmp_path / "out" / CSV_NAME) and (tmp_path / "out" / CSV_NAME).is_file()
+    assert result["pooled"]["ap@0.50"] == 1.0 and len(result["rows"]) == 1
+    table = format_table(result)
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["name", "n_true", "n_pred"] and "ap@0.90" in lines[0]
+    assert any(line.startswith("pooled") for line in lines)
+    with pytest.raises(ValueError, match="result has no 'rows' entry"):
+        format_table({})

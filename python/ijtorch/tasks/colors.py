@@ -2,7 +2,7 @@
 
 The colours are picked greedily so that each new one is as far as possible, in CIELAB, from all
 colours picked before it (Glasbey et al., 2007), starting from black so that entry 0 is the
-background and no label gets a near-black colour. The result is deterministic.
+background; label colours have CIELAB lightness >= 35 so none is near black. The result is deterministic.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["glasbey_lut", "imagej_lut"]
+
+_MIN_LIGHTNESS = 35.0  # CIELAB L* floor for label colours ("glasbey on dark")
 
 
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -31,13 +33,14 @@ def _glasbey(n: int, levels: int) -> np.ndarray:
     grid = np.linspace(0, 255, levels).round().astype(np.uint8)
     cand = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), axis=-1).reshape(-1, 3)
     lab = _srgb_to_lab(cand / 255.0)
-    chosen = np.zeros(n, np.int64)  # candidate 0 is black: the background
-    dist = np.sum((lab - lab[0]) ** 2, axis=1)
+    bright = lab[:, 0] >= _MIN_LIGHTNESS  # labels must stand out on the black background
+    cand, lab = cand[bright], lab[bright]
+    out = np.zeros((n, 3), np.uint8)  # entry 0 stays black: the background
+    dist = np.sum((lab - _srgb_to_lab(np.zeros(3))) ** 2, axis=1)
     for i in range(1, n):
         k = int(np.argmax(dist))
-        chosen[i] = k
+        out[i] = cand[k]
         np.minimum(dist, np.sum((lab - lab[k]) ** 2, axis=1), out=dist)
-    out = cand[chosen]
     out.setflags(write=False)
     return out
 
