@@ -166,3 +166,25 @@ def test_menu_dialog_runs_command_and_macro_recorder_line_replays(ij):
     CALLS.clear()
     bridge.run_macro(lines[0])
     assert CALLS == [ScaleParams(factor=4.25, mode="exact", title="from the dialog", verbose=True)]
+
+
+def test_normalize_command_output_equals_the_task_function(ij):
+    import numpy as np
+    from jpype import JClass
+
+    from ijtorch.bridge._convert import imageplus_to_numpy, numpy_to_imageplus
+    from ijtorch.image import Calibration
+    from ijtorch.tasks.normalize import normalize
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4000, size=(3, 40, 50), dtype=np.uint16)  # a z-stack
+    cal = Calibration(pixel_width=0.5, pixel_height=0.5, voxel_depth=2.0, unit="micron")
+    imp = numpy_to_imageplus(data, "ZYX", title="stack", calibration=cal)
+    imp.show()
+    bridge.run_macro('selectImage("stack"); run("ijtorch Percentile Normalize", "low=2 high=98 per_plane");')
+    out = JClass("ij.WindowManager").getCurrentImage()
+    assert str(out.getTitle()) == "stack-normalized"
+    result = imageplus_to_numpy(out)
+    assert result.axes == "ZYX" and result.data.dtype == np.float32
+    np.testing.assert_array_equal(result.data, normalize(data, "ZYX", low=2, high=98, per_plane=True))
+    assert result.calibration == cal

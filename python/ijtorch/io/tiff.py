@@ -3,7 +3,8 @@
 Writing
     Data are reordered from the caller's ``axes`` to ImageJ's plane order ``TZCYX`` (``S`` last
     for RGB), absent axes dropped. Calibration goes to X/YResolution (pixels per unit) and the
-    ``unit``, ``spacing``, ``finterval`` and ``tunit`` keys; ``µm`` is written as ``micron``.
+    ``unit``, ``spacing``, ``finterval`` and ``tunit`` keys; ``µm`` is written as ``um`` (ASCII),
+    which ImageJ reads back as ``µm``.
     Files are written to a temporary file in the same folder and moved into place, and a path
     equal to the ``source`` argument (the image's input file) is refused.
 
@@ -72,7 +73,7 @@ def imagej_dtype(data: np.ndarray) -> np.dtype:
 
 def _ascii_unit(unit: str, arg: str) -> str:
     if unit in _MICRON:
-        return "micron"
+        return "um"  # ImageJ turns "um" into "µm"; 1.53t keeps "micron" as the literal word
     unit = unit.replace("\u00b5", "u").replace("\u03bc", "u")
     if not unit.isascii():
         raise ValueError(f"calibration: {arg}={unit!r} is not ASCII, which the TIFF description requires")
