@@ -5,7 +5,7 @@ Run from the repository root::
     python3 benchmarks/bench_convert.py
 
 Image: a 16-bit 64 x 2048 x 1024 stack (256 MiB). Each figure is the best of ``REPEATS`` runs after
-one warm-up run (the first touch of fresh memory, JVM heap included, is much slower than steady
+``WARMUP`` runs (the first touch of fresh memory, JVM heap included, is much slower than steady
 state on some virtual machines). Two numpy baselines, both on the same bytes:
 
 - ``numpy copy``: ``np.copyto`` into a preallocated array (pure copy speed);
@@ -27,19 +27,21 @@ import numpy as np  # noqa: E402
 
 SHAPE = (64, 2048, 1024)
 DTYPE = np.uint16
-REPEATS = 4
+REPEATS = 5
+WARMUP = 2
+HEAP_WARMUP = 6
 
 
-def best_of(fn, repeats: int = REPEATS) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call; each result is dropped at once."""
+def best_of(fn, repeats: int = REPEATS, warmup: int = WARMUP) -> float:
+    """Best wall time of ``repeats`` calls after ``warmup`` calls; each result is dropped at once."""
     times = []
-    for i in range(repeats + 1):
+    for i in range(warmup + repeats):
         t0 = time.perf_counter()
         result = fn()
         elapsed = time.perf_counter() - t0
         del result
         gc.collect()
-        if i:
+        if i >= warmup:
             times.append(elapsed)
     return min(times)
 
@@ -60,7 +62,7 @@ def main() -> None:
     data = np.random.default_rng(0).integers(0, 65536, SHAPE, dtype=DTYPE)
     nbytes = data.nbytes
     print(f"image: {DTYPE.__name__} {'x'.join(map(str, SHAPE))} = {nbytes / 2 ** 20:.0f} MiB; "
-          f"best of {REPEATS} after 1 warm-up")
+          f"best of {REPEATS} after {WARMUP} warm-up runs")
 
     dst = np.empty_like(data)
     copy_s = best_of(lambda: np.copyto(dst, data))
@@ -68,6 +70,12 @@ def main() -> None:
     fresh_s = best_of(lambda: data.copy())
     print(f"{'numpy copy':<18} {nbytes / copy_s / 1e9:6.2f} GB/s  (np.copyto into a preallocated array)")
     print(f"{'numpy fresh copy':<18} {nbytes / fresh_s / 1e9:6.2f} GB/s  (data.copy(): new memory each time)")
+
+    t0 = time.perf_counter()
+    for _ in range(HEAP_WARMUP):  # let the JVM heap grow to its working size once, untimed
+        numpy_to_imageplus(data, "ZYX")
+        numpy_to_imglib2(data)
+    print(f"JVM heap warm-up: {2 * HEAP_WARMUP} conversions in {time.perf_counter() - t0:.1f} s (not counted)")
 
     imp = numpy_to_imageplus(data, "ZYX")
     assert np.array_equal(imageplus_to_numpy(imp).data, data), "ImagePlus round trip is not exact"

@@ -1,10 +1,137 @@
-"""The task verbs of the CLI (segment, train, evaluate, demo), kept apart from the core CLI."""
+"""The task verbs of the CLI: segment, train, evaluate, models, demo.
+
+Each verb calls the same task function as the ImageJ command and the server.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _input_files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            if not found:
+                raise SystemExit(f"ijtorch: folder {path} holds no .tif/.tiff files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"ijtorch: input {path} does not exist")
+    return files
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .io.outputs import write_segmentation_outputs
+    from .io.tiff import read_tiff
+    from .tasks.segment import segment
+
+    files = _input_files(args.inputs)
+    out = Path(args.output)
+    total = 0
+    for path in files:
+        image = read_tiff(path)
+        if args.axes:
+            from dataclasses import replace
+
+            from .image import check_axes
+
+            image = replace(image, axes=check_axes(args.axes, image.data.ndim, arg_name="--axes"))
+        started = time.perf_counter()
+        result = segment(image.data, image.axes, model=args.model, prob_threshold=args.prob_threshold,
+                         nms_threshold=args.nms_threshold, channel=args.channel, device=args.device)
+        seconds = time.perf_counter() - started
+        write_segmentation_outputs(out, path.stem, image, result.labels, result.axes, inputs=(path,))
+        total += result.n_objects
+        print(f"{path.name}: {result.n_objects} objects in {seconds:.2f} s -> {out / (path.stem + '.tif')}")
+    print(f"{len(files)} image(s), {total} objects, model {args.model}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .tasks.segment import train_segmentation
+
+    summary = train_segmentation(args.images, args.labels, output=args.output, method=args.method,
+                                 base_model=args.base_model, epochs=args.epochs, steps_per_epoch=args.steps,
+                                 patch_size=args.patch_size, batch_size=args.batch_size, resume=args.resume,
+                                 device=args.device, val_fraction=args.val_fraction, seed=args.seed)
+    metrics = summary.get("metrics", {})
+    print(f"model saved to {summary['output']}")
+    for key, value in metrics.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .tasks.evaluate import evaluate, format_table
+
+    result = evaluate(args.pred_dir, args.gt_dir, output=args.output)
+    print(format_table(result))
+    if result.get("csv"):
+        print(f"written: {result['csv']}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models.store import list_models
+
+    for entry in list_models():
+        print(f"{entry['name']:<24} {entry.get('source', ''):<8} {entry.get('model_type', '')}  {entry.get('path', '')}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(output=Path(args.output), data=Path(args.data) if args.data else None)
 
 
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
-    """Add task verbs; filled in as task modules land."""
-    return None
+    p = sub.add_parser("segment", help="instance segmentation of TIFF files or folders")
+    p.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFFs")
+    p.add_argument("--output", required=True, help="folder for <name>.tif label maps, RoiSet zips, CSVs, overlays")
+    p.add_argument("--model", default="nuclei", help="model name (see 'ijtorch models') or model folder; default: the bundled nuclei model")
+    p.add_argument("--prob-threshold", type=float, default=None, help="object probability threshold (default: the model's tuned value)")
+    p.add_argument("--nms-threshold", type=float, default=None, help="overlap threshold of non-maximum suppression (default: tuned)")
+    p.add_argument("--channel", type=int, default=None, help="channel to segment in multi-channel images (1-based)")
+    p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX or ZYX")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=_segment)
+
+    p = sub.add_parser("train", help="train (or fine-tune) an instance segmentation model from image/label folders")
+    p.add_argument("images", help="folder of images")
+    p.add_argument("labels", help="folder of label maps with the same file names")
+    p.add_argument("--output", required=True, help="model folder to write")
+    p.add_argument("--method", default="stardist", choices=["stardist", "unet_watershed"])
+    p.add_argument("--base-model", default=None, help="fine-tune from this model (name or folder)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    p.add_argument("--patch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="compare predicted label maps with ground truth (AP, F1, splits, merges)")
+    p.add_argument("pred_dir")
+    p.add_argument("gt_dir")
+    p.add_argument("--output", default=None, help="folder for evaluation.csv")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("models", help="list bundled and user models")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("demo", help="segment sample nuclei in the embedded ImageJ (what 'make demo' runs)")
+    p.add_argument("--output", default="demo_output")
+    p.add_argument("--data", default=None, help="shared data folder (default: ../shared/data next to the project)")
+    p.set_defaults(func=_demo)

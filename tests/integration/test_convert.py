@@ -48,10 +48,6 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
     assert a.tobytes() == b.tobytes()
 
 
-def _canonical(axes: str) -> str:
-    return "".join(a for a in "TZCYXS" if a in axes)
-
-
 # ------------------------------------------------------------------------------ ImagePlus round trips
 
 LAYOUTS = [("YX", (5, 7)), ("ZYX", (4, 5, 7)), ("CYX", (3, 5, 7)), ("TYX", (2, 5, 7)),
@@ -100,6 +96,18 @@ def test_plane_order_matches_getStackIndex(conv, rng):
                 index = imp.getStackIndex(ci + 1, zi + 1, ti + 1)
                 plane = np.asarray(stack.getPixels(index)).view(np.uint16).reshape(6, 5)
                 np.testing.assert_array_equal(plane, data[ti, zi, ci])
+
+
+@pytest.mark.parametrize("channels", [1, 3, 9])
+def test_channels_like_imagej(conv, J, channels):
+    """Several channels give a CompositeImage in the mode IJ.createHyperStack picks for that count."""
+    imp = conv.numpy_to_imageplus(np.zeros((channels, 2, 4, 4), np.uint16), "CZYX")
+    ref = J.IJ.createHyperStack("ref", 4, 4, channels, 2, 1, 16)
+    assert imp.getClass().getName() == ref.getClass().getName()
+    assert imp.isComposite() == ref.isComposite()
+    if channels > 1:
+        assert imp.getMode() == ref.getMode()
+    assert imp.isHyperStack() == ref.isHyperStack()
 
 
 @pytest.mark.parametrize("order", ["C", "F"])

@@ -196,12 +196,16 @@ def test_tiff_written_by_us_opens_in_imagej(ij, tmp_path, dtype, bits):
 
 
 def test_label_tiff_opens_with_colour_lut(ij, tmp_path, nuclei):
-    from jpype import JClass
+    from jpype import JClass, JInt
 
     path = write_imagej_tiff(tmp_path / "labels.tif", nuclei, "YX", lut=imagej_lut(), display_range=(0, 255))
     imp = JClass("ij.IJ").openImage(str(path))
     assert imp.getBitDepth() == 16 and imp.getProcessor().isColorLut()
     np.testing.assert_array_equal(imageplus_to_numpy(imp).data, nuclei)
+    lut = imp.getProcessor().getLut()
+    for k in (0, 1, 7, 255):
+        rgb = int(lut.getRGB(JInt(k))) & 0xFFFFFF
+        assert [(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255] == glasbey_lut()[k].tolist()
 
 
 # ------------------------------------------------------------------------------ Results table

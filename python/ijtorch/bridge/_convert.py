@@ -284,9 +284,10 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
     Returns
     -------
     ij.ImagePlus
-        8-, 16-, 32-bit or RGB, with ``setDimensions(c, z, t)``; a ``CompositeImage`` in composite
-        mode when there is more than one channel (as ``IJ.createHyperStack`` makes), opened as a
-        hyperstack when more than one of C, Z, T is longer than 1. Not shown.
+        8-, 16-, 32-bit or RGB, with ``setDimensions(c, z, t)``; a ``CompositeImage`` when there is
+        more than one channel, in composite mode up to 8 channels and color mode beyond (as
+        ``IJ.createHyperStack`` makes it); opened as a hyperstack when more than one of C, Z, T is
+        longer than 1. Not shown.
 
     Raises
     ------
@@ -336,8 +337,9 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
         imp.setDimensions(nc, nz, nt)
         if sum(n > 1 for n in (nc, nz, nt)) > 1:
             imp.setOpenAsHyperStack(True)
-        if nc > 1 and not rgb:
-            imp = j.CompositeImage(imp, j.CompositeImage.COMPOSITE)
+        if nc > 1 and not rgb:  # as IJ.createHyperStack: composite mode up to MAX_CHANNELS, else color
+            CI = j.CompositeImage
+            imp = CI(imp, CI.COMPOSITE if nc <= CI.MAX_CHANNELS else CI.COLOR)
         cal = imp.getCalibration()
         cal.pixelWidth = float(calibration.pixel_width)
         cal.pixelHeight = float(calibration.pixel_height)

@@ -147,19 +147,15 @@ def add_rois_to_manager(outlines: Outlines, *, names: Sequence[str] | None = Non
     rm = roi_manager() if manager is None else manager
     from jpype import JArray, JClass, JInt, JFloat, JString
 
-    if reset:
-        rm.reset()
-    if n == 0:
-        return rm
     coords = outlines.coords
-    integer = bool(np.all(coords == np.round(coords)) and np.abs(coords).max() < 2 ** 24)
+    integer = bool(n == 0 or (np.all(coords == np.round(coords)) and np.abs(coords).max() < 2 ** 24))
     xs = JArray(JFloat)(np.ascontiguousarray(coords[:, 0], dtype=np.float32))
     ys = JArray(JFloat)(np.ascontiguousarray(coords[:, 1], dtype=np.float32))
     offsets = JArray(JInt)(outlines.offsets.astype(np.int32))
     c, z, t = (JArray(JInt)(np.ascontiguousarray(pos[:, k], dtype=np.int32)) for k in range(3))
     jnames = JArray(JString)(names)
-    before = int(rm.getCount())
-    after = int(JClass("ijtorch.IjtorchRois").addPolygons(rm, xs, ys, offsets, jnames, c, z, t, integer))
+    before = 0 if reset else int(rm.getCount())
+    after = int(JClass("ijtorch.IjtorchRois").addPolygons(rm, xs, ys, offsets, jnames, c, z, t, integer, reset))
     if after != before + n:
         raise RuntimeError(f"ROI Manager holds {after} ROIs after adding {n} to {before}")
     log.debug("added %d polygon ROIs to the ROI Manager (%d in total)", n, after)

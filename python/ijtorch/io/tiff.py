@@ -183,6 +183,11 @@ def write_imagej_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *,
         if "S" in target:
             raise ValueError("lut cannot be used with RGB data (S axis)")
         metadata["LUTs"] = _check_lut(lut, n_channels)
+        if n_channels == 1:
+            # ImageJ reads per-channel LUTs only for multi-channel (composite) images; a single
+            # channel takes its LUT from the TIFF ColorMap tag (768 uint16, high byte used).
+            cmap = metadata["LUTs"][0].astype(np.uint16) * 257
+            kwargs["extratags"] = [(320, "H", 768, tuple(int(v) for v in cmap.ravel()), True)]
     if display_range is not None:
         lo, hi = map(float, display_range)
         if not hi > lo:

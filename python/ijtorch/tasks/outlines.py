@@ -14,12 +14,14 @@ Rules, stated once:
 - **Holes**: only the outer boundary is returned, so the polygon of an object with holes also
   covers the holes (its area is the pixel count plus the hole area).
 - **Several pieces** under one label: the piece whose outer boundary encloses the largest area
-  is kept; the other pieces are ignored (``Outlines.n_pieces`` says how many there were).
+  is kept (equal areas: a deterministic but unspecified one); the other pieces are ignored
+  (``Outlines.n_pieces`` says how many there were).
 
 How it is fast: every boundary crack of every label is found at once with array comparisons,
 each crack's successor comes from its end vertex's 2×2 neighbourhood, cycles are identified by
-pointer jumping and the chosen cycles are walked in lock step. 10 000 objects in a 4096×4096
-label map take a fraction of a second (``benchmarks/bench_rois.py``).
+pointer jumping (connected components for very long boundaries) and the chosen cycles are
+walked in lock step. 10 000 objects in a 4096×4096 label map take a fraction of a second
+(``benchmarks/bench_rois.py``).
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ def _boundary_cracks(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _successors(keys: np.ndarray, labs: np.ndarray, bounds: np.ndarray, q: np.ndarray, nv: int) -> np.ndarray:
     """Index of the next crack along each boundary (8-connected objects: turn left at saddles)."""
-    h2, w2 = q.shape
+    w2 = q.shape[1]
     w1 = w2 - 1
     qf = q.ravel()
     succ_key = np.empty_like(keys)

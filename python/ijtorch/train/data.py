@@ -167,9 +167,11 @@ def _crop_padded(a: np.ndarray, start: Sequence[int], size: Sequence[int], mode:
 
 
 def _resample(image: np.ndarray, labels: np.ndarray, out_shape: tuple[int, ...], zoom: float,
-              rng: np.random.Generator, cfg: AugmentConfig, elastic: bool) -> tuple[np.ndarray, np.ndarray]:
+              rng: np.random.Generator, cfg: AugmentConfig, elastic: bool,
+              margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Zoom (and optionally elastically deform) a crop into ``out_shape``; labels nearest-neighbour."""
-    grids = np.meshgrid(*[(np.arange(n, dtype=np.float32) + 0.5) / zoom - 0.5 for n in out_shape], indexing="ij")
+    grids = np.meshgrid(*[(np.arange(n, dtype=np.float32) + 0.5) / zoom - 0.5 + margin for n in out_shape],
+                        indexing="ij")
     coords = np.stack(grids)
     if elastic:
         for d in range(len(out_shape)):
@@ -242,7 +244,8 @@ def random_patch(image: np.ndarray, labels: np.ndarray, patch_shape: Sequence[in
             lo, hi = np.log(augment.scale_range[0]), np.log(augment.scale_range[1])
             zoom = float(np.exp(rng.uniform(lo, hi)))
         elastic = augment.elastic_alpha > 0 and rng.random() < augment.elastic_prob
-    crop = tuple(int(np.ceil(p / zoom)) + (4 if elastic else 0) for p in patch_shape)
+    margin = int(np.ceil(augment.elastic_alpha)) + 1 if (elastic and augment is not None) else 0
+    crop = tuple(int(np.ceil(p / zoom)) + 2 * margin for p in patch_shape)
     if rng.random() < fg_fraction and labels.any():
         fg = np.flatnonzero(labels)
         center = np.unravel_index(fg[rng.integers(fg.size)], labels.shape)
@@ -252,10 +255,8 @@ def random_patch(image: np.ndarray, labels: np.ndarray, patch_shape: Sequence[in
         start = [int(rng.integers(0, max(d - n, 0) + 1)) for n, d in zip(crop, labels.shape)]
     img = _crop_padded(image, start, crop, "reflect")
     lab = _crop_padded(labels, start, crop, "constant")
-    if zoom != 1.0 or elastic:
-        if elastic:  # the 2-pixel margin keeps displaced samples inside the crop
-            img, lab = img, lab
-        img, lab = _resample(img, lab, patch_shape, zoom, rng, augment, elastic)  # type: ignore[arg-type]
+    if zoom != 1.0 or elastic:  # the margin keeps elastically displaced samples inside the crop
+        img, lab = _resample(img, lab, patch_shape, zoom, rng, augment, elastic, margin)  # type: ignore[arg-type]
     else:
         img, lab = img[tuple(slice(0, n) for n in patch_shape)], lab[tuple(slice(0, n) for n in patch_shape)]
     if augment is not None:

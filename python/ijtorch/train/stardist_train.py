@@ -88,6 +88,7 @@ def train_stardist(
     device: str = "auto",
     time_limit_s: float | None = None,
     optimize_thresholds: bool = True,
+    evaluate: bool = True,
     progress: ProgressCallback | None = None,
     progress_bar: bool | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -118,6 +119,8 @@ def train_stardist(
         Stop training (gracefully, after the current epoch) once this much time has passed.
     checkpoint_dir, resume
         Per-epoch checkpoints and resuming after a crash (default ``<output>.checkpoints``).
+    optimize_thresholds, evaluate : bool
+        Tune thresholds / measure AP@0.5 and AP@0.75 on the validation images after training.
 
     Returns
     -------
@@ -220,14 +223,16 @@ def train_stardist(
         },
     }
     model = StarDistModel(trainer.model, config, device=dev)
+    model.save(output)  # a usable model exists even if tuning below is interrupted
     metrics: dict[str, float] = {}
     tuned: dict[str, float] = {}
-    if val_idx:
+    if val_idx and (evaluate or optimize_thresholds):
         val_images = [pairs[i].image for i in val_idx]
         val_labels = [pairs[i].labels for i in val_idx]
         if optimize_thresholds:
             tuned = model.optimize_thresholds(val_images, val_labels, progress=progress)
-        metrics = model.evaluate(val_images, val_labels, iou_thresholds=(0.5, 0.75))
+        if evaluate:
+            metrics = model.evaluate(val_images, val_labels, iou_thresholds=(0.5, 0.75))
     model.config["metrics"] = {"split": "validation", "n_images": len(val_idx),
                                "n_objects": int(sum(len(np.unique(pairs[i].labels)) - 1 for i in val_idx)),
                                **{k: round(v, 4) for k, v in metrics.items()}}

@@ -37,11 +37,12 @@ public final class IjtorchRois {
      * @param z       slice positions, same convention
      * @param t       frame positions, same convention
      * @param integer true to build integer-coordinate polygons (coordinates are whole numbers)
+     * @param reset   true to empty the manager first (on the event thread, like the adding)
      * @return the number of ROIs in the manager afterwards
      */
     public static int addPolygons(final RoiManager rm, final float[] xs, final float[] ys, final int[] offsets,
                                   final String[] names, final int[] c, final int[] z, final int[] t,
-                                  final boolean integer) throws Exception {
+                                  final boolean integer, final boolean reset) throws Exception {
         final int n = names.length;
         final Roi[] rois = new Roi[n];
         for (int i = 0; i < n; i++) {
@@ -68,6 +69,9 @@ public final class IjtorchRois {
             rois[i] = roi;
         }
         final Runnable add = () -> {
+            if (reset) {
+                rm.reset();
+            }
             final JList<?> list = findList(rm);
             ListModel model = null;
             if (list != null) {
