@@ -4,9 +4,10 @@ Run from the repository root::
 
     python3 benchmarks/bench_convert.py
 
-Image: a 16-bit 64 x 2048 x 1024 stack (256 MiB). Each figure is the best of ``REPEATS`` runs after
-``WARMUP`` runs (the first touch of fresh memory, JVM heap included, is much slower than steady
-state on some virtual machines). Two numpy baselines, both on the same bytes:
+Image: a 16-bit 64 x 2048 x 1024 stack (256 MiB). The JVM gets a fixed 3 GiB heap, touched once
+by untimed conversions before anything Java is timed. Each conversion is timed in ``REPEATS``
+rounds (after ``WARMUP`` rounds); every round also times two numpy baselines on the same bytes,
+so both sides see the same machine load. The best time of each is reported:
 
 - ``numpy copy``: ``np.copyto`` into a preallocated array (pure copy speed);
 - ``numpy fresh copy``: ``data.copy()``, which like every conversion here also has to get new
@@ -22,6 +23,10 @@ import os
 import time
 
 os.environ.setdefault("IJTORCH_JAVA_HEAP", "3g")  # read when the JVM starts, below
+# A fixed-size heap (-Xms = -Xmx): otherwise G1 gives memory back after each concurrent mark and
+# takes it again later, and first touches of memory dominate (very slow on some VMs). The JVM
+# reports this setting on stderr ("Picked up JAVA_TOOL_OPTIONS").
+os.environ.setdefault("JAVA_TOOL_OPTIONS", f"-Xms{os.environ['IJTORCH_JAVA_HEAP']}")
 
 import numpy as np  # noqa: E402
 
@@ -32,23 +37,33 @@ WARMUP = 2
 HEAP_WARMUP = 6
 
 
-def best_of(fn, repeats: int = REPEATS, warmup: int = WARMUP) -> float:
-    """Best wall time of ``repeats`` calls after ``warmup`` calls; each result is dropped at once."""
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - t0
-        del result
-        gc.collect()
-        if i >= warmup:
-            times.append(elapsed)
-    return min(times)
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - t0
+    del result
+    gc.collect()
+    return elapsed
 
 
-def report(name: str, seconds: float, nbytes: int, copy_s: float, fresh_s: float) -> None:
-    print(f"{name:<18} {nbytes / seconds / 1e9:6.2f} GB/s  {copy_s / seconds:5.2f}x numpy copy  "
-          f"{fresh_s / seconds:5.2f}x numpy fresh copy", flush=True)
+def compare(name: str, convert, data: np.ndarray) -> None:
+    """Time ``convert`` and both numpy baselines in alternating rounds; print best-of GB/s and ratios.
+
+    Alternating rounds put the baselines and the conversion under the same machine load, which
+    matters on shared machines. Results are dropped right away so their memory can be reused.
+    """
+    dst = np.empty_like(data)
+    best = {"convert": [], "copy": [], "fresh": []}
+    for i in range(WARMUP + REPEATS):
+        times = {"copy": _timed(lambda: np.copyto(dst, data)), "fresh": _timed(lambda: data.copy()),
+                 "convert": _timed(convert)}
+        if i >= WARMUP:
+            for key, value in times.items():
+                best[key].append(value)
+    conv_s, copy_s, fresh_s = (min(best[k]) for k in ("convert", "copy", "fresh"))
+    gbs = lambda s: data.nbytes / s / 1e9  # noqa: E731
+    print(f"{name:<17} {gbs(conv_s):6.2f} GB/s  {copy_s / conv_s:5.2f}x numpy copy ({gbs(copy_s):5.2f} GB/s)  "
+          f"{fresh_s / conv_s:5.2f}x numpy fresh copy ({gbs(fresh_s):5.2f} GB/s)", flush=True)
 
 
 def main() -> None:
@@ -57,36 +72,31 @@ def main() -> None:
 
     t0 = time.perf_counter()
     rt = bridge.start()
-    print(f"ImageJ {rt.imagej_version}, Java {rt.java_version}, heap -Xmx{os.environ['IJTORCH_JAVA_HEAP']}, "
-          f"started in {time.perf_counter() - t0:.1f} s")
+    print(f"ImageJ {rt.imagej_version}, Java {rt.java_version}, heap -Xmx{os.environ['IJTORCH_JAVA_HEAP']} "
+          f"{os.environ.get('JAVA_TOOL_OPTIONS', '')}, started in {time.perf_counter() - t0:.1f} s")
     data = np.random.default_rng(0).integers(0, 65536, SHAPE, dtype=DTYPE)
-    nbytes = data.nbytes
-    print(f"image: {DTYPE.__name__} {'x'.join(map(str, SHAPE))} = {nbytes / 2 ** 20:.0f} MiB; "
-          f"best of {REPEATS} after {WARMUP} warm-up runs")
-
-    dst = np.empty_like(data)
-    copy_s = best_of(lambda: np.copyto(dst, data))
-    del dst
-    fresh_s = best_of(lambda: data.copy())
-    print(f"{'numpy copy':<18} {nbytes / copy_s / 1e9:6.2f} GB/s  (np.copyto into a preallocated array)")
-    print(f"{'numpy fresh copy':<18} {nbytes / fresh_s / 1e9:6.2f} GB/s  (data.copy(): new memory each time)")
+    print(f"image: {DTYPE.__name__} {'x'.join(map(str, SHAPE))} = {data.nbytes / 2 ** 20:.0f} MiB; best of {REPEATS} "
+          f"rounds after {WARMUP}, each round timing np.copyto (numpy copy), data.copy() (numpy fresh copy) "
+          "and the conversion")
 
     t0 = time.perf_counter()
-    for _ in range(HEAP_WARMUP):  # let the JVM heap grow to its working size once, untimed
+    for _ in range(HEAP_WARMUP):  # touch the JVM heap once, untimed
         numpy_to_imageplus(data, "ZYX")
         numpy_to_imglib2(data)
     print(f"JVM heap warm-up: {2 * HEAP_WARMUP} conversions in {time.perf_counter() - t0:.1f} s (not counted)")
 
     imp = numpy_to_imageplus(data, "ZYX")
-    assert np.array_equal(imageplus_to_numpy(imp).data, data), "ImagePlus round trip is not exact"
-    report("numpy->ImagePlus", best_of(lambda: numpy_to_imageplus(data, "ZYX")), nbytes, copy_s, fresh_s)
-    report("ImagePlus->numpy", best_of(lambda: imageplus_to_numpy(imp)), nbytes, copy_s, fresh_s)
+    if not np.array_equal(imageplus_to_numpy(imp).data, data):
+        raise SystemExit("ImagePlus round trip is not exact")
+    compare("numpy->ImagePlus", lambda: numpy_to_imageplus(data, "ZYX"), data)
+    compare("ImagePlus->numpy", lambda: imageplus_to_numpy(imp), data)
     del imp
 
     img = numpy_to_imglib2(data)
-    assert np.array_equal(imglib2_to_numpy(img), data), "ArrayImg round trip is not exact"
-    report("numpy->ArrayImg", best_of(lambda: numpy_to_imglib2(data)), nbytes, copy_s, fresh_s)
-    report("ArrayImg->numpy", best_of(lambda: imglib2_to_numpy(img)), nbytes, copy_s, fresh_s)
+    if not np.array_equal(imglib2_to_numpy(img), data):
+        raise SystemExit("ArrayImg round trip is not exact")
+    compare("numpy->ArrayImg", lambda: numpy_to_imglib2(data), data)
+    compare("ArrayImg->numpy", lambda: imglib2_to_numpy(img), data)
     del img
 
     run_roi_benchmark()

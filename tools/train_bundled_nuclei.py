@@ -80,17 +80,29 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--minutes", type=float, default=38.0, help="training time limit")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="re-tune thresholds and re-measure metrics of the saved model (no training)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.time()
     pairs = load_pairs(args.data)
-    summary = train_stardist(
-        pairs, output=args.output, val_fraction=0.15, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
-        batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
-        head_channels=32, lr=1e-3, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu",
-        time_limit_s=args.minutes * 60, progress_bar=False,
-        description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
-    )
+    if args.tune_only:
+        from ijtorch.models.stardist_model import StarDistModel
+        from ijtorch.train.stardist_train import tune_and_evaluate
+
+        model = StarDistModel.load(args.output, device="cpu")
+        val = set(model.config["training"]["val_names"])
+        tuned, metrics = tune_and_evaluate(model, [p for p in pairs if p.name in val])
+        model.save(args.output)
+        summary = {"threshold_search": tuned, "metrics": metrics, "thresholds": model.config["thresholds"]}
+    else:
+        summary = train_stardist(
+            pairs, output=args.output, val_fraction=0.15, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
+            batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
+            head_channels=32, lr=1e-3, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu",
+            time_limit_s=args.minutes * 60, progress_bar=False,
+            description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
+        )
     cfg = json.loads((args.output / "config.json").read_text())
     (args.output / "README.md").write_text(model_card(cfg, summary, args.data))
     print(json.dumps(summary, indent=2, default=str))

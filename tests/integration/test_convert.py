@@ -286,6 +286,19 @@ def test_errors(conv, rng):
         conv.numpy_to_imglib2(np.zeros((2, 2), np.complex64))
 
 
+def test_java_side_checks_sizes(conv):
+    """A buffer that does not match the image exactly is an error, never a partial copy."""
+    from ijtorch.errors import BridgeError
+
+    too_big = np.zeros(10, np.uint8)
+    with pytest.raises(BridgeError, match="2 bytes fewer than the numpy buffer"):
+        with conv._java_errors("test"):
+            conv._java().Arrays.buffersToStack(conv._buffers(too_big, writable=False), 2, 2, 2, 8)
+    with pytest.raises(BridgeError, match="numpy buffer is smaller than the image"):
+        with conv._java_errors("test"):
+            conv._java().Arrays.buffersToStack(conv._buffers(too_big[:6], writable=False), 2, 2, 2, 8)
+
+
 # ------------------------------------------------------------------------------ ImgLib2
 
 

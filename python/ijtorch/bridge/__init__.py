@@ -12,10 +12,14 @@ from ._commands import (
     registered_commands,
     registered_functions,
 )
+from ._convert import imageplus_to_numpy, imglib2_to_numpy, numpy_to_imageplus, numpy_to_imglib2
 from ._macro import MacroResult, run_command, run_macro
+from ._results import add_rois_to_manager, labels_to_imageplus, results_table
 from ._runtime import Runtime, is_started, runtime, start
 
 __all__ = [
+    "imageplus_to_numpy", "imglib2_to_numpy", "numpy_to_imageplus", "numpy_to_imglib2",
+    "add_rois_to_manager", "labels_to_imageplus", "results_table",
     "CommandContext", "MacroResult", "Runtime", "command", "is_started", "macro_function",
     "register_command", "register_function", "registered_commands", "registered_functions",
     "run_command", "run_macro", "runtime", "start",

@@ -239,6 +239,9 @@ def imageplus_to_numpy(imp: Any) -> Image:
         raise ValueError(f"imp {imp.getTitle()!s}: unsupported bit depth {bit_depth}; accepted: 8, 16, 24 (RGB), 32")
     nc, nz, nt = int(imp.getNChannels()), int(imp.getNSlices()), int(imp.getNFrames())
     stack = imp.getStack()
+    if int(stack.getBitDepth()) != bit_depth:
+        raise ValueError(f"imp {imp.getTitle()!s}: the image is {bit_depth}-bit but its stack is "
+                         f"{int(stack.getBitDepth())}-bit")
     n = int(stack.getSize())
     if nc * nz * nt != n:
         raise ValueError(f"imp {imp.getTitle()!s}: channels*slices*frames = {nc}*{nz}*{nt} does not match "

@@ -171,8 +171,8 @@ def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
         scyjava.config.add_classpath(entry)
     heap = os.environ.get("IJTORCH_JAVA_HEAP")
     options = ["-Djava.awt.headless=false", "--add-opens=java.base/java.lang=ALL-UNNAMED"]
-    if heap:
-        options.append(f"-Xmx{heap}")
+    if heap:  # a fixed-size heap: growing it touches fresh pages, which is slow on VMs
+        options += [f"-Xmx{heap}", f"-Xms{heap}"]
     # Destroy the JVM at exit (JPype's default, stated on purpose): leaving it alive while Python
     # finalizes lets Java threads call into a dead interpreter, which aborts the process
     # (glibc "FATAL: exception not rethrown", exit 134) and loses the script's exit code.

@@ -49,3 +49,4 @@ def ijtorch_torch_device() -> str:
     from ..models.device import default_device
 
     return str(default_device())
+from . import _segment_commands  # noqa: E402,F401  (registers the segmentation commands)

@@ -40,7 +40,6 @@ def write_geff(path: str | os.PathLike, tracks, *, overwrite: bool = False) -> P
     try:
         from geff.core_io import write_arrays
         from geff_spec import Axis, GeffMetadata
-        from geff.core_io._base_write import PropDictNpArray  # type: ignore[attr-defined]
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("writing GEFF needs the optional 'geff' package: pip install geff") from exc
     path = Path(path)
@@ -59,11 +58,11 @@ def write_geff(path: str | os.PathLike, tracks, *, overwrite: bool = False) -> P
     values = {"t": s["frame"] * dt, "z": s["z"], "y": s["y"], "x": s["x"], "frame": s["frame"],
               "label": s["label"], "area": s["area"], "radius": s["radius"], "track_id": s["track_id"],
               "ctc_label": s["ctc_label"]}
-    node_props = {k: PropDictNpArray(values=np.ascontiguousarray(v), missing=None)
+    node_props = {k: {"values": np.ascontiguousarray(v), "missing": None}
                   for k, v in values.items() if k in names or k not in ("z",)}
-    edge_props = {"cost": PropDictNpArray(values=np.asarray(tracks.edge_cost, np.float64), missing=None),
-                  "kind": PropDictNpArray(values=np.asarray(tracks.edge_kind, np.int8), missing=None)}
-    meta = GeffMetadata(directed=True, axes=axes)
+    edge_props = {"cost": {"values": np.asarray(tracks.edge_cost, np.float64), "missing": None},
+                  "kind": {"values": np.asarray(tracks.edge_kind, np.int8), "missing": None}}
+    meta = GeffMetadata(directed=True, axes=axes, node_props_metadata={}, edge_props_metadata={})
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         write_arrays(str(tmp / "g.zarr"), s["id"].astype(np.int64), node_props,

@@ -41,8 +41,8 @@ def ray_angles(n_rays: int) -> np.ndarray:
 def star_distances(labels: np.ndarray, n_rays: int = 32) -> np.ndarray:
     """Distance from every object pixel to its object's boundary along each ray.
 
-    Each ray is marched from the pixel centre in unit steps; at the first step ``t`` whose rounded
-    position leaves the image or the object, the distance is ``t - 1 + 0.5 / max(|cos|, |sin|)``
+    Each ray is marched from the pixel centre in unit steps (position ``(y + rint(t*sin), x +
+    rint(t*cos))``); at the first step ``t`` whose position leaves the image or the object, the distance is ``t - 1 + 0.5 / max(|cos|, |sin|)``
     (the half-pixel correction of the StarDist reference implementation). Background pixels get 0.
 
     Parameters
@@ -63,23 +63,23 @@ def star_distances(labels: np.ndarray, n_rays: int = 32) -> np.ndarray:
     ys, xs = np.nonzero(labels)
     if ys.size == 0:
         return out
-    vals = labels[ys, xs]
+    flat_lab = labels.ravel()
+    vals = flat_lab[ys * w + xs]
     for k, phi in enumerate(ray_angles(n_rays)):
         dy, dx = np.sin(phi), np.cos(phi)
         corr = 0.5 / max(abs(dy), abs(dx))
+        iy, ix, v = ys, xs, vals
         idx = np.arange(ys.size)
         dist = np.zeros(ys.size, np.float32)
         t = 0
         while idx.size:
             t += 1
-            ii = np.rint(ys[idx] + t * dy).astype(np.intp)
-            jj = np.rint(xs[idx] + t * dx).astype(np.intp)
-            inside = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
-            same = np.zeros(idx.size, bool)
-            same[inside] = labels[ii[inside], jj[inside]] == vals[idx[inside]]
-            done = idx[~same]
-            dist[done] = t - 1 + corr
-            idx = idx[same]
+            oy, ox = int(np.rint(t * dy)), int(np.rint(t * dx))  # same offset for every pixel
+            ii, jj = iy + oy, ix + ox
+            same = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+            same[same] = flat_lab[(ii * w + jj)[same]] == v[same]
+            dist[idx[~same]] = t - 1 + corr
+            idx, iy, ix, v = idx[same], iy[same], ix[same], v[same]
         out[ys, xs, k] = dist
     return out
 
@@ -135,13 +135,14 @@ def _inside_star(py: np.ndarray, px: np.ndarray, centers: np.ndarray, dists: np.
 
 
 def polygon_nms(points: np.ndarray, dists: np.ndarray, scores: np.ndarray, *, nms_threshold: float = 0.4,
-                max_samples: int = 400) -> np.ndarray:
+                max_samples: int = 256) -> np.ndarray:
     """Greedy non-maximum suppression of star polygons by IoU.
 
     Candidates are visited in order of decreasing score; a kept polygon suppresses every later one
     whose IoU with it exceeds ``nms_threshold``. Intersections are measured by sampling a regular
-    grid (at most ``max_samples`` points, at least 2 per pixel side) inside the kept polygon and
-    testing all its neighbours at once; polygon areas are exact.
+    grid (about ``max_samples`` points, at most 4 per pixel side) inside the kept polygon and
+    testing all its neighbours at once; polygon areas are exact. The IoU estimate is accurate to a few
+    percent, which only matters for pairs whose IoU is within that margin of ``nms_threshold``.
 
     Returns
     -------
@@ -178,7 +179,7 @@ def polygon_nms(points: np.ndarray, dists: np.ndarray, scores: np.ndarray, *, nm
         nb = nb[np.hypot(*(pts[nb] - pts[i]).T) < rmax[i] + rmax[nb]]
         if nb.size == 0:
             continue
-        s = min(0.5, max(np.sqrt(areas[i] / max_samples), 0.05))
+        s = max(0.25, float(np.sqrt(areas[i] / max_samples)))  # grid step: about max_samples points
         r = rmax[i]
         gy, gx = np.meshgrid(np.arange(-r, r + s, s) + pts[i, 0], np.arange(-r, r + s, s) + pts[i, 1], indexing="ij")
         gy, gx = gy.ravel(), gx.ravel()

@@ -21,7 +21,7 @@ import numpy as np
 from .data import AugmentConfig, Pair, percentile_normalize, random_patch, split_train_val
 from .progress import ProgressCallback
 
-__all__ = ["train_stardist", "stardist_targets"]
+__all__ = ["train_stardist", "stardist_targets", "tune_and_evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,30 @@ def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches:
             return batches(rng)
 
     return _Sized()
+
+
+def tune_and_evaluate(model: Any, val_pairs: Sequence[Pair], *, optimize: bool = True, evaluate: bool = True,
+                      progress: ProgressCallback | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Tune thresholds and measure AP@0.5/0.75 on validation pairs; results go into ``model.config``.
+
+    Returns ``(threshold_search, metrics)``; ``model.config["metrics"]`` records the metrics with the
+    number of images and objects they were measured on.
+    """
+    tuned: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    if val_pairs and (optimize or evaluate):
+        images = [p.image for p in val_pairs]
+        labels = [p.labels for p in val_pairs]
+        if optimize:
+            tuned = model.optimize_thresholds(images, labels, progress=progress)
+        if evaluate:
+            metrics = model.evaluate(images, labels, iou_thresholds=(0.5, 0.75))
+    model.config["metrics"] = {"split": "validation", "n_images": len(val_pairs),
+                               "n_objects": int(sum(len(np.unique(p.labels)) - 1 for p in val_pairs)),
+                               **{k: round(v, 4) for k, v in metrics.items()}}
+    if tuned:
+        model.config["metrics"]["threshold_search_score"] = round(tuned["score"], 4)
+    return tuned, metrics
 
 
 def train_stardist(
@@ -224,18 +248,8 @@ def train_stardist(
     }
     model = StarDistModel(trainer.model, config, device=dev)
     model.save(output)  # a usable model exists even if tuning below is interrupted
-    metrics: dict[str, float] = {}
-    tuned: dict[str, float] = {}
-    if val_idx and (evaluate or optimize_thresholds):
-        val_images = [pairs[i].image for i in val_idx]
-        val_labels = [pairs[i].labels for i in val_idx]
-        if optimize_thresholds:
-            tuned = model.optimize_thresholds(val_images, val_labels, progress=progress)
-        if evaluate:
-            metrics = model.evaluate(val_images, val_labels, iou_thresholds=(0.5, 0.75))
-    model.config["metrics"] = {"split": "validation", "n_images": len(val_idx),
-                               "n_objects": int(sum(len(np.unique(pairs[i].labels)) - 1 for i in val_idx)),
-                               **{k: round(v, 4) for k, v in metrics.items()}}
+    tuned, metrics = tune_and_evaluate(model, [pairs[i] for i in val_idx], optimize=optimize_thresholds,
+                                       evaluate=evaluate, progress=progress)
     model.save(output)
     summary = {
         "output": str(output), "method": "stardist", "epochs_run": result.epochs_run,

@@ -63,6 +63,17 @@ public final class IjtorchArrays {
             current.clear();
         }
 
+        /** Throw unless every byte of every chunk was read or written: sizes must match exactly. */
+        void finish() {
+            long left = current == null ? 0 : current.remaining();
+            for (int i = index + 1; i < buffers.length; i++) {
+                left += buffers[i].capacity();
+            }
+            if (left != 0) {
+                throw new IllegalArgumentException("the image has " + left + " bytes fewer than the numpy buffer");
+            }
+        }
+
         /** Elements of {@code size} bytes that fit in the current chunk (advancing when full). */
         private int room(int size) {
             while (current != null && current.remaining() < size) {
@@ -174,6 +185,7 @@ public final class IjtorchArrays {
                 out.put(pixels, 0, java.lang.reflect.Array.getLength(pixels));
             }
         }
+        out.finish();
     }
 
     /**
@@ -215,6 +227,7 @@ public final class IjtorchArrays {
             }
             stack.setPixels(pixels, i);
         }
+        in.finish();
         return stack;
     }
 
@@ -261,7 +274,9 @@ public final class IjtorchArrays {
         if (array == null) {
             return false;
         }
-        new Chunks(dst).put(array, 0, java.lang.reflect.Array.getLength(array));
+        Chunks out = new Chunks(dst);
+        out.put(array, 0, java.lang.reflect.Array.getLength(array));
+        out.finish();
         return true;
     }
 
@@ -284,6 +299,7 @@ public final class IjtorchArrays {
         for (Object a : arrays) {
             out.put(a, 0, (int) perPlane);
         }
+        out.finish();
         return true;
     }
 
@@ -360,6 +376,7 @@ public final class IjtorchArrays {
             default:
                 throw new IllegalArgumentException("unsupported ImgLib2 pixel type " + dtype);
         }
+        out.finish();
     }
 
     /**
@@ -383,7 +400,9 @@ public final class IjtorchArrays {
                 throw new IllegalArgumentException("unsupported dtype " + dtype);
         }
         Object array = arrayImgStorage(img);
-        new Chunks(src).get(array, 0, java.lang.reflect.Array.getLength(array));
+        Chunks in = new Chunks(src);
+        in.get(array, 0, java.lang.reflect.Array.getLength(array));
+        in.finish();
         return img;
     }
 }

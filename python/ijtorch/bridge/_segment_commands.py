@@ -1,0 +1,186 @@
+"""ImageJ commands for the main job: ``ijtorch Segment``, ``ijtorch Train Segmentation``,
+``ijtorch Evaluate``, plus ``Ext.ijtorch...`` functions for macros.
+
+Handlers only translate: ImagePlus → numpy, call the task function the CLI and server also call,
+numpy → ImageJ objects (label image, ROI Manager, ResultsTable).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import IjtorchError
+from ._commands import CommandContext, command, macro_function
+
+__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_imageplus"]
+
+
+class SegmentOutput(str, Enum):
+    labels = "label map"
+    rois = "ROI Manager"
+    results = "Results"
+    all = "all"
+
+
+class SegmentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("nuclei", description="model name (see Ext.ijtorchListModels) or model folder")
+    prob_threshold: float = Field(0.0, ge=0, le=1, description="object probability threshold; 0 = the model's tuned value")
+    nms_threshold: float = Field(0.0, ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")
+    channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
+    output: SegmentOutput = Field(SegmentOutput.all, description="what to create: label map, ROI Manager, Results or all")
+
+
+def _progress_to_imagej(ctx: CommandContext):
+    def listener(event) -> None:
+        if event.n:
+            ctx.progress(event.i, event.n, event.message or event.phase)
+
+    return listener
+
+
+def segment_imageplus(ctx: CommandContext, imp, p: SegmentParams):
+    """Segment an ImagePlus and create the requested ImageJ outputs; returns (result, label ImagePlus)."""
+    from ..tasks.measure import measure
+    from ..tasks.outlines import outlines
+    from ..tasks.segment import segment
+    from ._convert import imageplus_to_numpy
+    from ._results import add_rois_to_manager, labels_to_imageplus, results_table
+
+    image = imageplus_to_numpy(imp)
+    if "S" in image.axes:
+        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
+    channel = p.channel - 1 if "C" in image.axes else None
+    result = segment(image.data, image.axes, model=p.model, channel=channel,
+                     prob_threshold=p.prob_threshold or None, nms_threshold=p.nms_threshold or None,
+                     progress=_progress_to_imagej(ctx))
+    want = p.output
+    label_imp = None
+    if want in (SegmentOutput.labels, SegmentOutput.all):
+        label_imp = labels_to_imageplus(result.labels, result.axes, calibration=image.calibration,
+                                        title=f"{Path(image.title).stem}-labels")
+        label_imp.show()
+    if want in (SegmentOutput.rois, SegmentOutput.all):
+        add_rois_to_manager(outlines(result.labels, result.axes), reset=True)
+    if want in (SegmentOutput.results, SegmentOutput.all):
+        intensity = image.data if channel is None else np.take(image.data, channel, axis=image.axes.index("C"))
+        results_table(measure(result.labels, result.axes, intensity=intensity, calibration=image.calibration))
+    ctx.progress(1, 1)
+    from jpype import JClass
+
+    JClass("ij.IJ").showStatus(f"{ctx.command}: {result.n_objects} objects ({result.model}, {result.seconds:.2f} s)")
+    return result, label_imp
+
+
+_last_result: dict = {}
+
+
+@command("ijtorch Segment", params=SegmentParams)
+def segment_command(ctx: CommandContext, p: SegmentParams) -> None:
+    """Instance segmentation of the current image (2D, z-stack plane by plane, time-lapse frame by frame)."""
+    result, _ = segment_imageplus(ctx, ctx.current_image(), p)
+    _last_result["n_objects"] = result.n_objects
+
+
+class TrainSource(str, Enum):
+    image = "current image + ROI Manager"
+    folders = "folders"
+
+
+class TrainSegmentationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: TrainSource = Field(TrainSource.image, description="annotations from the ROI Manager on the current image, or folders of image/label TIFFs")
+    images: str = Field("", description="folder of training images (source=folders)")
+    labels: str = Field("", description="folder of label maps with the same names (source=folders)")
+    name: str = Field("my-model", description="name of the new model (saved in the user model folder)")
+    base_model: str = Field("", description="fine-tune from this model (e.g. nuclei); empty = from scratch")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    steps: int = Field(50, ge=1, description="steps per epoch")
+    patch_size: int = Field(128, ge=32, description="training patch size in pixels")
+
+
+@command("ijtorch Train Segmentation", params=TrainSegmentationParams)
+def train_segmentation_command(ctx: CommandContext, p: TrainSegmentationParams) -> None:
+    """Train or fine-tune a star-convex model; the new model is immediately selectable by name."""
+    from ..models.store import user_models_dir
+    from ..tasks.rasterize import polygons_to_labels
+    from ..tasks.segment import train_segmentation
+    from ._annotations import rois_from_manager
+    from ._convert import imageplus_to_numpy
+
+    if not p.name or "/" in p.name or p.name.startswith("."):
+        raise IjtorchError(f"name={p.name!r}: give a plain model name (letters, digits, - and _)")
+    if p.source == TrainSource.image:
+        image = imageplus_to_numpy(ctx.current_image())
+        if image.axes != "YX":
+            raise IjtorchError(f"training from the ROI Manager needs a single 2D plane (YX), got {image.axes}")
+        ann = rois_from_manager()
+        labels = polygons_to_labels(ann.polygons, image.data.shape)
+        images_arg, labels_arg = [image.data], [labels]
+        val_fraction = 0.0
+    else:
+        if not p.images or not p.labels:
+            raise IjtorchError("source=folders needs images=[folder] and labels=[folder]")
+        images_arg, labels_arg, val_fraction = p.images, p.labels, 0.15
+    output = user_models_dir() / p.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    summary = train_segmentation(images_arg, labels_arg, output=output, base_model=p.base_model or None,
+                                 epochs=p.epochs, steps_per_epoch=p.steps, patch_size=p.patch_size,
+                                 val_fraction=val_fraction, progress=_progress_to_imagej(ctx))
+    from jpype import JClass
+
+    JClass("ij.IJ").log(f"{ctx.command}: model '{p.name}' saved to {summary.get('output', output)}")
+
+
+class EvaluateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction: str = Field(..., description="title of the predicted label image, or a folder of label TIFFs")
+    ground_truth: str = Field(..., description="title of the ground-truth label image, or a folder with the same file names")
+
+
+@command("ijtorch Evaluate", params=EvaluateParams)
+def evaluate_command(ctx: CommandContext, p: EvaluateParams) -> None:
+    """Instance metrics (AP at IoU 0.5…0.9, F1, splits, merges, Dice) into a ResultsTable."""
+    from ..metrics import DEFAULT_THRESHOLDS, evaluate_pair
+    from ..tasks.evaluate import evaluate
+    from ._convert import imageplus_to_numpy
+    from ._results import results_table
+
+    if Path(p.prediction).is_dir() and Path(p.ground_truth).is_dir():
+        result = evaluate(p.prediction, p.ground_truth)
+        rows = result["rows"] + [result["mean"], result["pooled"]]
+    else:
+        from jpype import JClass
+
+        WindowManager = JClass("ij.WindowManager")
+        maps = []
+        for role, title in (("prediction", p.prediction), ("ground_truth", p.ground_truth)):
+            imp = WindowManager.getImage(title)
+            if imp is None:
+                raise IjtorchError(f"{role}={title!r}: no open image has that title and it is not a folder")
+            maps.append(imageplus_to_numpy(imp).data)
+        rows = [{"image": p.prediction, **evaluate_pair(maps[1], maps[0], thresholds=DEFAULT_THRESHOLDS)}]
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    columns = {k: np.asarray([r.get(k) for r in rows], dtype=object if isinstance(rows[0][k], str) else float)
+               for k in keys}
+    results_table(columns, title="Evaluation")
+
+
+@macro_function("ijtorchListModels")
+def ijtorch_list_models() -> str:
+    """Ext.ijtorchListModels(): comma-separated names of bundled and user models."""
+    from ..models.store import list_models
+
+    return ",".join(m["name"] for m in list_models())
+
+
+@macro_function("ijtorchObjectCount", returns="number")
+def ijtorch_object_count() -> int:
+    """Ext.ijtorchObjectCount(n): sets n to the object count of the last ijtorch Segment run."""
+    if "n_objects" not in _last_result:
+        raise IjtorchError("no segmentation has run yet in this ImageJ session")
+    return _last_result["n_objects"]
