@@ -13,6 +13,17 @@ from ijtorch.models import stardist as sd
 from ijtorch.train.tiling import predict_tiled
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: much faster than two on a shared, oversubscribed CPU (and deterministic)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _disk(shape, center, radius):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
@@ -229,3 +240,21 @@ def test_bundled_nuclei_model_segments_a_validation_image(shared_data):
     ap = tp / (tp + fp + fn)
     # slack: the full validation split is measured in config["metrics"]; three images may score lower
     assert ap >= min(0.7, cfg["metrics"]["ap@0.5"] - 0.1), f"AP@0.5 {ap:.3f} on {names}"
+
+
+@pytest.mark.slow
+def test_bundled_model_tiled_equals_whole_on_a_big_image(shared_data):
+    """Real network: a 1040 x 1392 mosaic segmented in 256-px tiles vs in one piece (< 0.5 % split)."""
+    from ijtorch.models.store import bundled_dir
+    from ijtorch.tasks.segment import segment
+
+    if not (bundled_dir() / "nuclei" / "config.json").exists():
+        pytest.skip("bundled nuclei model not trained yet (tools/train_bundled_nuclei.py)")
+    img = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "images" / "07fb37aafa662660.tif")
+    big = np.block([[img, img[:, ::-1]], [img[::-1], img[::-1, ::-1]]])
+    whole = segment(big, "YX", model="nuclei", device="cpu", tile_size=2048, overlap=96).labels
+    tiled = segment(big, "YX", model="nuclei", device="cpu", tile_size=256, overlap=96).labels
+    tp, fp, fn = sd.match_counts(whole, tiled, (0.5,))[0.5]
+    n = int(whole.max())
+    assert n > 800
+    assert (fp + fn) / n < 0.005, f"{fp + fn} of {n} objects differ between tiled and whole"

@@ -13,6 +13,17 @@ from ijtorch.train.trainer import CHECKPOINT_NAME, Trainer
 NO_INTENSITY = dict(intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: much faster than two on a shared, oversubscribed CPU (and deterministic)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_percentile_normalize_maps_percentiles_to_0_and_1(rng):
     x = rng.integers(0, 4000, size=(3, 64, 64)).astype(np.uint16)
     y = percentile_normalize(x, 1.0, 99.8)
@@ -105,7 +116,7 @@ def test_tiny_model_loss_falls_on_real_nuclei(nuclei_items):
             return np.mean([float(stardist_loss(net, tuple(torch.from_numpy(a) for a in b))[0]) for b in fixed])
 
     before = fixed_loss()
-    Trainer(net, stardist_loss, nuclei_items(8), epochs=3, lr=3e-3, seed=0, device="cpu",
+    Trainer(net, stardist_loss, nuclei_items(8), epochs=4, lr=1e-2, seed=0, device="cpu",
             progress_bar=False).fit()
     after = fixed_loss()
     assert after < 0.8 * before, f"loss {before:.3f} -> {after:.3f}"
@@ -168,3 +179,24 @@ def test_checkpoint_contains_no_pickle(nuclei_items, tmp_path):
         meta = f.metadata()
     assert any(k.startswith("optim.") for k in keys) and "rng.torch" in keys
     assert '"epoch": 1' in meta["ijtorch_trainer"]
+
+
+def test_train_stardist_saves_split_and_fine_tunes(shared_data, tmp_path):
+    from ijtorch.models.store import load_model_dir
+    from ijtorch.train.stardist_train import train_stardist
+
+    pairs = load_pairs(shared_data / "nuclei_dsb2018" / "train")[:8]
+    kw = dict(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, device="cpu", progress_bar=False,
+              optimize_thresholds=False, evaluate=False, seed=0, val_fraction=0.25)
+    s1 = train_stardist(pairs, output=tmp_path / "m1", n_rays=8, base_channels=4, depth=2, head_channels=4, **kw)
+    cfg = load_model_dir(tmp_path / "m1").config
+    tr, va = split_train_val(8, val_fraction=0.25, seed=0)
+    assert cfg["training"]["val_names"] == [pairs[i].name for i in va]
+    assert cfg["training"]["train_names"] == [pairs[i].name for i in tr]
+    assert s1["n_val"] == 2 and cfg["architecture"]["n_rays"] == 8
+    s2 = train_stardist(pairs, output=tmp_path / "m2", base_model=tmp_path / "m1", **kw)
+    cfg2 = load_model_dir(tmp_path / "m2").config
+    assert cfg2["training"]["base_model"] == str(tmp_path / "m1") and cfg2["architecture"] == cfg["architecture"]
+    assert s2["epochs_run"] == 1
+    with pytest.raises(ValueError, match="val_names contains names not in pairs"):
+        train_stardist(pairs, output=tmp_path / "m3", val_names=["nope"], **kw)

@@ -188,8 +188,8 @@ class Trainer:
     progress_bar : bool or None
         Draw a text bar on stderr; ``None`` draws it when stderr is a terminal.
     cancel : callable, optional
-        ``cancel() -> bool`` polled between epochs (and every training step); when true, training
-        stops after saving a checkpoint and the result has ``cancelled=True``.
+        ``cancel() -> bool`` polled before every epoch; when true, training stops (the checkpoint of
+        the last finished epoch is on disk) and the result has ``cancelled=True``.
     restore_best : bool
         Load the best weights into ``model`` when training ends.
     """

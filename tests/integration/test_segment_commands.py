@@ -1,0 +1,106 @@
+"""``ijtorch Segment`` / ``Train Segmentation`` / ``Evaluate`` from macros in the embedded ImageJ,
+checked against the Python task functions on real shared data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ijtorch import bridge
+from ijtorch.errors import MacroError
+
+pytestmark = pytest.mark.jvm
+NAME = "0402a81e75262469"
+
+
+@pytest.fixture
+def nuclei_image(ij, shared_data):
+    path = shared_data / "nuclei_dsb2018" / "train" / "images" / f"{NAME}.tif"
+    return path
+
+
+def test_segment_macro_matches_python_result(ij, nuclei_image):
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.measure import measure
+    from ijtorch.tasks.segment import segment
+
+    image = read_tiff(nuclei_image)
+    expected = segment(image.data, image.axes, model="nuclei")
+    assert expected.n_objects > 5
+    log = bridge.run_macro(
+        f'open("{nuclei_image}"); run("ijtorch Segment", "model=nuclei output=all");'
+        'print(getTitle()); print(bitDepth()); print(roiManager("count")); print(nResults);'
+        'run("ijtorch Macro Functions"); Ext.ijtorchObjectCount(n); print(n);').log.splitlines()
+    assert log == [f"{NAME}-labels", "16", str(expected.n_objects), str(expected.n_objects), str(expected.n_objects)]
+    WindowManager = JClass("ij.WindowManager")
+    labels_imp = WindowManager.getImage(f"{NAME}-labels")
+    np.testing.assert_array_equal(imageplus_to_numpy(labels_imp).data, expected.labels)
+    # the label image keeps the source calibration and shows labels with a colour LUT
+    assert not labels_imp.getProcessor().isGrayscale()
+    # ROI Manager: one ROI per object whose mask equals the object
+    rm = JClass("ij.plugin.frame.RoiManager").getInstance()
+    rois = rm.getRoisAsArray()
+    for index in (0, len(rois) // 2, len(rois) - 1):
+        roi = rois[index]
+        b = roi.getBounds()
+        mask = np.array(roi.getMask().getPixels(), dtype=np.int8).reshape(b.height, b.width) != 0
+        window = expected.labels[b.y:b.y + b.height, b.x:b.x + b.width]
+        values, counts = np.unique(window[mask], return_counts=True)
+        assert len(values) == 1 and values[0] != 0, "a ROI covers exactly one object"
+        np.testing.assert_array_equal(window == values[0], mask)
+    # ResultsTable equals measure() of the Python result
+    table = JClass("ij.measure.ResultsTable").getResultsTable()
+    columns = measure(expected.labels, "YX", intensity=image.data, calibration=image.calibration)
+    for key in ("label", "area", "centroid_x", "mean"):
+        col = np.array(table.getColumn(table.getColumnIndex(key)) if hasattr(table, "getColumnIndex") else table.getColumn(key))
+        np.testing.assert_allclose(col, columns[key], rtol=1e-5)
+
+
+def test_segment_time_lapse_frame_by_frame(ij, nuclei_image):
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy, numpy_to_imageplus
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.segment import segment
+
+    plane = read_tiff(nuclei_image).data[:128, :128]
+    movie = np.stack([plane, np.roll(plane, 7, axis=1), np.flipud(plane)])
+    imp = numpy_to_imageplus(movie, "TYX", title="movie")
+    imp.show()
+    bridge.run_macro('selectImage("movie"); run("ijtorch Segment", "model=nuclei output=[label map]");')
+    out = imageplus_to_numpy(JClass("ij.WindowManager").getImage("movie-labels"))
+    assert out.axes == "TYX"
+    from skimage.segmentation import relabel_sequential
+
+    for t in range(3):  # labels are unique over the whole movie, so compare each frame's partition
+        np.testing.assert_array_equal(relabel_sequential(out.data[t])[0],
+                                      relabel_sequential(segment(movie[t], "YX", model="nuclei").labels)[0])
+
+
+def test_segment_errors_are_macro_errors(ij):
+    with pytest.raises(MacroError, match="needs an open image"):
+        bridge.run_macro('run("ijtorch Segment", "model=nuclei");')
+    with pytest.raises(MacroError, match="no-such-model"):
+        bridge.run_macro('newImage("x", "8-bit", 32, 32, 1); run("ijtorch Segment", "model=no-such-model");')
+
+
+def test_evaluate_two_open_label_images(ij):
+    from jpype import JClass
+
+    from ijtorch.bridge import numpy_to_imageplus
+
+    gt = np.zeros((64, 64), np.uint16)
+    gt[5:20, 5:20] = 1
+    gt[30:50, 30:50] = 2
+    pred = gt.copy()
+    pred[30:50, 30:50] = 0  # one object missed
+    for data, title in ((gt, "gt"), (pred, "pred")):
+        numpy_to_imageplus(data, "YX", title=title).show()
+    bridge.run_macro('run("ijtorch Evaluate", "prediction=pred ground_truth=gt");')
+    window = JClass("ij.WindowManager").getWindow("Evaluation")
+    table = window.getResultsTable()
+    assert table.getValue("tp", 0) == 1 and table.getValue("fn", 0) == 1 and table.getValue("fp", 0) == 0
+    assert table.getValue("recall", 0) == pytest.approx(0.5)
