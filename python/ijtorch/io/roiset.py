@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["RoiSet", "write_roiset", "read_roiset", "default_names"]
+
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +201,8 @@ def write_roiset(path: str | os.PathLike, polygons, *, names: Sequence[str] | No
         raise ValueError(f"path: folder {str(path.parent)!r} does not exist")
     rois = [_to_roi(xy, name, *map(int, p)) for xy, name, p in zip(polys, names, pos)]
     entries = _unique_entries(names)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.zip")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         roiwrite(tmp, rois, name=entries, mode="w")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     log.info("wrote %d ROIs to %s", n, path)
     return path
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from .atomic import atomic_path
 from ..image import CANONICAL_AXES, Calibration, Image, check_axes
 
 __all__ = ["write_imagej_tiff", "read_tiff", "imagej_dtype"]
@@ -196,16 +196,9 @@ def write_imagej_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *,
         metadata["min"], metadata["max"] = lo, hi
     if dtype != data.dtype:
         log.info("writing %s data as %s (lossless; ImageJ TIFF has no %s)", data.dtype, dtype, data.dtype)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.tif")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, out, imagej=True, metadata=metadata, photometric="rgb" if "S" in target else
                          "minisblack", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     log.info("wrote %s %s %s to %s", target, out.shape, dtype, path)
     return path
 
