@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python3 tools/train_bundled_nuclei.py [--minutes 35] [--epochs 20] [--threads 1] [--output DIR] [--resume]
+    python3 tools/train_bundled_nuclei.py [--minutes 35] [--epochs 30] [--threads 1] [--output DIR] [--resume]
 
 The validation split (15 %, seed 0, by sorted file name) is held out from training; thresholds are
 tuned and metrics measured on it. A model card (README.md) is written next to the weights.
@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nuclei_dsb2018" / "train")
     ap.add_argument("--output", type=Path, default=ROOT / "python" / "ijtorch" / "models" / "bundled" / "nuclei")
     ap.add_argument("--checkpoints", type=Path, default=Path("/tmp/ijtorch_nuclei_ckpt"))
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=128)

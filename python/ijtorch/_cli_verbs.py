@@ -6,7 +6,6 @@ Each verb calls the same task function as the ImageJ command and the server.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -80,6 +79,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _track(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .image import check_axes
+    from .io.tiff import read_tiff
+    from .tasks.track import track_movie, write_track_outputs
+    from .tasks.tracking import TrackingParams
+
+    source = Path(args.input)
+    if source.is_dir():  # a folder of frames, e.g. a Cell Tracking Challenge TRA folder
+        frames = [read_tiff(p) for p in _input_files([str(source)])]
+        data, axes, calibration = np.stack([f.data for f in frames]), "T" + frames[0].axes, frames[0].calibration
+    else:
+        movie = read_tiff(source)
+        data, axes, calibration = movie.data, movie.axes, movie.calibration
+    if args.axes:
+        axes = check_axes(args.axes, data.ndim, arg_name="--axes")
+    params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap, allow_splitting=not args.no_divisions)
+    tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, calibration=calibration, params=params)
+    paths = write_track_outputs(args.output, source.stem, tracks, image_path=source if source.is_file() else None)
+    print(f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .models.store import list_models
 
@@ -127,6 +152,17 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("gt_dir")
     p.add_argument("--output", default=None, help="folder for evaluation.csv")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("track", help="track objects through a time-lapse TIFF or a folder of frames")
+    p.add_argument("input", help="time-lapse TIFF (T axis) or a folder of frame TIFFs")
+    p.add_argument("--output", required=True, help="folder for TrackMate XML/CSV, CTC result, GEFF, statistics")
+    p.add_argument("--labels", action="store_true", help="the input already holds label masks (e.g. a CTC TRA folder)")
+    p.add_argument("--model", default="nuclei", help="segmentation model when the input is not labels")
+    p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX")
+    p.add_argument("--max-distance", type=float, default=15.0, help="largest frame-to-frame displacement (calibrated units)")
+    p.add_argument("--max-gap", type=int, default=2, help="largest number of missed frames bridged")
+    p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
+    p.set_defaults(func=_track)
 
     p = sub.add_parser("models", help="list bundled and user models")
     p.set_defaults(func=_models)

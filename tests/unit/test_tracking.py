@@ -111,16 +111,16 @@ def test_ctc_output_valid_and_tra(bacteria, bacteria_tracks, tmp_path):
     assert len(list(res.glob("mask*.tif"))) == 25
     line = (res / "res_track.txt").read_text().splitlines()[0]
     assert len(line.split(" ")) == 4
-    assert ctc_metrics.validate_sequence(str(res))["Valid"] == 1
+    assert ctc_metrics.validate_sequence(str(res), threads=1)["Valid"] == 1
     gt_dir = tmp_path / "01_GT"
     shutil.copytree(DATA / "01_GT", gt_dir)
-    r = ctc_metrics.evaluate_sequence(str(res), str(gt_dir), metrics=["DET", "TRA"])
+    r = ctc_metrics.evaluate_sequence(str(res), str(gt_dir), metrics=["DET", "TRA"], threads=1)
     assert r["DET"] == 1.0 and r["TRA"] > 0.99, r
     # GT written back through our writer: valid and TRA exactly 1.
     lab, gt = bacteria
     same = write_ctc(tmp_path / "02_RES", masks=lab, lineage=gt)
-    assert ctc_metrics.validate_sequence(str(same))["Valid"] == 1
-    r = ctc_metrics.evaluate_sequence(str(same), str(gt_dir), metrics=["DET", "TRA"])
+    assert ctc_metrics.validate_sequence(str(same), threads=1)["Valid"] == 1
+    r = ctc_metrics.evaluate_sequence(str(same), str(gt_dir), metrics=["DET", "TRA"], threads=1)
     assert r["TRA"] == 1.0
 
 

@@ -50,3 +50,4 @@ def ijtorch_torch_device() -> str:
 
     return str(default_device())
 from . import _segment_commands  # noqa: E402,F401  (registers the segmentation commands)
+from . import _track_commands  # noqa: E402,F401

@@ -349,7 +349,6 @@ def stardist_loss(model: Any, batch: Any, *, dist_weight: float = 0.2, bg_reg: f
     ``batch = (image (N,1,Y,X), prob_target (N,1,Y,X), dist_target (N,R,Y,X))``. Returns
     ``(loss, {"bce": ..., "dist": ...})``.
     """
-    import torch
     import torch.nn.functional as F
 
     x, p_t, d_t = batch

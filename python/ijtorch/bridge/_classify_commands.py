@@ -1,0 +1,334 @@
+"""ImageJ commands for classification: ``ijtorch Classify``, ``ijtorch Train Classifier``,
+``ijtorch Embed``, plus ``Ext.ijtorchClassifierClasses``.
+
+Handlers only translate: ImagePlus + ROI Manager (or a label image) → object crops
+(:func:`ijtorch.tasks.classify.object_crops`), call the task functions, and hand results back as a
+ResultsTable and class-coloured ROIs.
+
+Training from ROIs: the class of a ROI is its name up to a final ``_``/``-``/space/``.`` followed by
+digits (``mitotic_001`` → ``mitotic``, ``S_phase_12`` → ``S_phase``, ``G2`` → ``G2``), or its ROI
+Manager group (the group's name where ImageJ has one, else ``group<N>``). Crop settings (size,
+scale by object, mask channel) are saved in the model config (``crops``) and reused by Classify and
+Embed.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import IjtorchError
+from ._commands import CommandContext, command, macro_function
+from ._segment_commands import _progress_to_imagej
+
+__all__ = ["ClassifyParams", "TrainClassifierParams", "EmbedParams", "class_from_roi_name", "class_colours"]
+
+
+class ObjectSource(str, Enum):
+    rois = "ROI Manager"
+    labels = "label image"
+    whole = "whole image"
+
+
+class ClassifyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="classifier name (see Ext.ijtorchListModels) or model folder")
+    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image as one item")
+    label_image: str = Field("", description="title of the label image (source=label image)")
+
+
+class ClassFrom(str, Enum):
+    name = "ROI name prefix"
+    group = "ROI group"
+
+
+class TrainSource(str, Enum):
+    image = "current image + ROI Manager"
+    folder = "folder"
+
+
+class Weighting(str, Enum):
+    balanced = "balanced"
+    sampling = "sampling"
+    none = "none"
+
+
+class TrainClassifierParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: TrainSource = Field(TrainSource.image, description="ROIs on the current image, or a folder with one sub-folder of TIFFs per class")
+    folder: str = Field("", description="folder with class sub-folders (source=folder)")
+    class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (mitotic_001 → mitotic) or its ROI Manager group")
+    name: str = Field("my-classifier", description="name of the new model (saved in the user model folder)")
+    base_model: str = Field("", description="fine-tune from this classifier (backbone reused, new head); empty = from scratch")
+    epochs: int = Field(30, ge=1, description="training epochs")
+    size: int = Field(40, ge=8, description="crop size in pixels around each ROI")
+    scale_by_object: bool = Field(False, description="crop 1.25 × the object's extent and resample it to the crop size")
+    mask_channel: bool = Field(False, description="add the object's mask as an extra channel")
+    class_weighting: Weighting = Field(Weighting.balanced, description="balanced loss weights, balanced sampling or none")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="held-out fraction per class for metrics and calibration")
+    seed: int = Field(0, description="random seed (split, initialisation, batches)")
+
+
+class EmbedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="classifier whose penultimate features are the embedding")
+    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image")
+    label_image: str = Field("", description="title of the label image (source=label image)")
+    csv: str = Field("", description="also write the features to this .csv (or .parquet with pyarrow) file; empty = none")
+    clusters: int = Field(0, ge=0, description="k-means clusters to add as a column with a 2-D PCA projection; 0 = none")
+
+
+_NAME_SUFFIX = re.compile(r"^(.*?)[_\-\s.]+\d+$")
+
+
+def class_from_roi_name(name: str) -> str:
+    """Class of a ROI named ``<class><sep><digits>`` or ``<class>`` (see module docstring)."""
+    m = _NAME_SUFFIX.match(name.strip())
+    cls = (m.group(1) if m else name).strip()
+    if not cls or not cls[0].isalpha():
+        raise IjtorchError(f"ROI name {name!r} does not start with a class name (e.g. mitotic_001); rename the "
+                           "ROIs or use class_from=[ROI group]")
+    return cls
+
+
+def class_colours(n: int) -> np.ndarray:
+    """``(n, 3)`` uint8 RGB, one distinct colour per class (glasbey, no black)."""
+    from ..tasks.colors import glasbey_lut
+
+    return glasbey_lut(max(n + 1, 2))[1:n + 1]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _single_plane(ctx: CommandContext, imp) -> Any:
+    from ._convert import imageplus_to_numpy
+
+    image = imageplus_to_numpy(imp)
+    if "S" in image.axes:
+        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to a stack of channels "
+                           "(Image > Color > Make Composite) first")
+    if set(image.axes) - set("CYX"):
+        raise IjtorchError(f"{ctx.command}: needs a 2-D image (YX or CYX), got axes {image.axes}; duplicate one "
+                           "slice/frame first")
+    return image
+
+
+def _crop_settings(model) -> dict[str, Any]:
+    crops = dict(model.config.get("crops") or {})
+    crops.setdefault("size", int(model.input_shape[-1]))
+    crops.setdefault("scale_by_object", False)
+    crops.setdefault("mask_channel", False)
+    return crops
+
+
+def _objects(ctx: CommandContext, image, source: ObjectSource, label_title: str, crops: dict[str, Any]):
+    """``(items (N, C, s, s), object names, ROI Manager indices or None, label map or None)``."""
+    from ..tasks.classify import object_crops, object_ids
+
+    if source == ObjectSource.whole:
+        return to_items(image), [image.title or "image"], None, None
+    if source == ObjectSource.rois:
+        from ..tasks.rasterize import polygons_to_labels
+        from ._annotations import rois_from_manager
+
+        try:
+            ann = rois_from_manager()
+        except ValueError as e:
+            raise IjtorchError(f"{ctx.command}: {e}") from None
+        labels = polygons_to_labels(ann.polygons, image.data.shape[-2:])
+        present = set(object_ids(labels).tolist())
+        missing = [ann.names[i] for i in range(len(ann.names)) if i + 1 not in present]
+        if missing:
+            raise IjtorchError(f"{ctx.command}: ROIs {missing[:5]} cover no pixel of the image (outside it or hidden "
+                               "under later ROIs)")
+        names, indices = list(ann.names), list(range(len(ann.names)))
+    else:
+        from jpype import JClass
+
+        from ._convert import imageplus_to_numpy
+
+        limp = JClass("ij.WindowManager").getImage(label_title) if label_title else None
+        if limp is None:
+            raise IjtorchError(f"{ctx.command}: label_image={label_title!r}: no open image has that title")
+        lab = imageplus_to_numpy(limp)
+        if lab.axes != "YX" or lab.data.shape != image.data.shape[-2:]:
+            raise IjtorchError(f"{ctx.command}: the label image must be one YX plane of shape {image.data.shape[-2:]}, "
+                               f"got axes {lab.axes} and shape {lab.data.shape}")
+        labels = lab.data.astype(np.int64) if lab.data.dtype.kind == "f" else lab.data
+        ids = object_ids(labels)
+        names, indices = [str(int(i)) for i in ids], None
+    items = object_crops(image.data, image.axes, labels, size=int(crops["size"]),
+                         scale_by_object=bool(crops["scale_by_object"]), mask_channel=bool(crops["mask_channel"]))
+    return items, names, indices, labels
+
+
+def to_items(image) -> np.ndarray:
+    """One whole-image item ``(1, C, Y, X)``."""
+    from ..image import to_axes
+
+    return to_axes(image.data, image.axes, "CYX")[None]
+
+
+def _colour_rois(rm, indices, class_index: np.ndarray, classes: list[str], imp=None) -> None:
+    from jpype import JClass
+
+    Color = JClass("java.awt.Color")
+    colours = class_colours(len(classes))
+    for i, k in zip(indices, class_index):
+        roi = rm.getRoi(int(i))
+        r, g, b = (int(v) for v in colours[int(k)])
+        roi.setStrokeColor(Color(r, g, b))
+        roi.setProperty("class", classes[int(k)])
+    if imp is not None:
+        imp.updateAndDraw()
+
+
+# ----------------------------------------------------------------------------- commands
+
+@command("ijtorch Classify", params=ClassifyParams)
+def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
+    """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
+    from ..models.classifier import ClassifierModel
+    from ..models.store import load_model
+    from ..tasks.classify import classify
+    from ..tasks.outlines import outlines
+    from ._results import add_rois_to_manager, results_table, roi_manager
+
+    imp = ctx.current_image()
+    image = _single_plane(ctx, imp)
+    model = load_model(p.model)
+    if not isinstance(model, ClassifierModel):
+        raise IjtorchError(f"{ctx.command}: model={p.model!r} is not a classifier")
+    items, names, indices, labels = _objects(ctx, image, p.source, p.label_image, _crop_settings(model))
+    ctx.progress(0, 1, f"classifying {len(items)} items")
+    result = classify(items, model=model)
+    classes = result["classes"]
+    columns: dict[str, Any] = {"object": np.asarray(names, dtype=object),
+                               "class": np.asarray(result["class"], dtype=object),
+                               "probability": result["confidence"].astype(np.float64)}
+    for k, c in enumerate(classes):
+        columns[f"p_{c}"] = result["probabilities"][:, k].astype(np.float64)
+    results_table(columns)
+    if p.source == ObjectSource.labels and labels is not None and len(names):
+        out = outlines(labels, "YX")
+        rm = add_rois_to_manager(out, reset=True)
+        order = {int(lab): i for i, lab in enumerate(np.asarray(out.labels).tolist())}
+        indices = [order[int(n)] for n in names]
+    else:
+        rm = roi_manager() if indices is not None else None
+    if rm is not None and indices is not None:
+        _colour_rois(rm, indices, result["class_index"], classes, imp)
+    ctx.progress(1, 1)
+    from jpype import JClass
+
+    counts = ", ".join(f"{c}: {int((result['class_index'] == k).sum())}" for k, c in enumerate(classes))
+    JClass("ij.IJ").showStatus(f"{ctx.command}: {len(items)} items ({counts})")
+
+
+@command("ijtorch Train Classifier", params=TrainClassifierParams)
+def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> None:
+    """Train or fine-tune a classifier from named/grouped ROIs on the current image or from class folders."""
+    from ..models.store import user_models_dir
+    from ..tasks.classify import object_crops, train_classifier
+    from ..tasks.rasterize import polygons_to_labels
+    from ._annotations import rois_from_manager
+
+    if not p.name or "/" in p.name or "\\" in p.name or p.name.startswith("."):
+        raise IjtorchError(f"name={p.name!r}: give a plain model name (letters, digits, - and _)")
+    output = user_models_dir() / p.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    crops = {"size": p.size, "scale_by_object": p.scale_by_object, "mask_channel": p.mask_channel}
+    common = dict(output=output, base_model=p.base_model or None, epochs=p.epochs,
+                  class_weighting=p.class_weighting.value, val_fraction=p.val_fraction, seed=p.seed,
+                  progress=_progress_to_imagej(ctx))
+    if p.source == TrainSource.folder:
+        if not p.folder or not Path(p.folder).is_dir():
+            raise IjtorchError(f"{ctx.command}: source=folder needs folder=[a folder with class sub-folders], got {p.folder!r}")
+        summary = train_classifier(p.folder, **common)
+    else:
+        image = _single_plane(ctx, ctx.current_image())
+        try:
+            ann = rois_from_manager()
+        except ValueError as e:
+            raise IjtorchError(f"{ctx.command}: {e}") from None
+        if p.class_from == ClassFrom.name:
+            labels = [class_from_roi_name(n) for n in ann.names]
+        else:
+            if (ann.groups == 0).any():
+                bad = [ann.names[i] for i in np.flatnonzero(ann.groups == 0)[:5]]
+                raise IjtorchError(f"{ctx.command}: ROIs {bad} have no group; set groups in the ROI Manager "
+                                   "(Properties) or use class_from=[ROI name prefix]")
+            labels = [_group_name(int(g)) for g in ann.groups]
+        if len(set(labels)) < 2:
+            raise IjtorchError(f"{ctx.command}: the ROIs name only the class(es) {sorted(set(labels))}; at least 2 "
+                               "classes are needed")
+        label_map = polygons_to_labels(ann.polygons, image.data.shape[-2:])
+        items = object_crops(image.data, image.axes, label_map, size=p.size, scale_by_object=p.scale_by_object,
+                             mask_channel=p.mask_channel)
+        present = set(np.unique(label_map).tolist())
+        keep = [i for i in range(len(labels)) if i + 1 in present]
+        if len(keep) < len(labels):
+            raise IjtorchError(f"{ctx.command}: {len(labels) - len(keep)} ROIs cover no pixel of the image")
+        summary = train_classifier(items, np.asarray(labels, dtype=object), names=list(ann.names),
+                                   extra_config={"crops": crops}, **common)
+    from jpype import JClass
+
+    m = summary.get("metrics") or {}
+    ba = m.get("balanced_accuracy")
+    JClass("ij.IJ").log(f"{ctx.command}: classifier '{p.name}' ({', '.join(summary['classes'])}) saved to "
+                        f"{summary['output']}" + (f"; held-out balanced accuracy {ba:.3f} on {summary['n_val']} items"
+                                                  if ba is not None else ""))
+
+
+def _group_name(g: int) -> str:
+    from jpype import JClass
+
+    try:
+        name = JClass("ij.gui.Roi").getGroupName(g)
+    except Exception:  # noqa: BLE001 - older ImageJ has no group names
+        name = None
+    return str(name) if name else f"group{g}"
+
+
+@command("ijtorch Embed", params=EmbedParams)
+def embed_command(ctx: CommandContext, p: EmbedParams) -> None:
+    """Classifier embeddings of objects or the whole image into a ResultsTable (and optionally a CSV)."""
+    from ..models.classifier import ClassifierModel
+    from ..models.store import load_model
+    from ..tasks.classify import cluster_embeddings, embed, write_features
+    from ._results import results_table
+
+    image = _single_plane(ctx, ctx.current_image())
+    model = load_model(p.model)
+    if not isinstance(model, ClassifierModel):
+        raise IjtorchError(f"{ctx.command}: model={p.model!r} is not a classifier")
+    items, names, _, _ = _objects(ctx, image, p.source, p.label_image, _crop_settings(model))
+    features = embed(items, model=model)
+    extra: dict[str, Any] = {"object": np.asarray(names, dtype=object)}
+    if p.clusters:
+        if p.clusters > len(items):
+            raise IjtorchError(f"{ctx.command}: clusters={p.clusters} is more than the {len(items)} objects")
+        cl = cluster_embeddings(features, k=p.clusters)
+        extra.update({"cluster": cl.labels, "pc1": cl.projection[:, 0], "pc2": cl.projection[:, 1]})
+    if p.csv:
+        write_features(p.csv, features, columns=extra)
+    columns = dict(extra)
+    columns.update({f"f{i}": features[:, i].astype(np.float64) for i in range(features.shape[1])})
+    results_table(columns, title="Embeddings")
+
+
+@macro_function("ijtorchClassifierClasses")
+def ijtorch_classifier_classes(model: str) -> str:
+    """Ext.ijtorchClassifierClasses(model): comma-separated class names of a classifier."""
+    from ..models.classifier import ClassifierModel
+    from ..models.store import load_model
+
+    m = load_model(model)
+    if not isinstance(m, ClassifierModel):
+        raise IjtorchError(f"model={model!r} is not a classifier")
+    return ",".join(m.classes)

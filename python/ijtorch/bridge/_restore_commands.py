@@ -1,0 +1,234 @@
+"""ImageJ commands for augmented microscopy: ``ijtorch Restore``, ``ijtorch Denoise (Noise2Void)``,
+``ijtorch Train Restoration`` and ``ijtorch Artificial Labelling``.
+
+Handlers only translate: ImagePlus → numpy, call :mod:`ijtorch.tasks.restore` (the same functions
+the CLI calls), numpy → new 32-bit ImagePlus windows with the input's calibration and hyperstack
+axes (minus C: one channel is restored).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import IjtorchError
+from ._commands import CommandContext, command
+
+__all__ = ["RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
+
+
+def _progress_to_imagej(ctx: CommandContext):
+    def listener(event) -> None:
+        if event.n:
+            ctx.progress(event.i, event.n, event.message or event.phase)
+
+    return listener
+
+
+def _current(ctx: CommandContext):
+    from ._convert import imageplus_to_numpy
+
+    image = imageplus_to_numpy(ctx.current_image())
+    if "S" in image.axes:
+        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
+    return image
+
+
+def _show(data: np.ndarray, axes: str, title: str, calibration):
+    from ._convert import numpy_to_imageplus
+
+    imp = numpy_to_imageplus(np.ascontiguousarray(data, np.float32), axes, title=title, calibration=calibration)
+    imp.resetDisplayRange()
+    imp.show()
+    return imp
+
+
+def _log(message: str) -> None:
+    from jpype import JClass
+
+    JClass("ij.IJ").log(message)
+
+
+def _show_result(ctx: CommandContext, image, result, suffix: str) -> None:
+    stem = Path(image.title).stem
+    _show(result.restored, result.axes, f"{stem}-{suffix}", image.calibration)
+    if result.uncertainty is not None:
+        _show(result.uncertainty, result.axes, f"{stem}-uncertainty", image.calibration)
+    if result.error_map is not None:
+        _show(result.error_map, result.axes, f"{stem}-error map", image.calibration)
+    if result.shift_warning:
+        _log(f"{ctx.command}: WARNING {result.shift_warning}")
+    ctx.progress(1, 1)
+    from jpype import JClass
+
+    JClass("ij.IJ").showStatus(f"{ctx.command}: {result.model} ({result.model_type}, {result.seconds:.2f} s)")
+
+
+def _channel(image, channel: int) -> int | None:
+    return channel - 1 if "C" in image.axes else None
+
+
+# --------------------------------------------------------------------------- Restore
+class RestoreParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="restoration model name (care, n2v, n2n or artificial labelling) or model folder")
+    channel: int = Field(1, ge=1, description="channel to restore in multi-channel images (1 = first)")
+    uncertainty: bool = Field(False, description="also show the per-pixel std over 8 flips/rotations (8x slower)")
+    error_map: bool = Field(False, description="also show |input - re-degraded result| (SQUIRREL-style error map)")
+    tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
+
+
+@command("ijtorch Restore", params=RestoreParams)
+def restore_command(ctx: CommandContext, p: RestoreParams) -> None:
+    """Restore the current image with a trained model; optional uncertainty and error maps."""
+    from ..tasks.restore import restore
+
+    image = _current(ctx)
+    result = restore(image.data, image.axes, model=p.model, channel=_channel(image, p.channel),
+                     uncertainty=p.uncertainty, error_map=p.error_map, tile_size=p.tile_size,
+                     overlap=min(48, p.tile_size // 4), progress=_progress_to_imagej(ctx))
+    _show_result(ctx, image, result, "restored")
+
+
+# --------------------------------------------------------------------------- Noise2Void
+class N2VMode(str, Enum):
+    train = "train on this image"
+    apply = "apply saved model"
+
+
+class DenoiseN2VParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: N2VMode = Field(N2VMode.train, description="train Noise2Void on the current image and apply it, or apply a saved n2v model")
+    model: str = Field("", description="saved n2v model name or folder (mode=apply saved model)")
+    channel: int = Field(1, ge=1, description="channel to denoise in multi-channel images (1 = first)")
+    epochs: int = Field(10, ge=1, description="training epochs (mode=train)")
+    steps: int = Field(50, ge=1, description="steps per epoch (mode=train)")
+    save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard")
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise IjtorchError(f"name={name!r}: give a plain model name (letters, digits, - and _)")
+
+
+@command("ijtorch Denoise (Noise2Void)", params=DenoiseN2VParams)
+def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
+    """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model)."""
+    from ..models.store import user_models_dir
+    from ..tasks.restore import denoise_n2v
+
+    image = _current(ctx)
+    save_to = None
+    if p.mode == N2VMode.apply:
+        if not p.model:
+            raise IjtorchError("mode=[apply saved model] needs model=[name or folder]")
+    elif p.save_as:
+        _check_name(p.save_as)
+        save_to = user_models_dir() / p.save_as
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+    out = denoise_n2v(image.data, image.axes, epochs=p.epochs, steps_per_epoch=p.steps,
+                      model=p.model if p.mode == N2VMode.apply else None, save_to=save_to,
+                      channel=_channel(image, p.channel), progress=_progress_to_imagej(ctx))
+    axes = image.axes.replace("C", "")
+    _show(out, axes, f"{Path(image.title).stem}-n2v", image.calibration)
+    if save_to is not None:
+        _log(f"{ctx.command}: model '{p.save_as}' saved to {save_to}")
+    ctx.progress(1, 1)
+
+
+# --------------------------------------------------------------------------- training
+class RestorationKind(str, Enum):
+    care = "care"
+    n2v = "n2v"
+    n2n = "n2n"
+    artificial_labelling = "artificial labelling"
+
+
+class TrainRestorationSource(str, Enum):
+    images = "open images"
+    folders = "folders"
+
+
+class TrainRestorationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: RestorationKind = Field(RestorationKind.care, description="care: low/high SNR pairs; n2v: noisy images only; n2n: pairs of noisy images; artificial labelling: input channel to target channel")
+    source: TrainRestorationSource = Field(TrainRestorationSource.images, description="two open images (by title) or two folders of TIFFs with the same names")
+    input: str = Field(..., description="title of the input image (noisy / source channel), or a folder")
+    target: str = Field("", description="title of the target image (clean / second noisy / label channel), or a folder; empty for n2v")
+    name: str = Field("my-restoration", description="name of the new model (saved in the user model folder)")
+    epochs: int = Field(20, ge=1, description="training epochs")
+    steps: int = Field(50, ge=1, description="steps per epoch")
+    patch_size: int = Field(64, ge=16, description="training patch size in pixels (multiple of 4)")
+
+
+@command("ijtorch Train Restoration", params=TrainRestorationParams)
+def train_restoration_command(ctx: CommandContext, p: TrainRestorationParams) -> None:
+    """Train a CARE / Noise2Void / Noise2Noise / artificial labelling model; selectable by name afterwards."""
+    from ..models.store import user_models_dir
+    from ..tasks.restore import train_restoration
+
+    _check_name(p.name)
+    kind = p.kind.name
+    if kind != "n2v" and not p.target:
+        raise IjtorchError(f"kind={p.kind.value} needs target=[title or folder]")
+    axes = "YX"
+    if p.source == TrainRestorationSource.folders:
+        inputs = p.input
+        targets = (p.target or None) if kind != "n2v" else None
+    else:
+        from jpype import JClass
+
+        from ._convert import imageplus_to_numpy
+
+        WindowManager = JClass("ij.WindowManager")
+        arrays = []
+        for role, title in (("input", p.input), ("target", p.target if kind != "n2v" else "")):
+            if not title:
+                continue
+            imp = WindowManager.getImage(title)
+            if imp is None:
+                raise IjtorchError(f"{role}={title!r}: no open image has that title")
+            img = imageplus_to_numpy(imp)
+            if "C" in img.axes or "S" in img.axes:
+                raise IjtorchError(f"{role}={title!r} has axes {img.axes}; use single-channel images (split channels first)")
+            arrays.append(img)
+        if len(arrays) == 2 and arrays[0].axes != arrays[1].axes:
+            raise IjtorchError(f"input has axes {arrays[0].axes} but target has {arrays[1].axes}")
+        axes = arrays[0].axes
+        inputs = arrays[0].data
+        targets = arrays[1].data if len(arrays) == 2 else None
+    output = user_models_dir() / p.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    summary = train_restoration(kind, inputs, targets, output=output, axes=axes, epochs=p.epochs,
+                                steps_per_epoch=p.steps, patch_size=p.patch_size, progress_bar=False,
+                                progress=_progress_to_imagej(ctx))
+    _log(f"{ctx.command}: {kind} model '{p.name}' saved to {summary['output']} "
+         f"(validation loss {summary['first_val_loss']:.4g} -> {summary['best_val_loss']:.4g})")
+
+
+# --------------------------------------------------------------------------- artificial labelling
+class ArtificialLabellingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="artificial labelling model name or folder")
+    channel: int = Field(1, ge=1, description="input channel (e.g. transmitted light) in multi-channel images (1 = first)")
+    uncertainty: bool = Field(False, description="also show the per-pixel std over 8 flips/rotations (8x slower)")
+    tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
+
+
+@command("ijtorch Artificial Labelling", params=ArtificialLabellingParams)
+def artificial_labelling_command(ctx: CommandContext, p: ArtificialLabellingParams) -> None:
+    """Predict a label channel (e.g. a nuclear stain) from another channel with a trained model."""
+    from ..tasks.restore import _load, restore
+
+    net = _load(p.model, "auto")
+    if net.model_type != "artificial_labelling":
+        raise IjtorchError(f"model={p.model!r} has model_type {net.model_type!r}; "
+                           "use ijtorch Restore for care/n2v/n2n models")
+    image = _current(ctx)
+    result = restore(image.data, image.axes, model=net, channel=_channel(image, p.channel),
+                     uncertainty=p.uncertainty, tile_size=p.tile_size, overlap=min(48, p.tile_size // 4),
+                     progress=_progress_to_imagej(ctx))
+    _show_result(ctx, image, result, "label")

@@ -1,0 +1,252 @@
+"""A small ResNet-style image classifier with embeddings and temperature scaling.
+
+:class:`ClassifierNet` maps ``(N, C, Y, X)`` (or ``(N, C, Z, Y, X)``) float images to class logits.
+Its penultimate layer (global average pooling of the last residual stage) is the *embedding*
+returned by :meth:`ClassifierNet.features`. :class:`ClassifierModel` wraps a network with its
+config (class names, input shape, normalisation, calibration temperature) and is saved/loaded as a
+model directory of ``model_type="classifier"`` through :mod:`ijtorch.models.store` (the builder is
+registered when this module is imported).
+
+Probabilities are ``softmax(logits / T)`` with the temperature ``T`` fitted on held-out items
+(:func:`fit_temperature`, Guo et al. 2017), which leaves the predicted class unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ijtorch.errors import ModelError
+
+from . import store
+from .store import ModelDir, load_model_dir, save_model_dir
+from .unet import _act, _conv, _norm
+
+__all__ = ["MODEL_TYPE", "ClassifierNet", "ResidualBlock", "ClassifierModel", "fit_temperature"]
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "classifier"
+
+
+class ResidualBlock(nn.Module):
+    """``conv-norm-act-conv-norm`` plus a (projected) shortcut, then activation."""
+
+    def __init__(self, cin: int, cout: int, *, stride: int, ndim: int, norm: str, activation: str) -> None:
+        super().__init__()
+        conv = _conv(ndim)
+        bias = norm == "none"
+        self.body = nn.Sequential(
+            conv(cin, cout, 3, stride=stride, padding=1, bias=bias), _norm(norm, cout, ndim), _act(activation),
+            conv(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout, ndim))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=bias), _norm(norm, cout, ndim))
+        self.act = _act(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ClassifierNet(nn.Module):
+    """Stem convolution, one residual block per stage (stride 2 after the first), global pooling, head.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels.
+    n_classes : int
+        Output classes (>= 2).
+    widths : sequence of int
+        Channels per stage; the embedding has ``widths[-1]`` features.
+    ndim : {2, 3}
+        Spatial dimensions.
+    norm, activation : str
+        As in :class:`ijtorch.models.unet.UNet`.
+    dropout : float
+        Dropout before the linear head.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, *, widths: Sequence[int] = (32, 64, 128), ndim: int = 2,
+                 norm: str = "batch", activation: str = "relu", dropout: float = 0.2) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim={ndim!r}: accepted values are 2 and 3")
+        if in_channels < 1:
+            raise ValueError(f"in_channels={in_channels!r}: expected a positive integer")
+        if n_classes < 2:
+            raise ValueError(f"n_classes={n_classes!r}: a classifier needs at least 2 classes")
+        widths = [int(w) for w in widths]
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths={widths!r}: expected a non-empty sequence of positive integers")
+        conv = _conv(ndim)
+        self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1, bias=norm == "none"),
+                                  _norm(norm, widths[0], ndim), _act(activation))
+        stages, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            stages.append(ResidualBlock(cin, w, stride=1 if i == 0 else 2, ndim=ndim, norm=norm, activation=activation))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1) if ndim == 2 else nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(widths[-1], n_classes)
+        self.embedding_dim = widths[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features ``(N, widths[-1])`` (the embedding)."""
+        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)``.
+
+    A 1-D search over ``log T`` in [-3, 3] (coarse grid, then a fine grid around the best), so
+    it needs no optimiser state and is deterministic. Returns 1.0 for empty input.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"logits must be (N, K) and labels (N,), got {logits.shape} and {labels.shape}")
+    if logits.shape[0] == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(labels)), labels].mean())
+
+    grid = np.linspace(-3, 3, 61)
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    fine = np.linspace(best - 0.1, best + 0.1, 41)
+    best = fine[int(np.argmin([nll(t) for t in fine]))]
+    return float(np.exp(best))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ClassifierModel:
+    """A trained classifier: network + config (classes, input shape, normalisation, temperature).
+
+    Config keys used here: ``architecture`` (``ClassifierNet`` arguments), ``classes``,
+    ``input_shape`` (``[C, Y, X]`` or ``[C, Z, Y, X]``), ``axes`` (``"CYX"``/``"CZYX"``),
+    ``normalization`` (``{"method": "percentile", "low", "high"}`` per item and channel, or
+    ``"none"``) and ``calibration`` (``{"temperature": T}``).
+    """
+
+    def __init__(self, net: ClassifierNet, config: dict[str, Any], *, device: str = "cpu") -> None:
+        self.net = net.to(device).eval()
+        self.config = config
+        self.device = device
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def from_model_dir(cls, md: ModelDir, *, device: str = "cpu") -> "ClassifierModel":
+        """Build from a loaded :class:`~ijtorch.models.store.ModelDir`."""
+        if md.config.get("model_type") != MODEL_TYPE:
+            raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        net = ClassifierNet(**md.config["architecture"])
+        net.load_state_dict(md.state_dict)
+        return cls(net, md.config, device=device)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> "ClassifierModel":
+        """Load a model directory (uncached; use :func:`ijtorch.models.store.load_model` for caching)."""
+        return cls.from_model_dir(load_model_dir(path), device=device)
+
+    def save(self, path: str | Path) -> Path:
+        """Save as a model directory."""
+        return save_model_dir(path, self.net.state_dict(), self.config)
+
+    # ----------------------------------------------------------- properties
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.config["classes"]]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.config["input_shape"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.config.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.net.embedding_dim)
+
+    # ------------------------------------------------------------ prepare
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """Check ``(N, C, ...)`` images against the input shape, resample and normalise (float32).
+
+        Items whose spatial size differs from the trained ``input_shape`` are resampled to it
+        with linear interpolation (logged); the channel count must match.
+        """
+        from scipy import ndimage as ndi
+
+        from ijtorch.train.data import percentile_normalize
+
+        images = np.asarray(images)
+        shape = self.input_shape
+        if images.ndim != len(shape) + 1:
+            raise ValueError(f"images must have shape (N, {', '.join(self.config['axes'])}) = (N, *{list(shape)}), "
+                             f"got shape {images.shape}")
+        if images.shape[1] != shape[0]:
+            raise ValueError(f"images have {images.shape[1]} channels; the model expects {shape[0]} "
+                             f"({self.config.get('channels') or 'channels as in training'})")
+        if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+            raise TypeError(f"images must be real numbers, got dtype {images.dtype}")
+        x = images.astype(np.float32, copy=False)
+        if tuple(x.shape[2:]) != shape[1:]:
+            log.info("resampling %d images from %s to the model input %s", len(x), x.shape[2:], shape[1:])
+            factors = (1, 1) + tuple(t / s for t, s in zip(shape[1:], x.shape[2:]))
+            x = ndi.zoom(x, factors, order=1, grid_mode=True, mode="nearest")
+        norm = self.config.get("normalization", {"method": "none"})
+        if norm.get("method") == "percentile":
+            x = percentile_normalize(x, norm.get("low", 1.0), norm.get("high", 99.8),
+                                     axes=tuple(range(2, x.ndim)), eps=1e-6)
+        elif norm.get("method") != "none":
+            raise ModelError(f"normalization method {norm.get('method')!r} is unknown")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    # ------------------------------------------------------------ predict
+    def _run(self, x: np.ndarray, what: str, batch_size: int) -> np.ndarray:
+        out = []
+        self.net.eval()
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                t = torch.from_numpy(x[i:i + batch_size]).to(self.device)
+                y = self.net.features(t) if what == "features" else self.net(t)
+                out.append(y.float().cpu().numpy())
+        if not out:
+            n_out = self.embedding_dim if what == "features" else len(self.classes)
+            return np.zeros((0, n_out), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def logits(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
+        """Raw logits ``(N, K)`` (``prepared=True``: ``images`` already went through :meth:`prepare`)."""
+        return self._run(images if prepared else self.prepare(images), "logits", batch_size)
+
+    def predict_proba(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
+        """Calibrated probabilities ``softmax(logits / T)``, ``(N, K)`` float32."""
+        z = self.logits(images, batch_size=batch_size, prepared=prepared).astype(np.float64)
+        return _softmax(z / self.temperature).astype(np.float32)
+
+    def embed(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
+        """Embeddings ``(N, D)`` float32 (penultimate features)."""
+        return self._run(images if prepared else self.prepare(images), "features", batch_size)
+
+
+store.register_model_type(MODEL_TYPE, lambda md, dev: ClassifierModel.from_model_dir(md, device=dev))

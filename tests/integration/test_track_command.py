@@ -1,0 +1,64 @@
+"""``ijtorch Track`` in the embedded ImageJ and ``ijtorch track`` on the CLI, on the real
+bacteria movie (CTC ground-truth masks with 15 divisions)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import tifffile
+
+from ijtorch import bridge
+
+pytestmark = pytest.mark.jvm
+
+
+@pytest.fixture(scope="module")
+def bacteria_labels(shared_data):
+    files = sorted((shared_data / "tracking_bacteria" / "01_GT" / "TRA").glob("man_track*.tif"))
+    return np.stack([tifffile.imread(f) for f in files])
+
+
+def test_track_command_matches_python_and_writes_trackmate_xml(ij, bacteria_labels, tmp_path):
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy, numpy_to_imageplus
+    from ijtorch.tasks.track import track_movie
+    from ijtorch.tasks.tracking import TrackingParams
+
+    expected = track_movie(bacteria_labels, "TYX", is_labels=True,
+                           params=TrackingParams(max_distance=60, max_gap=2, allow_splitting=True))
+    assert expected.n_divisions == 15
+    numpy_to_imageplus(bacteria_labels, "TYX", title="colony").show()
+    bridge.run_macro(f'selectImage("colony"); run("ijtorch Track", "labels max_distance=60 max_gap=2 divisions output=[{tmp_path}]");')
+    tracked = imageplus_to_numpy(JClass("ij.WindowManager").getImage("colony-tracks"))
+    assert tracked.axes == "TYX"
+    np.testing.assert_array_equal(tracked.data, expected.tracked_labels)
+    rm = JClass("ij.plugin.frame.RoiManager").getInstance()
+    assert rm.getCount() == len(expected.spots["id"])
+    first = rm.getRoi(0)
+    assert str(first.getName()).startswith("track_") and first.getTPosition() >= 1
+    table = JClass("ij.WindowManager").getWindow("Track statistics").getResultsTable()
+    assert table.size() == len(expected.ctc)
+    assert int(sum(table.getColumn(table.getColumnIndex("divides")))) == 15
+    root = ET.parse(tmp_path / "colony.xml").getroot()
+    assert len(root.findall("./Model/AllSpots/SpotsInFrame/Spot")) == len(expected.spots["id"])
+    assert len(root.findall("./Model/AllTracks/Track/Edge")) == len(expected.edges)
+
+
+def test_track_cli_on_ctc_tra_folder(shared_data, tmp_path):
+    tra = shared_data / "tracking_bacteria" / "01_GT" / "TRA"
+    out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "track", str(tra), "--labels", "--max-distance", "60",
+                          "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "15 divisions" in out.stdout
+    assert (tmp_path / "TRA.xml").is_file() and (tmp_path / "TRA_RES" / "res_track.txt").is_file()
+    ctc = pytest.importorskip("ctc_metrics", reason="py-ctcmetrics is a test extra")
+    from ctc_metrics import evaluate_sequence, validate_sequence
+
+    # threads=1: a process holding a JVM must not fork worker processes
+    assert validate_sequence(str(tmp_path / "TRA_RES"), threads=1)["Valid"] == 1
+    del ctc, evaluate_sequence

@@ -1,0 +1,219 @@
+"""Restoration (CARE, Noise2Void, Noise2Noise, artificial labelling), trust maps and metrics.
+
+Clean images are real DSB 2018 fluorescence crops (``shared/data/nuclei_dsb2018``); noise is
+simulated (Poisson-Gaussian, seeded). Models are tiny and trained for a few seconds on one thread,
+so the thresholds below (loss falls, PSNR gain of at least 2 dB on a held-out image) are far below
+what longer training reaches (about +7 dB, see benchmarks/bench_restore.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from ijtorch.metrics_restoration import normalize_minmse, nrmse, psnr, ssim
+from ijtorch.models.restoration import n2v_mask
+from ijtorch.tasks.restore import (check_dataset_shift, degradation_error_map, denoise_n2v, intensity_stats, restore,
+                                   train_restoration)
+
+torch.set_num_threads(1)
+KINDS = ("care", "n2v", "n2n", "artificial_labelling")
+TRAIN = dict(epochs=6, steps_per_epoch=15, batch_size=4, patch_size=48, base_channels=16, lr=2e-3,
+             device="cpu", progress_bar=False)
+
+
+def _noisy(clean: np.ndarray, rng: np.random.Generator, peak: float = 10.0, sigma: float = 0.05) -> np.ndarray:
+    x = clean / clean.max()
+    return (rng.poisson(x * peak) / peak + rng.normal(0, sigma, x.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(shared_data):
+    import tifffile
+
+    files = sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:7]
+    rng = np.random.default_rng(7)
+    clean = [tifffile.imread(f).astype(np.float32)[:96, :96] for f in files]
+    noisy = [_noisy(c, rng) for c in clean]
+    noisy2 = [_noisy(c, rng) for c in clean]
+    # artificial labelling: a blurred, gamma-distorted, noisy "other channel" predicts the clean one
+    other = [(ndi.gaussian_filter(c / c.max(), 1.5) ** 0.5 + rng.normal(0, 0.05, c.shape)).astype(np.float32)
+             for c in clean]
+    return {"clean": clean, "noisy": noisy, "noisy2": noisy2, "other": other}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("restoration")
+    pairs = {"care": (data["noisy"], data["clean"]), "n2v": (data["noisy"], None),
+             "n2n": (data["noisy"], data["noisy2"]), "artificial_labelling": (data["other"], data["clean"])}
+    out = {}
+    for kind in KINDS:
+        inputs, targets = pairs[kind]
+        summary = train_restoration(kind, inputs[:6], None if targets is None else targets[:6],
+                                    output=root / kind, seed=1, **TRAIN)
+        out[kind] = (root / kind, summary)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_lowers_loss_and_improves_psnr_on_held_out_image(kind, trained, data):
+    path, summary = trained[kind]
+    assert summary["kind"] == kind and summary["epochs_run"] == TRAIN["epochs"]
+    assert summary["last_train_loss"] < summary["first_train_loss"]
+    assert summary["best_val_loss"] < summary["first_val_loss"]
+    source = data["other"] if kind == "artificial_labelling" else data["noisy"]
+    gt, x = data["clean"][6], source[6]  # image 6 was never trained on
+    result = restore(x, "YX", model=path, device="cpu")
+    assert result.restored.dtype == np.float32 and result.restored.shape == x.shape
+    assert result.model_type == kind
+    before, after = psnr(gt, x), psnr(gt, result.restored)
+    assert after > before + 2.0, f"{kind}: PSNR {before:.2f} dB -> {after:.2f} dB"
+    assert ssim(gt, result.restored) > ssim(gt, x)
+
+
+def test_model_directory_records_type_normalization_and_training_statistics(trained):
+    import json
+
+    cfg = json.loads((trained["care"][0] / "config.json").read_text())
+    assert cfg["model_type"] == "care" and cfg["axes"] == "YX"
+    assert cfg["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert set(cfg["input_stats"]) >= {"percentiles", "min", "max", "noise"}
+    assert len(cfg["weights"]["sha256"]) == 64
+    assert json.loads((trained["n2v"][0] / "config.json").read_text())["n2v"] == {"mask_fraction": 0.01,
+                                                                                   "mask_radius": 2}
+
+
+def test_tiled_prediction_agrees_with_whole_image(trained, data):
+    x = np.tile(data["noisy"][6], (2, 2))[:180, :170]  # 180 x 170: padding and uneven tiles
+    whole = restore(x, "YX", model=trained["care"][0], tiled=False, device="cpu").restored
+    tiled = restore(x, "YX", model=trained["care"][0], tile_size=64, overlap=40, device="cpu").restored
+    span = float(np.percentile(whole, 99.8) - np.percentile(whole, 1))
+    err = np.abs(whole - tiled)
+    assert err.max() < 0.02 * span, f"max tile seam error {err.max() / span:.4f} of the range"
+    assert err.mean() < 0.002 * span
+
+
+def test_uncertainty_error_map_and_stacks(trained, data):
+    movie = np.stack([data["noisy"][6], data["noisy"][5][:96, :96]])
+    r = restore(movie, "TYX", model=trained["n2v"][0], uncertainty=True, error_map=True, device="cpu")
+    assert r.axes == "TYX" and r.restored.shape == movie.shape
+    assert r.uncertainty.shape == movie.shape and r.error_map.shape == movie.shape
+    assert (r.uncertainty >= 0).all() and (r.error_map >= 0).all() and r.uncertainty.max() > 0
+    assert len(r.error_fit) == 2 and all(0 <= f["sigma"] <= 4 for f in r.error_fit)
+    # a C axis needs an explicit channel
+    with pytest.raises(ValueError, match="channel"):
+        restore(np.stack([movie[0], movie[0]]), "CYX", model=trained["n2v"][0], device="cpu")
+    two = restore(np.stack([movie[0], movie[1]]), "CYX", model=trained["n2v"][0], channel=1, device="cpu")
+    assert two.axes == "YX" and two.restored.shape == movie[1].shape
+    with pytest.raises(ValueError, match="artificial_labelling"):
+        restore(movie[0], "YX", model=trained["artificial_labelling"][0], error_map=True, device="cpu")
+
+
+def test_error_map_highlights_a_hallucinated_structure(data):
+    clean = data["clean"][0]
+    observed = ndi.gaussian_filter(clean, 1.5)
+    hallucinated = clean.copy()
+    hallucinated[40:46, 40:46] += clean.max()  # a bright spot that is not in the data
+    emap, fit = degradation_error_map(observed, hallucinated)
+    assert fit["rsp"] > 0.8
+    assert emap[40:46, 40:46].mean() > 5 * np.median(emap)
+    good, gfit = degradation_error_map(observed, clean)
+    assert 1.0 <= gfit["sigma"] <= 2.0 and gfit["rse"] < fit["rse"]
+    with pytest.raises(ValueError, match="shape"):
+        degradation_error_map(observed, clean[:10])
+
+
+def test_dataset_shift_warning(trained, data):
+    stats = intensity_stats(data["noisy"][:6])
+    assert check_dataset_shift([data["noisy"][6]], stats) is None
+    msg = check_dataset_shift([data["noisy"][6] * 50 + 1000], stats)
+    assert msg is not None and "percentile" in msg
+    noisier = _noisy(data["clean"][6], np.random.default_rng(3), peak=0.5, sigma=0.5)
+    assert "noise" in check_dataset_shift([noisier], stats)
+    r = restore(data["noisy"][6] * 50 + 1000, "YX", model=trained["care"][0], device="cpu")
+    assert r.shift_warning is not None and "dataset shift" in r.shift_warning
+    assert restore(data["noisy"][6], "YX", model=trained["care"][0], device="cpu").shift_warning is None
+
+
+def test_n2v_mask_replaces_pixels_with_neighbours():
+    batch = np.arange(2 * 32 * 32, dtype=np.float32).reshape(2, 1, 32, 32)
+    masked, mask = n2v_mask(batch, np.random.default_rng(0), fraction=0.02, radius=2)
+    assert mask.shape == batch.shape and 0.01 < mask.mean() < 0.03
+    changed = masked != batch
+    assert (changed <= (mask == 1)).all(), "only masked pixels change"
+    assert changed.sum() == mask.sum(), "every masked pixel gets another value (the centre is excluded)"
+    ys, xs = np.nonzero(mask[0, 0])
+    v = masked[0, 0, ys, xs]
+    dy, dx = v // 32 - ys, v % 32 - xs  # the value encodes where it came from (reflected at borders)
+    assert (np.abs(dy) <= 4).all() and (np.abs(dx) <= 4).all()
+    with pytest.raises(ValueError, match="fraction"):
+        n2v_mask(batch, np.random.default_rng(0), fraction=0.7)
+
+
+def test_denoise_n2v_train_and_apply_then_reuse(data, tmp_path):
+    x = np.stack([data["noisy"][6], data["noisy"][5]])
+    out = denoise_n2v(x, "ZYX", epochs=1, steps_per_epoch=3, batch_size=2, patch_size=32, base_channels=8,
+                      device="cpu", save_to=tmp_path / "n2v-self")
+    assert out.shape == x.shape and out.dtype == np.float32
+    again = denoise_n2v(x, "ZYX", model=tmp_path / "n2v-self", device="cpu")
+    np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def test_3d_model_trains_and_restores_a_volume(data, tmp_path):
+    vol = np.stack([data["noisy"][k][:32, :32] for k in range(6)] * 3)  # 18 x 32 x 32
+    clean = np.stack([data["clean"][k][:32, :32] for k in range(6)] * 3)
+    s = train_restoration("care", vol, clean, output=tmp_path / "care3d", axes="ZYX", ndim=3, epochs=1,
+                          steps_per_epoch=2, batch_size=1, patch_size=32, base_channels=4, val_fraction=0,
+                          device="cpu", progress_bar=False)
+    assert s["epochs_run"] == 1
+    r = restore(vol, "ZYX", model=tmp_path / "care3d", device="cpu")
+    assert r.restored.shape == vol.shape and np.isfinite(r.restored).all()
+
+
+def test_invalid_arguments_name_the_argument(data, tmp_path):
+    with pytest.raises(ValueError, match="kind='denoise'"):
+        train_restoration("denoise", data["noisy"], output=tmp_path / "x")
+    with pytest.raises(ValueError, match="targets=None"):
+        train_restoration("n2v", data["noisy"], data["clean"], output=tmp_path / "x")
+    with pytest.raises(ValueError, match="needs targets"):
+        train_restoration("care", data["noisy"], output=tmp_path / "x")
+    with pytest.raises(ValueError, match="patch_size"):
+        train_restoration("n2v", data["noisy"], output=tmp_path / "x", patch_size=50)
+    with pytest.raises(ValueError, match="tile_size"):
+        restore(data["noisy"][0], "YX", model=tmp_path / "x", tile_size=8)
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_metrics_are_scale_and_offset_invariant():
+    rng = np.random.default_rng(0)
+    gt = ndi.gaussian_filter(rng.random((64, 64)), 2)
+    assert psnr(gt, 3 * gt + 7) > 100
+    assert ssim(gt, -2 * gt + 1) == pytest.approx(1.0, abs=1e-6)  # the fit also flips the sign
+    assert nrmse(gt, 0.5 * gt - 4) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_metrics_match_closed_form_and_scikit_image_on_known_noise():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(1)
+    gt = ndi.gaussian_filter(rng.random((128, 128)), 3)
+    g, _ = normalize_minmse(gt, gt)
+    sigma = 0.05
+    noise = rng.normal(0, sigma, g.shape)
+    pred_n = g + noise
+    # least squares shrinks the prediction by v / (v + sigma^2) (v: variance of the normalised gt),
+    # leaving a mean squared error of sigma^2 v / (v + sigma^2) against a data range of 1
+    v, s2 = g.var(), noise.var()
+    expected = -10 * np.log10(s2 * v / (v + s2))
+    assert psnr(gt, pred_n) == pytest.approx(expected, abs=0.1)
+    gn, xn = normalize_minmse(gt, pred_n)
+    assert psnr(gt, pred_n) == pytest.approx(peak_signal_noise_ratio(gn, xn, data_range=1.0), rel=1e-9)
+    assert ssim(gt, pred_n) == pytest.approx(structural_similarity(gn, xn, data_range=1.0), rel=1e-9)
+    assert nrmse(gt, pred_n) == pytest.approx(np.sqrt(np.mean((gn - xn) ** 2)), rel=1e-9)
+    assert psnr(gt, pred_n, normalize=False) == pytest.approx(
+        peak_signal_noise_ratio(gt, pred_n, data_range=gt.max() - gt.min()), rel=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        psnr(gt, gt[:10])
