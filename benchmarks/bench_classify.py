@@ -53,7 +53,7 @@ def handcrafted_features(images: np.ndarray) -> np.ndarray:
         if lab.max():
             biggest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
             rp = regionprops((lab == biggest).astype(np.uint8))[0]
-            f += [rp.area, rp.perimeter, rp.eccentricity, rp.solidity, rp.major_axis_length, rp.minor_axis_length]
+            f += [rp.area, rp.perimeter, rp.eccentricity, rp.solidity, rp.axis_major_length, rp.axis_minor_length]
             f += [float(ch[lab == biggest].mean()) for ch in cell]
         else:
             f += [0.0] * (6 + len(cell))
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.25)
+    parser.add_argument("--normalization", choices=("dataset", "item"), default="dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -101,13 +102,14 @@ def main() -> None:
     train, test = stratified_split(y, val_fraction=args.test_fraction, seed=args.seed)
     print(f"Jurkat cell cycle: {len(y)} cells, {len(classes)} classes; held-out test {len(test)} cells "
           f"(stratified, seed {args.seed}): " + ", ".join(f"{c} {n}" for c, n in zip(classes, np.bincount(y[test]))))
-    print(f"torch threads {args.threads}, epochs {args.epochs}")
+    print(f"torch threads {args.threads}, epochs {args.epochs}, normalization {args.normalization}")
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         summary = train_classifier(x[train], y[train], classes=classes, output=Path(tmp) / "jurkat",
-                                   epochs=args.epochs, seed=args.seed, device="cpu")
+                                   epochs=args.epochs, seed=args.seed, device="cpu",
+                                   normalization=args.normalization)
         t_cnn = time.perf_counter() - t0
         out = classify(x[test], model=summary["output"], device="cpu")
         results["ijtorch CNN"] = report(f"ijtorch CNN (T={summary['temperature']:.2f}, best epoch "

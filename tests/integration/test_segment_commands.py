@@ -104,3 +104,42 @@ def test_evaluate_two_open_label_images(ij):
     table = window.getResultsTable()
     assert table.getValue("tp", 0) == 1 and table.getValue("fn", 0) == 1 and table.getValue("fp", 0) == 0
     assert table.getValue("recall", 0) == pytest.approx(0.5)
+
+
+def test_train_from_roi_manager_makes_a_selectable_model(ij, shared_data, tmp_path, monkeypatch):
+    from ijtorch.bridge import add_rois_to_manager, numpy_to_imageplus
+    from ijtorch.bridge._annotations import rois_from_manager
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.outlines import outlines
+    from ijtorch.tasks.rasterize import polygons_to_labels
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path))
+    img = read_tiff(shared_data / "nuclei_dsb2018" / "train" / "images" / f"{NAME}.tif")
+    gt = read_tiff(shared_data / "nuclei_dsb2018" / "train" / "labels" / f"{NAME}.tif")
+    numpy_to_imageplus(img.data, "YX", title="annotated").show()
+    add_rois_to_manager(outlines(gt.data, "YX"), reset=True)
+    # the annotations the command trains on are exactly the ground-truth objects
+    ann = rois_from_manager()
+    raster = polygons_to_labels(ann.polygons, gt.data.shape)
+    from skimage.segmentation import relabel_sequential
+
+    raster, gt_seq = relabel_sequential(raster)[0], relabel_sequential(gt.data)[0]
+    np.testing.assert_array_equal(raster[gt_seq > 0], gt_seq[gt_seq > 0])
+    # outlines are outer boundaries, so only holes inside objects may differ (28 pixels here)
+    assert np.count_nonzero(raster != gt_seq) <= 40
+    log = bridge.run_macro(
+        'selectImage("annotated"); run("ijtorch Train Segmentation", '
+        '"source=[current image + ROI Manager] name=from-rois epochs=1 steps=2 patch_size=64");'
+        'run("ijtorch Macro Functions"); print(Ext.ijtorchListModels());'
+        'selectImage("annotated"); run("ijtorch Segment", "model=from-rois output=[label map]"); print(getTitle());').log
+    lines = log.splitlines()
+    assert lines[0].startswith("ijtorch Train Segmentation: model 'from-rois' saved to")
+    assert "from-rois" in lines[1].split(",")
+    assert lines[2] == "annotated-labels"
+    assert (tmp_path / "from-rois" / "weights.safetensors").is_file()
+
+
+def test_train_needs_annotations(ij):
+    with pytest.raises(MacroError, match="ROI Manager is empty"):
+        bridge.run_macro('newImage("blank", "8-bit", 64, 64, 1); if (isOpen("ROI Manager")) roiManager("reset");'
+                         'run("ijtorch Train Segmentation", "name=x epochs=1 steps=1");')

@@ -93,6 +93,8 @@ def test_saved_model_reloads_with_split_and_predicts_the_same(trained):
     assert cfg["model_type"] == "classifier" and cfg["classes"] == CLASSES
     assert cfg["training"]["val_indices"] == summary["val_indices"]
     assert cfg["input_shape"] == [2, 24, 24] and cfg["axes"] == "CYX"
+    norm = cfg["normalization"]  # per-channel percentiles of the training items, stored
+    assert norm["method"] == "percentile_dataset" and len(norm["lo"]) == 2 and norm["lo"][0] < norm["hi"][0]
     clear_model_cache()
     r1 = classify(x[:12], model=str(out), device="cpu")
     r2 = classify(x[:12], model=ClassifierModel.load(out), device="cpu")
@@ -138,6 +140,8 @@ def test_train_rejects_bad_arguments(tmp_path):
         train_classifier(x, y, output=tmp_path / "m", class_weighting="weird")
     with pytest.raises(ValueError, match=r"\(N, C, Y, X\)"):
         train_classifier(x[:, 0], y, output=tmp_path / "m")
+    with pytest.raises(ValueError, match="normalization='global'"):
+        train_classifier(x, y, output=tmp_path / "m", normalization="global")
     with pytest.raises(ValueError, match="not in classes"):
         train_classifier(x, y, classes=["disk"], output=tmp_path / "m")
 

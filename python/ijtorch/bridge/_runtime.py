@@ -19,7 +19,7 @@ from ..errors import BridgeError
 from ._shim import shim_jar
 from ._xvfb import VirtualDisplay, start_virtual_display
 
-__all__ = ["Runtime", "start", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java"]
+__all__ = ["Runtime", "start", "adopt", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java"]
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,18 @@ def fiji_classpath(fiji: Path) -> list[Path]:
     if not (fiji / "jars").is_dir():
         raise BridgeError(f"{fiji} is not a Fiji.app folder (no jars/ inside); check IJTORCH_FIJI")
     skip = ("win32", "win64", "macosx", "linux32")
+    # An ijtorch shim put into plugins/ by ``ijtorch install-fiji`` is left out: the session adds
+    # the shim built from its own sources, and two copies on one class path would shadow it.
     jars = [p for sub in ("jars", "plugins") for p in sorted((fiji / sub).rglob("*.jar"))
-            if not any(part in skip for part in p.relative_to(fiji).parts)]
+            if not any(part in skip for part in p.relative_to(fiji).parts)
+            and not p.name.startswith("ijtorch-shim")]
     if not any(p.name.startswith("ij-") or p.name == "ij.jar" for p in jars):
         raise BridgeError(f"{fiji} holds no ImageJ 1.x jar (jars/ij-*.jar)")
+    if not any(p.name.startswith("jython") and "STUB" not in p.name for p in jars) \
+            and (DEBIAN_JAVA / "jython.jar").exists():
+        # Some Fiji copies lack jython-slim (a large jar); Debian's Jython stands in for Python scripts.
+        log.info("%s has no Jython jar; using %s for Python scripts", fiji, DEBIAN_JAVA / "jython.jar")
+        jars.append(DEBIAN_JAVA / "jython.jar")
     return jars
 
 
@@ -153,6 +161,21 @@ def start(*, fiji: str | os.PathLike | None = None) -> Runtime:
         from ._commands import install_registered
 
         install_registered()
+        return _runtime
+
+
+def adopt(*, mode: str, classpath: list[str], shim_jar: str, fiji: str | None) -> Runtime:
+    """Record a JVM someone else started (pyimagej, ``ijtorch.attach``) as this process's bridge."""
+    global _runtime
+    from jpype import JClass
+
+    with _lock:
+        if _runtime is None:
+            System = JClass("java.lang.System")
+            _runtime = Runtime(mode=mode, classpath=tuple(classpath), shim_jar=shim_jar,
+                               imagej_version=str(JClass("ij.IJ").getFullVersion()),
+                               java_version=str(System.getProperty("java.version")),
+                               display=os.environ.get("DISPLAY"), fiji=fiji)
         return _runtime
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import IjtorchError
 from ._commands import CommandContext, command, macro_function
 
-__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_imageplus"]
+__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_imageplus", "segment_outputs"]
 
 
 class SegmentOutput(str, Enum):
@@ -43,37 +43,52 @@ def _progress_to_imagej(ctx: CommandContext):
     return listener
 
 
-def segment_imageplus(ctx: CommandContext, imp, p: SegmentParams):
-    """Segment an ImagePlus and create the requested ImageJ outputs; returns (result, label ImagePlus)."""
+def segment_outputs(image, p: SegmentParams, *, command: str = "ijtorch Segment", progress=None,
+                    cancel=None) -> tuple:
+    """Segment an :class:`ijtorch.image.Image` and describe the ImageJ outputs ``p.output`` asks for.
+
+    Needs no JVM: the in-process command and the server (for a remote Fiji) both call it.
+    Returns ``(SegmentationResult, CommandOutputs)``.
+    """
     from ..tasks.measure import measure
     from ..tasks.outlines import outlines
     from ..tasks.segment import segment
-    from ._convert import imageplus_to_numpy
-    from ._results import add_rois_to_manager, labels_to_imageplus, results_table
+    from ._outputs import CommandOutputs, ImageOutput, RoiOutput, TableOutput
 
-    image = imageplus_to_numpy(imp)
     if "S" in image.axes:
-        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
+        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
     channel = p.channel - 1 if "C" in image.axes else None
     result = segment(image.data, image.axes, model=p.model, channel=channel,
                      prob_threshold=p.prob_threshold or None, nms_threshold=p.nms_threshold or None,
-                     progress=_progress_to_imagej(ctx))
+                     progress=progress, cancel=cancel)
     want = p.output
-    label_imp = None
+    images, rois, tables = [], None, []
     if want in (SegmentOutput.labels, SegmentOutput.all):
-        label_imp = labels_to_imageplus(result.labels, result.axes, calibration=image.calibration,
-                                        title=f"{Path(image.title).stem}-labels")
-        label_imp.show()
+        images.append(ImageOutput(result.labels, result.axes, f"{Path(image.title).stem}-labels",
+                                  image.calibration, labels=True))
     if want in (SegmentOutput.rois, SegmentOutput.all):
-        add_rois_to_manager(outlines(result.labels, result.axes), reset=True)
+        rois = RoiOutput(outlines(result.labels, result.axes), reset=True)
     if want in (SegmentOutput.results, SegmentOutput.all):
         intensity = image.data if channel is None else np.take(image.data, channel, axis=image.axes.index("C"))
-        results_table(measure(result.labels, result.axes, intensity=intensity, calibration=image.calibration))
+        tables.append(TableOutput(measure(result.labels, result.axes, intensity=intensity,
+                                          calibration=image.calibration)))
+    status = f"{command}: {result.n_objects} objects ({result.model}, {result.seconds:.2f} s)"
+    return result, CommandOutputs(tuple(images), rois, tuple(tables), status, {"n_objects": result.n_objects})
+
+
+def segment_imageplus(ctx: CommandContext, imp, p: SegmentParams):
+    """Segment an ImagePlus and create the requested ImageJ outputs; returns (result, label ImagePlus)."""
+    from ._convert import imageplus_to_numpy
+    from ._outputs import apply_outputs
+
+    image = imageplus_to_numpy(imp)
+    result, outputs = segment_outputs(image, p, command=ctx.command, progress=_progress_to_imagej(ctx))
+    shown = apply_outputs(outputs)
     ctx.progress(1, 1)
     from jpype import JClass
 
-    JClass("ij.IJ").showStatus(f"{ctx.command}: {result.n_objects} objects ({result.model}, {result.seconds:.2f} s)")
-    return result, label_imp
+    JClass("ij.IJ").showStatus(outputs.status)
+    return result, (shown[0] if shown else None)
 
 
 _last_result: dict = {}

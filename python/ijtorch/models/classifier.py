@@ -142,8 +142,9 @@ class ClassifierModel:
 
     Config keys used here: ``architecture`` (``ClassifierNet`` arguments), ``classes``,
     ``input_shape`` (``[C, Y, X]`` or ``[C, Z, Y, X]``), ``axes`` (``"CYX"``/``"CZYX"``),
-    ``normalization`` (``{"method": "percentile", "low", "high"}`` per item and channel, or
-    ``"none"``) and ``calibration`` (``{"temperature": T}``).
+    ``normalization`` (``{"method": "percentile_dataset", "lo": [...], "hi": [...]}``: per-channel
+    values fixed from the training set's percentiles, so absolute intensity stays informative;
+    ``{"method": "percentile", "low", "high"}``: per item and channel; or ``"none"``) and ``calibration`` (``{"temperature": T}``).
     """
 
     def __init__(self, net: ClassifierNet, config: dict[str, Any], *, device: str = "cpu") -> None:
@@ -217,6 +218,10 @@ class ClassifierModel:
         if norm.get("method") == "percentile":
             x = percentile_normalize(x, norm.get("low", 1.0), norm.get("high", 99.8),
                                      axes=tuple(range(2, x.ndim)), eps=1e-6)
+        elif norm.get("method") == "percentile_dataset":
+            lo = np.asarray(norm["lo"], dtype=np.float32).reshape((1, -1) + (1,) * (x.ndim - 2))
+            hi = np.asarray(norm["hi"], dtype=np.float32).reshape((1, -1) + (1,) * (x.ndim - 2))
+            x = (x - lo) / (hi - lo + np.float32(1e-6))
         elif norm.get("method") != "none":
             raise ModelError(f"normalization method {norm.get('method')!r} is unknown")
         return np.ascontiguousarray(x, dtype=np.float32)

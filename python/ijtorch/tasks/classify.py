@@ -1,9 +1,9 @@
 """Image and object classification: training, prediction, object crops, embeddings, clustering.
 
 Images for a classifier are a stack ``(N, C, Y, X)`` (or ``(N, C, Z, Y, X)`` for 3-D), one item
-per cell or per image; the axes contract is stored in the model (``"CYX"``/``"CZYX"``). Each
-item is percentile-normalised per channel by the model (``normalization`` in its config), so
-callers pass raw intensities. Per-object stacks come from :func:`object_crops`.
+per cell or per image; the axes contract is stored in the model (``"CYX"``/``"CZYX"``). The
+model normalises items itself (``normalization`` in its config: per-channel percentiles of the
+training set by default), so callers pass raw intensities. Per-object stacks come from :func:`object_crops`.
 
 Examples
 --------
@@ -28,12 +28,13 @@ import numpy as np
 from ..image import check_axes, to_axes
 from ..train.progress import ProgressCallback, ProgressEvent, emit
 
-__all__ = ["CLASS_WEIGHTING", "train_classifier", "classify", "embed", "object_crops", "object_ids",
+__all__ = ["CLASS_WEIGHTING", "NORMALIZATION", "train_classifier", "classify", "embed", "object_crops", "object_ids",
            "cluster_embeddings", "Clusters", "write_features", "load_class_folders", "stratified_split"]
 
 log = logging.getLogger(__name__)
 
 CLASS_WEIGHTING = ("balanced", "sampling", "none")
+NORMALIZATION = ("dataset", "item")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -141,6 +142,7 @@ def train_classifier(
     widths: Sequence[int] = (32, 64, 128),
     class_weighting: str = "balanced",
     augment: bool = True,
+    normalization: str = "dataset",
     val_fraction: float = 0.15,
     patience: int | None = None,
     seed: int = 0,
@@ -172,6 +174,10 @@ def train_classifier(
         with equal probability per class; ``none``.
     augment : bool
         Random flips, 90° rotations and intensity changes.
+    normalization : {"dataset", "item"}
+        ``dataset``: each channel maps its 1st/99.8th percentiles over the training items to 0/1
+        (values stored in the model; absolute intensity, e.g. DNA content, stays informative);
+        ``item``: percentiles per item and channel (robust to exposure changes between images).
     val_fraction : float
         Stratified held-out fraction (see :func:`stratified_split`); its indices are saved in the
         config, metrics are computed on it and the temperature is fitted on it.
@@ -232,8 +238,20 @@ def train_classifier(
         "classes": class_names,
         "axes": "CYX" if ndim == 2 else "CZYX",
         "input_shape": list(data.shape[1:]),
-        "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "item and channel"},
     }
+    if normalization not in NORMALIZATION:
+        raise ValueError(f"normalization={normalization!r}: accepted values are {NORMALIZATION}")
+    if val_fraction > 0:
+        tr_idx, va_idx = stratified_split(y, val_fraction=val_fraction, seed=seed)
+    else:
+        tr_idx, va_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
+    if normalization == "dataset":
+        per_channel = np.moveaxis(data[tr_idx], 1, 0).reshape(data.shape[1], -1).astype(np.float32)
+        lo, hi = np.percentile(per_channel, (1.0, 99.8), axis=1)
+        config["normalization"] = {"method": "percentile_dataset", "low": 1.0, "high": 99.8,
+                                   "lo": lo.tolist(), "hi": hi.tolist(), "per": "channel, over the training items"}
+    else:
+        config["normalization"] = {"method": "percentile", "low": 1.0, "high": 99.8, "per": "item and channel"}
     if base_model is not None:
         base = load_model(base_model, device="cpu")
         if not isinstance(base, ClassifierModel):
@@ -256,11 +274,6 @@ def train_classifier(
         log.info("fine-tuning from %s (backbone reused, new head for %d classes)", base_model, len(class_names))
     helper = ClassifierModel(net, config, device="cpu")
     x = helper.prepare(data)  # normalised once; augmentation works on normalised items
-
-    if val_fraction > 0:
-        tr_idx, va_idx = stratified_split(y, val_fraction=val_fraction, seed=seed)
-    else:
-        tr_idx, va_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
     ytr = y[tr_idx]
     tr_counts = np.bincount(ytr, minlength=len(class_names)).astype(np.float64)
     weights = None
@@ -325,7 +338,7 @@ def train_classifier(
         "n_items": int(len(y)), "class_counts": counts.tolist(), "train_indices": tr_idx.tolist(),
         "val_indices": va_idx.tolist(), "val_fraction": val_fraction, "split": "stratified per class",
         "seed": seed, "epochs": epochs, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "class_weighting": class_weighting, "augment": augment, "batch_size": batch_size, "lr": lr,
+        "class_weighting": class_weighting, "augment": augment, "normalization": normalization, "batch_size": batch_size, "lr": lr,
         "base_model": str(base_model) if base_model is not None else None,
         "val_names": [str(names[i]) for i in va_idx] if names is not None else None,
         "history": result.history,
