@@ -51,3 +51,4 @@ def ijtorch_torch_device() -> str:
     return str(default_device())
 from . import _segment_commands  # noqa: E402,F401  (registers the segmentation commands)
 from . import _track_commands  # noqa: E402,F401
+from . import _classify_commands  # noqa: E402,F401

@@ -215,6 +215,12 @@ def _builtin_builders() -> None:
         from .stardist_model import StarDistModel
 
         register_model_type("stardist2d", lambda md, dev: StarDistModel.from_model_dir(md, device=dev))
+    if "unet_watershed" not in _BUILDERS:
+        from .unet_watershed import from_model_dir
+
+        register_model_type("unet_watershed", lambda md, dev: from_model_dir(md, device=dev))
+    if "classifier" not in _BUILDERS:
+        from . import classifier  # noqa: F401  (registers "classifier" on import)
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: str = "auto") -> Any:

@@ -16,14 +16,25 @@ public class IjtorchCommand implements PlugIn {
     @Override
     public void run(String command) {
         IjtorchRegistry.CommandHandler handler = IjtorchRegistry.command(command);
-        if (handler == null) {
+        if (handler == null && IjtorchRemote.configured()) {
+            handler = (name, opts) -> IjtorchRemote.runCommand(name, opts);  // no Python here: ask the server
+        } else if (handler == null) {
             IjtorchRegistry.reportError(command, "no handler is registered for this command "
-                    + "(start ImageJ from Python with ijtorch, or configure an ijtorch server)");
+                    + "(start ImageJ from Python with ijtorch, or configure an ijtorch server: "
+                    + "IJTORCH_SERVER or the IJ Prefs key ijtorch.server)");
             return;
         }
         String options = Macro.getOptions();
         if (options == null) {
-            options = askOptions(command);
+            String spec;
+            try {
+                spec = IjtorchRegistry.command(command) != null ? IjtorchRegistry.dialogSpec(command)
+                        : IjtorchRemote.dialogSpec(command);
+            } catch (Exception e) {
+                IjtorchRegistry.reportError(command, "cannot reach the ijtorch server: " + e.getMessage());
+                return;
+            }
+            options = askOptions(command, spec == null ? "" : spec);
             if (options == null) {
                 return;  // dialog cancelled
             }
@@ -43,7 +54,11 @@ public class IjtorchCommand implements PlugIn {
 
     /** Shows the dialog described by the registry; returns a macro options string or null. */
     static String askOptions(String command) {
-        String spec = IjtorchRegistry.dialogSpec(command);
+        return askOptions(command, IjtorchRegistry.dialogSpec(command));
+    }
+
+    /** Shows the dialog described by {@code spec} (lines of kind, key, default, choices, help). */
+    static String askOptions(String command, String spec) {
         if (spec.isEmpty()) {
             return "";
         }

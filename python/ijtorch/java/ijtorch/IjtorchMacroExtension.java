@@ -22,6 +22,15 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
                     + "run(\"ijtorch Macro Functions\"); then Ext.ijtorch...()");
             return;
         }
+        if (IjtorchRegistry.functionHandler() == null && IjtorchRemote.configured()) {
+            try {  // an ImageJ without Python: make the server's commands runnable by name
+                IjtorchRemote.installCommands();
+            } catch (Exception e) {
+                IjtorchRegistry.reportError("ijtorch Macro Functions", "cannot reach the ijtorch server at "
+                        + IjtorchRemote.serverUrl() + ": " + e.getMessage());
+                return;
+            }
+        }
         Functions.registerExtensions(this);
     }
 

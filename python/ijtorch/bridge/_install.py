@@ -1,0 +1,129 @@
+"""``ijtorch install-fiji``: put ijtorch's shim, Fiji scripts and example macros into a Fiji.app.
+
+What goes where:
+
+==============================  =============================================
+``plugins/ijtorch-shim.jar``    the Java shim (menu entry, macro functions)
+``scripts/Plugins/ijtorch/*``   ``jython_scripts/*.py`` (menu Plugins > ijtorch)
+``macros/ijtorch/*.ijm``        ``fiji_macros/*.ijm``
+``ijtorch.properties``          server URL and the Python that installed it
+``ijtorch-install.json``        manifest: every file written, with its SHA-256
+==============================  =============================================
+
+``--uninstall`` removes the files the manifest lists (a file changed since, by SHA-256, is
+kept and reported), then the folders it created if they are empty, then the manifest.
+``ijtorch.properties`` keys (read by the Java remote transport): ``server.url``,
+``python.executable``, ``ijtorch.version``, ``shim.sources.sha256``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import BridgeError
+
+__all__ = ["install_fiji", "uninstall_fiji", "resource_dir", "MANIFEST", "PROPERTIES"]
+
+MANIFEST = "ijtorch-install.json"
+PROPERTIES = "ijtorch.properties"
+
+
+def resource_dir(name: str) -> Path:
+    """``jython_scripts`` or ``fiji_macros``: packaged copy first, else the source checkout's."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parent.parent / "fiji" / name, here.parents[3] / name):
+        if candidate.is_dir():
+            return candidate
+    raise BridgeError(f"ijtorch's {name}/ folder was not found next to the package or in the source checkout")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_fiji(fiji: Path) -> Path:
+    fiji = Path(fiji).expanduser().resolve()
+    if not (fiji / "jars").is_dir() or not (fiji / "plugins").is_dir():
+        raise BridgeError(f"{fiji} is not a Fiji.app folder (it needs jars/ and plugins/)")
+    return fiji
+
+
+def install_fiji(fiji: str | os.PathLike, *, server: str | None = None) -> dict:
+    """Install ijtorch into ``fiji``; returns the manifest. Re-installing replaces the last install.
+
+    Parameters
+    ----------
+    fiji
+        The Fiji.app folder.
+    server
+        URL of an ijtorch server for Fiji sessions started without Python (``http://host:port``).
+    """
+    from .. import __version__
+    from ._shim import shim_jar, sources_digest
+
+    root = _check_fiji(Path(fiji))
+    if server is not None and not server.startswith(("http://", "https://")):
+        raise ValueError(f"server={server!r}: give a URL starting with http:// or https://")
+    if (root / MANIFEST).exists():
+        uninstall_fiji(root)
+    ij_jars = sorted((root / "jars").glob("ij-*.jar")) or sorted((root / "jars").glob("ij.jar"))
+    if not ij_jars:
+        raise BridgeError(f"{root}/jars has no ImageJ 1.x jar (ij-*.jar)")
+    copies: list[tuple[Path, Path]] = [(shim_jar(ij_jars[0]), root / "plugins" / "ijtorch-shim.jar")]
+    copies += [(p, root / "scripts" / "Plugins" / "ijtorch" / p.name)
+               for p in sorted(resource_dir("jython_scripts").glob("*.py"))]
+    copies += [(p, root / "macros" / "ijtorch" / p.name) for p in sorted(resource_dir("fiji_macros").glob("*.ijm"))]
+    created_dirs = []
+    for d in (root / "scripts" / "Plugins" / "ijtorch", root / "macros" / "ijtorch"):
+        missing = [p for p in (d.parent.parent, d.parent, d) if not p.exists()]
+        for p in missing:
+            p.mkdir()
+            created_dirs.append(str(p.relative_to(root)))
+    files = {}
+    for src, dst in copies:
+        if dst.exists():
+            raise BridgeError(f"{dst} exists and was not installed by ijtorch; move it away first")
+        shutil.copyfile(src, dst)
+        files[str(dst.relative_to(root))] = _sha256(dst)
+    props = root / PROPERTIES
+    if props.exists():
+        raise BridgeError(f"{props} exists and was not installed by ijtorch; move it away first")
+    lines = ["# written by 'ijtorch install-fiji'; removed by 'ijtorch install-fiji --uninstall'",
+             f"ijtorch.version={__version__}", f"python.executable={sys.executable}",
+             f"shim.sources.sha256={sources_digest()}"]
+    if server:
+        lines.append(f"server.url={server}")
+    props.write_text("\n".join(lines) + "\n")
+    files[PROPERTIES] = _sha256(props)
+    manifest = {"ijtorch_version": __version__, "files": files, "created_dirs": created_dirs, "server": server}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def uninstall_fiji(fiji: str | os.PathLike) -> list[str]:
+    """Remove what :func:`install_fiji` wrote; returns the paths kept because they were changed."""
+    root = _check_fiji(Path(fiji))
+    path = root / MANIFEST
+    if not path.exists():
+        raise BridgeError(f"{root} has no {MANIFEST}: ijtorch is not installed there (nothing removed)")
+    manifest = json.loads(path.read_text())
+    kept = []
+    for rel, digest in manifest["files"].items():
+        f = root / rel
+        if not f.exists():
+            continue
+        if _sha256(f) != digest:
+            kept.append(rel)
+            continue
+        f.unlink()
+    for rel in sorted(manifest.get("created_dirs", []), key=len, reverse=True):
+        d = root / rel
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    path.unlink()
+    return kept

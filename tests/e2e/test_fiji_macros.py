@@ -1,0 +1,234 @@
+"""The example macros (``fiji_macros/``) and Fiji scripts (``jython_scripts/``) run in the embedded
+ImageJ exactly as a user runs them in Fiji; and a Macro Recorder line of ``ijtorch Segment``
+replays to the same label map."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ijtorch import bridge
+from ijtorch.errors import BridgeError
+
+pytestmark = pytest.mark.jvm
+ROOT = Path(__file__).resolve().parents[2]
+MACROS = ROOT / "fiji_macros"
+SCRIPTS = ROOT / "jython_scripts"
+NAMES = ("0402a81e75262469", "07fb37aafa662660")
+
+
+@pytest.fixture(scope="module")
+def small_images(shared_data, tmp_path_factory):
+    """Two 96 x 96 crops of shared DSB 2018 nuclei images plus their ground-truth labels."""
+    from ijtorch.io.tiff import read_tiff, write_imagej_tiff
+
+    root = tmp_path_factory.mktemp("nuclei")
+    for sub in ("images", "labels"):
+        (root / sub).mkdir()
+        for name in NAMES:
+            data = read_tiff(shared_data / "nuclei_dsb2018" / "train" / sub / f"{name}.tif").data[:96, :96]
+            write_imagej_tiff(root / sub / f"{name}.tif", np.ascontiguousarray(data), "YX")
+    return root
+
+
+def _registered(command: str) -> bool:
+    from jpype import JClass
+
+    table = JClass("ij.Menus").getCommands()
+    return table is not None and bool(table.containsKey(command))
+
+
+def _macro(name: str, argument: str = "") -> list[str]:
+    return bridge.run_macro((MACROS / name).read_text(), argument).log.splitlines()
+
+
+def _segment(image_path: Path, model: str) -> np.ndarray:
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.segment import segment
+
+    image = read_tiff(image_path)
+    return segment(image.data, image.axes, model=model).labels
+
+
+def test_every_command_has_an_example_macro(ij):
+    text = "\n".join(p.read_text() for p in MACROS.glob("*.ijm"))
+    for command in bridge.registered_commands():
+        if not command.startswith("ijtorch Test"):
+            assert f'"{command}"' in text, f"no macro in fiji_macros/ runs {command}"
+
+
+def test_segment_folder_macro_writes_what_segment_returns(ij, small_images, segmentation_model, tmp_path):
+    from ijtorch.io.tiff import read_tiff
+
+    log = _macro("segment_folder.ijm", f"input={small_images / 'images'} output={tmp_path} model={segmentation_model}")
+    assert log[-1] == f"2 image(s) segmented into {tmp_path}"
+    for name in NAMES:
+        expected = _segment(small_images / "images" / f"{name}.tif", segmentation_model)
+        np.testing.assert_array_equal(read_tiff(tmp_path / f"{name}.tif").data, expected)
+        assert f"{name}.tif: {int(expected.max())} objects" in log
+        assert (tmp_path / f"{name}_measurements.csv").is_file()
+
+
+def test_evaluate_macro_prints_perfect_scores_for_ground_truth(ij, small_images):
+    labels = small_images / "labels"
+    log = _macro("evaluate_folders.ijm", f"prediction={labels} ground_truth={labels}")
+    rows = [line.split("\t") for line in log]
+    assert [r[0] for r in rows] == list(NAMES) + ["mean", "pooled"], log
+    assert all(r[1:] == ["F1=1.0000", "AP50=1.0000"] for r in rows), log
+
+
+def test_track_macro_writes_trackmate_xml(ij, tmp_path):
+    from ijtorch.io.tiff import write_imagej_tiff
+    from ijtorch.tasks.simulate import simulate_movie
+
+    m = simulate_movie(n_frames=5, shape=(64, 64), n_cells=4, division_prob=0.0, miss_prob=0.0, seed=3)
+    movie = write_imagej_tiff(tmp_path / "movie.tif", m.labels, "TYX")
+    log = _macro("track_movie.ijm", f"movie={movie} output={tmp_path / 'out'} max_distance=8")
+    values = {line.split(": ")[0]: line.split(": ")[1] for line in log if line.startswith(("tracks: ", "rois: "))}
+    assert int(values["tracks"]) >= 4, log
+    n_spots = int(sum(len(np.unique(f[f > 0])) for f in m.labels))
+    assert int(values["rois"]) == n_spots
+    xml = (tmp_path / "out" / "movie.xml").read_text()
+    assert xml.count("<Spot ") == n_spots
+
+
+def test_normalize_macro_runs(ij):
+    log = _macro("normalize_and_version.ijm")
+    assert log[0] == "image: ramp-normalized (32-bit)" and log[-1].startswith("ijtorch ")
+
+
+def test_train_from_rois_macro_adds_a_model(ij, small_images, segmentation_model, tmp_path):
+    from ijtorch.io.roiset import write_roiset
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.outlines import outlines
+
+    image = small_images / "images" / f"{NAMES[0]}.tif"
+    rois = write_roiset(tmp_path / "RoiSet.zip", outlines(read_tiff(small_images / "labels" / image.name).data).polygons)
+    log = _macro("train_from_rois.ijm", f"image={image} rois={rois} name=from-rois base={segmentation_model} "
+                                        "epochs=1 steps=1")
+    assert log[0].startswith("annotated objects: ") and int(log[0].split(": ")[1]) > 3
+    assert "from-rois" in log[-1].split(": ")[1].split(",")
+
+
+def test_segment_recorder_line_replays_to_the_same_label_map(ij, small_images, segmentation_model):
+    """Dialog (OK pressed) → Macro Recorder line → replayed: both label maps are equal."""
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy
+
+    IJ, WindowManager = JClass("ij.IJ"), JClass("ij.WindowManager")
+    Recorder = JClass("ij.plugin.frame.Recorder")
+    imp = IJ.openImage(str(small_images / "images" / f"{NAMES[0]}.tif"))
+    imp.show()
+    recorder = Recorder(False)
+    flag = Recorder.class_.getField("record")
+    flag.setBoolean(None, True)
+    try:
+        IJ.doCommand("ijtorch Segment")
+        dialog = _find_dialog("ijtorch Segment")
+        dialog.getStringFields().get(0).setText(segmentation_model)
+        dialog.getChoices().get(0).select("label map")
+        ok = dialog.getButtons()[0]
+        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+        title = f"{NAMES[0]}-labels"
+        deadline = time.time() + 60
+        while WindowManager.getImage(title) is None and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the Recorder writes the line after the command returns
+        text = str(recorder.getText())
+    finally:
+        flag.setBoolean(None, False)
+        recorder.close()
+    first = WindowManager.getImage(title)
+    assert first is not None, "the dialog run made no label map"
+    from_dialog = imageplus_to_numpy(first).data
+    first.changes = False
+    first.close()
+    lines = [line for line in text.splitlines() if "ijtorch Segment" in line]
+    assert len(lines) == 1 and f"model={segmentation_model}" in lines[0] and "output=[label map]" in lines[0], text
+    bridge.run_macro(f'selectImage("{NAMES[0]}.tif"); ' + lines[0])
+    replayed = imageplus_to_numpy(WindowManager.getImage(title)).data
+    np.testing.assert_array_equal(replayed, from_dialog)
+    np.testing.assert_array_equal(from_dialog, _segment(small_images / "images" / f"{NAMES[0]}.tif", segmentation_model))
+
+
+def _find_dialog(title: str, timeout: float = 20):
+    from jpype import JClass
+
+    Window = JClass("java.awt.Window")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for w in Window.getWindows():
+            if w.isShowing() and str(getattr(w, "getTitle", lambda: "")()) == title:
+                return w
+        time.sleep(0.05)
+    raise AssertionError(f"no dialog titled {title!r} appeared")
+
+
+# ------------------------------------------------------------------ Jython scripts
+
+
+def test_segment_folder_script(ij, small_images, segmentation_model, tmp_path):
+    from ijtorch.bridge import run_jython
+    from ijtorch.io.tiff import read_tiff
+
+    out = run_jython(SCRIPTS / "Segment_Folder.py", input_dir=small_images / "images", output_dir=tmp_path,
+                     model=segmentation_model)
+    for name in NAMES:
+        expected = _segment(small_images / "images" / f"{name}.tif", segmentation_model)
+        np.testing.assert_array_equal(read_tiff(tmp_path / f"{name}.tif").data, expected)
+        assert f"{name}.tif: {int(expected.max())} objects" in out["summary"].splitlines()
+
+
+def test_track_movie_script_writes_trackmate_xml(ij, tmp_path):
+    from ijtorch.bridge import run_jython
+    from ijtorch.io.tiff import write_imagej_tiff
+    from ijtorch.tasks.simulate import simulate_movie
+
+    m = simulate_movie(n_frames=5, shape=(64, 64), n_cells=4, division_prob=0.0, miss_prob=0.0, seed=3)
+    movie = write_imagej_tiff(tmp_path / "cells.tif", m.labels, "TYX")
+    out = run_jython(SCRIPTS / "Track_Movie.py", movie=movie, output_dir=tmp_path / "out", is_labels=True,
+                     max_distance=8.0)
+    xml = Path(out["trackmate_xml"])
+    assert xml == tmp_path / "out" / "cells.xml" and "<TrackMate" in xml.read_text()[:400]
+
+
+def test_train_from_rois_script(ij, small_images, segmentation_model, tmp_path):
+    from ijtorch.bridge import run_jython
+    from ijtorch.io.roiset import write_roiset
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.models.store import list_models
+    from ijtorch.tasks.outlines import outlines
+
+    folder = tmp_path / "annotated"
+    folder.mkdir()
+    for name in NAMES:
+        (folder / f"{name}.tif").write_bytes((small_images / "images" / f"{name}.tif").read_bytes())
+        write_roiset(folder / f"{name}_RoiSet.zip", outlines(read_tiff(small_images / "labels" / f"{name}.tif").data).polygons)
+    out = run_jython(SCRIPTS / "Train_From_ROIs.py", input_dir=folder, name="script-model", base_model=segmentation_model,
+                     epochs=1, steps=1, patch_size=64)
+    assert out == {"model_name": "script-model"}
+    assert "script-model" in [m["name"] for m in list_models()]
+
+
+def test_denoise_script_says_clearly_when_no_denoise_command_exists(ij, tmp_path):
+    from ijtorch.bridge import run_jython
+
+    if _registered("ijtorch Denoise (Noise2Void)"):
+        pytest.skip("a denoise command is registered; this test covers the missing-command message")
+    with pytest.raises(BridgeError, match=r"'ijtorch Denoise \(Noise2Void\)' is not available"):
+        run_jython(SCRIPTS / "Denoise_Folder.py", input_dir=tmp_path, output_dir=tmp_path / "out")
+
+
+def test_run_jython_checks_parameters(ij, tmp_path):
+    from ijtorch.bridge import run_jython
+
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['outdir'\]; accepted: "):
+        run_jython(SCRIPTS / "Segment_Folder.py", input_dir=tmp_path, outdir=tmp_path)
+    with pytest.raises(ValueError, match="parameter 'output_dir' .* is required"):
+        run_jython(SCRIPTS / "Segment_Folder.py", input_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"max_gap='two': expected an integer|could not convert"):
+        run_jython(SCRIPTS / "Track_Movie.py", movie=tmp_path, output_dir=tmp_path, max_gap="two")

@@ -1,0 +1,301 @@
+"""``ijtorch serve`` as a real process on a free loopback port: answers equal in-process task calls
+pixel for pixel, bad input gets a 4xx naming the problem (and the server keeps serving), limits
+give 413/503, jobs report progress and cancel, tokens and model names are checked."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _serve_model import CALIBRATION_IMAGE, make_tiny_model  # noqa: E402
+from _serve_util import ServerProcess  # noqa: E402
+
+httpx = pytest.importorskip("httpx", reason="the server tests need httpx (pip install 'ijtorch[serve]')")
+pytest.importorskip("uvicorn", reason="the server tests need uvicorn (pip install 'ijtorch[serve]')")
+
+from ijtorch.serve import Client, ServerError  # noqa: E402
+from ijtorch.serve._wire import MEDIA_TYPE, encode  # noqa: E402
+
+MAX_QUEUE = 6
+
+
+@pytest.fixture(scope="module")
+def image(shared_data):
+    from ijtorch.io.tiff import read_tiff
+
+    return read_tiff(shared_data / CALIBRATION_IMAGE).data  # (260, 347) uint8
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, image):
+    folder = tmp_path_factory.mktemp("models")
+    make_tiny_model(folder, image)
+    broken = make_tiny_model(folder, image, name="broken")
+    raw = bytearray((broken / "weights.safetensors").read_bytes())
+    raw[-1] ^= 0xFF  # the SHA-256 no longer matches: loading fails
+    (broken / "weights.safetensors").write_bytes(bytes(raw))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def threads():
+    """Same torch thread count here and in the server: float sums may depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, threads):
+    with ServerProcess(models_dir, "--threads", str(threads), "--max-queue", str(MAX_QUEUE),
+                       "--max-request-mb", "2", "--batch-wait-ms", "20") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def local(models_dir, monkeypatch):
+    monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
+    from ijtorch.tasks.segment import segment
+
+    return lambda data, axes, **kw: segment(data, axes, model="tiny", device="cpu", **kw)
+
+
+def _assert_same(remote, expected):
+    assert remote.axes == expected.axes and remote.n_objects == expected.n_objects
+    assert remote.labels.dtype == expected.labels.dtype
+    np.testing.assert_array_equal(remote.labels, expected.labels)
+    assert remote.objects_per_plane == expected.objects_per_plane
+
+
+# ------------------------------------------------------------------------------- equal answers
+def test_segment_equals_in_process_pixel_for_pixel(client, local, image):
+    expected = local(image, "YX")
+    assert expected.n_objects > 20
+    _assert_same(client.segment(image, "YX", model="tiny"), expected)  # one tile: batched path
+    # tiled (not batchable), thresholds given, a time-lapse, a channel axis: the segment() path
+    _assert_same(client.segment(image, "YX", model="tiny", tile_size=128, overlap=48, prob_threshold=0.7),
+                 local(image, "YX", tile_size=128, overlap=48, prob_threshold=0.7))
+    movie = np.stack([image[:96, :128], image[100:196, 100:228]])
+    _assert_same(client.segment(movie, "TYX", model="tiny"), local(movie, "TYX"))
+    cyx = np.stack([image[:64, :64], image[:64, :64].T]).astype(np.float32)
+    _assert_same(client.segment(cyx, "CYX", model="tiny", channel=1), local(cyx, "CYX", channel=1))
+
+
+def test_concurrent_requests_are_batched_and_exact(client, local, image):
+    crops = [image[y:y + 96, x:x + 128] for y, x in ((0, 0), (100, 100), (150, 0), (0, 200))]
+    expected = [local(c, "YX") for c in crops]
+    before = client.metrics()["batching"]
+    with ThreadPoolExecutor(MAX_QUEUE) as pool:
+        results = list(pool.map(lambda k: client.segment(crops[k % 4], "YX", model="tiny"), range(24)))
+    for k, r in enumerate(results):
+        _assert_same(r, expected[k % 4])
+    after = client.metrics()["batching"]
+    assert after["items"] - before["items"] == 24
+    assert after["batches"] - before["batches"] < 24 and after["largest"] > 1, after
+
+
+def test_normalize_route_equals_task(client, image):
+    from ijtorch.tasks.normalize import normalize
+
+    np.testing.assert_array_equal(client.normalize(image, "YX", low=2, high=98), normalize(image, "YX", low=2, high=98))
+
+
+# ------------------------------------------------------------------------------- bad input
+def _raw(header: dict, payload: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return struct.pack("<I", len(head)) + head + payload
+
+
+GOOD = {"axes": "YX", "model": "tiny", "arrays": [{"name": "image", "dtype": "|u1", "shape": [8, 8]}]}
+BAD_BODIES = [
+    (b"\x01\x00", 400, "too short"),
+    (struct.pack("<I", 1000) + b"{}", 400, "header length 1000"),
+    (struct.pack("<I", 3) + b"{x}", 400, "not UTF-8 JSON"),
+    (_raw(GOOD, bytes(10)), 400, "needs 64 bytes but only 10 remain"),
+    (_raw(GOOD, bytes(70)), 400, "6 bytes after the last array"),
+    (_raw({**GOOD, "arrays": [{"name": "image", "dtype": "<c8", "shape": [2, 2]}]}, bytes(32)), 400, "dtype '<c8'"),
+    (_raw({**GOOD, "arrays": [{"name": "image", "dtype": ">f4", "shape": [2, 2]}]}, bytes(16)), 400, "little-endian"),
+    (_raw({**GOOD, "arrays": [{"name": "image", "dtype": "|u1", "shape": [-1, 2]}]}), 400, "shape must be"),
+    (_raw({**GOOD, "axes": "ZYX"}, bytes(64)), 422, "axes='ZYX' has 3 letters"),
+    (_raw({**GOOD, "axes": "QX"}, bytes(64)), 422, "unknown axis letters"),
+    (_raw({**GOOD, "colour": 1}, bytes(64)), 422, "colour: Extra inputs"),
+    (_raw({**GOOD, "prob_threshold": 2}, bytes(64)), 422, "prob_threshold"),
+    (_raw({**GOOD, "arrays": [{"name": "img", "dtype": "|u1", "shape": [8, 8]}]}, bytes(64)), 422, "named 'image'"),
+    (_raw({**GOOD, "arrays": [{"name": "image", "dtype": "|b1", "shape": [8, 8]}]}, bytes(64)), 422, "dtype bool"),
+    (_raw({**GOOD, "axes": "YXS", "arrays": [{"name": "image", "dtype": "|u1", "shape": [8, 8, 3]}]}, bytes(192)),
+     422, "RGB"),
+    (_raw({**GOOD, "axes": "CYX", "arrays": [{"name": "image", "dtype": "|u1", "shape": [2, 8, 8]}]}, bytes(128)),
+     422, "channel=None but the C axis has 2 channels"),
+    (_raw({**GOOD, "model": "../tiny"}, bytes(64)), 422, "no paths"),
+    (_raw({**GOOD, "model": "/etc/passwd"}, bytes(64)), 422, "no paths"),
+    (_raw({**GOOD, "model": "tiny/../../x"}, bytes(64)), 422, "no paths"),
+    (_raw({**GOOD, "model": "nope"}, bytes(64)), 404, "'nope' is not registered.*'tiny'"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD_BODIES, ids=[b[2][:24] for b in BAD_BODIES])
+def test_bad_input_gets_4xx_with_message_and_server_keeps_serving(server, client, image, body, status, message):
+    r = httpx.post(server.url + "/segment", content=body, headers={"Content-Type": MEDIA_TYPE})
+    assert r.status_code == status, r.text
+    assert pytest.importorskip("re").search(message, r.json()["error"]), r.json()["error"]
+    assert client.segment(image[:64, :64], "YX", model="tiny").labels.shape == (64, 64)
+
+
+def test_wrong_media_type_oversize_and_chunked_oversize(server, client, image):
+    r = httpx.post(server.url + "/segment", content=b"{}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 415 and MEDIA_TYPE in r.json()["error"]
+    big = encode({"axes": "YX", "model": "tiny"}, {"image": np.zeros((1100, 1100), np.float32)})  # 4.6 MiB
+    r = httpx.post(server.url + "/segment", content=big, headers={"Content-Type": MEDIA_TYPE})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # no Content-Length: counted while read
+    r = httpx.post(server.url + "/segment", content=chunks, headers={"Content-Type": MEDIA_TYPE})
+    assert r.status_code == 413
+    assert client.segment(image[:64, :64], "YX", model="tiny").n_objects >= 0
+
+
+def test_failing_model_gives_500_for_that_request_only(client, image):
+    with pytest.raises(ServerError) as info:
+        client.segment(image[:64, :64], "YX", model="broken")
+    assert info.value.status == 500 and "SHA-256" in info.value.message
+    assert client.segment(image[:64, :64], "YX", model="tiny").labels.shape == (64, 64)
+    assert client.health()["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------- queue and jobs
+def _slow_movie(image):
+    return np.stack([image[:128, :128]] * 6)  # with 32-px tiles: hundreds of forward passes
+
+
+def test_full_queue_gives_503_with_retry_after_and_jobs_cancel(client, image):
+    movie = _slow_movie(image)
+    ids = [client.submit_segment(movie, "TYX", model="tiny", tile_size=32, overlap=24) for _ in range(MAX_QUEUE)]
+    with pytest.raises(ServerError) as info:
+        client.segment(image[:64, :64], "YX", model="tiny")
+    assert info.value.status == 503 and info.value.retry_after is not None and "busy" in info.value.message
+    with pytest.raises(ServerError) as info:
+        client.submit_segment(movie, "TYX", model="tiny")
+    assert info.value.status == 503
+    deadline = time.monotonic() + 30
+    while client.job(ids[0])["progress"]["n"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = client.job(ids[0])
+    assert status["status"] == "running" and status["progress"]["phase"] in ("plane", "tile"), status
+    for job_id in ids:
+        client.cancel(job_id)
+    while any(client.job(j)["status"] not in ("cancelled", "done") for j in ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [client.job(j)["status"] for j in ids] == ["cancelled"] * MAX_QUEUE
+    with pytest.raises(ServerError) as info:
+        client.result(ids[0])
+    assert info.value.status == 410
+    assert client.segment(image[:64, :64], "YX", model="tiny").labels.shape == (64, 64)  # room again
+    metrics = client.metrics()
+    assert metrics["queue"]["active"] == 0 and metrics["queue"]["rejected"] >= 2
+    assert {"p50", "p99"} <= set(metrics["routes"]["/segment"]["latency_ms"]) and metrics["rss_bytes"] > 0
+
+
+def test_tracking_job_equals_track_movie(client, image, models_dir, monkeypatch):
+    from ijtorch.tasks.track import track_movie
+    from ijtorch.tasks.tracking import TrackingParams
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
+    movie = np.stack([np.roll(image[:96, :128], 2 * t, axis=1) for t in range(3)])
+    # max_gap=0: with gap closing, tasks/tracking.py _close_segments fails on an empty candidate set
+    # ("zero-size array to reduction operation maximum") for this movie (reported, not fixed here)
+    job = client.submit_track(movie, "TYX", model="tiny", max_distance=10, max_gap=0)
+    header, arrays = client.wait(job, timeout=60)
+    params = TrackingParams(max_distance=10, max_gap=0, allow_splitting=False)
+    tracks = track_movie(movie, "TYX", model="tiny", params=params)
+    np.testing.assert_array_equal(arrays["tracked_labels"], tracks.tracked_labels)
+    assert header["n_tracks"] == len(tracks.ctc) > 0
+    assert client.job(job)["progress"]["phase"] != ""
+    with pytest.raises(ServerError, match="404"):
+        client.job("0123456789abcdef01234567")
+
+
+# ------------------------------------------------------------------------------- ImageJ route
+def test_imagej_command_route_runs_the_segment_command_logic(client, local, image):
+    from ijtorch.tasks.measure import measure
+    from ijtorch.tasks.outlines import outlines
+
+    data = image[None, None, None]  # TZCYX as the Java shim sends it
+    header, arrays = client.imagej_command("ijtorch Segment", "model=tiny output=all", data, "TZCYX", title="a.tif")
+    expected = local(image, "YX")
+    (im,) = header["images"]
+    assert im["title"] == "a-labels" and im["labels"] and arrays["image0"].shape == (1, 1, 1, *image.shape)
+    np.testing.assert_array_equal(arrays["image0"][0, 0, 0], expected.labels)
+    assert len(header["rois"]["names"]) == expected.n_objects == len(outlines(expected.labels))
+    columns = {c["name"]: arrays[c["array"]] for c in header["tables"][0]["columns"]}
+    np.testing.assert_allclose(columns["area"], measure(expected.labels, intensity=image)["area"])
+    assert arrays["lut"].shape == (256, 3)
+    for options, status, message in (("model=tiny colour=red", 422, "unknown option"),
+                                     ("model=/tmp/tiny", 422, "no paths"),
+                                     ("model=tiny output=nonsense", 422, "output")):
+        with pytest.raises(ServerError) as info:
+            client.imagej_command("ijtorch Segment", options, data, "TZCYX")
+        assert info.value.status == status and message in info.value.message, info.value.message
+    with pytest.raises(ServerError, match="404.*cannot run on this server"):
+        client.imagej_command("ijtorch Train Segmentation", "", data, "TZCYX")
+
+
+# ------------------------------------------------------------------------------- security
+def test_non_loopback_binding_needs_a_token():
+    from ijtorch.serve import check_bind
+
+    assert "this machine only" in check_bind("127.0.0.1", None)
+    assert "this machine only" in check_bind("::1", None)
+    for host in ("0.0.0.0", "192.168.1.20", "example.org", "::"):
+        with pytest.raises(ValueError, match="pass --token"):
+            check_bind(host, None)
+    assert "OTHER MACHINES" in check_bind("0.0.0.0", "a-long-enough-token-123")
+    with pytest.raises(ValueError, match="at least 16"):
+        check_bind("0.0.0.0", "short")
+
+
+def test_cli_refuses_external_host_without_token():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "ijtorch.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "pass --token" in proc.stderr
+
+
+def test_token_is_required_on_every_route_but_health(models_dir, monkeypatch):
+    import asyncio
+
+    from ijtorch.serve import ServerConfig, create_app
+    from ijtorch.serve._security import token_matches
+
+    assert token_matches("s" * 20, "Bearer " + "s" * 20) and not token_matches("s" * 20, "Bearer " + "t" * 20)
+    assert not token_matches("s" * 20, None) and not token_matches("s" * 20, "s" * 20)
+    monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
+    token = "secret-token-0123456789"
+
+    async def calls():
+        transport = httpx.ASGITransport(app=create_app(ServerConfig(token=token)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ac:
+            return [await ac.get("/health"), await ac.get("/models"),
+                    await ac.get("/models", headers={"Authorization": "Bearer wrong-token-0123456789"}),
+                    await ac.get("/models", headers={"Authorization": f"Bearer {token}"})]
+
+    health, missing, wrong, right = asyncio.run(calls())
+    assert health.status_code == 200 and missing.status_code == 401 and wrong.status_code == 401
+    assert "Bearer" in missing.json()["error"]
+    assert right.status_code == 200 and "tiny" in right.json()["models"]
