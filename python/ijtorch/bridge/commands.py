@@ -52,3 +52,4 @@ def ijtorch_torch_device() -> str:
 from . import _segment_commands  # noqa: E402,F401  (registers the segmentation commands)
 from . import _track_commands  # noqa: E402,F401
 from . import _classify_commands  # noqa: E402,F401
+from . import _restore_commands  # noqa: E402,F401

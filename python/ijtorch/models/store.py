@@ -221,6 +221,10 @@ def _builtin_builders() -> None:
         register_model_type("unet_watershed", lambda md, dev: from_model_dir(md, device=dev))
     if "classifier" not in _BUILDERS:
         from . import classifier  # noqa: F401  (registers "classifier" on import)
+    if "care" not in _BUILDERS:
+        from .restoration import register_restoration_models
+
+        register_restoration_models()
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: str = "auto") -> Any:
