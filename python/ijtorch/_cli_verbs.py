@@ -106,6 +106,96 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(args: argparse.Namespace) -> int:
+    from .io.tiff import write_imagej_tiff
+    from .io.tiff import read_tiff
+    from .tasks.restore import denoise_n2v, restore
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in _input_files(args.inputs):
+        image = read_tiff(path)
+        channel = args.channel - 1 if args.channel else None
+        target = out / f"{path.stem}.tif"
+        if args.verb == "denoise" and not args.model:
+            restored = denoise_n2v(image.data, image.axes, epochs=args.epochs, steps_per_epoch=args.steps, channel=channel)
+            axes = image.axes.replace("C", "")
+            extra = {}
+        else:
+            result = restore(image.data, image.axes, model=args.model, channel=channel,
+                             uncertainty=args.uncertainty, error_map=args.error_map)
+            restored, axes = result.restored, result.axes
+            extra = {"uncertainty": result.uncertainty, "error_map": result.error_map}
+            if result.shift_warning:
+                print(f"warning: {path.name}: {result.shift_warning}")
+        write_imagej_tiff(target, restored.astype("float32"), axes, calibration=image.calibration, source=path)
+        for kind, data in extra.items():
+            if data is not None:
+                write_imagej_tiff(out / f"{path.stem}_{kind}.tif", data.astype("float32"), axes,
+                                  calibration=image.calibration, source=path)
+        print(f"{path.name} -> {target}")
+    return 0
+
+
+def _train_restoration(args: argparse.Namespace) -> int:
+    from .tasks.restore import train_restoration
+
+    summary = train_restoration(args.kind, args.inputs, args.targets, output=args.output, epochs=args.epochs,
+                                steps_per_epoch=args.steps, base_model=args.base_model)
+    print(f"model saved to {summary.get('output', args.output)}")
+    for key, value in (summary.get("metrics") or {}).items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _classify_data(path: Path):
+    import numpy as np
+
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], (z["labels"] if "labels" in z else None), [str(c) for c in z["classes"]] if "classes" in z else None
+    from .tasks.classify import load_class_folders
+
+    images, labels, classes, _ = load_class_folders(path)
+    return images, labels, classes
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io.outputs import write_table_csv
+    from .tasks.classify import classify, embed, write_features
+
+    images, _, _ = _classify_data(Path(args.input))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.verb == "embed":
+        path = write_features(out / "features.csv", embed(images, model=args.model))
+        print(f"{len(images)} feature vectors -> {path}")
+        return 0
+    result = classify(images, model=args.model)
+    columns = {"item": np.arange(len(images)), "class": np.asarray(result["class"]),
+               "confidence": np.asarray(result["confidence"])}
+    for i, name in enumerate(result["classes"]):
+        columns[f"p_{name}"] = np.asarray(result["probabilities"])[:, i]
+    path = write_table_csv(out / "classes.csv", columns)
+    print(f"{len(images)} items classified -> {path}")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    images, labels, classes = _classify_data(Path(args.input))
+    from .tasks.classify import train_classifier
+
+    summary = train_classifier(images, labels, classes=classes, output=args.output, base_model=args.base_model,
+                               epochs=args.epochs, seed=args.seed)
+    print(f"model saved to {summary.get('output', args.output)}")
+    for key, value in (summary.get("metrics") or {}).items():
+        if not isinstance(value, (list, dict)):
+            print(f"  {key}: {value}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .models.store import list_models
 
@@ -249,6 +339,46 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-gap", type=int, default=2, help="largest number of missed frames bridged")
     p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
     p.set_defaults(func=_track)
+
+    for verb, text in (("restore", "restore images with a CARE / Noise2Void / artificial-labelling model"),
+                       ("denoise", "Noise2Void: train on each noisy image and denoise it (or apply --model)")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("inputs", nargs="+", help="TIFF files or folders")
+        p.add_argument("--output", required=True, help="folder for <name>.tif (32-bit) and optional maps")
+        p.add_argument("--model", default=None if verb == "denoise" else "", required=verb == "restore",
+                       help="restoration model name or folder")
+        p.add_argument("--channel", type=int, default=None, help="channel to restore (1-based) in multi-channel images")
+        p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.tif (test-time augmentation std)")
+        p.add_argument("--error-map", action="store_true", help="also write <name>_error_map.tif (re-degradation error)")
+        p.add_argument("--epochs", type=int, default=10, help="Noise2Void training epochs (denoise without --model)")
+        p.add_argument("--steps", type=int, default=50, help="Noise2Void training steps per epoch")
+        p.set_defaults(func=_restore)
+
+    p = sub.add_parser("train-restoration", help="train CARE / N2V / N2N / artificial labelling from folders")
+    p.add_argument("kind", choices=["care", "n2v", "n2n", "artificial_labelling"])
+    p.add_argument("inputs", help="folder of inputs (noisy / low SNR / source channel)")
+    p.add_argument("targets", nargs="?", default=None, help="folder of targets with the same names (not for n2v)")
+    p.add_argument("--output", required=True, help="model folder to write")
+    p.add_argument("--base-model", default=None)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=50)
+    p.set_defaults(func=_train_restoration)
+
+    for verb, text in (("classify", "classify images/crops (.npz with 'images', or class folders) with a classifier"),
+                       ("embed", "export one feature vector per image/crop (CSV) for clustering")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("input", help=".npz with images (N,C,Y,X) or a folder of class sub-folders")
+        p.add_argument("--model", required=True, help="classifier model name or folder")
+        p.add_argument("--output", required=True, help="folder for classes.csv / features.csv")
+        p.set_defaults(func=_classify)
+
+    p = sub.add_parser("train-classifier", help="train a classifier from an .npz (images, labels, classes) or class folders")
+    p.add_argument("input")
+    p.add_argument("--output", required=True, help="model folder to write")
+    p.add_argument("--base-model", default=None, help="fine-tune: reuse this model's backbone with a new head")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_classifier)
 
     p = sub.add_parser("models", help="list bundled and user models")
     p.set_defaults(func=_models)

@@ -128,8 +128,13 @@ def ensure_shim(jar: Path | None = None) -> Any:
     if jar is None:
         from ._runtime import _imagej_jar
 
-        ij_jar = JClass("ij.IJ").class_.getProtectionDomain().getCodeSource().getLocation().getPath()
-        jar = shim_jar(_imagej_jar([Path(str(ij_jar))]))
+        # ij1-patcher defines ij.IJ without a code source, so ask for the class file's URL instead
+        url = str(loader.getResource("ij/IJ.class") or "")
+        if not url.startswith("jar:file:"):
+            raise BridgeError(f"cannot locate the ImageJ 1.x jar (ij/IJ.class is at {url or 'nowhere'}) to build the shim against")
+        from urllib.parse import unquote
+
+        jar = shim_jar(_imagej_jar([Path(unquote(url[len("jar:file:"):].split("!")[0]))]))
     if _jar_digest(Path(jar)) is None:
         raise BridgeError(f"{jar} is not an ijtorch shim jar")
     String = JClass("java.lang.String")

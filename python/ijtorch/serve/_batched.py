@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
 
 
 def segment_batch(model: Any, images: Sequence[np.ndarray], thresholds: Sequence[tuple[float | None, float | None]],
-                  *, model_name: str) -> list[Any]:
+                  *, model_name: str, deliver: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Segment same-shaped ``YX`` images in one forward pass; returns a ``SegmentationResult`` each.
 
     Parameters
@@ -47,6 +47,9 @@ def segment_batch(model: Any, images: Sequence[np.ndarray], thresholds: Sequence
         ``(prob_threshold, nms_threshold)`` per image; ``None`` takes the model's tuned value.
     model_name
         Name recorded in the results.
+    deliver
+        Called as ``deliver(k, result)`` as soon as image ``k`` is done (its NMS ran), so a server
+        can answer early items of a batch while later ones are post-processed.
     """
     from ijtorch.models import stardist as sd
     from ijtorch.tasks.segment import SegmentationResult
@@ -82,4 +85,6 @@ def segment_batch(model: Any, images: Sequence[np.ndarray], thresholds: Sequence
             labels=lab.astype(dtype), axes="YX", n_objects=n, model=Path(model_name).name, prob_threshold=pt,
             nms_threshold=nt, seconds=seconds_net / len(images) + time.monotonic() - t1, device=model.device,
             objects_per_plane=(n,)))
+        if deliver is not None:
+            deliver(k, results[-1])
     return results

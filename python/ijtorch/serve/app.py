@@ -211,15 +211,13 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(self.infer, self.load, path)
 
     # ---- segmentation
-    def _run_segment_batch(self, key: tuple, payloads: list) -> list:
+    def _run_segment_batch(self, key: tuple, payloads: list, deliver: Callable[[int, Any], None]) -> None:
         from ._batched import segment_batch
 
         path = key[0]
-        try:
-            model = self.load(path)
-            return segment_batch(model, [p[0] for p in payloads], [(p[1], p[2]) for p in payloads], model_name=path)
-        except Exception as exc:  # noqa: BLE001 - each request gets the error
-            return [exc] * len(payloads)
+        model = self.load(path)  # an exception here reaches every request of the batch
+        segment_batch(model, [p[0] for p in payloads], [(p[1], p[2]) for p in payloads], model_name=path,
+                      deliver=deliver)
 
     async def segment(self, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
         from ..tasks.segment import _pick_channel, segment

@@ -5,8 +5,8 @@ The batcher lives on the server's event loop. :meth:`DynamicBatcher.submit` park
 its key (e.g. ``(model, shape)``) and returns its result when the batch it joined has run. A
 single worker takes the oldest waiting key, waits up to ``wait_s`` for more requests of that key
 (or until ``max_batch`` are waiting) and hands the batch to ``run_batch`` on the inference
-executor. ``run_batch(key, payloads)`` returns one result or one exception per payload, so a
-failing item fails only its own request. While a batch runs, new requests queue up and form the
+executor, which delivers one result or one exception per payload, so a failing item fails only
+its own request. While a batch runs, new requests queue up and form the
 next batch, so batches grow with load by themselves.
 """
 
@@ -52,8 +52,9 @@ class DynamicBatcher:
     Parameters
     ----------
     run_batch
-        ``run_batch(key, payloads) -> list`` of results or exception instances, one per payload;
-        runs on ``executor``.
+        ``run_batch(key, payloads, deliver)`` runs on ``executor`` and calls ``deliver(i, result)``
+        (a result or an exception instance) for every payload as soon as that one is ready, so
+        early items of a batch are answered while later ones are still post-processed.
     executor
         Where batches run (one thread: the network runs one batch at a time).
     max_batch
@@ -62,7 +63,7 @@ class DynamicBatcher:
         How long the first request of a batch waits for company.
     """
 
-    def __init__(self, run_batch: Callable[[Hashable, Sequence[Any]], list[Any]], executor: Executor, *,
+    def __init__(self, run_batch: Callable[[Hashable, Sequence[Any], Callable[[int, Any], None]], None], executor: Executor, *,
                  max_batch: int = 8, wait_s: float = 0.005) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch!r}: expected an integer >= 1")
@@ -141,17 +142,27 @@ class DynamicBatcher:
             if not batch:
                 continue
             self.stats.record(len(batch))
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, key, [b[0] for b in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
-            except Exception as exc:  # noqa: BLE001 - the whole batch failed: every item gets the error
-                log.warning("batch for %r failed: %s", key, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                results = [exc] * len(batch)
-            for (_, fut, _), res in zip(batch, results):
+            futures = [b[1] for b in batch]
+
+            def settle(index: int, res: Any, futures: list = futures) -> None:
+                fut = futures[index]
                 if fut.done():
-                    continue
+                    return
                 if isinstance(res, BaseException):
                     fut.set_exception(res)
                 else:
                     fut.set_result(res)
+
+            def deliver(index: int, res: Any) -> None:  # called on the inference thread
+                loop.call_soon_threadsafe(settle, index, res)
+
+            try:
+                await loop.run_in_executor(self._executor, self._run_batch, key, [b[0] for b in batch], deliver)
+            except Exception as exc:  # noqa: BLE001 - the batch failed: items not yet answered get the error
+                log.warning("batch for %r failed: %s", key, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                for i in range(len(batch)):
+                    settle(i, exc)
+            await asyncio.sleep(0)  # let the deliveries queued by the inference thread run first
+            for i, fut in enumerate(futures):
+                if not fut.done():
+                    settle(i, RuntimeError("internal error: the batch gave no result for this request"))
