@@ -87,9 +87,11 @@ def test_attach_injects_the_shim_into_a_foreign_gateway(fiji_path, crop, segment
         assert ijtorch.attach(gateway) is gateway
         loader = str(jpype.JClass("ijtorch.IjtorchRegistry").class_.getClassLoader())
         from ijtorch import bridge
+        # headless, IJ.log goes to stdout (no Log window): the macro returns its findings instead
         log = bridge.run_macro('open("{crop}"); run("ijtorch Segment", "model={segmentation_model} output=[label map]"); '
-                               'print(getTitle()); getStatistics(a, mean, min, max); print(max); '
-                               'run("ijtorch Macro Functions"); print(Ext.ijtorchVersion()); close("*");').log
+                               's = getTitle(); getStatistics(a, mean, min, max); s = s + "\\n" + max; '
+                               'run("ijtorch Macro Functions"); s = s + "\\n" + Ext.ijtorchVersion(); close("*"); '
+                               'return s;').value
         # Dataset in -> numpy with axes -> Dataset out, in the gateway's context
         import numpy as np
         from ijtorch.bridge import to_image, like_input
@@ -180,7 +182,8 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             import pathlib, jpype
             root = pathlib.Path("{fiji_path}")
             jars = [str(p) for s in ("jars", "plugins") for p in (root / s).rglob("*.jar") if "win64" not in p.parts]
-            jars.append("/usr/share/java/jython.jar")  # this Fiji copy lacks jython-slim
+            from ijtorch.bridge._runtime import fiji_classpath
+            jars = [str(p) for p in fiji_classpath(root)] + [str(root / "plugins" / "ijtorch-shim.jar")]
             jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", classpath=jars)
             jpype.JClass("net.imagej.patcher.LegacyInjector").preinit()
             gateway = jpype.JClass("net.imagej.ImageJ")()

@@ -262,3 +262,12 @@ def test_input_validation():
         simulate_movie(miss_prob=2)
     with pytest.raises(TypeError, match="Detections"):
         track(np.zeros((3, 3)))
+
+
+def test_gap_closing_with_no_candidates_in_range():
+    """Segments that end and begin far apart: the second LAP has no candidates at all."""
+    from ijtorch.tasks.tracking import TrackingParams, detect_points, track
+
+    pts = np.array([[0, 10.0, 10.0], [1, 11.0, 10.0], [3, 200.0, 200.0], [4, 201.0, 200.0]])
+    tracks = track(detect_points(pts, "TYX"), params=TrackingParams(max_distance=5, max_gap=2))
+    assert len(tracks.edges) == 2 and tracks.n_divisions == 0

@@ -93,8 +93,11 @@ def fiji_classpath(fiji: Path) -> list[Path]:
     if not any(p.name.startswith("jython") and "STUB" not in p.name for p in jars) \
             and (DEBIAN_JAVA / "jython.jar").exists():
         # Some Fiji copies lack jython-slim (a large jar); Debian's Jython stands in for Python scripts.
+        # It needs Debian's patched antlr3 runtime (Token.EOF_TOKEN) ahead of Fiji's antlr-runtime.
         log.info("%s has no Jython jar; using %s for Python scripts", fiji, DEBIAN_JAVA / "jython.jar")
         jars.append(DEBIAN_JAVA / "jython.jar")
+        if (DEBIAN_JAVA / "antlr3-runtime.jar").exists():
+            jars.insert(0, DEBIAN_JAVA / "antlr3-runtime.jar")
     return jars
 
 

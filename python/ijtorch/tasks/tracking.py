@@ -433,8 +433,6 @@ def _close_segments(params: TrackingParams, frame, pos, area, starts, succ, pred
     rows, cols, costs, kinds = [], [], [], []  # rows: 'e<end>' / 's<middle>'; cols: 'b<begin>' / 'm<middle>'
     by_frame = lambda ids: {int(t): ids[frame[ids] == t] for t in np.unique(frame[ids])}  # noqa: E731
     ends_f, begins_f = by_frame(ends), by_frame(begins)
-    row_ids: list[np.ndarray] = []
-    col_ids: list[np.ndarray] = []
 
     def add(r_spot, c_spot, cost, kind, r_off, c_off):
         rows.append(r_spot); cols.append(c_spot); costs.append(cost); kinds.append(np.full(cost.size, kind, np.int8))
@@ -475,6 +473,8 @@ def _close_segments(params: TrackingParams, frame, pos, area, starts, succ, pred
     if not rows:
         return empty
     r = np.concatenate(rows); c = np.concatenate(cols); w = np.concatenate(costs); k = np.concatenate(kinds)
+    if r.size == 0:  # candidate searches ran but found nothing within the distance gates
+        return empty
     # Row objects: gap/merge rows are segment ends, split rows are middles (distinct spots, since a
     # middle has a successor and an end has none). Column objects likewise: begins vs middles.
     ur, ri = np.unique(r, return_inverse=True)
