@@ -2,6 +2,7 @@
 #@ File (label="Output folder", style="directory") output_dir
 #@ String (label="Saved model (empty = train Noise2Void on each image)", value="") model
 #@ Integer (label="Epochs (Noise2Void training)", value=10) epochs
+#@ Integer (label="Steps per epoch (Noise2Void training)", value=50) steps
 #@ String (label="File extension", value=".tif") extension
 #@output String summary
 # ijtorch: denoise every image of a folder with a saved restoration model, or Noise2Void trained per image.
@@ -24,7 +25,7 @@ for name in names:
     if model:
         IJ.run(imp, COMMAND, "model=[%s]" % model)
     else:
-        IJ.run(imp, COMMAND, "mode=[train on this image] epochs=%d" % epochs)
+        IJ.run(imp, COMMAND, "mode=[train on this image] epochs=%d steps=%d" % (epochs, steps))
     result = WindowManager.getCurrentImage()
     if result is None or result == imp:
         raise RuntimeError(COMMAND + " made no result image for " + name)

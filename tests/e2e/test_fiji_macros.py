@@ -113,6 +113,55 @@ def test_train_from_rois_macro_adds_a_model(ij, small_images, segmentation_model
     assert "from-rois" in log[-1].split(": ")[1].split(",")
 
 
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """Models trained by a test go to a temporary user model folder (bundled ones stay visible)."""
+    import os
+    import shutil
+
+    folder = tmp_path / "models"
+    if os.environ.get("IJTORCH_MODELS"):  # keep the session's stand-in segmentation model reachable
+        shutil.copytree(os.environ["IJTORCH_MODELS"], folder)
+    monkeypatch.setenv("IJTORCH_MODELS", str(folder))
+    return folder
+
+
+def test_restore_and_denoise_macro(ij, user_models, tmp_path):
+    from ijtorch.io.tiff import write_imagej_tiff
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    clean = (100 + 80 * np.sin(xx / 6.0) * np.cos(yy / 9.0)).astype(np.float32)
+    noisy = (clean + rng.normal(0, 25, clean.shape)).astype(np.float32)
+    a = write_imagej_tiff(tmp_path / "noisy.tif", noisy, "YX")
+    b = write_imagej_tiff(tmp_path / "clean.tif", clean, "YX")
+    log = _macro("restore_and_denoise.ijm", f"noisy={a} clean={b} epochs=1 steps=2")
+    results = [line for line in log if " result: " in line]
+    assert results == ["n2v result: noisy-n2v", "example-n2v result: noisy-restored (32-bit)",
+                       "example-care result: noisy-restored (32-bit)", "example-label result: noisy-label (32-bit)"], log
+    assert {"example-n2v", "example-care", "example-label"} <= {p.name for p in user_models.iterdir()}
+
+
+def test_train_classifier_and_embed_macro(ij, user_models, tmp_path):
+    from ijtorch.io.roiset import write_roiset
+    from ijtorch.io.tiff import write_imagej_tiff
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(20, 3, (96, 96)).astype(np.float32)
+    polygons, names = [], []
+    for i, (cy, cx) in enumerate((y, x) for y in (12, 36, 60, 84) for x in (12, 36, 60, 84)):
+        bright = i % 2 == 0
+        image[cy - 6:cy + 6, cx - 6:cx + 6] += 200 if bright else 40
+        polygons.append(np.array([[cx - 6, cy - 6], [cx + 6, cy - 6], [cx + 6, cy + 6], [cx - 6, cy + 6]], float))
+        names.append(f"{'bright' if bright else 'dim'}_{i:03d}")
+    img = write_imagej_tiff(tmp_path / "objects.tif", image, "YX")
+    rois = write_roiset(tmp_path / "RoiSet.zip", polygons, names=names)
+    log = _macro("train_classifier_and_embed.ijm", f"image={img} rois={rois} epochs=2")
+    values = {line.split(": ")[0]: line.split(": ")[1] for line in log if ": " in line}
+    assert values["classified"] == "16" and values["embedded"] == "16", log
+    assert sorted(values["classes"].split(",")) == ["bright", "dim"]
+
+
 def test_segment_recorder_line_replays_to_the_same_label_map(ij, small_images, segmentation_model):
     """Dialog (OK pressed) → Macro Recorder line → replayed: both label maps are equal."""
     from jpype import JClass
@@ -214,13 +263,24 @@ def test_train_from_rois_script(ij, small_images, segmentation_model, tmp_path):
     assert "script-model" in [m["name"] for m in list_models()]
 
 
-def test_denoise_script_says_clearly_when_no_denoise_command_exists(ij, tmp_path):
+def test_denoise_script(ij, tmp_path):
+    """Denoises a folder when the command exists; otherwise says clearly that it does not."""
     from ijtorch.bridge import run_jython
+    from ijtorch.io.tiff import read_tiff, write_imagej_tiff
 
-    if _registered("ijtorch Denoise (Noise2Void)"):
-        pytest.skip("a denoise command is registered; this test covers the missing-command message")
-    with pytest.raises(BridgeError, match=r"'ijtorch Denoise \(Noise2Void\)' is not available"):
-        run_jython(SCRIPTS / "Denoise_Folder.py", input_dir=tmp_path, output_dir=tmp_path / "out")
+    folder = tmp_path / "noisy"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    write_imagej_tiff(folder / "a.tif", rng.normal(100, 20, (48, 48)).astype(np.float32), "YX")
+    if not _registered("ijtorch Denoise (Noise2Void)"):
+        with pytest.raises(BridgeError, match=r"'ijtorch Denoise \(Noise2Void\)' is not available"):
+            run_jython(SCRIPTS / "Denoise_Folder.py", input_dir=folder, output_dir=tmp_path / "out")
+        return
+    out = run_jython(SCRIPTS / "Denoise_Folder.py", input_dir=folder, output_dir=tmp_path / "out", epochs=1, steps=2)
+    assert out == {"summary": f"1 image(s) denoised into {tmp_path / 'out'}"}
+    result = read_tiff(tmp_path / "out" / "a.tif")
+    assert result.data.shape == (48, 48) and result.data.dtype == np.float32
+    assert result.data.std() < read_tiff(folder / "a.tif").data.std()
 
 
 def test_run_jython_checks_parameters(ij, tmp_path):

@@ -89,8 +89,8 @@ def test_attach_injects_the_shim_into_a_foreign_gateway(fiji_path, crop, segment
         from ijtorch import bridge
         # headless, IJ.log goes to stdout (no Log window): the macro returns its findings instead
         log = bridge.run_macro('open("{crop}"); run("ijtorch Segment", "model={segmentation_model} output=[label map]"); '
-                               's = getTitle(); getStatistics(a, mean, min, max); s = s + "\\n" + max; '
-                               'run("ijtorch Macro Functions"); s = s + "\\n" + Ext.ijtorchVersion(); close("*"); '
+                               's = getTitle(); getStatistics(a, mean, min, max); s = s + "|" + max; '
+                               'run("ijtorch Macro Functions"); s = s + "|" + Ext.ijtorchVersion(); close("*"); '
                                'return s;').value
         # Dataset in -> numpy with axes -> Dataset out, in the gateway's context
         import numpy as np
@@ -99,7 +99,7 @@ def test_attach_injects_the_shim_into_a_foreign_gateway(fiji_path, crop, segment
         image = to_image(ds)
         back = like_input(image.data[::-1].copy(), image.axes, ds, name="flipped")
         again = to_image(back)
-        report(before=before, loader=loader, log=log.splitlines(), axes=image.axes, shape=list(image.data.shape),
+        report(before=before, loader=loader, log=log.split("|"), axes=image.axes, shape=list(image.data.shape),
                back_class=str(back.getClass().getName()), same=bool((again.data == image.data[::-1]).all()),
                again_axes=again.axes)
     """, tmp_path, env={"DISPLAY": ""})
@@ -203,3 +203,22 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
         undo = subprocess.run([*cli[:4], str(fiji_path), "--uninstall"], capture_output=True, text=True, cwd=ROOT)
         assert undo.returncode == 0, undo.stderr
     assert tree() == before
+
+
+def test_cli_fiji_headless_runs_a_macro_and_a_script(fiji_path, tmp_path):
+    import subprocess
+    import sys
+
+    macro = tmp_path / "m.ijm"
+    macro.write_text('newImage("ramp", "16-bit ramp", 64, 32, 1); run("ijtorch Percentile Normalize", "low=1 high=99");'
+                     'print(getTitle() + " " + bitDepth());')
+    script = tmp_path / "s.py"
+    script.write_text("#@ String who\n#@output String greeting\nfrom ij import IJ\ngreeting = 'hello ' + who + ' from ' + IJ.getFullVersion()\n")
+    cli = [sys.executable, "-m", "ijtorch.cli", "fiji", "--fiji", str(fiji_path), "--headless"]
+    done = subprocess.run([*cli, "--macro", str(macro)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and "ramp-normalized 32" in done.stdout, done.stdout + done.stderr[-2000:]
+    done = subprocess.run([*cli, "--script", str(script), "--arg", "who=tests"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and "greeting=hello tests from 1.54" in done.stdout, done.stdout + done.stderr[-2000:]
+    done = subprocess.run([*cli[:4], "--fiji", str(tmp_path), "--headless"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "is not a Fiji.app folder" in done.stderr

@@ -43,6 +43,9 @@ def track_command(ctx: CommandContext, p: TrackParams) -> None:
     tracked = labels_to_imageplus(tracks.tracked_labels, label_axes, calibration=image.calibration,
                                   title=f"{Path(image.title).stem}-tracks")
     tracked.show()
+    from ._trackmate import open_in_trackmate
+
+    open_in_trackmate(tracks, imp)  # in a Fiji with TrackMate: the model opens there; elsewhere a no-op
     rois = outlines(tracks.tracked_labels, label_axes)
     frame = rois.positions[:, 2]
     names = [f"track_{int(label):04d}_t{int(t):03d}" for label, t in zip(rois.labels, frame)]

@@ -240,7 +240,8 @@ def train_stardist(
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
             "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "patch_size": patch_size,
             "lr": lr, "seed": seed, "augment": aug.model_dump(), "fg_fraction": fg_fraction,
-            "seconds": round(train_seconds, 1), "device": dev, "torch": torch.__version__,
+            "seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),  # all runs incl. resumed
+            "device": dev, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result.history],
             "cancelled_or_time_limited": result.cancelled,
@@ -256,7 +257,7 @@ def train_stardist(
         "best_epoch": result.best_epoch, "best_val_loss": result.best_metric,
         "train_seconds": round(train_seconds, 1), "n_train": len(train_idx), "n_val": len(val_idx),
         "thresholds": model.config["thresholds"], "threshold_search": tuned, "metrics": metrics,
-        "weights_bytes": model.config.get("weights", {}).get("bytes"),
+        "weights_bytes": (output / "weights.safetensors").stat().st_size,
         "stopped_early": result.stopped_early, "cancelled": result.cancelled,
     }
     log.info("trained StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
