@@ -7,7 +7,7 @@ if (nSlices > 1 && Stack.isHyperstack == false) {
     getDimensions(w, h, c, z, t);
     if (t == 1) Stack.setDimensions(c, 1, z);  // a plain stack: slices are frames
 }
-run("ijtorch Track", "labels max_distance=" + parseArg(args, "max_distance") + " max_gap=2 output=["
+run("ijtorch Track", "labels max_distance=" + parseArg(args, "max_distance") + " max_gap=2 divisions output=["
     + parseArg(args, "output") + "]");
 selectWindow("Track statistics");
 print("tracks: " + Table.size);
