@@ -95,6 +95,9 @@ def save_model_dir(path: str | os.PathLike, state_dict: dict[str, Any], config: 
         for extra in ("README.md",):
             if (path / extra).exists() and not (tmp / extra).exists():
                 shutil.copy2(path / extra, tmp / extra)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; models are shared read-only data
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old.{os.getpid()}")
