@@ -85,6 +85,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--base-model", type=Path, default=None,
+                    help="continue from this model (fine-tuning with a fresh schedule; same held-out split)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tune-only", action="store_true",
                     help="re-tune thresholds and re-measure metrics of the saved model (no training)")
     args = ap.parse_args()
@@ -107,7 +110,7 @@ def main() -> int:
         summary = train_stardist(
             pairs, output=args.output, val_fraction=0.15, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
-            head_channels=32, lr=1e-3, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu",
+            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu",
             time_limit_s=args.minutes * 60, progress_bar=False,
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
         )
