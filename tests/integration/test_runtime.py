@@ -98,6 +98,11 @@ def test_shim_jar_is_cached_and_rebuilt_when_sources_change(tmp_path, monkeypatc
     with zipfile.ZipFile(first) as z:
         names = set(z.namelist())
     assert {"ijtorch/IjtorchRegistry.class", "ijtorch/IjtorchCommand.class", "ijtorch/IjtorchMacroExtension.class"} <= names
+    with zipfile.ZipFile(first) as z:
+        config = z.read("plugins.config").decode()
+    # a Fiji that loads the jar from plugins/ lists every built-in command under Plugins>ijtorch
+    assert 'Plugins>ijtorch, "ijtorch Segment", ijtorch.IjtorchCommand("ijtorch Segment")' in config
+    assert 'Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension' in config
     # a changed source gives a new digest and a new jar
     java_dir = tmp_path / "java"
     (java_dir / "ijtorch").mkdir(parents=True)

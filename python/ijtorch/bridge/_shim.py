@@ -30,11 +30,28 @@ def shim_sources() -> list[Path]:
     return sorted((JAVA_DIR / "ijtorch").glob("*.java"))
 
 
+def plugins_config() -> str:
+    """ImageJ's ``plugins.config`` for the jar: every built-in command under Plugins>ijtorch.
+
+    A Fiji that loads the jar from ``plugins/`` (``ijtorch install-fiji``) then shows the same
+    menu as a Python-started one; without a Python handler the commands go to the configured
+    ijtorch server.
+    """
+    from . import commands  # noqa: F401  (registers the built-in commands; no JVM needed)
+    from ._commands import registered_commands
+
+    lines = ['Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension']
+    for name in sorted(registered_commands()):
+        lines.append(f'Plugins>ijtorch, "{name}", ijtorch.IjtorchCommand("{name}")')
+    return "\n".join(lines) + "\n"
+
+
 def sources_digest() -> str:
     h = hashlib.sha256()
     for path in shim_sources():
         h.update(path.name.encode())
         h.update(path.read_bytes())
+    h.update(plugins_config().encode())
     return h.hexdigest()
 
 
@@ -88,8 +105,7 @@ def build_jar(ij_jar: Path, destination: Path) -> Path:
             for f in sorted(classes.rglob("*")):
                 if f.is_file():
                     z.write(f, f.relative_to(classes).as_posix())
-            # plugins.config lets a real Fiji/ImageJ list the fixed commands in its menus.
-            z.writestr("plugins.config", 'Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension\n')
+            z.writestr("plugins.config", plugins_config())
         os.replace(tmp_jar, destination)
     log.info("built ijtorch shim %s", destination)
     return destination

@@ -31,7 +31,8 @@ import java.util.Map;
  * server.
  *
  * <p>The server is {@code Prefs "ijtorch.server"}, else the system property {@code ijtorch.server},
- * else the environment variable {@code IJTORCH_SERVER} (e.g. {@code http://127.0.0.1:8765}); a
+ * else the environment variable {@code IJTORCH_SERVER} (e.g. {@code http://127.0.0.1:8765}), else
+ * {@code server.url} in {@code Fiji.app/ijtorch.properties} (written by {@code ijtorch install-fiji}); a
  * token comes from the system property {@code ijtorch.token} or {@code IJTORCH_TOKEN}. The request
  * carries the command name, the macro options and the current image as
  * {@code [uint32 LE header length][JSON header][raw little-endian pixels, TZCYX]}; the reply, in
@@ -55,11 +56,33 @@ public final class IjtorchRemote {
         if (url == null || url.isEmpty()) {
             url = System.getenv("IJTORCH_SERVER");
         }
+        if (url == null || url.isEmpty()) {
+            url = installedProperty("server.url");  // written by "ijtorch install-fiji --server URL"
+        }
         if (url == null || url.trim().isEmpty()) {
             return null;
         }
         url = url.trim();
         return url.endsWith("/") ? url.substring(0, url.length() - 1) : url;
+    }
+
+    /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null. */
+    static String installedProperty(String key) {
+        String dir = ij.IJ.getDirectory("imagej");
+        if (dir == null) {
+            return null;
+        }
+        java.io.File file = new java.io.File(dir, "ijtorch.properties");
+        if (!file.isFile()) {
+            return null;
+        }
+        java.util.Properties props = new java.util.Properties();
+        try (java.io.InputStream in = new java.io.FileInputStream(file)) {
+            props.load(in);
+        } catch (java.io.IOException e) {
+            return null;
+        }
+        return props.getProperty(key);
     }
 
     public static boolean configured() {
@@ -70,6 +93,9 @@ public final class IjtorchRemote {
         String token = System.getProperty("ijtorch.token", "");
         if (token.isEmpty()) {
             token = System.getenv("IJTORCH_TOKEN");
+        }
+        if (token == null || token.isEmpty()) {
+            token = installedProperty("server.token");
         }
         return token == null || token.isEmpty() ? null : token;
     }
