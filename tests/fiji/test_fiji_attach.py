@@ -183,7 +183,7 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             root = pathlib.Path("{fiji_path}")
             jars = [str(p) for s in ("jars", "plugins") for p in (root / s).rglob("*.jar") if "win64" not in p.parts]
             from ijtorch.bridge._runtime import fiji_classpath
-            jars = [str(p) for p in fiji_classpath(root)] + [str(root / "plugins" / "ijtorch-shim.jar")]
+            jars = [str(p) for p in fiji_classpath(root)] + [str(root / "plugins" / "ijtorch_shim.jar")]
             jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", classpath=jars)
             jpype.JClass("net.imagej.patcher.LegacyInjector").preinit()
             gateway = jpype.JClass("net.imagej.ImageJ")()
@@ -196,7 +196,7 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
                                         "model={segmentation_model}", "extension=.tif", "save_rois=false"])
             report(source=source, summary=outputs.get("summary"))
         """, tmp_path, env={"DISPLAY": ""})
-        assert out["source"].endswith("plugins/ijtorch-shim.jar")
+        assert out["source"].endswith("plugins/ijtorch_shim.jar")
         n = int(_expected(crop, segmentation_model).max())
         assert out["summary"] == f"{NAME}.tif: {n} objects"
     finally:

@@ -38,7 +38,7 @@ def test_install_puts_each_piece_in_place_and_uninstall_restores_the_tree(fake_f
     before = _tree(fake_fiji)
     manifest = install_fiji(fake_fiji, server="http://localhost:8765")
     files = set(manifest["files"])
-    assert "plugins/ijtorch-shim.jar" in files and "ijtorch.properties" in files
+    assert "plugins/ijtorch_shim.jar" in files and "ijtorch.properties" in files
     assert {f"scripts/Plugins/ijtorch/{p.name}" for p in (ROOT / "jython_scripts").glob("*.py")} <= files
     assert {f"macros/ijtorch/{p.name}" for p in (ROOT / "fiji_macros").glob("*.ijm")} <= files
     assert all((fake_fiji / f).is_file() for f in files)
@@ -54,7 +54,7 @@ def test_uninstall_keeps_a_file_the_user_changed(fake_fiji):
     changed = fake_fiji / "macros" / "ijtorch" / "segment_folder.ijm"
     changed.write_text("// my edits\n")
     assert uninstall_fiji(fake_fiji) == ["macros/ijtorch/segment_folder.ijm"]
-    assert changed.read_text() == "// my edits\n" and not (fake_fiji / "plugins" / "ijtorch-shim.jar").exists()
+    assert changed.read_text() == "// my edits\n" and not (fake_fiji / "plugins" / "ijtorch_shim.jar").exists()
 
 
 def test_install_refuses_bad_input(fake_fiji, tmp_path):

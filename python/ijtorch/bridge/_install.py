@@ -3,7 +3,7 @@
 What goes where:
 
 ==============================  =============================================
-``plugins/ijtorch-shim.jar``    the Java shim (menu entry, macro functions)
+``plugins/ijtorch_shim.jar``    the Java shim (ImageJ 1.x loads plugin jars whose name has an underscore)
 ``scripts/Plugins/ijtorch/*``   ``jython_scripts/*.py`` (menu Plugins > ijtorch)
 ``macros/ijtorch/*.ijm``        ``fiji_macros/*.ijm``
 ``ijtorch.properties``          server URL and the Python that installed it
@@ -31,6 +31,8 @@ __all__ = ["install_fiji", "uninstall_fiji", "resource_dir", "MANIFEST", "PROPER
 
 MANIFEST = "ijtorch-install.json"
 PROPERTIES = "ijtorch.properties"
+# ImageJ 1.x installs plugins only from jars whose file name contains an underscore.
+INSTALLED_JAR = "ijtorch_shim.jar"
 
 
 def resource_dir(name: str) -> Path:
@@ -74,7 +76,7 @@ def install_fiji(fiji: str | os.PathLike, *, server: str | None = None) -> dict:
     ij_jars = sorted((root / "jars").glob("ij-*.jar")) or sorted((root / "jars").glob("ij.jar"))
     if not ij_jars:
         raise BridgeError(f"{root}/jars has no ImageJ 1.x jar (ij-*.jar)")
-    copies: list[tuple[Path, Path]] = [(shim_jar(ij_jars[0]), root / "plugins" / "ijtorch-shim.jar")]
+    copies: list[tuple[Path, Path]] = [(shim_jar(ij_jars[0]), root / "plugins" / INSTALLED_JAR)]
     copies += [(p, root / "scripts" / "Plugins" / "ijtorch" / p.name)
                for p in sorted(resource_dir("jython_scripts").glob("*.py"))]
     copies += [(p, root / "macros" / "ijtorch" / p.name) for p in sorted(resource_dir("fiji_macros").glob("*.ijm"))]

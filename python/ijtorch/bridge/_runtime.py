@@ -87,7 +87,7 @@ def fiji_classpath(fiji: Path) -> list[Path]:
     # the shim built from its own sources, and two copies on one class path would shadow it.
     jars = [p for sub in ("jars", "plugins") for p in sorted((fiji / sub).rglob("*.jar"))
             if not any(part in skip for part in p.relative_to(fiji).parts)
-            and not p.name.startswith("ijtorch-shim")]
+            and not p.name.startswith(("ijtorch-shim", "ijtorch_shim"))]
     if not any(p.name.startswith("ij-") or p.name == "ij.jar" for p in jars):
         raise BridgeError(f"{fiji} holds no ImageJ 1.x jar (jars/ij-*.jar)")
     if not any(p.name.startswith("jython") and "STUB" not in p.name for p in jars) \
