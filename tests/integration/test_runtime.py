@@ -146,3 +146,18 @@ def test_built_wheel_contains_the_shim_jar_and_sources(tmp_path):
     from ijtorch.bridge._shim import _jar_digest, sources_digest
 
     assert _jar_digest(jar) == sources_digest()
+
+
+def test_shim_digest_ignores_user_registered_commands():
+    from ijtorch import bridge
+    from ijtorch.bridge import _shim
+
+    before = _shim.sources_digest()
+    bridge.register_command("ijtorch Digest Probe", lambda ctx: None)
+    try:
+        assert _shim.sources_digest() == before
+        assert "Digest Probe" not in _shim.plugins_config()
+    finally:
+        from ijtorch.bridge import _commands
+
+        _commands._COMMANDS.pop("ijtorch Digest Probe", None)

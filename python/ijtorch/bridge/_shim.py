@@ -41,7 +41,10 @@ def plugins_config() -> str:
     from ._commands import registered_commands
 
     lines = ['Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension']
-    for name in sorted(registered_commands()):
+    # only ijtorch's own commands: user-registered ones must not change the jar (or its digest)
+    builtin = [name for name, spec in registered_commands().items()
+               if getattr(spec.handler, "__module__", "").startswith("ijtorch.bridge.")]
+    for name in sorted(builtin):
         lines.append(f'Plugins>ijtorch, "{name}", ijtorch.IjtorchCommand("{name}")')
     return "\n".join(lines) + "\n"
 
