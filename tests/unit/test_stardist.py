@@ -266,3 +266,15 @@ def test_bundled_model_tiled_equals_whole_on_a_big_image(shared_data):
     n = int(whole.max())
     assert n > 800
     assert (fp + fn) / n < 0.005, f"{fp + fn} of {n} objects differ between tiled and whole"
+
+
+def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path, monkeypatch):
+    from ijtorch.errors import ModelError
+    from ijtorch.models.store import new_user_model_dir
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path / "models"))
+    assert new_user_model_dir("my-nuclei") == tmp_path / "models" / "my-nuclei"
+    assert (tmp_path / "models").is_dir()
+    for bad in ("", "../x", "a/b", "a\\b", ".hidden"):
+        with pytest.raises(ModelError, match="give a plain model name"):
+            new_user_model_dir(bad)

@@ -233,15 +233,12 @@ def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
 @command("ijtorch Train Classifier", params=TrainClassifierParams)
 def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> None:
     """Train or fine-tune a classifier from named/grouped ROIs on the current image or from class folders."""
-    from ..models.store import user_models_dir
+    from ..models.store import new_user_model_dir
     from ..tasks.classify import object_crops, train_classifier
     from ..tasks.rasterize import polygons_to_labels
     from ._annotations import rois_from_manager
 
-    if not p.name or "/" in p.name or "\\" in p.name or p.name.startswith("."):
-        raise IjtorchError(f"name={p.name!r}: give a plain model name (letters, digits, - and _)")
-    output = user_models_dir() / p.name
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = new_user_model_dir(p.name)
     crops = {"size": p.size, "scale_by_object": p.scale_by_object, "mask_channel": p.mask_channel}
     common = dict(output=output, base_model=p.base_model or None, epochs=p.epochs,
                   class_weighting=p.class_weighting.value, val_fraction=p.val_fraction, seed=p.seed,

@@ -109,15 +109,10 @@ class DenoiseN2VParams(BaseModel):
     save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard")
 
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise IjtorchError(f"name={name!r}: give a plain model name (letters, digits, - and _)")
-
-
 @command("ijtorch Denoise (Noise2Void)", params=DenoiseN2VParams)
 def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
     """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model)."""
-    from ..models.store import user_models_dir
+    from ..models.store import new_user_model_dir
     from ..tasks.restore import denoise_n2v
 
     image = _current(ctx)
@@ -126,9 +121,7 @@ def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
         if not p.model:
             raise IjtorchError("mode=[apply saved model] needs model=[name or folder]")
     elif p.save_as:
-        _check_name(p.save_as)
-        save_to = user_models_dir() / p.save_as
-        save_to.parent.mkdir(parents=True, exist_ok=True)
+        save_to = new_user_model_dir(p.save_as)
     out = denoise_n2v(image.data, image.axes, epochs=p.epochs, steps_per_epoch=p.steps,
                       model=p.model if p.mode == N2VMode.apply else None, save_to=save_to,
                       channel=_channel(image, p.channel), progress=_progress_to_imagej(ctx))
@@ -167,10 +160,10 @@ class TrainRestorationParams(BaseModel):
 @command("ijtorch Train Restoration", params=TrainRestorationParams)
 def train_restoration_command(ctx: CommandContext, p: TrainRestorationParams) -> None:
     """Train a CARE / Noise2Void / Noise2Noise / artificial labelling model; selectable by name afterwards."""
-    from ..models.store import user_models_dir
+    from ..models.store import new_user_model_dir
     from ..tasks.restore import train_restoration
 
-    _check_name(p.name)
+    output = new_user_model_dir(p.name)
     kind = p.kind.name
     if kind != "n2v" and not p.target:
         raise IjtorchError(f"kind={p.kind.value} needs target=[title or folder]")
@@ -200,8 +193,6 @@ def train_restoration_command(ctx: CommandContext, p: TrainRestorationParams) ->
         axes = arrays[0].axes
         inputs = arrays[0].data
         targets = arrays[1].data if len(arrays) == 2 else None
-    output = user_models_dir() / p.name
-    output.parent.mkdir(parents=True, exist_ok=True)
     summary = train_restoration(kind, inputs, targets, output=output, axes=axes, epochs=p.epochs,
                                 steps_per_epoch=p.steps, patch_size=p.patch_size, progress_bar=False,
                                 progress=_progress_to_imagej(ctx))

@@ -121,14 +121,13 @@ class TrainSegmentationParams(BaseModel):
 @command("ijtorch Train Segmentation", params=TrainSegmentationParams)
 def train_segmentation_command(ctx: CommandContext, p: TrainSegmentationParams) -> None:
     """Train or fine-tune a star-convex model; the new model is immediately selectable by name."""
-    from ..models.store import user_models_dir
+    from ..models.store import new_user_model_dir
     from ..tasks.rasterize import polygons_to_labels
     from ..tasks.segment import train_segmentation
     from ._annotations import rois_from_manager
     from ._convert import imageplus_to_numpy
 
-    if not p.name or "/" in p.name or p.name.startswith("."):
-        raise IjtorchError(f"name={p.name!r}: give a plain model name (letters, digits, - and _)")
+    output = new_user_model_dir(p.name)
     if p.source == TrainSource.image:
         image = imageplus_to_numpy(ctx.current_image())
         if image.axes != "YX":
@@ -141,8 +140,6 @@ def train_segmentation_command(ctx: CommandContext, p: TrainSegmentationParams) 
         if not p.images or not p.labels:
             raise IjtorchError("source=folders needs images=[folder] and labels=[folder]")
         images_arg, labels_arg, val_fraction = p.images, p.labels, 0.15
-    output = user_models_dir() / p.name
-    output.parent.mkdir(parents=True, exist_ok=True)
     summary = train_segmentation(images_arg, labels_arg, output=output, base_model=p.base_model or None,
                                  epochs=p.epochs, steps_per_epoch=p.steps, patch_size=p.patch_size,
                                  val_fraction=val_fraction, progress=_progress_to_imagej(ctx))

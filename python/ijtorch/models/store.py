@@ -167,6 +167,19 @@ def user_models_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "ijtorch" / "models"
 
 
+def new_user_model_dir(name: str) -> Path:
+    """Folder for a new user model called ``name`` (the user model folder is created if needed).
+
+    ``name`` must be a plain name: no path separators and no leading dot, so it cannot escape
+    :func:`user_models_dir`.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ModelError(f"name={name!r}: give a plain model name (letters, digits, - and _)")
+    root = user_models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return root / name
+
+
 def list_models() -> list[dict[str, Any]]:
     """Registered models: ``name``, ``path``, ``source`` (``bundled``/``user``), ``model_type``.
 
