@@ -97,7 +97,8 @@ def _track(args: argparse.Namespace) -> int:
         data, axes, calibration = movie.data, movie.axes, movie.calibration
     if args.axes:
         axes = check_axes(args.axes, data.ndim, arg_name="--axes")
-    params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap, allow_splitting=not args.no_divisions)
+    params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap, allow_splitting=not args.no_divisions,
+                            fill_gaps=args.fill_gaps)
     tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, calibration=calibration, params=params)
     paths = write_track_outputs(args.output, source.stem, tracks, image_path=source if source.is_file() else None)
     print(f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions")
@@ -338,6 +339,8 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-distance", type=float, default=15.0, help="largest frame-to-frame displacement (calibrated units)")
     p.add_argument("--max-gap", type=int, default=2, help="largest number of missed frames bridged")
     p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
+    p.add_argument("--fill-gaps", action="store_true",
+                   help="insert an interpolated object in each frame a closed gap skips (as TrackMate's 'close gaps')")
     p.set_defaults(func=_track)
 
     for verb, text in (("restore", "restore images with a CARE / Noise2Void / artificial-labelling model"),

@@ -49,6 +49,30 @@ def test_track_command_matches_python_and_writes_trackmate_xml(ij, bacteria_labe
     assert len(root.findall("./Model/AllTracks/Track/Edge")) == len(expected.edges)
 
 
+def test_track_command_fill_gaps_paints_missed_cells(ij, bacteria_labels, tmp_path):
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy, numpy_to_imageplus
+    from ijtorch.tasks.track import track_movie
+    from ijtorch.tasks.tracking import TrackingParams
+
+    movie = bacteria_labels[:8].copy()
+    missed = int(movie[4][movie[4] > 0][0])
+    movie[4][movie[4] == missed] = 0  # one cell missed in frame 4: a gap to fill
+    expected = track_movie(movie, "TYX", is_labels=True,
+                           params=TrackingParams(max_distance=60, max_gap=2, allow_splitting=True, fill_gaps=True))
+    assert expected.spots["interpolated"].sum() >= 1
+    numpy_to_imageplus(movie, "TYX", title="gappy").show()
+    bridge.run_macro('selectImage("gappy"); run("ijtorch Track", "labels max_distance=60 max_gap=2 divisions fill_gaps");')
+    tracked = imageplus_to_numpy(JClass("ij.WindowManager").getImage("gappy-tracks"))
+    np.testing.assert_array_equal(tracked.data, expected.tracked_labels)
+    # The missed cell is back in frame 4, painted where it was (it moves little between frames).
+    truth = bacteria_labels[4] == missed
+    assert np.count_nonzero(tracked.data[4][truth]) > 0.5 * np.count_nonzero(truth)
+    rm = JClass("ij.plugin.frame.RoiManager").getInstance()
+    assert rm.getCount() == len(expected.spots["id"])
+
+
 def test_track_cli_on_ctc_tra_folder(shared_data, tmp_path):
     tra = shared_data / "tracking_bacteria" / "01_GT" / "TRA"
     out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "track", str(tra), "--labels", "--max-distance", "60",

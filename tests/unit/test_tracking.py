@@ -271,3 +271,107 @@ def test_gap_closing_with_no_candidates_in_range():
     pts = np.array([[0, 10.0, 10.0], [1, 11.0, 10.0], [3, 200.0, 200.0], [4, 201.0, 200.0]])
     tracks = track(detect_points(pts, "TYX"), params=TrackingParams(max_distance=5, max_gap=2))
     assert len(tracks.edges) == 2 and tracks.n_divisions == 0
+
+
+def _disk_movie(centres, radius=3, shape=(40, 40)):
+    """One disk per (frame, label, y, x) row; frames without a row for a label are gaps."""
+    lab = np.zeros((max(int(c[0]) for c in centres) + 1, *shape), np.uint16)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for t, L, y, x in centres:
+        lab[t][(yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2] = L
+    return lab
+
+
+def test_fill_gaps_paints_interpolated_mask_and_joins_the_track():
+    # One cell moving right by 4 px per frame, missed in frames 2 and 3; a still cell elsewhere.
+    rows = [(t, 1, 10, 6 + 4 * t) for t in (0, 1, 4, 5)] + [(t, 2, 30, 30) for t in range(6)]
+    lab = _disk_movie(rows)
+    plain = track_labels(lab, "TYX", params={"max_distance": 10, "max_gap": 2, "gap_max_distance": 15})
+    filled = track_labels(lab, "TYX", params={"max_distance": 10, "max_gap": 2, "gap_max_distance": 15, "fill_gaps": True})
+    assert (plain.edge_kind == EDGE_GAP).sum() == 1 and (filled.edge_kind == EDGE_GAP).sum() == 0
+    s = filled.spots
+    assert s["interpolated"].tolist().count(True) == 2
+    new = np.flatnonzero(s["interpolated"])
+    assert s["frame"][new].tolist() == [2, 3]
+    np.testing.assert_allclose(s["x"][new], [14.0, 18.0])
+    np.testing.assert_allclose(s["y"][new], [10.0, 10.0])
+    # The filled masks are the source disk shifted to the interpolated centre (no clipping here).
+    expected = _disk_movie([(2, 1, 10, 14), (3, 1, 10, 18)])
+    tl = filled.tracked_labels
+    for t in (2, 3):
+        values = np.unique(tl[t][expected[t] > 0])
+        assert values.size == 1 and values[0] > 0
+        assert np.array_equal(tl[t] == values[0], expected[t] > 0)
+    # Observed objects keep every pixel, and the moving cell is one CTC track over all six frames.
+    assert np.array_equal(tl > 0, (lab > 0) | (np.pad(expected, ((0, 2), (0, 0), (0, 0))) > 0))
+    moving = int(tl[0][10, 6])
+    assert [int(tl[t][10, 6 + 4 * t]) for t in range(6)] == [moving] * 6
+    assert [moving, 0, 5, 0] in filled.ctc.tolist()
+    assert filled.polygons is not None and len(filled.polygons) == len(s["id"])
+
+
+def test_fill_gaps_keeps_the_gap_when_the_frame_is_occupied():
+    # Small cell 1 lies on a large still cell 2 in frames 0 and 2 and is missed in frame 1, where its
+    # interpolated position (10, 12) is entirely inside cell 2.
+    lab = _disk_movie([(t, 2, 10, 12) for t in range(3)], radius=6)
+    yy, xx = np.mgrid[:40, :40]
+    lab[0][(yy - 10) ** 2 + (xx - 10) ** 2 <= 4] = 1
+    lab[2][(yy - 10) ** 2 + (xx - 14) ** 2 <= 4] = 1
+    filled = track_labels(lab, "TYX", params={"max_distance": 6, "max_gap": 1, "fill_gaps": True,
+                                              "allow_splitting": False})
+    assert not filled.spots["interpolated"].any()
+    assert (filled.edge_kind == EDGE_GAP).sum() == 1
+
+
+def test_fill_gaps_on_points_interpolates_positions():
+    pts = np.array([[0, 5, 5], [1, 6, 5], [4, 12, 11], [5, 13, 11]], float)
+    tr = track(detect_points(pts, "TYX"), params={"max_distance": 3, "max_gap": 3, "gap_max_distance": 10,
+                                                  "fill_gaps": True})
+    s = tr.spots
+    new = np.flatnonzero(s["interpolated"])
+    assert s["frame"][new].tolist() == [2, 3]
+    np.testing.assert_allclose(s["y"][new], [8.0, 10.0])
+    np.testing.assert_allclose(s["x"][new], [7.0, 9.0])
+    assert len(tr.ctc) == 1 and len(tr.edges) == 5
+
+
+def test_fill_gaps_raises_ctc_tra_on_a_simulation_with_missed_detections(sim, tmp_path):
+    metrics = pytest.importorskip("ctc_metrics")
+    gt = tmp_path / "GT" / "TRA"
+    gt.mkdir(parents=True)
+    import tifffile
+    for t in range(sim.truth.shape[0]):
+        tifffile.imwrite(gt / f"man_track{t:03d}.tif", sim.truth[t])
+    present = [set(np.unique(sim.truth[t]).tolist()) for t in range(sim.truth.shape[0])]
+    rows = []
+    for L, B, E, P in sim.lineage:
+        frames = [t for t in range(B, E + 1) if L in present[t]]
+        if frames:
+            rows.append(f"{L} {frames[0]} {frames[-1]} {P}")
+    (gt / "man_track.txt").write_text("\n".join(rows) + "\n")
+    scores = {}
+    for fill in (False, True):
+        tr = track_labels(sim.labels, "TYX", params={"max_distance": 8, "fill_gaps": fill})
+        write_ctc(tmp_path / f"RES{fill}", tr)
+        scores[fill] = metrics.evaluate_sequence(str(tmp_path / f"RES{fill}"), str(tmp_path / "GT"),
+                                                 metrics=["DET", "TRA"], threads=1)
+    assert scores[True]["DET"] > scores[False]["DET"]
+    assert scores[True]["TRA"] > scores[False]["TRA"]
+
+
+def test_filled_tracks_go_through_every_writer(sim, tmp_path):
+    from ijtorch.tasks.track import write_track_outputs
+
+    tr = track_labels(sim.labels, "TYX", params={"max_distance": 8, "fill_gaps": True})
+    assert tr.spots["interpolated"].sum() > 0
+    paths = write_track_outputs(tmp_path, "filled", tr)
+    root = ET.parse(paths["trackmate_xml"]).getroot()
+    assert int(root.find("Model/AllSpots").get("nspots")) == len(tr.spots["id"])
+    # Interpolated spots keep their own outline and sit where the tracked label stack painted them.
+    new = np.flatnonzero(tr.spots["interpolated"])
+    for i in new[:5]:
+        t, L = int(tr.spots["frame"][i]), int(tr.spots["ctc_label"][i])
+        yy, xx = np.nonzero(tr.tracked_labels[t] == L)
+        assert abs(yy.mean() - tr.spots["y"][i]) < 1.5 and abs(xx.mean() - tr.spots["x"][i]) < 1.5
+        poly = tr.polygons[i]
+        assert poly[:, 0].min() <= xx.min() and poly[:, 0].max() >= xx.max() + 1

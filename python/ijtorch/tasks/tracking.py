@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from ._lap import solve_sparse_lap
 from .outlines import _as_label_array, outlines
 
 __all__ = ["Detections", "Tracks", "TrackingParams", "detect_labels", "detect_points", "track",
-           "track_labels", "EDGE_LINK", "EDGE_GAP", "EDGE_SPLIT", "EDGE_MERGE"]
+           "track_labels", "fill_gaps", "EDGE_LINK", "EDGE_GAP", "EDGE_SPLIT", "EDGE_MERGE"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class TrackingParams(BaseModel):
     merge_max_distance: float | None = Field(None, gt=0, description="Largest parent-to-child distance for merges; default max_distance.")
     area_weight: float = Field(0.0, ge=0, description="Weight of the area-difference penalty in frame-to-frame costs (0 = distance only).")
     alternative_cost_factor: float = Field(1.05, gt=0, description="'No link' cost = this factor times the largest candidate cost of each LAP.")
+    fill_gaps: bool = Field(False, description="Insert an interpolated detection in every frame a closed gap skips (TrackMate's 'Close gaps by introducing new spots').")
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,8 @@ def track(detections: Detections, *, params: TrackingParams | dict | None = None
     order = np.lexsort((dst, src))
     edges = np.stack([src[order], dst[order]], axis=1).astype(np.int64)
     result = _assemble(detections, params, edges, cost[order], kind[order])
+    if params.fill_gaps:
+        result = fill_gaps(result)
     log.info("tracked %d spots: %d edges (%d gaps, %d splits, %d merges); link %.2fs, close %.2fs",
              n, len(edges), int((kind == EDGE_GAP).sum()), int((kind == EDGE_SPLIT).sum()),
              int((kind == EDGE_MERGE).sum()), t1 - t0, t2 - t1)
@@ -515,6 +518,130 @@ def _assemble(det: Detections, params: TrackingParams, edges: np.ndarray, cost: 
     return Tracks(spots=spots, edges=edges, edge_cost=cost, edge_kind=kind, ctc=ctc, n_frames=det.n_frames,
                   ndim=det.ndim, calibration=det.calibration, shape=det.shape, polygons=det.polygons,
                   tracked_labels=tracked, params=params.model_dump())
+
+
+def fill_gaps(tracks: Tracks) -> Tracks:
+    """Replace every gap edge by a chain of interpolated detections, one per skipped frame.
+
+    As TrackMate's "Close gaps by introducing new spots": the new spot lies on the straight line
+    between the gap's ends (position and radius interpolated linearly in time). With label input its
+    mask is the gap source's mask shifted to the new centre, painted only on background pixels, so
+    no observed object loses a pixel; a spot whose mask would be empty (fully occluded or outside
+    the image) is not added and that gap edge stays. New spots have ``interpolated`` = True (a
+    column added to every spot), ``mean_intensity`` NaN and the painted area.
+
+    Parameters
+    ----------
+    tracks
+        From :func:`track`.
+
+    Returns
+    -------
+    Tracks
+        A new result; ``tracks`` is not modified.
+    """
+    s = tracks.spots
+    n = len(s["id"])
+    frame = s["frame"]
+    gap = np.flatnonzero(frame[tracks.edges[:, 1]] - frame[tracks.edges[:, 0]] > 1) if len(tracks.edges) else np.zeros(0, np.int64)
+    base = {k: v for k, v in s.items() if k not in ("id", "track_id", "ctc_label")}
+    base.setdefault("interpolated", np.zeros(n, bool))
+    ndim = tracks.ndim
+    cal = tracks.calibration
+    scale = np.array([cal.pixel_width, cal.pixel_height, cal.voxel_depth][:ndim], np.float64)
+    labels = None
+    label_col = s["label"]
+    if tracks.tracked_labels is not None:
+        # The detections' own label stack, rebuilt from the tracked one (CTC labels are unique per frame).
+        labels = _relabel(tracks.tracked_labels, frame, s["ctc_label"], s["label"]).astype(np.uint32)
+        next_label = np.array([int(labels[t].max(initial=0)) + 1 for t in range(labels.shape[0])], np.int64)
+    new_cols: dict[str, list] = {k: [] for k in base}
+    new_polys: list[np.ndarray] = []
+    chains: list[tuple[int, list[int], int, int]] = []  # (gap edge index, new spot ids, source, target)
+    n_new = 0
+    for e in gap:
+        a, b = (int(v) for v in tracks.edges[e])
+        fa, fb = int(frame[a]), int(frame[b])
+        pa = np.array([s["x"][a], s["y"][a], s["z"][a]])
+        pb = np.array([s["x"][b], s["y"][b], s["z"][b]])
+        slots: list[int] = []
+        for f in range(fa + 1, fb):
+            w = (f - fa) / (fb - fa)
+            p = pa + w * (pb - pa)
+            area, poly, lab_value = np.nan, None, 0
+            if labels is not None:
+                shift = np.rint((p[:ndim] - pa[:ndim]) / scale).astype(np.int64)  # x, y[, z] in pixels
+                src = np.nonzero(labels[fa] == label_col[a])  # (y, x) or (z, y, x) index arrays
+                dst = [src[i] + shift[ndim - 1 - i] for i in range(ndim)]
+                inside = np.ones(src[0].size, bool)
+                for i, size in enumerate(labels.shape[1:]):
+                    inside &= (dst[i] >= 0) & (dst[i] < size)
+                dst = tuple(d[inside] for d in dst)
+                free = labels[f][dst] == 0
+                dst = tuple(d[free] for d in dst)
+                if dst[0].size == 0:
+                    break
+                lab_value = int(next_label[f]); next_label[f] += 1
+                labels[f][dst] = lab_value
+                area = float(dst[0].size)
+                if tracks.polygons is not None:
+                    mask = np.zeros(labels.shape[1:], np.uint32)
+                    mask[dst] = lab_value
+                    poly = outlines(mask, "YX").polygon(0)
+            for k, v in (("frame", f), ("x", p[0]), ("y", p[1]), ("z", p[2]), ("label", lab_value),
+                         ("area", area), ("mean_intensity", np.nan), ("interpolated", True),
+                         ("radius", s["radius"][a] + w * (s["radius"][b] - s["radius"][a]))):
+                new_cols[k].append(v)
+            for k in new_cols:
+                if k not in ("frame", "x", "y", "z", "label", "area", "mean_intensity", "interpolated", "radius"):
+                    new_cols[k].append(np.nan)  # an extra column (e.g. from a caller): unknown here
+            new_polys.append(poly)
+            slots.append(n + n_new)
+            n_new += 1
+        else:
+            chains.append((e, slots, a, b))
+            continue
+        # Could not fill the whole gap: drop the spots just added for it and keep the gap edge.
+        for k in new_cols:
+            del new_cols[k][len(new_cols[k]) - len(slots):]
+        del new_polys[len(new_polys) - len(slots):]
+        if labels is not None:
+            for f, slot in zip(range(fa + 1, fb), slots):
+                labels[f][labels[f] == next_label[f] - 1] = 0
+                next_label[f] -= 1
+        n_new -= len(slots)
+    if not chains:
+        return replace(tracks, spots={**tracks.spots, "interpolated": base["interpolated"]})
+    cols = {k: np.concatenate([np.asarray(base[k]), np.asarray(new_cols[k], dtype=np.asarray(base[k]).dtype)])
+            for k in base}
+    order = np.argsort(cols["frame"], kind="stable")
+    new_id = np.empty(order.size, np.int64)
+    new_id[order] = np.arange(order.size)
+    cols = {k: v[order] for k, v in cols.items()}
+    filled = np.zeros(len(tracks.edges), bool)
+    src, dst, cost, kind = [], [], [], []
+    for e, slots, a, b in chains:
+        filled[e] = True
+        chain = [a, *slots, b]
+        for u, v in zip(chain[:-1], chain[1:]):
+            src.append(u); dst.append(v)
+            cost.append(tracks.edge_cost[e] / (len(chain) - 1)); kind.append(EDGE_LINK)
+    keep = ~filled
+    src = np.concatenate([tracks.edges[keep, 0], np.asarray(src, np.int64)])
+    dst = np.concatenate([tracks.edges[keep, 1], np.asarray(dst, np.int64)])
+    cost = np.concatenate([tracks.edge_cost[keep], np.asarray(cost)])
+    kind = np.concatenate([tracks.edge_kind[keep], np.asarray(kind, np.int8)])
+    src, dst = new_id[src], new_id[dst]
+    o = np.lexsort((dst, src))
+    edges = np.stack([src[o], dst[o]], axis=1).astype(np.int64)
+    polygons = None
+    if tracks.polygons is not None:
+        all_polys = list(tracks.polygons) + new_polys
+        polygons = tuple(all_polys[i] for i in order)
+    det = Detections(spots=cols, n_frames=tracks.n_frames, ndim=ndim, calibration=cal, shape=tracks.shape,
+                     polygons=polygons, labels=labels)
+    log.info("filled %d gaps with %d interpolated spots", len(chains), n_new)
+    return _assemble(det, TrackingParams(**tracks.params), edges, cost[o], kind[o])
 
 
 def _ctc_lineage(n: int, frame: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
