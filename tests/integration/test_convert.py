@@ -386,3 +386,248 @@ def test_unsupported_imglib2_types(conv, J):
         conv.imglib2_to_numpy(J.ArrayImgs.argbs(3, 2))
     with pytest.raises(ValueError, match="BitType is not supported"):
         conv.imglib2_to_numpy(J.ArrayImgs.bits(3, 2))
+
+
+# ------------------------------------------------------------------------------ out=: existing destinations
+
+OUT_LAYOUTS = [("YX", (5, 7)), ("ZYX", (4, 5, 7)), ("CYX", (3, 5, 7)), ("ZCYX", (4, 2, 5, 7)),
+               ("TZCYX", (2, 3, 4, 5, 7))]
+IMAGEJ_KINDS = {8: ("8-bit", np.uint8), 16: ("16-bit", np.uint16), 32: ("32-bit", np.float32), 24: ("RGB", np.uint8)}
+
+
+def _imagej_made(J, shape_tzcyx, bits, title="made by ImageJ"):
+    """An ImagePlus created by ImageJ itself (not by the converter), filled with a ramp."""
+    t, z, c, h, w = shape_tzcyx
+    return J.IJ.createImage(title, f"{IMAGEJ_KINDS[bits][0]} ramp", w, h, c, z, t)
+
+
+def _planes_as_imagej_holds_them(imp) -> np.ndarray:
+    """Every plane read straight from ImageJ's pixel arrays, in TZC order (RGB unpacked to R, G, B)."""
+    stack = imp.getStack()
+    planes = []
+    for t in range(imp.getNFrames()):
+        for z in range(imp.getNSlices()):
+            for c in range(imp.getNChannels()):
+                pixels = np.array(stack.getPixels(imp.getStackIndex(c + 1, z + 1, t + 1)))
+                if imp.getBitDepth() == 24:
+                    pixels = np.stack([(pixels >> 16) & 255, (pixels >> 8) & 255, pixels & 255], axis=-1)
+                planes.append(pixels.astype(IMAGEJ_KINDS[imp.getBitDepth()][1]).reshape(imp.getHeight(),
+                                                                                          imp.getWidth(), -1))
+    return np.stack(planes)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 24])
+@pytest.mark.parametrize("axes,shape", OUT_LAYOUTS, ids=[a for a, _ in OUT_LAYOUTS])
+def test_out_imageplus_round_trip(conv, J, rng, bits, axes, shape):
+    """numpy -> existing ImagePlus -> existing numpy array, every pixel compared, nothing reallocated."""
+    rgb = bits == 24
+    full_axes, full_shape = (axes + "S", (*shape, 3)) if rgb else (axes, shape)
+    data = _random(rng, full_shape, IMAGEJ_KINDS[bits][1])
+    sizes = dict(zip(axes, shape))
+    imp = _imagej_made(J, tuple(sizes.get(a, 1) for a in "TZCYX"), bits)
+    stack = imp.getStack()
+    planes_before = [stack.getPixels(i) for i in range(1, stack.getSize() + 1)]
+    assert conv.numpy_to_imageplus(data, full_axes, out=imp) is imp
+    assert imp.getTitle() == "made by ImageJ" and imp.getBitDepth() == bits
+    expected = np.ascontiguousarray(to_axes(data, full_axes, "TZCYXS" if rgb else "TZCYX"))
+    _same(_planes_as_imagej_holds_them(imp), expected.reshape(-1, *shape[-2:], 3 if rgb else 1))
+    # written in place: the Java arrays the stack held before now hold the new pixels
+    for i, before in enumerate(planes_before):
+        _same(np.array(before), np.array(stack.getPixels(i + 1)))
+    # the processor ImageJ shows reads the same memory
+    x, y = shape[-1] - 1, shape[-2] - 1
+    first = data.reshape(-1, *full_shape[len(axes) - 2:])[0]
+    if rgb:
+        v = int(imp.getProcessor().getPixel(x, y))
+        assert ((v >> 16) & 255, (v >> 8) & 255, v & 255) == tuple(int(s) for s in first[y, x])
+    elif bits == 32:
+        assert np.float32(imp.getProcessor().getPixelValue(x, y)) == first[y, x]
+    else:
+        assert imp.getProcessor().getPixel(x, y) == first[y, x]
+    out = np.full_like(data, 7)
+    img = conv.imageplus_to_numpy(imp, out=out)
+    assert img.data is out and img.axes == full_axes and img.title == "made by ImageJ"
+    _same(out, data)
+
+
+def test_out_imageplus_matches_new_conversion(conv, J, rng):
+    """Into an existing array gives exactly what a new conversion gives, for an ImageJ-made hyperstack."""
+    imp = _imagej_made(J, (2, 3, 2, 5, 7), 16)
+    stack = imp.getStack()
+    for i in range(1, stack.getSize() + 1):
+        stack.getProcessor(i).putPixel(int(rng.integers(7)), int(rng.integers(5)), int(rng.integers(65536)))
+    new = conv.imageplus_to_numpy(imp)
+    out = np.zeros_like(new.data)
+    _same(conv.imageplus_to_numpy(imp, out=out).data, new.data)
+
+
+def test_out_imageplus_converts_input_dtype_and_layout(conv, J, rng):
+    """The dtype table and any memory layout apply to data going into an existing ImagePlus too."""
+    imp = _imagej_made(J, (1, 3, 1, 5, 7), 32)
+    data = _random(rng, (7, 5, 3), np.int16)  # X Y Z, int16 -> 32-bit
+    conv.numpy_to_imageplus(data, "XYZ", out=imp)
+    _same(conv.imageplus_to_numpy(imp).data, data.transpose(2, 1, 0).astype(np.float32))
+    mask = rng.random((6, 4)) > 0.5
+    imp8 = _imagej_made(J, (1, 1, 1, 6, 4), 8)
+    conv.numpy_to_imageplus(mask[::-1].T, "XY", out=imp8)
+    _same(conv.imageplus_to_numpy(imp8).data, mask[::-1].astype(np.uint8))
+
+
+def test_out_imageplus_title_and_calibration(conv, J, rng):
+    cal = Calibration(pixel_width=0.5, pixel_height=0.25, voxel_depth=2.0, unit="µm", frame_interval=3.0,
+                      time_unit="s")
+    imp = conv.numpy_to_imageplus(np.zeros((2, 4, 4), np.uint8), "ZYX", title="kept", calibration=cal)
+    conv.numpy_to_imageplus(np.ones((2, 4, 4), np.uint8), "ZYX", out=imp)
+    got = conv.imageplus_to_numpy(imp)
+    assert got.title == "kept" and got.calibration == cal and int(got.data.sum()) == 32
+    conv.numpy_to_imageplus(np.ones((2, 4, 4), np.uint8), "ZYX", out=imp, title="new", calibration=Calibration())
+    got = conv.imageplus_to_numpy(imp)
+    assert got.title == "new" and got.calibration == Calibration()
+
+
+def test_out_imglib2_round_trip(conv, J, rng):
+    """numpy -> existing ArrayImg / PlanarImg -> existing numpy array, for every pixel type."""
+    factories = {np.uint8: "unsignedBytes", np.int8: "bytes", np.uint16: "unsignedShorts", np.int16: "shorts",
+                 np.int32: "ints", np.uint32: "unsignedInts", np.int64: "longs", np.uint64: "unsignedLongs",
+                 np.float32: "floats", np.float64: "doubles"}
+    for dtype, factory in factories.items():
+        data = _random(rng, (3, 4, 5), dtype)
+        for maker in (J.ArrayImgs, J.PlanarImgs):
+            if maker is J.PlanarImgs and dtype == np.uint64:
+                continue  # PlanarImgs has no unsignedLongs factory
+            img = getattr(maker, factory)(5, 4, 3)
+            assert conv.numpy_to_imglib2(data, out=img) is img
+            from jpype import JArray, JLong
+
+            ra = img.randomAccess()  # ImgLib2's own read at (x, y, z) = (4, 1, 2)
+            ra.setPosition(JArray(JLong)([4, 1, 2]))
+            if np.dtype(dtype).kind == "f":
+                assert float(ra.get().getRealDouble()) == float(data[2, 1, 4])
+            else:
+                assert int(ra.get().getIntegerLong()) & 0xFFFFFFFFFFFFFFFF == int(data[2, 1, 4]) & 0xFFFFFFFFFFFFFFFF
+            out = np.zeros_like(data)
+            assert conv.imglib2_to_numpy(img, out=out) is out
+            _same(out, data)
+    # views (the cursor path) into an existing array, and bool / F-order input into an existing image
+    img = J.ArrayImgs.unsignedBytes(4, 3)
+    mask = np.asfortranarray(rng.random((3, 4)) > 0.5)
+    conv.numpy_to_imglib2(mask, out=img)
+    out = np.empty((3, 4), np.uint8)
+    _same(conv.imglib2_to_numpy(J.Views.interval(img, img), out=out), mask.astype(np.uint8))
+
+
+def test_out_chunked_buffers(conv, J, rng, monkeypatch):
+    """Existing destinations filled from several buffers, planes and pixels straddling chunk ends."""
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 24)
+    for bits, axes, shape in ((16, "ZYX", (3, 5, 7)), (24, "ZYXS", (2, 5, 3, 3)), (32, "ZYX", (2, 3, 5))):
+        data = _random(rng, shape, IMAGEJ_KINDS[bits][1])
+        imp = _imagej_made(J, (1, shape[0], 1, shape[1], shape[2]), bits)
+        conv.numpy_to_imageplus(data, axes, out=imp)
+        out = np.empty_like(data)
+        _same(conv.imageplus_to_numpy(imp, out=out).data, data)
+    for dtype, factory in ((np.uint8, "unsignedBytes"), (np.float64, "doubles")):
+        data = _random(rng, (3, 5, 7), dtype)
+        for maker in (J.ArrayImgs, J.PlanarImgs):
+            img = getattr(maker, factory)(7, 5, 3)
+            conv.numpy_to_imglib2(data, out=img)
+            out = np.empty_like(data)
+            _same(conv.imglib2_to_numpy(img, out=out), data)
+
+
+def test_out_numpy_errors(conv, J):
+    """A numpy out that cannot take the image is refused before anything is written."""
+    imp = _imagej_made(J, (1, 4, 1, 5, 7), 16, title="stack")
+    img = J.ArrayImgs.floats(7, 5, 4)
+    for convert, what in ((lambda out: conv.imageplus_to_numpy(imp, out=out), r"imp stack \(16-bit, axes 'ZYX'\)"),
+                          (lambda out: conv.imglib2_to_numpy(img, out=out), r"img \(ImgLib2 dimensions \[7, 5, 4\]\)")):
+        dtype = np.uint16 if "imp" in what else np.float32
+        wrong_dtype = np.int16 if dtype == np.uint16 else np.float64
+        with pytest.raises(ValueError, match=rf"out: shape \(4, 7, 5\) does not match {what}, which gives shape "
+                                             r"\(4, 5, 7\)"):
+            convert(np.zeros((4, 7, 5), dtype))
+        with pytest.raises(ValueError, match=r"out: shape \(5, 7\) does not match"):
+            convert(np.zeros((5, 7), dtype))
+        with pytest.raises(ValueError, match=rf"out: dtype {np.dtype(wrong_dtype).name} does not match {what}, "
+                                             rf"which gives {np.dtype(dtype).name}"):
+            convert(np.zeros((4, 5, 7), wrong_dtype))
+        with pytest.raises(ValueError, match="non-native byte order"):
+            convert(np.zeros((4, 5, 7), np.dtype(dtype).newbyteorder("S")))
+        with pytest.raises(ValueError, match=r"out must be C-contiguous .* strides"):
+            convert(np.zeros((4, 5, 7), dtype, order="F"))
+        with pytest.raises(ValueError, match="out must be C-contiguous"):
+            convert(np.zeros((4, 5, 14), dtype)[:, :, ::2])
+        read_only = np.full((4, 5, 7), 3, dtype)
+        read_only.flags.writeable = False
+        with pytest.raises(ValueError, match="out is read-only"):
+            convert(read_only)
+        assert (read_only == 3).all()
+        with pytest.raises(TypeError, match="out must be a numpy array, got list"):
+            convert([[0]])
+
+
+def test_out_imageplus_errors(conv, J, rng):
+    """An existing ImagePlus that does not match the data is refused before anything is written."""
+    from jpype import JClass
+
+    imp = _imagej_made(J, (1, 4, 1, 5, 7), 16, title="target")
+    before = _planes_as_imagej_holds_them(imp)
+    data = _random(rng, (4, 5, 7), np.uint16)
+    with pytest.raises(ValueError, match=r"out target is 16-bit but data \(uint8, axes 'ZYX', shape \(4, 5, 7\)\) "
+                                         r"is stored as 8-bit; convert the array first"):
+        conv.numpy_to_imageplus(data.astype(np.uint8), "ZYX", out=imp)
+    with pytest.raises(ValueError, match=r"out target is 16-bit but .* is stored as RGB"):
+        conv.numpy_to_imageplus(_random(rng, (4, 5, 7, 3), np.uint8), "ZYXS", out=imp)
+    with pytest.raises(ValueError, match=r"out target is 16-bit but data \(float32.* is stored as 32-bit"):
+        conv.numpy_to_imageplus(data.astype(np.float32), "ZYX", out=imp)
+    with pytest.raises(ValueError, match=r"out target has channels=1 slices=4 frames=1 height=5 width=7 but data "
+                                         r"\(uint16, axes 'TYX', shape \(4, 5, 7\)\) has channels=1 slices=1 frames=4"):
+        conv.numpy_to_imageplus(data, "TYX", out=imp)
+    with pytest.raises(ValueError, match="height=5 width=7 but .* height=7 width=5"):
+        conv.numpy_to_imageplus(data.transpose(0, 2, 1), "ZYX", out=imp)
+    with pytest.raises(ValueError, match="slices=4 .* but .* slices=3"):
+        conv.numpy_to_imageplus(data[:3], "ZYX", out=imp)
+    _same(_planes_as_imagej_holds_them(imp), before)
+    with pytest.raises(TypeError, match="out must be an ij.ImagePlus, got ndarray"):
+        conv.numpy_to_imageplus(data, "ZYX", out=np.zeros_like(data))
+    virtual = JClass("ij.ImagePlus")("virtual", JClass("ij.VirtualStack")(7, 5, 4))  # 8-bit, no pixel arrays
+    with pytest.raises(ValueError, match="out virtual is a virtual stack"):
+        conv.numpy_to_imageplus(data.astype(np.uint8), "ZYX", out=virtual)
+
+
+def test_out_imglib2_errors(conv, J, rng):
+    """An existing ImgLib2 image that does not match the data is refused before anything is written."""
+    img = J.ArrayImgs.unsignedShorts(7, 5, 4)
+    data = _random(rng, (4, 5, 7), np.uint16)
+    with pytest.raises(ValueError, match=r"out holds FloatType pixels \(numpy float32\) but data \(uint16, shape "
+                                         r"\(4, 5, 7\)\) is stored as uint16"):
+        conv.numpy_to_imglib2(data, out=J.ArrayImgs.floats(7, 5, 4))
+    with pytest.raises(ValueError, match=r"out has ImgLib2 dimensions \[7, 5, 4\] \(numpy shape \(4, 5, 7\)\) but "
+                                         r"data \(uint16, shape \(4, 7, 5\)\) needs \[5, 7, 4\]"):
+        conv.numpy_to_imglib2(data.transpose(0, 2, 1), out=img)
+    with pytest.raises(ValueError, match="out must be an ArrayImg or PlanarImg .* got net.imglib2.view.IntervalView"):
+        conv.numpy_to_imglib2(data, out=J.Views.interval(img, img))
+    with pytest.raises(TypeError, match="out must be an ImgLib2 ArrayImg or PlanarImg, got ndarray"):
+        conv.numpy_to_imglib2(data, out=np.zeros_like(data))
+    assert not conv.imglib2_to_numpy(img).any()
+
+
+def test_java_side_checks_sizes_of_existing_destinations(conv, J):
+    """Java refuses a buffer of the wrong size for an existing stack/image without writing any of it."""
+    from ijtorch.errors import BridgeError
+
+    imp = _imagej_made(J, (1, 2, 1, 2, 2), 8)
+    before = _planes_as_imagej_holds_them(imp)
+    ones = np.ones(10, np.uint8)
+    for buffer in (ones, ones[:6]):
+        with pytest.raises(BridgeError, match=f"the stack needs 8 bytes but the numpy buffer has {buffer.size}"):
+            with conv._java_errors("test"):
+                conv._java().Arrays.buffersIntoStack(conv._buffers(buffer, writable=False), imp.getStack(), 8)
+    with pytest.raises(BridgeError, match="stack plane 1 is not a 16-bit plane of 4 pixels"):
+        with conv._java_errors("test"):
+            conv._java().Arrays.buffersIntoStack(conv._buffers(ones[:8], writable=False), imp.getStack(), 16)
+    _same(_planes_as_imagej_holds_them(imp), before)
+    img = J.ArrayImgs.unsignedBytes(2, 2)
+    with pytest.raises(BridgeError, match="the image needs 4 bytes but the numpy buffer has 6"):
+        with conv._java_errors("test"):
+            conv._java().Arrays.buffersIntoImg(conv._buffers(ones[:6], writable=False), img)
+    assert not conv.imglib2_to_numpy(img).any()

@@ -45,6 +45,13 @@ One Java call moves a whole image: numpy memory is handed to Java as direct byte
 native byte order and copied with bulk ``get``/``put`` per plane (``ijtorch.IjtorchArrays``).
 C-contiguous input in the target layout is not copied in Python; any other view (F order,
 steps, transposes) is first made contiguous with one numpy copy.
+
+Every conversion can write into memory that already exists instead of allocating: ``out=`` takes
+a numpy array (ImageJ/ImgLib2 -> numpy) or an ``ImagePlus`` / ``ArrayImg`` / ``PlanarImg``
+(numpy -> Java). New memory costs as much as the copy itself (Java zero-fills new arrays, fresh
+numpy pages fault in), so reusing a destination (e.g. frame after frame of a live stream) runs at
+plain memory-copy speed. ``out`` must match exactly (shape, dtype, dimensions); nothing is resized
+or converted on that side, and a mismatch raises before any pixel is written.
 """
 
 from __future__ import annotations
@@ -193,6 +200,29 @@ def _to_imglib2_dtype(data: np.ndarray) -> np.ndarray:
                      f"{', '.join(d.name for d in IMGLIB2_DTYPES)}")
 
 
+# ---------------------------------------------------------------------------- out= checks
+
+
+def _dtype_text(dt: np.dtype) -> str:
+    return dt.name if dt.isnative else f"{dt.name} in non-native byte order ({dt.str!r})"
+
+
+def _check_out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype, source: str) -> None:
+    """Raise unless ``out`` can receive ``shape``/``dtype`` pixels of ``source`` in one bulk copy."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise ValueError(f"out: dtype {_dtype_text(out.dtype)} does not match {source}, which gives "
+                         f"{_dtype_text(dtype)}")
+    if out.shape != shape:
+        raise ValueError(f"out: shape {out.shape} does not match {source}, which gives shape {shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous (one block of memory in C order) to receive a bulk copy; "
+                         f"got a view with strides {out.strides}; use np.empty({shape}, {dtype.name!r})")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only (flags.writeable is False)")
+
+
 # ---------------------------------------------------------------------------- ImagePlus
 
 
@@ -203,27 +233,32 @@ def _is_java_instance(obj: Any, cls: Any) -> bool:
         return False
 
 
-def imageplus_to_numpy(imp: Any) -> Image:
+def imageplus_to_numpy(imp: Any, *, out: np.ndarray | None = None) -> Image:
     """Copy an ImageJ ``ImagePlus`` into an :class:`~ijtorch.image.Image`.
 
     Parameters
     ----------
     imp
         An ``ij.ImagePlus`` (8-, 16-, 32-bit or RGB; virtual stacks are read plane by plane).
+    out
+        An existing array to copy into instead of a new one: C-contiguous, writable, with exactly
+        the shape and dtype the result would have (axes as below, e.g. ``(Z, Y, X)`` uint16 for a
+        16-bit z-stack).
 
     Returns
     -------
     Image
-        ``data`` is a new C-contiguous array laid out in ``axes`` (from ``TZCYX``, axes of length 1
-        dropped, ``S`` last for RGB); ``calibration`` carries pixel width/height, voxel depth,
-        unit, frame interval and time unit; ``title`` is the image title.
+        ``data`` is a new C-contiguous array (or ``out`` itself) laid out in ``axes`` (from
+        ``TZCYX``, axes of length 1 dropped, ``S`` last for RGB); ``calibration`` carries pixel
+        width/height, voxel depth, unit, frame interval and time unit; ``title`` is the image title.
 
     Raises
     ------
     TypeError
-        ``imp`` is not an ImagePlus.
+        ``imp`` is not an ImagePlus, or ``out`` is not a numpy array.
     ValueError
-        The image has an unsupported type or inconsistent dimensions.
+        The image has an unsupported type or inconsistent dimensions; ``out`` has the wrong shape or
+        dtype, is not C-contiguous or is read-only.
 
     Examples
     --------
@@ -249,26 +284,31 @@ def imageplus_to_numpy(imp: Any) -> Image:
     h, w = int(imp.getHeight()), int(imp.getWidth())
     rgb = bit_depth == 24
     plane = (h, w, 3) if rgb else (h, w)
-    data = np.empty((n, *plane), dtype=IMAGEJ_DTYPES[bit_depth])
-    with _java_errors("ImagePlus -> numpy"):
-        j.Arrays.stackToBuffers(stack, _buffers(data, writable=True))
     sizes = {"T": nt, "Z": nz, "C": nc}
     lead = "".join(a for a in "TZC" if sizes[a] > 1)
-    data = data.reshape(*(sizes[a] for a in lead), *plane)
+    axes = lead + "YX" + ("S" if rgb else "")
+    shape = (*(sizes[a] for a in lead), *plane)
+    if out is None:
+        data = np.empty(shape, dtype=IMAGEJ_DTYPES[bit_depth])
+    else:
+        _check_out_array(out, shape, IMAGEJ_DTYPES[bit_depth],
+                         f"imp {imp.getTitle()!s} ({bit_depth}-bit, axes {axes!r})")
+        data = out
+    with _java_errors("ImagePlus -> numpy"):
+        j.Arrays.stackToBuffers(stack, _buffers(data, writable=True))
     cal = imp.getCalibration()
     calibration = Calibration(
         pixel_width=float(cal.pixelWidth), pixel_height=float(cal.pixelHeight),
         voxel_depth=float(cal.pixelDepth), unit=str(cal.getUnit()),
         frame_interval=float(cal.frameInterval), time_unit=str(cal.getTimeUnit()),
     )
-    axes = lead + "YX" + ("S" if rgb else "")
     log.debug("ImagePlus %r -> numpy %s %s %s", str(imp.getTitle()), axes, data.shape, data.dtype)
     return Image(data=data, axes=axes, calibration=calibration, title=str(imp.getTitle()))
 
 
-def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
-                       calibration: Calibration | dict | None = None) -> Any:
-    """Copy a numpy array into a new ImageJ ``ImagePlus``.
+def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str | None = None,
+                       calibration: Calibration | dict | None = None, out: Any = None) -> Any:
+    """Copy a numpy array into a new ImageJ ``ImagePlus`` (or into the pixels of ``out``).
 
     Parameters
     ----------
@@ -279,26 +319,35 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
         One letter per dimension of ``data`` from ``TZCYX`` (any order, Y and X required), plus
         ``S`` last for RGB (length 3, uint8).
     title
-        Image title.
+        Image title; default ``""`` (with ``out``: out's title is kept unless given).
     calibration
-        A :class:`~ijtorch.image.Calibration` (or its ``to_dict()``); default: uncalibrated.
-        ImageJ normalises the unit ``"um"`` to ``"µm"``.
+        A :class:`~ijtorch.image.Calibration` (or its ``to_dict()``); default: uncalibrated (with
+        ``out``: out's calibration is kept unless given). ImageJ normalises the unit ``"um"`` to
+        ``"µm"``.
+    out
+        An existing, non-virtual ``ImagePlus`` whose pixel arrays are overwritten instead of
+        allocating new ones. Its bit depth must be the one ``data``'s dtype maps to (see the
+        dtype table) and its channels, slices, frames, height and width those of ``data``
+        (``axes`` missing from ``data`` count as length 1). Its type, LUTs and display range are
+        kept; ``updateAndDraw()`` refreshes it if shown.
 
     Returns
     -------
     ij.ImagePlus
-        8-, 16-, 32-bit or RGB, with ``setDimensions(c, z, t)``; a ``CompositeImage`` when there is
-        more than one channel, in composite mode up to 8 channels and color mode beyond (as
-        ``IJ.createHyperStack`` makes it); opened as a hyperstack when more than one of C, Z, T is
-        longer than 1. Not shown.
+        ``out``, or a new one: 8-, 16-, 32-bit or RGB, with ``setDimensions(c, z, t)``; a
+        ``CompositeImage`` when there is more than one channel, in composite mode up to 8 channels
+        and color mode beyond (as ``IJ.createHyperStack`` makes it); opened as a hyperstack when
+        more than one of C, Z, T is longer than 1. Not shown.
 
     Raises
     ------
     ValueError
         Bad ``axes``, more than 5 non-S dimensions, an empty axis, a wrong RGB sample count or a
-        dtype that ImageJ cannot hold exactly.
+        dtype that ImageJ cannot hold exactly; ``out`` is virtual or differs in bit depth or
+        dimensions.
     TypeError
-        ``data`` is not a numpy array or ``calibration`` has the wrong type.
+        ``data`` is not a numpy array, ``out`` is not an ImagePlus or ``calibration`` has the wrong
+        type.
 
     Examples
     --------
@@ -319,13 +368,15 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
         raise ValueError(f"data: every axis must be non-empty, got shape {data.shape} for axes {axes!r}")
     if rgb and data.shape[-1] != 3:
         raise ValueError(f"data: the S axis (RGB samples) must have length 3, got {data.shape[-1]}")
-    if calibration is None:
-        calibration = Calibration()
-    elif isinstance(calibration, dict):
+    if isinstance(calibration, dict):
         calibration = Calibration.from_dict(calibration)
-    elif not isinstance(calibration, Calibration):
+    elif calibration is not None and not isinstance(calibration, Calibration):
         raise TypeError(f"calibration must be an ijtorch.image.Calibration, a dict or None, "
                         f"got {type(calibration).__name__}")
+    j = _java()
+    if out is not None and not _is_java_instance(out, j.ImagePlus):
+        raise TypeError(f"out must be an ij.ImagePlus, got {type(out).__name__}")
+    given_dtype = data.dtype
     data = _to_imagej_dtype(data, rgb)
     target = CANONICAL_AXES if rgb else CANONICAL_AXES[:-1]
     full = np.ascontiguousarray(to_axes(data, axes, target))  # (T, Z, C, Y, X[, S])
@@ -333,33 +384,73 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str = "",
     if h * w * (3 if rgb else 1) > _MAX_PLANE:
         raise ValueError(f"data: a {w}x{h} plane exceeds what one ImageJ plane (a Java array) can hold")
     bit_depth = 24 if rgb else {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(full.dtype, 32)
-    j = _java()
+    if out is not None:
+        _copy_into_imageplus(full, out, bit_depth, f"data ({_dtype_text(given_dtype)}, axes {axes!r}, "
+                                                    f"shape {tuple(data.shape)})")
+        imp = out
+    else:
+        with _java_errors("numpy -> ImagePlus"):
+            stack = j.Arrays.buffersToStack(_buffers(full, writable=False), w, h, nt * nz * nc, bit_depth)
+            imp = j.ImagePlus("" if title is None else str(title), stack)
+            imp.setDimensions(nc, nz, nt)
+            if sum(n > 1 for n in (nc, nz, nt)) > 1:
+                imp.setOpenAsHyperStack(True)
+            if nc > 1 and not rgb:  # as IJ.createHyperStack: composite mode up to MAX_CHANNELS, else color
+                CI = j.CompositeImage
+                imp = CI(imp, CI.COMPOSITE if nc <= CI.MAX_CHANNELS else CI.COLOR)
+        if calibration is None:
+            calibration = Calibration()
     with _java_errors("numpy -> ImagePlus"):
-        stack = j.Arrays.buffersToStack(_buffers(full, writable=False), w, h, nt * nz * nc, bit_depth)
-        imp = j.ImagePlus(str(title), stack)
-        imp.setDimensions(nc, nz, nt)
-        if sum(n > 1 for n in (nc, nz, nt)) > 1:
-            imp.setOpenAsHyperStack(True)
-        if nc > 1 and not rgb:  # as IJ.createHyperStack: composite mode up to MAX_CHANNELS, else color
-            CI = j.CompositeImage
-            imp = CI(imp, CI.COMPOSITE if nc <= CI.MAX_CHANNELS else CI.COLOR)
-        cal = imp.getCalibration()
-        cal.pixelWidth = float(calibration.pixel_width)
-        cal.pixelHeight = float(calibration.pixel_height)
-        cal.pixelDepth = float(calibration.voxel_depth)
-        cal.setUnit(str(calibration.unit))
-        cal.frameInterval = float(calibration.frame_interval)
-        cal.setTimeUnit(str(calibration.time_unit))
-    log.debug("numpy %s %s %s -> ImagePlus %r (c=%d z=%d t=%d, %d-bit)",
-              axes, data.shape, data.dtype, title, nc, nz, nt, bit_depth)
+        if out is not None and title is not None:
+            imp.setTitle(str(title))
+        if calibration is not None:
+            cal = imp.getCalibration()
+            cal.pixelWidth = float(calibration.pixel_width)
+            cal.pixelHeight = float(calibration.pixel_height)
+            cal.pixelDepth = float(calibration.voxel_depth)
+            cal.setUnit(str(calibration.unit))
+            cal.frameInterval = float(calibration.frame_interval)
+            cal.setTimeUnit(str(calibration.time_unit))
+    log.debug("numpy %s %s %s -> %s ImagePlus %r (c=%d z=%d t=%d, %d-bit)", axes, data.shape, data.dtype,
+              "existing" if out is not None else "new", str(imp.getTitle()), nc, nz, nt, bit_depth)
     return imp
+
+
+def _copy_into_imageplus(full: np.ndarray, out: Any, bit_depth: int, source: str) -> None:
+    """Overwrite the pixel arrays of ``out`` with ``full`` (C-contiguous TZCYX[S]), after checking
+    that they match exactly."""
+    j = _java()
+    name = f"out {out.getTitle()!s}"
+    out_bits = int(out.getBitDepth())
+    if out_bits != bit_depth:
+        kinds = {8: "8-bit", 16: "16-bit", 24: "RGB", 32: "32-bit"}
+        raise ValueError(f"{name} is {kinds.get(out_bits, f'{out_bits}-bit')} but {source} is stored as "
+                         f"{kinds[bit_depth]}; convert the array first (the dtype table maps uint8 to 8-bit, "
+                         f"uint16 to 16-bit, float32 and wider types to 32-bit, uint8 ..S to RGB)")
+    stack = out.getStack()
+    if bool(stack.isVirtual()):
+        raise ValueError(f"{name} is a virtual stack (its planes are read on demand), which has no pixel arrays "
+                         f"to copy into; duplicate it or convert without out")
+    nc, nz, nt = int(out.getNChannels()), int(out.getNSlices()), int(out.getNFrames())
+    h, w = int(out.getHeight()), int(out.getWidth())
+    if (nt, nz, nc, h, w) != full.shape[:5]:
+        got = dict(zip("TZCYX", full.shape[:5]))
+        raise ValueError(f"{name} has channels={nc} slices={nz} frames={nt} height={h} width={w} but {source} "
+                         f"has channels={got['C']} slices={got['Z']} frames={got['T']} height={got['Y']} "
+                         f"width={got['X']}")
+    if int(stack.getSize()) != nc * nz * nt:
+        raise ValueError(f"{name}: channels*slices*frames = {nc}*{nz}*{nt} does not match the stack size "
+                         f"{int(stack.getSize())}")
+    with _java_errors("numpy -> existing ImagePlus"):
+        j.Arrays.buffersIntoStack(_buffers(full, writable=False), stack, bit_depth)
+        out.updateAndDraw()  # ImageJ's "pixels changed" call: refreshes the shown image, if any
 
 
 # ---------------------------------------------------------------------------- ImgLib2
 
 
-def imglib2_to_numpy(img: Any) -> np.ndarray:
-    """Copy an ImgLib2 ``RandomAccessibleInterval`` into a new numpy array.
+def imglib2_to_numpy(img: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Copy an ImgLib2 ``RandomAccessibleInterval`` into a new numpy array (or into ``out``).
 
     Parameters
     ----------
@@ -367,19 +458,24 @@ def imglib2_to_numpy(img: Any) -> np.ndarray:
         An ``ArrayImg`` or ``PlanarImg`` (copied in bulk), or any other
         ``RandomAccessibleInterval`` (views, other images; copied pixel by pixel in Java) of
         unsigned/signed byte, short, int or long, float or double pixels.
+    out
+        An existing array to copy into instead of a new one: C-contiguous, writable, with exactly
+        the shape and dtype of the result.
 
     Returns
     -------
     numpy.ndarray
-        C-contiguous, shape = ImgLib2 dimensions reversed (``[X, Y, Z]`` -> ``(Z, Y, X)``), dtype
-        from the module's dtype table. A view's non-zero minimum is not kept.
+        ``out``, or a new C-contiguous array; shape = ImgLib2 dimensions reversed (``[X, Y, Z]``
+        -> ``(Z, Y, X)``), dtype from the module's dtype table. A view's non-zero minimum is not
+        kept.
 
     Raises
     ------
     TypeError
-        ``img`` is not a RandomAccessibleInterval.
+        ``img`` is not a RandomAccessibleInterval, or ``out`` is not a numpy array.
     ValueError
-        Unsupported pixel type or an empty dimension.
+        Unsupported pixel type or an empty dimension; ``out`` has the wrong shape or dtype, is not
+        C-contiguous or is read-only.
     """
     j = _java()
     if not _is_java_instance(img, j.RAI):
@@ -393,7 +489,12 @@ def imglib2_to_numpy(img: Any) -> np.ndarray:
         raise ValueError(f"img: pixel type {dtype_name} is not supported; accepted: UnsignedByteType, ByteType, "
                          "UnsignedShortType, ShortType, IntType, UnsignedIntType, LongType, UnsignedLongType, "
                          "FloatType, DoubleType")
-    data = np.empty(tuple(reversed(dims)), dtype=dtype_name)
+    shape = tuple(reversed(dims))
+    if out is None:
+        data = np.empty(shape, dtype=dtype_name)
+    else:
+        _check_out_array(out, shape, np.dtype(dtype_name), f"img (ImgLib2 dimensions {dims})")
+        data = out
     with _java_errors("ImgLib2 -> numpy"):
         buffers = _buffers(data, writable=True)
         done = False
@@ -407,38 +508,73 @@ def imglib2_to_numpy(img: Any) -> np.ndarray:
     return data
 
 
-def numpy_to_imglib2(data: np.ndarray) -> Any:
-    """Copy a numpy array into a new ImgLib2 ``ArrayImg``.
+def numpy_to_imglib2(data: np.ndarray, *, out: Any = None) -> Any:
+    """Copy a numpy array into a new ImgLib2 ``ArrayImg`` (or into the storage of ``out``).
 
     Parameters
     ----------
     data
         Any memory layout; dtype from the module's dtype table (bool -> UnsignedByteType 0/1,
         float16 -> FloatType).
+    out
+        An existing array-backed ``ArrayImg`` or ``PlanarImg`` whose storage arrays are
+        overwritten instead of allocating a new image; its pixel type must be the one ``data``'s
+        dtype maps to and its dimensions ``data.shape`` reversed.
 
     Returns
     -------
     net.imglib2.img.array.ArrayImg
-        Dimensions = ``data.shape`` reversed (numpy ``(Z, Y, X)`` -> ImgLib2 ``[X, Y, Z]``).
+        ``out``, or a new ArrayImg; dimensions = ``data.shape`` reversed (numpy ``(Z, Y, X)`` ->
+        ImgLib2 ``[X, Y, Z]``).
 
     Raises
     ------
     ValueError
-        Unsupported dtype, an empty axis, a 0-d array, or more than 2**31 - 1 pixels (the limit of
-        one ArrayImg).
+        Unsupported dtype, an empty axis, a 0-d array, or more than 2**31 - 1 pixels for a new
+        image (the limit of one ArrayImg); ``out`` of another pixel type or dimensions, or not
+        array-backed.
     TypeError
-        ``data`` is not a numpy array.
+        ``data`` is not a numpy array, or ``out`` is not an ImgLib2 image.
     """
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     if data.ndim == 0 or 0 in data.shape:
         raise ValueError(f"data: need at least one dimension and no empty axis, got shape {data.shape}")
-    if data.size > _MAX_PLANE:
+    if out is None and data.size > _MAX_PLANE:
         raise ValueError(f"data: {data.size} pixels exceed the {_MAX_PLANE} an ArrayImg can hold")
+    given_dtype = data.dtype
     data = np.ascontiguousarray(_to_imglib2_dtype(data))
     j = _java()
+    if out is not None:
+        _copy_into_imglib2(data, out, f"data ({_dtype_text(given_dtype)}, shape {tuple(data.shape)})")
+        return out
     from jpype import JArray, JLong
 
     dims = JArray(JLong)([int(s) for s in reversed(data.shape)])
     with _java_errors("numpy -> ImgLib2"):
         return j.Arrays.buffersToArrayImg(data.dtype.name, dims, _buffers(data, writable=False))
+
+
+def _copy_into_imglib2(data: np.ndarray, out: Any, source: str) -> None:
+    """Overwrite the storage of the ArrayImg/PlanarImg ``out`` with the C-contiguous ``data``,
+    after checking that they match exactly."""
+    j = _java()
+    if not _is_java_instance(out, j.RAI):
+        raise TypeError(f"out must be an ImgLib2 ArrayImg or PlanarImg, got {type(out).__name__}")
+    if not (_is_java_instance(out, j.ArrayImg) or _is_java_instance(out, j.PlanarImg)):
+        raise ValueError(f"out must be an ArrayImg or PlanarImg (their storage arrays are written directly), "
+                         f"got {out.getClass().getName()}")
+    dims = [int(out.dimension(d)) for d in range(int(out.numDimensions()))]
+    with _java_errors("numpy -> existing ImgLib2 image"):
+        out_dtype = str(j.Arrays.dtypeOf(out))
+    if out_dtype != data.dtype.name:
+        raise ValueError(f"out holds {out.firstElement().getClass().getSimpleName()} pixels (numpy {out_dtype}) but "
+                         f"{source} is stored as {data.dtype.name}; convert the array first")
+    if tuple(reversed(dims)) != data.shape:
+        raise ValueError(f"out has ImgLib2 dimensions {dims} (numpy shape {tuple(reversed(dims))}) but {source} "
+                         f"needs {list(reversed(data.shape))}")
+    with _java_errors("numpy -> existing ImgLib2 image"):
+        done = bool(j.Arrays.buffersIntoImg(_buffers(data, writable=False), out))
+    if not done:
+        raise ValueError(f"out ({out.getClass().getName()}) is not backed by primitive arrays with one element "
+                         f"per pixel, so it cannot be written in bulk")

@@ -216,19 +216,86 @@ public final class IjtorchArrays {
                 default:
                     throw new IllegalArgumentException("bit depth must be 8, 16, 24 or 32, not " + bitDepth);
             }
-            if (rgb != null) {
-                in.get(rgb, 0, rgb.length);
-                int[] p = (int[]) pixels;
-                for (int k = 0, j = 0; k < len; k++, j += 3) {
-                    p[k] = 0xff000000 | ((rgb[j] & 0xff) << 16) | ((rgb[j + 1] & 0xff) << 8) | (rgb[j + 2] & 0xff);
-                }
-            } else {
-                in.get(pixels, 0, len);
-            }
+            readPlane(in, pixels, rgb);
             stack.setPixels(pixels, i);
         }
         in.finish();
         return stack;
+    }
+
+    /**
+     * Fill the existing plane arrays of {@code stack} from the chunks, in stack order, without
+     * allocating planes: the preallocated-destination path, which skips Java's zero-filling of
+     * new arrays. Every plane must hold {@code width * height} pixels of the type of
+     * {@code bitDepth} (8: byte[], 16: short[], 32: float[], 24 (RGB): int[]); nothing is written
+     * unless all planes do. RGB planes are filled from interleaved R, G, B bytes, alpha 0xff.
+     */
+    public static void buffersIntoStack(ByteBuffer[] src, ImageStack stack, int bitDepth) {
+        Class<?> type;
+        switch (bitDepth) {
+            case 8: type = byte[].class; break;
+            case 16: type = short[].class; break;
+            case 32: type = float[].class; break;
+            case 24: type = int[].class; break;
+            default:
+                throw new IllegalArgumentException("bit depth must be 8, 16, 24 or 32, not " + bitDepth);
+        }
+        int n = stack.getSize();
+        int len = stack.getWidth() * stack.getHeight();
+        Object[] planes = new Object[n];
+        for (int i = 1; i <= n; i++) {
+            Object pixels = stack.getPixels(i);
+            if (pixels == null || pixels.getClass() != type || java.lang.reflect.Array.getLength(pixels) != len) {
+                throw new IllegalArgumentException("stack plane " + i + " is not a " + bitDepth + "-bit plane of "
+                        + len + " pixels (" + (pixels == null ? "no pixels" : pixels.getClass().getSimpleName()
+                        + " of " + java.lang.reflect.Array.getLength(pixels)) + ")");
+            }
+            planes[i - 1] = pixels;
+        }
+        checkSize("stack", (long) n * len * (bitDepth == 8 ? 1 : bitDepth == 16 ? 2 : bitDepth == 24 ? 3 : 4), src);
+        Chunks in = new Chunks(src);
+        byte[] rgb = bitDepth == 24 ? new byte[3 * len] : null;
+        for (Object pixels : planes) {
+            readPlane(in, pixels, rgb);
+        }
+        in.finish();
+    }
+
+    /**
+     * Throw unless the chunks hold exactly {@code needed} bytes; existing destinations are checked
+     * before the first byte is written, so a size mismatch never leaves a partial copy.
+     */
+    private static void checkSize(String what, long needed, ByteBuffer[] src) {
+        long given = 0;
+        for (ByteBuffer b : src) {
+            given += b.capacity();
+        }
+        if (needed != given) {
+            throw new IllegalArgumentException("the " + what + " needs " + needed + " bytes but the numpy buffer has "
+                    + given);
+        }
+    }
+
+    /** Bytes per element of a primitive pixel array that {@link Chunks} can fill. */
+    private static int elementBytes(Object array) {
+        if (array instanceof byte[]) return 1;
+        if (array instanceof short[]) return 2;
+        if (array instanceof int[] || array instanceof float[]) return 4;
+        if (array instanceof long[] || array instanceof double[]) return 8;
+        throw new IllegalArgumentException("unsupported pixel array " + array.getClass());
+    }
+
+    /** Fill one plane from the chunks; {@code rgb} is scratch space for RGB planes (else null). */
+    private static void readPlane(Chunks in, Object pixels, byte[] rgb) {
+        if (rgb != null) {
+            in.get(rgb, 0, rgb.length);
+            int[] p = (int[]) pixels;
+            for (int k = 0, j = 0; k < p.length; k++, j += 3) {
+                p[k] = 0xff000000 | ((rgb[j] & 0xff) << 16) | ((rgb[j + 1] & 0xff) << 8) | (rgb[j + 2] & 0xff);
+            }
+        } else {
+            in.get(pixels, 0, java.lang.reflect.Array.getLength(pixels));
+        }
     }
 
     // ---------------------------------------------------------------- ImgLib2
@@ -300,6 +367,50 @@ public final class IjtorchArrays {
             out.put(a, 0, (int) perPlane);
         }
         out.finish();
+        return true;
+    }
+
+    /**
+     * Fill the existing storage of an array-backed ArrayImg or PlanarImg from the chunks (C order
+     * of the reversed dimensions), without allocating; false (nothing written) when {@code img}
+     * is neither or not array-backed. The chunks must cover the image exactly: checked before
+     * anything is written.
+     */
+    public static boolean buffersIntoImg(ByteBuffer[] src, RandomAccessibleInterval<?> img) {
+        Object[] arrays;
+        if (img instanceof ArrayImg) {
+            Object array = arrayImgStorage((ArrayImg<?, ?>) img);
+            if (array == null) {
+                return false;
+            }
+            arrays = new Object[] {array};
+        } else if (img instanceof PlanarImg) {
+            PlanarImg<?, ?> planar = (PlanarImg<?, ?>) img;
+            long perPlane = planar.dimension(0) * (planar.numDimensions() > 1 ? planar.dimension(1) : 1);
+            arrays = new Object[planar.numSlices()];
+            for (int i = 0; i < arrays.length; i++) {
+                Object access = planar.getPlane(i);
+                if (!(access instanceof ArrayDataAccess)) {
+                    return false;
+                }
+                arrays[i] = ((ArrayDataAccess<?>) access).getCurrentStorageArray();
+                if (arrays[i] == null || java.lang.reflect.Array.getLength(arrays[i]) != perPlane) {
+                    return false;
+                }
+            }
+        } else {
+            return false;
+        }
+        long needed = 0;
+        for (Object a : arrays) {
+            needed += (long) elementBytes(a) * java.lang.reflect.Array.getLength(a);
+        }
+        checkSize("image", needed, src);
+        Chunks in = new Chunks(src);
+        for (Object a : arrays) {
+            in.get(a, 0, java.lang.reflect.Array.getLength(a));
+        }
+        in.finish();
         return true;
     }
 
