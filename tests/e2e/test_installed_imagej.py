@@ -1,6 +1,7 @@
 """A normally launched ImageJ (plain Java, no Python inside) with ijtorch installed into it
 reaches models through ``ijtorch serve``: the Plugins › ijtorch commands come from the installed
-jar's plugins.config and the server URL from ijtorch.properties written by ``install-fiji``."""
+jar's plugins.config, the ``Ext.`` macro functions from the server, and the server URL from
+ijtorch.properties written by ``install-fiji``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def test_installed_imagej_segments_through_the_server(tmp_path, shared_data):
             'run("ijtorch Segment", "model=nuclei output=all");\n'
             f'saveAs("Tiff", "{labels_path}");\n'
             's = s + bitDepth() + "\\n" + roiManager("count") + "\\n" + nResults + "\\n";\n'
+            'run("ijtorch Macro Functions"); Ext.ijtorchObjectCount(n);\n'
+            's = s + n + "\\n" + Ext.ijtorchVersion() + "\\n";\n'
             f'File.saveString(s, "{report}");\n'
             'close("*"); run("Quit");\n')
         run = subprocess.run(["xvfb-run", "-a", "java", f"-Dplugins.dir={fiji}", "-cp", str(fiji / "jars" / "ij.jar"),
@@ -63,5 +66,8 @@ def test_installed_imagej_segments_through_the_server(tmp_path, shared_data):
         expected = segment(image.data, image.axes, model=str(bundled_dir() / "nuclei"))
     finally:
         torch.set_num_threads(threads)
-    assert lines[1:] == ["16", str(expected.n_objects), str(expected.n_objects)]
+    from ijtorch import __version__
+
+    # the macro functions of a Fiji without Python are the server's (the object count: this ImageJ's last run)
+    assert lines[1:] == ["16", str(expected.n_objects), str(expected.n_objects), str(expected.n_objects), __version__]
     np.testing.assert_array_equal(read_tiff(labels_path).data, expected.labels)

@@ -17,15 +17,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m ijtorch.serve`` in a subprocess; stopped by :meth:`stop` (or ``with``)."""
+    """``python -m ijtorch.serve`` in a subprocess; stopped by :meth:`stop` (or ``with``).
 
-    def __init__(self, models_dir: Path, *args: str, startup_s: float = 60.0) -> None:
+    ``launcher`` replaces ``-m ijtorch.serve`` (e.g. a script that registers something first).
+    """
+
+    def __init__(self, models_dir: Path, *args: str, startup_s: float = 60.0,
+                 launcher: tuple[str, ...] = ("-m", "ijtorch.serve")) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, IJTORCH_MODELS=str(models_dir))
         self.log_path = Path(models_dir) / f"server-{self.port}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ijtorch.serve", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, *launcher, "--port", str(self.port), *args],
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait(startup_s)
 

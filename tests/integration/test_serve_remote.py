@@ -1,10 +1,14 @@
-"""The Java shim's remote transport: with no Python handler for ``ijtorch Segment`` and a server
-configured, the macro call goes to ``ijtorch serve`` and gives the same label image, ROIs and
-Results as the in-process command, pixel for pixel."""
+"""The Java shim's remote transport: with no Python handler for a command (or for ``Ext.``
+functions) and a server configured, the macro call goes to ``ijtorch serve`` and ImageJ ends up
+exactly as after the in-process command: every open image pixel for pixel (with its type,
+dimensions, LUT, display range and calibration), every ROI (polygon, name, position, colour,
+properties), every table row for row, the Log lines and the files written. Bad input gives a macro
+error carrying the server's message."""
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,99 +24,343 @@ pytest.importorskip("uvicorn", reason="the server tests need uvicorn (pip instal
 
 TITLE = "nuclei.tif"
 MACRO = f'selectImage("{TITLE}"); run("ijtorch Segment", "model=tiny output=all");'
+FAST = dict(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, base_channels=8, device="cpu",
+            progress_bar=False)
+
+
+def _shapes(seed: int, n: int = 8):
+    """A YX uint16 image of disks (class ``round``) and squares (``square``), its labels and classes."""
+    rng = np.random.default_rng(seed)
+    h, w = 64, 32 * (n // 2)
+    yy, xx = np.mgrid[:h, :w]
+    image = 100 + rng.normal(0, 20, (h, w))
+    labels = np.zeros((h, w), np.uint16)
+    classes = []
+    for i in range(n):
+        cy, cx, r = 16 + 32 * (i % 2), 16 + 32 * (i // 2), rng.uniform(6, 9)
+        square = i % 3 == 0
+        inside = (np.abs(yy - cy) < 0.85 * r) & (np.abs(xx - cx) < 0.85 * r) if square else np.hypot(yy - cy, xx - cx) < r
+        labels[inside] = i + 1
+        image[inside] += 600
+        classes.append("square" if square else "round")
+    return image.clip(0, 65535).astype(np.uint16), labels, classes
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_data):
+    """The calibration image, a model folder (segmentation, classifier, CARE, N2V) and a server on it."""
     import torch
 
     from ijtorch.io.tiff import read_tiff
+    from ijtorch.tasks.classify import object_crops, train_classifier
+    from ijtorch.tasks.restore import train_restoration
 
     image = read_tiff(shared_data / CALIBRATION_IMAGE).data
     folder = tmp_path_factory.mktemp("models")
-    make_tiny_model(folder, image)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the same in the server: float sums may depend on the thread count
-    with ServerProcess(folder, "--threads", "1") as server:
-        yield image, folder, server
+    make_tiny_model(folder, image)
+    shapes, labels, classes = _shapes(1)
+    train_classifier(object_crops(shapes, "YX", labels, size=24), np.asarray(classes), classes=["round", "square"],
+                     output=folder / "shapes", epochs=2, batch_size=8, widths=(8, 16), device="cpu", seed=0,
+                     extra_config={"crops": {"size": 24, "scale_by_object": False, "mask_channel": False}})
+    clean = image[:96, :128].astype(np.float32)
+    noisy = (clean + np.random.default_rng(0).normal(0, 8, clean.shape)).astype(np.float32)
+    train_restoration("care", noisy, clean, output=folder / "care", **FAST)
+    train_restoration("n2v", noisy, None, output=folder / "n2v", **FAST)
+    launcher = (str(Path(__file__).parent / "_serve_local_function.py"),)
+    with ServerProcess(folder, "--threads", "1", launcher=launcher) as server:
+        yield image, folder, server, noisy
     torch.set_num_threads(before)
 
 
-def _show(image):
+@pytest.fixture
+def models(setup, monkeypatch):
+    monkeypatch.setenv("IJTORCH_MODELS", str(setup[1]))
+    return setup[1]
+
+
+# ----------------------------------------------------------------------------- helpers
+@contextmanager
+def _remote(server, *commands: str, functions: bool = False):
+    """This ImageJ as a Fiji without Python for ``commands`` (and for ``Ext.`` functions)."""
+    from jpype import JClass
+
+    from ijtorch.bridge._commands import _command_proxy, _install_command, registered_commands
+
+    registry, prefs = JClass("ijtorch.IjtorchRegistry"), JClass("ij.Prefs")
+    prefs.set("ijtorch.server", server.url)
+    for name in commands:
+        registry.unregisterCommand(name)
+        assert registry.command(name) is None
+    if functions:
+        registry.setFunctionHandler(None)
+    try:
+        yield
+    finally:
+        for name in commands:
+            _install_command(registered_commands()[name])
+        if functions:
+            registry.setFunctionHandler(_command_proxy()[1])
+        prefs.set("ijtorch.server", "")
+
+
+def _show(data, axes, title, **calibration):
     from ijtorch.bridge import numpy_to_imageplus
     from ijtorch.image import Calibration
 
-    imp = numpy_to_imageplus(image, "YX", title=TITLE,
-                             calibration=Calibration(pixel_width=0.5, pixel_height=0.25, unit="um"))
+    cal = Calibration(**{"pixel_width": 0.5, "pixel_height": 0.25, "unit": "um", **calibration})
+    imp = numpy_to_imageplus(data, axes, title=title, calibration=cal)
     imp.show()
+    return imp
+
+
+def _table(rt):
+    headings = [str(h) for h in rt.getHeadings() if str(h) != "Label"]
+    return {h: {"text": [str(rt.getStringValue(h, r)) for r in range(int(rt.size()))],
+                "values": np.asarray(rt.getColumnAsDoubles(rt.getColumnIndex(h)), dtype=np.float64)}
+            for h in headings}
 
 
 def _snapshot():
-    """Label image, its display, ROIs and the Results table as plain Python values."""
+    """Every open image, ROI and table of this ImageJ as plain Python values."""
     from jpype import JClass
 
     from ijtorch.bridge import imageplus_to_numpy
 
-    imp = JClass("ij.WindowManager").getImage(f"{Path(TITLE).stem}-labels")
-    assert imp is not None, "no label image was shown"
-    lut = imp.getProcessor().getLut()
-    cal = imp.getCalibration()
-    rois = JClass("ij.plugin.frame.RoiManager").getInstance().getRoisAsArray()
-    table = JClass("ij.measure.ResultsTable").getResultsTable()
-    headings = [str(h) for h in table.getHeadings()]
-    return {
-        "labels": imageplus_to_numpy(imp).data, "bit_depth": int(imp.getBitDepth()),
-        "lut": [bytes(lut.getBytes())],
-        "display": (float(imp.getDisplayRangeMin()), float(imp.getDisplayRangeMax())),
-        "calibration": (float(cal.pixelWidth), float(cal.pixelHeight), str(cal.getUnit())),
-        "rois": [(str(r.getName()), int(r.getType()), list(r.getPolygon().xpoints), list(r.getPolygon().ypoints))
-                 for r in rois],
-        "table": {h: list(table.getColumnAsDoubles(table.getColumnIndex(h))) for h in headings if h != "Label"},
-    }
+    WM = JClass("ij.WindowManager")
+    images = {}
+    for image_id in list(WM.getIDList() or []):
+        imp = WM.getImage(int(image_id))
+        cal = imp.getCalibration()
+        luts = imp.getLuts() if imp.isComposite() else [imp.getProcessor().getLut()]
+        images[str(imp.getTitle())] = {
+            "pixels": imageplus_to_numpy(imp).data, "bit_depth": int(imp.getBitDepth()),
+            "dims": (int(imp.getNChannels()), int(imp.getNSlices()), int(imp.getNFrames())),
+            "hyperstack": bool(imp.isHyperStack()), "composite": bool(imp.isComposite()),
+            "luts": [bytes(lut.getBytes()) for lut in luts],
+            "display": (float(imp.getDisplayRangeMin()), float(imp.getDisplayRangeMax())),
+            "calibration": (float(cal.pixelWidth), float(cal.pixelHeight), float(cal.pixelDepth), str(cal.getUnit()),
+                            float(cal.frameInterval), str(cal.getTimeUnit()))}
+    rm = JClass("ij.plugin.frame.RoiManager").getInstance()
+    rois = []
+    for roi in (rm.getRoisAsArray() if rm is not None else []):
+        poly, colour = roi.getFloatPolygon(), roi.getStrokeColor()
+        rois.append((str(roi.getName()), int(roi.getType()), list(poly.xpoints)[:poly.npoints],
+                     list(poly.ypoints)[:poly.npoints],
+                     (int(roi.getCPosition()), int(roi.getZPosition()), int(roi.getTPosition())),
+                     None if colour is None else int(colour.getRGB()), str(roi.getProperty("class"))))
+    tables = {}
+    for title in list(WM.getNonImageTitles() or []):
+        window = WM.getWindow(title)
+        rt = window.getResultsTable() if str(title) != "Log" and hasattr(window, "getResultsTable") else None
+        if rt is not None:
+            tables[str(title)] = _table(rt)
+    return {"images": images, "rois": rois, "tables": tables}
 
 
 def _clean():
     from ijtorch.bridge import run_macro
 
     run_macro('while (nImages > 0) { selectImage(nImages); close(); } '
-              'if (isOpen("ROI Manager")) { roiManager("reset"); } run("Clear Results");')
+              'if (isOpen("ROI Manager")) { roiManager("reset"); } run("Clear Results"); '
+              'titles = getList("window.titles"); for (i = 0; i < titles.length; i++) '
+              '{ if (titles[i] != "Log" && titles[i] != "ROI Manager") { selectWindow(titles[i]); run("Close"); } }')
 
 
-def test_remote_segment_equals_in_process(ij, setup, monkeypatch):
-    from jpype import JClass
+def _files(folder: Path, skip=()) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+def _local_then_remote(server, command: str, prepare, macro: str, *, files: Path | None = None, skip=()):
+    """Run ``macro`` after ``prepare()`` in-process, then remotely; returns both snapshots (with the
+    Log lines and the files written into ``files``)."""
+    import shutil
 
     from ijtorch import bridge
-    from ijtorch.bridge._commands import _install_command, registered_commands
+
+    results = []
+    for remote in (False, True):
+        _clean()
+        if files is not None:
+            for p in list(files.iterdir()) if files.is_dir() else []:
+                if p.name not in skip:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        prepare()
+        if remote:
+            with _remote(server, command):
+                log = bridge.run_macro(macro).log
+        else:
+            log = bridge.run_macro(macro).log
+        snap = _snapshot()
+        snap["log"] = log
+        if files is not None:
+            snap["files"] = _files(files, skip)
+        results.append(snap)
+    _clean()
+    return results
+
+
+def _assert_same(remote, local):
+    assert remote.keys() == local.keys()
+    for key in local:
+        np.testing.assert_equal(remote[key], local[key], err_msg=key)
+
+
+def _remote_error(server, command: str, macro: str, pattern: str) -> None:
+    from ijtorch import bridge
     from ijtorch.errors import MacroError
 
-    image, folder, server = setup
-    monkeypatch.setenv("IJTORCH_MODELS", str(folder))
-    registry, prefs = JClass("ijtorch.IjtorchRegistry"), JClass("ij.Prefs")
+    with _remote(server, command), pytest.raises(MacroError, match=pattern):
+        bridge.run_macro(macro)
 
-    _show(image)
-    bridge.run_macro(MACRO)
-    local = _snapshot()
+
+# ----------------------------------------------------------------------------- commands
+def test_remote_segment_equals_in_process(ij, setup, models):
+    image, _, server, _ = setup
+    local, remote = _local_then_remote(server, "ijtorch Segment", lambda: _show(image, "YX", TITLE), MACRO)
+    assert len(local["rois"]) > 20 and local["images"][f"{Path(TITLE).stem}-labels"]["bit_depth"] == 16
+    assert "area" in local["tables"]["Results"]
+    _assert_same(remote, local)
+    _show(image, "YX", TITLE)
+    _remote_error(server, "ijtorch Segment", f'selectImage("{TITLE}"); run("ijtorch Segment", "model=tiny colour=red");',
+                  "HTTP 422.*unknown option")
+
+
+def test_remote_classify_equals_in_process(ij, setup, models):
+    from ijtorch.bridge import add_rois_to_manager
+    from ijtorch.tasks.outlines import outlines
+
+    _, _, server, _ = setup
+    shapes, labels, classes = _shapes(7)
+
+    def with_rois():
+        _show(shapes, "YX", "objects")
+        out = outlines(labels, "YX")
+        add_rois_to_manager(out, names=[f"{classes[int(k) - 1]}_{int(k):03d}" for k in out.labels], reset=True)
+
+    def with_label_image():
+        _show(labels, "YX", "objects-labels")
+        _show(shapes, "YX", "objects")
+
+    for prepare, options in ((with_rois, "model=shapes"),
+                             (with_label_image, "model=shapes source=[label image] label_image=objects-labels")):
+        local, remote = _local_then_remote(server, "ijtorch Classify", prepare,
+                                           f'selectImage("objects"); run("ijtorch Classify", "{options}");')
+        assert len(local["tables"]["Results"]["class"]["text"]) == len(classes) == len(local["rois"])
+        assert {r[6] for r in local["rois"]} <= {"round", "square"} and local["rois"][0][5] is not None
+        _assert_same(remote, local)
     _clean()
-    assert len(local["rois"]) > 20
+    with_rois()
+    for options, pattern in (("model=nope", "HTTP 404.*'nope' is not registered"),
+                             ("model=tiny", "HTTP 422.*is not a classifier"),
+                             ("model=shapes source=[label image] label_image=missing",
+                              "HTTP 422.*label_image='missing': no open image has that title")):
+        _remote_error(server, "ijtorch Classify", f'selectImage("objects"); run("ijtorch Classify", "{options}");',
+                      pattern)
+    from ijtorch import bridge
 
-    prefs.set("ijtorch.server", server.url)
-    registry.unregisterCommand("ijtorch Segment")
-    try:
-        assert registry.command("ijtorch Segment") is None
-        _show(image)
-        bridge.run_macro(MACRO)
-        remote = _snapshot()
-        with pytest.raises(MacroError, match="HTTP 422.*unknown option"):
-            bridge.run_macro(f'selectImage("{TITLE}"); run("ijtorch Segment", "model=tiny colour=red");')
-    finally:
-        _install_command(registered_commands()["ijtorch Segment"])
-        prefs.set("ijtorch.server", "")
-    assert registry.command("ijtorch Segment") is not None
+    bridge.run_macro('makeLine(1, 1, 30, 30); roiManager("add");')
+    _remote_error(server, "ijtorch Classify", 'selectImage("objects"); run("ijtorch Classify", "model=shapes");',
+                  r"HTTP 422.*ROI 9 \(.*\) is a Straight Line ROI; only area ROIs")
 
-    np.testing.assert_array_equal(remote["labels"], local["labels"])
-    assert remote["labels"].max() == len(local["rois"])
-    for key in ("bit_depth", "lut", "display", "calibration", "rois"):
-        assert remote[key] == local[key], key
-    assert remote["table"].keys() == local["table"].keys() and "area" in local["table"]
-    for column, values in local["table"].items():
-        np.testing.assert_array_equal(remote["table"][column], values, err_msg=column)
+
+def test_remote_restore_denoise_and_normalize_equal_in_process(ij, setup, models):
+    _, _, server, noisy = setup
+    movie = np.stack([np.stack([noisy, noisy[::-1]]), np.stack([noisy[:, ::-1], noisy])])  # T=2, C=2
+
+    def show_movie():
+        _show(movie, "TCYX", "movie", frame_interval=2.0)
+
+    runs = [("ijtorch Restore", show_movie, 'run("ijtorch Restore", "model=care channel=2 uncertainty error_map '
+                                            'tile_size=64");'),
+            ("ijtorch Denoise (Noise2Void)", show_movie,
+             'run("ijtorch Denoise (Noise2Void)", "mode=[apply saved model] model=n2v");'),
+            ("ijtorch Percentile Normalize", show_movie, 'run("ijtorch Percentile Normalize", "low=2 high=98");')]
+    shown = {}
+    for command, prepare, macro in runs:
+        local, remote = _local_then_remote(server, command, prepare, 'selectImage("movie"); ' + macro)
+        shown[command] = local["images"]
+        _assert_same(remote, local)
+    assert set(shown["ijtorch Restore"]) == {"movie", "movie-restored", "movie-uncertainty", "movie-error map"}
+    restored = shown["ijtorch Restore"]["movie-restored"]
+    assert restored["bit_depth"] == 32 and restored["dims"] == (1, 1, 2) and restored["calibration"][4] == 2.0
+    assert shown["ijtorch Denoise (Noise2Void)"]["movie-n2v"]["dims"] == (1, 1, 2)
+    normalized = shown["ijtorch Percentile Normalize"]["movie-normalized"]
+    assert normalized["composite"] and normalized["dims"] == (2, 1, 2) and len(normalized["luts"]) == 2
+    show_movie()
+    for command, options, pattern in (
+            ("ijtorch Restore", "model=tiny", "HTTP 422.*model_type"),
+            ("ijtorch Restore", "model=[/tmp/care]", "HTTP 422.*no paths"),
+            ("ijtorch Denoise (Noise2Void)", "mode=[train on this image]", "HTTP 422.*runs only in-process"),
+            ("ijtorch Denoise (Noise2Void)", "mode=[apply saved model]", "HTTP 422.*needs model=")):
+        _remote_error(server, command, f'selectImage("movie"); run("{command}", "{options}");', pattern)
+
+
+def test_remote_track_equals_in_process_and_writes_the_same_files(ij, setup, models, shared_data, tmp_path):
+    import tifffile
+
+    from ijtorch.io.tiff import write_imagej_tiff
+
+    _, _, server, _ = setup
+    files = sorted((shared_data / "tracking_bacteria" / "01_GT" / "TRA").glob("man_track*.tif"))[:6]
+    movie = tmp_path / "movie" / "colony.tif"
+    movie.parent.mkdir()
+    write_imagej_tiff(movie, np.stack([tifffile.imread(f) for f in files]), "TYX")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def open_movie():
+        from ijtorch import bridge
+
+        bridge.run_macro(f'open("{movie}");')
+
+    for macro, folder in (('run("ijtorch Track", "labels max_distance=60 divisions");', movie.parent),  # next to it
+                          (f'run("ijtorch Track", "labels max_distance=60 max_gap=1 output=[{out}]");', out)):
+        local, remote = _local_then_remote(server, "ijtorch Track", open_movie, macro, files=folder,
+                                           skip=(movie.name,))
+        assert {"colony.xml", "colony_track_statistics.csv"} <= set(local["files"])
+        assert any(k.startswith("colony_RES/") for k in local["files"])
+        assert "TrackMate XML" in local["log"] and len(local["rois"]) > 10
+        assert len(local["tables"]["Track statistics"]["track"]["text"]) >= 3
+        _assert_same(remote, local)
+    _remote_error(server, "ijtorch Track", 'newImage("flat", "8-bit", 32, 32, 1); run("ijtorch Track", "labels");',
+                  "HTTP 422.*flat has no time axis")
+
+
+def test_command_that_needs_python_gives_a_clear_macro_error(ij, setup):
+    _, _, server, _ = setup
+    _show(setup[0], "YX", TITLE)
+    _remote_error(server, "ijtorch Train Segmentation", 'run("ijtorch Train Segmentation", "name=x");',
+                  "HTTP 404.*ijtorch Train Segmentation.*cannot run on this server: it needs in-process Python")
+
+
+# ----------------------------------------------------------------------------- Ext. functions
+FUNCTIONS = ('run("ijtorch Macro Functions"); print(Ext.ijtorchVersion()); print(Ext.ijtorchTorchDevice()); '
+             'print(Ext.ijtorchListModels()); print(Ext.ijtorchClassifierClasses("shapes")); '
+             f'selectImage("{TITLE}"); run("ijtorch Segment", "model=tiny output=[label map]"); '
+             'Ext.ijtorchObjectCount(n); print(n);')
+
+
+def test_remote_macro_functions_equal_in_process(ij, setup, models):
+    from ijtorch import bridge
+    from ijtorch.errors import MacroError
+
+    image, _, server, _ = setup
+    _show(image, "YX", TITLE)
+    local = bridge.run_macro(FUNCTIONS).log.splitlines()
+    _clean()
+    _show(image, "YX", TITLE)
+    with _remote(server, "ijtorch Segment", functions=True):
+        remote = bridge.run_macro(FUNCTIONS).log.splitlines()
+        for call, pattern in (('Ext.ijtorchClassifierClasses("nope")', "HTTP 404.*'nope' is not registered"),
+                              ('Ext.ijtorchClassifierClasses("care")', "HTTP 422.*is not a classifier"),
+                              ('Ext.ijtorchClassifierClasses("../care")', "HTTP 422.*no paths"),
+                              ('Ext.ijtorchLocalOnly()', "Ext.ijtorchLocalOnly: server .* answered HTTP 404: "
+                                                         "Ext.ijtorchLocalOnly cannot run on this server: it needs "
+                                                         "in-process Python")):
+            with pytest.raises(MacroError, match=pattern):
+                bridge.run_macro(f'run("ijtorch Macro Functions"); print({call});')
+    assert local[2].split(",").count("shapes") == 1 and local[3] == "round,square" and int(local[4]) > 20
+    assert remote == local

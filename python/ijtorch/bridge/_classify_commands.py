@@ -105,17 +105,20 @@ def class_colours(n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _single_plane(ctx: CommandContext, imp) -> Any:
-    from ._convert import imageplus_to_numpy
-
-    image = imageplus_to_numpy(imp)
+def _single_plane(command: str, image) -> Any:
     if "S" in image.axes:
-        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to a stack of channels "
+        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to a stack of channels "
                            "(Image > Color > Make Composite) first")
     if set(image.axes) - set("CYX"):
-        raise IjtorchError(f"{ctx.command}: needs a 2-D image (YX or CYX), got axes {image.axes}; duplicate one "
+        raise IjtorchError(f"{command}: needs a 2-D image (YX or CYX), got axes {image.axes}; duplicate one "
                            "slice/frame first")
     return image
+
+
+def _current_plane(ctx: CommandContext) -> Any:
+    from ._convert import imageplus_to_numpy
+
+    return _single_plane(ctx.command, imageplus_to_numpy(ctx.current_image()))
 
 
 def _crop_settings(model) -> dict[str, Any]:
@@ -126,38 +129,33 @@ def _crop_settings(model) -> dict[str, Any]:
     return crops
 
 
-def _objects(ctx: CommandContext, image, source: ObjectSource, label_title: str, crops: dict[str, Any]):
+def _objects(command: str, inputs, source: ObjectSource, label_title: str, crops: dict[str, Any]):
     """``(items (N, C, s, s), object names, ROI Manager indices or None, label map or None)``."""
     from ..tasks.classify import object_crops, object_ids
 
+    image = inputs.image
     if source == ObjectSource.whole:
         return to_items(image), [image.title or "image"], None, None
     if source == ObjectSource.rois:
         from ..tasks.rasterize import polygons_to_labels
-        from ._annotations import rois_from_manager
 
         try:
-            ann = rois_from_manager()
+            ann = inputs.rois()
         except ValueError as e:
-            raise IjtorchError(f"{ctx.command}: {e}") from None
+            raise IjtorchError(f"{command}: {e}") from None
         labels = polygons_to_labels(ann.polygons, image.data.shape[-2:])
         present = set(object_ids(labels).tolist())
         missing = [ann.names[i] for i in range(len(ann.names)) if i + 1 not in present]
         if missing:
-            raise IjtorchError(f"{ctx.command}: ROIs {missing[:5]} cover no pixel of the image (outside it or hidden "
+            raise IjtorchError(f"{command}: ROIs {missing[:5]} cover no pixel of the image (outside it or hidden "
                                "under later ROIs)")
         names, indices = list(ann.names), list(range(len(ann.names)))
     else:
-        from jpype import JClass
-
-        from ._convert import imageplus_to_numpy
-
-        limp = JClass("ij.WindowManager").getImage(label_title) if label_title else None
-        if limp is None:
-            raise IjtorchError(f"{ctx.command}: label_image={label_title!r}: no open image has that title")
-        lab = imageplus_to_numpy(limp)
+        lab = inputs.open_image(label_title) if label_title else None
+        if lab is None:
+            raise IjtorchError(f"{command}: label_image={label_title!r}: no open image has that title")
         if lab.axes != "YX" or lab.data.shape != image.data.shape[-2:]:
-            raise IjtorchError(f"{ctx.command}: the label image must be one YX plane of shape {image.data.shape[-2:]}, "
+            raise IjtorchError(f"{command}: the label image must be one YX plane of shape {image.data.shape[-2:]}, "
                                f"got axes {lab.axes} and shape {lab.data.shape}")
         labels = lab.data.astype(np.int64) if lab.data.dtype.kind == "f" else lab.data
         ids = object_ids(labels)
@@ -174,38 +172,28 @@ def to_items(image) -> np.ndarray:
     return to_axes(image.data, image.axes, "CYX")[None]
 
 
-def _colour_rois(rm, indices, class_index: np.ndarray, classes: list[str], imp=None) -> None:
-    from jpype import JClass
+def _load_classifier(command: str, name: str):
+    from ..models.classifier import ClassifierModel
+    from ..models.store import load_model
 
-    Color = JClass("java.awt.Color")
-    colours = class_colours(len(classes))
-    for i, k in zip(indices, class_index):
-        roi = rm.getRoi(int(i))
-        r, g, b = (int(v) for v in colours[int(k)])
-        roi.setStrokeColor(Color(r, g, b))
-        roi.setProperty("class", classes[int(k)])
-    if imp is not None:
-        imp.updateAndDraw()
+    model = load_model(name)
+    if not isinstance(model, ClassifierModel):
+        raise IjtorchError(f"{command}: model={name!r} is not a classifier")
+    return model
 
 
 # ----------------------------------------------------------------------------- commands
 
-@command("ijtorch Classify", params=ClassifyParams)
-def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
-    """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
-    from ..models.classifier import ClassifierModel
-    from ..models.store import load_model
+def classify_outputs(inputs, p: ClassifyParams, *, command: str = "ijtorch Classify"):
+    """Classify objects of :class:`~ijtorch.bridge._outputs.CommandInputs` and describe the
+    ImageJ outputs (ResultsTable, class-coloured ROIs); needs no JVM (the server calls it too)."""
     from ..tasks.classify import classify
     from ..tasks.outlines import outlines
-    from ._results import add_rois_to_manager, results_table, roi_manager
+    from ._outputs import CommandOutputs, RoiOutput, RoiStyle, TableOutput
 
-    imp = ctx.current_image()
-    image = _single_plane(ctx, imp)
-    model = load_model(p.model)
-    if not isinstance(model, ClassifierModel):
-        raise IjtorchError(f"{ctx.command}: model={p.model!r} is not a classifier")
-    items, names, indices, labels = _objects(ctx, image, p.source, p.label_image, _crop_settings(model))
-    ctx.progress(0, 1, f"classifying {len(items)} items")
+    _single_plane(command, inputs.image)
+    model = _load_classifier(command, p.model)
+    items, names, indices, labels = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
     result = classify(items, model=model)
     classes = result["classes"]
     columns: dict[str, Any] = {"object": np.asarray(names, dtype=object),
@@ -213,21 +201,30 @@ def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
                                "probability": result["confidence"].astype(np.float64)}
     for k, c in enumerate(classes):
         columns[f"p_{c}"] = result["probabilities"][:, k].astype(np.float64)
-    results_table(columns)
+    rois = None
     if p.source == ObjectSource.labels and labels is not None and len(names):
         out = outlines(labels, "YX")
-        rm = add_rois_to_manager(out, reset=True)
+        rois = RoiOutput(out, reset=True)
         order = {int(lab): i for i, lab in enumerate(np.asarray(out.labels).tolist())}
         indices = [order[int(n)] for n in names]
-    else:
-        rm = roi_manager() if indices is not None else None
-    if rm is not None and indices is not None:
-        _colour_rois(rm, indices, result["class_index"], classes, imp)
-    ctx.progress(1, 1)
-    from jpype import JClass
-
+    style = None
+    if indices is not None:
+        index = np.asarray(result["class_index"], dtype=np.int64)
+        style = RoiStyle(np.asarray(indices, dtype=np.int64), class_colours(len(classes))[index],
+                         {"class": [classes[int(k)] for k in index]})
     counts = ", ".join(f"{c}: {int((result['class_index'] == k).sum())}" for k, c in enumerate(classes))
-    JClass("ij.IJ").showStatus(f"{ctx.command}: {len(items)} items ({counts})")
+    return CommandOutputs(rois=rois, roi_style=style, tables=(TableOutput(columns),),
+                          status=f"{command}: {len(items)} items ({counts})", values={"n_items": len(items)})
+
+
+@command("ijtorch Classify", params=ClassifyParams)
+def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
+    """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
+    from ._outputs import apply_outputs, imagej_inputs
+
+    outputs = classify_outputs(imagej_inputs(ctx.current_image()), p, command=ctx.command)
+    ctx.progress(1, 1)
+    apply_outputs(outputs)
 
 
 @command("ijtorch Train Classifier", params=TrainClassifierParams)
@@ -248,7 +245,7 @@ def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> N
             raise IjtorchError(f"{ctx.command}: source=folder needs folder=[a folder with class sub-folders], got {p.folder!r}")
         summary = train_classifier(p.folder, **common)
     else:
-        image = _single_plane(ctx, ctx.current_image())
+        image = _current_plane(ctx)
         try:
             ann = rois_from_manager()
         except ValueError as e:
@@ -295,16 +292,14 @@ def _group_name(g: int) -> str:
 @command("ijtorch Embed", params=EmbedParams)
 def embed_command(ctx: CommandContext, p: EmbedParams) -> None:
     """Classifier embeddings of objects or the whole image into a ResultsTable (and optionally a CSV)."""
-    from ..models.classifier import ClassifierModel
-    from ..models.store import load_model
     from ..tasks.classify import cluster_embeddings, embed, write_features
+    from ._outputs import imagej_inputs
     from ._results import results_table
 
-    image = _single_plane(ctx, ctx.current_image())
-    model = load_model(p.model)
-    if not isinstance(model, ClassifierModel):
-        raise IjtorchError(f"{ctx.command}: model={p.model!r} is not a classifier")
-    items, names, _, _ = _objects(ctx, image, p.source, p.label_image, _crop_settings(model))
+    inputs = imagej_inputs(ctx.current_image())
+    _single_plane(ctx.command, inputs.image)
+    model = _load_classifier(ctx.command, p.model)
+    items, names, _, _ = _objects(ctx.command, inputs, p.source, p.label_image, _crop_settings(model))
     features = embed(items, model=model)
     extra: dict[str, Any] = {"object": np.asarray(names, dtype=object)}
     if p.clusters:
@@ -319,7 +314,7 @@ def embed_command(ctx: CommandContext, p: EmbedParams) -> None:
     results_table(columns, title="Embeddings")
 
 
-@macro_function("ijtorchClassifierClasses")
+@macro_function("ijtorchClassifierClasses", remote=True)
 def ijtorch_classifier_classes(model: str) -> str:
     """Ext.ijtorchClassifierClasses(model): comma-separated class names of a classifier."""
     from ..models.classifier import ClassifierModel

@@ -48,6 +48,7 @@ class FunctionSpec:
     handler: Callable[..., Any]
     arg_kinds: tuple[str, ...]  # "string" or "number" per macro argument
     returns: str  # "string": the call's value; "number": sets a trailing output variable
+    remote: bool = False  # an ijtorch server may run it for a Fiji without Python (no JVM, no local state)
 
 
 _COMMANDS: dict[str, CommandSpec] = {}
@@ -105,12 +106,16 @@ def command(name: str, *, params: type[BaseModel] | None = None) -> Callable:
     return decorate
 
 
-def register_function(name: str, handler: Callable[..., Any], *, returns: str = "string") -> FunctionSpec:
+def register_function(name: str, handler: Callable[..., Any], *, returns: str = "string",
+                      remote: bool = False) -> FunctionSpec:
     """Register ``handler`` as the macro function ``Ext.<name>``.
 
     Argument kinds come from the annotations: ``float``/``int`` are macro numbers, anything
     else a string. ``returns="number"`` hands the result back through a trailing output
-    argument, so ``Ext.ijtorchObjectCount(n)`` sets ``n`` to a number.
+    argument, so ``Ext.ijtorchObjectCount(n)`` sets ``n`` to a number. ``remote=True`` lets an
+    ijtorch server run it for a Fiji without Python: the handler must not touch the JVM, must
+    read ImageJ session state only through :func:`ijtorch.bridge._outputs.session_value`, and
+    an argument called ``model`` is checked to be a model name registered on the server.
     """
     if not name.startswith("ijtorch"):
         raise ValueError(f"macro function names start with 'ijtorch', got {name!r}")
@@ -120,7 +125,7 @@ def register_function(name: str, handler: Callable[..., Any], *, returns: str = 
     for p in inspect.signature(handler).parameters.values():
         ann = p.annotation
         kinds.append("number" if ann in (int, float, "int", "float") else "string")
-    spec = FunctionSpec(name, handler, tuple(kinds), returns)
+    spec = FunctionSpec(name, handler, tuple(kinds), returns, bool(remote))
     _FUNCTIONS[name] = spec
     from ._runtime import is_started
 
@@ -129,11 +134,11 @@ def register_function(name: str, handler: Callable[..., Any], *, returns: str = 
     return spec
 
 
-def macro_function(name: str | None = None, *, returns: str = "string") -> Callable:
+def macro_function(name: str | None = None, *, returns: str = "string", remote: bool = False) -> Callable:
     """Decorator form of :func:`register_function`; the name defaults to the function's."""
 
     def decorate(fn: Callable) -> Callable:
-        register_function(name or fn.__name__, fn, returns=returns)
+        register_function(name or fn.__name__, fn, returns=returns, remote=remote)
         return fn
 
     return decorate
@@ -228,14 +233,19 @@ def _install_command(spec: CommandSpec) -> None:
     JClass("ijtorch.IjtorchRegistry").registerCommand(spec.name, dialog_spec(spec.params), proxy)
 
 
-def _install_function(spec: FunctionSpec) -> None:
-    from jpype import JArray, JClass, JInt
-
+def arg_codes(spec: FunctionSpec) -> list[int]:
+    """The ``ij.macro.MacroExtension`` argument types of a function (plus the output argument)."""
     codes = [_ARG_NUMBER if k == "number" else _ARG_STRING for k in spec.arg_kinds]
     if spec.returns == "number":
         codes.append(_ARG_OUTPUT + _ARG_NUMBER)
+    return codes
+
+
+def _install_function(spec: FunctionSpec) -> None:
+    from jpype import JArray, JClass, JInt
+
     registry = JClass("ijtorch.IjtorchRegistry")
-    registry.registerFunction(spec.name, JArray(JInt)(codes))
+    registry.registerFunction(spec.name, JArray(JInt)(arg_codes(spec)))
     registry.setFunctionHandler(_command_proxy()[1])
 
 

@@ -28,22 +28,10 @@ def _progress_to_imagej(ctx: CommandContext):
     return listener
 
 
-def _current(ctx: CommandContext):
-    from ._convert import imageplus_to_numpy
-
-    image = imageplus_to_numpy(ctx.current_image())
+def _checked(command: str, image):
     if "S" in image.axes:
-        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
+        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
     return image
-
-
-def _show(data: np.ndarray, axes: str, title: str, calibration):
-    from ._convert import numpy_to_imageplus
-
-    imp = numpy_to_imageplus(np.ascontiguousarray(data, np.float32), axes, title=title, calibration=calibration)
-    imp.resetDisplayRange()
-    imp.show()
-    return imp
 
 
 def _log(message: str) -> None:
@@ -52,19 +40,33 @@ def _log(message: str) -> None:
     JClass("ij.IJ").log(message)
 
 
-def _show_result(ctx: CommandContext, image, result, suffix: str) -> None:
-    stem = Path(image.title).stem
-    _show(result.restored, result.axes, f"{stem}-{suffix}", image.calibration)
-    if result.uncertainty is not None:
-        _show(result.uncertainty, result.axes, f"{stem}-uncertainty", image.calibration)
-    if result.error_map is not None:
-        _show(result.error_map, result.axes, f"{stem}-error map", image.calibration)
-    if result.shift_warning:
-        _log(f"{ctx.command}: WARNING {result.shift_warning}")
-    ctx.progress(1, 1)
-    from jpype import JClass
+def _float_image(data: np.ndarray, axes: str, title: str, calibration):
+    from ._outputs import ImageOutput
 
-    JClass("ij.IJ").showStatus(f"{ctx.command}: {result.model} ({result.model_type}, {result.seconds:.2f} s)")
+    return ImageOutput(np.ascontiguousarray(data, np.float32), axes, title, calibration)
+
+
+def _result_outputs(command: str, image, result, suffix: str):
+    from ._outputs import CommandOutputs
+
+    stem = Path(image.title).stem
+    images = [_float_image(result.restored, result.axes, f"{stem}-{suffix}", image.calibration)]
+    if result.uncertainty is not None:
+        images.append(_float_image(result.uncertainty, result.axes, f"{stem}-uncertainty", image.calibration))
+    if result.error_map is not None:
+        images.append(_float_image(result.error_map, result.axes, f"{stem}-error map", image.calibration))
+    log = (f"{command}: WARNING {result.shift_warning}",) if result.shift_warning else ()
+    return CommandOutputs(images=tuple(images), log=log,
+                          status=f"{command}: {result.model} ({result.model_type}, {result.seconds:.2f} s)")
+
+
+def _run(ctx: CommandContext, compute, p) -> None:
+    """Run ``compute(inputs, p, command=..., progress=...)`` on the current image and show its outputs."""
+    from ._outputs import apply_outputs, imagej_inputs
+
+    outputs = compute(imagej_inputs(ctx.current_image()), p, command=ctx.command, progress=_progress_to_imagej(ctx))
+    ctx.progress(1, 1)
+    apply_outputs(outputs)
 
 
 def _channel(image, channel: int) -> int | None:
@@ -81,16 +83,21 @@ class RestoreParams(BaseModel):
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
 
 
+def restore_outputs(inputs, p: RestoreParams, *, command: str = "ijtorch Restore", progress=None):
+    """The restored current image (and optional uncertainty / error map) as CommandOutputs; no JVM."""
+    from ..tasks.restore import restore
+
+    image = _checked(command, inputs.image)
+    result = restore(image.data, image.axes, model=p.model, channel=_channel(image, p.channel),
+                     uncertainty=p.uncertainty, error_map=p.error_map, tile_size=p.tile_size,
+                     overlap=min(48, p.tile_size // 4), progress=progress)
+    return _result_outputs(command, image, result, "restored")
+
+
 @command("ijtorch Restore", params=RestoreParams)
 def restore_command(ctx: CommandContext, p: RestoreParams) -> None:
     """Restore the current image with a trained model; optional uncertainty and error maps."""
-    from ..tasks.restore import restore
-
-    image = _current(ctx)
-    result = restore(image.data, image.axes, model=p.model, channel=_channel(image, p.channel),
-                     uncertainty=p.uncertainty, error_map=p.error_map, tile_size=p.tile_size,
-                     overlap=min(48, p.tile_size // 4), progress=_progress_to_imagej(ctx))
-    _show_result(ctx, image, result, "restored")
+    _run(ctx, restore_outputs, p)
 
 
 # --------------------------------------------------------------------------- Noise2Void
@@ -109,13 +116,16 @@ class DenoiseN2VParams(BaseModel):
     save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard")
 
 
-@command("ijtorch Denoise (Noise2Void)", params=DenoiseN2VParams)
-def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
-    """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model)."""
+def denoise_n2v_outputs(inputs, p: DenoiseN2VParams, *, command: str = "ijtorch Denoise (Noise2Void)", progress=None):
+    """Noise2Void on the current image (train and apply, or apply a saved model) as CommandOutputs.
+
+    Needs no JVM; with ``save_as`` the trained model is written to this machine's user model folder.
+    """
     from ..models.store import new_user_model_dir
     from ..tasks.restore import denoise_n2v
+    from ._outputs import CommandOutputs
 
-    image = _current(ctx)
+    image = _checked(command, inputs.image)
     save_to = None
     if p.mode == N2VMode.apply:
         if not p.model:
@@ -124,12 +134,17 @@ def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
         save_to = new_user_model_dir(p.save_as)
     out = denoise_n2v(image.data, image.axes, epochs=p.epochs, steps_per_epoch=p.steps,
                       model=p.model if p.mode == N2VMode.apply else None, save_to=save_to,
-                      channel=_channel(image, p.channel), progress=_progress_to_imagej(ctx))
+                      channel=_channel(image, p.channel), progress=progress)
     axes = image.axes.replace("C", "")
-    _show(out, axes, f"{Path(image.title).stem}-n2v", image.calibration)
-    if save_to is not None:
-        _log(f"{ctx.command}: model '{p.save_as}' saved to {save_to}")
-    ctx.progress(1, 1)
+    log = (f"{command}: model '{p.save_as}' saved to {save_to}",) if save_to is not None else ()
+    return CommandOutputs(images=(_float_image(out, axes, f"{Path(image.title).stem}-n2v", image.calibration),),
+                          log=log)
+
+
+@command("ijtorch Denoise (Noise2Void)", params=DenoiseN2VParams)
+def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
+    """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model)."""
+    _run(ctx, denoise_n2v_outputs, p)
 
 
 # --------------------------------------------------------------------------- training
@@ -209,17 +224,23 @@ class ArtificialLabellingParams(BaseModel):
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
 
 
-@command("ijtorch Artificial Labelling", params=ArtificialLabellingParams)
-def artificial_labelling_command(ctx: CommandContext, p: ArtificialLabellingParams) -> None:
-    """Predict a label channel (e.g. a nuclear stain) from another channel with a trained model."""
+def artificial_labelling_outputs(inputs, p: ArtificialLabellingParams, *,
+                                 command: str = "ijtorch Artificial Labelling", progress=None):
+    """The predicted label channel (and optional uncertainty) as CommandOutputs; no JVM."""
     from ..tasks.restore import _load, restore
 
     net = _load(p.model, "auto")
     if net.model_type != "artificial_labelling":
         raise IjtorchError(f"model={p.model!r} has model_type {net.model_type!r}; "
                            "use ijtorch Restore for care/n2v/n2n models")
-    image = _current(ctx)
+    image = _checked(command, inputs.image)
     result = restore(image.data, image.axes, model=net, channel=_channel(image, p.channel),
                      uncertainty=p.uncertainty, tile_size=p.tile_size, overlap=min(48, p.tile_size // 4),
-                     progress=_progress_to_imagej(ctx))
-    _show_result(ctx, image, result, "label")
+                     progress=progress)
+    return _result_outputs(command, image, result, "label")
+
+
+@command("ijtorch Artificial Labelling", params=ArtificialLabellingParams)
+def artificial_labelling_command(ctx: CommandContext, p: ArtificialLabellingParams) -> None:
+    """Predict a label channel (e.g. a nuclear stain) from another channel with a trained model."""
+    _run(ctx, artificial_labelling_outputs, p)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
@@ -20,46 +19,57 @@ class TrackParams(BaseModel):
     max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement (calibrated units)")
     max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged (0 = no gap closing)")
     divisions: bool = Field(False, description="detect divisions (one parent, two daughters)")
+    fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
     output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)")
+
+
+def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", progress=None):
+    """Track the current time-lapse and describe what ImageJ shows and which files it gets.
+
+    Needs no JVM (the server calls it for a remote Fiji). Files go to ``p.output``, else next to the
+    file the image came from (``inputs.source_path``), else nowhere. Returns ``(Tracks, CommandOutputs)``.
+    """
+    from ..tasks.outlines import outlines
+    from ..tasks.track import track_movie, track_statistics, write_track_outputs
+    from ..tasks.tracking import TrackingParams
+    from ._outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
+
+    image = inputs.image
+    if "T" not in image.axes:
+        raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
+    params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions,
+                            fill_gaps=p.fill_gaps)
+    tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model, calibration=image.calibration,
+                         params=params, progress=progress)
+    label_axes = "TZYX" if tracks.ndim == 3 else "TYX"
+    stem = Path(image.title).stem
+    rois = outlines(tracks.tracked_labels, label_axes)
+    frame = rois.positions[:, 2]
+    names = tuple(f"track_{int(label):04d}_t{int(t):03d}" for label, t in zip(rois.labels, frame))
+    folder = p.output or (str(Path(inputs.source_path).parent) if inputs.source_path else "")
+    files, log = None, ()
+    if folder:
+        source = inputs.source_path
+        files = FileOutput(folder, lambda out: write_track_outputs(out, stem, tracks, image_path=source))
+        log = (f"{command}: {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions; "
+               f"TrackMate XML: {Path(folder) / f'{stem}.xml'}",)
+    outputs = CommandOutputs(
+        images=(ImageOutput(tracks.tracked_labels, label_axes, f"{stem}-tracks", image.calibration, labels=True),),
+        rois=RoiOutput(rois, names=names, reset=True),
+        tables=(TableOutput(track_statistics(tracks), title="Track statistics"),),
+        files=files, log=log, status=f"{command}: {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions",
+        values={"n_tracks": len(tracks.ctc)})
+    return tracks, outputs
 
 
 @command("ijtorch Track", params=TrackParams)
 def track_command(ctx: CommandContext, p: TrackParams) -> None:
     """Track objects through the current time-lapse (frames must be on the T axis)."""
-    from ..tasks.outlines import outlines
-    from ..tasks.track import track_movie, track_statistics, write_track_outputs
-    from ..tasks.tracking import TrackingParams
-    from ._convert import imageplus_to_numpy
-    from ._results import add_rois_to_manager, labels_to_imageplus, results_table
-
-    imp = ctx.current_image()
-    image = imageplus_to_numpy(imp)
-    if "T" not in image.axes:
-        raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
-    params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions)
-    tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model, calibration=image.calibration,
-                         params=params)
-    label_axes = "TZYX" if tracks.ndim == 3 else "TYX"
-    tracked = labels_to_imageplus(tracks.tracked_labels, label_axes, calibration=image.calibration,
-                                  title=f"{Path(image.title).stem}-tracks")
-    tracked.show()
+    from ._outputs import apply_outputs, imagej_inputs
     from ._trackmate import open_in_trackmate
 
+    imp = ctx.current_image()
+    tracks, outputs = track_outputs(imagej_inputs(imp), p, command=ctx.command)
+    apply_outputs(outputs)
     open_in_trackmate(tracks, imp)  # in a Fiji with TrackMate: the model opens there; elsewhere a no-op
-    rois = outlines(tracks.tracked_labels, label_axes)
-    frame = rois.positions[:, 2]
-    names = [f"track_{int(label):04d}_t{int(t):03d}" for label, t in zip(rois.labels, frame)]
-    add_rois_to_manager(rois, names=names, reset=True)
-    results_table(track_statistics(tracks), title="Track statistics")
-    folder = p.output
-    info = imp.getOriginalFileInfo()
-    source = Path(str(info.directory)) / str(info.fileName) if info is not None and info.directory else None
-    if not folder and source is not None:
-        folder = str(source.parent)
-    if folder:
-        paths = write_track_outputs(folder, Path(image.title).stem, tracks, image_path=source)
-        from jpype import JClass
-
-        JClass("ij.IJ").log(f"{ctx.command}: {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions; "
-                            f"TrackMate XML: {paths['trackmate_xml']}")
     ctx.progress(1, 1)

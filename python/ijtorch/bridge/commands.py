@@ -23,27 +23,34 @@ class NormalizeParams(BaseModel):
     clip: bool = Field(False, description="clip the result to [0, 1]")
 
 
+def normalize_outputs(inputs, p: NormalizeParams):
+    """The normalized current image as :class:`~ijtorch.bridge._outputs.CommandOutputs` (no JVM needed)."""
+    import numpy as np
+
+    from ..tasks.normalize import normalize
+    from ._outputs import CommandOutputs, ImageOutput
+
+    image = inputs.image
+    out = normalize(image.data, image.axes, low=p.low, high=p.high, per_plane=p.per_plane, clip=p.clip)
+    return CommandOutputs(images=(ImageOutput(np.asarray(out, np.float32), image.axes, f"{image.title}-normalized",
+                                              image.calibration),))
+
+
 @command("ijtorch Percentile Normalize", params=NormalizeParams)
 def percentile_normalize_command(ctx: CommandContext, p: NormalizeParams) -> None:
     """Percentile normalization into a new 32-bit image (the preprocessing models use)."""
-    from ..tasks.normalize import normalize
-    from ._convert import imageplus_to_numpy, numpy_to_imageplus
+    from ._outputs import apply_outputs, imagej_inputs
 
-    imp = ctx.current_image()
-    image = imageplus_to_numpy(imp)
-    out = normalize(image.data, image.axes, low=p.low, high=p.high, per_plane=p.per_plane, clip=p.clip)
-    result = numpy_to_imageplus(out, image.axes, title=f"{image.title}-normalized", calibration=image.calibration)
-    result.resetDisplayRange()
-    result.show()
+    apply_outputs(normalize_outputs(imagej_inputs(ctx.current_image()), p))
 
 
-@macro_function("ijtorchVersion")
+@macro_function("ijtorchVersion", remote=True)
 def ijtorch_version() -> str:
     """Ext.ijtorchVersion(): the ijtorch version string."""
     return ijtorch.__version__
 
 
-@macro_function("ijtorchTorchDevice")
+@macro_function("ijtorchTorchDevice", remote=True)
 def ijtorch_torch_device() -> str:
     """Ext.ijtorchTorchDevice(): the device models run on by default (cuda, mps or cpu)."""
     from ..models.device import default_device

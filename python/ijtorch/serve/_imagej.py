@@ -1,58 +1,181 @@
-"""ImageJ commands run on the server for a remote Fiji (``POST /imagej/command``).
+"""ImageJ commands and macro functions run on the server for a remote Fiji
+(``/imagej/commands``, ``POST /imagej/command``, ``POST /imagej/function``).
 
-The Java shim (``IjtorchRemote``) sends the command name, the macro options and the current
-image; the server parses the options with the command's own parameter model, runs the command's
-own JVM-free computation (e.g. :func:`ijtorch.bridge._segment_commands.segment_outputs`) and
-returns its :class:`~ijtorch.bridge._outputs.CommandOutputs` in the wire format, which the shim
-applies exactly as :func:`~ijtorch.bridge._outputs.apply_outputs` does in-process.
+The Java shim (``IjtorchRemote``) sends the command name, the macro options, the current image
+and, when the command declares them, the ROI Manager's ROIs and the open images that options name;
+the server parses the options with the command's own parameter model, runs the command's own
+JVM-free computation (e.g. :func:`ijtorch.bridge._segment_commands.segment_outputs`) on
+:class:`~ijtorch.bridge._outputs.CommandInputs` built from that, and returns its
+:class:`~ijtorch.bridge._outputs.CommandOutputs` in the wire format, which the shim applies
+exactly as :func:`~ijtorch.bridge._outputs.apply_outputs` does in-process. Macro functions
+declared ``remote`` run their own handler here, with the remote ImageJ's session values.
 
-Reply header (arrays named in it follow in the body)::
+Request header of ``/imagej/command`` (arrays named in it follow in the body)::
 
-    {"status": str, "values": {...},
+    {"command": str, "options": str, "title": str, "axes": "TZCYX", "calibration": {...},
+     "image_path": str,                                        # file the image came from, or ""
+     "rois": {"names": [str|null], "types": [str], "area": [bool], "groups": [int]} | null,
+                                       # arrays roi_x, roi_y (<f4), roi_offsets, roi_c, roi_z, roi_t (<i4)
+     "images": {option: {"array": str, "title": str, "axes": "TZCYX", "calibration": {...}}} | null}
+     # arrays: "image" plus those named above
+
+Reply header::
+
+    {"status": str, "values": {...}, "log": [str],
      "images": [{"array": "image0", "title": str, "labels": bool, "calibration": {...},
                  "display_min": float, "display_max": float}],   # arrays are TZCYX, 5-D
      "lut": "lut" | null,                                       # (256, 3) uint8 label LUT
      "rois": {"names": [...], "integer": bool, "reset": bool} | null,   # arrays roi_x, roi_y,
                                                                   # roi_offsets, roi_c, roi_z, roi_t
-     "tables": [{"title": str, "columns": [{"name": str, "array": "t0c0"} | {"name": str, "text": [...]}]}]}
+     "roi_style": {"properties": {name: [str]}} | null,           # arrays style_index (<i4), style_rgb (|u1, n x 3)
+     "tables": [{"title": str, "columns": [{"name": str, "array": "t0c0"} | {"name": str, "text": [...]}]}],
+     "files": {"folder": str, "paths": [relative path]} | null}  # arrays file_bytes (|u1), file_offsets (<i8)
+
+``/imagej/function`` takes ``{"name": str, "args": [str|number], "values": {...}}`` and answers
+``{"value": str}`` or ``{"number": float}`` (header-only messages).
 """
 
 from __future__ import annotations
 
+import inspect
+import tempfile
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..image import CANONICAL_AXES, to_axes
+from ..image import CANONICAL_AXES, Image, to_axes
 
-__all__ = ["RemoteCommand", "remote_commands", "outputs_to_wire"]
+__all__ = ["RemoteCommand", "remote_commands", "command_catalog", "command_inputs", "outputs_to_wire",
+           "call_function"]
+
+_ROI_ARRAYS = ("roi_x", "roi_y", "roi_offsets", "roi_c", "roi_z", "roi_t")
 
 
 @dataclass(frozen=True)
 class RemoteCommand:
-    """A command the server can run: its parameter model, the option naming a model, and
-    ``compute(image, params, progress, cancel) -> CommandOutputs``."""
+    """A command the server can run.
+
+    ``compute(inputs, params) -> CommandOutputs``; ``model(params)`` is the model name the
+    parameters ask for (checked to be registered: clients never give paths) or None;
+    ``rois`` and ``image_options`` say what the shim sends besides the current image (the ROI
+    Manager's ROIs; the open images named by these options); ``check(params)`` refuses what
+    only in-process Python may do.
+    """
 
     name: str
     params: Any
-    compute: Callable[..., Any]
-    model_option: str | None = "model"
+    compute: Callable[[Any, Any], Any]
+    model: Callable[[Any], str | None] = lambda p: p.model
+    rois: bool = False
+    image_options: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
 
 
-def _segment(image: Any, p: Any, progress: Any = None, cancel: Any = None) -> Any:
-    from ..bridge._segment_commands import segment_outputs
+def _refuse_n2v_training(p: Any) -> None:
+    from ..bridge._restore_commands import N2VMode
 
-    return segment_outputs(image, p, progress=progress, cancel=cancel)[1]
+    if p.mode == N2VMode.train:
+        raise ValueError("ijtorch Denoise (Noise2Void): mode=[train on this image] runs only in-process (a Fiji "
+                         "started from Python with ijtorch); on a server use mode=[apply saved model] model=NAME")
 
 
 def remote_commands() -> dict[str, RemoteCommand]:
     """Commands a remote Fiji may run (those whose computation needs no JVM)."""
-    from ..bridge._segment_commands import SegmentParams
+    from ..bridge import _classify_commands as cc
+    from ..bridge import _restore_commands as rc
+    from ..bridge import _segment_commands as sc
+    from ..bridge import _track_commands as tc
+    from ..bridge import commands as bc
 
-    return {"ijtorch Segment": RemoteCommand("ijtorch Segment", SegmentParams, _segment)}
+    specs = [
+        RemoteCommand("ijtorch Segment", sc.SegmentParams, lambda inputs, p: sc.segment_outputs(inputs.image, p)[1]),
+        RemoteCommand("ijtorch Classify", cc.ClassifyParams, cc.classify_outputs, rois=True,
+                      image_options=("label_image",)),
+        RemoteCommand("ijtorch Restore", rc.RestoreParams, rc.restore_outputs),
+        RemoteCommand("ijtorch Artificial Labelling", rc.ArtificialLabellingParams, rc.artificial_labelling_outputs),
+        RemoteCommand("ijtorch Denoise (Noise2Void)", rc.DenoiseN2VParams, rc.denoise_n2v_outputs,
+                      model=lambda p: p.model or None, check=_refuse_n2v_training),
+        RemoteCommand("ijtorch Track", tc.TrackParams, lambda inputs, p: tc.track_outputs(inputs, p)[1],
+                      model=lambda p: None if p.labels else p.model),
+        RemoteCommand("ijtorch Percentile Normalize", bc.NormalizeParams, bc.normalize_outputs, model=lambda p: None),
+    ]
+    return {s.name: s for s in specs}
 
 
+def command_catalog() -> dict[str, Any]:
+    """What ``GET /imagej/commands`` answers: dialog specs, the inputs each command needs, and every
+    registered macro function with its argument types and whether the server can run it."""
+    from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
+    from ..bridge._commands import arg_codes, registered_functions
+    from ..bridge._options import dialog_spec
+
+    cmds = remote_commands()
+    return {"commands": {n: dialog_spec(c.params) for n, c in cmds.items()},
+            "inputs": {n: {"rois": c.rois, "images": list(c.image_options)} for n, c in cmds.items()},
+            "functions": {n: {"args": arg_codes(f), "remote": f.remote} for n, f in registered_functions().items()}}
+
+
+# ------------------------------------------------------------------------------------ request
+def _imagej_image(data: np.ndarray, axes: str, calibration: Any, title: str) -> Image:
+    """An image as the shim sends it (``TZCYX[S]``) in ImageJ's own layout: length-1 axes dropped,
+    as :func:`ijtorch.bridge.imageplus_to_numpy` gives it."""
+    from .app import _calibration, _image
+
+    data, axes = _image({"image": data}, axes)
+    keep = [i for i, a in enumerate(axes) if a in "YXS" or data.shape[i] > 1]
+    data = data.reshape([data.shape[i] for i in keep])
+    return Image(data=data, axes="".join(axes[i] for i in keep), calibration=_calibration(calibration), title=title)
+
+
+def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: RemoteCommand) -> Any:
+    """:class:`~ijtorch.bridge._outputs.CommandInputs` from a request (``req`` an ``ImageJRequest``)."""
+    from ..bridge._annotations import area_annotations
+    from ..bridge._outputs import CommandInputs
+
+    expected = {"image"} | (set(_ROI_ARRAYS) if req.rois is not None else set())
+    others: dict[str, Image] = {}
+    for option, im in (req.images or {}).items():
+        if option not in spec.image_options or not isinstance(im, dict) or not isinstance(im.get("array"), str):
+            raise ValueError(f"images: {option!r} names no image option of {spec.name} "
+                             f"(those are {list(spec.image_options)}) or lacks an 'array'")
+        expected.add(im["array"])
+        if im["array"] not in arrays:
+            raise ValueError(f"images[{option!r}]: array {im['array']!r} is missing from the message")
+        others[str(im.get("title", ""))] = _imagej_image(arrays[im["array"]], str(im.get("axes", "TZCYX")),
+                                                         im.get("calibration"), str(im.get("title", "")))
+    if set(arrays) != expected:
+        raise ValueError(f"expected the arrays {sorted(expected)}, got {sorted(arrays)}")
+    image = _imagej_image(arrays["image"], req.axes, req.calibration, req.title)
+    # the ROIs' structure is checked now; whether they fit the command (area ROIs), as in-process, when read
+    sent = {} if req.rois is None else {"rois": partial(area_annotations, **_request_rois(req.rois, arrays))}
+    return CommandInputs(image, req.image_path or None, open_image=others.get, **sent)
+
+
+def _request_rois(rois: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The arguments of :func:`~ijtorch.bridge._annotations.area_annotations` from a request."""
+    names = list(rois.get("names") or [])
+    n = len(names)
+    per_roi = {k: list(rois.get(k) or []) for k in ("groups", "types", "area")}
+    per_roi.update({k: np.asarray(arrays[k], np.int64) for k in ("roi_c", "roi_z", "roi_t")})
+    wrong = {k: len(v) for k, v in per_roi.items() if len(v) != n or np.ndim(v) != 1}
+    if wrong:
+        raise ValueError(f"rois: {n} names but {wrong} (one entry per ROI expected)")
+    offsets = np.asarray(arrays["roi_offsets"], np.int64)
+    x, y = arrays["roi_x"].astype(np.float64), arrays["roi_y"].astype(np.float64)
+    if x.ndim != 1 or x.shape != y.shape or offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != x.size \
+            or np.any(np.diff(offsets) < 0):
+        raise ValueError(f"rois: roi_x and roi_y must be 1-D and equally long, roi_offsets rise from 0 to their "
+                         f"length ({x.size}) with one more entry than the {n} names")
+    polygons = [np.stack([x[offsets[i]:offsets[i + 1]], y[offsets[i]:offsets[i + 1]]], axis=1) for i in range(n)]
+    positions = np.stack([per_roi["roi_c"], per_roi["roi_z"], per_roi["roi_t"]], axis=1).reshape(n, 3)
+    return dict(polygons=polygons, names=names, groups=per_roi["groups"], positions=positions,
+                types=per_roi["types"], is_area=per_roi["area"])
+
+
+# ------------------------------------------------------------------------------------ reply
 def _imagej_pixels(data: np.ndarray, labels: bool) -> tuple[np.ndarray, float]:
     """Pixels as ImageJ will store them (the rules of ``labels_to_imageplus``) and the display max."""
     if labels:
@@ -70,13 +193,26 @@ def _imagej_pixels(data: np.ndarray, labels: bool) -> tuple[np.ndarray, float]:
     raise ValueError(f"image output of dtype {data.dtype} has no exact ImageJ type here (uint8, uint16, float32)")
 
 
+def _files(files: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Write ``files`` into a temporary folder and pack what appeared there."""
+    with tempfile.TemporaryDirectory(prefix="ijtorch-files-") as tmp:
+        files.write(Path(tmp))
+        paths = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+        blobs = [p.read_bytes() for p in paths]
+        rel = [p.relative_to(tmp).as_posix() for p in paths]
+    offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
+    return ({"folder": files.folder, "paths": rel},
+            {"file_bytes": np.frombuffer(b"".join(blobs), np.uint8), "file_offsets": offsets})
+
+
 def outputs_to_wire(outputs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A :class:`~ijtorch.bridge._outputs.CommandOutputs` as a reply header and arrays."""
     from ..io.roiset import _check_positions, default_names
     from ..tasks.colors import glasbey_lut
 
-    header: dict[str, Any] = {"status": outputs.status, "values": dict(outputs.values), "images": [], "lut": None,
-                              "rois": None, "tables": []}
+    header: dict[str, Any] = {"status": outputs.status, "values": dict(outputs.values), "log": list(outputs.log),
+                              "images": [], "lut": None, "rois": None, "roi_style": None, "tables": [],
+                              "files": None}
     arrays: dict[str, np.ndarray] = {}
     for k, im in enumerate(outputs.images):
         if "S" in im.axes:
@@ -101,6 +237,11 @@ def outputs_to_wire(outputs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]
         arrays.update(roi_x=coords[:, 0].astype(np.float32), roi_y=coords[:, 1].astype(np.float32),
                       roi_offsets=ol.offsets.astype(np.int32), roi_c=pos[:, 0].astype(np.int32),
                       roi_z=pos[:, 1].astype(np.int32), roi_t=pos[:, 2].astype(np.int32))
+    if outputs.roi_style is not None:
+        style = outputs.roi_style
+        header["roi_style"] = {"properties": {k: [str(v) for v in vals] for k, vals in style.properties.items()}}
+        arrays.update(style_index=np.asarray(style.indices, np.int32),
+                      style_rgb=np.ascontiguousarray(style.rgb, np.uint8).reshape(-1, 3))
     for ti, table in enumerate(outputs.tables):
         cols = []
         for ci, (cname, values) in enumerate(table.columns.items()):
@@ -111,4 +252,39 @@ def outputs_to_wire(outputs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]
             else:
                 cols.append({"name": cname, "text": [str(v) for v in a]})
         header["tables"].append({"title": table.title, "columns": cols})
+    if outputs.files is not None:
+        header["files"], file_arrays = _files(outputs.files)
+        arrays.update(file_arrays)
     return header, arrays
+
+
+# ------------------------------------------------------------------------------------ functions
+def call_function(name: str, args: list[Any], values: dict[str, Any], check_model: Callable[[str], Any]) -> dict:
+    """Run the macro function ``Ext.<name>`` as in-process, with the remote ImageJ's session ``values``.
+
+    Raises LookupError (unknown, or not ``remote``: it needs in-process Python) and ValueError
+    (bad arguments or the function's own error, with its message).
+    """
+    from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
+    from ..bridge._commands import dispatch_function, registered_functions
+    from ..bridge._outputs import client_session
+
+    spec = registered_functions().get(name)
+    if spec is None:
+        raise LookupError(f"Ext.{name} is not a macro function of this server; it has "
+                          f"{sorted(registered_functions())}")
+    if not spec.remote:
+        raise LookupError(f"Ext.{name} cannot run on this server: it needs in-process Python (a Fiji started "
+                          "from Python with ijtorch)")
+    if len(args) != len(spec.arg_kinds):
+        raise ValueError(f"Ext.{name} takes {len(spec.arg_kinds)} argument(s), got {len(args)}")
+    for param, kind, arg in zip(inspect.signature(spec.handler).parameters, spec.arg_kinds, args):
+        if (kind == "number") != (isinstance(arg, (int, float)) and not isinstance(arg, bool)):
+            raise ValueError(f"Ext.{name}: argument {param!r} must be a {kind}, got {arg!r}")
+        if param == "model":
+            check_model(arg)  # registered names only, never paths
+    with client_session(values):
+        text, number, error = dispatch_function(name, list(args))
+    if error is not None:
+        raise ValueError(error)
+    return {"number": number} if spec.returns == "number" else {"value": text}

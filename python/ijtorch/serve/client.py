@@ -154,11 +154,22 @@ class Client:
 
     # ---------------------------------------------------------------- ImageJ
     def imagej_command(self, command: str, options: str, data: np.ndarray, axes: str, *, title: str = "",
-                       calibration: Calibration | dict | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """What the Java shim sends for a remote command; returns the outputs header and arrays."""
+                       calibration: Calibration | dict | None = None, extra_arrays: Mapping[str, np.ndarray] | None = None,
+                       **fields: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What the Java shim sends for a remote command; returns the outputs header and arrays.
+
+        ``fields`` adds request fields (``image_path``, ``rois``, ``images``; see
+        :mod:`ijtorch.serve._imagej`) whose arrays come in ``extra_arrays``.
+        """
         cal = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
         return self.post("/imagej/command", {"command": command, "options": options, "title": title, "axes": axes,
-                                             "calibration": cal}, {"image": data})
+                                             "calibration": cal, **fields}, {"image": data, **(extra_arrays or {})})
+
+    def imagej_function(self, name: str, *args: str | float, values: Mapping[str, Any] | None = None) -> str | float:
+        """What the Java shim sends for ``Ext.<name>(args)``: its string result, or its number for
+        functions that set a number; ``values`` are the calling ImageJ's session values (``n_objects``, ...)."""
+        header, _ = self.post("/imagej/function", {"name": name, "args": list(args), "values": dict(values or {})}, {})
+        return header["number"] if "number" in header else header["value"]
 
 
 def _segmentation_result(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:

@@ -11,7 +11,8 @@ import java.util.Map;
 /**
  * "ijtorch Macro Functions": makes the Python-registered functions callable from macros as
  * Ext.ijtorch...(...). Results come back as strings; a function registered with a trailing
- * numeric output argument sets that macro variable to a number.
+ * numeric output argument sets that macro variable to a number. In an ImageJ without Python the
+ * functions are the configured ijtorch server's (IjtorchRemote), which runs them.
  */
 public class IjtorchMacroExtension implements PlugIn, MacroExtension {
 
@@ -23,11 +24,11 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
             return;
         }
         if (IjtorchRegistry.functionHandler() == null && IjtorchRemote.configured()) {
-            try {  // an ImageJ without Python: make the server's commands runnable by name
-                IjtorchRemote.installCommands();
+            try {  // an ImageJ without Python: the server's commands and functions, runnable by name
+                IjtorchRemote.install();
             } catch (Exception e) {
                 IjtorchRegistry.reportError("ijtorch Macro Functions", "cannot reach the ijtorch server at "
-                        + IjtorchRemote.serverUrl() + ": " + e.getMessage());
+                        + IjtorchRemote.serverUrl() + ": " + IjtorchRemote.describe(e));
                 return;
             }
         }
@@ -48,6 +49,16 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
     @Override
     public String handleExtension(String name, Object[] args) {
         IjtorchRegistry.FunctionHandler handler = IjtorchRegistry.functionHandler();
+        if (handler == null && IjtorchRemote.configured()) {
+            try {  // no Python here: the server runs it (or says that it needs in-process Python)
+                String result = IjtorchRemote.callFunction(name, args);
+                IjtorchRegistry.setLastError(null);
+                return result;
+            } catch (Exception e) {
+                IjtorchRegistry.reportError("Ext." + name, IjtorchRemote.describe(e));
+                return null;
+            }
+        }
         if (handler == null) {
             IjtorchRegistry.reportError("Ext." + name, "no Python function handler is registered");
             return null;

@@ -1,16 +1,22 @@
 package ijtorch;
 
+import ij.CompositeImage;
 import ij.IJ;
 import ij.ImagePlus;
 import ij.ImageStack;
+import ij.Macro;
 import ij.Prefs;
 import ij.WindowManager;
+import ij.gui.Roi;
+import ij.io.FileInfo;
 import ij.measure.Calibration;
 import ij.measure.ResultsTable;
 import ij.plugin.frame.RoiManager;
+import ij.process.FloatPolygon;
 import ij.process.LUT;
 
-import java.io.ByteArrayOutputStream;
+import java.awt.Color;
+import java.io.File;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -18,6 +24,10 @@ import java.net.http.HttpResponse;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -26,18 +36,21 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * Runs an ijtorch command on an ijtorch server ("ijtorch serve") when no Python handler is
- * registered in this ImageJ: transport and applying results only; the logic runs in Python on the
- * server.
+ * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on an ijtorch server ("ijtorch
+ * serve") when no Python handler is registered in this ImageJ: transport and applying results
+ * only; the logic runs in Python on the server.
  *
  * <p>The server is {@code Prefs "ijtorch.server"}, else the system property {@code ijtorch.server},
  * else the environment variable {@code IJTORCH_SERVER} (e.g. {@code http://127.0.0.1:8765}), else
  * {@code server.url} in {@code Fiji.app/ijtorch.properties} (written by {@code ijtorch install-fiji}); a
- * token comes from the system property {@code ijtorch.token} or {@code IJTORCH_TOKEN}. The request
- * carries the command name, the macro options and the current image as
- * {@code [uint32 LE header length][JSON header][raw little-endian pixels, TZCYX]}; the reply, in
- * the same format, holds images (label images get the sent LUT and display range), polygon ROIs
- * for the ROI Manager and ResultsTable columns, applied like ijtorch's in-process commands do.
+ * token comes from the system property {@code ijtorch.token} or {@code IJTORCH_TOKEN}. Messages are
+ * {@code [uint32 LE header length][JSON header][raw little-endian arrays]} (see
+ * {@code ijtorch/serve/_wire.py} and {@code ijtorch/serve/_imagej.py}). A command request carries
+ * the command name, the macro options, the current image (TZCYX), the file it came from and, when
+ * the server's catalog says the command reads them, the ROI Manager's ROIs and the open images that
+ * options name. The reply holds images (label images get the sent LUT and display range), polygon
+ * ROIs for the ROI Manager, colours for ROIs already there, ResultsTable columns, files to write,
+ * log lines and values for macro functions, applied like ijtorch's in-process commands do.
  */
 public final class IjtorchRemote {
 
@@ -117,31 +130,56 @@ public final class IjtorchRemote {
     }
 
     /** Dialog spec of a remote command (as IjtorchRegistry.dialogSpec), or null if unknown. */
-    @SuppressWarnings("unchecked")
     public static String dialogSpec(String command) throws Exception {
-        Map<String, Object> commands = (Map<String, Object>) commandList().get("commands");
-        Object spec = commands == null ? null : commands.get(command);
+        Object spec = section(catalog(false), "commands").get(command);
         return spec == null ? null : spec.toString();
     }
 
-    /** Puts the server's commands into ImageJ's command table (for an ImageJ without Python). */
+    /**
+     * Puts the server's commands into ImageJ's command table and its macro functions into the
+     * registry (for an ImageJ without Python); returns the number of commands.
+     */
     @SuppressWarnings("unchecked")
-    public static int installCommands() throws Exception {
-        Map<String, Object> commands = (Map<String, Object>) commandList().get("commands");
+    public static int install() throws Exception {
+        Map<String, Object> catalog = catalog(true);
+        Map<String, Object> commands = section(catalog, "commands");
         for (String name : commands.keySet()) {
             IjtorchRegistry.installMenuCommand(name, "ijtorch.IjtorchCommand(\"" + name + "\")");
+        }
+        for (Map.Entry<String, Object> e : section(catalog, "functions").entrySet()) {
+            List<Object> codes = (List<Object>) ((Map<String, Object>) e.getValue()).get("args");
+            int[] types = new int[codes.size()];
+            for (int i = 0; i < types.length; i++) {
+                types[i] = ((Number) codes.get(i)).intValue();
+            }
+            IjtorchRegistry.registerFunction(e.getKey(), types);
         }
         return commands.size();
     }
 
+    /** What the server runs: {@code GET /imagej/commands}, kept per server URL until {@code refresh}. */
     @SuppressWarnings("unchecked")
-    private static Map<String, Object> commandList() throws Exception {
-        HttpResponse<String> r = http().send(request("/imagej/commands").GET().build(),
-                HttpResponse.BodyHandlers.ofString());
-        if (r.statusCode() != 200) {
-            throw new IllegalStateException("server " + serverUrl() + ": HTTP " + r.statusCode() + ": " + r.body());
+    private static synchronized Map<String, Object> catalog(boolean refresh) throws Exception {
+        String url = serverUrl();
+        if (refresh || catalog == null || !url.equals(catalogUrl)) {
+            HttpResponse<String> r = http().send(request("/imagej/commands").GET().build(),
+                    HttpResponse.BodyHandlers.ofString());
+            if (r.statusCode() != 200) {
+                throw new RemoteError("server " + url + " answered HTTP " + r.statusCode() + ": " + errorText(r.body()));
+            }
+            catalog = (Map<String, Object>) new Json(r.body()).value();
+            catalogUrl = url;
         }
-        return (Map<String, Object>) new Json(r.body()).value();
+        return catalog;
+    }
+
+    private static Map<String, Object> catalog;
+    private static String catalogUrl;
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> section(Map<String, Object> catalog, String key) {
+        Object value = catalog.get(key);
+        return value instanceof Map ? (Map<String, Object>) value : new LinkedHashMap<>();
     }
 
     /** Runs {@code command} with {@code options} on the server; returns null or an error message. */
@@ -151,92 +189,270 @@ public final class IjtorchRemote {
             if (imp == null) {
                 return command + " needs an open image (open one or select its window)";
             }
-            byte[] body = encodeRequest(command, options, imp);
-            HttpRequest req = request("/imagej/command").header("Content-Type", MEDIA_TYPE)
-                    .POST(HttpRequest.BodyPublishers.ofByteArray(body)).build();
+            Message request = commandRequest(command, options, imp);
             IJ.showStatus(command + ": running on " + serverUrl());
-            HttpResponse<byte[]> r = http().send(req, HttpResponse.BodyHandlers.ofByteArray());
-            if (r.statusCode() != 200) {
-                String text = new String(r.body(), StandardCharsets.UTF_8);
-                try {
-                    Object msg = ((Map<?, ?>) new Json(text).value()).get("error");
-                    text = msg == null ? text : msg.toString();
-                } catch (RuntimeException notJson) {
-                    // keep the raw text
-                }
-                return "server " + serverUrl() + " answered HTTP " + r.statusCode() + ": " + text;
-            }
-            apply(r.body());
+            apply(post("/imagej/command", request));
             return null;
-        } catch (java.net.ConnectException e) {
-            return "cannot reach the ijtorch server at " + serverUrl() + " (is 'ijtorch serve' running?)";
         } catch (Exception e) {
-            return e.getClass().getSimpleName() + ": " + e.getMessage();
+            return describe(e);
+        }
+    }
+
+    /**
+     * Runs the macro function {@code Ext.name(args)} on the server with this ImageJ's session values;
+     * returns its string (or sets the trailing numeric output argument and returns "").
+     */
+    @SuppressWarnings("unchecked")
+    public static String callFunction(String name, Object[] args) throws Exception {
+        List<Object> values = new ArrayList<>();
+        Double[] numberOut = null;
+        for (Object a : args == null ? new Object[0] : args) {
+            if (a instanceof Double[]) {
+                numberOut = (Double[]) a;
+            } else {
+                values.add(a);
+            }
+        }
+        Message m = new Message().put("name", name).put("args", values);
+        synchronized (SESSION) {
+            m.put("values", new LinkedHashMap<>(SESSION));
+        }
+        Map<String, Object> reply = header(post("/imagej/function", m));
+        if (reply.containsKey("number")) {
+            if (numberOut != null && numberOut.length > 0) {
+                numberOut[0] = ((Number) reply.get("number")).doubleValue();
+            }
+            return "";
+        }
+        Object value = reply.get("value");
+        return value == null ? "" : value.toString();
+    }
+
+    /** The message for a failed remote call, as a macro error shows it. */
+    public static String describe(Exception e) {
+        if (e instanceof java.net.ConnectException) {
+            return "cannot reach the ijtorch server at " + serverUrl() + " (is 'ijtorch serve' running?)";
+        }
+        if (e instanceof RemoteError) {
+            return e.getMessage();
+        }
+        return e.getClass().getSimpleName() + ": " + e.getMessage();
+    }
+
+    /** An error reply of the server (its message as the text). */
+    static final class RemoteError extends Exception {
+        RemoteError(String message) {
+            super(message);
+        }
+    }
+
+    private static byte[] post(String path, Message m) throws Exception {
+        HttpRequest req = request(path).header("Content-Type", MEDIA_TYPE).POST(m.publisher()).build();
+        HttpResponse<byte[]> r = http().send(req, HttpResponse.BodyHandlers.ofByteArray());
+        if (r.statusCode() != 200) {
+            throw new RemoteError("server " + serverUrl() + " answered HTTP " + r.statusCode() + ": "
+                    + errorText(new String(r.body(), StandardCharsets.UTF_8)));
+        }
+        return r.body();
+    }
+
+    private static String errorText(String text) {
+        try {
+            Object msg = ((Map<?, ?>) new Json(text).value()).get("error");
+            return msg == null ? text : msg.toString();
+        } catch (RuntimeException notJson) {
+            return text;
         }
     }
 
     // ------------------------------------------------------------------ request
 
-    static byte[] encodeRequest(String command, String options, ImagePlus imp) {
+    /** A message of the wire format: a JSON header and arrays, sent without copying them together. */
+    static final class Message {
+        private final Map<String, Object> header = new LinkedHashMap<>();
+        private final List<Object> specs = new ArrayList<>();
+        private final List<byte[]> blobs = new ArrayList<>();
+
+        Message put(String key, Object value) {
+            header.put(key, value);
+            return this;
+        }
+
+        Message array(String name, String dtype, byte[] data, long... shape) {
+            Map<String, Object> spec = new LinkedHashMap<>();
+            spec.put("name", name);
+            spec.put("dtype", dtype);
+            List<Object> dims = new ArrayList<>();
+            for (long s : shape) {
+                dims.add(s);
+            }
+            spec.put("shape", dims);
+            specs.add(spec);
+            blobs.add(data);
+            return this;
+        }
+
+        HttpRequest.BodyPublisher publisher() {
+            Map<String, Object> head = new LinkedHashMap<>(header);
+            head.put("arrays", specs);
+            byte[] json = Json.write(head).getBytes(StandardCharsets.UTF_8);
+            List<byte[]> parts = new ArrayList<>();
+            parts.add(ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt(json.length).array());
+            parts.add(json);
+            parts.addAll(blobs);
+            long total = 0;
+            for (byte[] p : parts) {
+                total += p.length;
+            }
+            return HttpRequest.BodyPublishers.fromPublisher(HttpRequest.BodyPublishers.ofByteArrays(parts), total);
+        }
+    }
+
+    /** The request for a command: the image, its file, and the ROIs and images the command reads. */
+    @SuppressWarnings("unchecked")
+    static Message commandRequest(String command, String options, ImagePlus imp) throws Exception {
+        Message m = new Message().put("command", command).put("options", options);
+        addImage(m, imp, "image", null);
+        FileInfo info = imp.getOriginalFileInfo();
+        boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
+        m.put("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
+        Map<String, Object> inputs = (Map<String, Object>) section(catalog(false), "inputs").get(command);
+        if (inputs == null) {
+            return m;  // not a server command: the server's reply says so
+        }
+        RoiManager rm = RoiManager.getInstance();
+        if (Boolean.TRUE.equals(inputs.get("rois")) && rm != null && rm.getCount() > 0) {
+            addRois(m, rm.getRoisAsArray());
+        }
+        Map<String, Object> images = new LinkedHashMap<>();
+        for (Object key : (List<Object>) inputs.get("images")) {
+            String title = Macro.getValue(options, key.toString(), "");
+            ImagePlus other = title.isEmpty() ? null : WindowManager.getImage(title);
+            if (other != null) {
+                Map<String, Object> spec = new LinkedHashMap<>();
+                addImage(m, other, "option_" + key, spec);
+                images.put(key.toString(), spec);
+            }
+        }
+        if (!images.isEmpty()) {
+            m.put("images", images);
+        }
+        return m;
+    }
+
+    /** Adds {@code imp} as array {@code name} (TZCYX[S]); its title, axes and calibration go into
+     *  {@code spec}, or into the message header when {@code spec} is null. */
+    static void addImage(Message m, ImagePlus imp, String name, Map<String, Object> spec) {
         int nc = imp.getNChannels(), nz = imp.getNSlices(), nt = imp.getNFrames();
         int w = imp.getWidth(), h = imp.getHeight(), depth = imp.getBitDepth();
         ImageStack stack = imp.getStack();
         boolean rgb = depth == 24;
         String dtype = depth == 8 || rgb ? "|u1" : depth == 16 ? "<u2" : "<f4";
         int bytesPerPixel = rgb ? 3 : depth / 8;
-        Calibration cal = imp.getCalibration();
-        StringBuilder head = new StringBuilder("{");
-        head.append("\"command\":").append(Json.quote(command));
-        head.append(",\"options\":").append(Json.quote(options));
-        head.append(",\"title\":").append(Json.quote(imp.getTitle()));
-        head.append(",\"axes\":\"TZCYX").append(rgb ? "S" : "").append('"');
-        head.append(",\"calibration\":{\"pixel_width\":").append(Json.number(cal.pixelWidth))
-                .append(",\"pixel_height\":").append(Json.number(cal.pixelHeight))
-                .append(",\"voxel_depth\":").append(Json.number(cal.pixelDepth))
-                .append(",\"unit\":").append(Json.quote(cal.getUnit()))
-                .append(",\"frame_interval\":").append(Json.number(cal.frameInterval))
-                .append(",\"time_unit\":").append(Json.quote(cal.getTimeUnit())).append('}');
-        head.append(",\"arrays\":[{\"name\":\"image\",\"dtype\":\"").append(dtype).append("\",\"shape\":[")
-                .append(nt).append(',').append(nz).append(',').append(nc).append(',').append(h).append(',').append(w)
-                .append(rgb ? ",3" : "").append("]}]}");
-        byte[] header = head.toString().getBytes(StandardCharsets.UTF_8);
         long n = (long) w * h * bytesPerPixel * stack.getSize();
-        if (4L + header.length + n > Integer.MAX_VALUE) {
-            throw new IllegalArgumentException("the image is too large to send (over 2 GiB)");
+        if (n > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException(imp.getTitle() + " is too large to send (over 2 GiB)");
         }
-        ByteBuffer buf = ByteBuffer.allocate((int) (4 + header.length + n)).order(ByteOrder.LITTLE_ENDIAN);
-        buf.putInt(header.length).put(header);
+        ByteBuffer buf = ByteBuffer.allocate((int) n).order(ByteOrder.LITTLE_ENDIAN);
         for (int i = 1; i <= stack.getSize(); i++) {  // stack order: C fastest, then Z, then T
             Object pixels = stack.getPixels(i);
             if (pixels instanceof byte[]) {
                 buf.put((byte[]) pixels);
             } else if (pixels instanceof short[]) {
-                for (short v : (short[]) pixels) {
-                    buf.putShort(v);
-                }
+                buf.asShortBuffer().put((short[]) pixels);
+                buf.position(buf.position() + 2 * ((short[]) pixels).length);
             } else if (pixels instanceof float[]) {
-                for (float v : (float[]) pixels) {
-                    buf.putFloat(v);
-                }
+                buf.asFloatBuffer().put((float[]) pixels);
+                buf.position(buf.position() + 4 * ((float[]) pixels).length);
             } else if (pixels instanceof int[]) {
                 for (int c : (int[]) pixels) {
                     buf.put((byte) (c >> 16)).put((byte) (c >> 8)).put((byte) c);
                 }
             } else {
-                throw new IllegalArgumentException("unsupported pixel array in plane " + i);
+                throw new IllegalArgumentException("unsupported pixel array in plane " + i + " of " + imp.getTitle());
             }
         }
-        return buf.array();
+        Calibration cal = imp.getCalibration();
+        Map<String, Object> c = new LinkedHashMap<>();
+        c.put("pixel_width", cal.pixelWidth);
+        c.put("pixel_height", cal.pixelHeight);
+        c.put("voxel_depth", cal.pixelDepth);
+        c.put("unit", cal.getUnit());
+        c.put("frame_interval", cal.frameInterval);
+        c.put("time_unit", cal.getTimeUnit());
+        Map<String, Object> target = spec == null ? m.header : spec;
+        if (spec != null) {
+            spec.put("array", name);
+        }
+        target.put("title", imp.getTitle());
+        target.put("axes", rgb ? "TZCYXS" : "TZCYX");
+        target.put("calibration", c);
+        if (rgb) {
+            m.array(name, dtype, buf.array(), nt, nz, nc, h, w, 3);
+        } else {
+            m.array(name, dtype, buf.array(), nt, nz, nc, h, w);
+        }
+    }
+
+    /** The ROI Manager's ROIs: names, types, area flags, groups, positions, float polygons of area ROIs. */
+    static void addRois(Message m, Roi[] rois) {
+        int n = rois.length;
+        List<Object> names = new ArrayList<>(), types = new ArrayList<>(), area = new ArrayList<>(),
+                groups = new ArrayList<>();
+        ByteBuffer c = ints(n), z = ints(n), t = ints(n), offsets = ints(n + 1);
+        List<FloatPolygon> polygons = new ArrayList<>();
+        int total = 0;
+        offsets.putInt(0);
+        for (Roi roi : rois) {
+            names.add(roi.getName());
+            types.add(roi.getTypeAsString());
+            area.add(roi.isArea());
+            groups.add(roi.getGroup());
+            c.putInt(roi.getCPosition());
+            z.putInt(roi.getZPosition());
+            t.putInt(roi.getTPosition());
+            FloatPolygon p = roi.isArea() ? roi.getFloatPolygon() : new FloatPolygon();
+            polygons.add(p);
+            total += p.npoints;
+            offsets.putInt(total);
+        }
+        ByteBuffer xs = ints(total), ys = ints(total);
+        for (FloatPolygon p : polygons) {
+            for (int k = 0; k < p.npoints; k++) {
+                xs.putFloat(p.xpoints[k]);
+                ys.putFloat(p.ypoints[k]);
+            }
+        }
+        Map<String, Object> head = new LinkedHashMap<>();
+        head.put("names", names);
+        head.put("types", types);
+        head.put("area", area);
+        head.put("groups", groups);
+        m.put("rois", head);
+        m.array("roi_x", "<f4", xs.array(), total).array("roi_y", "<f4", ys.array(), total)
+                .array("roi_offsets", "<i4", offsets.array(), n + 1).array("roi_c", "<i4", c.array(), n)
+                .array("roi_z", "<i4", z.array(), n).array("roi_t", "<i4", t.array(), n);
+    }
+
+    private static ByteBuffer ints(int n) {
+        return ByteBuffer.allocate(4 * n).order(ByteOrder.LITTLE_ENDIAN);
     }
 
     // ------------------------------------------------------------------ reply
 
+    /** Values of the remote commands run in this ImageJ (what the server's macro functions may read). */
+    private static final Map<String, Object> SESSION = new LinkedHashMap<>();
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> header(byte[] body) {
+        int hlen = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN).getInt(0);
+        return (Map<String, Object>) new Json(new String(body, 4, hlen, StandardCharsets.UTF_8)).value();
+    }
+
     @SuppressWarnings("unchecked")
     static void apply(byte[] body) throws Exception {
-        ByteBuffer all = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN);
-        int hlen = all.getInt(0);
-        Map<String, Object> header = (Map<String, Object>) new Json(
-                new String(body, 4, hlen, StandardCharsets.UTF_8)).value();
+        int hlen = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN).getInt(0);
+        Map<String, Object> header = header(body);
         Map<String, ByteBuffer> arrays = new HashMap<>();
         Map<String, List<Object>> shapes = new HashMap<>();
         int offset = 4 + hlen;
@@ -273,40 +489,111 @@ public final class IjtorchRemote {
         Map<String, Object> rois = (Map<String, Object>) header.get("rois");
         if (rois != null) {
             List<Object> names = (List<Object>) rois.get("names");
-            RoiManager rm = RoiManager.getInstance();
-            if (rm == null) {
-                rm = new RoiManager();
-            }
-            IjtorchRois.addPolygons(rm, floats(arrays.get("roi_x")), floats(arrays.get("roi_y")),
+            IjtorchRois.addPolygons(roiManager(), floats(arrays.get("roi_x")), floats(arrays.get("roi_y")),
                     ints(arrays.get("roi_offsets")), names.toArray(new String[0]), ints(arrays.get("roi_c")),
                     ints(arrays.get("roi_z")), ints(arrays.get("roi_t")), (Boolean) rois.get("integer"),
                     (Boolean) rois.get("reset"));
         }
+        Map<String, Object> style = (Map<String, Object>) header.get("roi_style");
+        if (style != null) {
+            styleRois(style, ints(arrays.get("style_index")), arrays.get("style_rgb"));
+        }
         for (Object o : (List<Object>) header.get("tables")) {
-            Map<String, Object> table = (Map<String, Object>) o;
-            String title = (String) table.get("title");
-            ResultsTable rt = "Results".equals(title) ? ResultsTable.getResultsTable() : new ResultsTable();
-            rt.reset();
-            for (Object c : (List<Object>) table.get("columns")) {
-                Map<String, Object> col = (Map<String, Object>) c;
-                String cname = (String) col.get("name");
-                if (col.containsKey("array")) {
-                    ByteBuffer b = arrays.get((String) col.get("array"));
-                    double[] values = new double[b.capacity() / 8];
-                    b.asDoubleBuffer().get(values);
-                    rt.setValues(cname, values);
-                } else {
-                    List<Object> text = (List<Object>) col.get("text");
-                    for (int row = 0; row < text.size(); row++) {
-                        rt.setValue(cname, row, String.valueOf(text.get(row)));
-                    }
-                }
+            showTable((Map<String, Object>) o, arrays);
+        }
+        Map<String, Object> files = (Map<String, Object>) header.get("files");
+        if (files != null) {
+            writeFiles((String) files.get("folder"), (List<Object>) files.get("paths"), arrays.get("file_bytes"),
+                    longs(arrays.get("file_offsets")));
+        }
+        Object log = header.get("log");
+        if (log instanceof List) {
+            for (Object line : (List<Object>) log) {
+                IJ.log(String.valueOf(line));
             }
-            rt.show(title);
+        }
+        Object values = header.get("values");
+        if (values instanceof Map) {
+            synchronized (SESSION) {
+                SESSION.putAll((Map<String, Object>) values);
+            }
         }
         Object status = header.get("status");
-        if (status != null) {
+        if (status != null && !status.toString().isEmpty()) {
             IJ.showStatus(status.toString());
+        }
+    }
+
+    private static RoiManager roiManager() {
+        RoiManager rm = RoiManager.getInstance();
+        return rm == null ? new RoiManager() : rm;
+    }
+
+    /** ROI {@code index[k]} gets stroke colour {@code rgb[k]} and the k-th value of every property. */
+    @SuppressWarnings("unchecked")
+    private static void styleRois(Map<String, Object> style, int[] index, ByteBuffer rgb) {
+        RoiManager rm = roiManager();
+        Map<String, Object> props = (Map<String, Object>) style.get("properties");
+        for (int k = 0; k < index.length; k++) {
+            Roi roi = rm.getRoi(index[k]);
+            roi.setStrokeColor(new Color(rgb.get(3 * k) & 0xff, rgb.get(3 * k + 1) & 0xff, rgb.get(3 * k + 2) & 0xff));
+            if (props != null) {
+                for (Map.Entry<String, Object> e : props.entrySet()) {
+                    roi.setProperty(e.getKey(), String.valueOf(((List<Object>) e.getValue()).get(k)));
+                }
+            }
+        }
+        ImagePlus current = WindowManager.getCurrentImage();
+        if (current != null) {
+            current.updateAndDraw();
+        }
+    }
+
+    @SuppressWarnings("unchecked")
+    private static void showTable(Map<String, Object> table, Map<String, ByteBuffer> arrays) {
+        String title = (String) table.get("title");
+        ResultsTable rt = "Results".equals(title) ? ResultsTable.getResultsTable() : new ResultsTable();
+        rt.reset();
+        for (Object c : (List<Object>) table.get("columns")) {
+            Map<String, Object> col = (Map<String, Object>) c;
+            String cname = (String) col.get("name");
+            if (col.containsKey("array")) {
+                ByteBuffer b = arrays.get((String) col.get("array"));
+                double[] values = new double[b.capacity() / 8];
+                b.asDoubleBuffer().get(values);
+                rt.setValues(cname, values);
+            } else {
+                List<Object> text = (List<Object>) col.get("text");
+                for (int row = 0; row < text.size(); row++) {
+                    rt.setValue(cname, row, String.valueOf(text.get(row)));
+                }
+            }
+        }
+        rt.show(title);
+    }
+
+    /** Writes each file under {@code folder} atomically (a temporary file in the same folder, then a rename). */
+    private static void writeFiles(String folder, List<Object> paths, ByteBuffer bytes, long[] offsets)
+            throws java.io.IOException {
+        Path root = Paths.get(folder).toAbsolutePath().normalize();
+        for (int i = 0; i < paths.size(); i++) {
+            String rel = paths.get(i).toString();
+            Path target = root.resolve(rel).normalize();
+            if (Paths.get(rel).isAbsolute() || !target.startsWith(root) || target.equals(root)) {
+                throw new IllegalArgumentException("the server sent a file path outside " + root + ": " + rel);
+            }
+            byte[] data = new byte[(int) (offsets[i + 1] - offsets[i])];
+            ByteBuffer from = bytes.duplicate();
+            from.position((int) offsets[i]);
+            from.get(data);
+            Files.createDirectories(target.getParent());
+            Path tmp = Files.createTempFile(target.getParent(), "." + target.getFileName(), ".tmp");
+            try {
+                Files.write(tmp, data);
+                Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
         }
     }
 
@@ -343,6 +630,9 @@ public final class IjtorchRemote {
         if ((nc > 1 ? 1 : 0) + (nz > 1 ? 1 : 0) + (nt > 1 ? 1 : 0) > 1) {
             imp.setOpenAsHyperStack(true);
         }
+        if (nc > 1) {  // as IJ.createHyperStack (and ijtorch's numpy_to_imageplus): composite up to MAX_CHANNELS
+            imp = new CompositeImage(imp, nc <= CompositeImage.MAX_CHANNELS ? IJ.COMPOSITE : IJ.COLOR);
+        }
         Map<String, Object> c = (Map<String, Object>) im.get("calibration");
         Calibration cal = imp.getCalibration();
         cal.pixelWidth = ((Number) c.get("pixel_width")).doubleValue();
@@ -374,6 +664,12 @@ public final class IjtorchRemote {
     private static int[] ints(ByteBuffer b) {
         int[] out = new int[b.capacity() / 4];
         b.asIntBuffer().get(out);
+        return out;
+    }
+
+    private static long[] longs(ByteBuffer b) {
+        long[] out = new long[b.capacity() / 8];
+        b.asLongBuffer().get(out);
         return out;
     }
 
@@ -530,6 +826,45 @@ public final class IjtorchRemote {
                 return "null";
             }
             return Double.toString(v);
+        }
+
+        /** JSON text of maps, lists, strings, numbers, booleans and null (anything else as its string). */
+        static String write(Object value) {
+            StringBuilder b = new StringBuilder();
+            write(b, value);
+            return b.toString();
+        }
+
+        private static void write(StringBuilder b, Object v) {
+            if (v == null) {
+                b.append("null");
+            } else if (v instanceof Boolean) {
+                b.append(v.toString());
+            } else if (v instanceof Double || v instanceof Float) {
+                b.append(number(((Number) v).doubleValue()));
+            } else if (v instanceof Number) {
+                b.append(((Number) v).longValue());
+            } else if (v instanceof Map) {
+                b.append('{');
+                boolean first = true;
+                for (Map.Entry<?, ?> e : ((Map<?, ?>) v).entrySet()) {
+                    b.append(first ? "" : ",").append(quote(String.valueOf(e.getKey()))).append(':');
+                    write(b, e.getValue());
+                    first = false;
+                }
+                b.append('}');
+            } else if (v instanceof List) {
+                b.append('[');
+                boolean first = true;
+                for (Object item : (List<?>) v) {
+                    b.append(first ? "" : ",");
+                    write(b, item);
+                    first = false;
+                }
+                b.append(']');
+            } else {
+                b.append(quote(v.toString()));
+            }
         }
     }
 }
