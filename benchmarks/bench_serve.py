@@ -1,16 +1,26 @@
-"""Load test of ``ijtorch serve`` on loopback: throughput, latency, failures and wrong answers.
+"""Load and fault test of ``ijtorch serve`` on loopback: throughput, latency, failures, wrong answers.
 
-Starts real server processes on free loopback ports with a tiny deterministic model (see
-``tests/integration/_serve_model.py``), then
+Starts real server processes on free loopback ports, then
 
-1. batched vs unbatched: the same valid small-image requests against a server with dynamic
-   batching (``--max-batch 8``) and one without (``--max-batch 1``), in this run;
+1. batched vs unbatched: two servers that differ only in ``--max-batch`` (8 vs 1: the same code
+   path, the same model, the same ``--threads``) are alive together and get the same small-image
+   ``/segment`` requests from the same number of clients, in alternating rounds so that load
+   from other processes hits both alike. Prints requests/s and the server's CPU time per request
+   (``/proc``; less sensitive to a busy machine than wall time) for each, and their ratios;
 2. mixed load: ``--clients`` threads x ``--requests`` requests each, mixing valid requests
    (every answer compared with in-process ``segment()`` pixel for pixel), malformed bodies
-   (expect 4xx), oversized bodies (expect 413), unknown models (expect 404) and segmentation jobs
-   that are cancelled right after submission (expect 202, then cancelled or done).
+   (expect 4xx), oversized bodies (expect 413), unknown models (expect 404), segmentation jobs
+   cancelled right after submission (expect 202, then cancelled or done) and requests whose
+   client hangs up before the answer. Prints throughput, p50/p99 latency, failures, wrong
+   answers and the server's RSS after the first tenth of the load (the baseline: model, caches,
+   allocator arenas) and after the run.
 
-Bounded: stops after the request count or ``--time-limit`` seconds, whichever comes first.
+The model is the bundled ``nuclei`` star-convex model (``--model tiny``: the seeded test model
+of ``tests/integration/_serve_model.py``, whose ~50 speckles per 64x64 crop make non-maximum
+suppression, which batching cannot share, most of the work). The comparison's clients use the
+standard library's ``http.client`` (about 0.5 ms of client CPU per request, against several ms
+for ``httpx``): client and server share this machine's cores, so a heavy client would measure
+itself. Bounded: stops after the request counts or ``--time-limit`` seconds for the mixed load.
 
     python3 benchmarks/bench_serve.py --clients 8 --requests 1250
 """
@@ -18,7 +28,10 @@ Bounded: stops after the request count or ``--time-limit`` seconds, whichever co
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -43,105 +56,165 @@ def _crops(image: np.ndarray, n: int, size: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(image[y:y + size, x:x + size]) for y, x in zip(ys, xs)]
 
 
-def _throughput(url: str, crops: list[np.ndarray], clients: int, total: int) -> float:
-    import httpx
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux ``/proc``), or None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
-    from ijtorch.serve._wire import MEDIA_TYPE, encode
 
-    bodies = [encode({"axes": "YX", "model": "tiny"}, {"image": c}) for c in crops]
+def _post_all(url: str, bodies: list[bytes], clients: int, total: int) -> None:
+    """``total`` POST /segment requests from ``clients`` keep-alive connections; each must give 200."""
+    from ijtorch.serve._wire import MEDIA_TYPE
+
+    host, port = url.rsplit("/", 1)[1].split(":")
     counter = iter(range(total))
     lock = threading.Lock()
 
     def worker(_: int) -> None:
-        with httpx.Client(base_url=url, timeout=60) as http:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
             while True:
                 with lock:
                     k = next(counter, None)
                 if k is None:
                     return
-                r = http.post("/segment", content=bodies[k % len(bodies)], headers={"Content-Type": MEDIA_TYPE})
-                r.raise_for_status()
+                conn.request("POST", "/segment", body=bodies[k % len(bodies)], headers={"Content-Type": MEDIA_TYPE})
+                reply = conn.getresponse()
+                reply.read()
+                if reply.status != 200:
+                    raise RuntimeError(f"/segment answered {reply.status}")
+        finally:
+            conn.close()
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
-    return total / (time.perf_counter() - t0)
+
+
+def _compare(folder: Path, common: tuple[str, ...], bodies: list[bytes], clients: int, total: int,
+             rounds: int) -> dict[str, dict[str, float]]:
+    """Batched and unbatched servers side by side, in alternating rounds; rates and CPU per request."""
+    import httpx
+
+    out: dict[str, dict[str, float]] = {}
+    with ServerProcess(folder, *common, "--max-batch", "1") as one, \
+            ServerProcess(folder, *common, "--max-batch", "8") as eight:
+        servers = {"unbatched": one, "batched": eight}
+        for srv in servers.values():  # warm-up: model load, first-call allocations, connections
+            _post_all(srv.url, bodies, clients, 4 * clients)
+        stats = {label: {"seconds": 0.0, "cpu": 0.0, "n": 0} for label in servers}
+        per_round = max(total // rounds, clients)
+        for r in range(rounds):
+            for label in (("unbatched", "batched") if r % 2 == 0 else ("batched", "unbatched")):
+                srv = servers[label]
+                c0, t0 = _cpu_seconds(srv.proc.pid), time.perf_counter()
+                _post_all(srv.url, bodies, clients, per_round)
+                stats[label]["seconds"] += time.perf_counter() - t0
+                c1 = _cpu_seconds(srv.proc.pid)
+                stats[label]["cpu"] = float("nan") if c0 is None or c1 is None else stats[label]["cpu"] + c1 - c0
+                stats[label]["n"] += per_round
+        for label, srv in servers.items():
+            batching = httpx.get(srv.url + "/metrics").json()["batching"]
+            s = stats[label]
+            out[label] = {"rate": s["n"] / s["seconds"], "cpu_ms": 1000 * s["cpu"] / s["n"],
+                          "mean_batch": batching["mean_size"], "largest": batching["largest"]}
+    return out
+
+
+def _hang_up(url: str, body: bytes) -> None:
+    """Send a whole valid request, then close the connection without reading the answer."""
+    from ijtorch.serve._wire import MEDIA_TYPE
+
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST /segment HTTP/1.1\r\nHost: {host}\r\nContent-Type: {MEDIA_TYPE}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=1250, help="requests per client in the mixed load")
-    ap.add_argument("--size", type=int, default=64, help="edge of the small images")
-    ap.add_argument("--compare-requests", type=int, default=600, help="requests per batched/unbatched run")
-    ap.add_argument("--time-limit", type=float, default=240.0, help="seconds for the mixed load at most")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (and for the reference)")
+    ap.add_argument("--sizes", default="40,64,128", help="edges of the small images compared, comma-separated")
+    ap.add_argument("--size", type=int, default=64, help="edge of the images in the mixed load")
+    ap.add_argument("--model", default="nuclei", choices=("nuclei", "tiny"))
+    ap.add_argument("--compare-requests", type=int, default=400, help="requests per mode and size in the comparison")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds the comparison is split into")
+    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the mixed load at most")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the servers (and for the reference)")
     args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
 
     import httpx
     import torch
 
     from ijtorch.io.tiff import read_tiff
-    from ijtorch.serve._wire import MEDIA_TYPE, encode
+    from ijtorch.serve._wire import MEDIA_TYPE, decode, encode
     from ijtorch.tasks.segment import segment
 
     torch.set_num_threads(args.threads)
     image = read_tiff(SHARED / CALIBRATION_IMAGE).data
-    crops = _crops(image, 16, args.size)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         folder = Path(tmp)
-        model = make_tiny_model(folder, image)
-        expected = [segment(c, "YX", model=model, device="cpu").labels for c in crops]
-        common = ("--threads", str(args.threads), "--max-request-mb", "1", "--max-queue", "64")
+        make_tiny_model(folder, image)
+        # --batch-wait-ms 0: adaptive batching (dispatch at once when idle); the same flags in both modes
+        common = ("--threads", str(args.threads), "--max-request-mb", "1", "--max-queue", "64", "--batch-wait-ms", "0")
+        env_models = os.environ.get("IJTORCH_MODELS")
+        os.environ["IJTORCH_MODELS"] = str(folder)  # the reference segment() resolves the same names
 
-        # ---- 1. batched vs unbatched, same requests, same run
-        rates = {}
-        for label, batch in (("unbatched", "1"), ("batched", "8")):
-            with ServerProcess(folder, *common, "--max-batch", batch) as srv:
-                _throughput(srv.url, crops, args.clients, 50)  # warm-up: model load, connections
-                rates[label] = _throughput(srv.url, crops, args.clients, args.compare_requests)
-                if label == "batched":
-                    batching = httpx.get(srv.url + "/metrics").json()["batching"]
-        print(f"small images {args.size}x{args.size}, {args.clients} clients, {args.compare_requests} requests each run:")
-        print(f"  unbatched {rates['unbatched']:.1f} req/s, batched {rates['batched']:.1f} req/s, "
-              f"ratio {rates['batched'] / rates['unbatched']:.2f}x (mean batch {batching['mean_size']:.2f}, "
-              f"largest {batching['largest']})")
+        # ---- 1. batched vs unbatched, same model, requests, clients and threads, same run
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"batched (--max-batch 8) vs unbatched (--max-batch 1): model {args.model}, {args.clients} clients, "
+              f"{args.compare_requests} requests per mode and size in {args.rounds} alternating rounds, "
+              f"torch threads {args.threads}, {os.cpu_count()} CPUs, load average {load:.1f}")
+        for size in sizes:
+            bodies = [encode({"axes": "YX", "model": args.model}, {"image": c}) for c in _crops(image, 16, size)]
+            res = _compare(folder, common, bodies, args.clients, args.compare_requests, args.rounds)
+            u, b = res["unbatched"], res["batched"]
+            print(f"  {size}x{size}: unbatched {u['rate']:.1f} req/s ({u['cpu_ms']:.2f} ms server CPU/req), "
+                  f"batched {b['rate']:.1f} req/s ({b['cpu_ms']:.2f} ms/req, mean batch {b['mean_batch']:.2f}, "
+                  f"largest {b['largest']}): throughput {b['rate'] / u['rate']:.2f}x, "
+                  f"CPU per request {u['cpu_ms'] / b['cpu_ms']:.2f}x less")
 
         # ---- 2. mixed load
-        good = [encode({"axes": "YX", "model": "tiny"}, {"image": c}) for c in crops]
-        malformed = [b"\x00\x01", encode({"axes": "ZYX", "model": "tiny"}, {"image": crops[0]}),
+        crops = _crops(image, 16, args.size)
+        expected = [segment(c, "YX", model=args.model, device="cpu").labels for c in crops]
+        good = [encode({"axes": "YX", "model": args.model}, {"image": c}) for c in crops]
+        malformed = [b"\x00\x01", encode({"axes": "ZYX", "model": args.model}, {"image": crops[0]}),
                      encode({"axes": "YX", "model": "../tiny"}, {"image": crops[0]}),
-                     encode({"axes": "YX", "model": "tiny", "extra": 1}, {"image": crops[0]}),
+                     encode({"axes": "YX", "model": args.model, "extra": 1}, {"image": crops[0]}),
                      good[0][:-7]]
-        oversized = encode({"axes": "YX", "model": "tiny"}, {"image": np.zeros((600, 600), np.float32)})
+        oversized = encode({"axes": "YX", "model": args.model}, {"image": np.zeros((600, 600), np.float32)})
         unknown = encode({"axes": "YX", "model": "nope"}, {"image": crops[0]})
-        job_body = encode({"axes": "TYX", "model": "tiny"}, {"image": np.stack(crops[:4])})
-        kinds = ["valid"] * 80 + ["malformed"] * 8 + ["oversized"] * 4 + ["unknown"] * 3 + ["cancel"] * 5
+        job_body = encode({"axes": "TYX", "model": args.model}, {"image": np.stack(crops[:4])})
+        kinds = ["valid"] * 78 + ["malformed"] * 8 + ["oversized"] * 4 + ["unknown"] * 3 + ["cancel"] * 5 \
+            + ["hang-up"] * 2
         stats = {k: 0 for k in ("sent", "ok", "wrong", "failures", "rejected_503")}
         by_kind: dict[str, int] = {}
         latencies: list[float] = []
         lock = threading.Lock()
+        headers = {"Content-Type": MEDIA_TYPE}
         with ServerProcess(folder, *common, "--max-batch", "8") as srv:
-            rss_before = httpx.get(srv.url + "/metrics").json()["rss_bytes"]
             deadline = time.monotonic() + args.time_limit
 
-            def client(seed: int) -> None:
+            def client(seed: int, n: int) -> None:
                 rnd = random.Random(seed)
                 with httpx.Client(base_url=srv.url, timeout=60) as http:
-                    for _ in range(args.requests):
+                    for _ in range(n):
                         if time.monotonic() > deadline:
                             return
                         kind = rnd.choice(kinds)
                         t0 = time.perf_counter()
                         ok, wrong = False, False
-                        headers = {"Content-Type": MEDIA_TYPE}
+                        r = None
                         try:
                             if kind == "valid":
                                 k = rnd.randrange(len(good))
                                 r = http.post("/segment", content=good[k], headers=headers)
                                 if r.status_code == 200:
-                                    from ijtorch.serve._wire import decode
-
                                     _, arrays = decode(r.content)
                                     ok = True
                                     wrong = not np.array_equal(arrays["labels"], expected[k])
@@ -154,14 +227,17 @@ def main() -> int:
                             elif kind == "unknown":
                                 r = http.post("/segment", content=unknown, headers=headers)
                                 ok = r.status_code == 404
+                            elif kind == "hang-up":
+                                _hang_up(srv.url, good[rnd.randrange(len(good))])
+                                ok = True
                             else:
                                 r = http.post("/jobs/segment", content=job_body, headers=headers)
                                 if r.status_code == 202:
                                     job = r.json()["id"]
                                     c = http.delete(f"/jobs/{job}")
                                     ok = c.status_code in (200, 202)
-                        except httpx.HTTPError:
-                            r = None
+                        except (httpx.HTTPError, OSError):
+                            r, ok = None, False
                         dt = time.perf_counter() - t0
                         with lock:
                             stats["sent"] += 1
@@ -175,24 +251,39 @@ def main() -> int:
                                 stats["failures"] += 1
                             stats["wrong"] += int(wrong)
 
+            # the first tenth of the load is the memory baseline: what a served load keeps for good
+            # (the model, torch's cached scratch memory per batch size, allocator arenas per thread)
+            first = max(1, args.requests // 10)
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
-                list(pool.map(client, range(args.clients)))
+                list(pool.map(client, range(args.clients), [first] * args.clients))
             elapsed = time.perf_counter() - t0
-            time.sleep(0.5)
+            time.sleep(1.0)
+            rss_before = httpx.get(srv.url + "/metrics").json()["rss_bytes"]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(client, range(args.clients, 2 * args.clients), [args.requests - first] * args.clients))
+            elapsed += time.perf_counter() - t0
+            time.sleep(1.0)
             metrics = httpx.get(srv.url + "/metrics").json()
+            alive = srv.proc.poll() is None and httpx.get(srv.url + "/health").status_code == 200
+        if env_models is None:
+            os.environ.pop("IJTORCH_MODELS", None)
+        else:
+            os.environ["IJTORCH_MODELS"] = env_models
         lat = np.array(latencies) * 1000
-        print(f"mixed load: {args.clients} clients x up to {args.requests} requests, {elapsed:.1f} s "
-              f"({'time limit hit' if elapsed >= args.time_limit else 'all sent'})")
+        print(f"mixed load: {args.clients} clients x up to {args.requests} requests, {args.size}x{args.size} images, "
+              f"{elapsed:.1f} s ({'time limit hit' if elapsed >= args.time_limit else 'all sent'})")
         print(f"  sent {stats['sent']} ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))})")
         print(f"  throughput {stats['sent'] / elapsed:.1f} req/s; latency p50 {np.percentile(lat, 50):.1f} ms, "
               f"p99 {np.percentile(lat, 99):.1f} ms")
         print(f"  expected outcome {stats['ok']}, failures {stats['failures']}, wrong answers {stats['wrong']}, "
-              f"503 {stats['rejected_503']}")
+              f"503 {stats['rejected_503']}; server {'alive' if alive else 'DOWN'}")
+        rss_after = metrics["rss_bytes"]
         print(f"  server: batches {metrics['batching']['batches']}, mean batch {metrics['batching']['mean_size']:.2f}, "
-              f"jobs {metrics['jobs']}, RSS {rss_before / 2**20:.0f} MiB before, "
-              f"{metrics['rss_bytes'] / 2**20:.0f} MiB after")
-    return 0 if stats["failures"] == 0 and stats["wrong"] == 0 else 1
+              f"jobs {metrics['jobs']}, RSS {rss_before / 2**20:.0f} MiB after the first {first * args.clients} requests, "
+              f"{rss_after / 2**20:.0f} MiB after the run ({(rss_after - rss_before) / 2**20:+.0f} MiB)")
+    return 0 if stats["failures"] == 0 and stats["wrong"] == 0 and alive else 1
 
 
 if __name__ == "__main__":

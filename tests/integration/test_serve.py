@@ -111,6 +111,25 @@ def test_concurrent_requests_are_batched_and_exact(client, local, image):
     assert after["batches"] - before["batches"] < 24 and after["largest"] > 1, after
 
 
+@pytest.mark.parametrize("shape", [(64, 96), (61, 90)], ids=["multiple-of-4", "padded"])
+def test_one_forward_pass_of_a_batch_equals_segment_per_image(models_dir, local, image, threads, monkeypatch, shape):
+    from ijtorch.models.store import load_model
+    from ijtorch.serve._batched import forward_maps, instances
+
+    model = load_model(models_dir / "tiny", device="cpu")
+    inputs = []
+    forward = model._forward_numpy
+    monkeypatch.setattr(model, "_forward_numpy", lambda batch: inputs.append(batch.shape) or forward(batch))
+    origins = ((0, 0), (100, 100), (150, 0), (0, 200), (190, 250), (50, 60))
+    crops = [image[y:y + shape[0], x:x + shape[1]] for y, x in origins]
+    maps = forward_maps(model, crops)
+    assert len(inputs) == 1 and inputs[0][0] == len(crops)  # one forward pass of a 6-image tensor
+    for crop, m in zip(crops, maps):
+        expected = local(crop, "YX")
+        assert expected.n_objects > 0
+        _assert_same(instances(model, m, None, None, "tiny"), expected)
+
+
 def test_normalize_route_equals_task(client, image):
     from ijtorch.tasks.normalize import normalize
 
@@ -253,6 +272,57 @@ def test_imagej_command_route_runs_the_segment_command_logic(client, local, imag
         assert info.value.status == status and message in info.value.message, info.value.message
     with pytest.raises(ServerError, match="404.*cannot run on this server"):
         client.imagej_command("ijtorch Train Segmentation", "", data, "TZCYX")
+
+
+def test_imagej_catalog_lists_command_inputs_and_macro_functions(server):
+    catalog = httpx.get(server.url + "/imagej/commands").json()
+    assert catalog["inputs"]["ijtorch Classify"] == {"rois": True, "images": ["label_image"]}
+    assert catalog["inputs"]["ijtorch Segment"] == {"rois": False, "images": []}
+    assert set(catalog["commands"]) == set(catalog["inputs"]) and "ijtorch Track" in catalog["commands"]
+    assert catalog["functions"]["ijtorchObjectCount"] == {"args": [18], "remote": True}  # output number
+    assert catalog["functions"]["ijtorchClassifierClasses"] == {"args": [1], "remote": True}  # one string
+
+
+def test_imagej_function_route_runs_the_macro_function(client, models_dir, monkeypatch):
+    import ijtorch
+    from ijtorch.bridge._segment_commands import ijtorch_list_models
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
+    assert client.imagej_function("ijtorchListModels") == ijtorch_list_models()
+    assert client.imagej_function("ijtorchVersion") == ijtorch.__version__
+    assert client.imagej_function("ijtorchObjectCount", values={"n_objects": 17}) == 17.0
+    for args, values, status, message in (
+            (("ijtorchObjectCount",), {}, 422, "no segmentation has run yet in this ImageJ session"),
+            (("ijtorchNope",), {}, 404, "Ext.ijtorchNope is not a macro function of this server"),
+            (("ijtorchClassifierClasses", "/tmp/x"), {}, 422, "no paths"),
+            (("ijtorchClassifierClasses", "nope"), {}, 404, "'nope' is not registered"),
+            (("ijtorchClassifierClasses", "tiny"), {}, 422, "is not a classifier"),
+            (("ijtorchClassifierClasses", 3.0), {}, 422, "argument 'model' must be a string"),
+            (("ijtorchClassifierClasses",), {}, 422, "takes 1 argument(s), got 0")):
+        with pytest.raises(ServerError) as info:
+            client.imagej_function(*args, values=values)
+        assert info.value.status == status and message in info.value.message, info.value.message
+
+
+def test_imagej_command_route_checks_rois_and_extra_images(client, image):
+    data = image[None, None, None, :64, :64]
+    square = np.array([0, 10, 10, 0], np.float32)
+    rois = {"names": ["a"], "types": ["Rectangle"], "area": [True], "groups": [0]}
+    roi_arrays = {"roi_x": square, "roi_y": square[::-1].copy(), "roi_offsets": np.array([0, 4], np.int32),
+                  "roi_c": np.zeros(1, np.int32), "roi_z": np.zeros(1, np.int32), "roi_t": np.zeros(1, np.int32)}
+    cases = [
+        (dict(rois=rois), {**roi_arrays, "roi_offsets": np.array([0, 9], np.int32)}, "roi_offsets rise from 0"),
+        (dict(rois=rois), {k: v for k, v in roi_arrays.items() if k != "roi_t"}, "expected the arrays"),
+        ({}, {"extra": data}, "expected the arrays ['image'], got ['extra', 'image']"),
+        (dict(images={"colour": {"array": "extra", "title": "x"}}), {"extra": data}, "'colour' names no image option"),
+        (dict(images={"label_image": {"array": "lab", "title": "x"}}), {}, "array 'lab' is missing"),
+        (dict(rois={**rois, "groups": []}), roi_arrays, "1 names but {'groups': 0}"),
+        (dict(rois=rois), roi_arrays, "model='tiny' is not a classifier"),  # well-formed: the command runs
+    ]
+    for fields, arrays, message in cases:
+        with pytest.raises(ServerError) as info:
+            client.imagej_command("ijtorch Classify", "model=tiny", data, "TZCYX", extra_arrays=arrays, **fields)
+        assert info.value.status == 422 and message in info.value.message, info.value.message
 
 
 # ------------------------------------------------------------------------------- security

@@ -1,10 +1,13 @@
 """One forward pass over a batch of same-shaped 2D images for a star-convex model.
 
-:func:`segment_batch` gives, for every image, what :func:`ijtorch.tasks.segment.segment` gives for
-a ``YX`` image that fits in one tile (``max(Y, X) <= tile_size``): the same normalisation, the
-same padding to the network's size multiple, the same thresholds and non-maximum suppression,
-the same label dtype rule. Only the network call is shared. Larger images are not batchable and
-go through ``segment`` itself.
+The server splits segmentation of a small ``YX`` image into the part a batch shares and the part
+it cannot: :func:`forward_maps` (normalise, pad, one network call for the whole batch) runs on
+the inference thread; :func:`instances` (thresholds, non-maximum suppression, label rendering)
+runs per image on another thread, so the next batch's forward pass does not wait behind it.
+Together they give what :func:`ijtorch.tasks.segment.segment` gives for a ``YX`` image that fits
+in one tile (``max(Y, X) <= tile_size``): the same normalisation, the same padding to the
+network's size multiple, the same thresholds and non-maximum suppression, the same label dtype
+rule. Larger images are not batchable and go through ``segment`` itself.
 
 CPU convolutions may pick a different algorithm for a batch than for one image, so probabilities
 can differ in the last float bit (about 1e-6) from a lone ``segment`` call; labels only change
@@ -15,12 +18,22 @@ when a value sits that close to a threshold. ``tests/integration/test_serve.py``
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["batchable", "segment_batch"]
+__all__ = ["Maps", "batchable", "forward_maps", "instances"]
+
+
+@dataclass(frozen=True)
+class Maps:
+    """Network output for one image of a batch: probability ``(Y, X)``, distances ``(Y, X, n_rays)``."""
+
+    prob: np.ndarray
+    dist: np.ndarray
+    seconds: float  # this image's share of the batch's forward pass
 
 
 def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
@@ -33,58 +46,44 @@ def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
     return tiles == padded
 
 
-def segment_batch(model: Any, images: Sequence[np.ndarray], thresholds: Sequence[tuple[float | None, float | None]],
-                  *, model_name: str, deliver: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Segment same-shaped ``YX`` images in one forward pass; returns a ``SegmentationResult`` each.
+def forward_maps(model: Any, images: Sequence[np.ndarray]) -> list[Maps]:
+    """Probability and distance maps of same-shaped ``YX`` images from one forward pass.
 
-    Parameters
-    ----------
-    model
-        A loaded :class:`ijtorch.models.stardist_model.StarDistModel`.
-    images
-        2D images of one shape, each batchable (see :func:`batchable`).
-    thresholds
-        ``(prob_threshold, nms_threshold)`` per image; ``None`` takes the model's tuned value.
-    model_name
-        Name recorded in the results.
-    deliver
-        Called as ``deliver(k, result)`` as soon as image ``k`` is done (its NMS ran), so a server
-        can answer early items of a batch while later ones are post-processed.
+    ``model`` is a loaded :class:`ijtorch.models.stardist_model.StarDistModel`; every image must
+    be batchable (see :func:`batchable`). The maps are views into the batch's output array.
     """
-    from ijtorch.models import stardist as sd
-    from ijtorch.tasks.segment import SegmentationResult
-
     t0 = time.monotonic()
     shape = images[0].shape
     if any(im.shape != shape for im in images):
-        raise ValueError("segment_batch needs images of one shape")
+        raise ValueError("forward_maps needs images of one shape")
     mult = model.net.size_multiple()
     padded = [max(int(np.ceil(s / m) * m), 1) for s, m in zip(shape, mult)]
     pads = [(0, p - s) for p, s in zip(padded, shape)]
     mode = "reflect" if all(p[1] < s for p, s in zip(pads, shape)) else "constant"
-    batch = []
-    for im in images:
+    batch = np.empty((len(images), 1, *padded), np.float32)
+    for k, im in enumerate(images):
         x = model.normalize(im)[None]  # (1, Y, X) as predict_tiled sees it
-        if any(p[1] for p in pads):
-            x = np.pad(x, [(0, 0)] + pads, mode=mode)
-        batch.append(x)
-    out = model._forward_numpy(np.stack(batch).astype(np.float32, copy=False))
+        batch[k] = np.pad(x, [(0, 0)] + pads, mode=mode) if any(p[1] for p in pads) else x
+    out = model._forward_numpy(batch)
     out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)]
-    grid = int(model.config.get("grid", 1))
-    seconds_net = time.monotonic() - t0
-    results = []
-    for k, (pt, nt) in enumerate(thresholds):
-        t1 = time.monotonic()
-        pt = model.thresholds["prob"] if pt is None else float(pt)
-        nt = model.thresholds["nms"] if nt is None else float(nt)
-        prob, dist = out[k, 0], np.moveaxis(out[k, 1:], 0, -1)
-        lab, _ = sd.instances_from_maps(prob, dist, prob_threshold=pt, nms_threshold=nt, grid=grid, dtype=np.int64)
-        n = int(lab.max()) if lab.size else 0
-        dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-        results.append(SegmentationResult(
-            labels=lab.astype(dtype), axes="YX", n_objects=n, model=Path(model_name).name, prob_threshold=pt,
-            nms_threshold=nt, seconds=seconds_net / len(images) + time.monotonic() - t1, device=model.device,
-            objects_per_plane=(n,)))
-        if deliver is not None:
-            deliver(k, results[-1])
-    return results
+    share = (time.monotonic() - t0) / len(images)
+    return [Maps(out[k, 0], np.moveaxis(out[k, 1:], 0, -1), share) for k in range(len(images))]
+
+
+def instances(model: Any, maps: Maps, prob_threshold: float | None, nms_threshold: float | None,
+              model_name: str) -> Any:
+    """The ``SegmentationResult`` of one image's maps (``None`` thresholds take the model's tuned values)."""
+    from ijtorch.models import stardist as sd
+    from ijtorch.tasks.segment import SegmentationResult
+
+    t0 = time.monotonic()
+    pt = model.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
+    nt = model.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
+    lab, _ = sd.instances_from_maps(maps.prob, maps.dist, prob_threshold=pt, nms_threshold=nt,
+                                    grid=int(model.config.get("grid", 1)), dtype=np.int64)
+    n = int(lab.max()) if lab.size else 0
+    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    return SegmentationResult(labels=lab.astype(dtype), axes="YX", n_objects=n, model=Path(model_name).name,
+                              prob_threshold=pt, nms_threshold=nt, seconds=maps.seconds + time.monotonic() - t0,
+                              device=model.device, objects_per_plane=(n,))
+

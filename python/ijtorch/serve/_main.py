@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "503 + Retry-After (default 64)")
     p.add_argument("--max-request-mb", type=float, default=256.0, help="largest request body in MiB (default 256)")
     p.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch; 1 switches batching off")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for batch company")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="extra wait for batch company while the server is busy (an idle server answers at once)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 

@@ -14,8 +14,9 @@ Routes (binary bodies use the format of :mod:`ijtorch.serve._wire`; JSON elsewhe
 ``/jobs/track``        POST    202 + job id: tracking (segment every frame, link)
 ``/jobs/{id}``         GET     status and progress; ``DELETE`` cancels
 ``/jobs/{id}/result``  GET     the finished job's reply
-``/imagej/commands``   GET     remote-capable ImageJ commands with their dialog specs
+``/imagej/commands``   GET     remote-capable ImageJ commands (dialog specs, inputs) and macro functions
 ``/imagej/command``    POST    run an ImageJ command for a remote Fiji (``IjtorchRemote``)
+``/imagej/function``   POST    run an ``Ext.ijtorch…`` macro function for a remote Fiji
 =====================  ======  =============================================================
 
 Status codes: 400 malformed message, 401 missing/wrong token, 404 unknown model or job,
@@ -64,7 +65,7 @@ class ServerConfig:
     max_queue: int = 64
     max_request_mb: float = 256.0
     max_batch: int = 8
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0  # extra wait for batch company while the pipeline is busy, never when idle
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
@@ -107,6 +108,7 @@ class TrackRequest(_Req):
     max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement")
     max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged")
     divisions: bool = Field(False, description="detect divisions")
+    fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
 
 
 class ClassifyRequest(BaseModel):
@@ -126,6 +128,16 @@ class ImageJRequest(BaseModel):
     title: str = Field("", description="title of the current image")
     axes: str = Field("TZCYX", description="axes of the image array")
     calibration: dict[str, Any] | None = None
+    image_path: str = Field("", description="file the image was opened from on the client, or ''")
+    rois: dict[str, Any] | None = Field(None, description="the ROI Manager's ROIs (commands that read them)")
+    images: dict[str, dict[str, Any]] | None = Field(None, description="open images named by options")
+
+
+class ImageJFunctionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., description="macro function name, e.g. 'ijtorchListModels'")
+    args: list[str | float] = Field(default_factory=list, description="the macro arguments")
+    values: dict[str, Any] = Field(default_factory=dict, description="the client ImageJ's session values")
 
 
 def _parse(model: type[BaseModel], header: dict[str, Any]) -> Any:
@@ -172,9 +184,11 @@ class Server:
         self.models = ModelNames()
         self.admission = Admission(config.max_queue)
         self.infer = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-infer")
+        # per-image post-processing (NMS, labels) of batched requests: overlaps the next forward pass
+        self.post = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-post")
         self.jobs_executor = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-jobs")
-        self.batcher = DynamicBatcher(self._run_segment_batch, self.infer, max_batch=config.max_batch,
-                                      wait_s=config.batch_wait_ms / 1000)
+        self.batcher = DynamicBatcher(self._forward_segment_batch, self.infer, finish_executor=self.post,
+                                      max_batch=config.max_batch, wait_s=config.batch_wait_ms / 1000)
         self.jobs = JobManager(self.jobs_executor, self.admission)
         self.metrics = Metrics()
         self.max_bytes = int(config.max_request_mb * (1 << 20))
@@ -211,17 +225,14 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(self.infer, self.load, path)
 
     # ---- segmentation
-    def _run_segment_batch(self, key: tuple, payloads: list, deliver: Callable[[int, Any], None]) -> None:
-        from ._batched import segment_batch
+    def _forward_segment_batch(self, key: tuple, planes: list) -> list:
+        from ._batched import forward_maps
 
-        path = key[0]
-        model = self.load(path)  # an exception here reaches every request of the batch
-        segment_batch(model, [p[0] for p in payloads], [(p[1], p[2]) for p in payloads], model_name=path,
-                      deliver=deliver)
+        return forward_maps(self.load(key[0]), planes)  # an exception reaches every request of the batch
 
     async def segment(self, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
         from ..tasks.segment import _pick_channel, segment
-        from ._batched import batchable
+        from ._batched import batchable, instances
 
         path = self.model_path(req.model)
         if "S" in axes:
@@ -236,7 +247,8 @@ class Server:
         model = await self.load_async(path)
         if plane_axes == "YX" and batchable(model, plane.shape, req.tile_size):
             key = (path, plane.shape, str(plane.dtype))
-            return await self.batcher.submit(key, (plane, req.prob_threshold, req.nms_threshold))
+            return await self.batcher.submit(key, plane, finish=lambda maps: instances(
+                model, maps, req.prob_threshold, req.nms_threshold, path))
         return await loop.run_in_executor(self.infer, lambda: segment(
             data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
@@ -410,7 +422,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             raise HTTPError(422, f"axes={axes!r}: a label stack has no channel axis")
         path = None if req.is_labels else srv.model_path(req.model)
         calibration = _calibration(req.calibration)
-        params = TrackingParams(max_distance=req.max_distance, max_gap=req.max_gap, allow_splitting=req.divisions)
+        params = TrackingParams(max_distance=req.max_distance, max_gap=req.max_gap, allow_splitting=req.divisions,
+                                fill_gaps=req.fill_gaps)
 
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
             labels, label_axes, intensity = data, axes, None
@@ -458,33 +471,47 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ---- ImageJ commands for remote Fiji
     async def imagej_commands(request: Request) -> Response:
-        from ..bridge._options import dialog_spec
-        from ._imagej import remote_commands
+        from ._imagej import command_catalog
 
-        return JSONResponse({"commands": {n: dialog_spec(c.params) for n, c in remote_commands().items()}})
+        return JSONResponse(command_catalog())
 
     async def imagej_command(request: Request) -> Response:
+        from ..bridge._commands import registered_commands
         from ..bridge._options import params_from_options
-        from ..image import Image
-        from ._imagej import outputs_to_wire, remote_commands
+        from ._imagej import command_inputs, outputs_to_wire, remote_commands
 
         header, arrays = await read(request)
         req = _parse(ImageJRequest, header)
         commands = remote_commands()
         if req.command not in commands:
-            raise HTTPError(404, f"command {req.command!r} cannot run on this server; available: {sorted(commands)}")
+            why = ": it needs in-process Python (a Fiji started from Python with ijtorch)" \
+                if req.command in registered_commands() else ""
+            raise HTTPError(404, f"command {req.command!r} cannot run on this server{why}; available: {sorted(commands)}")
         spec = commands[req.command]
-        data, axes = _image(arrays, req.axes)
-        # ImageJ's own layout: TZCYX with length-1 axes dropped (as imageplus_to_numpy gives it)
-        keep = [i for i, a in enumerate(axes) if a in "YXS" or data.shape[i] > 1]
-        data = data.reshape([data.shape[i] for i in keep])
-        axes = "".join(axes[i] for i in keep)
         params = params_from_options(spec.params, req.options, command=req.command)
-        if spec.model_option:
-            srv.model_path(getattr(params, spec.model_option))  # registered names only, never paths
-        image = Image(data=data, axes=axes, calibration=_calibration(req.calibration), title=req.title)
-        outputs = await asyncio.get_running_loop().run_in_executor(srv.infer, spec.compute, image, params)
-        return _binary(*outputs_to_wire(outputs))
+        if spec.check is not None:
+            spec.check(params)
+        model = spec.model(params)
+        if model is not None:
+            srv.model_path(model)  # registered names only, never paths
+        inputs = command_inputs(req, arrays, spec)
+        reply = await asyncio.get_running_loop().run_in_executor(
+            srv.infer, lambda: outputs_to_wire(spec.compute(inputs, params)))
+        return _binary(*reply)
+
+    async def imagej_function(request: Request) -> Response:
+        from ._imagej import call_function
+
+        header, arrays = await read(request)
+        req = _parse(ImageJFunctionRequest, header)
+        if arrays:
+            raise HTTPError(422, f"a macro function call carries no arrays, got {sorted(arrays)}")
+        try:  # not on the inference thread: these are quick and must not wait behind long commands
+            reply = await asyncio.get_running_loop().run_in_executor(
+                None, call_function, req.name, req.args, req.values, srv.model_path)
+        except LookupError as exc:
+            raise HTTPError(404, str(exc.args[0]) if exc.args else str(exc)) from None
+        return _binary(reply)
 
     routes = [
         Route("/health", route(health), methods=["GET"]),
@@ -500,6 +527,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         Route("/jobs/{job_id}/result", route(job_result), methods=["GET"]),
         Route("/imagej/commands", route(imagej_commands), methods=["GET"]),
         Route("/imagej/command", route(imagej_command, admit=True), methods=["POST"]),
+        Route("/imagej/function", route(imagej_function, admit=True), methods=["POST"]),
     ]
 
     @asynccontextmanager
@@ -512,6 +540,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         yield
         await srv.batcher.stop()
         srv.infer.shutdown(wait=False, cancel_futures=True)
+        srv.post.shutdown(wait=False, cancel_futures=True)
         srv.jobs_executor.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -559,4 +588,5 @@ class _Guard:
 
 
 _KNOWN_PATHS = {"/health", "/metrics", "/models", "/segment", "/normalize", "/classify", "/restore", "/jobs/segment",
-                "/jobs/track", "/jobs/{id}", "/imagej/commands", "/imagej/command"}
+                "/jobs/track", "/jobs/{id}", "/imagej/commands", "/imagej/command",
+                "/imagej/function"}
