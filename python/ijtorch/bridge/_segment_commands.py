@@ -83,22 +83,15 @@ def segment_imageplus(ctx: CommandContext, imp, p: SegmentParams):
 
     image = imageplus_to_numpy(imp)
     result, outputs = segment_outputs(image, p, command=ctx.command, progress=_progress_to_imagej(ctx))
-    shown = apply_outputs(outputs)
     ctx.progress(1, 1)
-    from jpype import JClass
-
-    JClass("ij.IJ").showStatus(outputs.status)
+    shown = apply_outputs(outputs)
     return result, (shown[0] if shown else None)
-
-
-_last_result: dict = {}
 
 
 @command("ijtorch Segment", params=SegmentParams)
 def segment_command(ctx: CommandContext, p: SegmentParams) -> None:
-    """Instance segmentation of the current image (2D, z-stack plane by plane, time-lapse frame by frame)."""
-    result, _ = segment_imageplus(ctx, ctx.current_image(), p)
-    _last_result["n_objects"] = result.n_objects
+    """Instance segmentation of the current image: 2D, z-stack (3D model: one volume; 2D: per plane), time-lapse."""
+    segment_imageplus(ctx, ctx.current_image(), p)
 
 
 class TrainSource(str, Enum):
@@ -115,7 +108,7 @@ class TrainSegmentationParams(BaseModel):
     base_model: str = Field("", description="fine-tune from this model (e.g. nuclei); empty = from scratch")
     epochs: int = Field(10, ge=1, description="training epochs")
     steps: int = Field(50, ge=1, description="steps per epoch")
-    patch_size: int = Field(128, ge=32, description="training patch size in pixels")
+    patch_size: int = Field(0, ge=0, description="training patch size in pixels (0 = the method's default: 128 in 2D, 96 in 3D)")
 
 
 @command("ijtorch Train Segmentation", params=TrainSegmentationParams)
@@ -141,7 +134,7 @@ def train_segmentation_command(ctx: CommandContext, p: TrainSegmentationParams) 
             raise IjtorchError("source=folders needs images=[folder] and labels=[folder]")
         images_arg, labels_arg, val_fraction = p.images, p.labels, 0.15
     summary = train_segmentation(images_arg, labels_arg, output=output, base_model=p.base_model or None,
-                                 epochs=p.epochs, steps_per_epoch=p.steps, patch_size=p.patch_size,
+                                 epochs=p.epochs, steps_per_epoch=p.steps, patch_size=p.patch_size or None,
                                  val_fraction=val_fraction, progress=_progress_to_imagej(ctx))
     from jpype import JClass
 
@@ -182,7 +175,7 @@ def evaluate_command(ctx: CommandContext, p: EvaluateParams) -> None:
     results_table(columns, title="Evaluation")
 
 
-@macro_function("ijtorchListModels")
+@macro_function("ijtorchListModels", remote=True)
 def ijtorch_list_models() -> str:
     """Ext.ijtorchListModels(): comma-separated names of bundled and user models."""
     from ..models.store import list_models
@@ -190,9 +183,9 @@ def ijtorch_list_models() -> str:
     return ",".join(m["name"] for m in list_models())
 
 
-@macro_function("ijtorchObjectCount", returns="number")
+@macro_function("ijtorchObjectCount", returns="number", remote=True)
 def ijtorch_object_count() -> int:
     """Ext.ijtorchObjectCount(n): sets n to the object count of the last ijtorch Segment run."""
-    if "n_objects" not in _last_result:
-        raise IjtorchError("no segmentation has run yet in this ImageJ session")
-    return _last_result["n_objects"]
+    from ._outputs import session_value
+
+    return int(session_value("n_objects", "no segmentation has run yet in this ImageJ session"))

@@ -6,8 +6,8 @@ exceeds a threshold (on a ``grid``-subsampled lattice), suppresses overlapping p
 IoU in order of probability (:func:`polygon_nms`) and renders the survivors into a label map
 (:func:`polygons_to_labels`).
 
-Only 2D models are implemented. 3D stacks (``ZYX``) are segmented plane by plane by
-:func:`ijtorch.tasks.segment.segment`; a 3D star-convex polyhedron model is not implemented.
+This module is 2D; star-convex polyhedra for 3D volumes are in :mod:`ijtorch.models.stardist3d`.
+With a 2D model, :func:`ijtorch.tasks.segment.segment` segments ``ZYX`` stacks plane by plane.
 
 Conventions: ray ``k`` has angle ``phi_k = 2*pi*k/n_rays``; its vertex is
 ``(y + d_k * sin(phi_k), x + d_k * cos(phi_k))``.
@@ -84,10 +84,11 @@ def star_distances(labels: np.ndarray, n_rays: int = 32) -> np.ndarray:
     return out
 
 
-def object_probabilities(labels: np.ndarray) -> np.ndarray:
+def object_probabilities(labels: np.ndarray, sampling: tuple[float, ...] | None = None) -> np.ndarray:
     """Per-object Euclidean distance transform divided by the object's maximum (float32 in [0, 1]).
 
     Pixels outside the image count as background, so objects cut by the border peak at the border.
+    ``sampling`` is the pixel/voxel size per axis (anisotropic 3D volumes); ``None`` means 1.
     """
     out = np.zeros(labels.shape, np.float32)
     for lab, sl in enumerate(ndi.find_objects(labels), start=1):
@@ -95,7 +96,7 @@ def object_probabilities(labels: np.ndarray) -> np.ndarray:
             continue
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         mask = labels[sl] == lab
-        edt = ndi.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * labels.ndim]
+        edt = ndi.distance_transform_edt(np.pad(mask, 1), sampling=sampling)[(slice(1, -1),) * labels.ndim]
         m = edt.max()
         if m > 0:
             out[sl][mask] = (edt[mask] / m).astype(np.float32)

@@ -45,11 +45,14 @@ class StarDistModel:
         Device the network runs on.
     """
 
+    model_type = MODEL_TYPE
+    axes = "YX"
+
     def __init__(self, net: Any, config: dict[str, Any], *, device: str = "cpu") -> None:
         self.net = net.to(device).eval()
         self.config = dict(config)
-        self.config.setdefault("model_type", MODEL_TYPE)
-        self.config.setdefault("axes", "YX")
+        self.config.setdefault("model_type", self.model_type)
+        self.config.setdefault("axes", self.axes)
         self.config.setdefault("normalization", {"method": "percentile", "low": 1.0, "high": 99.8})
         self.config.setdefault("thresholds", dict(DEFAULT_THRESHOLDS))
         self.config.setdefault("grid", 2)
@@ -60,11 +63,16 @@ class StarDistModel:
     @classmethod
     def from_model_dir(cls, md: ModelDir, *, device: str = "cpu") -> "StarDistModel":
         """Build from a loaded :class:`~ijtorch.models.store.ModelDir`."""
-        if md.config.get("model_type") != MODEL_TYPE:
-            raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        net = sd.StarDistNet(**md.config["architecture"])
+        if md.config.get("model_type") != cls.model_type:
+            raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {cls.model_type!r}")
+        net = cls.build_net(md.config["architecture"])
         net.load_state_dict(md.state_dict)
         return cls(net, md.config, device=device)
+
+    @staticmethod
+    def build_net(architecture: dict[str, Any]) -> Any:
+        """The (untrained) network described by a config's ``architecture`` entry."""
+        return sd.StarDistNet(**architecture)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> "StarDistModel":
@@ -135,10 +143,17 @@ class StarDistModel:
         prob, dist = self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
                                        batch_size=batch_size, progress=progress, cancel=cancel)
         emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
-        labels, details = sd.instances_from_maps(prob, dist, prob_threshold=pt, nms_threshold=nt,
-                                                 grid=int(self.config.get("grid", 1)), dtype=dtype)
+        labels, details = self.instances_from_maps(prob, dist, image.shape, prob_threshold=pt, nms_threshold=nt,
+                                                   dtype=dtype)
         emit(progress, ProgressEvent("nms", 1, 1, f"{len(details['prob'])} objects"))
         return labels, details
+
+    def instances_from_maps(self, prob: np.ndarray, dist: np.ndarray, shape: tuple[int, ...], *,
+                            prob_threshold: float, nms_threshold: float,
+                            dtype: Any = np.int32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Label map of shape ``shape`` from :meth:`predict_maps` output (NMS and rendering)."""
+        return sd.instances_from_maps(prob, dist, prob_threshold=prob_threshold, nms_threshold=nms_threshold,
+                                      grid=int(self.config.get("grid", 1)), dtype=dtype)
 
     # --------------------------------------------------------- thresholds
     def optimize_thresholds(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
@@ -150,14 +165,13 @@ class StarDistModel:
         Counts are pooled over all validation images at ``iou_threshold``. The best pair is stored
         in ``config["thresholds"]`` and returned with its score.
         """
-        maps = [self.predict_maps(im) for im in images]
+        maps = [(self.predict_maps(im), im.shape) for im in images]
         best: tuple[float, float, float] = (-1.0, DEFAULT_THRESHOLDS["prob"], DEFAULT_THRESHOLDS["nms"])
         combos = [(p, n) for p in prob_thresholds for n in nms_thresholds]
         for ci, (p, n) in enumerate(combos):
             tp = fp = fn = 0
-            for (prob, dist), gt in zip(maps, labels):
-                pred, _ = sd.instances_from_maps(prob, dist, prob_threshold=p, nms_threshold=n,
-                                                 grid=int(self.config.get("grid", 1)))
+            for ((prob, dist), shape), gt in zip(maps, labels):
+                pred, _ = self.instances_from_maps(prob, dist, shape, prob_threshold=p, nms_threshold=n)
                 a, b, c = sd.match_counts(gt, pred, (iou_threshold,))[iou_threshold]
                 tp, fp, fn = tp + a, fp + b, fn + c
             score = tp / max(tp + fp + fn, 1)

@@ -231,6 +231,10 @@ def _builtin_builders() -> None:
         from .stardist_model import StarDistModel
 
         register_model_type("stardist2d", lambda md, dev: StarDistModel.from_model_dir(md, device=dev))
+    if "stardist3d" not in _BUILDERS:
+        from .stardist3d_model import StarDist3DModel
+
+        register_model_type("stardist3d", lambda md, dev: StarDist3DModel.from_model_dir(md, device=dev))
     if "unet_watershed" not in _BUILDERS:
         from .unet_watershed import from_model_dir
 

@@ -6,16 +6,19 @@ summary dict. Both are used by the CLI and the ImageJ commands; neither touches 
 
 Axes
 ----
-``YX`` images are segmented directly. With a 2D model, ``ZYX`` stacks are segmented plane by plane
-(objects are not linked across planes) and ``T`` axes frame by frame. A ``C`` axis needs
-``channel=`` unless it has length 1. Labels are unique across the whole output: plane ``k`` uses
-labels after those of planes ``0..k-1``.
+The model's ``axes`` decide: a 2D model (``YX``) segments ``YX`` images directly, ``ZYX`` stacks
+plane by plane (objects are not linked across planes) and ``T`` axes frame by frame; a 3D model
+(``ZYX``, star-convex polyhedra) segments each z-stack as one volume (frame by frame when there is
+a ``T`` axis) and refuses images without a ``Z`` axis. A ``C`` axis needs ``channel=`` unless it
+has length 1. Labels are unique across the whole output: plane (or volume) ``k`` uses labels after
+those of ``0..k-1``.
 
 Tiling
 ------
 Probability and distance maps are predicted in overlapping tiles that are stitched before
 non-maximum suppression, so objects are never split at tile seams (``overlap`` must exceed the
-largest object's diameter; the default 96 px suits nuclei at DSB scale).
+largest object's diameter; the 2D default 96 px suits nuclei at DSB scale, 3D models store their
+own tile shape and overlap, set at training from the objects' extents).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class SegmentationResult:
     device : str
         Device the network ran on.
     objects_per_plane : tuple of int
-        Object counts per 2D plane, in C order of the non-YX axes.
+        Object counts per 2D plane (per volume with a 3D model), in C order of the other axes.
     """
 
     labels: np.ndarray
@@ -98,8 +101,8 @@ def segment(
     channel: int | None = None,
     prob_threshold: float | None = None,
     nms_threshold: float | None = None,
-    tile_size: int = 512,
-    overlap: int = 96,
+    tile_size: int | None = None,
+    overlap: int | None = None,
     device: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -119,10 +122,12 @@ def segment(
         Channel index when ``axes`` contains ``C`` with more than one channel.
     prob_threshold, nms_threshold : float, optional
         Override the model's tuned thresholds (in [0, 1]).
-    tile_size : int
-        Tile edge in pixels for tiled prediction (bigger is faster, needs more memory).
-    overlap : int
-        Tile overlap in pixels; must exceed the largest object's diameter.
+    tile_size : int, optional
+        Tile edge in pixels (voxels along every axis for a 3D model) for tiled prediction (bigger is
+        faster, needs more memory); default: 512 for 2D models, the model's stored tiling for 3D.
+    overlap : int, optional
+        Tile overlap in pixels; must exceed the largest object's diameter; default: 96 for 2D
+        models, the model's stored overlap for 3D.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     progress : callable, optional
@@ -147,32 +152,38 @@ def segment(
     for arg, v in (("prob_threshold", prob_threshold), ("nms_threshold", nms_threshold)):
         if v is not None and not 0 <= float(v) <= 1:
             raise ValueError(f"{arg}={v!r}: expected None or a float in [0, 1]")
-    if not isinstance(tile_size, (int, np.integer)) or tile_size < 32:
-        raise ValueError(f"tile_size={tile_size!r}: expected an integer >= 32")
-    if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap={overlap!r}: expected an integer in [0, tile_size)")
+    if tile_size is not None and (not isinstance(tile_size, (int, np.integer)) or tile_size < 32):
+        raise ValueError(f"tile_size={tile_size!r}: expected None or an integer >= 32")
+    if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 512)):
+        raise ValueError(f"overlap={overlap!r}: expected None or an integer in [0, tile_size)")
     data, axes = _pick_channel(data, axes, channel)
     net = load_model(model, device=device)
-    if net.config.get("axes", "YX") != "YX":
-        raise ValueError(f"model={str(model)!r} expects axes {net.config.get('axes')!r}; only 2D (YX) models are supported")
+    model_axes = net.config.get("axes", "YX")
+    if model_axes not in ("YX", "ZYX"):
+        raise ValueError(f"model={str(model)!r} expects axes {model_axes!r}; supported are 2D (YX) and 3D (ZYX) models")
+    if model_axes == "ZYX" and "Z" not in axes:
+        raise ValueError(f"model={str(model)!r} is a 3D (ZYX) model but axes={axes!r} has no Z axis; "
+                         "segment a z-stack or choose a 2D model")
     pt = net.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
     nt = net.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
+    tiling = {k: int(v) for k, v in (("tile_size", tile_size), ("overlap", overlap)) if v is not None}
 
-    outer = "".join(a for a in "TZ" if a in axes)
-    canonical = outer + "YX"
+    outer = "".join(a for a in "TZ" if a in axes and a not in model_axes)
+    canonical = outer + model_axes
     perm = [axes.index(a) for a in canonical]
     stack = np.transpose(data, perm)
     outer_shape = stack.shape[: len(outer)]
-    planes = stack.reshape((-1,) + stack.shape[-2:])
+    planes = stack.reshape((-1,) + stack.shape[len(outer):])
     results = []
     offset = 0
     counts = []
+    unit = "volume" if model_axes == "ZYX" else "plane"
     for k, plane in enumerate(planes):
         if cancel is not None and cancel():
             raise InterruptedError("segmentation cancelled")
-        emit(progress, ProgressEvent("plane", k, len(planes), f"plane {k + 1}/{len(planes)}"))
-        lab, _ = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, tile_size=int(tile_size),
-                                       overlap=int(overlap), progress=progress, cancel=cancel, dtype=np.int64)
+        emit(progress, ProgressEvent("plane", k, len(planes), f"{unit} {k + 1}/{len(planes)}"))
+        lab, _ = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, progress=progress, cancel=cancel,
+                                       dtype=np.int64, **tiling)
         n = int(lab.max())
         lab[lab > 0] += offset
         offset += n
@@ -180,7 +191,7 @@ def segment(
         results.append(lab)
     emit(progress, ProgressEvent("plane", len(planes), len(planes), "done"))
     dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
-    labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[-2:])
+    labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
     labels = np.transpose(labels, np.argsort(perm))
     name = Path(str(model)).name
     seconds = time.monotonic() - t0
@@ -200,12 +211,13 @@ def _as_pairs(images: Any, labels: Any, axes: str) -> list:
         raise TypeError("images and labels must both be folders or both be sequences of arrays")
     if len(images) != len(labels):
         raise ValueError(f"images has {len(images)} items but labels has {len(labels)}")
+    axes = axes.upper() if isinstance(axes, str) else axes
     pairs = []
     for i, (im, lab) in enumerate(zip(images, labels)):
         im, lab = np.asarray(im), np.asarray(lab)
         check_axes(axes, im.ndim, arg_name="axes")
-        if axes != "YX":
-            raise ValueError(f"axes={axes!r}: training needs 2D images with axes 'YX'")
+        if axes not in ("YX", "ZYX"):
+            raise ValueError(f"axes={axes!r}: training needs 2D images with axes 'YX' or z-stacks with axes 'ZYX'")
         if im.shape != lab.shape:
             raise ValueError(f"item {i}: image shape {im.shape} differs from labels shape {lab.shape}")
         if not np.issubdtype(lab.dtype, np.integer):
@@ -224,8 +236,8 @@ def train_segmentation(
     base_model: str | os.PathLike | None = None,
     epochs: int = 20,
     steps_per_epoch: int = 100,
-    batch_size: int = 8,
-    patch_size: int = 128,
+    batch_size: int | None = None,
+    patch_size: int | Sequence[int] | None = None,
     val_fraction: float = 0.15,
     seed: int = 0,
     device: str = "auto",
@@ -241,7 +253,10 @@ def train_segmentation(
     ----------
     images, labels
         Folders of same-named TIFFs (``labels=None`` if ``images`` holds ``images/`` and
-        ``labels/``), or equal-length sequences of 2D arrays (``axes="YX"``).
+        ``labels/``), or equal-length sequences of arrays with ``axes`` ``"YX"`` or ``"ZYX"``.
+        2D items train a 2D model; 3D items (z-stacks; 3D TIFFs in folders are taken as ``ZYX``)
+        train a 3D star-convex polyhedron model
+        (:func:`ijtorch.train.stardist3d_train.train_stardist3d`).
     method : {"stardist"}
         Model family.
     output : path
@@ -249,7 +264,9 @@ def train_segmentation(
     base_model : name or path, optional
         Fine-tune from this model directory.
     epochs, steps_per_epoch, batch_size, patch_size, val_fraction, seed, device, resume, time_limit_s
-        See :func:`ijtorch.train.stardist_train.train_stardist`; ``**options`` are passed through.
+        See :func:`ijtorch.train.stardist_train.train_stardist` (3D: ``train_stardist3d``);
+        ``batch_size`` and ``patch_size`` default to the trainer's own (8 and 128 in 2D, 2 and 96
+        in 3D); ``**options`` are passed through.
 
     Returns
     -------
@@ -258,10 +275,15 @@ def train_segmentation(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: accepted values are {METHODS}")
+    from ijtorch.train.stardist3d_train import train_stardist3d
     from ijtorch.train.stardist_train import train_stardist
 
     pairs = _as_pairs(images, labels, axes)
-    return train_stardist(pairs, output=output, base_model=base_model, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          batch_size=batch_size, patch_size=patch_size, val_fraction=val_fraction, seed=seed,
-                          device=device, resume=resume, time_limit_s=time_limit_s, progress=progress, cancel=cancel,
-                          **options)
+    ndims = sorted({p.image.ndim for p in pairs})
+    if ndims not in ([2], [3]):
+        raise ValueError(f"training items have {ndims} dimensions; give all 2D (YX) images or all 3D (ZYX) z-stacks")
+    train = train_stardist if ndims == [2] else train_stardist3d
+    sizes = {k: v for k, v in (("batch_size", batch_size), ("patch_size", patch_size)) if v is not None}
+    return train(pairs, output=output, base_model=base_model, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                 val_fraction=val_fraction, seed=seed, device=device, resume=resume, time_limit_s=time_limit_s,
+                 progress=progress, cancel=cancel, **sizes, **options)

@@ -21,7 +21,7 @@ import numpy as np
 from .data import AugmentConfig, Pair, percentile_normalize, random_patch, split_train_val
 from .progress import ProgressCallback
 
-__all__ = ["train_stardist", "stardist_targets", "tune_and_evaluate"]
+__all__ = ["train_stardist", "stardist_targets", "tune_and_evaluate", "split_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,23 @@ def stardist_targets(labels: np.ndarray, n_rays: int) -> tuple[np.ndarray, np.nd
     from ijtorch.models import stardist as sd
 
     return sd.object_probabilities(labels), np.moveaxis(sd.star_distances(labels, n_rays), -1, 0)
+
+
+def split_pairs(pairs: Sequence[Pair], *, val_names: Sequence[str] | None, val_fraction: float,
+                seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, validation indices)``: the items named in ``val_names``, else a seeded split."""
+    names = [p.name for p in pairs]
+    if val_names is not None:
+        unknown = sorted(set(val_names) - set(names))
+        if unknown:
+            raise ValueError(f"val_names contains names not in pairs: {unknown[:5]}")
+        val_idx = [i for i, n in enumerate(names) if n in set(val_names)]
+        train_idx = [i for i in range(len(names)) if i not in set(val_idx)]
+    else:
+        train_idx, val_idx = split_train_val(len(pairs), val_fraction=val_fraction, seed=seed)
+    if not train_idx:
+        raise ValueError("no training items left after the validation split")
+    return train_idx, val_idx
 
 
 def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
@@ -167,16 +184,7 @@ def train_stardist(
             raise ValueError(f"item {p.name!r} has shape {p.image.shape}; train_stardist needs 2D (YX) images")
     aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
     names = [p.name for p in pairs]
-    if val_names is not None:
-        unknown = sorted(set(val_names) - set(names))
-        if unknown:
-            raise ValueError(f"val_names contains names not in pairs: {unknown[:5]}")
-        val_idx = [i for i, n in enumerate(names) if n in set(val_names)]
-        train_idx = [i for i in range(len(names)) if i not in set(val_idx)]
-    else:
-        train_idx, val_idx = split_train_val(len(pairs), val_fraction=val_fraction, seed=seed)
-    if not train_idx:
-        raise ValueError("no training items left after the validation split")
+    train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
     dev = resolve_device(device)
 
     base_cfg: dict[str, Any] = {}

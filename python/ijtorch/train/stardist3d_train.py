@@ -1,0 +1,289 @@
+"""Training pipeline for 3D StarDist models (star-convex polyhedra), from scratch or fine-tuning.
+
+Mirrors :func:`ijtorch.train.stardist_train.train_stardist` for ``ZYX`` volumes: a seeded
+validation split, augmented foreground-balanced 3D patches (flips, YX rotations, zoom, elastic,
+intensity), StarDist targets per patch on the network's ``grid``, the resumable
+:class:`~ijtorch.train.trainer.Trainer` with the same loss as 2D, threshold tuning and validation
+metrics, and a model directory (``model_type="stardist3d"``) that records the anisotropy the rays
+were built for, the grid and the default tiling.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .data import AugmentConfig, Pair, percentile_normalize, random_patch
+from .progress import ProgressCallback
+from .stardist_train import split_pairs, tune_and_evaluate
+
+__all__ = ["train_stardist3d", "stardist3d_targets", "patch_shape_3d"]
+
+log = logging.getLogger(__name__)
+
+
+def stardist3d_targets(labels: np.ndarray, rays: Any, anisotropy: Sequence[float],
+                       grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(prob (Zg, Yg, Xg), dist (n_rays, Zg, Yg, Xg))`` float32 targets of a label volume on ``grid``."""
+    from ijtorch.models import stardist3d as s3
+
+    prob = s3.object_probabilities_3d(labels, anisotropy, grid)
+    dist = s3.star_distances_3d(labels, rays, grid)
+    return prob, np.ascontiguousarray(np.moveaxis(dist, -1, 0))
+
+
+def patch_shape_3d(patch_size: int | Sequence[int], anisotropy: Sequence[float],
+                   multiple: Sequence[int]) -> tuple[int, int, int]:
+    """Patch shape ``(z, y, x)``: a number is the YX edge, with z covering the same physical length
+    (``edge / anisotropy_z``); every size is rounded up to the network's ``multiple``."""
+    if np.isscalar(patch_size):
+        p = int(patch_size)  # type: ignore[arg-type]
+        if p < 1:
+            raise ValueError(f"patch_size={patch_size!r}: expected a positive integer or (z, y, x)")
+        shape = (max(1, round(p * anisotropy[1] / anisotropy[0])), p, p)
+    else:
+        shape = tuple(int(v) for v in patch_size)  # type: ignore[union-attr]
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"patch_size={patch_size!r}: expected a positive integer or (z, y, x)")
+    return tuple(int(math.ceil(s / m) * m) for s, m in zip(shape, multiple))  # type: ignore[return-value]
+
+
+def _object_extents(labels: Sequence[np.ndarray]) -> np.ndarray:
+    ext = [[s.stop - s.start for s in sl] for lab in labels for sl in ndi.find_objects(lab) if sl is not None]
+    return np.asarray(ext, np.float64).reshape(-1, 3)
+
+
+def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
+                   patch: tuple[int, int, int], rays: Any, anisotropy: Sequence[float], grid: Sequence[int],
+                   augment: AugmentConfig | None, fg_fraction: float) -> Any:
+    weights = np.array([lab.size for _, lab in items], np.float64) ** 0.5
+    weights /= weights.sum()
+
+    def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
+        for _ in range(n_batches):
+            xs, ps, ds = [], [], []
+            for _ in range(batch_size):
+                img, lab = items[int(rng.choice(len(items), p=weights))]
+                pi, pl = random_patch(img, lab, patch, rng, fg_fraction=fg_fraction, augment=augment)
+                prob, dist = stardist3d_targets(pl, rays, anisotropy, grid)
+                xs.append(pi[None])
+                ps.append(prob[None])
+                ds.append(dist)
+            yield np.stack(xs), np.stack(ps), np.stack(ds)
+
+    class _Sized:
+        def __len__(self) -> int:
+            return n_batches
+
+        def __call__(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
+            return batches(rng)
+
+    return _Sized()
+
+
+def train_stardist3d(
+    pairs: Sequence[Pair],
+    *,
+    output: str | os.PathLike,
+    base_model: str | os.PathLike | None = None,
+    val_fraction: float = 0.15,
+    val_names: Sequence[str] | None = None,
+    seed: int = 0,
+    epochs: int = 20,
+    steps_per_epoch: int = 100,
+    batch_size: int = 2,
+    patch_size: int | Sequence[int] = 96,
+    n_rays: int = 96,
+    anisotropy: float | Sequence[float] | None = None,
+    grid: int | Sequence[int] | None = None,
+    base_channels: int = 16,
+    depth: int = 2,
+    head_channels: int = 32,
+    pool_z: bool = True,
+    lr: float = 1e-3,
+    patience: int | None = None,
+    augment: AugmentConfig | dict | None = None,
+    fg_fraction: float = 0.85,
+    normalization: tuple[float, float] = (1.0, 99.8),
+    tile_shape: Sequence[int] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    time_limit_s: float | None = None,
+    optimize_thresholds: bool = True,
+    evaluate: bool = True,
+    progress: ProgressCallback | None = None,
+    progress_bar: bool | None = None,
+    cancel: Callable[[], bool] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """Train a 3D StarDist model on ``ZYX`` volumes and save it as a model directory.
+
+    Parameters
+    ----------
+    pairs : sequence of Pair
+        ``ZYX`` image volumes and label volumes (e.g. :func:`ijtorch.train.data.load_pairs` of
+        folders of 3D TIFFs).
+    output : path
+        Model directory to write.
+    base_model : name or path, optional
+        Fine-tune this ``stardist3d`` model: its architecture, rays (``n_rays``, ``anisotropy``),
+        normalisation, tiling and weights are reused (``grid`` may be changed: the weights do not
+        depend on it).
+    patch_size : int or (z, y, x)
+        Training patch; a number is the YX edge and z covers the same physical length.
+    n_rays : int
+        Rays on the sphere (ignored when fine-tuning).
+    anisotropy : float or (z, y, x), optional
+        Voxel size relative to the smallest; default: estimated from the objects' median extents
+        (:func:`ijtorch.models.stardist3d.anisotropy_from_labels`), as StarDist does.
+    grid : int or (z, y, x), optional
+        Output subsampling; default: 2 along axes with anisotropy below 1.5, else 1.
+    base_channels, depth, head_channels, pool_z
+        Architecture (ignored when fine-tuning).
+    tile_shape : (z, y, x), optional
+        Default prediction tile stored in the model (the overlap is set from the objects' extents).
+    val_fraction, val_names, seed, epochs, steps_per_epoch, batch_size, lr, patience, augment,
+    fg_fraction, normalization, checkpoint_dir, resume, device, time_limit_s, optimize_thresholds,
+    evaluate, progress, progress_bar, cancel, description
+        As :func:`ijtorch.train.stardist_train.train_stardist`.
+
+    Returns
+    -------
+    dict
+        Summary: output path, epochs run, seconds, thresholds, validation metrics, split sizes.
+    """
+    import torch
+
+    from ijtorch.models import stardist as sd
+    from ijtorch.models import stardist3d as s3
+    from ijtorch.models.device import resolve_device
+    from ijtorch.models.stardist3d_model import DEFAULT_TILE, StarDist3DModel
+    from ijtorch.models.store import load_model_dir, resolve_model
+
+    from .trainer import Trainer
+
+    if not pairs:
+        raise ValueError("pairs is empty: nothing to train on")
+    for p in pairs:
+        if p.image.ndim != 3:
+            raise ValueError(f"item {p.name!r} has shape {p.image.shape}; train_stardist3d needs 3D (ZYX) volumes")
+    aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
+    names = [p.name for p in pairs]
+    train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
+    dev = resolve_device(device)
+    extents = _object_extents([p.labels for p in pairs])
+    if extents.size == 0:
+        raise ValueError("the label volumes hold no objects: nothing to learn")
+
+    base_cfg: dict[str, Any] = {}
+    if base_model is not None:
+        md = load_model_dir(resolve_model(base_model))
+        if md.config.get("model_type") != "stardist3d":
+            raise ValueError(f"base_model={str(base_model)!r} has model_type {md.config.get('model_type')!r}; "
+                             "expected 'stardist3d'")
+        base_cfg = md.config
+        arch = dict(md.config["architecture"])
+        if grid is not None:
+            arch["grid"] = list(s3._triple(grid, "grid", integer=True))
+        net = s3.StarDistNet3D(**arch)
+        net.load_state_dict(md.state_dict)
+        aniso = tuple(float(a) for a in md.config.get("anisotropy", (1.0, 1.0, 1.0)))
+        if anisotropy is not None and s3._triple(anisotropy, "anisotropy") != aniso:
+            log.warning("anisotropy=%s ignored: the base model's rays were built for %s", anisotropy, aniso)
+        norm_cfg = dict(md.config.get("normalization", {}))
+    else:
+        aniso = (s3.anisotropy_from_labels([pairs[i].labels for i in train_idx]) if anisotropy is None
+                 else s3._triple(anisotropy, "anisotropy"))
+        net_grid = s3.grid_from_anisotropy(aniso) if grid is None else s3._triple(grid, "grid", integer=True)
+        torch.manual_seed(seed)
+        net = s3.StarDistNet3D(n_rays, 1, grid=net_grid, base_channels=base_channels, depth=depth,
+                               head_channels=head_channels, pool_z=pool_z)
+        norm_cfg = {"method": "percentile", "low": float(normalization[0]), "high": float(normalization[1])}
+    rays = s3.fibonacci_rays(net.n_rays, aniso)
+    g = net.grid
+    patch = patch_shape_3d(patch_size, aniso, net.size_multiple())
+
+    def norm(img: np.ndarray) -> np.ndarray:
+        return percentile_normalize(img, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+
+    train_items = [(norm(pairs[i].image), pairs[i].labels) for i in train_idx]
+    val_items = [(norm(pairs[i].image), pairs[i].labels) for i in val_idx]
+    kw = dict(batch_size=batch_size, patch=patch, rays=rays, anisotropy=aniso, grid=g, fg_fraction=fg_fraction)
+    train_data = _patch_batches(train_items, n_batches=steps_per_epoch, augment=aug, **kw)
+    val_data = None
+    if val_items:
+        vrng = np.random.default_rng([seed, 999])
+        val_data = list(_patch_batches(val_items, n_batches=max(2, 8 // batch_size), augment=None, **kw)(vrng))
+    t_start = time.monotonic()
+
+    def _cancel() -> bool:
+        if cancel is not None and cancel():
+            return True
+        return time_limit_s is not None and time.monotonic() - t_start > time_limit_s
+
+    output = Path(output)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else output.with_name(output.name + ".checkpoints")
+    trainer = Trainer(net, sd.stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
+                      epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
+                      resume=resume, seed=seed, device=dev, grad_clip=10.0, progress=progress,
+                      progress_bar=progress_bar, cancel=_cancel)
+    result = trainer.fit()
+    train_seconds = time.monotonic() - t_start
+
+    # overlap: the largest object extent plus a margin, so stitched tiles see every object whole
+    overlap = [int(math.ceil(e)) + 8 for e in extents.max(0)]
+    if base_cfg.get("tiling"):
+        overlap = [max(a, int(b)) for a, b in zip(overlap, base_cfg["tiling"].get("overlap", overlap))]
+    tile = list(tile_shape) if tile_shape is not None else list(base_cfg.get("tiling", {}).get("tile_shape", DEFAULT_TILE))
+    config: dict[str, Any] = {
+        "model_type": "stardist3d",
+        "name": output.name,
+        "description": description or base_cfg.get("description", "3D StarDist (star-convex polyhedra) model"),
+        "axes": "ZYX",
+        "anisotropy": [float(a) for a in aniso],
+        "rays": "fibonacci",
+        "tiling": {"tile_shape": [int(t) for t in tile], "overlap": overlap},
+        "normalization": norm_cfg,
+        "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
+        "training": {
+            "items": len(pairs),
+            "train_names": [names[i] for i in train_idx],
+            "val_names": [names[i] for i in val_idx],
+            "split": {"val_fraction": val_fraction, "seed": seed, "explicit": val_names is not None},
+            "base_model": str(base_model) if base_model is not None else None,
+            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "patch_shape": list(patch),
+            "lr": lr, "seed": seed, "augment": aug.model_dump(), "fg_fraction": fg_fraction,
+            "median_object_extent": [float(v) for v in np.median(extents, 0)],
+            "seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),
+            "device": dev, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result.history],
+            "cancelled_or_time_limited": result.cancelled,
+        },
+    }
+    model = StarDist3DModel(trainer.model, config, device=dev)
+    model.save(output)  # a usable model exists even if tuning below is interrupted
+    tuned, metrics = tune_and_evaluate(model, [pairs[i] for i in val_idx], optimize=optimize_thresholds,
+                                       evaluate=evaluate, progress=progress)
+    model.save(output)
+    summary = {
+        "output": str(output), "method": "stardist3d", "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, "best_val_loss": result.best_metric,
+        "train_seconds": round(train_seconds, 1), "n_train": len(train_idx), "n_val": len(val_idx),
+        "anisotropy": list(aniso), "grid": list(g), "patch_shape": list(patch),
+        "thresholds": model.config["thresholds"], "threshold_search": tuned, "metrics": metrics,
+        "weights_bytes": (output / "weights.safetensors").stat().st_size,
+        "stopped_early": result.stopped_early, "cancelled": result.cancelled,
+    }
+    log.info("trained 3D StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
+    return summary
