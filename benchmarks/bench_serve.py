@@ -7,6 +7,10 @@ Starts real server processes on free loopback ports, then
    ``/segment`` requests from the same number of clients, in alternating rounds so that load
    from other processes hits both alike. Prints requests/s and the server's CPU time per request
    (``/proc``; less sensitive to a busy machine than wall time) for each, and their ratios;
+   then the same for ``/classify`` requests of 1 to ``--crops`` cell crops (``3 x 40 x 40`` uint16
+   from the shared Jurkat data) on a classifier trained here for one epoch (``--classifier-widths``;
+   the default is ``train_classifier``'s), and checks the batched server's answers against
+   in-process ``classify()``;
 2. mixed load: ``--clients`` threads x ``--requests`` requests each, mixing valid requests
    (every answer compared with in-process ``segment()`` pixel for pixel), malformed bodies
    (expect 4xx), oversized bodies (expect 413), unknown models (expect 404), segmentation jobs
@@ -20,7 +24,8 @@ of ``tests/integration/_serve_model.py``, whose ~50 speckles per 64x64 crop make
 suppression, which batching cannot share, most of the work). The comparison's clients use the
 standard library's ``http.client`` (about 0.5 ms of client CPU per request, against several ms
 for ``httpx``): client and server share this machine's cores, so a heavy client would measure
-itself. Bounded: stops after the request counts or ``--time-limit`` seconds for the mixed load.
+itself. Bounded: stops after the request counts or ``--time-limit`` seconds for the mixed load
+(``--requests 0`` skips it).
 
     python3 benchmarks/bench_serve.py --clients 8 --requests 1250
 """
@@ -38,11 +43,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from _serve_classifier import load_crops, make_tiny_classifier  # noqa: E402
 from _serve_model import CALIBRATION_IMAGE, make_tiny_model  # noqa: E402
 from _serve_util import ServerProcess  # noqa: E402
 
@@ -66,8 +73,8 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _post_all(url: str, bodies: list[bytes], clients: int, total: int) -> None:
-    """``total`` POST /segment requests from ``clients`` keep-alive connections; each must give 200."""
+def _post_all(url: str, bodies: list[bytes], clients: int, total: int, route: str = "/segment") -> None:
+    """``total`` POST ``route`` requests from ``clients`` keep-alive connections; each must give 200."""
     from ijtorch.serve._wire import MEDIA_TYPE
 
     host, port = url.rsplit("/", 1)[1].split(":")
@@ -82,11 +89,11 @@ def _post_all(url: str, bodies: list[bytes], clients: int, total: int) -> None:
                     k = next(counter, None)
                 if k is None:
                     return
-                conn.request("POST", "/segment", body=bodies[k % len(bodies)], headers={"Content-Type": MEDIA_TYPE})
+                conn.request("POST", route, body=bodies[k % len(bodies)], headers={"Content-Type": MEDIA_TYPE})
                 reply = conn.getresponse()
                 reply.read()
                 if reply.status != 200:
-                    raise RuntimeError(f"/segment answered {reply.status}")
+                    raise RuntimeError(f"{route} answered {reply.status}")
         finally:
             conn.close()
 
@@ -95,8 +102,12 @@ def _post_all(url: str, bodies: list[bytes], clients: int, total: int) -> None:
 
 
 def _compare(folder: Path, common: tuple[str, ...], bodies: list[bytes], clients: int, total: int,
-             rounds: int) -> dict[str, dict[str, float]]:
-    """Batched and unbatched servers side by side, in alternating rounds; rates and CPU per request."""
+             rounds: int, route: str = "/segment",
+             check: Callable[[str], str] | None = None) -> dict[str, dict[str, Any]]:
+    """Batched and unbatched servers side by side, in alternating rounds; rates and CPU per request.
+
+    ``check(url)``, when given, runs on the batched server after the rounds; its text is returned
+    as ``out["batched"]["check"]``."""
     import httpx
 
     out: dict[str, dict[str, float]] = {}
@@ -104,14 +115,14 @@ def _compare(folder: Path, common: tuple[str, ...], bodies: list[bytes], clients
             ServerProcess(folder, *common, "--max-batch", "8") as eight:
         servers = {"unbatched": one, "batched": eight}
         for srv in servers.values():  # warm-up: model load, first-call allocations, connections
-            _post_all(srv.url, bodies, clients, 4 * clients)
+            _post_all(srv.url, bodies, clients, 4 * clients, route)
         stats = {label: {"seconds": 0.0, "cpu": 0.0, "n": 0} for label in servers}
         per_round = max(total // rounds, clients)
         for r in range(rounds):
             for label in (("unbatched", "batched") if r % 2 == 0 else ("batched", "unbatched")):
                 srv = servers[label]
                 c0, t0 = _cpu_seconds(srv.proc.pid), time.perf_counter()
-                _post_all(srv.url, bodies, clients, per_round)
+                _post_all(srv.url, bodies, clients, per_round, route)
                 stats[label]["seconds"] += time.perf_counter() - t0
                 c1 = _cpu_seconds(srv.proc.pid)
                 stats[label]["cpu"] = float("nan") if c0 is None or c1 is None else stats[label]["cpu"] + c1 - c0
@@ -121,7 +132,45 @@ def _compare(folder: Path, common: tuple[str, ...], bodies: list[bytes], clients
             s = stats[label]
             out[label] = {"rate": s["n"] / s["seconds"], "cpu_ms": 1000 * s["cpu"] / s["n"],
                           "mean_batch": batching["mean_size"], "largest": batching["largest"]}
+        if check is not None:
+            out["batched"]["check"] = check(eight.url)
     return out
+
+
+def _report(name: str, res: dict[str, dict[str, Any]]) -> None:
+    u, b = res["unbatched"], res["batched"]
+    print(f"  {name}: unbatched {u['rate']:.1f} req/s ({u['cpu_ms']:.2f} ms server CPU/req), "
+          f"batched {b['rate']:.1f} req/s ({b['cpu_ms']:.2f} ms/req, mean batch {b['mean_batch']:.2f}, "
+          f"largest {b['largest']}): throughput {b['rate'] / u['rate']:.2f}x, "
+          f"CPU per request {u['cpu_ms'] / b['cpu_ms']:.2f}x less" + (f"; {b['check']}" if "check" in b else ""))
+
+
+def _classify_check(stacks: list[np.ndarray], model_path: str, clients: int) -> Callable[[str], str]:
+    """A check that sends every stack concurrently and compares each answer with ``classify()``."""
+
+    def check(url: str) -> str:
+        import httpx
+
+        from ijtorch.serve._wire import MEDIA_TYPE, decode, encode
+        from ijtorch.tasks.classify import classify
+
+        def post(stack: np.ndarray) -> tuple[dict, dict]:
+            r = httpx.post(url + "/classify", content=encode({"model": Path(model_path).name}, {"images": stack}),
+                           headers={"Content-Type": MEDIA_TYPE}, timeout=60)
+            r.raise_for_status()
+            return decode(r.content)
+
+        with ThreadPoolExecutor(clients) as pool:
+            replies = list(pool.map(post, stacks))
+        worst, wrong = 0.0, 0
+        for stack, (header, arrays) in zip(stacks, replies):
+            want = classify(stack, model=model_path, device="cpu")
+            worst = max(worst, float(np.abs(arrays["probabilities"] - want["probabilities"]).max()))
+            wrong += int(not np.array_equal(arrays["class_index"], want["class_index"]))
+        return (f"{len(stacks)} concurrent answers vs in-process classify(): {wrong} with another class, "
+                f"largest probability difference {worst:.1e}")
+
+    return check
 
 
 def _hang_up(url: str, body: bytes) -> None:
@@ -138,15 +187,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=1250, help="requests per client in the mixed load")
-    ap.add_argument("--sizes", default="40,64,128", help="edges of the small images compared, comma-separated")
+    ap.add_argument("--sizes", default="40,64,128",
+                    help="edges of the small images compared, comma-separated ('': none)")
     ap.add_argument("--size", type=int, default=64, help="edge of the images in the mixed load")
     ap.add_argument("--model", default="nuclei", choices=("nuclei", "tiny"))
     ap.add_argument("--compare-requests", type=int, default=400, help="requests per mode and size in the comparison")
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds the comparison is split into")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the mixed load at most")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the servers (and for the reference)")
+    ap.add_argument("--crops", type=int, default=4, help="/classify requests carry 1 to this many 3x40x40 crops")
+    ap.add_argument("--classify-requests", type=int, default=400, help="/classify requests per mode (0: skip)")
+    ap.add_argument("--classifier-widths", default="32,64,128",
+                    help="widths of the classifier trained for the /classify comparison")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]  # "": no /segment comparison
 
     import httpx
     import torch
@@ -172,12 +226,22 @@ def main() -> int:
               f"torch threads {args.threads}, {os.cpu_count()} CPUs, load average {load:.1f}")
         for size in sizes:
             bodies = [encode({"axes": "YX", "model": args.model}, {"image": c}) for c in _crops(image, 16, size)]
-            res = _compare(folder, common, bodies, args.clients, args.compare_requests, args.rounds)
-            u, b = res["unbatched"], res["batched"]
-            print(f"  {size}x{size}: unbatched {u['rate']:.1f} req/s ({u['cpu_ms']:.2f} ms server CPU/req), "
-                  f"batched {b['rate']:.1f} req/s ({b['cpu_ms']:.2f} ms/req, mean batch {b['mean_batch']:.2f}, "
-                  f"largest {b['largest']}): throughput {b['rate'] / u['rate']:.2f}x, "
-                  f"CPU per request {u['cpu_ms'] / b['cpu_ms']:.2f}x less")
+            _report(f"/segment {size}x{size}", _compare(folder, common, bodies, args.clients, args.compare_requests,
+                                                        args.rounds))
+        if args.classify_requests > 0:
+            widths = tuple(int(w) for w in args.classifier_widths.split(","))
+            model_path = make_tiny_classifier(folder, SHARED, name="cells", items=336, widths=widths)
+            cells = load_crops(SHARED)[0]
+            rng = np.random.default_rng(0)
+            stacks = [cells[np.sort(rng.choice(len(cells), rng.integers(1, args.crops + 1), replace=False))]
+                      for _ in range(32)]
+            bodies = [encode({"model": "cells"}, {"images": s}) for s in stacks]
+            res = _compare(folder, common, bodies, args.clients, args.classify_requests, args.rounds, "/classify",
+                           _classify_check(stacks, str(model_path), args.clients))
+            _report(f"/classify 1-{args.crops} crops of 3x40x40 (classifier widths {list(widths)}, "
+                    f"mean {np.mean([len(s) for s in stacks]):.2f} crops/request)", res)
+        if args.requests <= 0:
+            return 0
 
         # ---- 2. mixed load
         crops = _crops(image, 16, args.size)

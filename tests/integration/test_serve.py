@@ -1,6 +1,7 @@
 """``ijtorch serve`` as a real process on a free loopback port: answers equal in-process task calls
 pixel for pixel, bad input gets a 4xx naming the problem (and the server keeps serving), limits
-give 413/503, jobs report progress and cancel, tokens and model names are checked."""
+give 413/503, jobs report progress and cancel, tokens and model names are checked. Concurrent
+``/segment`` and ``/classify`` requests are batched and still answer as the task functions do."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _serve_classifier import load_crops, make_tiny_classifier  # noqa: E402
 from _serve_model import CALIBRATION_IMAGE, make_tiny_model  # noqa: E402
 from _serve_util import ServerProcess  # noqa: E402
 
@@ -35,9 +37,10 @@ def image(shared_data):
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory, image):
+def models_dir(tmp_path_factory, image, shared_data):
     folder = tmp_path_factory.mktemp("models")
     make_tiny_model(folder, image)
+    make_tiny_classifier(folder, shared_data, name="cells")
     broken = make_tiny_model(folder, image, name="broken")
     raw = bytearray((broken / "weights.safetensors").read_bytes())
     raw[-1] ^= 0xFF  # the SHA-256 no longer matches: loading fails
@@ -128,6 +131,84 @@ def test_one_forward_pass_of_a_batch_equals_segment_per_image(models_dir, local,
         expected = local(crop, "YX")
         assert expected.n_objects > 0
         _assert_same(instances(model, m, None, None, "tiny"), expected)
+
+
+# ------------------------------------------------------------------------------- classification
+@pytest.fixture(scope="module")
+def cell_crops(shared_data):
+    return load_crops(shared_data)[0]  # (672, 3, 40, 40) uint16
+
+
+def _assert_same_classification(got, expected):
+    """``got``: a classify() result, or a /classify reply's header and arrays in one dict."""
+    assert got["classes"] == expected["classes"] and list(got["class"]) == list(expected["class"])
+    np.testing.assert_array_equal(got["class_index"], expected["class_index"])
+    # a batch may take other CPU convolution algorithms than one request alone: last-bit differences
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["confidence"], expected["confidence"], rtol=1e-5, atol=1e-6)
+
+
+def test_classify_batch_is_one_call_that_equals_classify_per_request(models_dir, cell_crops, threads, monkeypatch):
+    import ijtorch.tasks.classify as task
+    from ijtorch.serve._batched import classify_batch
+
+    path = str(models_dir / "cells")
+    calls = []
+    alone = task.classify
+    monkeypatch.setattr(task, "classify", lambda images, **kw: calls.append(len(images)) or alone(images, **kw))
+    for size in (40, 32):  # the model's input size, and one it resamples from
+        stacks = [np.ascontiguousarray(cell_crops[a:b, :, :size, :size]) for a, b in ((0, 3), (330, 331), (600, 604))]
+        calls.clear()
+        results = classify_batch(path, stacks, "cpu")
+        assert calls == [8]  # one classify() call over the 3 + 1 + 4 crops
+        for stack, result in zip(stacks, results):
+            assert len(result["probabilities"]) == len(stack)
+            _assert_same_classification(result, alone(stack, model=path, device="cpu"))
+    # a request the joint call cannot take: each request is answered alone, the error stays its own
+    stacks = [cell_crops[:2], cell_crops[100:101, :2], cell_crops[500:503]]
+    calls.clear()
+    good, bad, other = classify_batch(path, stacks, "cpu")
+    assert calls == [2, 1, 3]  # the three requests one by one
+    assert isinstance(bad, ValueError) and "channels" in str(bad), bad
+    _assert_same_classification(good, alone(stacks[0], model=path, device="cpu"))
+    _assert_same_classification(other, alone(stacks[2], model=path, device="cpu"))
+
+
+def test_concurrent_classify_requests_are_batched_exact_and_keep_their_errors(server, client, models_dir, cell_crops,
+                                                                            threads):
+    from ijtorch.serve._wire import decode
+    from ijtorch.tasks.classify import classify
+
+    path = str(models_dir / "cells")
+    rng = np.random.default_rng(0)
+    good = [cell_crops[np.sort(rng.choice(len(cell_crops), rng.integers(1, 5), replace=False))] for _ in range(24)]
+    good.append(np.ascontiguousarray(cell_crops[:3, :, 4:36, 4:36]))  # another item shape: its own batches
+    good.append(cell_crops[:70])  # more crops than a batch takes: classify() alone
+    expected = [classify(g, model=path, device="cpu") for g in good]
+    bad = [({"model": "cells"}, cell_crops[:2, :2], 422, "channels"),
+           ({"model": "tiny"}, cell_crops[:2], 422, "not a classifier"),
+           ({"model": "nope"}, cell_crops[:2], 404, "'nope' is not registered"),
+           ({"model": "cells", "axes": "CYX"}, cell_crops[:2], 422, "axes: Extra inputs")]
+    calls = [({"model": "cells"}, g) for g in good] + [(h, x) for h, x, _, _ in bad]
+    order = rng.permutation(len(calls))  # the errors arrive among the good requests
+
+    def post(k):
+        header, images = calls[k]
+        return httpx.post(server.url + "/classify", content=encode(header, {"images": images}),
+                          headers={"Content-Type": MEDIA_TYPE}, timeout=60)
+
+    before = client.metrics()["batching"]
+    with ThreadPoolExecutor(MAX_QUEUE) as pool:
+        replies = dict(zip(order, pool.map(post, order)))
+    after = client.metrics()["batching"]
+    for k, want in enumerate(expected):
+        assert replies[k].status_code == 200, replies[k].text
+        header, arrays = decode(replies[k].content)
+        _assert_same_classification({**header, **arrays}, want)
+    for k, (_, _, status, message) in enumerate(bad, start=len(good)):
+        assert replies[k].status_code == status and message in replies[k].json()["error"], replies[k].text
+    assert after["items"] - before["items"] >= 25  # the small good requests at least
+    assert after["batches"] - before["batches"] < after["items"] - before["items"] and after["largest"] > 1, after
 
 
 def test_normalize_route_equals_task(client, image):

@@ -3,7 +3,8 @@
 Batches are made to overlap deterministically by blocking the batch function on events, never by
 sleeping: an idle batcher runs a lone request at once, requests that queue while a batch runs
 form the next batch (up to ``max_batch``), one item's error stays its own, cancelled requests
-are dropped, and partial batches wait while the finish stage has a backlog."""
+are dropped, and partial batches wait while the finish stage has a backlog (requests without a
+finish stage do not)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,28 @@ def test_partial_batches_wait_while_the_finish_stage_has_a_backlog():
     assert held == 3
     assert [r[1] for r in results] == [10, 20, 30, 40]
     assert rec.batches == [[0], [1], [2, 3, 4]]
+
+
+def test_a_request_without_finish_is_not_held_behind_the_finish_stage_backlog():
+    async def body(batcher, rec):  # as above; then a request of another key without a second stage
+        await batcher.submit("k", 0, finish=lambda r: time.sleep(0.3) or r)
+        gate = threading.Event()
+        stuck = asyncio.ensure_future(batcher.submit("k", 1, finish=lambda r: gate.wait(30) and r))
+        while len(rec.batches) < 2:
+            await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(batcher.submit("k", p, finish=lambda r: r)) for p in (2, 3, 4)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        plain = await batcher.submit("c", 5)  # its result waits for no finish stage: it runs now
+        held = len(batcher)
+        gate.set()
+        results = await asyncio.gather(stuck, *queued)
+        return plain, held, results
+
+    (plain, held, results), rec = run(body, max_batch=8)
+    assert plain == ("c", 50) and held == 3
+    assert [r[1] for r in results] == [10, 20, 30, 40]
+    assert rec.batches == [[0], [1], [5], [2, 3, 4]]
 
 
 def test_stop_fails_waiting_requests():

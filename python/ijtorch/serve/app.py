@@ -8,7 +8,7 @@ Routes (binary bodies use the format of :mod:`ijtorch.serve._wire`; JSON elsewhe
 ``/models``            GET     registered model names
 ``/segment``           POST    image → label map (dynamic batching for one-tile ``YX`` images)
 ``/normalize``         POST    image → float32 percentile-normalised image
-``/classify``          POST    ``(N, C, Y, X)`` crops → classes and probabilities
+``/classify``          POST    ``(N, C, Y, X)`` crops → classes and probabilities (dynamic batching)
 ``/restore``           POST    image → restored float32 image
 ``/jobs/segment``      POST    202 + job id: segmentation as a cancellable job with progress
 ``/jobs/track``        POST    202 + job id: tracking (segment every frame, link)
@@ -187,7 +187,8 @@ class Server:
         # per-image post-processing (NMS, labels) of batched requests: overlaps the next forward pass
         self.post = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-post")
         self.jobs_executor = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-jobs")
-        self.batcher = DynamicBatcher(self._forward_segment_batch, self.infer, finish_executor=self.post,
+        # one batcher for every batched route: its key's first entry names the route's batch function
+        self.batcher = DynamicBatcher(self._run_batch, self.infer, finish_executor=self.post,
                                       max_batch=config.max_batch, wait_s=config.batch_wait_ms / 1000)
         self.jobs = JobManager(self.jobs_executor, self.admission)
         self.metrics = Metrics()
@@ -224,12 +225,18 @@ class Server:
             return self._loaded[key]
         return await asyncio.get_running_loop().run_in_executor(self.infer, self.load, path)
 
+    # ---- batches (on the inference thread)
+    def _run_batch(self, key: tuple, payloads: list) -> list:
+        from ._batched import classify_batch, forward_maps
+
+        route, path = key[0], key[1]
+        if route == "segment":
+            return forward_maps(self.load(path), payloads)  # an exception reaches every request of the batch
+        if route == "classify":
+            return classify_batch(path, payloads, self.config.device)
+        raise RuntimeError(f"internal error: no batch function for {route!r}")
+
     # ---- segmentation
-    def _forward_segment_batch(self, key: tuple, planes: list) -> list:
-        from ._batched import forward_maps
-
-        return forward_maps(self.load(key[0]), planes)  # an exception reaches every request of the batch
-
     async def segment(self, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
         from ..tasks.segment import _pick_channel, segment
         from ._batched import batchable, instances
@@ -246,13 +253,25 @@ class Server:
         loop = asyncio.get_running_loop()
         model = await self.load_async(path)
         if plane_axes == "YX" and batchable(model, plane.shape, req.tile_size):
-            key = (path, plane.shape, str(plane.dtype))
+            key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, req.prob_threshold, req.nms_threshold, path))
         return await loop.run_in_executor(self.infer, lambda: segment(
             data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
             device=self.config.device))
+
+    # ---- classification
+    async def classify(self, images: np.ndarray, model: str) -> dict[str, Any]:
+        """``classify(images, model=...)``; small requests for one model and item shape share one call."""
+        from ..tasks.classify import classify
+        from ._batched import CLASSIFY_BATCHABLE_ITEMS
+
+        path = self.model_path(model)
+        if 1 <= len(images) <= CLASSIFY_BATCHABLE_ITEMS:
+            return await self.batcher.submit(("classify", path, images.shape[1:], images.dtype.str), images)
+        return await asyncio.get_running_loop().run_in_executor(self.infer, lambda: classify(
+            images, model=path, device=self.config.device))
 
 
 def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -362,15 +381,11 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         return _binary({"axes": axes}, {"image": out})
 
     async def classify_route(request: Request) -> Response:
-        from ..tasks.classify import classify
-
         header, arrays = await read(request)
         req = _parse(ClassifyRequest, header)
         if set(arrays) != {"images"} or arrays["images"].ndim not in (4, 5):
             raise HTTPError(422, "expected one array 'images' of shape (N, C, Y, X) or (N, C, Z, Y, X)")
-        path = srv.model_path(req.model)
-        out = await asyncio.get_running_loop().run_in_executor(srv.infer, lambda: classify(
-            np.asarray(arrays["images"]), model=path, device=config.device))
+        out = await srv.classify(np.asarray(arrays["images"]), req.model)
         return _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]]},
                        {"class_index": out["class_index"], "probabilities": out["probabilities"],
                         "confidence": np.asarray(out["confidence"])})

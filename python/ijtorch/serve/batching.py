@@ -13,7 +13,9 @@ server adds no latency; requests that arrive while a forward pass runs form the 
 batches grow with load. A partial batch is also held back while the post-processing stage has
 more work queued than a forward pass takes (``backlog x mean finish time > mean batch time``):
 running it sooner would only make its results wait in that queue, and holding it lets later
-requests join. ``wait_s`` optionally adds a short wait for company while the pipeline is busy.
+requests join. Requests without a second stage (classification: ``submit`` without ``finish``)
+end after stage 1 and are never held for that reason, nor queued behind a held batch of another
+key. ``wait_s`` optionally adds a short wait for company while the pipeline is busy.
 
 Hand-written because the serving systems that batch (Triton, TorchServe, Ray Serve) are separate
 servers; this is one small asyncio loop inside ours.
@@ -189,7 +191,8 @@ class DynamicBatcher:
         if self.max_batch == 1 or len(items) >= self.max_batch or not self._backlog:
             return 0.0  # full, or nothing else in the pipeline: run at once
         finish, batch = self._finish_seconds.value, self._batch_seconds.value
-        if finish is not None and batch is not None and self._backlog * finish > batch:
+        if (finish is not None and batch is not None and self._backlog * finish > batch
+                and any(it.has_finish for it in items)):
             return math.inf  # its results would only queue behind the finish stage's backlog
         return max(0.0, self.wait_s - (time.monotonic() - items[0].arrived))
 
@@ -210,9 +213,12 @@ class DynamicBatcher:
             if not self._pending:
                 await self._wake.wait()
                 continue
-            key = next(iter(self._pending))  # the key waiting longest (insertion order)
-            hold = self._hold(key)
-            if hold > 0:  # a new request or a finished one may change the answer: look again then
+            # the key waiting longest (insertion order) whose batch need not wait: a held batch
+            # does not block the keys behind it (e.g. classification behind segmentation's backlog)
+            holds = {k: self._hold(k) for k in self._pending}
+            key = next((k for k, h in holds.items() if h <= 0), None)
+            if key is None:  # a new request or a finished one may change the answer: look again then
+                hold = min(holds.values())
                 try:
                     await asyncio.wait_for(self._wake.wait(), None if hold == math.inf else hold)
                 except asyncio.TimeoutError:
