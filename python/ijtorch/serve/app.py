@@ -90,8 +90,8 @@ class SegmentRequest(_Req):
     channel: int | None = Field(None, ge=0, description="channel index (0-based) when axes has C")
     prob_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
     nms_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
-    tile_size: int = Field(512, ge=32, le=4096, description="tile edge in pixels")
-    overlap: int = Field(96, ge=0, description="tile overlap in pixels")
+    tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
+    overlap: int | None = Field(None, ge=0, description="tile overlap in pixels; None = the model's default (96 in 2D)")
 
 
 class NormalizeRequest(_Req):
@@ -244,15 +244,15 @@ class Server:
         path = self.model_path(req.model)
         if "S" in axes:
             raise HTTPError(422, f"axes={axes!r}: RGB (S) images are not supported; send one channel")
-        if req.overlap >= req.tile_size:
-            raise HTTPError(422, f"overlap={req.overlap} must be smaller than tile_size={req.tile_size}")
+        if req.overlap is not None and req.overlap >= (req.tile_size or 512):
+            raise HTTPError(422, f"overlap={req.overlap} must be smaller than tile_size={req.tile_size or 512}")
         try:
             plane, plane_axes = _pick_channel(data, axes, req.channel)
         except ValueError as exc:
             raise HTTPError(422, str(exc)) from None
         loop = asyncio.get_running_loop()
         model = await self.load_async(path)
-        if plane_axes == "YX" and batchable(model, plane.shape, req.tile_size):
+        if plane_axes == "YX" and batchable(model, plane.shape, req.tile_size or 512):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, req.prob_threshold, req.nms_threshold, path))

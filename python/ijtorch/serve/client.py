@@ -101,8 +101,8 @@ class Client:
         return {"axes": axes, "calibration": cal, **options}
 
     def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int | None = None,
-                prob_threshold: float | None = None, nms_threshold: float | None = None, tile_size: int = 512,
-                overlap: int = 96, calibration: Calibration | dict | None = None) -> Any:
+                prob_threshold: float | None = None, nms_threshold: float | None = None, tile_size: int | None = None,
+                overlap: int | None = None, calibration: Calibration | dict | None = None) -> Any:
         """Like :func:`ijtorch.tasks.segment.segment` on the server; returns a ``SegmentationResult``."""
         from ..tasks.segment import SegmentationResult
 
