@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from ijtorch.io.ctc import write_ctc
+from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
 from ijtorch.tasks import tracking as T
 from ijtorch.tasks.simulate import simulate_movie
 
@@ -54,20 +53,6 @@ def f1(pred, true):
     return 2 * tp / max(len(pred) + len(true), 1)
 
 
-def write_gt(folder: Path, m) -> None:
-    tra = folder / "TRA"
-    tra.mkdir(parents=True)
-    for t in range(m.truth.shape[0]):
-        tifffile.imwrite(tra / f"man_track{t:03d}.tif", m.truth[t])
-    present = [set(np.unique(m.truth[t]).tolist()) for t in range(m.truth.shape[0])]
-    rows = []
-    for L, B, E, P in m.lineage:
-        frames = [t for t in range(B, E + 1) if L in present[t]]
-        if frames:
-            rows.append(f"{L} {frames[0]} {frames[-1]} {P}")
-    (tra / "man_track.txt").write_text("\n".join(rows) + "\n")
-
-
 def oracle_tracks(det, m, params):
     """The true links on the same detections: the best TRA any linker can reach without new spots."""
     s = det.spots
@@ -87,7 +72,7 @@ def accuracy(name: str, sim: dict, tmp: Path) -> dict:
     true_div = divisions(truth)
     params = T.TrackingParams(max_distance=max_d, max_gap=gap)
     gt = tmp / f"{name}_GT"
-    write_gt(gt, m)
+    write_ctc_ground_truth(gt, m.truth, m.lineage)
     rows = {}
     t0 = time.perf_counter()
     ours = T.track(det, params=params)

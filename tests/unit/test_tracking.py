@@ -337,18 +337,9 @@ def test_fill_gaps_on_points_interpolates_positions():
 
 def test_fill_gaps_raises_ctc_tra_on_a_simulation_with_missed_detections(sim, tmp_path):
     metrics = pytest.importorskip("ctc_metrics")
-    gt = tmp_path / "GT" / "TRA"
-    gt.mkdir(parents=True)
-    import tifffile
-    for t in range(sim.truth.shape[0]):
-        tifffile.imwrite(gt / f"man_track{t:03d}.tif", sim.truth[t])
-    present = [set(np.unique(sim.truth[t]).tolist()) for t in range(sim.truth.shape[0])]
-    rows = []
-    for L, B, E, P in sim.lineage:
-        frames = [t for t in range(B, E + 1) if L in present[t]]
-        if frames:
-            rows.append(f"{L} {frames[0]} {frames[-1]} {P}")
-    (gt / "man_track.txt").write_text("\n".join(rows) + "\n")
+    from ijtorch.io.ctc import write_ctc_ground_truth
+
+    write_ctc_ground_truth(tmp_path / "GT", sim.truth, sim.lineage)
     scores = {}
     for fill in (False, True):
         tr = track_labels(sim.labels, "TYX", params={"max_distance": 8, "fill_gaps": fill})
@@ -375,3 +366,21 @@ def test_filled_tracks_go_through_every_writer(sim, tmp_path):
         assert abs(yy.mean() - tr.spots["y"][i]) < 1.5 and abs(xx.mean() - tr.spots["x"][i]) < 1.5
         poly = tr.polygons[i]
         assert poly[:, 0].min() <= xx.min() and poly[:, 0].max() >= xx.max() + 1
+
+
+def test_ctc_ground_truth_writer_trims_tracks_to_their_frames(tmp_path):
+    import tifffile
+
+    from ijtorch.io.ctc import write_ctc_ground_truth
+
+    masks = np.zeros((4, 8, 8), np.uint16)
+    masks[0:2, 1, 1] = 1          # track 1: frames 0-1
+    masks[2:4, 5, 5] = 2          # track 2: frames 2-3, child of 1
+    masks[3, 6, 6] = 3            # track 3 listed from frame 1 but only visible in frame 3
+    lineage = np.array([[1, 0, 1, 0], [2, 2, 3, 1], [3, 1, 3, 0], [4, 0, 3, 1]])  # 4 never visible
+    gt = write_ctc_ground_truth(tmp_path / "01_GT", masks, lineage)
+    assert read_ctc_tracks(gt / "TRA" / "man_track.txt").tolist() == [[1, 0, 1, 0], [2, 2, 3, 1], [3, 3, 3, 0]]
+    for t in range(4):
+        assert np.array_equal(tifffile.imread(gt / "TRA" / f"man_track{t:03d}.tif"), masks[t])
+    with pytest.raises(ValueError, match="parent folder does not exist"):
+        write_ctc_ground_truth(tmp_path / "no" / "01_GT", masks, lineage)

@@ -18,7 +18,7 @@ import numpy as np
 from .atomic import atomic_path
 from .tiff import write_imagej_tiff
 
-__all__ = ["write_ctc", "read_ctc_tracks", "check_ctc"]
+__all__ = ["write_ctc", "write_ctc_ground_truth", "read_ctc_tracks", "check_ctc"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,49 @@ def write_ctc(folder: str | os.PathLike, tracks=None, *, masks: np.ndarray | Non
     with atomic_path(folder / "res_track.txt") as tmp:
         tmp.write_text("".join(f"{l} {b} {e} {p}\n" for l, b, e, p in lineage.tolist()), encoding="ascii")
     log.info("wrote CTC result (%d frames, %d tracks) to %s", masks.shape[0], lineage.shape[0], folder)
+    return folder
+
+
+def write_ctc_ground_truth(folder: str | os.PathLike, masks: np.ndarray, lineage: np.ndarray) -> Path:
+    """Write a CTC ground-truth folder (``TRA/man_trackTTT.tif`` + ``TRA/man_track.txt``), e.g. of a simulation.
+
+    Each track's ``B``/``E`` are trimmed to the first and last frame its label appears in
+    ``masks`` (a simulated cell can be hidden by another one); tracks that never appear are left
+    out and children of such a track get ``P = 0``.
+
+    Parameters
+    ----------
+    folder
+        The ``NN_GT`` folder to create (its parent must exist).
+    masks
+        Label stack ``TYX`` / ``TZYX`` with every cell, values = track labels ``L``.
+    lineage
+        ``(n, 4)`` integer ``L B E P`` rows.
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim not in (3, 4) or masks.dtype.kind not in "ui" or masks.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"masks must be a TYX or TZYX stack of labels in 0..65535, got shape {masks.shape} dtype {masks.dtype}")
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise ValueError(f"folder={str(folder)!r}: its parent folder does not exist")
+    tra = folder / "TRA"
+    tra.mkdir(parents=True, exist_ok=True)
+    digits = 3 if masks.shape[0] <= 1000 else 4
+    first, last = {}, {}
+    for t in range(masks.shape[0]):
+        write_imagej_tiff(tra / f"man_track{t:0{digits}d}.tif", masks[t].astype(np.uint16), "YX" if masks.ndim == 3 else "ZYX")
+        for label in np.unique(masks[t]).tolist():
+            first.setdefault(label, t)
+            last[label] = t
+    rows = [(L, first[L], last[L], P if P in first else 0)
+            for L, _, _, P in np.asarray(lineage, np.int64).reshape(-1, 4).tolist() if L in first and L != 0]
+    with atomic_path(tra / "man_track.txt") as tmp:
+        tmp.write_text("".join(f"{l} {b} {e} {p}\n" for l, b, e, p in rows), encoding="ascii")
     return folder
 
 
