@@ -13,15 +13,7 @@ from ijtorch.models import stardist as sd
 from ijtorch.train.tiling import predict_tiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: much faster than two on a shared, oversubscribed CPU (and deterministic)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _disk(shape, center, radius):

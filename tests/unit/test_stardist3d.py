@@ -13,15 +13,7 @@ from ijtorch.models import stardist3d as s3
 from ijtorch.models.stardist import match_counts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: much faster than two on a shared, oversubscribed CPU (and deterministic)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ball(shape, center, radius, anisotropy=(1.0, 1.0, 1.0)):

@@ -13,15 +13,7 @@ from ijtorch.train.trainer import CHECKPOINT_NAME, Trainer
 NO_INTENSITY = dict(intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: much faster than two on a shared, oversubscribed CPU (and deterministic)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_percentile_normalize_maps_percentiles_to_0_and_1(rng):

@@ -5,25 +5,26 @@ validation split, augmented foreground-balanced 3D patches (flips, YX rotations,
 intensity), StarDist targets per patch on the network's ``grid``, the resumable
 :class:`~ijtorch.train.trainer.Trainer` with the same loss as 2D, threshold tuning and validation
 metrics, and a model directory (``model_type="stardist3d"``) that records the anisotropy the rays
-were built for, the grid and the default tiling.
+were built for, the grid and the default tiling. The steps shared with 2D are the private helpers of
+:mod:`ijtorch.train.stardist_train`; what is 3D (rays, anisotropy, grid, patch shape, tiling) is here.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-import platform
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .data import AugmentConfig, Pair, percentile_normalize, random_patch
+from .data import AugmentConfig, Pair
 from .progress import ProgressCallback
-from .stardist_train import split_pairs, tune_and_evaluate
+from .stardist_train import (_batch_sources, _fit, _load_base_model, _percentile_normalization, _save_tuned,
+                             _setup, _target_batches, _training_record)
 
 __all__ = ["train_stardist3d", "stardist3d_targets", "patch_shape_3d"]
 
@@ -64,29 +65,9 @@ def _object_extents(labels: Sequence[np.ndarray]) -> np.ndarray:
 def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
                    patch: tuple[int, int, int], rays: Any, anisotropy: Sequence[float], grid: Sequence[int],
                    augment: AugmentConfig | None, fg_fraction: float) -> Any:
-    weights = np.array([lab.size for _, lab in items], np.float64) ** 0.5
-    weights /= weights.sum()
-
-    def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-        for _ in range(n_batches):
-            xs, ps, ds = [], [], []
-            for _ in range(batch_size):
-                img, lab = items[int(rng.choice(len(items), p=weights))]
-                pi, pl = random_patch(img, lab, patch, rng, fg_fraction=fg_fraction, augment=augment)
-                prob, dist = stardist3d_targets(pl, rays, anisotropy, grid)
-                xs.append(pi[None])
-                ps.append(prob[None])
-                ds.append(dist)
-            yield np.stack(xs), np.stack(ps), np.stack(ds)
-
-    class _Sized:
-        def __len__(self) -> int:
-            return n_batches
-
-        def __call__(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-            return batches(rng)
-
-    return _Sized()
+    targets = functools.partial(stardist3d_targets, rays=rays, anisotropy=anisotropy, grid=grid)
+    return _target_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch, targets=targets,
+                           augment=augment, fg_fraction=fg_fraction)
 
 
 def train_stardist3d(
@@ -163,33 +144,18 @@ def train_stardist3d(
     """
     import torch
 
-    from ijtorch.models import stardist as sd
     from ijtorch.models import stardist3d as s3
-    from ijtorch.models.device import resolve_device
     from ijtorch.models.stardist3d_model import DEFAULT_TILE, StarDist3DModel
-    from ijtorch.models.store import load_model_dir, resolve_model
 
-    from .trainer import Trainer
-
-    if not pairs:
-        raise ValueError("pairs is empty: nothing to train on")
-    for p in pairs:
-        if p.image.ndim != 3:
-            raise ValueError(f"item {p.name!r} has shape {p.image.shape}; train_stardist3d needs 3D (ZYX) volumes")
-    aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
-    names = [p.name for p in pairs]
-    train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
-    dev = resolve_device(device)
+    setup = _setup(pairs, ndim=3, requirement="train_stardist3d needs 3D (ZYX) volumes", augment=augment,
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device)
     extents = _object_extents([p.labels for p in pairs])
     if extents.size == 0:
         raise ValueError("the label volumes hold no objects: nothing to learn")
 
     base_cfg: dict[str, Any] = {}
     if base_model is not None:
-        md = load_model_dir(resolve_model(base_model))
-        if md.config.get("model_type") != "stardist3d":
-            raise ValueError(f"base_model={str(base_model)!r} has model_type {md.config.get('model_type')!r}; "
-                             "expected 'stardist3d'")
+        md = _load_base_model(base_model, "stardist3d")
         base_cfg = md.config
         arch = dict(md.config["architecture"])
         if grid is not None:
@@ -201,43 +167,28 @@ def train_stardist3d(
             log.warning("anisotropy=%s ignored: the base model's rays were built for %s", anisotropy, aniso)
         norm_cfg = dict(md.config.get("normalization", {}))
     else:
-        aniso = (s3.anisotropy_from_labels([pairs[i].labels for i in train_idx]) if anisotropy is None
+        aniso = (s3.anisotropy_from_labels([pairs[i].labels for i in setup.train_idx]) if anisotropy is None
                  else s3._triple(anisotropy, "anisotropy"))
         net_grid = s3.grid_from_anisotropy(aniso) if grid is None else s3._triple(grid, "grid", integer=True)
         torch.manual_seed(seed)
         net = s3.StarDistNet3D(n_rays, 1, grid=net_grid, base_channels=base_channels, depth=depth,
                                head_channels=head_channels, pool_z=pool_z)
-        norm_cfg = {"method": "percentile", "low": float(normalization[0]), "high": float(normalization[1])}
+        norm_cfg = _percentile_normalization(normalization)
     rays = s3.fibonacci_rays(net.n_rays, aniso)
     g = net.grid
     patch = patch_shape_3d(patch_size, aniso, net.size_multiple())
 
-    def norm(img: np.ndarray) -> np.ndarray:
-        return percentile_normalize(img, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None) -> Any:
+        return _patch_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch, rays=rays,
+                              anisotropy=aniso, grid=g, augment=aug, fg_fraction=fg_fraction)
 
-    train_items = [(norm(pairs[i].image), pairs[i].labels) for i in train_idx]
-    val_items = [(norm(pairs[i].image), pairs[i].labels) for i in val_idx]
-    kw = dict(batch_size=batch_size, patch=patch, rays=rays, anisotropy=aniso, grid=g, fg_fraction=fg_fraction)
-    train_data = _patch_batches(train_items, n_batches=steps_per_epoch, augment=aug, **kw)
-    val_data = None
-    if val_items:
-        vrng = np.random.default_rng([seed, 999])
-        val_data = list(_patch_batches(val_items, n_batches=max(2, 8 // batch_size), augment=None, **kw)(vrng))
-    t_start = time.monotonic()
-
-    def _cancel() -> bool:
-        if cancel is not None and cancel():
-            return True
-        return time_limit_s is not None and time.monotonic() - t_start > time_limit_s
-
+    train_data, val_data = _batch_sources(setup, norm_cfg, batches, steps_per_epoch=steps_per_epoch,
+                                          val_batches=max(2, 8 // batch_size))
     output = Path(output)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else output.with_name(output.name + ".checkpoints")
-    trainer = Trainer(net, sd.stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
-                      epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
-                      resume=resume, seed=seed, device=dev, grad_clip=10.0, progress=progress,
-                      progress_bar=progress_bar, cancel=_cancel)
-    result = trainer.fit()
-    train_seconds = time.monotonic() - t_start
+    trainer, result, train_seconds = _fit(
+        setup, net, train_data, val_data, output=output, checkpoint_dir=checkpoint_dir, epochs=epochs, lr=lr,
+        patience=patience, resume=resume, time_limit_s=time_limit_s, progress=progress, progress_bar=progress_bar,
+        cancel=cancel)
 
     # overlap: the largest object extent plus a margin, so stitched tiles see every object whole
     overlap = [int(math.ceil(e)) + 8 for e in extents.max(0)]
@@ -254,36 +205,14 @@ def train_stardist3d(
         "tiling": {"tile_shape": [int(t) for t in tile], "overlap": overlap},
         "normalization": norm_cfg,
         "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
-        "training": {
-            "items": len(pairs),
-            "train_names": [names[i] for i in train_idx],
-            "val_names": [names[i] for i in val_idx],
-            "split": {"val_fraction": val_fraction, "seed": seed, "explicit": val_names is not None},
-            "base_model": str(base_model) if base_model is not None else None,
-            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "patch_shape": list(patch),
-            "lr": lr, "seed": seed, "augment": aug.model_dump(), "fg_fraction": fg_fraction,
-            "median_object_extent": [float(v) for v in np.median(extents, 0)],
-            "seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),
-            "device": dev, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result.history],
-            "cancelled_or_time_limited": result.cancelled,
-        },
+        "training": _training_record(
+            setup, result, base_model=base_model, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+            patch={"patch_shape": list(patch)}, lr=lr, fg_fraction=fg_fraction,
+            extra={"median_object_extent": [float(v) for v in np.median(extents, 0)]}),
     }
-    model = StarDist3DModel(trainer.model, config, device=dev)
-    model.save(output)  # a usable model exists even if tuning below is interrupted
-    tuned, metrics = tune_and_evaluate(model, [pairs[i] for i in val_idx], optimize=optimize_thresholds,
-                                       evaluate=evaluate, progress=progress)
-    model.save(output)
-    summary = {
-        "output": str(output), "method": "stardist3d", "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch, "best_val_loss": result.best_metric,
-        "train_seconds": round(train_seconds, 1), "n_train": len(train_idx), "n_val": len(val_idx),
-        "anisotropy": list(aniso), "grid": list(g), "patch_shape": list(patch),
-        "thresholds": model.config["thresholds"], "threshold_search": tuned, "metrics": metrics,
-        "weights_bytes": (output / "weights.safetensors").stat().st_size,
-        "stopped_early": result.stopped_early, "cancelled": result.cancelled,
-    }
+    model = StarDist3DModel(trainer.model, config, device=setup.device)
+    summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist3d",
+                          optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress,
+                          extra={"anisotropy": list(aniso), "grid": list(g), "patch_shape": list(patch)})
     log.info("trained 3D StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
     return summary

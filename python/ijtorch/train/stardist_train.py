@@ -5,14 +5,21 @@ on), samples augmented foreground-balanced patches, computes StarDist targets pe
 :class:`~ijtorch.train.trainer.Trainer` (checkpoint every epoch, resumable), tunes the probability
 and NMS thresholds on the validation images and saves a model directory whose config records the
 split, the augmentation, the training history and the validation metrics.
+
+The steps that do not depend on the geometry (input checks, split, base-model loading, batch
+sources, the Trainer run, the ``training`` record, saving, tuning and the summary) are private
+helpers here that :mod:`ijtorch.train.stardist3d_train` calls too, so 2D and 3D training cannot
+drift apart; rays, grid, anisotropy, tiling and the model classes stay in each training function.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -50,9 +57,16 @@ def split_pairs(pairs: Sequence[Pair], *, val_names: Sequence[str] | None, val_f
     return train_idx, val_idx
 
 
-def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
-                   patch: int, n_rays: int, augment: AugmentConfig | None,
-                   fg_fraction: float) -> Callable[[np.random.Generator], Iterator[tuple[np.ndarray, ...]]]:
+TargetFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def _target_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
+                    patch: tuple[int, ...], targets: TargetFn, augment: AugmentConfig | None,
+                    fg_fraction: float) -> Callable[[np.random.Generator], Iterator[tuple[np.ndarray, ...]]]:
+    """A sized batch source for :class:`~ijtorch.train.trainer.Trainer`: ``n_batches`` batches of
+    ``(image (N,1,*patch), prob (N,1,...), dist (N,R,...))`` from patches drawn with probability
+    proportional to the square root of the item size; ``targets`` turns a label patch into
+    ``(prob, dist)`` (2D or 3D)."""
     weights = np.array([lab.size for _, lab in items], np.float64) ** 0.5
     weights /= weights.sum()
 
@@ -61,8 +75,8 @@ def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches:
             xs, ps, ds = [], [], []
             for _ in range(batch_size):
                 img, lab = items[int(rng.choice(len(items), p=weights))]
-                pi, pl = random_patch(img, lab, (patch, patch), rng, fg_fraction=fg_fraction, augment=augment)
-                prob, dist = stardist_targets(pl, n_rays)
+                pi, pl = random_patch(img, lab, patch, rng, fg_fraction=fg_fraction, augment=augment)
+                prob, dist = targets(pl)
                 xs.append(pi[None])
                 ps.append(prob[None])
                 ds.append(dist)
@@ -76,6 +90,14 @@ def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches:
             return batches(rng)
 
     return _Sized()
+
+
+def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
+                   patch: int, n_rays: int, augment: AugmentConfig | None,
+                   fg_fraction: float) -> Callable[[np.random.Generator], Iterator[tuple[np.ndarray, ...]]]:
+    return _target_batches(items, n_batches=n_batches, batch_size=batch_size, patch=(patch, patch),
+                           targets=functools.partial(stardist_targets, n_rays=n_rays), augment=augment,
+                           fg_fraction=fg_fraction)
 
 
 def tune_and_evaluate(model: Any, val_pairs: Sequence[Pair], *, optimize: bool = True, evaluate: bool = True,
@@ -100,6 +122,142 @@ def tune_and_evaluate(model: Any, val_pairs: Sequence[Pair], *, optimize: bool =
     if tuned:
         model.config["metrics"]["threshold_search_score"] = round(tuned["score"], 4)
     return tuned, metrics
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Checked training items, their validation split and the run settings 2D and 3D share."""
+
+    pairs: Sequence[Pair]
+    train_idx: list[int]
+    val_idx: list[int]
+    val_fraction: float
+    val_names: Sequence[str] | None
+    seed: int
+    augment: AugmentConfig
+    device: str
+
+
+def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: AugmentConfig | dict | None,
+           val_names: Sequence[str] | None, val_fraction: float, seed: int, device: str) -> _Setup:
+    """Check that ``pairs`` is non-empty with ``ndim``-D images (``requirement`` ends the error
+    message), resolve the augmentation, the validation split and the device."""
+    from ijtorch.models.device import resolve_device
+
+    if not pairs:
+        raise ValueError("pairs is empty: nothing to train on")
+    for p in pairs:
+        if p.image.ndim != ndim:
+            raise ValueError(f"item {p.name!r} has shape {p.image.shape}; {requirement}")
+    aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
+    train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
+    return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device))
+
+
+def _load_base_model(base_model: str | os.PathLike, model_type: str) -> Any:
+    """The model directory to fine-tune; an error unless it holds a ``model_type`` model."""
+    from ijtorch.models.store import load_model_dir, resolve_model
+
+    md = load_model_dir(resolve_model(base_model))
+    if md.config.get("model_type") != model_type:
+        raise ValueError(f"base_model={str(base_model)!r} has model_type {md.config.get('model_type')!r}; "
+                         f"expected {model_type!r}")
+    return md
+
+
+def _percentile_normalization(normalization: tuple[float, float]) -> dict[str, Any]:
+    return {"method": "percentile", "low": float(normalization[0]), "high": float(normalization[1])}
+
+
+def _batch_sources(setup: _Setup, norm_cfg: dict[str, Any], batches: Callable[..., Any], *,
+                   steps_per_epoch: int, val_batches: int) -> tuple[Any, list | None]:
+    """``(train source, fixed validation batches or None)`` from the normalised items;
+    ``batches(items, n_batches, augment)`` samples patches and targets for the geometry at hand.
+    The validation batches are drawn once, unaugmented, from a seed of their own."""
+
+    def normalized(indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        low, high = norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)
+        return [(percentile_normalize(setup.pairs[i].image, low, high), setup.pairs[i].labels) for i in indices]
+
+    train_items, val_items = normalized(setup.train_idx), normalized(setup.val_idx)
+    train_data = batches(train_items, steps_per_epoch, setup.augment)
+    val_data = None
+    if val_items:
+        vrng = np.random.default_rng([setup.seed, 999])
+        val_data = list(batches(val_items, val_batches, None)(vrng))
+    return train_data, val_data
+
+
+def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, output: Path,
+         checkpoint_dir: str | os.PathLike | None, epochs: int, lr: float, patience: int | None, resume: bool,
+         time_limit_s: float | None, progress: ProgressCallback | None, progress_bar: bool | None,
+         cancel: Callable[[], bool] | None) -> tuple[Any, Any, float]:
+    """Train with the StarDist loss (checkpoints in ``<output>.checkpoints`` unless given);
+    ``(trainer, TrainResult, seconds)``."""
+    from ijtorch.models.stardist import stardist_loss
+
+    from .trainer import Trainer
+
+    t_start = time.monotonic()
+
+    def _cancel() -> bool:
+        if cancel is not None and cancel():
+            return True
+        return time_limit_s is not None and time.monotonic() - t_start > time_limit_s
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else output.with_name(output.name + ".checkpoints")
+    trainer = Trainer(net, stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
+                      epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
+                      resume=resume, seed=setup.seed, device=setup.device, grad_clip=10.0, progress=progress,
+                      progress_bar=progress_bar, cancel=_cancel)
+    result = trainer.fit()
+    return trainer, result, time.monotonic() - t_start
+
+
+def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLike | None, steps_per_epoch: int,
+                     batch_size: int, patch: dict[str, Any], lr: float, fg_fraction: float,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``training`` entry of the model config; ``patch`` (the patch size key and value) and
+    ``extra`` are the geometry-specific entries, placed where 2D and 3D configs have them."""
+    import torch
+
+    names = [p.name for p in setup.pairs]
+    return {
+        "items": len(setup.pairs),
+        "train_names": [names[i] for i in setup.train_idx],
+        "val_names": [names[i] for i in setup.val_idx],
+        "split": {"val_fraction": setup.val_fraction, "seed": setup.seed, "explicit": setup.val_names is not None},
+        "base_model": str(base_model) if base_model is not None else None,
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, **patch,
+        "lr": lr, "seed": setup.seed, "augment": setup.augment.model_dump(), "fg_fraction": fg_fraction,
+        **(extra or {}),
+        "seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),  # all runs incl. resumed
+        "device": setup.device, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result.history],
+        "cancelled_or_time_limited": result.cancelled,
+    }
+
+
+def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seconds: float, *, method: str,
+                optimize_thresholds: bool, evaluate: bool, progress: ProgressCallback | None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the model, tune/evaluate it on the validation items, save again; the summary dict
+    (``extra`` holds the geometry-specific entries)."""
+    model.save(output)  # a usable model exists even if tuning below is interrupted
+    tuned, metrics = tune_and_evaluate(model, [setup.pairs[i] for i in setup.val_idx], optimize=optimize_thresholds,
+                                       evaluate=evaluate, progress=progress)
+    model.save(output)
+    return {
+        "output": str(output), "method": method, "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, "best_val_loss": result.best_metric,
+        "train_seconds": round(train_seconds, 1), "n_train": len(setup.train_idx), "n_val": len(setup.val_idx),
+        **(extra or {}),
+        "thresholds": model.config["thresholds"], "threshold_search": tuned, "metrics": metrics,
+        "weights_bytes": (output / "weights.safetensors").stat().st_size,
+        "stopped_early": result.stopped_early, "cancelled": result.cancelled,
+    }
 
 
 def train_stardist(
@@ -171,27 +329,14 @@ def train_stardist(
     import torch
 
     from ijtorch.models import stardist as sd
-    from ijtorch.models.device import resolve_device
     from ijtorch.models.stardist_model import StarDistModel
-    from ijtorch.models.store import load_model_dir, resolve_model
 
-    from .trainer import Trainer
-
-    if not pairs:
-        raise ValueError("pairs is empty: nothing to train on")
-    for p in pairs:
-        if p.image.ndim != 2:
-            raise ValueError(f"item {p.name!r} has shape {p.image.shape}; train_stardist needs 2D (YX) images")
-    aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
-    names = [p.name for p in pairs]
-    train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
-    dev = resolve_device(device)
+    setup = _setup(pairs, ndim=2, requirement="train_stardist needs 2D (YX) images", augment=augment,
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device)
 
     base_cfg: dict[str, Any] = {}
     if base_model is not None:
-        md = load_model_dir(resolve_model(base_model))
-        if md.config.get("model_type") != "stardist2d":
-            raise ValueError(f"base_model={str(base_model)!r} has model_type {md.config.get('model_type')!r}; expected 'stardist2d'")
+        md = _load_base_model(base_model, "stardist2d")
         base_cfg = md.config
         net = sd.StarDistNet(**md.config["architecture"])
         net.load_state_dict(md.state_dict)
@@ -200,36 +345,19 @@ def train_stardist(
     else:
         torch.manual_seed(seed)
         net = sd.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels)
-        norm_cfg = {"method": "percentile", "low": float(normalization[0]), "high": float(normalization[1])}
+        norm_cfg = _percentile_normalization(normalization)
 
-    def norm(img: np.ndarray) -> np.ndarray:
-        return percentile_normalize(img, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None) -> Any:
+        return _patch_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch_size, n_rays=n_rays,
+                              augment=aug, fg_fraction=fg_fraction)
 
-    train_items = [(norm(pairs[i].image), pairs[i].labels) for i in train_idx]
-    val_items = [(norm(pairs[i].image), pairs[i].labels) for i in val_idx]
-    train_data = _patch_batches(train_items, n_batches=steps_per_epoch, batch_size=batch_size, patch=patch_size,
-                                n_rays=n_rays, augment=aug, fg_fraction=fg_fraction)
-    val_data = None
-    if val_items:
-        vrng = np.random.default_rng([seed, 999])
-        fixed = list(_patch_batches(val_items, n_batches=max(2, 32 // batch_size), batch_size=batch_size,
-                                    patch=patch_size, n_rays=n_rays, augment=None, fg_fraction=fg_fraction)(vrng))
-        val_data = fixed
-    t_start = time.monotonic()
-
-    def _cancel() -> bool:
-        if cancel is not None and cancel():
-            return True
-        return time_limit_s is not None and time.monotonic() - t_start > time_limit_s
-
+    train_data, val_data = _batch_sources(setup, norm_cfg, batches, steps_per_epoch=steps_per_epoch,
+                                          val_batches=max(2, 32 // batch_size))
     output = Path(output)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else output.with_name(output.name + ".checkpoints")
-    trainer = Trainer(net, sd.stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
-                      epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
-                      resume=resume, seed=seed, device=dev, grad_clip=10.0, progress=progress,
-                      progress_bar=progress_bar, cancel=_cancel)
-    result = trainer.fit()
-    train_seconds = time.monotonic() - t_start
+    trainer, result, train_seconds = _fit(
+        setup, net, train_data, val_data, output=output, checkpoint_dir=checkpoint_dir, epochs=epochs, lr=lr,
+        patience=patience, resume=resume, time_limit_s=time_limit_s, progress=progress, progress_bar=progress_bar,
+        cancel=cancel)
 
     config: dict[str, Any] = {
         "model_type": "stardist2d",
@@ -239,34 +367,12 @@ def train_stardist(
         "grid": int(grid),
         "normalization": norm_cfg,
         "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
-        "training": {
-            "items": len(pairs),
-            "train_names": [names[i] for i in train_idx],
-            "val_names": [names[i] for i in val_idx],
-            "split": {"val_fraction": val_fraction, "seed": seed, "explicit": val_names is not None},
-            "base_model": str(base_model) if base_model is not None else None,
-            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "patch_size": patch_size,
-            "lr": lr, "seed": seed, "augment": aug.model_dump(), "fg_fraction": fg_fraction,
-            "seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),  # all runs incl. resumed
-            "device": dev, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result.history],
-            "cancelled_or_time_limited": result.cancelled,
-        },
+        "training": _training_record(setup, result, base_model=base_model, steps_per_epoch=steps_per_epoch,
+                                     batch_size=batch_size, patch={"patch_size": patch_size}, lr=lr,
+                                     fg_fraction=fg_fraction),
     }
-    model = StarDistModel(trainer.model, config, device=dev)
-    model.save(output)  # a usable model exists even if tuning below is interrupted
-    tuned, metrics = tune_and_evaluate(model, [pairs[i] for i in val_idx], optimize=optimize_thresholds,
-                                       evaluate=evaluate, progress=progress)
-    model.save(output)
-    summary = {
-        "output": str(output), "method": "stardist", "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch, "best_val_loss": result.best_metric,
-        "train_seconds": round(train_seconds, 1), "n_train": len(train_idx), "n_val": len(val_idx),
-        "thresholds": model.config["thresholds"], "threshold_search": tuned, "metrics": metrics,
-        "weights_bytes": (output / "weights.safetensors").stat().st_size,
-        "stopped_early": result.stopped_early, "cancelled": result.cancelled,
-    }
+    model = StarDistModel(trainer.model, config, device=setup.device)
+    summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist",
+                          optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress)
     log.info("trained StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
     return summary
