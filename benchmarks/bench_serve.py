@@ -322,13 +322,13 @@ def main() -> int:
             with ThreadPoolExecutor(args.clients) as pool:
                 list(pool.map(client, range(args.clients), [first] * args.clients))
             elapsed = time.perf_counter() - t0
-            time.sleep(1.0)
+            time.sleep(3.0)  # idle: the server gives freed buffers back to the OS within ~2 s
             rss_before = httpx.get(srv.url + "/metrics").json()["rss_bytes"]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 list(pool.map(client, range(args.clients, 2 * args.clients), [args.requests - first] * args.clients))
             elapsed += time.perf_counter() - t0
-            time.sleep(1.0)
+            time.sleep(3.0)
             metrics = httpx.get(srv.url + "/metrics").json()
             alive = srv.proc.poll() is None and httpx.get(srv.url + "/health").status_code == 200
         if env_models is None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Admission", "QueueFull", "Job", "JobManager", "Metrics", "rss_bytes"]
+__all__ = ["Admission", "QueueFull", "Job", "JobManager", "Metrics", "rss_bytes", "release_free_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Admission:
         self._active = 0
         self._lock = threading.Lock()
         self.rejected = 0
+        self.admitted = 0  # ever admitted: lets an idle-time task see that work happened since it last looked
 
     @property
     def active(self) -> int:
@@ -50,6 +51,7 @@ class Admission:
                 self.rejected += 1
                 raise QueueFull(self._active, self.limit, retry_after)
             self._active += 1
+            self.admitted += 1
 
     def release(self) -> None:
         with self._lock:
@@ -155,6 +157,23 @@ class JobManager:
             for j in self._jobs.values():
                 out[j.status] = out.get(j.status, 0) + 1
             return out
+
+
+def release_free_memory() -> bool:
+    """Return freed heap memory to the operating system (glibc ``malloc_trim``).
+
+    After a burst of requests glibc keeps the freed buffers of its per-thread arenas mapped, so the
+    server's resident memory stays at the burst's high-water mark although nothing leaks; trimming
+    when the server is idle brings it back to its working set. False where glibc is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def rss_bytes() -> int:

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from ..errors import IjtorchError, ModelError
 from ..image import Calibration, check_axes
 from ._security import ModelNames, token_matches
-from ._state import Admission, JobManager, Metrics, QueueFull, gpu_memory, rss_bytes
+from ._state import Admission, JobManager, Metrics, QueueFull, gpu_memory, release_free_memory, rss_bytes
 from ._wire import MEDIA_TYPE, WireError, decode, encode
 from .batching import DynamicBatcher
 
@@ -552,7 +552,9 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
             torch.set_num_threads(int(config.threads))
         srv.batcher.start()
+        trimmer = asyncio.create_task(_trim_memory_when_idle(srv.admission))
         yield
+        trimmer.cancel()
         await srv.batcher.stop()
         srv.infer.shutdown(wait=False, cancel_futures=True)
         srv.post.shutdown(wait=False, cancel_futures=True)
@@ -605,3 +607,14 @@ class _Guard:
 _KNOWN_PATHS = {"/health", "/metrics", "/models", "/segment", "/normalize", "/classify", "/restore", "/jobs/segment",
                 "/jobs/track", "/jobs/{id}", "/imagej/commands", "/imagej/command",
                 "/imagej/function"}
+
+
+async def _trim_memory_when_idle(admission: Admission, interval_s: float = 2.0) -> None:
+    """Once the server has served something and then nothing is queued or running, give the freed
+    request buffers back to the OS, so its memory returns to baseline after a burst."""
+    seen = admission.admitted
+    while True:
+        await asyncio.sleep(interval_s)
+        if admission.active == 0 and admission.admitted != seen:
+            seen = admission.admitted
+            await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
