@@ -235,3 +235,28 @@ def test_stop_fails_waiting_requests():
 def test_bad_settings_are_refused(kwargs, message):
     with ThreadPoolExecutor(1) as ex, pytest.raises(ValueError, match=message):
         DynamicBatcher(lambda k, p: p, ex, **kwargs)
+
+
+def test_memory_is_trimmed_only_when_idle_after_work(monkeypatch):
+    from ijtorch.serve import app as app_module
+    from ijtorch.serve._state import Admission
+
+    calls = []
+    monkeypatch.setattr(app_module, "release_free_memory", lambda: calls.append(1) or True)
+    admission = Admission(4)
+
+    async def scenario():
+        task = asyncio.create_task(app_module._trim_memory_when_idle(admission, interval_s=0.01))
+        await asyncio.sleep(0.05)
+        assert calls == []                      # nothing served yet: nothing to give back
+        admission.acquire()
+        await asyncio.sleep(0.05)
+        assert calls == []                      # busy: never trims under load
+        admission.release()
+        await asyncio.sleep(0.05)
+        assert calls == [1]                     # idle after work: trims once
+        await asyncio.sleep(0.05)
+        assert calls == [1]                     # and not again until more work happened
+        task.cancel()
+
+    asyncio.run(scenario())
