@@ -379,7 +379,7 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("input")
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--base-model", default=None, help="fine-tune: reuse this model's backbone with a new head")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_classifier)
 

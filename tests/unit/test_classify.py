@@ -95,6 +95,7 @@ def test_saved_model_reloads_with_split_and_predicts_the_same(trained):
     assert cfg["input_shape"] == [2, 24, 24] and cfg["axes"] == "CYX"
     norm = cfg["normalization"]  # per-channel percentiles of the training items, stored
     assert norm["method"] == "percentile_dataset" and len(norm["lo"]) == 2 and norm["lo"][0] < norm["hi"][0]
+    assert cfg["inference"] == {"tta": "dihedral"} and cfg["architecture"]["norm"] == "batch"
     clear_model_cache()
     r1 = classify(x[:12], model=str(out), device="cpu")
     r2 = classify(x[:12], model=ClassifierModel.load(out), device="cpu")
@@ -105,6 +106,65 @@ def test_saved_model_reloads_with_split_and_predicts_the_same(trained):
     val = np.asarray(summary["val_indices"])
     r = classify(x[val], model=str(out), device="cpu")
     assert (r["class"] == y[val]).mean() > 0.7
+
+
+def test_predictions_do_not_change_when_items_are_rotated_or_flipped(trained):
+    # cells have no orientation: the model averages its logits over the 8 dihedral transforms
+    from ijtorch.models.classifier import ClassifierModel
+
+    summary, x, y, out = trained
+    model = ClassifierModel.load(out)
+    assert model.test_time_augmentation
+    items = x[::8]
+    p = classify(items, model=model, device="cpu")["probabilities"]
+    for moved in (np.rot90(items, 1, (2, 3)), items[..., ::-1], np.swapaxes(items, 2, 3)):
+        np.testing.assert_allclose(classify(np.ascontiguousarray(moved), model=model, device="cpu")["probabilities"],
+                                   p, atol=1e-5)
+    f = embed(items, model=model, device="cpu")
+    np.testing.assert_allclose(embed(np.ascontiguousarray(np.rot90(items, 3, (2, 3))), model=model, device="cpu"), f,
+                               rtol=1e-4, atol=1e-5)
+    # without test-time augmentation a rotated item gets other logits (the check above can fail)
+    single = ClassifierModel(model.net, {k: v for k, v in model.config.items() if k != "inference"})
+    assert not single.test_time_augmentation
+    rotated = np.ascontiguousarray(np.rot90(items, 1, (2, 3)))
+    assert np.abs(single.logits(rotated) - single.logits(items)).max() > 1e-3
+
+
+def test_augmentation_draws_every_dihedral_transform_and_keeps_intensities():
+    from ijtorch.tasks.classify import _augment
+
+    rng = np.random.default_rng(0)
+    item = rng.random((1, 2, 6, 6)).astype(np.float32)
+    views = [np.rot90(v, k, (1, 2)) for v in (item[0], item[0][:, :, ::-1]) for k in range(4)]
+    seen = set()
+    for _ in range(100):
+        out = _augment(item, rng, max_shift=0)[0]
+        match = [i for i, v in enumerate(views) if np.array_equal(out, v)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == set(range(8))
+    # shifts repeat edge pixels: every value comes from the item, none is rescaled
+    shifted = _augment(np.repeat(item, 50, axis=0), rng, max_shift=3)
+    assert np.isin(shifted, item).all()
+    assert not all(any(np.array_equal(s, v) for v in views) for s in shifted)
+
+
+def test_classes_that_differ_only_in_brightness_are_told_apart(tmp_path):
+    # like G1 vs G2 cells, whose DNA content differs 2x: the classes' items are the same up to a factor 2,
+    # so per-item normalisation (or a per-item normalising network) leaves nothing to tell them apart
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:20, :20]
+    images, labels = [], []
+    for k, level in enumerate((400, 800)):
+        for _ in range(40):
+            cy, cx = rng.uniform(8, 12, 2)
+            disk = np.hypot(yy - cy, xx - cx) < rng.uniform(4, 6)
+            images.append((level * (0.25 + disk + rng.normal(0, 0.05, (20, 20)))).astype(np.float32)[None])
+            labels.append(k)
+    summary = train_classifier(np.stack(images), np.asarray(labels), classes=["dim", "bright"], output=tmp_path / "m",
+                               epochs=15, lr=5e-3, batch_size=16, widths=(8, 16), seed=0, device="cpu",
+                               val_fraction=0.25)
+    assert summary["metrics"]["balanced_accuracy"] >= 0.9, summary["metrics"]
 
 
 def test_fine_tune_reuses_backbone_with_new_head(trained, tmp_path):

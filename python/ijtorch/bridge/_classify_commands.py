@@ -65,11 +65,11 @@ class TrainClassifierParams(BaseModel):
     class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (mitotic_001 → mitotic) or its ROI Manager group")
     name: str = Field("my-classifier", description="name of the new model (saved in the user model folder)")
     base_model: str = Field("", description="fine-tune from this classifier (backbone reused, new head); empty = from scratch")
-    epochs: int = Field(30, ge=1, description="training epochs")
+    epochs: int = Field(100, ge=1, description="training epochs")
     size: int = Field(40, ge=8, description="crop size in pixels around each ROI")
     scale_by_object: bool = Field(False, description="crop 1.25 × the object's extent and resample it to the crop size")
     mask_channel: bool = Field(False, description="add the object's mask as an extra channel")
-    class_weighting: Weighting = Field(Weighting.balanced, description="balanced loss weights, balanced sampling or none")
+    class_weighting: Weighting = Field(Weighting.sampling, description="class-balanced batches, balanced loss weights or none")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="held-out fraction per class for metrics and calibration")
     seed: int = Field(0, description="random seed (split, initialisation, batches)")
 

@@ -8,7 +8,9 @@ model directory of ``model_type="classifier"`` through :mod:`ijtorch.models.stor
 registered when this module is imported).
 
 Probabilities are ``softmax(logits / T)`` with the temperature ``T`` fitted on held-out items
-(:func:`fit_temperature`, Guo et al. 2017), which leaves the predicted class unchanged.
+(:func:`fit_temperature`, Guo et al. 2017), which leaves the predicted class unchanged. Models
+trained with test-time augmentation average the logits of the 8 dihedral transforms of an item
+(cells have no orientation), so predictions do not change when an item is rotated or flipped.
 """
 
 from __future__ import annotations
@@ -67,13 +69,16 @@ class ClassifierNet(nn.Module):
     ndim : {2, 3}
         Spatial dimensions.
     norm, activation : str
-        As in :class:`ijtorch.models.unet.UNet`.
+        As in :class:`ijtorch.models.unet.UNet`. Batch norm keeps absolute intensity informative;
+        group/instance norm normalise each item, which erases e.g. the DNA content of a cell.
     dropout : float
         Dropout before the linear head.
+    stem_stride : {1, 2}
+        Stride of the stem convolution in YX; 2 quarters the cost, enough for small crops of cells.
     """
 
     def __init__(self, in_channels: int, n_classes: int, *, widths: Sequence[int] = (32, 64, 128), ndim: int = 2,
-                 norm: str = "batch", activation: str = "relu", dropout: float = 0.2) -> None:
+                 norm: str = "batch", activation: str = "relu", dropout: float = 0.2, stem_stride: int = 1) -> None:
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim={ndim!r}: accepted values are 2 and 3")
@@ -84,8 +89,11 @@ class ClassifierNet(nn.Module):
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
             raise ValueError(f"widths={widths!r}: expected a non-empty sequence of positive integers")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride={stem_stride!r}: accepted values are 1 and 2")
         conv = _conv(ndim)
-        self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1, bias=norm == "none"),
+        stride = stem_stride if ndim == 2 else (1, stem_stride, stem_stride)  # Z stacks are often thin
+        self.stem = nn.Sequential(conv(in_channels, widths[0], 3, stride=stride, padding=1, bias=norm == "none"),
                                   _norm(norm, widths[0], ndim), _act(activation))
         stages, cin = [], widths[0]
         for i, w in enumerate(widths):
@@ -137,6 +145,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _dihedral_views(t: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/reflections of a batch in its last two (YX) axes."""
+    views = []
+    for flipped in (t, torch.flip(t, (-1,))):
+        views += [torch.rot90(flipped, k, (-2, -1)) for k in range(4)]
+    return views
+
+
 class ClassifierModel:
     """A trained classifier: network + config (classes, input shape, normalisation, temperature).
 
@@ -144,7 +160,9 @@ class ClassifierModel:
     ``input_shape`` (``[C, Y, X]`` or ``[C, Z, Y, X]``), ``axes`` (``"CYX"``/``"CZYX"``),
     ``normalization`` (``{"method": "percentile_dataset", "lo": [...], "hi": [...]}``: per-channel
     values fixed from the training set's percentiles, so absolute intensity stays informative;
-    ``{"method": "percentile", "low", "high"}``: per item and channel; or ``"none"``) and ``calibration`` (``{"temperature": T}``).
+    ``{"method": "percentile", "low", "high"}``: per item and channel; or ``"none"``), ``calibration``
+    (``{"temperature": T}``) and ``inference`` (``{"tta": "dihedral"}``: logits and embeddings are
+    averaged over the 8 rotations/reflections of each item, for square YX items; absent: one pass).
     """
 
     def __init__(self, net: ClassifierNet, config: dict[str, Any], *, device: str = "cpu") -> None:
@@ -227,13 +245,22 @@ class ClassifierModel:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     # ------------------------------------------------------------ predict
+    @property
+    def test_time_augmentation(self) -> bool:
+        """Whether outputs average over the 8 dihedral transforms (``inference.tta == "dihedral"``, square YX)."""
+        shape = self.input_shape
+        return self.config.get("inference", {}).get("tta") == "dihedral" and shape[-1] == shape[-2]
+
     def _run(self, x: np.ndarray, what: str, batch_size: int) -> np.ndarray:
         out = []
+        tta = self.test_time_augmentation
         self.net.eval()
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 t = torch.from_numpy(x[i:i + batch_size]).to(self.device)
-                y = self.net.features(t) if what == "features" else self.net(t)
+                views = _dihedral_views(t) if tta else [t]
+                fn = self.net.features if what == "features" else self.net
+                y = torch.stack([fn(v) for v in views]).mean(0)
                 out.append(y.float().cpu().numpy())
         if not out:
             n_out = self.embedding_dim if what == "features" else len(self.classes)

@@ -112,8 +112,13 @@ def _labels_to_indices(labels: Any, classes: Sequence[str] | None, n: int) -> tu
     return lab.astype(np.int64), names
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips, 90° rotations (square YX) and per-item intensity scale/shift of a normalised batch."""
+def _augment(x: np.ndarray, rng: np.random.Generator, *, max_shift: int = 3) -> np.ndarray:
+    """Random dihedral transform (flips; 90° rotations of square YX) and YX shift of a normalised batch.
+
+    Cells have no orientation, so all 8 dihedral transforms keep the label. Shifts of up to
+    ``max_shift`` pixels repeat the edge pixels. Intensities are left alone on purpose: absolute
+    intensity (e.g. the DNA content that separates G1, S and G2) is often what tells classes apart.
+    """
     nd = x.ndim - 2
     out = np.empty_like(x)
     for i in range(len(x)):
@@ -123,7 +128,12 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                 a = np.flip(a, ax)
         if a.shape[-1] == a.shape[-2]:
             a = np.rot90(a, int(rng.integers(4)), axes=(a.ndim - 2, a.ndim - 1))
-        out[i] = a * np.float32(rng.uniform(0.85, 1.15)) + np.float32(rng.uniform(-0.05, 0.05))
+        if max_shift > 0:
+            dy, dx = (int(v) for v in rng.integers(-max_shift, max_shift + 1, 2))
+            pad = [(0, 0)] * (a.ndim - 2) + [(max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))]
+            h, w = a.shape[-2:]
+            a = np.pad(a, pad, mode="edge")[..., max(-dy, 0):max(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]
+        out[i] = a
     return out
 
 
@@ -136,11 +146,11 @@ def train_classifier(
     classes: Sequence[str] | None = None,
     output: str | os.PathLike,
     base_model: str | os.PathLike | None = None,
-    epochs: int = 30,
+    epochs: int = 100,
     batch_size: int = 32,
     lr: float = 2e-3,
-    widths: Sequence[int] = (32, 64, 128),
-    class_weighting: str = "balanced",
+    widths: Sequence[int] = (16, 32, 64),
+    class_weighting: str = "sampling",
     augment: bool = True,
     normalization: str = "dataset",
     val_fraction: float = 0.15,
@@ -153,6 +163,14 @@ def train_classifier(
     cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train (or fine-tune) a classifier and save it as a model directory.
+
+    The default recipe was chosen by cross-validation on real imaging-flow-cytometry crops
+    (``benchmarks/bench_classify.py``, Jurkat cell cycle, 672 cells, 7 imbalanced classes): a
+    small ResNet (stride-2 stem, batch norm, global average pooling; ~78k parameters) on
+    dataset-normalised channels, random dihedral transforms and shifts, class-balanced batches,
+    AdamW with a cosine schedule for 100 epochs keeping the last epoch's weights, predictions
+    averaged over the 8 dihedral transforms of each item and temperature-calibrated on the
+    held-out split.
 
     Parameters
     ----------
@@ -168,12 +186,15 @@ def train_classifier(
     base_model : str or path, optional
         Classifier to fine-tune: its backbone is reused with a new head for ``classes``.
     epochs, batch_size, lr, widths, patience
-        Training settings (``widths`` ignored when fine-tuning).
+        Training settings (``widths`` ignored when fine-tuning). Small data sets need many
+        epochs: an epoch of a few hundred items is only a dozen optimiser steps. ``patience``
+        stops training after that many epochs without a better held-out balanced accuracy.
     class_weighting : {"balanced", "sampling", "none"}
-        ``balanced``: cross-entropy weighted by ``N / (K * n_class)``; ``sampling``: batches drawn
-        with equal probability per class; ``none``.
+        ``sampling``: batches drawn with equal probability per class (rare classes are seen
+        often, in ever new augmented forms); ``balanced``: cross-entropy weighted by
+        ``N / (K * n_class)``; ``none``.
     augment : bool
-        Random flips, 90° rotations and intensity changes.
+        Random flips, 90° rotations and shifts of up to 3 pixels (no intensity changes).
     normalization : {"dataset", "item"}
         ``dataset``: each channel maps its 1st/99.8th percentiles over the training items to 0/1
         (values stored in the model; absolute intensity, e.g. DNA content, stays informative);
@@ -198,7 +219,8 @@ def train_classifier(
         ``output``, ``classes``, ``n_train``, ``n_val``, ``val_indices``, ``class_counts``,
         ``metrics`` (report on the held-out items, see
         :func:`ijtorch.metrics_classification.classification_report`, with ``ece_uncalibrated``),
-        ``temperature``, ``epochs_run``, ``best_epoch``, ``seconds``.
+        ``temperature``, ``epochs_run``, ``best_epoch`` (the epoch with the best held-out balanced
+        accuracy, for information: the saved model has the last epoch's weights), ``seconds``.
     """
     import torch
 
@@ -262,8 +284,9 @@ def train_classifier(
         arch = dict(base.config["architecture"], n_classes=len(class_names))
     else:
         arch = {"in_channels": int(data.shape[1]), "n_classes": len(class_names), "widths": [int(w) for w in widths],
-                "ndim": ndim, "norm": "group", "activation": "relu", "dropout": 0.2}
+                "ndim": ndim, "norm": "batch", "activation": "relu", "dropout": 0.2, "stem_stride": 2}
     config["architecture"] = arch
+    config["inference"] = {"tta": "dihedral"}
     from ..train.trainer import seed_everything
 
     seed_everything(seed)
@@ -318,7 +341,10 @@ def train_classifier(
                       metric_fn=metric_fn if has_val else None,
                       monitor="val_balanced_accuracy" if has_val else "train_loss", mode="max" if has_val else "min",
                       epochs=epochs, lr=lr, scheduler="cosine", patience=patience, seed=seed, device=device,
-                      progress=progress, progress_bar=False, cancel=cancel)
+                      progress=progress, progress_bar=False, cancel=cancel,
+                      # keep the last epoch: the cosine schedule ends gently, and the best epoch by the
+                      # held-out score was measured to be a noisy pick when the held-out split is small
+                      restore_best=False)
     result = trainer.fit()
     dev = trainer.device
     model = ClassifierModel(net, config, device=dev)
