@@ -86,6 +86,22 @@ def test_model_directory_records_type_normalization_and_training_statistics(trai
                                                                                    "mask_radius": 2}
 
 
+def test_n2v_keeps_the_last_epoch_and_care_the_best_validated_epoch(trained):
+    """N2V's validation loss is mostly the noise of its held-out pixels, so it keeps its last epoch."""
+    from safetensors.torch import load_file
+
+    from ijtorch.models.store import load_model_dir
+
+    for kind, checkpoint in (("n2v", "last.safetensors"), ("care", "best.safetensors")):
+        path, summary = trained[kind]
+        saved = load_model_dir(path)
+        ckpt = load_file(str(path.with_name(path.name + ".checkpoints") / checkpoint))
+        for name, tensor in saved.state_dict.items():
+            assert torch.equal(tensor, ckpt[f"model.{name}"]), f"{kind}: {name} differs from {checkpoint}"
+        expected = summary["epochs_run"] if kind == "n2v" else summary["best_epoch"]
+        assert saved.config["training"]["weights_from_epoch"] == expected
+
+
 def test_tiled_prediction_agrees_with_whole_image(trained, data):
     x = np.tile(data["noisy"][6], (2, 2))[:180, :170]  # 180 x 170: padding and uneven tiles
     whole = restore(x, "YX", model=trained["care"][0], tiled=False, device="cpu").restored
