@@ -1,24 +1,28 @@
 """Classification benchmark: ijtorch CNN vs scikit-learn on hand-crafted features (Jurkat cell cycle).
 
 Data: ``../shared/data/classify_jurkat_cellcycle/train.npz`` (672 cells, brightfield / DNA /
-darkfield, 40×40, 7 imbalanced phases). A seeded stratified split
-(:func:`ijtorch.tasks.classify.stratified_split`, ``--test-fraction`` per class) holds out test
-cells that no method sees during training (the ijtorch model keeps its own 15 % validation split
-of the training cells for model selection and temperature scaling).
+darkfield, 40×40, 7 imbalanced phases: Anaphase 9, Telophase 18). A single held-out split
+would hold 1-2 anaphase cells, so every method is scored by seeded stratified k-fold
+cross-validation on **identical folds**: each cell is a test cell exactly once, and no method
+sees its test cells during training (the ijtorch model carves its own stratified validation
+split, for model selection and temperature scaling, out of the training fold only).
 
 Compared in the same run:
-(a) ``ijtorch.tasks.classify.train_classifier`` (small ResNet, balanced loss, augmentation);
-(b) scikit-learn RandomForest (``class_weight="balanced"``) and (c) logistic regression
-(standardised, balanced) on per-cell features: per channel intensity statistics (mean, std,
-min, max, 10/50/90th percentiles, mean gradient magnitude) and regionprops of the Otsu mask of
-the DNA channel (area, perimeter, eccentricity, solidity, axis lengths, per-channel mean
-intensity inside the mask).
+(a) ``ijtorch.tasks.classify.train_classifier`` with its default recipe (what the CLI
+``train-classifier`` and the Fiji command use), predictions by ``ijtorch.tasks.classify.classify``;
+(b) scikit-learn on per-cell hand-crafted features: per channel intensity statistics (mean,
+std, min, max, 10/50/90th percentiles, mean gradient magnitude) and regionprops of the Otsu mask
+of the DNA channel (area, perimeter, eccentricity, solidity, axis lengths, per-channel mean and
+integrated intensity inside the mask), standardised where the model needs it, all with
+``class_weight="balanced"``: logistic regression (``C`` picked by inner stratified CV on the
+training fold), RBF SVM and RandomForest (500 trees).
 
-Prints balanced accuracy, macro F1, ECE and the confusion matrix per method, plus wall-clock
-training time and the ratio of ijtorch time to RandomForest time. Nothing is asserted; not part of
-``make test``.
+Prints per-fold and mean ± sd balanced accuracy per method, the pooled (all folds) confusion
+matrix, macro F1 and ECE, wall-clock training time, and the ratio of ijtorch to the best
+baseline. Nothing is asserted; not part of ``make test``. Run it with ``nice``: 5 folds take a
+few minutes on 2 CPU cores.
 
-Run: ``python benchmarks/bench_classify.py [--epochs 30] [--threads 2] [--seed 0]``.
+Run: ``python benchmarks/bench_classify.py [--folds 5] [--epochs N] [--threads 2] [--seed 0]``.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import argparse
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "classify_jurkat_cellcycle" / "train.npz"
+CNN = "ijtorch CNN"
 
 
 def handcrafted_features(images: np.ndarray) -> np.ndarray:
@@ -51,92 +57,132 @@ def handcrafted_features(images: np.ndarray) -> np.ndarray:
         mask = dna > threshold_otsu(dna) if dna.max() > dna.min() else np.zeros(dna.shape, bool)
         lab = label(mask)
         if lab.max():
-            biggest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-            rp = regionprops((lab == biggest).astype(np.uint8))[0]
+            biggest = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+            rp = regionprops(biggest.astype(np.uint8))[0]
             f += [rp.area, rp.perimeter, rp.eccentricity, rp.solidity, rp.axis_major_length, rp.axis_minor_length]
-            f += [float(ch[lab == biggest].mean()) for ch in cell]
+            f += [float(ch[biggest].mean()) for ch in cell]
+            # integrated intensity above the crop's background (median outside the mask): DNA content
+            f += [float((ch[biggest] - np.median(ch[~biggest])).sum()) for ch in cell]
         else:
-            f += [0.0] * (6 + len(cell))
+            f += [0.0] * (6 + 2 * len(cell))
         rows.append(f)
     return np.asarray(rows)
 
 
-def report(name: str, y_true: np.ndarray, pred: np.ndarray, classes: list[str], proba: np.ndarray | None,
-           seconds: float) -> dict:
-    from ijtorch.metrics_classification import classification_report
+def baselines(seed: int, threads: int) -> dict:
+    """Well-configured scikit-learn classifiers (fresh, unfitted), by name; hyper-parameters are picked
+    by inner stratified CV on the training fold where that matters."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
 
-    rep = classification_report(y_true, pred, classes=classes, probabilities=proba)
-    ece = f"{rep['ece']:.3f}" if "ece" in rep else "n/a"
-    print(f"\n== {name}: balanced accuracy {rep['balanced_accuracy']:.3f}, accuracy {rep['accuracy']:.3f}, "
-          f"macro F1 {rep['macro_f1']:.3f}, ECE {ece}, train {seconds:.1f} s")
+    inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    return {
+        "LogisticRegression (C by inner CV)": make_pipeline(
+            StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-2, 3, 11), cv=inner, class_weight="balanced",
+                                                   scoring="balanced_accuracy", max_iter=5000)),
+        "RBF SVM (C, gamma by inner CV)": GridSearchCV(
+            make_pipeline(StandardScaler(), SVC(class_weight="balanced")),
+            {"svc__C": [1.0, 10.0, 100.0], "svc__gamma": ["scale", 0.003, 0.01]}, cv=inner,
+            scoring="balanced_accuracy"),
+        "RandomForest (500 trees)": RandomForestClassifier(n_estimators=500, class_weight="balanced",
+                                                           random_state=seed, n_jobs=threads),
+    }
+
+
+def print_confusion(classes: list[str], cm: np.ndarray) -> None:
     width = max(len(c) for c in classes)
     print(" " * (width + 2) + " ".join(f"{c[:5]:>5}" for c in classes) + "   recall")
-    for c, row in zip(classes, rep["confusion"]):
-        r = rep["per_class"][c]["recall"]
-        print(f"{c:>{width}}  " + " ".join(f"{v:5d}" for v in row) + f"   {r if r is None else round(r, 3)}")
-    rep["seconds"] = seconds
-    return rep
+    for c, row in zip(classes, cm):
+        print(f"{c:>{width}}  " + " ".join(f"{v:5d}" for v in row) + f"   {row[classes.index(c)] / max(row.sum(), 1):.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds")
+    parser.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (quick check)")
+    parser.add_argument("--epochs", type=int, default=None, help="ijtorch epochs (default: train_classifier's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads and RandomForest jobs (1 is fastest on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.25)
-    parser.add_argument("--normalization", choices=("dataset", "item"), default="dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold
 
-    from ijtorch.tasks.classify import classify, stratified_split, train_classifier
+    from ijtorch.metrics_classification import classification_report
+    from ijtorch.tasks.classify import classify, train_classifier
 
     torch.set_num_threads(args.threads)
     d = np.load(DATA)
     x, y, classes = d["images"], d["labels"].astype(np.int64), [str(c) for c in d["classes"]]
-    train, test = stratified_split(y, val_fraction=args.test_fraction, seed=args.seed)
-    print(f"Jurkat cell cycle: {len(y)} cells, {len(classes)} classes; held-out test {len(test)} cells "
-          f"(stratified, seed {args.seed}): " + ", ".join(f"{c} {n}" for c, n in zip(classes, np.bincount(y[test]))))
-    print(f"torch threads {args.threads}, epochs {args.epochs}, normalization {args.normalization}")
-
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        summary = train_classifier(x[train], y[train], classes=classes, output=Path(tmp) / "jurkat",
-                                   epochs=args.epochs, seed=args.seed, device="cpu",
-                                   normalization=args.normalization)
-        t_cnn = time.perf_counter() - t0
-        out = classify(x[test], model=summary["output"], device="cpu")
-        results["ijtorch CNN"] = report(f"ijtorch CNN (T={summary['temperature']:.2f}, best epoch "
-                                        f"{summary['best_epoch']}/{summary['epochs_run']})", y[test],
-                                        out["class_index"], classes, out["probabilities"], t_cnn)
+    folds = list(StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed).split(x, y))
+    folds = folds[:args.run_folds] if args.run_folds else folds
+    print(f"Jurkat cell cycle: {len(y)} cells, " + ", ".join(f"{c} {n}" for c, n in zip(classes, np.bincount(y))))
+    print(f"{args.folds}-fold stratified CV (seed {args.seed}), running {len(folds)} folds; identical folds for "
+          f"every method; torch threads {args.threads}")
 
     t0 = time.perf_counter()
     feats = handcrafted_features(x)
     t_feat = time.perf_counter() - t0
-    for name, clf in (("RandomForest (500 trees, balanced) on hand-crafted features",
-                       RandomForestClassifier(n_estimators=500, class_weight="balanced", random_state=args.seed,
-                                              n_jobs=args.threads)),
-                      ("LogisticRegression (balanced) on hand-crafted features",
-                       make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced")))):
-        t0 = time.perf_counter()
-        clf.fit(feats[train], y[train])
-        secs = time.perf_counter() - t0 + t_feat
-        results[name] = report(name, y[test], clf.predict(feats[test]), classes, clf.predict_proba(feats[test]), secs)
+    extra = {} if args.epochs is None else {"epochs": args.epochs}
+    names = [CNN, *baselines(args.seed, args.threads)]
+    pred = {n: np.full(len(y), -1) for n in names}
+    proba: dict[str, np.ndarray | None] = {n: np.zeros((len(y), len(classes))) for n in names}
+    fold_ba: dict[str, list[float]] = {n: [] for n in names}
+    seconds = {n: (0.0 if n == CNN else t_feat) for n in names}
+    for k, (train, test) in enumerate(folds):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            summary = train_classifier(x[train], y[train], classes=classes, output=Path(tmp) / "m", seed=args.seed,
+                                       device="cpu", **extra)
+            out = classify(x[test], model=summary["output"], device="cpu")
+            seconds[CNN] += time.perf_counter() - t0
+        pred[CNN][test], proba[CNN][test] = out["class_index"], out["probabilities"]
+        info = {CNN: f"{summary['epochs_run']} epochs, T={summary['temperature']:.2f}"}
+        for name, clf in baselines(args.seed, args.threads).items():
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():  # scikit-learn's notices about future defaults
+                warnings.simplefilter("ignore", FutureWarning)
+                clf.fit(feats[train], y[train])
+            pred[name][test] = clf.predict(feats[test])
+            if hasattr(clf, "predict_proba"):  # an SVM has none: no ECE for it
+                proba[name][test] = clf.predict_proba(feats[test])
+            else:
+                proba[name] = None
+            seconds[name] += time.perf_counter() - t0
+        line = []
+        for name in names:
+            rep = classification_report(y[test], pred[name][test], classes=classes)
+            fold_ba[name].append(rep["balanced_accuracy"])
+            line.append(f"{name.split(' ')[0] if name != CNN else 'ijtorch'} {rep['balanced_accuracy']:.3f}")
+        print(f"fold {k + 1}: test {len(test)} cells (Anaphase {int((y[test] == 0).sum())}): " + ", ".join(line)
+              + f"  [{info[CNN]}]", flush=True)
 
-    print("\n== summary (same run, same held-out cells)")
-    rf = results["RandomForest (500 trees, balanced) on hand-crafted features"]
-    for name, rep in results.items():
-        print(f"{name[:60]:60s} balanced acc {rep['balanced_accuracy']:.3f}  macro F1 {rep['macro_f1']:.3f}  "
-              f"train {rep['seconds']:6.1f} s")
-    cnn = results["ijtorch CNN"]
-    print(f"ratio ijtorch / RandomForest: balanced accuracy {cnn['balanced_accuracy'] / rf['balanced_accuracy']:.2f}x, "
-          f"training time {cnn['seconds'] / rf['seconds']:.1f}x")
+    done = np.concatenate([test for _, test in folds])
+    print(f"\n== balanced accuracy over {len(folds)} folds (mean ± sd), pooled macro F1 / ECE, training time")
+    results = {}
+    for name in names:
+        p = proba[name]
+        rep = classification_report(y[done], pred[name][done], classes=classes,
+                                    probabilities=p[done] if p is not None else None)
+        ba = np.asarray(fold_ba[name])
+        results[name] = (ba.mean(), rep)
+        ece = f"{rep['ece']:.3f}" if "ece" in rep else "n/a  "
+        print(f"{name:38s} {ba.mean():.3f} ± {ba.std(ddof=1) if len(ba) > 1 else 0:.3f}  "
+              f"(folds {' '.join(f'{v:.3f}' for v in ba)})  macro F1 {rep['macro_f1']:.3f}  ECE {ece}  "
+              f"train {seconds[name]:6.1f} s")
+    for name in names:
+        print(f"\n-- pooled confusion matrix, {name} (rows true, columns predicted)")
+        print_confusion(classes, np.asarray(results[name][1]["confusion"]))
+    best = max((n for n in names if n != CNN), key=lambda n: results[n][0])
+    print(f"\nratio ijtorch / best baseline ({best}): balanced accuracy "
+          f"{results[CNN][0] / results[best][0]:.3f}x ({results[CNN][0]:.3f} vs {results[best][0]:.3f}), "
+          f"training time {seconds[CNN] / seconds[best]:.1f}x")
 
 
 if __name__ == "__main__":
