@@ -19,10 +19,12 @@ training fold), RBF SVM and RandomForest (500 trees).
 
 Prints per-fold and mean ± sd balanced accuracy per method, the pooled (all folds) confusion
 matrix, macro F1 and ECE, wall-clock training time, and the ratio of ijtorch to the best
-baseline. Nothing is asserted; not part of ``make test``. Run it with ``nice``: 5 folds take a
-few minutes on 2 CPU cores.
+baseline. Nothing is asserted; not part of ``make test``. 5 folds took 3.5-5 minutes on a shared
+2-core machine with one torch thread; ``--run-folds 1`` is a quick check. ``--seed`` draws other
+folds (and training seeds), to see how much the ranking depends on which cells land in a fold.
 
-Run: ``python benchmarks/bench_classify.py [--folds 5] [--epochs N] [--threads 2] [--seed 0]``.
+Run: ``nice -n 10 python benchmarks/bench_classify.py [--folds 5] [--run-folds N] [--epochs N] [--threads 1]
+[--seed 0]``.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def baselines(seed: int, threads: int) -> dict:
 def print_confusion(classes: list[str], cm: np.ndarray) -> None:
     width = max(len(c) for c in classes)
     print(" " * (width + 2) + " ".join(f"{c[:5]:>5}" for c in classes) + "   recall")
-    for c, row in zip(classes, cm):
-        print(f"{c:>{width}}  " + " ".join(f"{v:5d}" for v in row) + f"   {row[classes.index(c)] / max(row.sum(), 1):.3f}")
+    for i, (c, row) in enumerate(zip(classes, cm)):
+        print(f"{c:>{width}}  " + " ".join(f"{v:5d}" for v in row) + f"   {row[i] / max(row.sum(), 1):.3f}")
 
 
 def main() -> None:
