@@ -16,8 +16,8 @@ an image ``c`` becomes ``poisson(c * peak) / peak + normal(0, read)``. Scored on
 - ijtorch Noise2Void, trained on the noisy test images themselves with the default recipe of
   ``ijtorch denoise`` / ``ijtorch Denoise (Noise2Void)`` (:func:`ijtorch.tasks.restore.denoise_n2v`),
   as a user would;
-- ijtorch CARE (its default network), trained on noisy/clean pairs of *other* images (held out from
-  the test set) at the same noise level, as many steps as N2V's recipe.
+- ijtorch CARE with the default recipe of ``ijtorch train-restoration care``, trained on noisy/clean
+  pairs of *other* images (held out from the test set) at the same noise level.
 
 PSNR/SSIM use CSBDeep's scale-and-shift-invariant normalisation (:mod:`ijtorch.metrics_restoration`).
 
@@ -133,26 +133,37 @@ def classical_methods() -> dict[str, Callable[[np.ndarray], tuple[np.ndarray, fl
 
 
 # ----------------------------------------------------------------------------- training budget
-def recipe() -> dict[str, Any]:
-    """The training settings ``denoise_n2v`` uses by default (the Denoise command's and CLI's recipe)."""
+def recipes() -> dict[str, dict[str, Any]]:
+    """Default training settings: N2V's are ``denoise_n2v``'s (the Denoise command's and CLI's recipe),
+    CARE's are ``train_restoration``'s (``ijtorch train-restoration care``)."""
     from ijtorch.tasks.restore import TRAINING_DEFAULTS, denoise_n2v, train_restoration
 
-    out = {k: inspect.signature(denoise_n2v).parameters[k].default for k in ("epochs", "steps_per_epoch", "patch_size")}
-    out.update(TRAINING_DEFAULTS["n2v"])
-    for k in ("mask_fraction", "mask_radius"):
-        out[k] = inspect.signature(train_restoration).parameters[k].default
-    return out
+    def defaults(fn: Callable[..., Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        return {k: inspect.signature(fn).parameters[k].default for k in keys}
+
+    n2v = {**defaults(denoise_n2v, ("epochs", "steps_per_epoch", "patch_size")), **TRAINING_DEFAULTS["n2v"],
+           **defaults(train_restoration, ("mask_fraction", "mask_radius"))}
+    care = {**defaults(train_restoration, ("epochs", "steps_per_epoch", "patch_size")), **TRAINING_DEFAULTS["care"]}
+    return {"n2v": n2v, "care": care}
 
 
-def seconds_per_step(r: dict[str, Any], net_size: dict[str, Any]) -> float:
-    """Measured time of one training step (forward, backward, update) of a U-Net of ``net_size``."""
+def describe(r: dict[str, Any]) -> str:
+    text = (f"{r['epochs']} epochs x {r['steps_per_epoch']} steps, batch {r['batch_size']} of {r['patch_size']} px, "
+            f"U-Net base {r['base_channels']} depth {r['depth']}, lr {r['lr']:g}")
+    if "mask_fraction" in r:
+        text += f", {100 * r['mask_fraction']:g} % blind-spot pixels (radius {r['mask_radius']})"
+    return text
+
+
+def seconds_per_step(r: dict[str, Any]) -> float:
+    """Measured time of one training step (forward, backward, update) of recipe ``r``'s U-Net."""
     import torch
 
     from ijtorch.models.unet import UNet
 
-    net = UNet(1, 1, ndim=2, base_channels=net_size["base_channels"], depth=net_size["depth"], norm="none")
+    net = UNet(1, 1, ndim=2, base_channels=r["base_channels"], depth=r["depth"], norm="none")
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
-    x = torch.rand(net_size["batch_size"], 1, r["patch_size"], r["patch_size"])
+    x = torch.rand(r["batch_size"], 1, r["patch_size"], r["patch_size"])
     times = []
     for _ in range(4):
         t = time.perf_counter()
@@ -190,26 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)  # dataset-shift warnings are expected across images
     from ijtorch.metrics_restoration import psnr, ssim
-    from ijtorch.tasks.restore import TRAINING_DEFAULTS, denoise_n2v, restore, train_restoration
+    from ijtorch.tasks.restore import denoise_n2v, restore, train_restoration
 
     test, train = load_images()
     test_c = [c for _, c in test]
-    r = recipe()
-    full_steps = r["epochs"] * r["steps_per_epoch"]
+    rec = recipes()
     cache_root = Path(tempfile.gettempdir()) / "ijtorch-bench-restore"
     print(f"ijtorch restoration benchmark — torch {torch.__version__}, {args.threads} CPU threads, budget "
           f"{args.minutes:g} min")
     print(f"test: {len(test)} crops {CROP}x{CROP} ({N_TEST_DSB} DSB nuclei, {N_TEST_CELLS} phase-contrast cells: "
           f"{', '.join(n for n, _ in test)}); CARE trains on {len(train)} other images")
-    print(f"N2V recipe (denoise_n2v defaults): {r['epochs']} epochs x {r['steps_per_epoch']} steps, batch "
-          f"{r['batch_size']} of {r['patch_size']} px, U-Net base {r['base_channels']} depth {r['depth']}, lr "
-          f"{r['lr']:g}, {100 * r['mask_fraction']:g} % blind-spot pixels (radius {r['mask_radius']})")
+    print(f"N2V (denoise_n2v defaults): {describe(rec['n2v'])}")
+    print(f"CARE (train_restoration defaults): {describe(rec['care'])}")
     rng = np.random.default_rng(2024)
     methods = classical_methods()
     rows: dict[str, dict[str, tuple[float, float, float]]] = {}
     # the targets are judged at the default level: its two models get twice the share of the others
     weights = [2.0 if name == "default" else 1.0 for name in levels for _ in ("n2v", "care")]
-    timing_reserve = 150.0 if args.size else 0.0
+    timing_reserve = 120.0 if args.size else 0.0
     n2v_default_model: Path | None = None
     header = f"{'level':<24} {'method':<14} {'PSNR dB':>8} {'SSIM':>6} {'dPSNR':>7} {'s/img':>7}  notes"
     print("\n" + header + "\n" + "-" * (len(header) + 20))
@@ -217,11 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     def train_steps(kind: str) -> tuple[int, float]:
         """Steps per epoch that fit this model's share of the remaining budget (the recipe's at most),
         and a hard time limit (1.5 x the share: the speed can drop while it trains)."""
-        left = deadline - time.monotonic() - timing_reserve - 30 * len(weights)  # 30 s: baselines, scoring
+        left = deadline - time.monotonic() - timing_reserve - 15 * len(weights)  # baselines, scoring
         share = left * weights[0] / sum(weights)
         weights.pop(0)
-        fit = int(share / (r["epochs"] * seconds_per_step(r, TRAINING_DEFAULTS[kind])))
+        r = rec[kind]
+        fit = int(share / (r["epochs"] * seconds_per_step(r)))
         return int(np.clip(fit, 5, r["steps_per_epoch"])), max(30.0, 1.5 * share)
+
+    def steps_note(path: Path, kind: str) -> str:
+        cfg = json.loads((path / "config.json").read_text())["training"]
+        done, full = cfg["epochs_run"] * cfg["steps_per_epoch"], rec[kind]["epochs"] * rec[kind]["steps_per_epoch"]
+        return f", {done} steps" + ("" if done >= full else f" (recipe: {full}; time-bounded)")
 
     for name in levels:
         peak, read = LEVELS[name]
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Noise2Void: the Denoise command's function on the stack of noisy test images
         steps, limit = train_steps("n2v")
-        key = cache_key(kind="n2v", level=(peak, read), steps=steps, recipe=r, names=[n for n, _ in test], seed=0)
+        key = cache_key(kind="n2v", level=(peak, read), steps=steps, recipe=rec["n2v"], names=[n for n, _ in test])
         path = cache_root / f"n2v-{key}"
         stack = np.stack(noisy)
         t = time.perf_counter()
@@ -247,29 +262,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             denoise_n2v(stack, "ZYX", steps_per_epoch=steps, save_to=path, device="cpu", time_limit_s=limit)
             note = f"trained {time.perf_counter() - t:.0f} s"
-        cfg = json.loads((path / "config.json").read_text())["training"]
-        run_steps = cfg["epochs_run"] * cfg["steps_per_epoch"]
-        note += f", {run_steps} steps" + ("" if run_steps >= full_steps else f" (recipe: {full_steps}; time-bounded)")
+        note += steps_note(path, "n2v")
         t = time.perf_counter()
         out = denoise_n2v(stack, "ZYX", model=path, device="cpu")
         outputs["ijtorch N2V"] = (list(out), (time.perf_counter() - t) / len(noisy), note)
         if name == "default":
             n2v_default_model = path
 
-        # CARE (its default network): supervised on the other images, as many steps as N2V if they fit
+        # CARE, default recipe: supervised on noisy/clean pairs of the other images
         steps, limit = train_steps("care")
-        key = cache_key(kind="care", level=(peak, read), steps=steps, recipe=r, names=[n for n, _ in train], seed=0)
+        key = cache_key(kind="care", level=(peak, read), steps=steps, recipe=rec["care"], names=[n for n, _ in train])
         path = cache_root / f"care-{key}"
         t = time.perf_counter()
         if (path / "config.json").exists() and not args.no_cache:
             note = "cached model"
         else:
             with tempfile.TemporaryDirectory(prefix="ijtorch-care-") as ckpt:
-                train_restoration("care", noisy_train, [c for _, c in train], output=path, epochs=r["epochs"],
-                                  steps_per_epoch=steps, patch_size=r["patch_size"], seed=0, device="cpu", progress_bar=False, checkpoint_dir=ckpt, time_limit_s=limit)
+                train_restoration("care", noisy_train, [c for _, c in train], output=path, steps_per_epoch=steps,
+                                  seed=0, device="cpu", progress_bar=False, checkpoint_dir=ckpt, time_limit_s=limit)
             note = f"trained {time.perf_counter() - t:.0f} s"
-        cfg = json.loads((path / "config.json").read_text())["training"]
-        note += f", {cfg['epochs_run'] * cfg['steps_per_epoch']} steps"
+        note += steps_note(path, "care")
         t = time.perf_counter()
         care = [restore(x, "YX", model=path, device="cpu").restored for x in noisy]
         outputs["ijtorch CARE"] = (care, (time.perf_counter() - t) / len(noisy), note)
