@@ -137,7 +137,7 @@ class RestorationModel:
                 out = forward(self.net, x, self.residual).float()
             return out.cpu().numpy()
 
-    def predict_normalized(self, x: np.ndarray, *, tile_size: int | Sequence[int] = 512, overlap: int = 48,
+    def predict_normalized(self, x: np.ndarray, *, tile_size: int | Sequence[int] = 256, overlap: int = 48,
                            batch_size: int = 2, tiled: bool = True, progress: ProgressCallback | None = None,
                            cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Restore a normalised ``YX`` (or ``ZYX`` for 3D models) float image; same shape out.
