@@ -47,7 +47,8 @@ def _segment(args: argparse.Namespace) -> int:
             image = replace(image, axes=check_axes(args.axes, image.data.ndim, arg_name="--axes"))
         started = time.perf_counter()
         result = segment(image.data, image.axes, model=args.model, prob_threshold=args.prob_threshold,
-                         nms_threshold=args.nms_threshold, channel=args.channel, device=args.device)
+                         nms_threshold=args.nms_threshold, channel=args.channel, device=args.device,
+                         test_time_augmentation=args.test_time_augmentation)
         seconds = time.perf_counter() - started
         write_segmentation_outputs(out, path.stem, image, result.labels, result.axes, inputs=(path,))
         total += result.n_objects
@@ -306,6 +307,8 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--channel", type=int, default=None, help="channel to segment in multi-channel images (1-based)")
     p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX or ZYX")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--test-time-augmentation", action="store_true",
+                   help="average the model's maps over 8 flips/rotations (2D models; 8x slower)")
     p.set_defaults(func=_segment)
 
     p = sub.add_parser("train", help="train (or fine-tune) an instance segmentation model from image/label folders")

@@ -99,6 +99,10 @@ def test_segment_equals_in_process_pixel_for_pixel(client, local, image):
     _assert_same(client.segment(movie, "TYX", model="tiny"), local(movie, "TYX"))
     cyx = np.stack([image[:64, :64], image[:64, :64].T]).astype(np.float32)
     _assert_same(client.segment(cyx, "CYX", model="tiny", channel=1), local(cyx, "CYX", channel=1))
+    # test-time augmentation skips the batcher and averages the 8 views like segment() does
+    tta = local(image, "YX", test_time_augmentation=True)
+    assert tta.n_objects != expected.n_objects or not np.array_equal(tta.labels, expected.labels)
+    _assert_same(client.segment(image, "YX", model="tiny", test_time_augmentation=True), tta)
 
 
 def test_concurrent_requests_are_batched_and_exact(client, local, image):

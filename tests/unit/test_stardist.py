@@ -211,6 +211,54 @@ def test_segment_handles_axes_and_channels(tiny_model, tmp_path, monkeypatch, rn
         segment(img[0, 0], "YX", model="tiny", prob_threshold=2, device="cpu")
 
 
+@pytest.mark.parametrize("n_rays", [8, 32])
+def test_dihedral_ray_permutation_maps_true_distances_onto_each_other(shared_data, n_rays):
+    """Star distances of a flipped/rotated label map, brought back, are the original ones (rays renumbered)."""
+    from ijtorch.models.dihedral import dihedral_transforms
+
+    labels = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "labels" / "0402a81e75262469.tif")[:96, :120]
+    expected = sd.star_distances(labels, n_rays)
+    transforms = dihedral_transforms()
+    assert len(transforms) == 8 and len({(t.k, t.flip) for t in transforms}) == 8
+    for t in transforms:
+        back = t.inverse(sd.star_distances(np.ascontiguousarray(t.forward(labels)), n_rays), axes=(0, 1))
+        np.testing.assert_allclose(back[..., t.ray_permutation(n_rays)], expected, atol=1e-5, err_msg=str(t))
+        if t.k or t.flip:  # the renumbering matters: without it the maps differ
+            assert np.abs(back - expected).max() > 1
+    with pytest.raises(ValueError, match="n_rays=6"):
+        transforms[2].ray_permutation(6)
+
+
+def test_test_time_augmentation_averages_eight_views_and_is_equivariant(tiny_model, rng):
+    from ijtorch.models.dihedral import DihedralTransform
+
+    img = rng.normal(size=(40, 52)).astype(np.float32)
+    p, d = tiny_model.predict_maps(img, normalize=False)
+    pa, da = tiny_model.predict_maps(img, normalize=False, test_time_augmentation=True)
+    assert pa.shape == p.shape and da.shape == d.shape and not np.allclose(pa, p, atol=1e-4)
+    # the average over all 8 views does not depend on which view the image arrives in
+    t = DihedralTransform(1, True)
+    pt, dt = tiny_model.predict_maps(np.ascontiguousarray(t.forward(img)), normalize=False, test_time_augmentation=True)
+    np.testing.assert_allclose(t.inverse(pt), pa, atol=1e-5)
+    np.testing.assert_allclose(t.inverse(dt, axes=(0, 1))[..., t.ray_permutation(8)], da, atol=1e-4)
+
+
+def test_cli_segment_with_test_time_augmentation(tiny_model, tmp_path, rng, capsys):
+    from ijtorch.cli import main
+    from ijtorch.io.tiff import write_imagej_tiff
+    from ijtorch.tasks.segment import segment
+
+    path = tiny_model.save(tmp_path / "tiny")
+    img = rng.normal(100, 10, size=(48, 40)).astype(np.float32)
+    write_imagej_tiff(tmp_path / "img.tif", img, "YX")
+    args = ["segment", str(tmp_path / "img.tif"), "--model", str(path), "--device", "cpu", "--prob-threshold", "0.5"]
+    assert main(args + ["--output", str(tmp_path / "tta"), "--test-time-augmentation"]) == 0
+    expected = segment(img, "YX", model=path, device="cpu", prob_threshold=0.5, test_time_augmentation=True)
+    plain = segment(img, "YX", model=path, device="cpu", prob_threshold=0.5)
+    assert expected.n_objects > 0 and not np.array_equal(expected.labels, plain.labels)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "tta" / "img.tif"), expected.labels)
+
+
 def test_bundled_nuclei_model_segments_a_validation_image(shared_data):
     from ijtorch.models.store import bundled_dir, load_model
     from ijtorch.tasks.segment import segment

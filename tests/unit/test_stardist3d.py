@@ -302,6 +302,8 @@ def test_segment_routes_z_stacks_to_a_3d_model(tmp_path, monkeypatch, rng):
     np.testing.assert_array_equal(first, res.labels)
     with pytest.raises(ValueError, match="3D \\(ZYX\\) model but axes='YX'"):
         segment(vol[0], "YX", model="const3d", device="cpu")
+    with pytest.raises(ValueError, match="test_time_augmentation=True is available for 2D"):
+        segment(vol, "ZYX", model="const3d", device="cpu", test_time_augmentation=True)
 
 
 def test_cli_segments_a_z_stack_tiff_with_a_3d_model(tmp_path, rng, capsys):

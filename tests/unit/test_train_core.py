@@ -96,6 +96,30 @@ def nuclei_items(shared_data):
                                     augment=AugmentConfig(), fg_fraction=0.9)
 
 
+def test_batches_made_in_worker_processes_equal_those_made_in_process(shared_data):
+    from ijtorch.train.stardist_train import _patch_batches
+
+    pairs = load_pairs(shared_data / "nuclei_dsb2018" / "train")[:4]
+    items = [(percentile_normalize(p.image), p.labels) for p in pairs]
+    sources = [_patch_batches(items, n_batches=5, batch_size=2, patch=40, n_rays=8, augment=AugmentConfig(),
+                              fg_fraction=0.9, workers=w) for w in (0, 2)]
+    try:
+        for epoch in (1, 2):  # the pool is reused across epochs
+            serial, parallel = (list(src(np.random.default_rng([0, epoch]))) for src in sources)
+            assert len(serial) == len(parallel) == 5
+            for a, b in zip(serial, parallel):
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y)
+            assert not np.array_equal(serial[0][0], serial[1][0])  # batches differ from one another
+        pool = sources[1]._pool
+        assert pool is not None
+    finally:
+        sources[1].close()
+    assert sources[1]._pool is None
+    with pytest.raises(RuntimeError):
+        pool.submit(int, 1)  # shut down
+
+
 def test_tiny_model_loss_falls_on_real_nuclei(nuclei_items):
     from ijtorch.models.stardist import stardist_loss
 

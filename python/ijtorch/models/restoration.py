@@ -39,7 +39,7 @@ from ijtorch.train.tiling import predict_tiled
 from .store import ModelDir, load_model_dir, register_model_type, save_model_dir
 
 __all__ = ["MODEL_TYPES", "RESIDUAL_TYPES", "RestorationModel", "n2v_mask", "masked_mse_loss", "mse_loss",
-           "register_restoration_models", "dihedral_transforms"]
+           "register_restoration_models"]
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +160,6 @@ class RestorationModel:
                             overlap=ov, out_channels=1, size_multiple=self.net.size_multiple(),
                             batch_size=batch_size, blend="linear", progress=progress, cancel=cancel)
         return out[0]
-
-
-def dihedral_transforms(ndim: int, square: bool) -> list[tuple[Callable[[np.ndarray], np.ndarray],
-                                                               Callable[[np.ndarray], np.ndarray]]]:
-    """Pairs ``(forward, inverse)`` of the flips/rot90 of the YX plane (8 if square-safe, else 4).
-
-    Rotations by 90° swap Y and X; the network is fully convolutional, so they are used for any
-    image shape when ``square`` is true (the caller decides; tiling handles the swapped shape).
-    """
-    ax = (ndim - 2, ndim - 1)
-    out = []
-    for k in (range(4) if square else (0, 2)):
-        for flip in (False, True):
-            def fwd(a: np.ndarray, k: int = k, flip: bool = flip) -> np.ndarray:
-                a = np.rot90(a, k, axes=ax)
-                return np.flip(a, ax[1]) if flip else a
-
-            def inv(a: np.ndarray, k: int = k, flip: bool = flip) -> np.ndarray:
-                a = np.flip(a, ax[1]) if flip else a
-                return np.rot90(a, -k, axes=ax)
-
-            out.append((fwd, inv))
-    return out
 
 
 # ------------------------------------------------------------------ training helpers

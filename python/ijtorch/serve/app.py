@@ -92,6 +92,7 @@ class SegmentRequest(_Req):
     nms_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
     tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
     overlap: int | None = Field(None, ge=0, description="tile overlap in pixels; None = the model's default (96 in 2D)")
+    test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
 
 
 class NormalizeRequest(_Req):
@@ -252,14 +253,14 @@ class Server:
             raise HTTPError(422, str(exc)) from None
         loop = asyncio.get_running_loop()
         model = await self.load_async(path)
-        if plane_axes == "YX" and batchable(model, plane.shape, req.tile_size or 512):
+        if plane_axes == "YX" and not req.test_time_augmentation and batchable(model, plane.shape, req.tile_size or 512):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, req.prob_threshold, req.nms_threshold, path))
         return await loop.run_in_executor(self.infer, lambda: segment(
             data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-            device=self.config.device))
+            test_time_augmentation=req.test_time_augmentation, device=self.config.device))
 
     # ---- classification
     async def classify(self, images: np.ndarray, model: str) -> dict[str, Any]:
@@ -418,7 +419,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
             result = segment(data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
                              nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-                             device=config.device, progress=progress, cancel=cancelled)
+                             test_time_augmentation=req.test_time_augmentation, device=config.device,
+                             progress=progress, cancel=cancelled)
             return encode(*_segment_reply(result))
 
         return _job_reply(srv.jobs.submit("segment", run))

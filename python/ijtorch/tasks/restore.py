@@ -613,9 +613,9 @@ def restore(
     shift = check_dataset_shift(items, net.config.get("input_stats"), low=low, high=high)
     transforms = None
     if uncertainty:
-        from ijtorch.models.restoration import dihedral_transforms
+        from ijtorch.models.dihedral import dihedral_transforms
 
-        transforms = dihedral_transforms(net.ndim, square=True)
+        transforms = dihedral_transforms()
     restored, stds, errs, fits = [], [], [], []
     for k, item in enumerate(items):
         if cancel is not None and cancel():
@@ -628,7 +628,7 @@ def restore(
         if transforms is None:
             preds = [net.predict_normalized(x, **kw)]
         else:
-            preds = [inv(net.predict_normalized(np.ascontiguousarray(fwd(x)), **kw)) for fwd, inv in transforms]
+            preds = [t.inverse(net.predict_normalized(np.ascontiguousarray(t.forward(x)), **kw)) for t in transforms]
         stack = np.stack(preds).astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
         out = stack.mean(0)
         restored.append(out)

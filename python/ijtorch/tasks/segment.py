@@ -104,6 +104,7 @@ def segment(
     tile_size: int | None = None,
     overlap: int | None = None,
     device: str = "auto",
+    test_time_augmentation: bool = False,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -130,6 +131,10 @@ def segment(
         models, the model's stored overlap for 3D.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    test_time_augmentation : bool
+        2D models: average the probability and distance maps predicted on the 8 flips/90°
+        rotations of each plane (8× the time; on the bundled model's held-out images AP@0.5 rose
+        by 0.025, see the README). Not available for 3D models.
     progress : callable, optional
         Receives ``ProgressEvent`` (phase ``"plane"``, then ``"tile"``/``"nms"`` per plane).
     cancel : callable, optional
@@ -164,6 +169,10 @@ def segment(
     if model_axes == "ZYX" and "Z" not in axes:
         raise ValueError(f"model={str(model)!r} is a 3D (ZYX) model but axes={axes!r} has no Z axis; "
                          "segment a z-stack or choose a 2D model")
+    if test_time_augmentation and model_axes != "YX":
+        raise ValueError(f"test_time_augmentation=True is available for 2D (YX) models; model={str(model)!r} "
+                         f"is a {model_axes} model")
+    tta = {"test_time_augmentation": True} if test_time_augmentation else {}
     pt = net.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
     nt = net.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
     tiling = {k: int(v) for k, v in (("tile_size", tile_size), ("overlap", overlap)) if v is not None}
@@ -183,7 +192,7 @@ def segment(
             raise InterruptedError("segmentation cancelled")
         emit(progress, ProgressEvent("plane", k, len(planes), f"{unit} {k + 1}/{len(planes)}"))
         lab, _ = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, progress=progress, cancel=cancel,
-                                       dtype=np.int64, **tiling)
+                                       dtype=np.int64, **tiling, **tta)
         n = int(lab.max())
         lab[lab > 0] += offset
         offset += n

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from .data import AugmentConfig, Pair
 from .progress import ProgressCallback
 from .stardist_train import (_batch_sources, _fit, _load_base_model, _percentile_normalization, _save_tuned,
-                             _setup, _target_batches, _training_record)
+                             _setup, _TargetBatches, _training_record)
 
 __all__ = ["train_stardist3d", "stardist3d_targets", "patch_shape_3d"]
 
@@ -64,10 +64,10 @@ def _object_extents(labels: Sequence[np.ndarray]) -> np.ndarray:
 
 def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
                    patch: tuple[int, int, int], rays: Any, anisotropy: Sequence[float], grid: Sequence[int],
-                   augment: AugmentConfig | None, fg_fraction: float) -> Any:
+                   augment: AugmentConfig | None, fg_fraction: float, workers: int = 0) -> _TargetBatches:
     targets = functools.partial(stardist3d_targets, rays=rays, anisotropy=anisotropy, grid=grid)
-    return _target_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch, targets=targets,
-                           augment=augment, fg_fraction=fg_fraction)
+    return _TargetBatches(items, n_batches=n_batches, batch_size=batch_size, patch=patch, targets=targets,
+                          augment=augment, fg_fraction=fg_fraction, workers=workers)
 
 
 def train_stardist3d(
@@ -98,6 +98,7 @@ def train_stardist3d(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     device: str = "auto",
+    workers: int | None = None,
     time_limit_s: float | None = None,
     optimize_thresholds: bool = True,
     evaluate: bool = True,
@@ -133,7 +134,7 @@ def train_stardist3d(
     tile_shape : (z, y, x), optional
         Default prediction tile stored in the model (the overlap is set from the objects' extents).
     val_fraction, val_names, seed, epochs, steps_per_epoch, batch_size, lr, patience, augment,
-    fg_fraction, normalization, checkpoint_dir, resume, device, time_limit_s, optimize_thresholds,
+    fg_fraction, normalization, checkpoint_dir, resume, device, workers, time_limit_s, optimize_thresholds,
     evaluate, progress, progress_bar, cancel, description
         As :func:`ijtorch.train.stardist_train.train_stardist`.
 
@@ -148,7 +149,7 @@ def train_stardist3d(
     from ijtorch.models.stardist3d_model import DEFAULT_TILE, StarDist3DModel
 
     setup = _setup(pairs, ndim=3, requirement="train_stardist3d needs 3D (ZYX) volumes", augment=augment,
-                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device)
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers)
     extents = _object_extents([p.labels for p in pairs])
     if extents.size == 0:
         raise ValueError("the label volumes hold no objects: nothing to learn")
@@ -178,9 +179,10 @@ def train_stardist3d(
     g = net.grid
     patch = patch_shape_3d(patch_size, aniso, net.size_multiple())
 
-    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None) -> Any:
+    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None,
+                workers: int = 0) -> Any:
         return _patch_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch, rays=rays,
-                              anisotropy=aniso, grid=g, augment=aug, fg_fraction=fg_fraction)
+                              anisotropy=aniso, grid=g, augment=aug, fg_fraction=fg_fraction, workers=workers)
 
     train_data, val_data = _batch_sources(setup, norm_cfg, batches, steps_per_epoch=steps_per_epoch,
                                           val_batches=max(2, 8 // batch_size))

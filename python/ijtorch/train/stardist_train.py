@@ -60,44 +60,102 @@ def split_pairs(pairs: Sequence[Pair], *, val_names: Sequence[str] | None, val_f
 TargetFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
-def _target_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
-                    patch: tuple[int, ...], targets: TargetFn, augment: AugmentConfig | None,
-                    fg_fraction: float) -> Callable[[np.random.Generator], Iterator[tuple[np.ndarray, ...]]]:
+def _make_batch(spec: tuple, seed: int) -> tuple[np.ndarray, ...]:
+    """One batch ``(image (N,1,*patch), prob (N,1,...), dist (N,R,...))`` from its own seed."""
+    items, weights, batch_size, patch, targets, augment, fg_fraction = spec
+    rng = np.random.default_rng(seed)
+    xs, ps, ds = [], [], []
+    for _ in range(batch_size):
+        img, lab = items[int(rng.choice(len(items), p=weights))]
+        pi, pl = random_patch(img, lab, patch, rng, fg_fraction=fg_fraction, augment=augment)
+        prob, dist = targets(pl)
+        xs.append(pi[None])
+        ps.append(prob[None])
+        ds.append(dist)
+    return np.stack(xs), np.stack(ps), np.stack(ds)
+
+
+_WORKER_SPEC: tuple | None = None
+
+
+def _init_batch_worker(spec: tuple) -> None:
+    global _WORKER_SPEC
+    _WORKER_SPEC = spec
+
+
+def _worker_batch(seed: int) -> tuple[np.ndarray, ...]:
+    assert _WORKER_SPEC is not None, "batch worker not initialised"
+    return _make_batch(_WORKER_SPEC, seed)
+
+
+class _TargetBatches:
     """A sized batch source for :class:`~ijtorch.train.trainer.Trainer`: ``n_batches`` batches of
     ``(image (N,1,*patch), prob (N,1,...), dist (N,R,...))`` from patches drawn with probability
     proportional to the square root of the item size; ``targets`` turns a label patch into
-    ``(prob, dist)`` (2D or 3D)."""
-    weights = np.array([lab.size for _, lab in items], np.float64) ** 0.5
-    weights /= weights.sum()
+    ``(prob, dist)`` (2D or 3D).
 
-    def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-        for _ in range(n_batches):
-            xs, ps, ds = [], [], []
-            for _ in range(batch_size):
-                img, lab = items[int(rng.choice(len(items), p=weights))]
-                pi, pl = random_patch(img, lab, patch, rng, fg_fraction=fg_fraction, augment=augment)
-                prob, dist = targets(pl)
-                xs.append(pi[None])
-                ps.append(prob[None])
-                ds.append(dist)
-            yield np.stack(xs), np.stack(ps), np.stack(ds)
+    Every batch is made from a seed of its own (drawn from the epoch's ``rng``), so ``workers``
+    changes only the speed, never the batches. With ``workers > 0`` batches are made ahead in
+    that many *spawned* processes (augmentation and targets cost about as much as a training step
+    on CPU and far more on a GPU); spawn, not fork, because forking a process that hosts a JVM is
+    unsafe. :meth:`close` stops them.
+    """
 
-    class _Sized:
-        def __len__(self) -> int:
-            return n_batches
+    def __init__(self, items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
+                 patch: tuple[int, ...], targets: TargetFn, augment: AugmentConfig | None, fg_fraction: float,
+                 workers: int = 0) -> None:
+        weights = np.array([lab.size for _, lab in items], np.float64) ** 0.5
+        self.spec = (list(items), weights / weights.sum(), batch_size, patch, targets, augment, fg_fraction)
+        self.n_batches = n_batches
+        self.workers = int(workers)
+        self._pool: Any = None
 
-        def __call__(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-            return batches(rng)
+    def __len__(self) -> int:
+        return self.n_batches
 
-    return _Sized()
+    def __call__(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
+        seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=self.n_batches)]
+        if self.workers <= 0:
+            return (_make_batch(self.spec, s) for s in seeds)
+        return self._parallel(seeds)
+
+    def _parallel(self, seeds: list[int]) -> Iterator[tuple[np.ndarray, ...]]:
+        import collections
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_batch_worker, initargs=(self.spec,))
+        ahead: collections.deque = collections.deque()
+        todo = iter(seeds)
+        try:
+            for seed in todo:  # keep 2 batches per worker in flight: bounded memory
+                ahead.append(self._pool.submit(_worker_batch, seed))
+                if len(ahead) >= 2 * self.workers:
+                    break
+            while ahead:
+                batch = ahead.popleft().result()
+                seed = next(todo, None)
+                if seed is not None:
+                    ahead.append(self._pool.submit(_worker_batch, seed))
+                yield batch
+        finally:
+            for f in ahead:
+                f.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def _patch_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], *, n_batches: int, batch_size: int,
-                   patch: int, n_rays: int, augment: AugmentConfig | None,
-                   fg_fraction: float) -> Callable[[np.random.Generator], Iterator[tuple[np.ndarray, ...]]]:
-    return _target_batches(items, n_batches=n_batches, batch_size=batch_size, patch=(patch, patch),
-                           targets=functools.partial(stardist_targets, n_rays=n_rays), augment=augment,
-                           fg_fraction=fg_fraction)
+                   patch: int, n_rays: int, augment: AugmentConfig | None, fg_fraction: float,
+                   workers: int = 0) -> _TargetBatches:
+    return _TargetBatches(items, n_batches=n_batches, batch_size=batch_size, patch=(patch, patch),
+                          targets=functools.partial(stardist_targets, n_rays=n_rays), augment=augment,
+                          fg_fraction=fg_fraction, workers=workers)
 
 
 def tune_and_evaluate(model: Any, val_pairs: Sequence[Pair], *, optimize: bool = True, evaluate: bool = True,
@@ -136,12 +194,16 @@ class _Setup:
     seed: int
     augment: AugmentConfig
     device: str
+    workers: int
 
 
 def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: AugmentConfig | dict | None,
-           val_names: Sequence[str] | None, val_fraction: float, seed: int, device: str) -> _Setup:
+           val_names: Sequence[str] | None, val_fraction: float, seed: int, device: str,
+           workers: int | None = None) -> _Setup:
     """Check that ``pairs`` is non-empty with ``ndim``-D images (``requirement`` ends the error
-    message), resolve the augmentation, the validation split and the device."""
+    message), resolve the augmentation, the validation split, the device and the number of
+    batch-making processes (``None``: one per spare CPU core, at most 8, so the accelerator or
+    the training threads are kept busy)."""
     from ijtorch.models.device import resolve_device
 
     if not pairs:
@@ -151,7 +213,11 @@ def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: Augme
             raise ValueError(f"item {p.name!r} has shape {p.image.shape}; {requirement}")
     aug = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
     train_idx, val_idx = split_pairs(pairs, val_names=val_names, val_fraction=val_fraction, seed=seed)
-    return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device))
+    if workers is None:
+        workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+    elif not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"workers={workers!r}: expected None or an integer >= 0")
+    return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device), int(workers))
 
 
 def _load_base_model(base_model: str | os.PathLike, model_type: str) -> Any:
@@ -172,7 +238,8 @@ def _percentile_normalization(normalization: tuple[float, float]) -> dict[str, A
 def _batch_sources(setup: _Setup, norm_cfg: dict[str, Any], batches: Callable[..., Any], *,
                    steps_per_epoch: int, val_batches: int) -> tuple[Any, list | None]:
     """``(train source, fixed validation batches or None)`` from the normalised items;
-    ``batches(items, n_batches, augment)`` samples patches and targets for the geometry at hand.
+    ``batches(items, n_batches, augment, workers=0)`` samples patches and targets for the geometry
+    at hand (a :class:`_TargetBatches`; ``_fit`` closes the training source).
     The validation batches are drawn once, unaugmented, from a seed of their own."""
 
     def normalized(indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -180,7 +247,7 @@ def _batch_sources(setup: _Setup, norm_cfg: dict[str, Any], batches: Callable[..
         return [(percentile_normalize(setup.pairs[i].image, low, high), setup.pairs[i].labels) for i in indices]
 
     train_items, val_items = normalized(setup.train_idx), normalized(setup.val_idx)
-    train_data = batches(train_items, steps_per_epoch, setup.augment)
+    train_data = batches(train_items, steps_per_epoch, setup.augment, workers=setup.workers)
     val_data = None
     if val_items:
         vrng = np.random.default_rng([setup.seed, 999])
@@ -210,7 +277,10 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
                       epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
                       resume=resume, seed=setup.seed, device=setup.device, grad_clip=10.0, progress=progress,
                       progress_bar=progress_bar, cancel=_cancel)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        train_data.close()
     return trainer, result, time.monotonic() - t_start
 
 
@@ -285,6 +355,7 @@ def train_stardist(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     device: str = "auto",
+    workers: int | None = None,
     time_limit_s: float | None = None,
     optimize_thresholds: bool = True,
     evaluate: bool = True,
@@ -314,6 +385,9 @@ def train_stardist(
         AdamW learning rate (cosine schedule) and early-stopping patience on the validation loss.
     augment : AugmentConfig or dict, optional
         Augmentation settings (defaults of :class:`AugmentConfig`).
+    workers : int, optional
+        Processes that make augmented training batches ahead of the training step (0: in the
+        training process; default: one per spare CPU core, at most 8). Batches do not depend on it.
     time_limit_s : float, optional
         Stop training (gracefully, after the current epoch) once this much time has passed.
     checkpoint_dir, resume
@@ -332,7 +406,7 @@ def train_stardist(
     from ijtorch.models.stardist_model import StarDistModel
 
     setup = _setup(pairs, ndim=2, requirement="train_stardist needs 2D (YX) images", augment=augment,
-                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device)
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers)
 
     base_cfg: dict[str, Any] = {}
     if base_model is not None:
@@ -347,9 +421,10 @@ def train_stardist(
         net = sd.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels)
         norm_cfg = _percentile_normalization(normalization)
 
-    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None) -> Any:
+    def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None,
+                workers: int = 0) -> Any:
         return _patch_batches(items, n_batches=n_batches, batch_size=batch_size, patch=patch_size, n_rays=n_rays,
-                              augment=aug, fg_fraction=fg_fraction)
+                              augment=aug, fg_fraction=fg_fraction, workers=workers)
 
     train_data, val_data = _batch_sources(setup, norm_cfg, batches, steps_per_epoch=steps_per_epoch,
                                           val_batches=max(2, 32 // batch_size))
