@@ -3,6 +3,8 @@
 #@ String (label="Model", value="nuclei") model
 #@ String (label="File extension", value=".tif") extension
 #@ Boolean (label="Also save ROIs and measurements", value=false) save_rois
+#@ Float (label="Scale (2 = nuclei half the training size)", value=1.0) scale
+#@ Boolean (label="Test-time augmentation (8x slower)", value=false) test_time_augmentation
 #@output String summary
 # ijtorch: segment every image of a folder; writes <name>.tif label maps (and RoiSets/CSVs).
 # ImageJ 1.x API only, so it runs in Fiji (Plugins > ijtorch) and in ijtorch's embedded Jython.
@@ -17,13 +19,16 @@ names = sorted(n for n in os.listdir(input_dir.getAbsolutePath()) if n.lower().e
 if not names:
     raise ValueError("no %s files in %s" % (extension, input_dir))
 what = "all" if save_rois else "[label map]"
+options = "model=[%s] scale=%s output=%s" % (model, scale, what)
+if test_time_augmentation:
+    options += " test_time_augmentation"
 lines = []
 for name in names:
     imp = IJ.openImage(os.path.join(input_dir.getAbsolutePath(), name))
     if imp is None:
         raise ValueError("could not open " + name)
     base = os.path.splitext(name)[0]
-    IJ.run(imp, "ijtorch Segment", "model=[%s] output=%s" % (model, what))
+    IJ.run(imp, "ijtorch Segment", options)
     labels = WindowManager.getImage(os.path.splitext(imp.getTitle())[0] + "-labels")
     if labels is None:
         raise RuntimeError("ijtorch Segment made no label image for " + name)

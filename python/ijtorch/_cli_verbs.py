@@ -48,7 +48,7 @@ def _segment(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = segment(image.data, image.axes, model=args.model, prob_threshold=args.prob_threshold,
                          nms_threshold=args.nms_threshold, channel=args.channel, device=args.device,
-                         test_time_augmentation=args.test_time_augmentation)
+                         test_time_augmentation=args.test_time_augmentation, scale=args.scale)
         seconds = time.perf_counter() - started
         write_segmentation_outputs(out, path.stem, image, result.labels, result.axes, inputs=(path,))
         total += result.n_objects
@@ -309,6 +309,9 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--test-time-augmentation", action="store_true",
                    help="average the model's maps over 8 flips/rotations (2D models; 8x slower)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize by this factor before the model: 2 when objects are half the size of the training "
+                        "objects (2D models; default 1)")
     p.set_defaults(func=_segment)
 
     p = sub.add_parser("train", help="train (or fine-tune) an instance segmentation model from image/label folders")

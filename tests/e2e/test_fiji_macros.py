@@ -45,12 +45,12 @@ def _macro(name: str, argument: str = "") -> list[str]:
     return bridge.run_macro((MACROS / name).read_text(), argument).log.splitlines()
 
 
-def _segment(image_path: Path, model: str) -> np.ndarray:
+def _segment(image_path: Path, model: str, **options) -> np.ndarray:
     from ijtorch.io.tiff import read_tiff
     from ijtorch.tasks.segment import segment
 
     image = read_tiff(image_path)
-    return segment(image.data, image.axes, model=model).labels
+    return segment(image.data, image.axes, model=model, **options).labels
 
 
 def test_every_command_has_an_example_macro(ij):
@@ -70,6 +70,15 @@ def test_segment_folder_macro_writes_what_segment_returns(ij, small_images, segm
         np.testing.assert_array_equal(read_tiff(tmp_path / f"{name}.tif").data, expected)
         assert f"{name}.tif: {int(expected.max())} objects" in log
         assert (tmp_path / f"{name}_measurements.csv").is_file()
+    # the optional arguments reach the command
+    out = tmp_path / "scaled"
+    log = _macro("segment_folder.ijm", f"input={small_images / 'images'} output={out} model={segmentation_model} "
+                                       "scale=1.5 tta=true")
+    assert log[-1] == f"2 image(s) segmented into {out}"
+    for name in NAMES:
+        expected = _segment(small_images / "images" / f"{name}.tif", segmentation_model, scale=1.5,
+                            test_time_augmentation=True)
+        np.testing.assert_array_equal(read_tiff(out / f"{name}.tif").data, expected)
 
 
 def test_evaluate_macro_prints_perfect_scores_for_ground_truth(ij, small_images):
@@ -230,6 +239,11 @@ def test_segment_folder_script(ij, small_images, segmentation_model, tmp_path):
         expected = _segment(small_images / "images" / f"{name}.tif", segmentation_model)
         np.testing.assert_array_equal(read_tiff(tmp_path / f"{name}.tif").data, expected)
         assert f"{name}.tif: {int(expected.max())} objects" in out["summary"].splitlines()
+    run_jython(SCRIPTS / "Segment_Folder.py", input_dir=small_images / "images", output_dir=tmp_path / "scaled",
+               model=segmentation_model, scale=0.8)
+    for name in NAMES:
+        np.testing.assert_array_equal(read_tiff(tmp_path / "scaled" / f"{name}.tif").data,
+                                      _segment(small_images / "images" / f"{name}.tif", segmentation_model, scale=0.8))
 
 
 def test_track_movie_script_writes_trackmate_xml(ij, tmp_path):

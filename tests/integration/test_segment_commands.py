@@ -80,7 +80,7 @@ def test_segment_time_lapse_frame_by_frame(ij, nuclei_image):
                                       relabel_sequential(segment(movie[t], "YX", model="nuclei").labels)[0])
 
 
-def test_segment_with_test_time_augmentation_matches_python(ij, nuclei_image):
+def test_segment_with_test_time_augmentation_and_scale_matches_python(ij, nuclei_image):
     from jpype import JClass
 
     from ijtorch.bridge import imageplus_to_numpy
@@ -88,10 +88,11 @@ def test_segment_with_test_time_augmentation_matches_python(ij, nuclei_image):
     from ijtorch.tasks.segment import segment
 
     data = read_tiff(nuclei_image).data
-    expected = segment(data, "YX", model="nuclei", test_time_augmentation=True)
-    assert not np.array_equal(expected.labels, segment(data, "YX", model="nuclei").labels)
+    expected = segment(data, "YX", model="nuclei", test_time_augmentation=True, scale=1.5)
+    assert not np.array_equal(expected.labels, segment(data, "YX", model="nuclei", scale=1.5).labels)
+    assert not np.array_equal(expected.labels, segment(data, "YX", model="nuclei", test_time_augmentation=True).labels)
     bridge.run_macro(f'open("{nuclei_image}"); rename("tta"); '
-                     'run("ijtorch Segment", "model=nuclei test_time_augmentation output=[label map]");')
+                     'run("ijtorch Segment", "model=nuclei test_time_augmentation scale=1.5 output=[label map]");')
     np.testing.assert_array_equal(imageplus_to_numpy(JClass("ij.WindowManager").getImage("tta-labels")).data,
                                   expected.labels)
 

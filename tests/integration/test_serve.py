@@ -103,6 +103,7 @@ def test_segment_equals_in_process_pixel_for_pixel(client, local, image):
     tta = local(image, "YX", test_time_augmentation=True)
     assert tta.n_objects != expected.n_objects or not np.array_equal(tta.labels, expected.labels)
     _assert_same(client.segment(image, "YX", model="tiny", test_time_augmentation=True), tta)
+    _assert_same(client.segment(image[:96, :128], "YX", model="tiny", scale=1.5), local(image[:96, :128], "YX", scale=1.5))
 
 
 def test_concurrent_requests_are_batched_and_exact(client, local, image):

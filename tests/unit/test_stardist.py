@@ -253,10 +253,41 @@ def test_cli_segment_with_test_time_augmentation(tiny_model, tmp_path, rng, caps
     write_imagej_tiff(tmp_path / "img.tif", img, "YX")
     args = ["segment", str(tmp_path / "img.tif"), "--model", str(path), "--device", "cpu", "--prob-threshold", "0.5"]
     assert main(args + ["--output", str(tmp_path / "tta"), "--test-time-augmentation"]) == 0
+    assert main(args + ["--output", str(tmp_path / "scaled"), "--scale", "1.7"]) == 0
+    scaled = segment(img, "YX", model=path, device="cpu", prob_threshold=0.5, scale=1.7)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "scaled" / "img.tif"), scaled.labels)
+    assert scaled.labels.shape == img.shape
     expected = segment(img, "YX", model=path, device="cpu", prob_threshold=0.5, test_time_augmentation=True)
     plain = segment(img, "YX", model=path, device="cpu", prob_threshold=0.5)
     assert expected.n_objects > 0 and not np.array_equal(expected.labels, plain.labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "tta" / "img.tif"), expected.labels)
+
+
+def test_scale_lets_the_bundled_model_find_nuclei_of_another_size(shared_data):
+    """Validation images shrunk to half size: telling the model (scale=2) recovers the nuclei."""
+    from scipy import ndimage as ndi
+
+    from ijtorch.models.store import bundled_dir
+    from ijtorch.tasks.segment import segment
+
+    if not (bundled_dir() / "nuclei" / "config.json").exists():
+        pytest.skip("bundled nuclei model not trained yet")
+    root = shared_data / "nuclei_dsb2018" / "train"
+    counts = {1.0: np.zeros(3, int), 2.0: np.zeros(3, int)}
+    for name in ("0402a81e75262469", "449fe932622db3b4", "35ca5f142a7d7a3e"):  # many nuclei, all validation
+        path = root / "images" / f"{name}.tif"
+        if not path.exists():
+            pytest.skip(f"{name} not in the shared data")
+        small = ndi.zoom(tifffile.imread(path).astype(np.float32), 0.5, order=1)
+        gt = ndi.zoom(tifffile.imread(root / "labels" / f"{name}.tif"), 0.5, order=0)
+        for scale in counts:
+            res = segment(small, "YX", model="nuclei", device="cpu", scale=scale)
+            assert res.labels.shape == small.shape
+            counts[scale] += sd.match_counts(gt, res.labels, (0.5,))[0.5]
+    ap = {s: c[0] / c.sum() for s, c in counts.items()}
+    assert ap[2.0] > ap[1.0] + 0.15, ap
+    with pytest.raises(ValueError, match="scale=0"):
+        segment(small, "YX", model="nuclei", scale=0)
 
 
 def test_bundled_nuclei_model_segments_a_validation_image(shared_data):

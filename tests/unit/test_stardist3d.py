@@ -304,6 +304,8 @@ def test_segment_routes_z_stacks_to_a_3d_model(tmp_path, monkeypatch, rng):
         segment(vol[0], "YX", model="const3d", device="cpu")
     with pytest.raises(ValueError, match="test_time_augmentation=True is available for 2D"):
         segment(vol, "ZYX", model="const3d", device="cpu", test_time_augmentation=True)
+    with pytest.raises(ValueError, match="scale=2.0 is available for 2D"):
+        segment(vol, "ZYX", model="const3d", device="cpu", scale=2)
 
 
 def test_cli_segments_a_z_stack_tiff_with_a_3d_model(tmp_path, rng, capsys):

@@ -33,6 +33,7 @@ class SegmentParams(BaseModel):
     nms_threshold: float = Field(0.0, ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")
     channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
     test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
+    scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2 = objects half the training size; 2D)")
     output: SegmentOutput = Field(SegmentOutput.all, description="what to create: label map, ROI Manager, Results or all")
 
 
@@ -61,7 +62,8 @@ def segment_outputs(image, p: SegmentParams, *, command: str = "ijtorch Segment"
     channel = p.channel - 1 if "C" in image.axes else None
     result = segment(image.data, image.axes, model=p.model, channel=channel,
                      prob_threshold=p.prob_threshold or None, nms_threshold=p.nms_threshold or None,
-                     test_time_augmentation=p.test_time_augmentation, progress=progress, cancel=cancel)
+                     test_time_augmentation=p.test_time_augmentation, scale=p.scale, progress=progress,
+                     cancel=cancel)
     want = p.output
     images, rois, tables = [], None, []
     if want in (SegmentOutput.labels, SegmentOutput.all):

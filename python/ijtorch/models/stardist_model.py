@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPE = "stardist2d"
 DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
+SCALE_RANGE = (0.1, 10.0)
+
+
+def check_scale(scale: float) -> float:
+    """``scale`` as a float, or a ValueError unless it lies in :data:`SCALE_RANGE`."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale={scale!r}: expected a number in [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]") from None
+    if not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:
+        raise ValueError(f"scale={scale!r}: expected a number in [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]")
+    return value
 
 
 class StarDistModel:
@@ -150,23 +162,42 @@ class StarDistModel:
     def predict_instances(self, image: np.ndarray, *, prob_threshold: float | None = None,
                           nms_threshold: float | None = None, normalize: bool = True,
                           tile_size: int | Sequence[int] = 512, overlap: int = 96, batch_size: int = 2,
-                          test_time_augmentation: bool = False, progress: ProgressCallback | None = None,
-                          cancel: Callable[[], bool] | None = None,
+                          test_time_augmentation: bool = False, scale: float = 1.0,
+                          progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
                           dtype: Any = np.int32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Label map of a 2D image; thresholds default to the tuned ones in the config.
 
-        ``test_time_augmentation``: see :meth:`predict_maps`."""
+        ``test_time_augmentation``: see :meth:`predict_maps`. ``scale`` (2D): the model sees the
+        image resized by this factor (e.g. 2 when objects are half the size of the training
+        objects); polygons found there are drawn back at the image's own size, as StarDist does.
+        """
         pt = self.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
         nt = self.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
         for arg, v in (("prob_threshold", pt), ("nms_threshold", nt)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{arg}={v!r}: expected a float in [0, 1]")
-        prob, dist = self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
+        scale = check_scale(scale)
+        x = image
+        if scale != 1.0:
+            if image.ndim != 2:
+                raise ValueError(f"scale={scale}: resizing is available for 2D (YX) images, got shape {image.shape}")
+            from scipy import ndimage as ndi
+
+            x = ndi.zoom(self.normalize(image) if normalize else image.astype(np.float32), scale, order=1)
+            normalize = False
+        prob, dist = self.predict_maps(x, normalize=normalize, tile_size=tile_size, overlap=overlap,
                                        batch_size=batch_size, progress=progress, cancel=cancel,
                                        **({"test_time_augmentation": True} if test_time_augmentation else {}))
         emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
-        labels, details = self.instances_from_maps(prob, dist, image.shape, prob_threshold=pt, nms_threshold=nt,
+        labels, details = self.instances_from_maps(prob, dist, x.shape, prob_threshold=pt, nms_threshold=nt,
                                                    dtype=dtype)
+        if scale != 1.0:
+            # ndi.zoom maps the first and last pixel centres onto each other
+            factors = (np.array(image.shape) - 1) / np.maximum(np.array(x.shape) - 1, 1)
+            details = {**details, "points": (details["points"] * factors).astype(np.float32),
+                       "dists": (details["dists"] / scale).astype(np.float32)}
+            labels = sd.polygons_to_labels(details["points"], details["dists"], image.shape, scores=details["prob"],
+                                           dtype=dtype)
         emit(progress, ProgressEvent("nms", 1, 1, f"{len(details['prob'])} objects"))
         return labels, details
 

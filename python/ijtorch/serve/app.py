@@ -93,6 +93,7 @@ class SegmentRequest(_Req):
     tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
     overlap: int | None = Field(None, ge=0, description="tile overlap in pixels; None = the model's default (96 in 2D)")
     test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
+    scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2D models)")
 
 
 class NormalizeRequest(_Req):
@@ -253,14 +254,14 @@ class Server:
             raise HTTPError(422, str(exc)) from None
         loop = asyncio.get_running_loop()
         model = await self.load_async(path)
-        if plane_axes == "YX" and not req.test_time_augmentation and batchable(model, plane.shape, req.tile_size or 512):
+        if plane_axes == "YX" and not req.test_time_augmentation and req.scale == 1 and batchable(model, plane.shape, req.tile_size or 512):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, req.prob_threshold, req.nms_threshold, path))
         return await loop.run_in_executor(self.infer, lambda: segment(
             data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-            test_time_augmentation=req.test_time_augmentation, device=self.config.device))
+            test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=self.config.device))
 
     # ---- classification
     async def classify(self, images: np.ndarray, model: str) -> dict[str, Any]:
@@ -419,7 +420,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
             result = segment(data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
                              nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-                             test_time_augmentation=req.test_time_augmentation, device=config.device,
+                             test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=config.device,
                              progress=progress, cancel=cancelled)
             return encode(*_segment_reply(result))
 

@@ -102,14 +102,14 @@ class Client:
 
     def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int | None = None,
                 prob_threshold: float | None = None, nms_threshold: float | None = None, tile_size: int | None = None,
-                overlap: int | None = None, test_time_augmentation: bool = False,
+                overlap: int | None = None, test_time_augmentation: bool = False, scale: float = 1.0,
                 calibration: Calibration | dict | None = None) -> Any:
         """Like :func:`ijtorch.tasks.segment.segment` on the server; returns a ``SegmentationResult``."""
 
         header, arrays = self.post("/segment", self._image_header(
             axes, calibration, model=model, channel=channel, prob_threshold=prob_threshold,
             nms_threshold=nms_threshold, tile_size=tile_size, overlap=overlap,
-            test_time_augmentation=test_time_augmentation), {"image": data})
+            test_time_augmentation=test_time_augmentation, scale=scale), {"image": data})
         return _segmentation_result(header, arrays)
 
     def normalize(self, data: np.ndarray, axes: str, *, low: float = 1.0, high: float = 99.8,
