@@ -6,7 +6,10 @@ on the bundled model's **validation images only** (names from ``training.val_nam
 ``config.json``), so no image the model was trained on is scored. Reports AP@0.5 and AP@0.75
 (DSB ``tp/(tp+fp+fn)``, pooled over images and mean per image), then seconds for one 2048x2048
 image (real DSB nuclei tiled to that size) and the ratio to the classical baseline measured in the
-same run. Nothing is asserted; not part of ``make test``.
+same run. A second row scores the model with test-time augmentation (``test_time_augmentation=True``:
+averaged over the 8 flips/rotations). A second table resizes the validation images (and their
+ground truth) by 0.5 and 2 and compares the model as is with ``scale=`` set to undo the resize.
+Nothing is asserted; not part of ``make test``.
 
 Run: ``python benchmarks/bench_segment.py [--limit N] [--threads T]``. The lead adds the ImageJ
 end-to-end timing (``add_rows`` hook below).
@@ -240,6 +243,28 @@ def bench_3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def pixel_size_rows(pairs: list[Any], model: str) -> list[dict[str, Any]]:
+    """The validation images resized by 0.5 and 2 (nuclei at another pixel size, ground truth
+    resized with them): the model as is (``scale=1``) vs told the size change (``scale=1/f``).
+    Upsampling by 2 uses only the images of at most 512² pixels, to keep the run short."""
+    from scipy import ndimage as ndi
+
+    from ijtorch.tasks.segment import segment
+    from ijtorch.train.data import Pair
+
+    rows = []
+    for factor in (0.5, 2.0):
+        subset = [p for p in pairs if factor < 1 or p.image.size <= 512 * 512]
+        scaled = [Pair(p.name, ndi.zoom(p.image.astype(np.float32), factor, order=1),
+                       ndi.zoom(p.labels, factor, order=0)) for p in subset]
+        for scale in (1.0, 1.0 / factor):
+            method = (lambda sc: lambda img: segment(img, "YX", model=model, scale=sc).labels)(scale)
+            row = score(method, scaled)
+            rows.append({"method": f"images resized x{factor:g}, scale={scale:g}", "n_images": len(subset),
+                         **{k: v for k, v in row.items() if k.startswith("AP@0.50")}})
+    return rows
+
+
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     cols = ["method"] + sorted({k for r in rows for k in r if k != "method"}, key=_col_order)
     width = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols}
@@ -268,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--model", default="nuclei", help="bundled/registered star-convex model name")
     ap.add_argument("--size", type=int, default=2048, help="side of the timing image")
+    ap.add_argument("--skip-pixel-size", action="store_true", help="leave out the resized-image (scale=) rows")
     ap.add_argument("--3d", dest="three_d", action="store_true",
                     help="3D check on synthetic nuclei volumes: train a small 3D model, compare with classical 3D")
     ap.add_argument("--minutes", type=float, default=5.0, help="--3d: training time limit in minutes")
@@ -323,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, f"DSB 2018 nuclei, {len(eval_pairs)} images ({split}); timing on a {args.size}² image, CPU")
     print("AP@T = tp/(tp+fp+fn); pooled = counts summed over images; mean = average of per-image values; "
           "'x classical' = time ratio to the classical baseline in this run")
+    if val_names is not None and not args.skip_pixel_size:
+        print()
+        print_table(pixel_size_rows(eval_pairs, args.model),
+                    "Other pixel sizes: the same validation images resized (ground truth resized with them)")
     return 0
 
 
