@@ -86,6 +86,8 @@ def main() -> int:
                     help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)")
     ap.add_argument("--workers", type=int, default=None,
                     help="processes making training batches (default: one per spare core, at most 8)")
+    ap.add_argument("--keep", choices=["best", "final"], default="best",
+                    help="save the lowest-validation-loss epoch's weights (default) or the last epoch's")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--base-model", type=Path, default=None,
                     help="continue from this model (fine-tuning with a fresh schedule; same held-out split)")
@@ -112,7 +114,7 @@ def main() -> int:
         summary = train_stardist(
             pairs, output=args.output, val_fraction=0.15, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
-            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu", workers=args.workers,
+            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu", workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
         )

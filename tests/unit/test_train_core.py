@@ -216,3 +216,18 @@ def test_train_stardist_saves_split_and_fine_tunes(shared_data, tmp_path):
     assert s2["epochs_run"] == 1
     with pytest.raises(ValueError, match="val_names contains names not in pairs"):
         train_stardist(pairs, output=tmp_path / "m3", val_names=["nope"], **kw)
+    with pytest.raises(ValueError, match="keep='last'"):
+        train_stardist(pairs, output=tmp_path / "m3", keep="last", **kw)
+    # keep="final": the saved weights are the last epoch's, whatever the validation loss did
+    from safetensors.numpy import load_file
+
+    kw["epochs"] = 3
+    train_stardist(pairs, output=tmp_path / "m4", base_model=tmp_path / "m1", keep="final",
+                   checkpoint_dir=tmp_path / "ck4", **kw)
+    cfg4 = load_model_dir(tmp_path / "m4").config
+    assert cfg4["training"]["weights_of_epoch"] == cfg4["training"]["epochs_run"] == 3
+    saved = load_file(tmp_path / "m4" / "weights.safetensors")
+    last = {k[6:]: v for k, v in load_file(tmp_path / "ck4" / "last.safetensors").items() if k.startswith("model.")}
+    assert saved.keys() == last.keys()
+    for k in saved:
+        np.testing.assert_array_equal(saved[k], last[k])

@@ -220,6 +220,11 @@ def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: Augme
     return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device), int(workers))
 
 
+def _check_keep(keep: str) -> None:
+    if keep not in ("best", "final"):
+        raise ValueError(f"keep={keep!r}: accepted values are 'best' and 'final'")
+
+
 def _load_base_model(base_model: str | os.PathLike, model_type: str) -> Any:
     """The model directory to fine-tune; an error unless it holds a ``model_type`` model."""
     from ijtorch.models.store import load_model_dir, resolve_model
@@ -258,7 +263,7 @@ def _batch_sources(setup: _Setup, norm_cfg: dict[str, Any], batches: Callable[..
 def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, output: Path,
          checkpoint_dir: str | os.PathLike | None, epochs: int, lr: float, patience: int | None, resume: bool,
          time_limit_s: float | None, progress: ProgressCallback | None, progress_bar: bool | None,
-         cancel: Callable[[], bool] | None) -> tuple[Any, Any, float]:
+         cancel: Callable[[], bool] | None, keep: str = "best") -> tuple[Any, Any, float]:
     """Train with the StarDist loss (checkpoints in ``<output>.checkpoints`` unless given);
     ``(trainer, TrainResult, seconds)``."""
     from ijtorch.models.stardist import stardist_loss
@@ -276,7 +281,7 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
     trainer = Trainer(net, stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
                       epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
                       resume=resume, seed=setup.seed, device=setup.device, grad_clip=10.0, progress=progress,
-                      progress_bar=progress_bar, cancel=_cancel)
+                      progress_bar=progress_bar, cancel=_cancel, restore_best=keep == "best")
     try:
         result = trainer.fit()
     finally:
@@ -286,7 +291,7 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
 
 def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLike | None, steps_per_epoch: int,
                      batch_size: int, patch: dict[str, Any], lr: float, fg_fraction: float,
-                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                     keep: str = "best", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``training`` entry of the model config; ``patch`` (the patch size key and value) and
     ``extra`` are the geometry-specific entries, placed where 2D and 3D configs have them."""
     import torch
@@ -299,6 +304,7 @@ def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLik
         "split": {"val_fraction": setup.val_fraction, "seed": setup.seed, "explicit": setup.val_names is not None},
         "base_model": str(base_model) if base_model is not None else None,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "weights_of_epoch": result.best_epoch if keep == "best" else result.epochs_run,
         "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, **patch,
         "lr": lr, "seed": setup.seed, "augment": setup.augment.model_dump(), "fg_fraction": fg_fraction,
         **(extra or {}),
@@ -357,6 +363,7 @@ def train_stardist(
     device: str = "auto",
     workers: int | None = None,
     time_limit_s: float | None = None,
+    keep: str = "best",
     optimize_thresholds: bool = True,
     evaluate: bool = True,
     progress: ProgressCallback | None = None,
@@ -392,6 +399,9 @@ def train_stardist(
         Stop training (gracefully, after the current epoch) once this much time has passed.
     checkpoint_dir, resume
         Per-epoch checkpoints and resuming after a crash (default ``<output>.checkpoints``).
+    keep : {"best", "final"}
+        Save the weights of the epoch with the lowest validation loss (as StarDist does), or those
+        of the last epoch (e.g. at the end of a full cosine schedule).
     optimize_thresholds, evaluate : bool
         Tune thresholds / measure AP@0.5 and AP@0.75 on the validation images after training.
 
@@ -405,6 +415,7 @@ def train_stardist(
     from ijtorch.models import stardist as sd
     from ijtorch.models.stardist_model import StarDistModel
 
+    _check_keep(keep)
     setup = _setup(pairs, ndim=2, requirement="train_stardist needs 2D (YX) images", augment=augment,
                    val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers)
 
@@ -432,7 +443,7 @@ def train_stardist(
     trainer, result, train_seconds = _fit(
         setup, net, train_data, val_data, output=output, checkpoint_dir=checkpoint_dir, epochs=epochs, lr=lr,
         patience=patience, resume=resume, time_limit_s=time_limit_s, progress=progress, progress_bar=progress_bar,
-        cancel=cancel)
+        cancel=cancel, keep=keep)
 
     config: dict[str, Any] = {
         "model_type": "stardist2d",
@@ -444,7 +455,7 @@ def train_stardist(
         "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
         "training": _training_record(setup, result, base_model=base_model, steps_per_epoch=steps_per_epoch,
                                      batch_size=batch_size, patch={"patch_size": patch_size}, lr=lr,
-                                     fg_fraction=fg_fraction),
+                                     fg_fraction=fg_fraction, keep=keep),
     }
     model = StarDistModel(trainer.model, config, device=setup.device)
     summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist",
