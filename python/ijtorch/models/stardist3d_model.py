@@ -100,14 +100,17 @@ class StarDist3DModel(StarDistModel):
 
     def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] | None = None,
                      overlap: int | Sequence[int] | None = None, batch_size: int = 1,
-                     progress: ProgressCallback | None = None,
+                     test_time_augmentation: bool = False, progress: ProgressCallback | None = None,
                      cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Probability ``(Zg, Yg, Xg)`` and distances ``(Zg, Yg, Xg, n_rays)`` on the grid, predicted in tiles.
 
         ``tile_size`` and ``overlap`` are voxels (one number for all axes or ``(z, y, x)``;
         default: the model's ``tiling``). The overlap should exceed the largest object's extent
-        so that stitched maps equal whole-volume maps around every object.
+        so that stitched maps equal whole-volume maps around every object. Test-time augmentation
+        is not implemented in 3D (the Fibonacci rays do not map onto each other under flips).
         """
+        if test_time_augmentation:
+            raise ValueError("test_time_augmentation=True is available for 2D (YX) models; this is a 3D (ZYX) model")
         if image.ndim != 3:
             raise ValueError(f"image has shape {image.shape}; a 3D model needs a ZYX volume")
         tiling = self.config.get("tiling", {})
@@ -138,13 +141,15 @@ class StarDist3DModel(StarDistModel):
     def predict_instances(self, image: np.ndarray, *, prob_threshold: float | None = None,
                           nms_threshold: float | None = None, normalize: bool = True,
                           tile_size: int | Sequence[int] | None = None, overlap: int | Sequence[int] | None = None,
-                          batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cancel: Callable[[], bool] | None = None,
+                          batch_size: int = 1, test_time_augmentation: bool = False, scale: float = 1.0,
+                          progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
                           dtype: Any = np.int32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Label volume of a ``ZYX`` image; thresholds default to the tuned ones in the config."""
+        """Label volume of a ``ZYX`` image; thresholds default to the tuned ones in the config.
+        ``test_time_augmentation`` and ``scale`` other than 1 are refused (2D only)."""
         return super().predict_instances(image, prob_threshold=prob_threshold, nms_threshold=nms_threshold,
                                          normalize=normalize, tile_size=tile_size, overlap=overlap,  # type: ignore[arg-type]
-                                         batch_size=batch_size, progress=progress, cancel=cancel, dtype=dtype)
+                                         batch_size=batch_size, test_time_augmentation=test_time_augmentation,
+                                         scale=scale, progress=progress, cancel=cancel, dtype=dtype)
 
     def instances_from_maps(self, prob: np.ndarray, dist: np.ndarray, shape: tuple[int, ...], *,
                             prob_threshold: float, nms_threshold: float,

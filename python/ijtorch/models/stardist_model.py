@@ -180,14 +180,14 @@ class StarDistModel:
         x = image
         if scale != 1.0:
             if image.ndim != 2:
-                raise ValueError(f"scale={scale}: resizing is available for 2D (YX) images, got shape {image.shape}")
+                raise ValueError(f"scale={scale} is available for 2D (YX) images; got shape {image.shape}")
             from scipy import ndimage as ndi
 
             x = ndi.zoom(self.normalize(image) if normalize else image.astype(np.float32), scale, order=1)
             normalize = False
         prob, dist = self.predict_maps(x, normalize=normalize, tile_size=tile_size, overlap=overlap,
-                                       batch_size=batch_size, progress=progress, cancel=cancel,
-                                       **({"test_time_augmentation": True} if test_time_augmentation else {}))
+                                       batch_size=batch_size, test_time_augmentation=test_time_augmentation,
+                                       progress=progress, cancel=cancel)
         emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
         labels, details = self.instances_from_maps(prob, dist, x.shape, prob_threshold=pt, nms_threshold=nt,
                                                    dtype=dtype)

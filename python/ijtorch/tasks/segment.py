@@ -174,17 +174,6 @@ def segment(
     if model_axes == "ZYX" and "Z" not in axes:
         raise ValueError(f"model={str(model)!r} is a 3D (ZYX) model but axes={axes!r} has no Z axis; "
                          "segment a z-stack or choose a 2D model")
-    if test_time_augmentation and model_axes != "YX":
-        raise ValueError(f"test_time_augmentation=True is available for 2D (YX) models; model={str(model)!r} "
-                         f"is a {model_axes} model")
-    from ijtorch.models.stardist_model import check_scale
-
-    scale = check_scale(scale)
-    if scale != 1.0 and model_axes != "YX":
-        raise ValueError(f"scale={scale} is available for 2D (YX) models; model={str(model)!r} is a {model_axes} model")
-    predict_options: dict = {"test_time_augmentation": True} if test_time_augmentation else {}
-    if scale != 1.0:
-        predict_options["scale"] = scale
     pt = net.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
     nt = net.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
     tiling = {k: int(v) for k, v in (("tile_size", tile_size), ("overlap", overlap)) if v is not None}
@@ -204,7 +193,8 @@ def segment(
             raise InterruptedError("segmentation cancelled")
         emit(progress, ProgressEvent("plane", k, len(planes), f"{unit} {k + 1}/{len(planes)}"))
         lab, _ = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, progress=progress, cancel=cancel,
-                                       dtype=np.int64, **tiling, **predict_options)
+                                       test_time_augmentation=test_time_augmentation, scale=scale, dtype=np.int64,
+                                       **tiling)
         n = int(lab.max())
         lab[lab > 0] += offset
         offset += n

@@ -23,8 +23,8 @@ from scipy import ndimage as ndi
 
 from .data import AugmentConfig, Pair
 from .progress import ProgressCallback
-from .stardist_train import (_batch_sources, _check_keep, _fit, _load_base_model, _percentile_normalization,
-                             _save_tuned, _setup, _TargetBatches, _training_record)
+from .stardist_train import (_batch_sources, _fit, _load_base_model, _percentile_normalization, _save_tuned,
+                             _setup, _TargetBatches, _training_record)
 
 __all__ = ["train_stardist3d", "stardist3d_targets", "patch_shape_3d"]
 
@@ -149,9 +149,9 @@ def train_stardist3d(
     from ijtorch.models import stardist3d as s3
     from ijtorch.models.stardist3d_model import DEFAULT_TILE, StarDist3DModel
 
-    _check_keep(keep)
     setup = _setup(pairs, ndim=3, requirement="train_stardist3d needs 3D (ZYX) volumes", augment=augment,
-                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers)
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers,
+                   keep=keep)
     extents = _object_extents([p.labels for p in pairs])
     if extents.size == 0:
         raise ValueError("the label volumes hold no objects: nothing to learn")
@@ -192,7 +192,7 @@ def train_stardist3d(
     trainer, result, train_seconds = _fit(
         setup, net, train_data, val_data, output=output, checkpoint_dir=checkpoint_dir, epochs=epochs, lr=lr,
         patience=patience, resume=resume, time_limit_s=time_limit_s, progress=progress, progress_bar=progress_bar,
-        cancel=cancel, keep=keep)
+        cancel=cancel)
 
     # overlap: the largest object extent plus a margin, so stitched tiles see every object whole
     overlap = [int(math.ceil(e)) + 8 for e in extents.max(0)]
@@ -211,7 +211,7 @@ def train_stardist3d(
         "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
         "training": _training_record(
             setup, result, base_model=base_model, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-            patch={"patch_shape": list(patch)}, lr=lr, fg_fraction=fg_fraction, keep=keep,
+            patch={"patch_shape": list(patch)}, lr=lr, fg_fraction=fg_fraction,
             extra={"median_object_extent": [float(v) for v in np.median(extents, 0)]}),
     }
     model = StarDist3DModel(trainer.model, config, device=setup.device)

@@ -195,17 +195,20 @@ class _Setup:
     augment: AugmentConfig
     device: str
     workers: int
+    keep: str
 
 
 def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: AugmentConfig | dict | None,
            val_names: Sequence[str] | None, val_fraction: float, seed: int, device: str,
-           workers: int | None = None) -> _Setup:
+           workers: int | None = None, keep: str = "best") -> _Setup:
     """Check that ``pairs`` is non-empty with ``ndim``-D images (``requirement`` ends the error
-    message), resolve the augmentation, the validation split, the device and the number of
+    message), resolve the augmentation, the validation split, the device, the number of
     batch-making processes (``None``: one per spare CPU core, at most 8, so the accelerator or
-    the training threads are kept busy)."""
+    the training threads are kept busy) and which weights to keep."""
     from ijtorch.models.device import resolve_device
 
+    if keep not in ("best", "final"):
+        raise ValueError(f"keep={keep!r}: accepted values are 'best' and 'final'")
     if not pairs:
         raise ValueError("pairs is empty: nothing to train on")
     for p in pairs:
@@ -217,12 +220,8 @@ def _setup(pairs: Sequence[Pair], *, ndim: int, requirement: str, augment: Augme
         workers = min(8, max(0, (os.cpu_count() or 1) - 1))
     elif not isinstance(workers, (int, np.integer)) or workers < 0:
         raise ValueError(f"workers={workers!r}: expected None or an integer >= 0")
-    return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device), int(workers))
-
-
-def _check_keep(keep: str) -> None:
-    if keep not in ("best", "final"):
-        raise ValueError(f"keep={keep!r}: accepted values are 'best' and 'final'")
+    return _Setup(pairs, train_idx, val_idx, val_fraction, val_names, seed, aug, resolve_device(device), int(workers),
+                  keep)
 
 
 def _load_base_model(base_model: str | os.PathLike, model_type: str) -> Any:
@@ -263,7 +262,7 @@ def _batch_sources(setup: _Setup, norm_cfg: dict[str, Any], batches: Callable[..
 def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, output: Path,
          checkpoint_dir: str | os.PathLike | None, epochs: int, lr: float, patience: int | None, resume: bool,
          time_limit_s: float | None, progress: ProgressCallback | None, progress_bar: bool | None,
-         cancel: Callable[[], bool] | None, keep: str = "best") -> tuple[Any, Any, float]:
+         cancel: Callable[[], bool] | None) -> tuple[Any, Any, float]:
     """Train with the StarDist loss (checkpoints in ``<output>.checkpoints`` unless given);
     ``(trainer, TrainResult, seconds)``."""
     from ijtorch.models.stardist import stardist_loss
@@ -281,7 +280,7 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
     trainer = Trainer(net, stardist_loss, train_data, val_data=val_data, monitor="val_loss", mode="min",
                       epochs=epochs, lr=lr, scheduler="cosine", patience=patience, checkpoint_dir=ckpt,
                       resume=resume, seed=setup.seed, device=setup.device, grad_clip=10.0, progress=progress,
-                      progress_bar=progress_bar, cancel=_cancel, restore_best=keep == "best")
+                      progress_bar=progress_bar, cancel=_cancel, restore_best=setup.keep == "best")
     try:
         result = trainer.fit()
     finally:
@@ -291,7 +290,7 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
 
 def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLike | None, steps_per_epoch: int,
                      batch_size: int, patch: dict[str, Any], lr: float, fg_fraction: float,
-                     keep: str = "best", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``training`` entry of the model config; ``patch`` (the patch size key and value) and
     ``extra`` are the geometry-specific entries, placed where 2D and 3D configs have them."""
     import torch
@@ -304,7 +303,7 @@ def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLik
         "split": {"val_fraction": setup.val_fraction, "seed": setup.seed, "explicit": setup.val_names is not None},
         "base_model": str(base_model) if base_model is not None else None,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "weights_of_epoch": result.best_epoch if keep == "best" else result.epochs_run,
+        "weights_of_epoch": result.best_epoch if setup.keep == "best" else result.epochs_run,
         "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, **patch,
         "lr": lr, "seed": setup.seed, "augment": setup.augment.model_dump(), "fg_fraction": fg_fraction,
         **(extra or {}),
@@ -415,9 +414,9 @@ def train_stardist(
     from ijtorch.models import stardist as sd
     from ijtorch.models.stardist_model import StarDistModel
 
-    _check_keep(keep)
     setup = _setup(pairs, ndim=2, requirement="train_stardist needs 2D (YX) images", augment=augment,
-                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers)
+                   val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers,
+                   keep=keep)
 
     base_cfg: dict[str, Any] = {}
     if base_model is not None:
@@ -443,7 +442,7 @@ def train_stardist(
     trainer, result, train_seconds = _fit(
         setup, net, train_data, val_data, output=output, checkpoint_dir=checkpoint_dir, epochs=epochs, lr=lr,
         patience=patience, resume=resume, time_limit_s=time_limit_s, progress=progress, progress_bar=progress_bar,
-        cancel=cancel, keep=keep)
+        cancel=cancel)
 
     config: dict[str, Any] = {
         "model_type": "stardist2d",
@@ -455,7 +454,7 @@ def train_stardist(
         "thresholds": dict(base_cfg.get("thresholds", {"prob": 0.5, "nms": 0.4})),
         "training": _training_record(setup, result, base_model=base_model, steps_per_epoch=steps_per_epoch,
                                      batch_size=batch_size, patch={"patch_size": patch_size}, lr=lr,
-                                     fg_fraction=fg_fraction, keep=keep),
+                                     fg_fraction=fg_fraction),
     }
     model = StarDistModel(trainer.model, config, device=setup.device)
     summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist",
