@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji", help="use this Fiji.app's jars (default: $IJTORCH_FIJI, else embedded)")
     p.set_defaults(func=_macro)
 
-    from . import _cli_verbs
+    from . import _cli_fiji, _cli_verbs
     from .serve import _main as serve_main
 
     _cli_verbs.add_verbs(sub)
+    _cli_fiji.add_verbs(sub)
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
     p.set_defaults(func=serve_main.serve)

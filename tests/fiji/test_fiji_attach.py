@@ -53,7 +53,7 @@ def test_gateway_runs_segment_from_ij1_macro_and_imagej2_scripts(fiji_path, crop
         ij = bridge.fiji_gateway()
         log = bridge.run_macro('open("{crop}"); run("ijtorch Segment", "model={segmentation_model} output=[label map]"); '
                                'saveAs("Tiff", "{tmp_path}/from_ij1.tif"); print(getTitle()); close("*");').log
-        from ijtorch._cli_verbs import _run_fiji_script
+        from ijtorch._cli_fiji import _run_fiji_script
         from pathlib import Path
         ijm_out = _run_fiji_script(ij, Path("{ijm}"), ["model={segmentation_model}"])
         py_out = _run_fiji_script(ij, Path("{py}"), ["model={segmentation_model}"])
@@ -190,7 +190,7 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             import ijtorch
             ijtorch.attach(gateway)
             source = str(jpype.JClass("ijtorch.IjtorchRegistry").class_.getProtectionDomain().getCodeSource().getLocation())
-            from ijtorch._cli_verbs import _run_fiji_script
+            from ijtorch._cli_fiji import _run_fiji_script
             outputs = _run_fiji_script(gateway, root / "scripts/Plugins/ijtorch/Segment_Folder.py",
                                        ["input_dir={crop.parent}", "output_dir={tmp_path / 'out'}",
                                         "model={segmentation_model}", "extension=.tif", "save_rois=false"])
