@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_fiji, _cli_verbs
     from .serve import _main as serve_main
 
-    _cli_verbs.add_verbs(sub)
-    _cli_fiji.add_verbs(sub)
+    # Each verb module adds its own sub-parsers; a new family of verbs adds its module here.
+    for verb_module in (_cli_verbs, _cli_fiji):
+        verb_module.add_verbs(sub)
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
     p.set_defaults(func=serve_main.serve)
