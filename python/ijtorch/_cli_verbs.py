@@ -1,69 +1,120 @@
-"""The task verbs of the CLI: segment, train, evaluate, models, demo.
+"""The task verbs of the CLI: segment, train, evaluate, track, restore, denoise, classify, ...
 
-Each verb calls the same task function as the ImageJ command and the server.
+Each verb calls the same task function as the ImageJ command and the server. Verbs that take
+inputs run them through :class:`ijtorch._cli_batch.Batch` (one input at a time, failures reported
+in one line, outputs staged so a failed input leaves none, a summary, exit code 1 when any failed).
+Channels are numbered from 1 on the command line, as in ImageJ; the task functions take the
+0-based numpy index, so the conversion happens once, in :func:`ijtorch._cli_batch.one_based_channel`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from ._cli_batch import (Batch, Skip, UsageError, add_batch_options, one_based_channel, positive_float,
+                         positive_int)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def _input_files(inputs: list[str]) -> list[Path]:
+    """The TIFF files given, folders expanded (sorted); a missing input or an empty folder is a usage error."""
     files: list[Path] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
             if not found:
-                raise SystemExit(f"ijtorch: folder {path} holds no .tif/.tiff files")
+                raise UsageError(f"folder {path} holds no .tif/.tiff files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"ijtorch: input {path} does not exist")
+            raise UsageError(f"input {path} does not exist")
     return files
 
 
+def _read_image(path: Path, axes: str | None = None):
+    """The TIFF as an :class:`~ijtorch.image.Image`, with ``--axes`` applied when given."""
+    from .io.tiff import read_tiff
+
+    image = read_tiff(path)
+    if axes:
+        from dataclasses import replace
+
+        from .image import check_axes
+
+        image = replace(image, axes=check_axes(axes, image.data.ndim, arg_name="--axes"))
+    return image
+
+
+def _check_channel(data_shape: tuple[int, ...], axes: str, channel: int | None) -> None:
+    """Say in the CLI's 1-based terms what is wrong with ``--channel`` (``channel`` is 0-based here)."""
+    if "C" not in axes:
+        if channel not in (None, 0):
+            raise ValueError(f"--channel {channel + 1}: the image has no channel axis (axes {axes})")
+        return
+    n = data_shape[axes.index("C")]
+    if channel is None and n > 1:
+        raise ValueError(f"the image has {n} channels (axes {axes}): choose one with --channel 1..{n}")
+    if channel is not None and channel >= n:
+        raise ValueError(f"--channel {channel + 1}: the image has {n} channel(s), numbered 1..{n}")
+
+
+def _resolve_model(name: str) -> None:
+    """Fail before the batch when the model does not exist (not once per input)."""
+    from .models.store import resolve_model
+
+    resolve_model(name)
+
+
+def _training_progress(desc: str, steps_per_epoch: int | None = None):
+    from .train.progress import TrainingProgress
+
+    return TrainingProgress(desc, steps_per_epoch=steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------- segment / train / evaluate
 def _segment(args: argparse.Namespace) -> int:
     from .io.outputs import write_segmentation_outputs
-    from .io.tiff import read_tiff
     from .tasks.segment import segment
 
     files = _input_files(args.inputs)
+    _resolve_model(args.model)
     out = Path(args.output)
-    total = 0
-    for path in files:
-        image = read_tiff(path)
-        if args.axes:
-            from dataclasses import replace
+    batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose)
+    objects: dict[str, int] = {}  # per input; summed over the inputs that were done
 
-            from .image import check_axes
-
-            image = replace(image, axes=check_axes(args.axes, image.data.ndim, arg_name="--axes"))
+    def one(path: Path, staging: Path) -> str:
+        image = _read_image(path, args.axes)
+        _check_channel(image.data.shape, image.axes, args.channel)
         started = time.perf_counter()
         result = segment(image.data, image.axes, model=args.model, prob_threshold=args.prob_threshold,
                          nms_threshold=args.nms_threshold, channel=args.channel, device=args.device,
                          test_time_augmentation=args.test_time_augmentation, scale=args.scale)
-        seconds = time.perf_counter() - started
-        write_segmentation_outputs(out, path.stem, image, result.labels, result.axes, inputs=(path,))
-        total += result.n_objects
-        print(f"{path.name}: {result.n_objects} objects in {seconds:.2f} s -> {out / (path.stem + '.tif')}")
-    print(f"{len(files)} image(s), {total} objects, model {args.model}")
-    return 0
+        write_segmentation_outputs(staging, path.stem, image, result.labels, result.axes)
+        objects[str(path)] = result.n_objects
+        return (f"{path.name}: {result.n_objects} objects in {time.perf_counter() - started:.2f} s "
+                f"-> {out / (path.stem + '.tif')}")
+
+    batch.run(files, one, output=out, inputs=lambda path: [path])
+    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {args.model}")
+    return batch.finish()
 
 
 def _train(args: argparse.Namespace) -> int:
     from .tasks.segment import train_segmentation
 
+    progress = _training_progress("train", args.steps)
     summary = train_segmentation(args.images, args.labels, output=args.output, method=args.method,
                                  base_model=args.base_model, epochs=args.epochs, steps_per_epoch=args.steps,
                                  patch_size=args.patch_size, batch_size=args.batch_size, resume=args.resume,
-                                 device=args.device, val_fraction=args.val_fraction, seed=args.seed)
+                                 device=args.device, val_fraction=args.val_fraction, seed=args.seed,
+                                 progress=progress, progress_bar=False)
+    progress.close()
     metrics = summary.get("metrics", {})
     print(f"model saved to {summary['output']}")
     for key, value in metrics.items():
@@ -72,13 +123,38 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .tasks.evaluate import evaluate, format_table
+    from . import metrics
+    from .tasks.evaluate import CSV_NAME, format_table
 
-    result = evaluate(args.pred_dir, args.gt_dir, output=args.output)
-    print(format_table(result))
-    if result.get("csv"):
-        print(f"written: {result['csv']}")
-    return 0
+    pred_files = metrics._index_dir(Path(args.pred_dir), "pred_dir")
+    gt_files = metrics._index_dir(Path(args.gt_dir), "gt_dir")
+    if not set(pred_files) & set(gt_files):
+        hint = f"; did you mean {Path(args.gt_dir) / 'labels'}?" if (Path(args.gt_dir) / "labels").is_dir() else ""
+        raise UsageError(f"no file names in common between {args.pred_dir} ({len(pred_files)} label files) and "
+                         f"{args.gt_dir} ({len(gt_files)} label files){hint}")
+    thresholds = metrics.DEFAULT_THRESHOLDS
+    batch = Batch("evaluate", len(pred_files), fail_fast=args.fail_fast, verbose=args.verbose)
+    rows: list[dict[str, Any]] = []
+
+    def one(name: str) -> None:
+        if name not in gt_files:
+            raise Skip(f"no ground truth of that name in {args.gt_dir}")
+        gt, pred = metrics.read_label_image(gt_files[name]), metrics.read_label_image(pred_files[name])
+        if gt.shape != pred.shape:
+            raise ValueError(f"ground truth has shape {gt.shape} but the prediction has shape {pred.shape}")
+        rows.append({"name": name, **metrics.evaluate_pair(gt, pred, thresholds=thresholds)})
+
+    batch.run(sorted(pred_files), one, name=lambda n: str(pred_files[n]))
+    if rows:
+        all_rows = rows + metrics._summaries(rows, tuple(thresholds))
+        table = {"rows": rows, "mean": all_rows[-2], "pooled": all_rows[-1], "thresholds": tuple(thresholds)}
+        batch.say(format_table(table))
+        if args.output is not None:
+            out = Path(args.output)
+            if out.exists() and not out.is_dir():
+                raise UsageError(f"--output {out} exists and is not a folder")
+            batch.say(f"written: {metrics.write_csv(all_rows, out / CSV_NAME)}")
+    return batch.finish()
 
 
 def _track(args: argparse.Namespace) -> int:
@@ -90,71 +166,169 @@ def _track(args: argparse.Namespace) -> int:
     from .tasks.tracking import TrackingParams
 
     source = Path(args.input)
-    if source.is_dir():  # a folder of frames, e.g. a Cell Tracking Challenge TRA folder
-        frames = [read_tiff(p) for p in _input_files([str(source)])]
-        data, axes, calibration = np.stack([f.data for f in frames]), "T" + frames[0].axes, frames[0].calibration
-    else:
-        movie = read_tiff(source)
-        data, axes, calibration = movie.data, movie.axes, movie.calibration
-    if args.axes:
-        axes = check_axes(args.axes, data.ndim, arg_name="--axes")
-    params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap, allow_splitting=not args.no_divisions,
-                            fill_gaps=args.fill_gaps)
-    tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, calibration=calibration, params=params)
-    paths = write_track_outputs(args.output, source.stem, tracks, image_path=source if source.is_file() else None)
-    print(f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions")
-    for kind, path in paths.items():
-        print(f"  {kind}: {path}")
-    return 0
+    if not source.exists():
+        raise UsageError(f"input {source} does not exist")
+    frame_files = _input_files([str(source)]) if source.is_dir() else []
+    if not args.labels:
+        _resolve_model(args.model)
+    out = Path(args.output)
+    batch = Batch("track", 1, verbose=args.verbose)
+
+    def one(source: Path, staging: Path) -> str:
+        if source.is_dir():  # a folder of frames, e.g. a Cell Tracking Challenge TRA folder
+            frames = [read_tiff(p) for p in frame_files]
+            shapes = {f.data.shape for f in frames}
+            if len(shapes) > 1:
+                raise ValueError(f"the frames differ in shape: {sorted(shapes)}")
+            data, axes, calibration = np.stack([f.data for f in frames]), "T" + frames[0].axes, frames[0].calibration
+        else:
+            movie = read_tiff(source)
+            data, axes, calibration = movie.data, movie.axes, movie.calibration
+        if args.axes:
+            axes = check_axes(args.axes, data.ndim, arg_name="--axes")
+        if not args.labels:
+            _check_channel(data.shape, axes, args.channel)
+        params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap,
+                                allow_splitting=not args.no_divisions, fill_gaps=args.fill_gaps)
+        tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, channel=args.channel,
+                             calibration=calibration, params=params)
+        paths = write_track_outputs(staging, source.stem, tracks, image_path=source if source.is_file() else None)
+        lines = [f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, "
+                 f"{tracks.n_divisions} divisions"]
+        lines += [f"  {kind}: {out / Path(path).relative_to(staging)}" for kind, path in paths.items()]
+        return "\n".join(lines)
+
+    batch.run([source], one, output=out, inputs=lambda s: [s, *frame_files])
+    return batch.finish()
+
+
+# ----------------------------------------------------------------------------- restore / denoise
+def _yx_planes(data, axes: str) -> list:
+    """Every ``YX`` plane of a channel-free image (2D Noise2Void trains on planes)."""
+    import numpy as np
+
+    others = [i for i, a in enumerate(axes) if a not in "YX"]
+    stack = np.transpose(data, others + [axes.index("Y"), axes.index("X")])
+    return list(stack.reshape((-1,) + stack.shape[-2:]))
+
+
+def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: str):
+    """Train one Noise2Void model on ``planes`` into ``model_dir``; return it loaded."""
+    import tempfile
+
+    from .models.device import resolve_device
+    from .models.restoration import RestorationModel
+    from .tasks.restore import train_restoration
+
+    progress = _training_progress(desc, args.steps)
+    with tempfile.TemporaryDirectory(prefix="ijtorch-n2v-checkpoints-") as checkpoints:
+        train_restoration("n2v", planes, None, output=model_dir, axes="YX", epochs=args.epochs,
+                          steps_per_epoch=args.steps, device=args.device, checkpoint_dir=checkpoints,
+                          progress=progress, progress_bar=False)
+    progress.close()
+    return RestorationModel.load(model_dir, device=resolve_device(args.device))
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .io.tiff import write_imagej_tiff
-    from .io.tiff import read_tiff
-    from .tasks.restore import denoise_n2v, restore
+    import tempfile
 
+    from .io.tiff import write_imagej_tiff
+    from .tasks.restore import _pick_channel, restore
+
+    files = _input_files(args.inputs)
+    if args.model:
+        _resolve_model(args.model)
+    train_here = args.verb == "denoise" and not args.model
+    per_image = train_here and args.per_image
+    if not train_here and (getattr(args, "per_image", False) or getattr(args, "save_model", None)):
+        raise UsageError("--per-image and --save-model are for training Noise2Void here: leave out --model")
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in _input_files(args.inputs):
-        image = read_tiff(path)
-        channel = args.channel - 1 if args.channel else None
-        target = out / f"{path.stem}.tif"
-        if args.verb == "denoise" and not args.model:
-            restored = denoise_n2v(image.data, image.axes, epochs=args.epochs, steps_per_epoch=args.steps, channel=channel)
-            axes = image.axes.replace("C", "")
-            extra = {}
-        else:
-            result = restore(image.data, image.axes, model=args.model, channel=channel,
-                             uncertainty=args.uncertainty, error_map=args.error_map)
-            restored, axes = result.restored, result.axes
-            extra = {"uncertainty": result.uncertainty, "error_map": result.error_map}
-            if result.shift_warning:
-                print(f"warning: {path.name}: {result.shift_warning}")
-        write_imagej_tiff(target, restored.astype("float32"), axes, calibration=image.calibration, source=path)
-        for kind, data in extra.items():
+    batch = Batch(args.verb, len(files), fail_fast=args.fail_fast, verbose=args.verbose)
+    scratch = tempfile.TemporaryDirectory(prefix="ijtorch-denoise-")
+    images: dict[Path, Any] = {}
+    model: Any = args.model
+    model_text = f"model {args.model}"
+
+    def read(path: Path):
+        image = _read_image(path)
+        _check_channel(image.data.shape, image.axes, args.channel)
+        if "S" in image.axes:
+            raise ValueError(f"RGB images are not supported (axes {image.axes}); save one channel as a grey image")
+        return image
+
+    def load(path: Path) -> None:
+        images[path] = read(path)
+
+    def planes_of(image) -> list:
+        data, axes = _pick_channel(image.data, image.axes, args.channel)
+        return _yx_planes(data, axes)
+
+    def one(path: Path, staging: Path) -> str:
+        image = images[path] if path in images else read(path)
+        net, text = model, model_text
+        if per_image:
+            kept = Path(args.save_model) / path.stem if args.save_model else Path(scratch.name) / path.stem
+            net = _train_n2v(planes_of(image), kept, args, f"denoise {path.name}")
+            text = "its own Noise2Void model, trained on this image" + (f", saved to {kept}" if args.save_model else "")
+        result = restore(image.data, image.axes, model=net, channel=args.channel, device=args.device,
+                         uncertainty=args.uncertainty, error_map=args.error_map)
+        if result.shift_warning:
+            batch.warn(f"warning: {path.name}: {result.shift_warning}")
+        for suffix, data in (("", result.restored), ("_uncertainty", result.uncertainty),
+                             ("_error_map", result.error_map)):
             if data is not None:
-                write_imagej_tiff(out / f"{path.stem}_{kind}.tif", data.astype("float32"), axes,
+                write_imagej_tiff(staging / f"{path.stem}{suffix}.tif", data.astype("float32"), result.axes,
                                   calibration=image.calibration, source=path)
-        print(f"{path.name} -> {target}")
-    return 0
+        return f"{path.name} -> {out / (path.stem + '.tif')} ({text})"
+
+    try:
+        todo = files
+        if train_here and not per_image:  # one model for all inputs, as Noise2Void is meant to be used
+            todo = batch.run(files, load, final=False)
+            if todo:
+                model_dir = Path(args.save_model) if args.save_model else Path(scratch.name) / "n2v"
+                planes = [p for path in todo for p in planes_of(images[path])]
+                started = time.perf_counter()
+                model = _train_n2v(planes, model_dir, args, "denoise")
+                kept = f"saved to {model_dir}" if args.save_model else "not kept (--save-model DIR keeps it)"
+                batch.say(f"denoise: one Noise2Void model trained on {len(todo)} image(s) ({len(planes)} planes), "
+                          f"{args.epochs} epoch(s) x {args.steps} steps in {time.perf_counter() - started:.1f} s; {kept}")
+                model_text = f"the Noise2Void model trained on all {len(todo)} input(s)"
+        elif train_here:
+            todo = batch.run(files, load, final=False)
+        batch.run(todo, one, output=out, inputs=lambda path: [path])
+    finally:
+        scratch.cleanup()
+    return batch.finish()
 
 
 def _train_restoration(args: argparse.Namespace) -> int:
     from .tasks.restore import train_restoration
 
+    progress = _training_progress("train-restoration", args.steps)
     summary = train_restoration(args.kind, args.inputs, args.targets, output=args.output, epochs=args.epochs,
-                                steps_per_epoch=args.steps, base_model=args.base_model)
+                                steps_per_epoch=args.steps, base_model=args.base_model, progress=progress,
+                                progress_bar=False)
+    progress.close()
     print(f"model saved to {summary.get('output', args.output)}")
-    for key, value in (summary.get("metrics") or {}).items():
-        print(f"  {key}: {value}")
+    if summary.get("base_model"):
+        print(f"  fine-tuned from: {summary['base_model']}")
+    for key, value in summary.items():
+        if key not in ("output", "base_model") and not isinstance(value, (list, dict)):
+            print(f"  {key}: {value}")
     return 0
 
 
+# ----------------------------------------------------------------------------- classify / embed / train-classifier
 def _classify_data(path: Path):
     import numpy as np
 
+    if not path.exists():
+        raise UsageError(f"input {path} does not exist")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise ValueError(f"{path} has no 'images' array (it holds {sorted(z.files)})")
             return z["images"], (z["labels"] if "labels" in z else None), [str(c) for c in z["classes"]] if "classes" in z else None
     from .tasks.classify import load_class_folders
 
@@ -168,29 +342,40 @@ def _classify(args: argparse.Namespace) -> int:
     from .io.outputs import write_table_csv
     from .tasks.classify import classify, embed, write_features
 
-    images, _, _ = _classify_data(Path(args.input))
+    source = Path(args.input)
+    if not source.exists():
+        raise UsageError(f"input {source} does not exist")
+    _resolve_model(args.model)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.verb == "embed":
-        path = write_features(out / "features.csv", embed(images, model=args.model))
-        print(f"{len(images)} feature vectors -> {path}")
-        return 0
-    result = classify(images, model=args.model)
-    columns = {"item": np.arange(len(images)), "class": np.asarray(result["class"]),
-               "confidence": np.asarray(result["confidence"])}
-    for i, name in enumerate(result["classes"]):
-        columns[f"p_{name}"] = np.asarray(result["probabilities"])[:, i]
-    path = write_table_csv(out / "classes.csv", columns)
-    print(f"{len(images)} items classified -> {path}")
-    return 0
+    batch = Batch(args.verb, 1, verbose=args.verbose)
+
+    def one(source: Path, staging: Path) -> str:
+        images, _, _ = _classify_data(source)
+        if args.verb == "embed":
+            write_features(staging / "features.csv", embed(images, model=args.model))
+            return f"{len(images)} feature vectors -> {out / 'features.csv'}"
+        result = classify(images, model=args.model)
+        columns = {"item": np.arange(len(images)), "class": np.asarray(result["class"]),
+                   "confidence": np.asarray(result["confidence"])}
+        for i, name in enumerate(result["classes"]):
+            columns[f"p_{name}"] = np.asarray(result["probabilities"])[:, i]
+        write_table_csv(staging / "classes.csv", columns)
+        return f"{len(images)} items classified -> {out / 'classes.csv'}"
+
+    batch.run([source], one, output=out, inputs=lambda s: [s])
+    return batch.finish()
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
     images, labels, classes = _classify_data(Path(args.input))
+    if labels is None:
+        raise UsageError(f"{args.input} has no 'labels' array: training needs one class label per image")
     from .tasks.classify import train_classifier
 
+    progress = _training_progress("train-classifier")
     summary = train_classifier(images, labels, classes=classes, output=args.output, base_model=args.base_model,
-                               epochs=args.epochs, seed=args.seed)
+                               epochs=args.epochs, seed=args.seed, progress=progress)
+    progress.close()
     print(f"model saved to {summary.get('output', args.output)}")
     for key, value in (summary.get("metrics") or {}).items():
         if not isinstance(value, (list, dict)):
@@ -212,33 +397,39 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(output=Path(args.output), data=Path(args.data) if args.data else None)
 
 
+# ----------------------------------------------------------------------------- the parsers
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
+    from .tasks.restore import KINDS
+    from .tasks.segment import METHODS
+
     p = sub.add_parser("segment", help="instance segmentation of TIFF files or folders")
     p.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFFs")
     p.add_argument("--output", required=True, help="folder for <name>.tif label maps, RoiSet zips, CSVs, overlays")
     p.add_argument("--model", default="nuclei", help="model name (see 'ijtorch models') or model folder; default: the bundled nuclei model")
     p.add_argument("--prob-threshold", type=float, default=None, help="object probability threshold (default: the model's tuned value)")
     p.add_argument("--nms-threshold", type=float, default=None, help="overlap threshold of non-maximum suppression (default: tuned)")
-    p.add_argument("--channel", type=int, default=None, help="channel to segment in multi-channel images (1-based)")
+    p.add_argument("--channel", type=one_based_channel, default=None,
+                   help="channel to segment in multi-channel images, numbered from 1 as in ImageJ")
     p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX or ZYX")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--test-time-augmentation", action="store_true",
                    help="average the model's maps over 8 flips/rotations (2D models; 8x slower)")
-    p.add_argument("--scale", type=float, default=1.0,
+    p.add_argument("--scale", type=positive_float, default=1.0,
                    help="resize by this factor before the model: 2 when objects are half the size of the training "
                         "objects (2D models; default 1)")
+    add_batch_options(p)
     p.set_defaults(func=_segment)
 
     p = sub.add_parser("train", help="train (or fine-tune) an instance segmentation model from image/label folders")
     p.add_argument("images", help="folder of images")
     p.add_argument("labels", help="folder of label maps with the same file names")
     p.add_argument("--output", required=True, help="model folder to write")
-    p.add_argument("--method", default="stardist", choices=["stardist", "unet_watershed"])
+    p.add_argument("--method", default=METHODS[0], choices=METHODS, help="model family (default %(default)s)")
     p.add_argument("--base-model", default=None, help="fine-tune from this model (name or folder)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps", type=int, default=100, help="steps per epoch")
-    p.add_argument("--patch-size", type=int, default=None, help="training patch edge (default: 128 in 2D, 96 in 3D)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default: 8 in 2D, 2 in 3D)")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--steps", type=positive_int, default=100, help="steps per epoch")
+    p.add_argument("--patch-size", type=positive_int, default=None, help="training patch edge (default: 128 in 2D, 96 in 3D)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (default: 8 in 2D, 2 in 3D)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
@@ -246,9 +437,10 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="compare predicted label maps with ground truth (AP, F1, splits, merges)")
-    p.add_argument("pred_dir")
-    p.add_argument("gt_dir")
+    p.add_argument("pred_dir", help="folder of predicted label maps")
+    p.add_argument("gt_dir", help="folder of ground-truth label maps with the same file names")
     p.add_argument("--output", default=None, help="folder for evaluation.csv")
+    add_batch_options(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("track", help="track objects through a time-lapse TIFF or a folder of frames")
@@ -256,8 +448,11 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--output", required=True, help="folder for TrackMate XML/CSV, CTC result, GEFF, statistics")
     p.add_argument("--labels", action="store_true", help="the input already holds label masks (e.g. a CTC TRA folder)")
     p.add_argument("--model", default="nuclei", help="segmentation model when the input is not labels")
+    p.add_argument("--channel", type=one_based_channel, default=None,
+                   help="channel to segment in multi-channel movies, numbered from 1 as in ImageJ")
     p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX")
-    p.add_argument("--max-distance", type=float, default=15.0, help="largest frame-to-frame displacement (calibrated units)")
+    p.add_argument("--max-distance", type=positive_float, default=15.0,
+                   help="largest frame-to-frame displacement (calibrated units)")
     p.add_argument("--max-gap", type=int, default=2, help="largest number of missed frames bridged")
     p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
     p.add_argument("--fill-gaps", action="store_true",
@@ -265,27 +460,37 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_track)
 
     for verb, text in (("restore", "restore images with a CARE / Noise2Void / artificial-labelling model"),
-                       ("denoise", "Noise2Void: train on each noisy image and denoise it (or apply --model)")):
+                       ("denoise", "Noise2Void: train one model on all the noisy inputs and denoise each (or apply --model)")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("inputs", nargs="+", help="TIFF files or folders")
         p.add_argument("--output", required=True, help="folder for <name>.tif (32-bit) and optional maps")
-        p.add_argument("--model", default=None if verb == "denoise" else "", required=verb == "restore",
-                       help="restoration model name or folder")
-        p.add_argument("--channel", type=int, default=None, help="channel to restore (1-based) in multi-channel images")
+        p.add_argument("--model", default=None, required=verb == "restore",
+                       help="restoration model name or folder" + (" (default: train Noise2Void on the inputs)"
+                                                                   if verb == "denoise" else ""))
+        p.add_argument("--channel", type=one_based_channel, default=None,
+                       help="channel to restore in multi-channel images, numbered from 1 as in ImageJ")
         p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.tif (test-time augmentation std)")
         p.add_argument("--error-map", action="store_true", help="also write <name>_error_map.tif (re-degradation error)")
-        p.add_argument("--epochs", type=int, default=10, help="Noise2Void training epochs (denoise without --model)")
-        p.add_argument("--steps", type=int, default=50, help="Noise2Void training steps per epoch")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        if verb == "denoise":
+            p.add_argument("--epochs", type=positive_int, default=10, help="Noise2Void training epochs (without --model)")
+            p.add_argument("--steps", type=positive_int, default=50, help="Noise2Void training steps per epoch")
+            p.add_argument("--per-image", action="store_true",
+                           help="train a separate model on each image (slower; default: one model for all inputs)")
+            p.add_argument("--save-model", default=None, metavar="DIR",
+                           help="keep the trained Noise2Void model in DIR (with --per-image: DIR/<name>)")
+        add_batch_options(p)
         p.set_defaults(func=_restore)
 
     p = sub.add_parser("train-restoration", help="train CARE / N2V / N2N / artificial labelling from folders")
-    p.add_argument("kind", choices=["care", "n2v", "n2n", "artificial_labelling"])
+    p.add_argument("kind", choices=KINDS)
     p.add_argument("inputs", help="folder of inputs (noisy / low SNR / source channel)")
     p.add_argument("targets", nargs="?", default=None, help="folder of targets with the same names (not for n2v)")
     p.add_argument("--output", required=True, help="model folder to write")
-    p.add_argument("--base-model", default=None)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--base-model", default=None,
+                   help="fine-tune this restoration model (name or folder) of the same kind instead of starting afresh")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--steps", type=positive_int, default=50, help="steps per epoch")
     p.set_defaults(func=_train_restoration)
 
     for verb, text in (("classify", "classify images/crops (.npz with 'images', or class folders) with a classifier"),
@@ -297,10 +502,10 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
         p.set_defaults(func=_classify)
 
     p = sub.add_parser("train-classifier", help="train a classifier from an .npz (images, labels, classes) or class folders")
-    p.add_argument("input")
+    p.add_argument("input", help=".npz with images, labels (and classes), or a folder of class sub-folders")
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--base-model", default=None, help="fine-tune: reuse this model's backbone with a new head")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_classifier)
 

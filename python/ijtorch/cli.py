@@ -1,7 +1,9 @@
 """Command line: ``ijtorch VERB INPUT... [options] --output DIR``.
 
 Every verb calls the same task function as the ImageJ command and the server. The CLI is the
-one place (with the Java shim) that configures logging output.
+one place (with the Java shim) that configures logging output. Errors that escape a verb become
+one line on stderr and an exit code (:mod:`ijtorch._cli_batch`: 2 for user errors, 3 for bugs;
+``-v`` adds the traceback); batch verbs exit 1 when some of their inputs failed.
 """
 
 from __future__ import annotations
@@ -76,15 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
     p.set_defaults(func=serve_main.serve)
+    for verb_parser in sub.choices.values():  # `ijtorch VERB ... -v` works as well as `ijtorch -v VERB ...`
+        if "-v" not in verb_parser._option_string_actions:
+            verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                     help="more log output, and the traceback of each error (-vv for debug)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the verb; errors become one stderr line and an exit code (see ``_cli_batch``)."""
+    from ._cli_batch import run_verb
+
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return int(args.func(args) or 0)
+    return run_verb(args.verb, lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

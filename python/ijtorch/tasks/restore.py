@@ -347,6 +347,7 @@ def train_restoration(
     progress_bar: bool | None = None,
     cancel: Callable[[], bool] | None = None,
     description: str = "",
+    base_model: Any = None,
 ) -> dict[str, Any]:
     """Train a restoration model and save it as a model directory.
 
@@ -385,11 +386,17 @@ def train_restoration(
     seed, device, resume, checkpoint_dir, time_limit_s, progress, progress_bar, cancel
         As in :class:`ijtorch.train.trainer.Trainer` (checkpoints default to
         ``<output>.checkpoints``).
+    base_model : str, path or RestorationModel, optional
+        Fine-tune this saved model instead of starting from random weights: it must be of the same
+        ``kind`` and dimensionality; its network size (``base_channels``, ``depth``), normalisation
+        percentiles and Noise2Void masking are kept (giving a different ``base_channels`` or
+        ``depth`` is an error). Recorded as ``training.base_model`` in the new model's config.
 
     Returns
     -------
     dict
-        Summary: output path, kind, epochs run, losses (first and best), seconds, split sizes.
+        Summary: output path, kind, epochs run, losses (first and best), seconds, split sizes,
+        ``base_model`` (None when trained afresh).
     """
     import torch
 
@@ -399,6 +406,13 @@ def train_restoration(
     from ijtorch.train.trainer import Trainer
 
     _check_kind(kind)
+    base = _fine_tuning_base(base_model, kind, ndim, base_channels, depth) if base_model is not None else None
+    if base is not None:  # the network and its input scaling come from the model being fine-tuned
+        base_channels, depth = base.net.config["base_channels"], base.net.config["depth"]
+        norm = base.config["normalization"]
+        normalization = (norm.get("low", 1.0), norm.get("high", 99.8))
+        if kind == "n2v" and base.config.get("n2v"):
+            mask_fraction, mask_radius = base.config["n2v"]["mask_fraction"], base.config["n2v"]["mask_radius"]
     defaults = TRAINING_DEFAULTS[kind]
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
     base_channels = defaults["base_channels"] if base_channels is None else base_channels
@@ -468,6 +482,8 @@ def train_restoration(
     torch.manual_seed(seed)
     net = build_net(dict(in_channels=1, out_channels=1, ndim=ndim, base_channels=int(base_channels),
                          depth=int(depth), norm="none", activation="relu", dropout=0.0, pool_z=True))
+    if base is not None:
+        net.load_state_dict(base.net.state_dict())
     loss = masked_mse_loss if kind == "n2v" else mse_loss(residual)
     t_start = time.monotonic()
 
@@ -510,6 +526,7 @@ def train_restoration(
             "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "history": [{k: round(float(v), 6) for k, v in h.items()} for h in result.history],
             "cancelled_or_time_limited": result.cancelled,
+            "base_model": _model_label(base_model),
         },
     }
     model = RestorationModel(trainer.model, config, device=dev)
@@ -522,9 +539,36 @@ def train_restoration(
         "first_val_loss": hist[0].get("val_loss", float("nan")) if hist else float("nan"),
         "train_seconds": round(seconds, 1), "n_train": len(train_items), "n_val": len(val_items),
         "stopped_early": result.stopped_early, "cancelled": result.cancelled,
+        "base_model": _model_label(base_model),
     }
     log.info("trained %s model saved to %s: %s", kind, output, summary)
     return summary
+
+
+def _model_label(model: Any) -> str | None:
+    """How a model given by name, folder or object is recorded (None for no model)."""
+    if model is None:
+        return None
+    if hasattr(model, "config"):
+        return str(model.config.get("name", "")) or None
+    return str(model)
+
+
+def _fine_tuning_base(base_model: Any, kind: str, ndim: int, base_channels: int | None, depth: int | None) -> Any:
+    """The model to fine-tune, loaded on CPU, after checking it can be fine-tuned as ``kind``."""
+    net = _load(base_model, "cpu")
+    label = _model_label(base_model)
+    if net.model_type != kind:
+        raise ValueError(f"base_model={label!r} is a {net.model_type!r} model; fine-tuning keeps the kind, so "
+                         f"train kind={net.model_type!r} or leave out base_model")
+    if net.ndim != ndim:
+        raise ValueError(f"base_model={label!r} is a {net.ndim}D model but ndim={ndim}")
+    arch = net.net.config
+    for arg, given in (("base_channels", base_channels), ("depth", depth)):
+        if given is not None and int(given) != int(arch[arg]):
+            raise ValueError(f"{arg}={given!r} differs from base_model={label!r}'s {arch[arg]}; "
+                             f"fine-tuning keeps the network: leave {arg} out")
+    return net
 
 
 # ----------------------------------------------------------------------------- inference
@@ -569,7 +613,8 @@ def restore(
     model : str, path or RestorationModel
         Registered model name, model directory, or a loaded model.
     channel : int, optional
-        Channel index (0-based) when ``axes`` contains ``C``.
+        0-based numpy index along the ``C`` axis (the first channel is 0) when ``axes`` contains
+        ``C``. The CLI's ``--channel`` and ImageJ's channel numbers count from 1 and subtract 1.
     uncertainty : bool
         Also return the std over 8 flips/rotations (8× slower); ``restored`` is then their mean.
     error_map : bool
@@ -680,6 +725,9 @@ def denoise_n2v(
         Noisy image (any real dtype); every ``YX`` plane is a training item.
     axes : str
         Axes from ``TZCYX``; ``C`` needs ``channel`` unless it has length 1.
+    channel : int, optional
+        0-based numpy index along the ``C`` axis (the first channel is 0); the CLI's 1-based
+        ``--channel`` subtracts 1.
     epochs, steps_per_epoch, patch_size, batch_size, base_channels, seed
         Training settings (ignored when ``model`` is given); ``None``: Noise2Void's
         :data:`TRAINING_DEFAULTS` (so are the network depth and the learning rate).

@@ -121,7 +121,9 @@ def segment(
     model : str or path
         Registered model name (see :func:`ijtorch.models.store.list_models`) or a model directory.
     channel : int, optional
-        Channel index when ``axes`` contains ``C`` with more than one channel.
+        0-based numpy index along the ``C`` axis (the first channel is 0), needed when ``axes``
+        contains ``C`` with more than one channel. The CLI's ``--channel`` and ImageJ's channel
+        numbers count from 1; they subtract 1 before calling.
     prob_threshold, nms_threshold : float, optional
         Override the model's tuned thresholds (in [0, 1]).
     tile_size : int, optional

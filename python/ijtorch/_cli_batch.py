@@ -1,0 +1,248 @@
+"""How the CLI reports errors and runs batches: the one place every verb goes through.
+
+Exit codes (also in the README, "When something goes wrong"):
+
+====  ==========================================================================================
+0     everything asked for was done
+1     one or more inputs of a batch failed (each reported on stderr as ``file: reason``)
+2     user error before any work: a bad option, a missing input or model, nothing to process
+3     internal error: a bug in ijtorch (the traceback is printed; please report it)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
+
+A batch verb hands its inputs to :class:`Batch`: each input is processed on its own; its output
+files are written into a private staging folder inside the output folder and moved into place only
+when the whole input succeeded, so a failed input never leaves some of its outputs behind. A
+failure is reported in one line and the batch goes on (``--fail-fast`` stops it); a summary line
+(done / failed / skipped) ends the run. ``-v`` adds the traceback to every failure line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+from .errors import IjtorchError
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "UsageError", "Skip",
+           "USER_ERRORS", "Batch", "staged_outputs", "describe_error", "run_verb", "positive_int",
+           "positive_float", "one_based_channel", "add_batch_options"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+#: Errors that mean "the input or the options are wrong", not "ijtorch has a bug": reported in one
+#: line without a traceback (tifffile's TiffFileError is a ValueError; a missing file an OSError).
+USER_ERRORS: tuple[type[BaseException], ...] = (IjtorchError, ValueError, OSError)
+
+_STAGING_PREFIX = ".ijtorch-partial-"
+
+T = TypeVar("T")
+
+
+class UsageError(IjtorchError):
+    """Bad command-line usage found by a verb (missing input, empty folder, ...): exit code 2."""
+
+
+class Skip(Exception):
+    """Raised by a batch step: this input is skipped (not an error), ``str()`` says why."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: the message of a user error, ``Type: message`` for anything else."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
+
+
+def run_verb(verb: str, func: Callable[[], int | None], *, verbose: int = 0) -> int:
+    """Run a verb's function; turn what escapes it into one stderr line and an exit code."""
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        print(f"ijtorch {verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"ijtorch {verb}: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback to report
+        traceback.print_exc()
+        print(f"ijtorch {verb}: internal error ({describe_error(exc)}); this is a bug in ijtorch, "
+              "please report it with the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+# ----------------------------------------------------------------------------- argparse helpers
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def one_based_channel(text: str) -> int:
+    """``--channel N`` as users (and ImageJ) count, from 1; returned as the 0-based numpy index."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a channel number (1 = first channel), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"channels are numbered from 1 as in ImageJ, got {value}")
+    return value - 1
+
+
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first input that fails (default: report it and go on with the others)")
+
+
+# ----------------------------------------------------------------------------- staged outputs
+def _move_into(staging: Path, output: Path, inputs: Sequence[Path]) -> list[Path]:
+    from .io.atomic import refuse_overwrite
+
+    entries = sorted(staging.iterdir())
+    targets = [output / e.name for e in entries]
+    for entry, target in zip(entries, targets):  # check everything before moving anything
+        refuse_overwrite(target, list(inputs))
+        if target.exists() and entry.is_dir() != target.is_dir():
+            kind = "folder" if target.is_dir() else "file"
+            raise ValueError(f"cannot write {target}: a {kind} of that name is in the way")
+    for entry, target in zip(entries, targets):
+        if entry.is_dir() and target.is_dir():  # a result folder (e.g. the CTC result) replaces the old one
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    return targets
+
+
+@contextlib.contextmanager
+def staged_outputs(output: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a private folder inside ``output`` to write one input's outputs into.
+
+    On success its files (and folders) are moved into ``output``, replacing older ones; on any
+    error the folder is removed, so ``output`` holds either all of this input's new outputs or none
+    of them. An output that would replace one of ``inputs`` is refused (ValueError) before any move.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+    try:
+        yield staging
+        _move_into(staging, out, [Path(p) for p in inputs])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the batch runner
+class Batch:
+    """Run a verb's inputs one by one, report each failure in one line, summarise, give the exit code.
+
+    Parameters
+    ----------
+    verb : str
+        The CLI verb (prefix of the progress bar and summary).
+    total : int
+        Number of inputs (for the progress bar: ``files done of n``).
+    fail_fast : bool
+        Stop at the first failure (the inputs not run are counted in the summary).
+    verbose : int
+        ``-v``: print each failure's traceback too.
+    """
+
+    def __init__(self, verb: str, total: int, *, fail_fast: bool = False, verbose: int = 0) -> None:
+        from .train.progress import CountProgress
+
+        self.verb, self.total, self.fail_fast, self.verbose = verb, total, fail_fast, verbose
+        self.done: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.stopped = False
+        self.progress = CountProgress(verb, total, unit="file")
+
+    def say(self, text: str) -> None:
+        """A result line on stdout (kept clear of the progress bar)."""
+        self.progress.write(text)
+
+    def warn(self, text: str) -> None:
+        self.progress.write(text, file=sys.stderr)
+
+    def fail(self, name: str, exc: BaseException) -> None:
+        """Count ``name`` as failed with ``exc`` (also for failures found outside :meth:`run`)."""
+        if self.verbose:
+            self.warn("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+        self.failed.append((name, describe_error(exc)))
+        self.warn(f"{name}: {describe_error(exc)}")
+        self.progress.update()
+        if self.fail_fast:
+            self.stopped = True
+
+    def run(self, items: Iterable[T], step: Callable[..., str | None], *, name: Callable[[T], str] = str,
+            output: str | os.PathLike | None = None, inputs: Callable[[T], Sequence[Path]] = lambda item: (),
+            final: bool = True) -> list[T]:
+        """Call ``step(item)`` (``step(item, staging_folder)`` when ``output`` is given) for each item.
+
+        ``step`` returns the line to print for a done item (or None); it raises :class:`Skip` to skip
+        the item, anything else to fail it. Returns the items that went through. ``final=False``
+        is a first pass (e.g. reading every input before training on all of them): its failures and
+        skips count, its successes do not yet.
+        """
+        ok: list[T] = []
+        for item in items:
+            if self.stopped:
+                break
+            label = name(item)
+            try:
+                if output is not None:
+                    with staged_outputs(output, inputs=inputs(item)) as staging:
+                        line = step(item, staging)
+                else:
+                    line = step(item)
+            except Skip as why:
+                self.skipped.append((label, str(why)))
+                self.warn(f"{label}: skipped: {why}")
+                self.progress.update()
+                continue
+            except Exception as exc:  # noqa: BLE001 - one input's failure must not stop the others
+                self.fail(label, exc)
+                continue
+            ok.append(item)
+            if line:
+                self.say(line)
+            if final:
+                self.done.append(label)
+                self.progress.update()
+        return ok
+
+    def finish(self) -> int:
+        """Print the summary line; the exit code: 0 when nothing failed, else 1."""
+        self.progress.close()
+        not_run = self.total - len(self.done) - len(self.failed) - len(self.skipped)
+        parts = [f"{len(self.done)} done", f"{len(self.failed)} failed", f"{len(self.skipped)} skipped"]
+        if not_run > 0 and self.stopped:
+            parts.append(f"{not_run} not run (--fail-fast)")
+        print(f"ijtorch {self.verb}: {', '.join(parts)}", flush=True)
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def close(self) -> None:
+        self.progress.close()
