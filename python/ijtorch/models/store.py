@@ -153,6 +153,8 @@ def load_model_dir(path: str | os.PathLike, *, check_sha256: bool = True) -> Mod
         if expected != actual:
             raise ModelError(f"{wfile}: SHA-256 {actual} differs from {expected} in {CONFIG_NAME}; the weights "
                              "are corrupt or were modified — restore or re-save the model")
+    if cfg.get("weights", {}).get("format") == "torchscript":  # imported bioimage.io package (ijtorch.bioimageio)
+        return ModelDir(path, cfg, {})
     return ModelDir(path, cfg, load_file(str(wfile)))
 
 
@@ -245,6 +247,10 @@ def _builtin_builders() -> None:
         from .restoration import register_restoration_models
 
         register_restoration_models()
+    if "bioimageio" not in _BUILDERS:
+        from ijtorch.bioimageio.runtime import build as build_bioimageio
+
+        register_model_type("bioimageio", build_bioimageio)
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: str = "auto") -> Any:

@@ -394,7 +394,7 @@ def _as_model(model: Any, device: str) -> Any:
     if isinstance(model, ClassifierModel):
         return model
     m = load_model(model, device=device)
-    if not isinstance(m, ClassifierModel):
+    if not isinstance(m, ClassifierModel) and not getattr(m, "is_bioimageio", False):  # or an imported package
         raise ValueError(f"model={str(model)!r} is a {type(m).__name__}, not a classifier")
     return m
 

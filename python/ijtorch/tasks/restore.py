@@ -580,7 +580,7 @@ def _load(model: Any, device: str) -> Any:
         return model
     register_restoration_models()
     net = load_model(model, device=device)
-    if not isinstance(net, RestorationModel):
+    if not isinstance(net, RestorationModel) and not getattr(net, "is_bioimageio", False):
         raise ValueError(f"model={str(model)!r} has model_type {net.config.get('model_type')!r}; "
                          f"expected one of {KINDS}")
     return net
@@ -648,6 +648,9 @@ def restore(
     if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:
         raise ValueError(f"overlap={overlap!r}: expected an integer in [0, tile_size)")
     net = _load(model, device)
+    if getattr(net, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
+        return net.restore(data, axes, channel=channel, tile_size=tile_size, overlap=overlap, tiled=tiled,
+                           model=model, progress=progress, cancel=cancel, t0=t0)
     if error_map and net.model_type == "artificial_labelling":
         raise ValueError("error_map=True is not available for artificial_labelling models: the output is another "
                          "channel, so it cannot be re-degraded into the input")

@@ -168,6 +168,10 @@ def segment(
         raise ValueError(f"tile_size={tile_size!r}: expected None or an integer >= 32")
     if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 512)):
         raise ValueError(f"overlap={overlap!r}: expected None or an integer in [0, tile_size)")
+    imported = load_model(model, device=device)
+    if getattr(imported, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
+        return imported.segment(data, axes, channel=channel, prob_threshold=prob_threshold, model=model,
+                                progress=progress, cancel=cancel, t0=t0)
     data, axes = _pick_channel(data, axes, channel)
     net = load_model(model, device=device)
     model_axes = net.config.get("axes", "YX")
