@@ -199,6 +199,7 @@ def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
     options = ["-Djava.awt.headless=false", "--add-opens=java.base/java.lang=ALL-UNNAMED"]
     if heap:  # a fixed-size heap: growing it touches fresh pages, which is slow on VMs
         options += [f"-Xmx{heap}", f"-Xms{heap}"]
+    options += os.environ.get("IJTORCH_JAVA_OPTIONS", "").split()  # e.g. -Duser.home=... (the tests' private home)
     # Destroy the JVM at exit (JPype's default, stated on purpose): leaving it alive while Python
     # finalizes lets Java threads call into a dead interpreter, which aborts the process
     # (glibc "FATAL: exception not rethrown", exit 134) and loses the script's exit code.
