@@ -1,0 +1,68 @@
+"""The bioimage.io verbs of the CLI: ``export-bioimageio`` and ``import-bioimageio``.
+
+``ijtorch export-bioimageio MODEL OUT.zip`` writes a bioimage.io package (format 0.5) of a
+registered model or model folder and checks it with bioimageio.spec and bioimageio.core;
+``ijtorch import-bioimageio PACKAGE.zip|FOLDER [--name NAME]`` registers a local package as an
+ijtorch model in ``$IJTORCH_MODELS`` (see :mod:`ijtorch.bioimageio`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ._cli_batch import UsageError
+    from .bioimageio.export import export_bioimageio
+
+    test_image = None
+    if args.test_image:
+        import tifffile
+
+        path = Path(args.test_image)
+        if not path.is_file():
+            raise UsageError(f"no such test image: {path}")
+        test_image = tifffile.imread(path)
+    out = Path(args.output)
+    result = export_bioimageio(args.model, out, test_image=test_image, authors=args.author or None,
+                               license=args.license, pixel_size=tuple(args.pixel_size) if args.pixel_size else None,
+                               name=args.name, run_test=not args.no_test)
+    test = result.test_status or "not run (--no-test)"
+    print(f"{result.path}: {result.model_type} model; bioimageio.spec: {result.format_status}; "
+          f"bioimageio.core test_model: {test} ({result.seconds:.1f} s)")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .bioimageio.package_import import import_bioimageio
+
+    result = import_bioimageio(args.package, name=args.name, task=args.task, overwrite=args.overwrite,
+                               threshold=args.threshold)
+    print(f"{result.name}: imported as {result.model_type} ({result.weights_format} weights), run by "
+          f"`ijtorch {result.task}` / {result.task}(); folder {result.path}")
+    return 0
+
+
+def add_verbs(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("export-bioimageio", help="export a model as a bioimage.io package (.zip, format 0.5)")
+    p.add_argument("model", help="registered model name or model folder")
+    p.add_argument("output", help="the package .zip to write")
+    p.add_argument("--test-image", default=None, help="TIFF used as the package's test input (default: synthetic)")
+    p.add_argument("--author", action="append", help="author name; repeatable (default: the model's, else 'ijtorch')")
+    p.add_argument("--license", default=None, help="SPDX licence id (default: the model's, else MIT)")
+    p.add_argument("--pixel-size", type=float, nargs="+", default=None, metavar="UM",
+                   help="pixel size in micrometres per spatial axis (y x, or z y x)")
+    p.add_argument("--name", default=None, help="package name (default: the model's folder name)")
+    p.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test (format check only)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import-bioimageio", help="register a local bioimage.io package as an ijtorch model")
+    p.add_argument("package", help="package .zip or folder with rdf.yaml")
+    p.add_argument("--name", default=None, help="model name in $IJTORCH_MODELS (default: the package's name)")
+    p.add_argument("--task", choices=("segment", "restore", "classify"), default=None,
+                   help="task that runs a foreign package (default: from its outputs and tags)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="foreground threshold of one-channel segmentation outputs (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace a user model of the same name")
+    p.set_defaults(func=_import)
