@@ -38,14 +38,22 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 
 def _read_image(path: Path, axes: str | None = None):
-    """The TIFF as an :class:`~ijtorch.image.Image`, with ``--axes`` applied when given."""
+    """The TIFF as an :class:`~ijtorch.image.Image`; ``--axes`` names the axes when the file does not
+    (a plain TIFF whose axes tifffile cannot map is then read as a bare array)."""
+    import tifffile
+
+    from .image import Image, check_axes
     from .io.tiff import read_tiff
 
-    image = read_tiff(path)
+    try:
+        image = read_tiff(path)
+    except ValueError:
+        if not axes:
+            raise
+        data = tifffile.imread(path)
+        return Image(data, check_axes(axes, data.ndim, arg_name="--axes"), title=path.stem)
     if axes:
         from dataclasses import replace
-
-        from .image import check_axes
 
         image = replace(image, axes=check_axes(axes, image.data.ndim, arg_name="--axes"))
     return image
@@ -182,9 +190,9 @@ def _track(args: argparse.Namespace) -> int:
                 raise ValueError(f"the frames differ in shape: {sorted(shapes)}")
             data, axes, calibration = np.stack([f.data for f in frames]), "T" + frames[0].axes, frames[0].calibration
         else:
-            movie = read_tiff(source)
+            movie = _read_image(source, args.axes)
             data, axes, calibration = movie.data, movie.axes, movie.calibration
-        if args.axes:
+        if args.axes and source.is_dir():
             axes = check_axes(args.axes, data.ndim, arg_name="--axes")
         if not args.labels:
             _check_channel(data.shape, axes, args.channel)
