@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,9 +16,7 @@ from ijtorch.io.trackmate import SPOT_FEATURES, write_trackmate_csv, write_track
 from ijtorch.tasks.simulate import simulate_movie
 from ijtorch.tasks.tracking import EDGE_GAP, TrackingParams, detect_points, track, track_labels
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tracking_bacteria"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/tracking_bacteria")
+DATA = Path(os.environ.get("IJTORCH_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "tracking_bacteria"
 
 
 def _edge_set(tr, labels_of_spot):
