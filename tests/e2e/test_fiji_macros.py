@@ -17,19 +17,20 @@ pytestmark = pytest.mark.jvm
 ROOT = Path(__file__).resolve().parents[2]
 MACROS = ROOT / "fiji_macros"
 SCRIPTS = ROOT / "jython_scripts"
-NAMES = ("0402a81e75262469", "07fb37aafa662660")
+NAMES = ("35ca5f142a7d7a3e", "449fe932622db3b4")  # bundled samples (ijtorch.samples): no ../shared needed
 
 
 @pytest.fixture(scope="module")
-def small_images(shared_data, tmp_path_factory):
-    """Two 96 x 96 crops of shared DSB 2018 nuclei images plus their ground-truth labels."""
+def small_images(tmp_path_factory):
+    """Two 96 x 96 crops of the bundled DSB 2018 sample nuclei images plus their ground-truth labels."""
+    from ijtorch import samples
     from ijtorch.io.tiff import read_tiff, write_imagej_tiff
 
     root = tmp_path_factory.mktemp("nuclei")
     for sub in ("images", "labels"):
         (root / sub).mkdir()
         for name in NAMES:
-            data = read_tiff(shared_data / "nuclei_dsb2018" / "train" / sub / f"{name}.tif").data[:96, :96]
+            data = read_tiff(samples.path() / sub / f"{name}.tif").data[:96, :96]
             write_imagej_tiff(root / sub / f"{name}.tif", np.ascontiguousarray(data), "YX")
     return root
 
