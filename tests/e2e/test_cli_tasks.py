@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
 
+@pytest.fixture(autouse=True)
+def _temporary_user_models(tmp_path, monkeypatch):
+    """Neither these tests nor their subprocesses touch the user's model folder."""
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path / "user-models"))
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ijtorch.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "ijtorch.cli", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_denoise_writes_float_image_with_calibration_and_keeps_input(tmp_path, shared_data):
@@ -72,3 +81,128 @@ def test_evaluate_cli_prints_table_and_writes_csv(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ev" / "evaluation.csv")))
     first = rows[0]
     assert int(first["tp"]) == 1 and int(first["fn"]) == 1 and float(first["recall"]) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- regressions of issue 13
+def _noisy_planes(shared_data, n: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    files = sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:n]
+    clean = [tifffile.imread(p)[:96, :96].astype(np.float64) for p in files]
+    return [(rng.poisson(c / 4) * 4 + rng.normal(0, 5, c.shape)).astype(np.float32) for c in clean]
+
+
+def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, shared_data, one_torch_thread):
+    """Defect 2: train_restoration(base_model=...) fine-tunes (the CLI's --base-model was a TypeError)."""
+    from ijtorch.models.restoration import RestorationModel
+    from ijtorch.tasks.restore import train_restoration
+
+    planes = _noisy_planes(shared_data)
+    tiny = dict(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, device="cpu", base_channels=8, depth=2)
+    train_restoration("n2v", planes, None, output=tmp_path / "base", **tiny)
+    base = RestorationModel.load(tmp_path / "base")
+    # a learning rate of ~0 leaves the weights where they start: at the base model's, not at a fresh init
+    tiny.pop("base_channels")
+    summary = train_restoration("n2v", planes, None, output=tmp_path / "tuned", base_model=tmp_path / "base",
+                                lr=1e-12, **tiny)
+    tuned = RestorationModel.load(tmp_path / "tuned")
+    assert summary["base_model"] == str(tmp_path / "base")
+    assert tuned.config["training"]["base_model"] == str(tmp_path / "base")
+    for name, weight in base.net.state_dict().items():
+        np.testing.assert_allclose(tuned.net.state_dict()[name].numpy(), weight.numpy(), atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match="fine-tuning keeps the network"):
+        train_restoration("n2v", planes, None, output=tmp_path / "x", base_model=tmp_path / "base", base_channels=32,
+                          **tiny)
+    with pytest.raises(ValueError, match="is a 'n2v' model; fine-tuning keeps the kind"):
+        train_restoration("care", planes, planes, output=tmp_path / "x", base_model=tmp_path / "base", **tiny)
+
+
+def test_a_failure_after_the_first_output_leaves_none_of_them(tmp_path, shared_data, one_torch_thread, monkeypatch,
+                                                             capsys):
+    """Defect 5: the label TIFF is written, the measurements fail: neither stays, the next file goes on."""
+    from ijtorch import cli
+    from ijtorch.io import outputs
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:2]:
+        tifffile.imwrite(src / path.name, tifffile.imread(path)[:96, :96])
+    first = sorted(src.iterdir())[0]
+    real = outputs.write_table_csv
+
+    def failing_for_the_first(path, columns):
+        if Path(path).name.startswith(first.stem):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, columns)
+
+    monkeypatch.setattr(outputs, "write_table_csv", failing_for_the_first)
+    assert cli.main(["segment", str(src), "--output", str(tmp_path / "out"), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert f"{first}: No space left on device: " in captured.err and "Traceback" not in captured.err
+    assert "1 done, 1 failed, 0 skipped" in captured.out
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written and not [n for n in written if n.startswith(first.stem)], written
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
+    """Defect 6: tqdm bar when the stream is a terminal; periodic plain lines (no carriage returns) when not."""
+    import io
+
+    from ijtorch.train.progress import CountProgress, ProgressEvent, TrainingProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def run(stream, **kw):
+        files = CountProgress("segment", 3, stream=stream, **kw)
+        for _ in range(3):
+            files.update()
+        files.close()
+        train = TrainingProgress("train", steps_per_epoch=4, stream=stream, **kw)
+        for epoch in (1, 2):
+            for step in range(1, 5):
+                train(ProgressEvent("train", step, 0, "", {"loss": 1.0 / step}))
+            train(ProgressEvent("epoch", epoch, 2, f"epoch {epoch}/2 train_loss 0.25"))
+        train.close()
+        return stream.getvalue()
+
+    bar = run(Terminal())
+    assert "\r" in bar and "3/3" in bar and "loss=0.25" in bar and "train: epoch 2/2 train_loss 0.25" in bar
+    plain = run(io.StringIO(), interval=3600)  # not a terminal: the first and the last line of each count
+    assert "\r" not in plain
+    lines = plain.splitlines()
+    assert lines[0].startswith("segment:  33% 1/3") and lines[1].startswith("segment: 100% 3/3")
+    assert any(line.startswith("train epoch 1: 100% 4/4") and "loss=0.25" in line for line in lines)
+    assert "train: epoch 1/2 train_loss 0.25 [00:00, about 00:00 left]" in lines
+
+
+def test_cli_draws_a_bar_on_a_terminal(tmp_path, shared_data):
+    """A real pseudo-terminal on stderr: tqdm redraws its bar (carriage returns) with files done of n."""
+    import pty
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:2]:
+        tifffile.imwrite(src / path.name, tifffile.imread(path)[:64, :64])
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "ijtorch.cli", "segment", str(src), "--output", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(120)
+    os.close(master)
+    assert proc.returncode == 0, seen
+    assert b"\r" in seen and b"2/2" in seen and b"segment:" in seen
