@@ -36,8 +36,10 @@ def squares(seed: int, shape=(2, 3, 60, 80), n=6) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def nuclei(shared_data) -> np.ndarray:
-    path = sorted((shared_data / "nuclei_dsb2018" / "train" / "labels").glob("*.tif"))[0]
+def nuclei() -> np.ndarray:
+    from ijtorch import samples
+
+    path = samples.sample_labels()[1]  # a bundled real nuclei label map (51 objects)
     return tifffile.imread(path)
 
 

@@ -190,8 +190,10 @@ def test_read_plain_multipage_tiff_reports_z(tmp_path):
     np.testing.assert_array_equal(img.data, data)
 
 
-def test_real_label_map_round_trip(tmp_path, shared_data):
-    path = sorted((shared_data / "nuclei_dsb2018" / "train" / "labels").glob("*.tif"))[0]
+def test_real_label_map_round_trip(tmp_path):
+    from ijtorch import samples
+
+    path = samples.sample_labels()[1]  # a bundled real nuclei label map (51 objects)
     lab = tifffile.imread(path)
     with pytest.raises(ValueError, match="is the input file"):
         write_imagej_tiff(path, lab, "YX", source=path)

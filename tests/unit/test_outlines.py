@@ -180,8 +180,10 @@ def test_empty_and_invalid_inputs():
         empty.polygon(0)
 
 
-def test_real_nuclei_label_map(shared_data):
-    path = sorted((shared_data / "nuclei_dsb2018" / "train" / "labels").glob("*.tif"))[0]
+def test_real_nuclei_label_map():
+    from ijtorch import samples
+
+    path = samples.sample_labels()[1]  # a bundled real nuclei label map (51 objects)
     import tifffile
 
     lab = tifffile.imread(path)
