@@ -12,8 +12,10 @@ test: setup
 	$(PYTEST) -q -m "not jvm" tests
 	$(PYTEST) -q -m "jvm" tests
 
+# The sample nuclei shipped in the package (python/ijtorch/samples), so it runs from a clone alone;
+# `make demo DATA=../shared/data` segments held-out images of the shared data instead.
 demo: setup
-	$(PYTHON) -m ijtorch.cli demo --output demo_output
+	$(PYTHON) -m ijtorch.cli demo --output demo_output $(if $(DATA),--data "$(DATA)")
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
