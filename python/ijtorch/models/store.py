@@ -243,6 +243,8 @@ def _builtin_builders() -> None:
         register_model_type("unet_watershed", lambda md, dev: from_model_dir(md, device=dev))
     if "classifier" not in _BUILDERS:
         from . import classifier  # noqa: F401  (registers "classifier" on import)
+    if "pixel_classifier" not in _BUILDERS:
+        from . import pixel_classifier  # noqa: F401  (registers "pixel_classifier" on import)
     if "care" not in _BUILDERS:
         from .restoration import register_restoration_models
 

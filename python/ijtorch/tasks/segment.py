@@ -172,6 +172,12 @@ def segment(
     if getattr(imported, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
         return imported.segment(data, axes, channel=channel, prob_threshold=prob_threshold, model=model,
                                 progress=progress, cancel=cancel, t0=t0)
+    from ijtorch.tasks.pixels import is_pixel_model, segment_result
+
+    if is_pixel_model(model):  # semantic segmentation: the class label map is the result's labels
+        return segment_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
+                              device=device, test_time_augmentation=test_time_augmentation, scale=scale,
+                              progress=progress, cancel=cancel)
     data, axes = _pick_channel(data, axes, channel)
     net = load_model(model, device=device)
     model_axes = net.config.get("axes", "YX")
