@@ -69,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji", help="use this Fiji.app's jars (default: $IJTORCH_FIJI, else embedded)")
     p.set_defaults(func=_macro)
 
-    from . import _cli_bioimageio, _cli_fiji, _cli_verbs
+    from . import _cli_bioimageio, _cli_fiji, _cli_pixels, _cli_verbs
     from .serve import _main as serve_main
 
     # Each verb module adds its own sub-parsers; a new family of verbs adds its module here.
-    for verb_module in (_cli_verbs, _cli_fiji, _cli_bioimageio):
+    for verb_module in (_cli_verbs, _cli_fiji, _cli_bioimageio, _cli_pixels):
         verb_module.add_verbs(sub)
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
