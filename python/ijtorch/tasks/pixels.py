@@ -244,8 +244,10 @@ def class_areas(classes: np.ndarray, class_names: Sequence[str], *, calibration:
     px = 1.0
     unit = "pixel"
     if calibration is not None:
-        px = float(calibration.x) * float(calibration.y)
+        px = float(calibration.pixel_width) * float(calibration.pixel_height)
         unit = calibration.unit or "pixel"
+        if unit == "pixel":
+            px = 1.0
     total = max(int(counts.sum()), 1)
     return {"class": np.arange(1, len(class_names) + 1), "name": np.asarray(list(class_names), dtype=object),
             "pixels": counts.astype(np.int64), f"area ({unit}^2)" if unit != "pixel" else "area": counts * px,

@@ -1,0 +1,193 @@
+"""Pixel classification: sparse loss, training from strokes, model folders, tiling, segment() dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ijtorch.models.pixel_classifier import PixelClassifierModel, pixel_features
+from ijtorch.tasks.pixels import (class_areas, classify_pixels, dice_per_class, scribbles_from_classes,
+                                  strokes_to_annotation, train_pixels)
+from ijtorch.train.pixels_train import sparse_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _blobs(seed: int, shape=(128, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """Bright noisy disks on a dark noisy background; classes 1 background, 2 disk, 3 disk rim."""
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k in range(8):
+        cy, cx, r = rng.integers(12, shape[0] - 12), rng.integers(12, shape[1] - 12), rng.integers(6, 11)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k + 1
+    image = np.where(labels > 0, 160.0, 40.0) + rng.normal(0, 25, shape)
+    classes = np.where(labels > 0, 2, 1).astype(np.uint8)
+    classes[find_boundaries(labels, mode="inner")] = 3
+    return image.astype(np.float32), classes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    image, truth = _blobs(0)
+    ann = scribbles_from_classes(truth, strokes_per_class=4, length=40, width=1, seed=0)
+    out = tmp_path_factory.mktemp("pixmodel") / "blobs"
+    summary = train_pixels([image], [ann], output=out, classes=["background", "disk", "rim"], steps=150, seed=0,
+                           device="cpu")
+    return out, summary
+
+
+def test_sparse_loss_gradient_is_exactly_zero_at_unannotated_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    ann = torch.zeros(2, 16, 16, dtype=torch.long)
+    ann[0, 3, 2:9] = 1
+    ann[1, 10:12, 4] = 3
+    ann[1, 0, 0] = 2
+    loss = sparse_loss(logits, ann, torch.tensor([1.0, 2.0, 0.5]))
+    loss.backward()
+    grad = logits.grad.abs().sum(1)  # (N, Y, X)
+    assert torch.all(grad[ann == 0] == 0)
+    assert torch.all(grad[ann > 0] > 0)
+    # and an all-unannotated batch gives a zero loss with zero gradient, not NaN
+    logits.grad = None
+    loss = sparse_loss(logits, torch.zeros_like(ann))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_training_from_strokes_beats_chance_on_a_new_image(trained):
+    out, summary = trained
+    assert summary["classes"] == ["background", "disk", "rim"]
+    assert summary["annotated_pixels"]["rim"] > 0 and summary["metrics"]["train_accuracy"] > 0.8
+    image, truth = _blobs(1)
+    result = classify_pixels(image, "YX", model=out, probabilities=True, device="cpu")
+    assert result.classes.shape == truth.shape and result.classes.dtype == np.uint8
+    assert set(np.unique(result.classes)) <= {1, 2, 3}
+    assert result.class_names == ("background", "disk", "rim")
+    assert result.probabilities.shape == (3,) + truth.shape
+    np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-5)
+    dice = dice_per_class(result.classes, truth, 3)
+    assert dice[0] > 0.9 and dice[1] > 0.6, dice  # chance (uniform) would be ~0.5 / 0.2
+    assert np.nanmean(dice) > 0.55, dice
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, tmp_path):
+    from ijtorch.models.store import load_model, load_model_dir, read_config
+
+    out, summary = trained
+    cfg = read_config(out)
+    assert cfg["model_type"] == "pixel_classifier" and cfg["classes"] == ["background", "disk", "rim"]
+    assert (out / "weights.safetensors").is_file()
+    image, _ = _blobs(2)
+    a = summary["model"].predict_proba(image)
+    b = load_model(out, device="cpu").predict_proba(image)
+    c = PixelClassifierModel.from_model_dir(load_model_dir(out)).predict_proba(image)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a, c, atol=1e-6)
+
+
+def test_tiled_and_whole_predictions_agree(trained):
+    out, _ = trained
+    model = PixelClassifierModel.load(out)
+    rng = np.random.default_rng(3)
+    image = np.concatenate([_blobs(3)[0], _blobs(4)[0][:, :72]], axis=1)[:, :190]  # 128 x 190: not a tile multiple
+    image = image + rng.normal(0, 1, image.shape).astype(np.float32)
+    whole = model.predict_proba(image, tile_size=1024)
+    tiled = model.predict_proba(image, tile_size=96, overlap=64)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert np.array_equal(tiled.argmax(0), whole.argmax(0))
+
+
+def test_warm_start_keeps_knowledge_and_adds_a_class(trained):
+    out, _ = trained
+    image, truth = _blobs(5)
+    ann = scribbles_from_classes(truth, strokes_per_class=1, length=20, width=1, seed=5)
+    # one more round with few strokes from the current model (same classes): stays good
+    s = train_pixels([image], [ann], output=None, base_model=out, steps=30, device="cpu")
+    assert s["classes"] == ["background", "disk", "rim"]
+    r = classify_pixels(_blobs(6)[0], "YX", model=s["model"])
+    assert dice_per_class(r.classes, _blobs(6)[1], 3)[1] > 0.6
+    # a fourth class: the head is re-initialised, the rest reused
+    ann4 = ann.copy()
+    ann4[:3, :3] = 4
+    s4 = train_pixels([image], [ann4], output=None, base_model=out, classes=["bg", "disk", "rim", "corner"], steps=20,
+                      device="cpu")
+    assert s4["classes"] == ["bg", "disk", "rim", "corner"]
+    assert s4["model"].predict_proba(image).shape[0] == 4
+
+
+def test_dense_class_images_and_multichannel_train(tmp_path):
+    image, truth = _blobs(7, shape=(64, 64))
+    two = np.stack([image, image[::-1]])  # CYX
+    s = train_pixels([two], [truth], axes="CYX", output=tmp_path / "m", steps=20, device="cpu")
+    assert s["classes"] == ["class1", "class2", "class3"] and s["model"].n_channels == 2
+    r = classify_pixels(np.moveaxis(two, 0, -1), "YXC", model=tmp_path / "m")
+    assert r.classes.shape == (64, 64) and r.axes == "YX"
+
+
+def test_stacks_are_classified_plane_by_plane(trained):
+    out, _ = trained
+    stack = np.stack([_blobs(8, (64, 64))[0], _blobs(9, (64, 64))[0]])
+    r = classify_pixels(stack, "ZYX", model=out)
+    assert r.classes.shape == (2, 64, 64) and r.axes == "ZYX"
+    single = classify_pixels(stack[1], "YX", model=out)
+    assert np.array_equal(r.classes[1], single.classes)
+
+
+def test_segment_dispatches_pixel_models(trained):
+    from ijtorch.tasks.segment import segment
+
+    out, _ = trained
+    image, _ = _blobs(10)
+    seg = segment(image, "YX", model=str(out), device="cpu")
+    direct = classify_pixels(image, "YX", model=out)
+    assert seg.labels.dtype == np.uint16 and np.array_equal(seg.labels, direct.classes)
+    assert seg.n_objects == len(np.unique(direct.classes))
+    with pytest.raises(ValueError, match="pixel classifier: test-time augmentation"):
+        segment(image, "YX", model=str(out), test_time_augmentation=True)
+
+
+def test_bad_annotations_are_refused():
+    image, truth = _blobs(11, (32, 32))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        train_pixels([image], [(truth == 1).astype(np.uint8)], output=None, steps=2)
+    with pytest.raises(ValueError, match="no annotated pixel"):
+        train_pixels([image], [np.zeros_like(truth)], output=None, steps=2)
+    with pytest.raises(ValueError, match="differs from the image"):
+        train_pixels([image], [truth[:10]], output=None, steps=2)
+    with pytest.raises(ValueError, match="only 2 class names"):
+        train_pixels([image], [truth], output=None, classes=["a", "b"], steps=2)
+
+
+def test_class_areas_and_calibration():
+    from ijtorch.image import Calibration
+
+    classes = np.array([[1, 1, 2], [2, 2, 3]], np.uint8)
+    t = class_areas(classes, ["bg", "a", "b"], calibration=Calibration(pixel_width=0.5, pixel_height=0.5, unit="micron"))
+    assert list(t["pixels"]) == [2, 3, 1] and list(t["name"]) == ["bg", "a", "b"]
+    np.testing.assert_allclose(t["area (micron^2)"], [0.5, 0.75, 0.25])
+    np.testing.assert_allclose(t["fraction"], [2 / 6, 3 / 6, 1 / 6])
+
+
+def test_strokes_become_class_masks():
+    # a horizontal line (class 1, 3 px wide), a filled rectangle polygon (class 2), a later stroke wins
+    strokes = [(np.array([[2.0, 5.5], [12.0, 5.5]]), 1, False, 3.0),
+               (np.array([[20, 2], [26, 2], [26, 8], [20, 8]], float), 2, True, 1.0),
+               (np.array([[5.5, 5.5]]), 3, False, 1.0)]
+    ann = strokes_to_annotation((12, 30), strokes)
+    assert set(np.unique(ann)) == {0, 1, 2, 3}
+    assert ann[5, 5] == 3  # the point drawn last
+    assert np.all(ann[4:7, 2:13][ann[4:7, 2:13] != 3] == 1) and ann[2, 8] == 0
+    assert np.all(ann[2:8, 20:26] == 2) and ann[1, 22] == 0 and ann[2, 27] == 0
+
+
+def test_features_are_rotation_consistent_and_shaped():
+    x = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    f = pixel_features(x)
+    assert f.shape == (21, 40, 40) and f.dtype == np.float32
+    g = pixel_features(np.rot90(x).copy())
+    np.testing.assert_allclose(np.rot90(f[[0, 1, 2, 3]], axes=(1, 2)), g[[0, 1, 2, 3]], atol=1e-5)
