@@ -522,5 +522,6 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
 
     p = sub.add_parser("demo", help="segment sample nuclei in the embedded ImageJ (what 'make demo' runs)")
     p.add_argument("--output", default="demo_output")
-    p.add_argument("--data", default=None, help="shared data folder (default: ../shared/data next to the project)")
+    p.add_argument("--data", default=None, help="a folder with images/ and labels/, or the shared data folder "
+                                                "(default: the samples bundled with ijtorch)")
     p.set_defaults(func=_demo)

@@ -24,10 +24,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_denoise_writes_float_image_with_calibration_and_keeps_input(tmp_path, shared_data):
+def test_denoise_writes_float_image_with_calibration_and_keeps_input(tmp_path):
+    from ijtorch import samples
     from ijtorch.io.tiff import read_tiff, write_imagej_tiff
 
-    clean = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "images" / "0402a81e75262469.tif")[:96, :96]
+    clean = tifffile.imread(samples.sample_images()[0])[:96, :96]
     rng = np.random.default_rng(0)
     noisy = (rng.poisson(clean.astype(np.float64) / 4) * 4 + rng.normal(0, 5, clean.shape)).astype(np.float32)
     src = tmp_path / "in"
@@ -84,19 +85,21 @@ def test_evaluate_cli_prints_table_and_writes_csv(tmp_path):
 
 
 # ----------------------------------------------------------------------------- regressions of issue 13
-def _noisy_planes(shared_data, n: int = 2) -> list[np.ndarray]:
+def _noisy_planes(n: int = 2) -> list[np.ndarray]:
+    from ijtorch import samples
+
     rng = np.random.default_rng(1)
-    files = sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:n]
+    files = samples.sample_images()[:n]
     clean = [tifffile.imread(p)[:96, :96].astype(np.float64) for p in files]
     return [(rng.poisson(c / 4) * 4 + rng.normal(0, 5, c.shape)).astype(np.float32) for c in clean]
 
 
-def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, shared_data, one_torch_thread):
+def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, one_torch_thread):
     """Defect 2: train_restoration(base_model=...) fine-tunes (the CLI's --base-model was a TypeError)."""
     from ijtorch.models.restoration import RestorationModel
     from ijtorch.tasks.restore import train_restoration
 
-    planes = _noisy_planes(shared_data)
+    planes = _noisy_planes()
     tiny = dict(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, device="cpu", base_channels=8, depth=2)
     train_restoration("n2v", planes, None, output=tmp_path / "base", **tiny)
     base = RestorationModel.load(tmp_path / "base")
@@ -116,15 +119,16 @@ def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, shared_d
         train_restoration("care", planes, planes, output=tmp_path / "x", base_model=tmp_path / "base", **tiny)
 
 
-def test_a_failure_after_the_first_output_leaves_none_of_them(tmp_path, shared_data, one_torch_thread, monkeypatch,
-                                                             capsys):
+def test_a_failure_after_the_first_output_leaves_none_of_them(tmp_path, one_torch_thread, monkeypatch, capsys):
     """Defect 5: the label TIFF is written, the measurements fail: neither stays, the next file goes on."""
     from ijtorch import cli
     from ijtorch.io import outputs
 
     src = tmp_path / "in"
     src.mkdir()
-    for path in sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:2]:
+    from ijtorch import samples
+
+    for path in samples.sample_images()[:2]:
         tifffile.imwrite(src / path.name, tifffile.imread(path)[:96, :96])
     first = sorted(src.iterdir())[0]
     real = outputs.write_table_csv
@@ -176,13 +180,15 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     assert "train: epoch 1/2 train_loss 0.25 [00:00, about 00:00 left]" in lines
 
 
-def test_cli_draws_a_bar_on_a_terminal(tmp_path, shared_data):
+def test_cli_draws_a_bar_on_a_terminal(tmp_path):
     """A real pseudo-terminal on stderr: tqdm redraws its bar (carriage returns) with files done of n."""
     import pty
 
     src = tmp_path / "in"
     src.mkdir()
-    for path in sorted((shared_data / "nuclei_dsb2018" / "train" / "images").glob("*.tif"))[:2]:
+    from ijtorch import samples
+
+    for path in samples.sample_images()[:2]:
         tifffile.imwrite(src / path.name, tifffile.imread(path)[:64, :64])
     import fcntl
     import struct
