@@ -60,3 +60,4 @@ from . import _segment_commands  # noqa: E402,F401  (registers the segmentation 
 from . import _track_commands  # noqa: E402,F401
 from . import _classify_commands  # noqa: E402,F401
 from . import _restore_commands  # noqa: E402,F401
+from . import _pixel_commands  # noqa: E402,F401

@@ -1,0 +1,289 @@
+"""ImageJ commands for pixel classification: ``ijtorch Train Pixel Classifier`` and
+``ijtorch Classify Pixels``.
+
+Training from the ROI Manager: every ROI is a stroke — a straight, segmented or freehand line
+(drawn its stroke width wide, at least 1 pixel), a polygon, freehand, oval, rectangle or brush
+(composite) area (filled with ImageJ's own mask), or points. Its class is its name up to a final
+``_``/``-``/space/``.`` followed by digits (``nucleus_3`` → ``nucleus``, ``background`` →
+``background``) or its ROI Manager group (the group's name, else ``group<N>``). Classes are
+numbered in order of first appearance, after the base model's classes when warm-starting (so a
+retraining round keeps class numbers). Later ROIs win where strokes overlap. Strokes on a stack
+apply to their own slice (ROI position), or to the current slice when they have none. Training
+can instead read a class label image (0 = unannotated, 1..C classes: strokes painted with any
+ImageJ tool, or a dense class image).
+
+Classify Pixels shows a class label image (values 1..C, a distinct-colour LUT, the class names in
+the image's Info and as the ``ijtorch.classes`` property), optionally the probability stack (one
+channel per class), and a Results table of per-class pixel counts and calibrated areas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import IjtorchError
+from ._commands import CommandContext, command
+from ._segment_commands import _progress_to_imagej
+
+__all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "Stroke", "strokes_from_manager", "annotation_from_strokes",
+           "classify_pixels_outputs"]
+
+
+class StrokeSource(str, Enum):
+    rois = "ROI Manager"
+    labels = "class label image"
+
+
+class ClassFrom(str, Enum):
+    name = "ROI name prefix"
+    group = "ROI group"
+
+
+class TrainPixelsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: StrokeSource = Field(StrokeSource.rois, description="strokes from the ROI Manager, or a class label image (0 = unannotated)")
+    label_image: str = Field("", description="title of the class label image (source=class label image)")
+    class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (nucleus_3 → nucleus) or its ROI Manager group")
+    classes: str = Field("", description="class names for label values 1..C, comma-separated (label image; default class1, ...)")
+    name: str = Field("my-pixels", description="name of the model (saved in the user model folder; an existing one is replaced)")
+    base_model: str = Field("", description="warm start from this pixel classifier (e.g. the same name for another round); empty = new")
+    steps: int = Field(300, ge=1, description="training steps (300 take about a second)")
+    seed: int = Field(0, description="random seed")
+    show_result: bool = Field(False, description="classify the image with the new model right away")
+
+
+class ClassifyPixelsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="pixel classifier name (see Ext.ijtorchListModels) or model folder")
+    channel: int = Field(1, ge=1, description="channel to classify in multi-channel images for a one-channel model (1 = first)")
+    probabilities: bool = Field(False, description="also show the probability stack (one channel per class)")
+
+
+@dataclass(frozen=True)
+class Stroke:
+    """One ROI as plain data: ``xy`` points (lines, points), or an area ``mask`` at ``origin`` (x, y)."""
+
+    name: str
+    group: int
+    kind: str  # "area", "line" or "points"
+    xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    mask: np.ndarray | None = None
+    origin: tuple[int, int] = (0, 0)
+    width: float = 1.0
+    position: int = 0  # 1-based stack slice, 0 = any / the current slice
+
+
+def strokes_from_manager(manager=None) -> list[Stroke]:
+    """Every ROI of the ROI Manager as a :class:`Stroke` (see the module docstring)."""
+    from jpype import JClass
+
+    RoiManager, Roi = JClass("ij.plugin.frame.RoiManager"), JClass("ij.gui.Roi")
+    rm = manager if manager is not None else RoiManager.getInstance()
+    rois = list(rm.getRoisAsArray()) if rm is not None else []
+    strokes = []
+    for i, roi in enumerate(rois):
+        name = str(roi.getName()) if roi.getName() is not None else f"roi_{i + 1}"
+        common = dict(name=name, group=int(roi.getGroup()), position=int(roi.getPosition()))
+        t = int(roi.getType())
+        if roi.isArea():
+            b = roi.getBounds()
+            mp = roi.getMask()
+            if mp is None:
+                mask = np.ones((int(b.height), int(b.width)), bool)
+            else:
+                mask = (np.asarray(mp.getPixels(), dtype=np.int8).reshape(int(mp.getHeight()), int(mp.getWidth())) != 0)
+            strokes.append(Stroke(kind="area", mask=mask, origin=(int(b.x), int(b.y)), **common))
+        elif t == int(Roi.LINE):
+            xy = np.array([[roi.x1d, roi.y1d], [roi.x2d, roi.y2d]], dtype=np.float64)
+            strokes.append(Stroke(kind="line", xy=xy, width=float(roi.getStrokeWidth()), **common))
+        else:
+            poly = roi.getFloatPolygon()
+            n = int(poly.npoints)
+            xy = np.column_stack([np.asarray(poly.xpoints[:n], np.float64), np.asarray(poly.ypoints[:n], np.float64)])
+            kind = "points" if t == int(Roi.POINT) else "line"
+            strokes.append(Stroke(kind=kind, xy=xy, width=float(roi.getStrokeWidth()), **common))
+    return strokes
+
+
+def _class_of(stroke: Stroke, class_from: ClassFrom, group_name) -> str:
+    from ._classify_commands import class_from_roi_name
+
+    if class_from == ClassFrom.group:
+        if stroke.group == 0:
+            raise IjtorchError(f"ROI {stroke.name!r} has no group; set groups in the ROI Manager (Properties) or use "
+                               "class_from=[ROI name prefix]")
+        return group_name(stroke.group)
+    return class_from_roi_name(stroke.name)
+
+
+def annotation_from_strokes(shape: tuple[int, int], strokes: Sequence[Stroke], *, class_from: ClassFrom = ClassFrom.name,
+                            classes: Sequence[str] = (), group_name=lambda g: f"group{g}",
+                            plane: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """``(annotation image, class names)`` from strokes: 0 = unannotated, ``k`` = ``names[k - 1]``.
+
+    ``classes`` are names that keep their numbers (a base model's); new names follow in order of
+    first appearance. ``plane`` (1-based): only strokes on that slice (or on none) count.
+    """
+    from ..tasks.pixels import strokes_to_annotation
+
+    names = list(classes)
+    out = np.zeros(shape, np.uint16)
+    H, W = shape
+    for s in strokes:
+        if plane is not None and s.position not in (0, plane):
+            continue
+        cls = _class_of(s, class_from, group_name)
+        if cls not in names:
+            names.append(cls)
+        value = names.index(cls) + 1
+        if s.kind == "area":
+            x0, y0 = s.origin
+            h, w = s.mask.shape
+            ys, xs = slice(max(y0, 0), min(y0 + h, H)), slice(max(x0, 0), min(x0 + w, W))
+            sub = s.mask[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+            out[ys, xs][sub] = value
+        else:
+            drawn = strokes_to_annotation(shape, [(s.xy, value, False, max(1.0, s.width))])
+            out[drawn > 0] = value
+    return out, names
+
+
+def _group_name(g: int) -> str:
+    from ._classify_commands import _group_name as name
+
+    return name(g)
+
+
+def _plane(ctx: CommandContext):
+    """The current image as ``(image, YX or CYX plane, axes, 1-based slice)``."""
+    from ..image import to_axes
+    from ._convert import imageplus_to_numpy
+
+    imp = ctx.current_image()
+    image = imageplus_to_numpy(imp)
+    if "S" in image.axes:
+        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or to channels "
+                           "(Image > Color > Make Composite) first")
+    data, axes = image.data, image.axes
+    position = 1
+    if set(axes) - set("CYX"):  # a stack: train on the current Z/T plane
+        z, t = int(imp.getZ()) - 1, int(imp.getT()) - 1
+        index = {"Z": z, "T": t}
+        for a in "TZ":
+            if a in axes:
+                data = np.take(data, index[a], axis=axes.index(a))
+                axes = axes.replace(a, "")
+        position = int(imp.getCurrentSlice())
+    plane = to_axes(data, axes, "CYX") if "C" in axes else data
+    return image, plane, ("CYX" if "C" in axes else "YX"), position
+
+
+@command("ijtorch Train Pixel Classifier", params=TrainPixelsParams)
+def train_pixels_command(ctx: CommandContext, p: TrainPixelsParams) -> None:
+    """Train (or retrain, warm-started) a pixel classifier from ROI Manager strokes or a class label image."""
+    from jpype import JClass
+
+    from ..models.store import new_user_model_dir
+    from ..tasks.pixels import is_pixel_model, train_pixels
+    from ._convert import imageplus_to_numpy
+
+    image, plane, axes, position = _plane(ctx)
+    shape = plane.shape[-2:]
+    output = new_user_model_dir(p.name)
+    base_classes: list[str] = []
+    if p.base_model:
+        from ..models.store import load_model
+
+        if not is_pixel_model(p.base_model):
+            raise IjtorchError(f"{ctx.command}: base_model={p.base_model!r} is not a pixel classifier")
+        base_classes = list(load_model(p.base_model).classes)
+    if p.source == StrokeSource.rois:
+        strokes = strokes_from_manager()
+        if not strokes:
+            raise IjtorchError(f"{ctx.command}: the ROI Manager is empty: draw a few strokes per class (lines or areas, "
+                               "named by class, e.g. nucleus_1, background_1) and add them with [t]")
+        ann, classes = annotation_from_strokes(shape, strokes, class_from=p.class_from, classes=base_classes,
+                                               group_name=_group_name, plane=position)
+    else:
+        other = JClass("ij.WindowManager").getImage(p.label_image) if p.label_image else None
+        if other is None:
+            raise IjtorchError(f"{ctx.command}: label_image={p.label_image!r}: no open image has that title")
+        lab = imageplus_to_numpy(other)
+        if lab.axes != "YX" or lab.data.shape != shape:
+            raise IjtorchError(f"{ctx.command}: the class label image must be one YX plane of shape {shape}, got "
+                               f"axes {lab.axes} and shape {lab.data.shape}")
+        ann = np.asarray(lab.data)
+        if ann.dtype.kind == "f":
+            ann = np.round(ann).astype(np.int64)
+        n = int(ann.max()) if ann.size else 0
+        given = [c.strip() for c in p.classes.split(",") if c.strip()] if p.classes else []
+        classes = given or (base_classes if len(base_classes) >= n else [f"class{k}" for k in range(1, n + 1)])
+    try:
+        summary = train_pixels([plane], [ann], output=output, axes=axes, classes=classes,
+                               base_model=p.base_model or None, steps=p.steps, seed=p.seed,
+                               progress=_progress_to_imagej(ctx),
+                               description=f"pixel classifier trained in ImageJ on {image.title}")
+    except ValueError as e:
+        raise IjtorchError(f"{ctx.command}: {e}") from None
+    counts = ", ".join(f"{c} {n}" for c, n in summary["annotated_pixels"].items())
+    JClass("ij.IJ").log(f"{ctx.command}: model '{p.name}' ({', '.join(summary['classes'])}; annotated pixels: {counts}) "
+                        f"trained in {summary['seconds']:.1f} s, saved to {summary['output']}")
+    ctx.progress(1, 1)
+    if p.show_result:
+        imp = ctx.current_image()
+        _apply_classification(imp, ClassifyPixelsParams(model=str(output)), ctx)
+
+
+def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "ijtorch Classify Pixels", progress=None):
+    """Classify an :class:`ijtorch.image.Image` and describe the ImageJ outputs (no JVM needed)."""
+    from ..tasks.pixels import class_areas, classify_pixels
+    from ._outputs import CommandOutputs, ImageOutput, TableOutput
+
+    if "S" in image.axes:
+        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels first")
+    channel = p.channel - 1 if "C" in image.axes else None
+    try:
+        r = classify_pixels(image.data, image.axes, model=p.model, channel=channel, probabilities=p.probabilities,
+                            progress=progress)
+    except ValueError as e:
+        raise IjtorchError(f"{command}: {e}") from None
+    stem = Path(image.title).stem
+    images = [ImageOutput(r.classes.astype(np.uint16), r.axes, f"{stem}-classes", image.calibration, labels=True)]
+    if r.probabilities is not None:
+        images.append(ImageOutput(r.probabilities, "C" + r.axes, f"{stem}-probabilities", image.calibration))
+    tables = (TableOutput(class_areas(r.classes, r.class_names, calibration=image.calibration)),)
+    present = int(len(np.unique(r.classes)))
+    status = f"{command}: {present} of {len(r.class_names)} classes ({r.model}, {r.seconds:.2f} s)"
+    return r, CommandOutputs(tuple(images), None, tables, status, {"n_classes": len(r.class_names)})
+
+
+def _apply_classification(imp, p: ClassifyPixelsParams, ctx: CommandContext):
+    from ._convert import imageplus_to_numpy
+    from ._outputs import apply_outputs
+
+    r, outputs = classify_pixels_outputs(imageplus_to_numpy(imp), p, command=ctx.command,
+                                         progress=_progress_to_imagej(ctx))
+    shown = apply_outputs(outputs)
+    info = "\n".join(f"class {k} = {name}" for k, name in enumerate(r.class_names, start=1))
+    shown[0].setProperty("Info", info)
+    shown[0].setProp("ijtorch.classes", ",".join(r.class_names))
+    if len(shown) > 1 and int(shown[1].getNChannels()) == len(r.class_names):
+        stack = shown[1].getStack()
+        for c, name in enumerate(r.class_names, start=1):
+            for z in range(1, int(shown[1].getNSlices()) + 1):
+                for t in range(1, int(shown[1].getNFrames()) + 1):
+                    stack.setSliceLabel(f"p_{name}", int(shown[1].getStackIndex(c, z, t)))
+    ctx.progress(1, 1)
+    return r, shown
+
+
+@command("ijtorch Classify Pixels", params=ClassifyPixelsParams)
+def classify_pixels_command(ctx: CommandContext, p: ClassifyPixelsParams) -> None:
+    """A class for every pixel: class label image (LUT, class names), optional probabilities, per-class areas."""
+    _apply_classification(ctx.current_image(), p, ctx)
