@@ -264,7 +264,7 @@ def _restore(args: argparse.Namespace) -> int:
             raise ValueError(f"RGB images are not supported (axes {image.axes}); save one channel as a grey image")
         return image
 
-    def load(path: Path) -> None:
+    def load(path: Path) -> None:  # shared model: every input is read before training on all of them
         images[path] = read(path)
 
     def planes_of(image) -> list:
@@ -272,12 +272,12 @@ def _restore(args: argparse.Namespace) -> int:
         return _yx_planes(data, axes)
 
     def one(path: Path, staging: Path) -> str:
-        image = images[path] if path in images else read(path)
+        image = images.pop(path) if path in images else read(path)
         net, text = model, model_text
         if per_image:
             kept = Path(args.save_model) / path.stem if args.save_model else Path(scratch.name) / path.stem
             net = _train_n2v(planes_of(image), kept, args, f"denoise {path.name}")
-            text = "its own Noise2Void model, trained on this image" + (f", saved to {kept}" if args.save_model else "")
+            text = f"its own Noise2Void model, trained on this image{f', saved to {kept}' if args.save_model else ''}"
         result = restore(image.data, image.axes, model=net, channel=args.channel, device=args.device,
                          uncertainty=args.uncertainty, error_map=args.error_map)
         if result.shift_warning:
@@ -302,8 +302,6 @@ def _restore(args: argparse.Namespace) -> int:
                 batch.say(f"denoise: one Noise2Void model trained on {len(todo)} image(s) ({len(planes)} planes), "
                           f"{args.epochs} epoch(s) x {args.steps} steps in {time.perf_counter() - started:.1f} s; {kept}")
                 model_text = f"the Noise2Void model trained on all {len(todo)} input(s)"
-        elif train_here:
-            todo = batch.run(files, load, final=False)
         batch.run(todo, one, output=out, inputs=lambda path: [path])
     finally:
         scratch.cleanup()

@@ -573,13 +573,13 @@ def test_denoise_per_image_and_saved_model(tmp_path, noisy, n2v_model):
     tifffile.imwrite(tmp_path / "two.tif", np.stack([np.zeros_like(first), first]), imagej=True,
                      metadata={"axes": "CYX"})
     shutil.copy(sorted(noisy.glob("*.tif"))[1], tmp_path / "other.tif")
-    both = (tmp_path / "two.tif", tmp_path / "other.tif", "--per-image", "--channel", 2, "--epochs", 1, "--steps", 1)
+    both = (tmp_path / "other.tif", tmp_path / "two.tif", "--per-image", "--channel", 2, "--epochs", 1, "--steps", 1)
     out = _cli(tmp_path, "denoise", *both, "--output", tmp_path / "out")
     _clean_failure(out, 1, "other.tif: --channel 2: the image has no channel axis")  # other.tif has one channel
     assert "two.tif -> " in out.stdout and "(its own Noise2Void model, trained on this image)" in out.stdout
     assert "1 done, 1 failed, 0 skipped" in out.stdout
     assert tifffile.imread(tmp_path / "out" / "two.tif").std() > 0
-    out = _cli(tmp_path, "denoise", *both, "--output", tmp_path / "fast", "--fail-fast")  # inputs are read first
+    out = _cli(tmp_path, "denoise", *both, "--output", tmp_path / "fast", "--fail-fast")  # other.tif comes first
     _clean_failure(out, 1, "other.tif: --channel 2")
     assert "0 done, 1 failed, 0 skipped, 1 not run (--fail-fast)" in out.stdout
     assert not (tmp_path / "fast").exists() or not list((tmp_path / "fast").iterdir())
