@@ -274,7 +274,7 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
             raw = raw * rng.uniform(0.5, 1.5, size=(shape[0],) + (1,) * len(shape[1:])).astype(np.float32)
         x = model.prepare(raw[None])[0]
         classes = [str(c) for c in cfg["classes"]]
-        plan = _Plan("ClassifierProbabilities", {"architecture": dict(model.net.config),
+        plan = _Plan("ClassifierProbabilities", {"architecture": dict(cfg["architecture"]),
                                                  "temperature": float(model.temperature),
                                                  "tta": bool(model.test_time_augmentation)},
                      model.net, "", [f"channel_{k}" for k in range(shape[0])], "probabilities", classes, raw, x,
