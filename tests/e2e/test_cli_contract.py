@@ -120,6 +120,11 @@ CONTRACT: dict[str, Contract] = {
               "test_train_classifier_fine_tune": ("--output", "--epochs", "--base-model", "--seed")},
         bad_input=("test_train_classifier_fine_tune",),
     ),
+    "train-pixels": Contract(
+        runs={"tests/e2e/test_cli_pixels.py::test_train_pixels_warm_start_and_segment_write_class_maps": (
+            "--output", "--classes", "--steps", "--seed", "--device", "--base-model")},
+        bad_input=("tests/e2e/test_cli_pixels.py::test_train_pixels_bad_annotations_fail_in_one_line",),
+    ),
     "models": Contract(runs={"test_models_lists_bundled_and_user_models": ()},
                        bad_input=("test_models_lists_bundled_and_user_models",)),
     "demo": Contract(runs={"test_demo_runs_and_writes_outputs": ("--output", "--data")},
