@@ -319,6 +319,28 @@ def test_verbose_adds_the_traceback(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("ijtorch ")
 
 
+def test_exit_codes_of_user_errors_bugs_and_interrupts(capsys):
+    """In process: what escapes a verb becomes one stderr line and its exit code (README's table)."""
+    from ijtorch._cli_batch import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, run_verb
+    from ijtorch.errors import ModelError
+
+    def raising(exc):
+        def verb():
+            raise exc
+        return verb
+
+    assert run_verb("x", raising(ModelError("no such model"))) == EXIT_USAGE
+    assert capsys.readouterr().err == "ijtorch x: no such model\n"
+    assert run_verb("x", raising(FileNotFoundError(2, "No such file or directory", "a.tif"))) == EXIT_USAGE
+    assert capsys.readouterr().err == "ijtorch x: No such file or directory: a.tif\n"
+    assert run_verb("x", raising(KeyError("oops"))) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ijtorch x: internal error (KeyError: 'oops'); this is a bug in ijtorch" in err
+    assert run_verb("x", raising(KeyboardInterrupt())) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "ijtorch x: interrupted\n"
+    assert run_verb("x", lambda: None) == 0
+
+
 # ----------------------------------------------------------------------------- segment
 def test_segment_folder_writes_labels_rois_measurements_overlay(tmp_path, nuclei):
     import roifile
