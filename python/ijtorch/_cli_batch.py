@@ -56,9 +56,11 @@ class Skip(Exception):
 
 def describe_error(exc: BaseException) -> str:
     """One line for a user: the message of a user error, ``Type: message`` for anything else."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         text = f"{exc.strerror}: {exc.filename}"
+    if not text:
+        return type(exc).__name__
     return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
