@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ijtorch.image import check_axes
 from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
@@ -148,6 +147,8 @@ def _noise_level(x: np.ndarray) -> float:
     if x.ndim == 3:
         return float(np.median([_noise_level(p) for p in x[:: max(1, len(x) // 8)]]))
     k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    from scipy import ndimage as ndi  # imported here: the CLI's parser imports this module for KINDS
+
     hp = ndi.convolve(x, k, mode="reflect")[1:-1, 1:-1]
     return float(np.median(np.abs(hp)) / 0.6745 / 6.0)
 
@@ -156,6 +157,8 @@ def _noise_to_signal(image: np.ndarray, low: float, high: float) -> float:
     """Noise std divided by the percentile range of the smoothed image (robust to the noise itself)."""
     x = np.asarray(image, np.float32)
     sigma = (0, 2, 2) if x.ndim == 3 else 2
+    from scipy import ndimage as ndi
+
     lo, hi = np.percentile(ndi.gaussian_filter(x, sigma), [low, high])
     return _noise_level(x) / max(float(hi - lo), 1e-12)
 
@@ -217,6 +220,8 @@ def degradation_error_map(image: np.ndarray, restored: np.ndarray, *,
         raise ValueError(f"image shape {image.shape} differs from restored shape {restored.shape}")
     if len(sigmas) == 0:
         raise ValueError("sigmas is empty: give at least one Gaussian sigma (0 = no blur)")
+    from scipy import ndimage as ndi
+
     x = image.astype(np.float64, copy=False)
     best: tuple[float, float, float, float, np.ndarray] | None = None
     for s in sigmas:
