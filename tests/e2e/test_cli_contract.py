@@ -363,6 +363,7 @@ def test_segment_folder_writes_labels_rois_measurements_overlay(tmp_path, nuclei
     _no_staging_left(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_segment_channel_is_one_based(tmp_path, nuclei):
     """Defect 4: ``--channel 1`` is the first channel (it segmented the second)."""
     image = tifffile.imread(sorted((nuclei / "images").glob("*.tif"))[0])
@@ -381,6 +382,7 @@ def test_segment_channel_is_one_based(tmp_path, nuclei):
     assert not (tmp_path / "c3" / "two.tif").exists() and not (tmp_path / "c0").exists()
 
 
+@pytest.mark.slow
 def test_segment_bad_files_are_reported_and_the_rest_go_on(tmp_path, nuclei):
     """Defect 5: one bad file no longer aborts the folder with a traceback."""
     folder = tmp_path / "in"
@@ -538,6 +540,7 @@ def test_track_refuses_a_movie_without_time(tmp_path, nuclei):
 
 
 # ----------------------------------------------------------------------------- restore / denoise / train-restoration
+@pytest.mark.slow
 def test_restore_with_a_trained_model_writes_maps(tmp_path, noisy, n2v_model):
     from ijtorch.io.tiff import read_tiff
 
@@ -574,6 +577,7 @@ def test_restore_bad_inputs(tmp_path, noisy, n2v_model):
     _clean_failure(out, 2, "model='nope' is neither a model directory")
 
 
+@pytest.mark.slow
 def test_denoise_folder_trains_one_model_for_all_inputs(tmp_path, noisy):
     """Defect 7: one Noise2Void model for a folder (it trained one per image), and the output says so."""
     folder = tmp_path / "in"
@@ -595,6 +599,7 @@ def test_denoise_folder_trains_one_model_for_all_inputs(tmp_path, noisy):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["noisy0.tif", "noisy1.tif"]
 
 
+@pytest.mark.slow
 def test_denoise_per_image_and_saved_model(tmp_path, noisy, n2v_model):
     first = tifffile.imread(sorted(noisy.glob("*.tif"))[0])
     tifffile.imwrite(tmp_path / "two.tif", np.stack([np.zeros_like(first), first]), imagej=True,
@@ -672,6 +677,7 @@ def cells(request, nuclei, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_classifier_fine_tune(tmp_path, cells):
     out = _cli(tmp_path, "train-classifier", cells, "--output", tmp_path / "clf", "--epochs", 1, "--seed", 1)
     assert out.returncode == 0, out.stderr
