@@ -62,7 +62,7 @@ def threads():
 @pytest.fixture(scope="module")
 def server(models_dir, threads):
     with ServerProcess(models_dir, "--threads", str(threads), "--max-queue", str(MAX_QUEUE),
-                       "--max-request-mb", "2", "--batch-wait-ms", "20") as srv:
+                       "--max-per-client", str(MAX_QUEUE), "--max-request-mb", "2", "--batch-wait-ms", "20") as srv:
         yield srv
 
 
@@ -98,7 +98,9 @@ def test_segment_equals_in_process_pixel_for_pixel(client, local, image):
     movie = np.stack([image[:96, :128], image[100:196, 100:228]])
     _assert_same(client.segment(movie, "TYX", model="tiny"), local(movie, "TYX"))
     cyx = np.stack([image[:64, :64], image[:64, :64].T]).astype(np.float32)
-    _assert_same(client.segment(cyx, "CYX", model="tiny", channel=1), local(cyx, "CYX", channel=1))
+    # the server counts channels from 1, as ImageJ: its channel=k is segment(channel=k-1)
+    _assert_same(client.segment(cyx, "CYX", model="tiny", channel=2), local(cyx, "CYX", channel=1))
+    _assert_same(client.segment(cyx, "CYX", model="tiny", channel=1), local(cyx, "CYX", channel=0))
     # test-time augmentation skips the batcher and averages the 8 views like segment() does
     tta = local(image, "YX", test_time_augmentation=True)
     assert tta.n_objects != expected.n_objects or not np.array_equal(tta.labels, expected.labels)

@@ -249,10 +249,10 @@ def test_memory_is_trimmed_only_when_idle_after_work(monkeypatch):
         task = asyncio.create_task(app_module._trim_memory_when_idle(admission, interval_s=0.01))
         await asyncio.sleep(0.05)
         assert calls == []                      # nothing served yet: nothing to give back
-        admission.acquire()
+        ticket = admission.acquire()
         await asyncio.sleep(0.05)
         assert calls == []                      # busy: never trims under load
-        admission.release()
+        ticket.release()
         await asyncio.sleep(0.05)
         assert calls == [1]                     # idle after work: trims once
         await asyncio.sleep(0.05)

@@ -24,6 +24,24 @@ MEDIA_TYPE = "application/x-ijtorch"
 MAX_HEADER_BYTES = 4 << 20  # ROI names and table text travel in the header; 4 MiB is plenty
 MAX_NDIM = 6
 MAX_ARRAYS = 64
+MAX_DEPTH = 32  # JSON nesting of a header: ROI and table fields need a few levels
+
+
+def _depth(raw: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings are skipped), computed
+    without recursion so that a hostile header cannot exhaust the stack."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0
+    import re
+
+    text = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw)
+    depth = deepest = 0
+    for c in re.findall(rb"[\[\]{}]", text):
+        depth += 1 if c in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+    return deepest
 
 #: Accepted dtypes (numpy name -> little-endian wire string).
 DTYPES = {name: np.dtype(name).newbyteorder("<").str for name in
@@ -59,17 +77,17 @@ def encode(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = 
 def _check_spec(i: int, spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     if not isinstance(spec, dict) or set(spec) - {"name", "dtype", "shape"} or "dtype" not in spec \
             or "shape" not in spec or "name" not in spec:
-        raise WireError(f"header arrays[{i}] must be an object with exactly 'name', 'dtype' and 'shape', got {spec!r}")
+        raise WireError(f"header arrays[{i}] must be an object with exactly 'name', 'dtype' and 'shape'")
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
-    if not isinstance(name, str) or not name:
-        raise WireError(f"header arrays[{i}].name must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise WireError(f"header arrays[{i}].name must be a non-empty string of at most 64 characters")
     if dtype not in _WIRE_TO_DTYPE:
-        raise WireError(f"array {name!r}: dtype {dtype!r} is not accepted; accepted (little-endian): "
+        shown = repr(dtype) if isinstance(dtype, str) and len(dtype) <= 8 else "given"
+        raise WireError(f"array {name!r}: dtype {shown} is not accepted; accepted (little-endian): "
                         f"{sorted(_WIRE_TO_DTYPE)}")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 31 for s in shape):
-        raise WireError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} integers in [0, 2**31), "
-                        f"got {shape!r}")
+        raise WireError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} integers in [0, 2**31)")
     return name, _WIRE_TO_DTYPE[dtype], tuple(shape)
 
 
@@ -90,12 +108,23 @@ def decode(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[s
     if hlen > MAX_HEADER_BYTES or 4 + hlen > len(view):
         raise WireError(f"header length {hlen} is larger than the message ({len(view)} bytes) or than "
                         f"{MAX_HEADER_BYTES} bytes")
+    raw = bytes(view[4:4 + hlen])
+    if _depth(raw) > MAX_DEPTH:
+        raise WireError(f"header is nested deeper than {MAX_DEPTH} levels")
     try:
-        header = json.loads(bytes(view[4:4 + hlen]).decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"header is not UTF-8 JSON: {exc}") from None
+        where = f" at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else f" at line {exc.lineno} column {exc.colno}"
+        raise WireError(f"header is not UTF-8 JSON (error{where})") from None
+    except RecursionError:
+        raise WireError(f"header is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(header, dict):
         raise WireError(f"header must be a JSON object, got {type(header).__name__}")
+    if b"\\u" in raw:  # escapes may encode lone surrogates, which are not text
+        try:
+            json.dumps(header, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise WireError("header holds a lone UTF-16 surrogate escape (e.g. \\ud800): not valid text") from None
     specs = header.pop("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise WireError(f"header 'arrays' must be a list of at most {MAX_ARRAYS} array specs")

@@ -3,8 +3,13 @@
 Routes (binary bodies use the format of :mod:`ijtorch.serve._wire`; JSON elsewhere):
 
 =====================  ======  =============================================================
-``/health``            GET     liveness (no token needed)
-``/metrics``           GET     queue length, latency percentiles, batch sizes, RSS, GPU memory
+``/health``            GET     liveness (no token needed; as ``/health/live``)
+``/health/live``       GET     the process answers (no token needed)
+``/health/ready``      GET     200 when the device works, a model is registered, the queue has room
+                               and the server is not draining; else 503 with the failing checks
+``/metrics``           GET     JSON: queue, memory budget, latency percentiles, batch sizes, RSS, GPU
+                               memory; Prometheus text for ``Accept: text/plain`` / openmetrics
+                               or ``/metrics/prometheus``
 ``/models``            GET     registered model names
 ``/segment``           POST    image → label map (dynamic batching for one-tile ``YX`` images)
 ``/normalize``         POST    image → float32 percentile-normalised image
@@ -19,10 +24,21 @@ Routes (binary bodies use the format of :mod:`ijtorch.serve._wire`; JSON elsewhe
 ``/imagej/function``   POST    run an ``Ext.ijtorch…`` macro function for a remote Fiji
 =====================  ======  =============================================================
 
-Status codes: 400 malformed message, 401 missing/wrong token, 404 unknown model or job,
-409 job not finished, 410 job cancelled, 413 body over ``--max-request-mb``, 415 wrong media
-type, 422 invalid parameters, shape, dtype or axes, 500 the model failed (that request only),
-503 + ``Retry-After`` when ``--max-queue`` requests are queued or running.
+Status codes: 400 malformed message, 401 missing/wrong token, 403 a ``Host``/``Origin`` that does
+not name this server (DNS rebinding), 404 unknown model or job, 408 request body not received in
+time, 409 job not finished, 410 job cancelled or its result expired, 413 body over
+``--max-request-mb`` or a request that needs more than ``--max-pixels`` / ``--max-memory-gb``, 415
+wrong media type, 422 invalid parameters, shape, dtype, axes or NaN/inf values, 500 the model
+failed (that request only), 503 + ``Retry-After`` when the queue, the client's share of it or the
+memory budget is full, 504 the request's deadline (``X-Request-Timeout``) passed.
+
+A request takes a slot only once its body has arrived and been validated: uploads hold only the
+bytes received so far (counted in the memory budget) and are dropped when they are slower than
+``--body-timeout``. Error messages are short, never repeat the client's input at length and never
+show server paths. Every reply carries ``X-Request-ID`` (the client's, when it sent a plain one);
+the access log names it. A client that hangs up stops its work: a queued request is dropped, a
+running tiled segmentation or restoration stops at its next tile. Channels are numbered from 1, as
+in ImageJ.
 """
 
 from __future__ import annotations
@@ -30,6 +46,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -39,18 +59,20 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import IjtorchError, ModelError
 from ..image import Calibration, check_axes
-from ._security import ModelNames, token_matches
-from ._state import Admission, JobManager, Metrics, QueueFull, gpu_memory, release_free_memory, rss_bytes
+from ._budget import Cost, Ledger, QueueFull, Ticket, TooLarge, default_memory_bytes, describe_pixels, estimate
+from ._jobstore import JobStore
+from ._security import HostCheck, ModelNames, token_matches
+from ._state import Admission, JobManager, Metrics, gpu_memory, release_free_memory, rss_bytes
 from ._wire import MEDIA_TYPE, WireError, decode, encode
 from .batching import DynamicBatcher
 
-__all__ = ["ServerConfig", "create_app", "HTTPError"]
+__all__ = ["ServerConfig", "create_app", "HTTPError", "client_message"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +90,17 @@ class ServerConfig:
     batch_wait_ms: float = 0.0  # extra wait for batch company while the pipeline is busy, never when idle
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    max_memory_gb: float | None = None  # None: half of this machine's memory
+    max_pixels: int = 1 << 26  # pixels the model sees in one plane/volume, after scale
+    max_per_client: int | None = None  # None: three quarters of max_queue
+    header_timeout: float = 10.0  # seconds for a request head (enforced by the protocol, _protocol.py)
+    body_timeout: float = 60.0  # seconds for a whole request body
+    send_timeout: float = 60.0  # seconds a reply may wait for a client that does not read
+    request_timeout: float = 600.0  # default and largest X-Request-Timeout
+    allow_hosts: tuple[str, ...] = ()  # Host/Origin names accepted besides localhost names
+    state_dir: str | None = None  # job database and results; None: a temporary folder (not kept)
+    job_ttl_h: float = 24.0
+    job_results_mb: float = 2048.0
 
 
 class HTTPError(Exception):
@@ -81,13 +114,13 @@ class HTTPError(Exception):
 # ------------------------------------------------------------------------------ request models
 class _Req(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    axes: str = Field(..., description="axes of the image array, letters from TZCYX")
+    axes: str = Field(..., max_length=6, description="axes of the image array, letters from TZCYX")
     calibration: dict[str, Any] | None = Field(None, description="ijtorch.image.Calibration fields")
 
 
 class SegmentRequest(_Req):
-    model: str = Field("nuclei", description="registered model name")
-    channel: int | None = Field(None, ge=0, description="channel index (0-based) when axes has C")
+    model: str = Field("nuclei", max_length=128, description="registered model name")
+    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
     prob_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
     nms_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
     tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
@@ -104,8 +137,8 @@ class NormalizeRequest(_Req):
 
 
 class TrackRequest(_Req):
-    model: str = Field("nuclei", description="segmentation model (unless is_labels)")
-    channel: int | None = Field(None, ge=0, description="channel index (0-based) when axes has C")
+    model: str = Field("nuclei", max_length=128, description="segmentation model (unless is_labels)")
+    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
     is_labels: bool = Field(False, description="the image already holds label masks")
     max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement")
     max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged")
@@ -115,30 +148,30 @@ class TrackRequest(_Req):
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., description="registered classifier model name")
+    model: str = Field(..., max_length=128, description="registered classifier model name")
 
 
 class RestoreRequest(_Req):
-    model: str = Field(..., description="registered restoration model name")
-    channel: int | None = Field(None, ge=0, description="channel index (0-based) when axes has C")
+    model: str = Field(..., max_length=128, description="registered restoration model name")
+    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
 
 
 class ImageJRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    command: str = Field(..., description="ImageJ command name, e.g. 'ijtorch Segment'")
-    options: str = Field("", description="macro options string")
-    title: str = Field("", description="title of the current image")
-    axes: str = Field("TZCYX", description="axes of the image array")
+    command: str = Field(..., max_length=200, description="ImageJ command name, e.g. 'ijtorch Segment'")
+    options: str = Field("", max_length=65536, description="macro options string")
+    title: str = Field("", max_length=4096, description="title of the current image")
+    axes: str = Field("TZCYX", max_length=6, description="axes of the image array")
     calibration: dict[str, Any] | None = None
-    image_path: str = Field("", description="file the image was opened from on the client, or ''")
+    image_path: str = Field("", max_length=4096, description="file the image was opened from on the client, or ''")
     rois: dict[str, Any] | None = Field(None, description="the ROI Manager's ROIs (commands that read them)")
     images: dict[str, dict[str, Any]] | None = Field(None, description="open images named by options")
 
 
 class ImageJFunctionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., description="macro function name, e.g. 'ijtorchListModels'")
-    args: list[str | float] = Field(default_factory=list, description="the macro arguments")
+    name: str = Field(..., max_length=100, description="macro function name, e.g. 'ijtorchListModels'")
+    args: list[str | float] = Field(default_factory=list, max_length=64, description="the macro arguments")
     values: dict[str, Any] = Field(default_factory=dict, description="the client ImageJ's session values")
 
 
@@ -146,8 +179,8 @@ def _parse(model: type[BaseModel], header: dict[str, Any]) -> Any:
     try:
         return model.model_validate(header)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'header'}: {e['msg']}"
-                             + (f" (got {e['input']!r})" if e["type"] != "missing" else "") for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))[:64] or 'header'}: {e['msg']}"
+                             for e in exc.errors()[:8])  # the input itself is never repeated
         raise HTTPError(422, f"invalid request header: {problems}") from None
 
 
@@ -166,6 +199,17 @@ def _image(arrays: dict[str, np.ndarray], axes: str, *, name: str = "image") -> 
     return data, axes
 
 
+def _finite(arrays: dict[str, np.ndarray]) -> None:
+    """422 for any float array holding NaN or infinity (checked one block at a time)."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and a.size:
+            flat = a.reshape(-1)
+            for k in range(0, flat.size, 1 << 22):
+                if not np.isfinite(flat[k:k + (1 << 22)]).all():
+                    raise HTTPError(422, f"array {name!r} holds NaN or infinite values; replace them (e.g. "
+                                         "Process > Math > Remove NaNs in ImageJ) before sending")
+
+
 def _calibration(values: dict[str, Any] | None) -> Calibration:
     try:
         return Calibration.from_dict(values)
@@ -177,6 +221,72 @@ def _binary(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
     return Response(encode(header, arrays), status_code=status, media_type=MEDIA_TYPE)
 
 
+# ------------------------------------------------------------------------------------- messages
+_PATH_RE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?")
+MAX_MESSAGE = 1000
+
+
+def client_message(message: str) -> str:
+    """An error message fit for a client: absolute server paths shortened to their last part, at
+    most :data:`MAX_MESSAGE` characters (values from the request are bounded where they are checked)."""
+    message = _PATH_RE.sub(lambda m: "…/" + re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], str(message))
+    message = message.encode("utf-8", "replace").decode("utf-8", "replace")
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------- requests
+class BodyTimeout(Exception):
+    """The request body did not arrive within ``--body-timeout`` (HTTP 408)."""
+
+
+class ClientGone(Exception):
+    """The client hung up or stopped reading its reply."""
+
+
+_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class Ctx:
+    """One request's context: id, client, cancellation (client gone or deadline passed), uploads."""
+
+    def __init__(self, rid: str, client: str, timeout: float) -> None:
+        self.rid, self.client, self.timeout = rid, client, timeout
+        self.cancel = threading.Event()
+        self.reason: str | None = None  # "disconnect" or "deadline"
+        self.abandoned_at: float | None = None
+        self.work: asyncio.Task | None = None
+        self.body_done = False
+        self.uploaded = 0  # bytes reserved for the body
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason, self.abandoned_at = reason, time.monotonic()
+            self.cancel.set()
+            if self.work is not None and not self.work.done():
+                self.work.cancel()
+
+
+class Held:
+    """An ASGI response that keeps its ticket's bytes reserved while it is being sent (the work's
+    slot is free already), and releases them when sent or when the client is gone."""
+
+    def __init__(self, response: Response, ticket: Ticket | None) -> None:
+        self.response, self.ticket = response, ticket
+        if ticket is not None:
+            ticket.free_slot()
+            ticket.resize(len(response.body or b""))
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()
+
+
 # ------------------------------------------------------------------------------------- server
 class Server:
     """State shared by the routes: model names, executors, batcher, admission, jobs, metrics."""
@@ -184,7 +294,10 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.models = ModelNames()
-        self.admission = Admission(config.max_queue)
+        budget = int(config.max_memory_gb * (1 << 30)) if config.max_memory_gb else default_memory_bytes()
+        self.ledger = Ledger(budget)
+        per_client = config.max_per_client or max(1, -(-3 * config.max_queue // 4))
+        self.admission = Admission(config.max_queue, self.ledger, per_client)
         self.infer = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-infer")
         # per-image post-processing (NMS, labels) of batched requests: overlaps the next forward pass
         self.post = ThreadPoolExecutor(1, thread_name_prefix="ijtorch-post")
@@ -192,10 +305,72 @@ class Server:
         # one batcher for every batched route: its key's first entry names the route's batch function
         self.batcher = DynamicBatcher(self._run_batch, self.infer, finish_executor=self.post,
                                       max_batch=config.max_batch, wait_s=config.batch_wait_ms / 1000)
-        self.jobs = JobManager(self.jobs_executor, self.admission)
+        if config.state_dir:
+            state = config.state_dir
+        else:
+            self._tmp_state = tempfile.TemporaryDirectory(prefix="ijtorch-serve-")
+            state = self._tmp_state.name
+        self.store = JobStore(state, ttl_s=config.job_ttl_h * 3600, max_bytes=int(config.job_results_mb * (1 << 20)))
+        self.jobs = JobManager(self.jobs_executor, self.admission, self.store)
         self.metrics = Metrics()
+        self.hosts = HostCheck(config.host, config.allow_hosts)
         self.max_bytes = int(config.max_request_mb * (1 << 20))
         self._loaded: dict[tuple[str, int], Any] = {}
+        self.device_status: str | None = None  # None: not checked yet; "ok"; or why it is unusable
+        self.draining = False
+
+    # ---- readiness
+    def check_device(self) -> None:
+        """Whether ``--device`` can hold a tensor (runs once, in a thread, at start-up)."""
+        try:
+            import torch
+
+            from ..models.device import resolve_device
+
+            torch.zeros(1, device=resolve_device(self.config.device)).add_(1)
+            self.device_status = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported by /health/ready
+            self.device_status = client_message(f"device {self.config.device!r} is not usable: "
+                                                f"{type(exc).__name__}: {exc}")[:200]
+
+    def readiness(self) -> dict[str, Any]:
+        try:
+            n_models = len(self.models.names())
+        except Exception:  # noqa: BLE001
+            n_models = 0
+        checks = {"device": self.device_status or "checking",
+                  "models": "ok" if n_models else "no model is registered",
+                  "queue": "full" if self.admission.full() else "ok",
+                  "memory": "ok" if self.ledger.reserved < self.ledger.limit * 0.95 else "budget in use",
+                  "draining": "yes: shutting down" if self.draining else "no"}
+        ready = all(v in ("ok", "no") for v in checks.values())
+        return {"ready": ready, "checks": checks}
+
+    # ---- admission
+    def admit(self, ctx: Ctx, cost: Cost, shape: Any, scale: float = 1.0, *, extra_bytes: int = 0) -> Ticket:
+        if cost.pixels > self.config.max_pixels:
+            raise HTTPError(413, describe_pixels(cost, shape, scale, self.config.max_pixels))
+        return self.admission.acquire(ctx.client, cost.nbytes + extra_bytes)
+
+    async def run(self, ctx: Ctx, fn: Callable[[], Any], executor: Any = None) -> Any:
+        """``fn()`` on the inference thread (or ``executor``); dropped unrun when the request was
+        cancelled while it queued; its CPU time is counted (as abandoned after a cancellation)."""
+        metrics = self.metrics
+
+        def work() -> Any:
+            if ctx.cancelled():
+                raise InterruptedError("the request was cancelled before it ran")
+            c0, t0 = time.thread_time(), time.monotonic()
+            try:
+                return fn()
+            finally:
+                cpu, end = time.thread_time() - c0, time.monotonic()
+                metrics.work_cpu.inc(cpu)
+                if ctx.abandoned_at is not None:
+                    wall = end - t0
+                    metrics.abandoned_cpu.inc(cpu * (min(1.0, (end - ctx.abandoned_at) / wall) if wall > 0 else 1.0))
+
+        return await asyncio.get_running_loop().run_in_executor(executor or self.infer, work)
 
     # ---- models
     def model_path(self, name: Any) -> str:
@@ -231,15 +406,23 @@ class Server:
     def _run_batch(self, key: tuple, payloads: list) -> list:
         from ._batched import classify_batch, forward_maps
 
-        route, path = key[0], key[1]
-        if route == "segment":
-            return forward_maps(self.load(path), payloads)  # an exception reaches every request of the batch
-        if route == "classify":
-            return classify_batch(path, payloads, self.config.device)
-        raise RuntimeError(f"internal error: no batch function for {route!r}")
+        c0 = time.thread_time()
+        try:
+            route, path = key[0], key[1]
+            if route == "segment":
+                return forward_maps(self.load(path), payloads)  # an exception reaches every request of the batch
+            if route == "classify":
+                return classify_batch(path, payloads, self.config.device)
+            raise RuntimeError(f"internal error: no batch function for {route!r}")
+        finally:
+            self.metrics.work_cpu.inc(time.thread_time() - c0)
 
     # ---- segmentation
-    async def segment(self, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
+    def segment_cost(self, data: np.ndarray, axes: str, req: SegmentRequest, body_bytes: int = 0) -> Cost:
+        return estimate("segment", data.shape, axes, data.dtype.itemsize, scale=req.scale,
+                        tta=req.test_time_augmentation, body_bytes=body_bytes)
+
+    async def segment(self, ctx: Ctx, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
         from ..tasks.segment import _pick_channel, segment
         from ._batched import batchable, instances
 
@@ -248,23 +431,24 @@ class Server:
             raise HTTPError(422, f"axes={axes!r}: RGB (S) images are not supported; send one channel")
         if req.overlap is not None and req.overlap >= (req.tile_size or 512):
             raise HTTPError(422, f"overlap={req.overlap} must be smaller than tile_size={req.tile_size or 512}")
+        channel = None if req.channel is None else req.channel - 1  # 1-based on the wire, as in ImageJ
         try:
-            plane, plane_axes = _pick_channel(data, axes, req.channel)
+            plane, plane_axes = _pick_channel(data, axes, channel)
         except ValueError as exc:
-            raise HTTPError(422, str(exc)) from None
-        loop = asyncio.get_running_loop()
+            raise HTTPError(422, _one_based(str(exc))) from None
         model = await self.load_async(path)
         if plane_axes == "YX" and not req.test_time_augmentation and req.scale == 1 and batchable(model, plane.shape, req.tile_size or 512):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, req.prob_threshold, req.nms_threshold, path))
-        return await loop.run_in_executor(self.infer, lambda: segment(
-            data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
+        return await self.run(ctx, lambda: segment(
+            data, axes, model=path, channel=channel, prob_threshold=req.prob_threshold,
             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-            test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=self.config.device))
+            test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=self.config.device,
+            cancel=ctx.cancelled))
 
     # ---- classification
-    async def classify(self, images: np.ndarray, model: str) -> dict[str, Any]:
+    async def classify(self, ctx: Ctx, images: np.ndarray, model: str) -> dict[str, Any]:
         """``classify(images, model=...)``; small requests for one model and item shape share one call."""
         from ..tasks.classify import classify
         from ._batched import CLASSIFY_BATCHABLE_ITEMS
@@ -272,8 +456,12 @@ class Server:
         path = self.model_path(model)
         if 1 <= len(images) <= CLASSIFY_BATCHABLE_ITEMS:
             return await self.batcher.submit(("classify", path, images.shape[1:], images.dtype.str), images)
-        return await asyncio.get_running_loop().run_in_executor(self.infer, lambda: classify(
-            images, model=path, device=self.config.device))
+        return await self.run(ctx, lambda: classify(images, model=path, device=self.config.device))
+
+
+def _one_based(message: str) -> str:
+    """_pick_channel speaks of 0-based indices; the server's clients count channels from 1."""
+    return re.sub(r"channel=(\d+)", lambda m: f"channel={int(m.group(1)) + 1}", message)
 
 
 def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -286,21 +474,22 @@ def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
-        try:
-            if int(length) > limit:
-                raise HTTPError(413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes "
-                                     "(--max-request-mb)")
-        except ValueError:
-            raise HTTPError(400, f"Content-Length {length!r} is not a number") from None
+        if not length.isdigit() or len(length) > 18:
+            raise HTTPError(400, "Content-Length is not a number")
+        if int(length) > limit:
+            raise HTTPError(413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes "
+                                 "(--max-request-mb)", {"Connection": "close"})
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype != MEDIA_TYPE:
+        shown = repr(ctype[:40]) if ctype else "none"
         raise HTTPError(415, f"Content-Type must be {MEDIA_TYPE} (4-byte header length, JSON header, raw "
-                             f"little-endian arrays), got {ctype or 'none'!r}")
+                             f"little-endian arrays), got {shown}", {"Connection": "close"})
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-request-mb)")
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-request-mb)",
+                            {"Connection": "close"})
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -311,16 +500,30 @@ def _error_reply(exc: BaseException) -> HTTPError:
         return exc
     if isinstance(exc, QueueFull):
         return HTTPError(503, str(exc), {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TooLarge):
+        return HTTPError(413, str(exc))
+    if isinstance(exc, BodyTimeout):
+        return HTTPError(408, str(exc), {"Connection": "close"})
     if isinstance(exc, WireError):
         return HTTPError(400, f"malformed message: {exc}")
     if isinstance(exc, ModelError):
         return HTTPError(500, f"the model failed: {exc}")
-    if isinstance(exc, (ValueError, TypeError, IjtorchError)):
-        return HTTPError(422, str(exc))
+    if isinstance(exc, (ValueError, TypeError, IjtorchError, ArithmeticError, IndexError, KeyError)):
+        return HTTPError(422, str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc}")
     if isinstance(exc, InterruptedError):
         return HTTPError(409, f"cancelled: {exc}")
+    if isinstance(exc, (RecursionError, UnicodeError)):
+        return HTTPError(400, f"malformed message: {type(exc).__name__}")
     log.warning("request failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
     return HTTPError(500, f"the model failed: {type(exc).__name__}: {exc}")
+
+
+def _error_response(err: HTTPError, rid: str = "") -> JSONResponse:
+    message = client_message(err.message)
+    body = {"error": message, "status": err.status}
+    if rid:
+        body["request_id"] = rid
+    return JSONResponse(body, err.status, headers=err.headers)
 
 
 def create_app(config: ServerConfig | None = None) -> Starlette:
@@ -328,110 +531,193 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     config = config or ServerConfig()
     srv = Server(config)
 
-    def route(fn: Callable, *, admit: bool = False) -> Callable:
-        async def endpoint(request: Request) -> Response:
-            admitted = False
+    def route(fn: Callable) -> Callable:
+        async def endpoint(request: Request) -> Any:
+            ctx: Ctx = request.scope.get("ijtorch.ctx") or Ctx("", "", config.request_timeout)
+            ctx.work = asyncio.ensure_future(fn(request, ctx))
+            timer = asyncio.get_running_loop().call_later(ctx.timeout, ctx.stop, "deadline")
             try:
-                if admit:
-                    srv.admission.acquire()
-                    admitted = True
-                return await fn(request)
+                return await ctx.work
+            except asyncio.CancelledError:
+                if ctx.reason == "deadline":
+                    return _error_response(HTTPError(504, f"the request's deadline of {ctx.timeout:g} s passed "
+                                                          "before its answer was ready (X-Request-Timeout)"), ctx.rid)
+                if ctx.reason == "disconnect":
+                    return Response(b"", status_code=499)  # nobody reads it
+                raise
+            except ClientDisconnect:
+                ctx.stop("disconnect")
+                return Response(b"", status_code=499)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-                err = _error_reply(exc)
-                return JSONResponse({"error": err.message, "status": err.status}, err.status, headers=err.headers)
+                if ctx.reason == "disconnect":
+                    return Response(b"", status_code=499)
+                return _error_response(_error_reply(exc), ctx.rid)
             finally:
-                if admitted:
-                    srv.admission.release()
+                timer.cancel()
 
         return endpoint
 
-    async def read(request: Request) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return decode(await _read_body(request, srv.max_bytes))
+    async def read(request: Request, ctx: Ctx) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
+        body = await _read_body(request, srv.max_bytes)
+        ctx.body_done = True
+        receive = request.receive
+
+        async def watch() -> None:  # after the body, the next message is the client hanging up
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    ctx.stop("disconnect")
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        if ctx.work is not None:
+            ctx.work.add_done_callback(lambda _: watcher.cancel())
+        header, arrays = decode(body)
+        _finite(arrays)
+        return header, arrays, len(body)
+
+    def held(ticket: Ticket, response: Response) -> Held:
+        return Held(response, ticket)
 
     # ---- info
-    async def health(request: Request) -> Response:
+    async def health(request: Request, ctx: Ctx) -> Response:
         from .. import __version__
 
         return JSONResponse({"status": "ok", "version": __version__})
 
-    async def metrics(request: Request) -> Response:
+    async def ready(request: Request, ctx: Ctx) -> Response:
+        out = srv.readiness()
+        return JSONResponse(out, 200 if out["ready"] else 503)
+
+    def _gauges() -> None:
+        g = srv.metrics.gauges
+        g["queue_active"].set(srv.admission.active)
+        g["queue_limit"].set(srv.admission.limit)
+        g["memory_reserved_bytes"].set(srv.ledger.reserved)
+        g["memory_budget_bytes"].set(srv.ledger.limit)
+        g["rss_bytes"].set(rss_bytes())
+        g["jobs_active"].set(srv.jobs.active())
+        g["ready"].set(int(srv.readiness()["ready"]))
+
+    async def metrics(request: Request, ctx: Ctx) -> Response:
+        _gauges()
+        accept = request.headers.get("accept", "")
+        if request.url.path.endswith("/prometheus") or request.query_params.get("format") == "prometheus" or (
+                ("text/plain" in accept or "openmetrics" in accept) and "json" not in accept):
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return Response(srv.metrics.prometheus(), media_type=CONTENT_TYPE_LATEST)
         out = srv.metrics.as_dict()
         out.update(queue={"active": srv.admission.active, "limit": srv.admission.limit,
+                          "per_client": srv.admission.per_client,
                           "batcher_waiting": len(srv.batcher), "rejected": srv.admission.rejected},
+                   memory={"reserved_bytes": srv.ledger.reserved, "peak_reserved_bytes": srv.ledger.peak,
+                           "budget_bytes": srv.ledger.limit, "max_pixels": config.max_pixels},
                    batching={"max_batch": srv.batcher.max_batch, **srv.batcher.stats.as_dict()},
                    jobs=srv.jobs.counts(), rss_bytes=rss_bytes(), gpu=gpu_memory())
         return JSONResponse(out)
 
-    async def models(request: Request) -> Response:
+    async def models(request: Request, ctx: Ctx) -> Response:
         return JSONResponse({"models": srv.models.names()})
 
     # ---- tasks
-    async def segment_route(request: Request) -> Response:
-        header, arrays = await read(request)
+    async def segment_route(request: Request, ctx: Ctx) -> Any:
+        header, arrays, _ = await read(request, ctx)
         req = _parse(SegmentRequest, header)
         data, axes = _image(arrays, req.axes)
-        return _binary(*_segment_reply(await srv.segment(data, axes, req)))
+        ticket = srv.admit(ctx, srv.segment_cost(data, axes, req), data.shape, req.scale)
+        try:
+            return held(ticket, _binary(*_segment_reply(await srv.segment(ctx, data, axes, req))))
+        except BaseException:
+            ticket.release()
+            raise
 
-    async def normalize_route(request: Request) -> Response:
+    async def normalize_route(request: Request, ctx: Ctx) -> Any:
         from ..tasks.normalize import normalize
 
-        header, arrays = await read(request)
+        header, arrays, _ = await read(request, ctx)
         req = _parse(NormalizeRequest, header)
         data, axes = _image(arrays, req.axes)
-        out = await asyncio.get_running_loop().run_in_executor(srv.infer, lambda: normalize(
-            data, axes, low=req.low, high=req.high, per_plane=req.per_plane, clip=req.clip))
-        return _binary({"axes": axes}, {"image": out})
+        ticket = srv.admit(ctx, estimate("normalize", data.shape, axes, data.dtype.itemsize, channel_picked=False),
+                           data.shape)
+        try:
+            out = await srv.run(ctx, lambda: normalize(data, axes, low=req.low, high=req.high,
+                                                       per_plane=req.per_plane, clip=req.clip))
+            return held(ticket, _binary({"axes": axes}, {"image": out}))
+        except BaseException:
+            ticket.release()
+            raise
 
-    async def classify_route(request: Request) -> Response:
-        header, arrays = await read(request)
+    async def classify_route(request: Request, ctx: Ctx) -> Any:
+        header, arrays, _ = await read(request, ctx)
         req = _parse(ClassifyRequest, header)
         if set(arrays) != {"images"} or arrays["images"].ndim not in (4, 5):
             raise HTTPError(422, "expected one array 'images' of shape (N, C, Y, X) or (N, C, Z, Y, X)")
-        out = await srv.classify(np.asarray(arrays["images"]), req.model)
-        return _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]]},
-                       {"class_index": out["class_index"], "probabilities": out["probabilities"],
-                        "confidence": np.asarray(out["confidence"])})
+        images = np.asarray(arrays["images"])
+        if 0 in images.shape:
+            raise HTTPError(422, f"array 'images' has an empty axis: shape {list(images.shape)}")
+        if images.dtype.kind not in "iuf":
+            raise HTTPError(422, f"array 'images' has dtype {images.dtype}; expected an integer or float image")
+        ticket = srv.admit(ctx, estimate("classify", images.shape, "", images.dtype.itemsize), images.shape)
+        try:
+            out = await srv.classify(ctx, images, req.model)
+            return held(ticket, _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]]},
+                                        {"class_index": out["class_index"], "probabilities": out["probabilities"],
+                                         "confidence": np.asarray(out["confidence"])}))
+        except BaseException:
+            ticket.release()
+            raise
 
-    async def restore_route(request: Request) -> Response:
+    async def restore_route(request: Request, ctx: Ctx) -> Any:
         from ..tasks.restore import restore
 
-        header, arrays = await read(request)
+        header, arrays, _ = await read(request, ctx)
         req = _parse(RestoreRequest, header)
         data, axes = _image(arrays, req.axes)
         path = srv.model_path(req.model)
-        res = await asyncio.get_running_loop().run_in_executor(srv.infer, lambda: restore(
-            data, axes, model=path, channel=req.channel, device=config.device))
-        return _binary({"axes": res.axes, "model": res.model, "shift_warning": res.shift_warning,
-                        "seconds": res.seconds}, {"restored": res.restored})
+        channel = None if req.channel is None else req.channel - 1
+        ticket = srv.admit(ctx, estimate("restore", data.shape, axes, data.dtype.itemsize), data.shape)
+        try:
+            res = await srv.run(ctx, lambda: restore(data, axes, model=path, channel=channel, device=config.device,
+                                                     cancel=ctx.cancelled))
+            return held(ticket, _binary({"axes": res.axes, "model": res.model, "shift_warning": res.shift_warning,
+                                         "seconds": res.seconds}, {"restored": res.restored}))
+        except BaseException:
+            ticket.release()
+            raise
 
     # ---- jobs
     def _job_reply(job: Any) -> Response:
         return JSONResponse({**job.as_dict(), "status_url": f"/jobs/{job.id}", "result_url": f"/jobs/{job.id}/result"},
                             202)
 
-    async def segment_job(request: Request) -> Response:
+    async def segment_job(request: Request, ctx: Ctx) -> Response:
         from ..tasks.segment import segment
 
-        header, arrays = await read(request)
+        header, arrays, nbody = await read(request, ctx)
         req = _parse(SegmentRequest, header)
         data, axes = _image(arrays, req.axes)
         path = srv.model_path(req.model)
+        channel = None if req.channel is None else req.channel - 1
+        cost = srv.segment_cost(data, axes, req, body_bytes=nbody)
+        if cost.pixels > config.max_pixels:
+            raise HTTPError(413, describe_pixels(cost, data.shape, req.scale, config.max_pixels))
 
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
-            result = segment(data, axes, model=path, channel=req.channel, prob_threshold=req.prob_threshold,
+            result = segment(data, axes, model=path, channel=channel, prob_threshold=req.prob_threshold,
                              nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
                              test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=config.device,
                              progress=progress, cancel=cancelled)
             return encode(*_segment_reply(result))
 
-        return _job_reply(srv.jobs.submit("segment", run))
+        return _job_reply(srv.jobs.submit("segment", run, client=ctx.client, nbytes=cost.nbytes))
 
-    async def track_job(request: Request) -> Response:
+    async def track_job(request: Request, ctx: Ctx) -> Response:
         from ..tasks.segment import segment
         from ..tasks.track import track_statistics
         from ..tasks.tracking import TrackingParams, track_labels
 
-        header, arrays = await read(request)
+        header, arrays, nbody = await read(request, ctx)
         req = _parse(TrackRequest, header)
         data, axes = _image(arrays, req.axes)
         if "T" not in axes:
@@ -439,17 +725,21 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         if req.is_labels and "C" in axes:
             raise HTTPError(422, f"axes={axes!r}: a label stack has no channel axis")
         path = None if req.is_labels else srv.model_path(req.model)
+        channel = None if req.channel is None else req.channel - 1
         calibration = _calibration(req.calibration)
         params = TrackingParams(max_distance=req.max_distance, max_gap=req.max_gap, allow_splitting=req.divisions,
                                 fill_gaps=req.fill_gaps)
+        cost = estimate("track", data.shape, axes, data.dtype.itemsize, body_bytes=nbody)
+        if cost.pixels > config.max_pixels:
+            raise HTTPError(413, describe_pixels(cost, data.shape, 1.0, config.max_pixels))
 
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
             labels, label_axes, intensity = data, axes, None
             if not req.is_labels:  # as track_movie, with cancellation between frames
-                seg = segment(data, axes, model=path, channel=req.channel, device=config.device,
+                seg = segment(data, axes, model=path, channel=channel, device=config.device,
                               progress=progress, cancel=cancelled)
                 labels, label_axes = seg.labels, seg.axes
-                intensity = data if "C" not in axes else np.take(data, req.channel or 0, axis=axes.index("C"))
+                intensity = data if "C" not in axes else np.take(data, channel or 0, axis=axes.index("C"))
             if cancelled():
                 raise InterruptedError("tracking cancelled")
             tracks = track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
@@ -461,50 +751,62 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             arrays_out.update({f"stat_{k}": np.asarray(v, np.float64) for k, v in stats.items()})
             return encode(head, arrays_out)
 
-        return _job_reply(srv.jobs.submit("track", run))
+        return _job_reply(srv.jobs.submit("track", run, client=ctx.client, nbytes=cost.nbytes))
 
-    def _job(request: Request) -> Any:
-        job = srv.jobs.get(request.path_params["job_id"])
+    _JOB_ID = re.compile(r"^[0-9a-f]{24}$")
+
+    def _job(request: Request) -> dict[str, Any]:
+        job_id = request.path_params["job_id"]
+        job = srv.jobs.get(job_id) if _JOB_ID.match(job_id) else None
         if job is None:
-            raise HTTPError(404, f"no job {request.path_params['job_id']!r} (unknown or expired)")
+            raise HTTPError(404, "no such job (unknown id, or this server's state folder was replaced)")
         return job
 
-    async def job_status(request: Request) -> Response:
+    async def job_status(request: Request, ctx: Ctx) -> Response:
         if request.method == "DELETE":
+            _job(request)
             job = srv.jobs.cancel(request.path_params["job_id"])
-            if job is None:
-                raise HTTPError(404, f"no job {request.path_params['job_id']!r} (unknown or expired)")
-            return JSONResponse(job.as_dict(), 202 if job.status not in srv.jobs.FINISHED else 200)
-        return JSONResponse(_job(request).as_dict())
+            return JSONResponse(job, 202 if job["status"] not in srv.jobs.FINISHED else 200)
+        return JSONResponse(_job(request))
 
-    async def job_result(request: Request) -> Response:
+    async def job_result(request: Request, ctx: Ctx) -> Any:
+        from starlette.responses import FileResponse
+
         job = _job(request)
-        if job.status == "done":
-            return Response(job.result, media_type=MEDIA_TYPE)
-        if job.status == "cancelled":
-            raise HTTPError(410, f"job {job.id} was cancelled")
-        if job.status == "failed":
-            raise HTTPError(500, f"job {job.id} failed: {job.error}")
-        raise HTTPError(409, f"job {job.id} is {job.status} ({job.phase} {job.i}/{job.n})")
+        jid = job["id"]
+        if job["status"] == "done":
+            path = srv.store.result_path(jid)
+            if job.get("result_expired") or not path.is_file():
+                raise HTTPError(410, f"the result of job {jid} has expired (kept {config.job_ttl_h:g} h, "
+                                     f"{config.job_results_mb:g} MiB in all)")
+            return FileResponse(path, media_type=MEDIA_TYPE)
+        if job["status"] == "cancelled":
+            raise HTTPError(410, f"job {jid} was cancelled")
+        if job["status"] == "failed":
+            raise HTTPError(500 if job["error"] != "interrupted by restart" else 503,
+                            f"job {jid} failed: {job['error']}")
+        p = job["progress"]
+        raise HTTPError(409, f"job {jid} is {job['status']} ({p['phase']} {p['i']}/{p['n']})")
 
     # ---- ImageJ commands for remote Fiji
-    async def imagej_commands(request: Request) -> Response:
+    async def imagej_commands(request: Request, ctx: Ctx) -> Response:
         from ._imagej import command_catalog
 
         return JSONResponse(command_catalog())
 
-    async def imagej_command(request: Request) -> Response:
+    async def imagej_command(request: Request, ctx: Ctx) -> Any:
         from ..bridge._commands import registered_commands
         from ..bridge._options import params_from_options
         from ._imagej import command_inputs, outputs_to_wire, remote_commands
 
-        header, arrays = await read(request)
+        header, arrays, _ = await read(request, ctx)
         req = _parse(ImageJRequest, header)
         commands = remote_commands()
         if req.command not in commands:
             why = ": it needs in-process Python (a Fiji started from Python with ijtorch)" \
                 if req.command in registered_commands() else ""
-            raise HTTPError(404, f"command {req.command!r} cannot run on this server{why}; available: {sorted(commands)}")
+            raise HTTPError(404, f"command {req.command[:60]!r} cannot run on this server{why}; "
+                                 f"available: {sorted(commands)}")
         spec = commands[req.command]
         params = params_from_options(spec.params, req.options, command=req.command)
         if spec.check is not None:
@@ -513,39 +815,55 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         if model is not None:
             srv.model_path(model)  # registered names only, never paths
         inputs = command_inputs(req, arrays, spec)
-        reply = await asyncio.get_running_loop().run_in_executor(
-            srv.infer, lambda: outputs_to_wire(spec.compute(inputs, params)))
-        return _binary(*reply)
+        image = arrays.get("image")
+        shape = image.shape if image is not None else (1,)
+        scale = float(getattr(params, "scale", 1.0) or 1.0)
+        ticket = srv.admit(ctx, estimate("imagej", shape, req.axes if image is not None else "",
+                                         image.dtype.itemsize if image is not None else 1, scale=scale), shape, scale)
+        try:
+            reply = await srv.run(ctx, lambda: outputs_to_wire(spec.compute(inputs, params)))
+            return held(ticket, _binary(*reply))
+        except BaseException:
+            ticket.release()
+            raise
 
-    async def imagej_function(request: Request) -> Response:
+    async def imagej_function(request: Request, ctx: Ctx) -> Any:
         from ._imagej import call_function
 
-        header, arrays = await read(request)
+        header, arrays, _ = await read(request, ctx)
         req = _parse(ImageJFunctionRequest, header)
         if arrays:
-            raise HTTPError(422, f"a macro function call carries no arrays, got {sorted(arrays)}")
+            raise HTTPError(422, f"a macro function call carries no arrays, got {len(arrays)}")
+        ticket = srv.admission.acquire(ctx.client, 0)
         try:  # not on the inference thread: these are quick and must not wait behind long commands
-            reply = await asyncio.get_running_loop().run_in_executor(
-                None, call_function, req.name, req.args, req.values, srv.model_path)
-        except LookupError as exc:
-            raise HTTPError(404, str(exc.args[0]) if exc.args else str(exc)) from None
-        return _binary(reply)
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(
+                    None, call_function, req.name, req.args, req.values, srv.model_path)
+            except LookupError as exc:
+                raise HTTPError(404, str(exc.args[0]) if exc.args else str(exc)) from None
+            return held(ticket, _binary(reply))
+        except BaseException:
+            ticket.release()
+            raise
 
     routes = [
         Route("/health", route(health), methods=["GET"]),
+        Route("/health/live", route(health), methods=["GET"]),
+        Route("/health/ready", route(ready), methods=["GET"]),
         Route("/metrics", route(metrics), methods=["GET"]),
+        Route("/metrics/prometheus", route(metrics), methods=["GET"]),
         Route("/models", route(models), methods=["GET"]),
-        Route("/segment", route(segment_route, admit=True), methods=["POST"]),
-        Route("/normalize", route(normalize_route, admit=True), methods=["POST"]),
-        Route("/classify", route(classify_route, admit=True), methods=["POST"]),
-        Route("/restore", route(restore_route, admit=True), methods=["POST"]),
+        Route("/segment", route(segment_route), methods=["POST"]),
+        Route("/normalize", route(normalize_route), methods=["POST"]),
+        Route("/classify", route(classify_route), methods=["POST"]),
+        Route("/restore", route(restore_route), methods=["POST"]),
         Route("/jobs/segment", route(segment_job), methods=["POST"]),
         Route("/jobs/track", route(track_job), methods=["POST"]),
         Route("/jobs/{job_id}", route(job_status), methods=["GET", "DELETE"]),
         Route("/jobs/{job_id}/result", route(job_result), methods=["GET"]),
         Route("/imagej/commands", route(imagej_commands), methods=["GET"]),
-        Route("/imagej/command", route(imagej_command, admit=True), methods=["POST"]),
-        Route("/imagej/function", route(imagej_function, admit=True), methods=["POST"]),
+        Route("/imagej/command", route(imagej_command), methods=["POST"]),
+        Route("/imagej/function", route(imagej_function), methods=["POST"]),
     ]
 
     @asynccontextmanager
@@ -555,21 +873,38 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
             torch.set_num_threads(int(config.threads))
         srv.batcher.start()
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, srv.check_device)
         trimmer = asyncio.create_task(_trim_memory_when_idle(srv.admission))
+        if srv.store.interrupted:
+            log.warning("%d job(s) of the previous run were interrupted by the restart", srv.store.interrupted)
         yield
+        srv.draining = True
         trimmer.cancel()
         await srv.batcher.stop()
+        srv.jobs.stop()
         srv.infer.shutdown(wait=False, cancel_futures=True)
         srv.post.shutdown(wait=False, cancel_futures=True)
         srv.jobs_executor.shutdown(wait=False, cancel_futures=True)
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return JSONResponse({"error": "no such route" if status == 404 else "method not allowed on this route",
+                             "status": status}, status)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.server = srv
     return _Guard(app, srv)  # type: ignore[return-value]
 
 
+_access = logging.getLogger("ijtorch.serve.access")
+
+
 class _Guard:
-    """ASGI wrapper: token check (all routes but ``/health``) and per-route metrics."""
+    """ASGI wrapper: Host/Origin check, token check (all routes but the health ones), request ids,
+    body deadline and upload accounting (receive), reply deadline (send), access log, metrics."""
+
+    PUBLIC = ("/health", "/health/live", "/health/ready")
 
     def __init__(self, app: Starlette, srv: Server) -> None:
         self.app, self.srv = app, srv
@@ -579,37 +914,106 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        srv, config = self.srv, self.srv.config
         t0 = time.perf_counter()
         path = scope.get("path", "")
-        status = {"code": 500}
+        headers = {}
+        for k, v in scope.get("headers") or []:
+            headers.setdefault(k, v.decode("latin-1"))
+        rid = headers.get(b"x-request-id", "")
+        rid = rid if _RID_RE.match(rid) else secrets.token_hex(8)
+        client = (scope.get("client") or ("", 0))[0] or ""
+        timeout = config.request_timeout
+        asked = headers.get(b"x-request-timeout")
+        state = {"code": 500, "bytes": 0, "started": False}
+        ctx = Ctx(rid, client, timeout)
+        scope["ijtorch.ctx"] = ctx
+        abort = scope.get("ijtorch.abort")
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        token = self.srv.config.token
-        if token and path != "/health":
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            if not token_matches(token, auth):
-                resp = JSONResponse({"error": "missing or wrong token: send 'Authorization: Bearer <token>'",
-                                     "status": 401}, 401, headers={"WWW-Authenticate": "Bearer"})
-                await resp(scope, receive, send_wrapper)
-                self.srv.metrics.record("unauthorized", 401, time.perf_counter() - t0)
+                state["code"], state["started"] = message["status"], True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            if ctx.reason == "disconnect":
                 return
+            try:
+                await asyncio.wait_for(send(message), config.send_timeout)
+            except asyncio.TimeoutError:
+                ctx.stop("disconnect")
+                if abort is not None:
+                    abort()  # drop what is buffered for a client that does not read
+                raise ClientGone(f"the client did not read its reply within {config.send_timeout:g} s") from None
+
+        async def receive_wrapper() -> dict:
+            if ctx.body_done:
+                return await receive()
+            left = t_body + config.body_timeout - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(f"the request body did not arrive within {config.body_timeout:g} s "
+                                  "(--body-timeout)") from None
+            if message["type"] == "http.request":
+                n = len(message.get("body", b""))
+                if not srv.ledger.try_reserve(n):
+                    raise QueueFull("the server's memory budget is in use by uploads and requests; retry later", 2)
+                ctx.uploaded += n
+                if not message.get("more_body", False):
+                    ctx.body_done = True
+            return message
+
+        t_body = time.monotonic()
         try:
-            await self.app(scope, receive, send_wrapper)
+            why = srv.hosts.check(headers.get(b"host"), headers.get(b"origin"))
+            if why is not None:
+                await _error_response(HTTPError(403, why), rid)(scope, receive, send_wrapper)
+                return
+            token = config.token
+            if token and path not in self.PUBLIC and not token_matches(token, headers.get(b"authorization")):
+                await _error_response(HTTPError(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
+                                                {"WWW-Authenticate": "Bearer"}), rid)(scope, receive, send_wrapper)
+                return
+            if asked is not None:
+                try:
+                    value = float(asked)
+                    if not 0 < value < float("inf"):
+                        raise ValueError
+                    ctx.timeout = min(value, timeout)
+                except ValueError:
+                    await _error_response(HTTPError(400, "X-Request-Timeout must be a positive number of seconds"),
+                                          rid)(scope, receive, send_wrapper)
+                    return
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientGone:
+            pass
         finally:
-            key = "/jobs/{id}" if path.startswith("/jobs/") and path.count("/") >= 2 and not path.startswith(
-                ("/jobs/segment", "/jobs/track")) else path
-            if key not in _KNOWN_PATHS:
-                key = "other"
-            self.srv.metrics.record(key, status["code"], time.perf_counter() - t0)
+            srv.ledger.release(ctx.uploaded)
+            code = state["code"]
+            if ctx.reason == "disconnect" and (not state["started"] or code == 499):
+                code = 499
+                srv.metrics.cancelled.labels("disconnect").inc()
+            elif ctx.reason == "deadline":
+                srv.metrics.cancelled.labels("deadline").inc()
+            key = _route_key(path)
+            elapsed = time.perf_counter() - t0
+            srv.metrics.record(key, code, elapsed)
+            if _access.isEnabledFor(logging.INFO):
+                _access.info('%s %s "%s %s" %d %d %.1fms', rid, client or "-", scope.get("method", ""),
+                             path[:200].encode("unicode_escape").decode("ascii"), code, state["bytes"],
+                             elapsed * 1000)
 
 
-_KNOWN_PATHS = {"/health", "/metrics", "/models", "/segment", "/normalize", "/classify", "/restore", "/jobs/segment",
-                "/jobs/track", "/jobs/{id}", "/imagej/commands", "/imagej/command",
-                "/imagej/function"}
+_KNOWN_PATHS = {"/health", "/health/live", "/health/ready", "/metrics", "/metrics/prometheus", "/models", "/segment",
+                "/normalize", "/classify", "/restore", "/jobs/segment", "/jobs/track", "/jobs/{id}",
+                "/jobs/{id}/result", "/imagej/commands", "/imagej/command", "/imagej/function"}
+
+
+def _route_key(path: str) -> str:
+    if path.startswith("/jobs/") and not path.startswith(("/jobs/segment", "/jobs/track")):
+        path = "/jobs/{id}/result" if path.endswith("/result") else "/jobs/{id}"
+    return path if path in _KNOWN_PATHS else "other"
 
 
 async def _trim_memory_when_idle(admission: Admission, interval_s: float = 2.0) -> None:
