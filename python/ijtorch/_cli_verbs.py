@@ -198,8 +198,14 @@ def _track(args: argparse.Namespace) -> int:
             _check_channel(data.shape, axes, args.channel)
         params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap,
                                 allow_splitting=not args.no_divisions, fill_gaps=args.fill_gaps)
-        tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, channel=args.channel,
-                             calibration=calibration, params=params)
+        from .train.progress import PhaseProgress
+
+        progress = PhaseProgress({"plane": f"track: segment {source.name}", "link": f"track: link {source.name}"})
+        try:
+            tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, channel=args.channel,
+                                 calibration=calibration, params=params, progress=progress)
+        finally:
+            progress.close()
         paths = write_track_outputs(staging, source.stem, tracks, image_path=source if source.is_file() else None)
         lines = [f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, "
                  f"{tracks.n_divisions} divisions"]

@@ -178,6 +178,14 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     assert lines[0].startswith("segment:  33% 1/3") and lines[1].startswith("segment: 100% 3/3")
     assert any(line.startswith("train epoch 1: 100% 4/4") and "loss=0.25" in line for line in lines)
     assert "train: epoch 1/2 train_loss 0.25 [00:00, about 00:00 left]" in lines
+    from ijtorch.train.progress import PhaseProgress
+
+    stream = io.StringIO()
+    frames = PhaseProgress({"link": "link"}, stream=stream, interval=3600)
+    frames(ProgressEvent("link", 1, 40))  # the linker reports every 20 frames ...
+    frames(ProgressEvent("close", 1, 1))  # ... and the next phase says linking is done
+    frames.close()
+    assert [line.split(" [")[0] for line in stream.getvalue().splitlines()] == ["link:   2% 1/40", "link: 100% 40/40"]
 
 
 def test_cli_draws_a_bar_on_a_terminal(tmp_path):

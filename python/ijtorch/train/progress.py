@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["ProgressEvent", "ProgressCallback", "emit", "CountProgress", "TrainingProgress", "TextProgressBar",
-           "is_terminal"]
+__all__ = ["ProgressEvent", "ProgressCallback", "emit", "CountProgress", "TrainingProgress", "PhaseProgress",
+           "TextProgressBar", "is_terminal"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class CountProgress:
         self.postfix: dict[str, Any] = {}
         self._t0 = time.monotonic()
         self._last_line = -float("inf")
+        self._last_n: int | None = None
         self._bar = None
         if terminal if terminal is not None else is_terminal(self.stream):
             from tqdm import tqdm
@@ -133,7 +134,7 @@ class CountProgress:
     def _write_line(self, now: float) -> None:
         from tqdm import tqdm
 
-        self._last_line = now
+        self._last_line, self._last_n = now, self.n
         line = tqdm.format_meter(self.n, self.total, now - self._t0, prefix=self.desc, unit=self.unit,
                                  postfix=_format_postfix(self.postfix) or None, ncols=0)
         self.stream.write(line + "\n")
@@ -154,6 +155,8 @@ class CountProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self._last_n is not None and self._last_n != self.n:  # plain lines end with the final count
+            self._write_line(time.monotonic())
 
     def __enter__(self) -> "CountProgress":
         return self
@@ -227,6 +230,36 @@ class TrainingProgress:
         if self._steps is not None:
             self._steps.close()
             self._steps = None
+
+
+class PhaseProgress:
+    """A :data:`ProgressCallback` showing ``i of n`` of chosen phases (e.g. the frames a long
+    movie is segmented in, then linked): one :class:`CountProgress` per phase, labelled."""
+
+    def __init__(self, phases: dict[str, str], *, stream: Any = None, terminal: bool | None = None,
+                 interval: float = PLAIN_INTERVAL_S) -> None:
+        self.phases = phases  # event phase -> what to call it
+        self.stream, self.terminal, self.interval = stream, terminal, interval
+        self._bars: dict[str, CountProgress] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        for phase in [p for p in self._bars if p != event.phase]:  # a new phase: the earlier ones are done
+            done = self._bars.pop(phase)
+            done.update(to=done.total or done.n)
+            done.close()
+        label = self.phases.get(event.phase)
+        if label is None or event.n <= 0:
+            return
+        bar = self._bars.get(event.phase)
+        if bar is None:
+            bar = self._bars[event.phase] = CountProgress(label, event.n, unit=event.phase, stream=self.stream,
+                                                          terminal=self.terminal, interval=self.interval)
+        bar.update(to=min(event.i, event.n))
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
 
 
 class TextProgressBar(TrainingProgress):
