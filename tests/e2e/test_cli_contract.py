@@ -61,6 +61,14 @@ class Contract:
 #: Options every verb has, and the test that exercises each (None: argparse's own).
 COMMON_OPTIONS: dict[str, str | None] = {"--help": None, "--verbose": "test_verbose_adds_the_traceback"}
 
+#: ``ijtorch serve`` options and the values the serve test starts the server with.
+SERVE_VALUES = {"--host": "127.0.0.1", "--allow-host": "ijtorch.test", "--max-queue": "4", "--max-per-client": "4",
+                "--max-request-mb": "8", "--max-memory-gb": "1", "--max-pixels": "4000000", "--max-batch": "2",
+                "--batch-wait-ms": "1", "--header-timeout": "5", "--body-timeout": "10", "--send-timeout": "10",
+                "--request-timeout": "60", "--keep-alive": "2", "--max-connections": "16", "--job-ttl-h": "1",
+                "--job-results-mb": "64", "--drain-s": "1", "--device": "cpu", "--threads": "1"}
+SERVE_OPTIONS = (*SERVE_VALUES, "--port", "--token-file", "--state-dir", "--no-access-log")
+
 CONTRACT: dict[str, Contract] = {
     "segment": Contract(
         runs={"test_segment_folder_writes_labels_rois_measurements_overlay": (
@@ -150,9 +158,8 @@ CONTRACT: dict[str, Contract] = {
     "install-fiji": Contract(runs={"test_install_fiji_into_a_fake_fiji": ("--server", "--uninstall")},
                              bad_input=("test_install_fiji_into_a_fake_fiji",),
                              needs="javac and Debian's ij.jar to build the shim (skips without)"),
-    "serve": Contract(runs={"test_serve_answers_on_a_free_loopback_port": (
-                          "--host", "--port", "--token", "--max-queue", "--max-request-mb", "--max-batch",
-                          "--batch-wait-ms", "--device", "--threads")},
+    "serve": Contract(runs={"test_serve_answers_on_a_free_loopback_port": SERVE_OPTIONS,
+                            "test_serve_refuses_a_public_address_without_a_token": ("--host", "--port", "--token")},
                       bad_input=("test_serve_refuses_a_public_address_without_a_token",)),
 }
 
@@ -786,10 +793,12 @@ def test_serve_answers_on_a_free_loopback_port(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    options = [x for option, value in SERVE_VALUES.items() for x in (option, value)]
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ijtorch.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--token", TOKEN, "--max-queue", "4", "--max-request-mb", "8", "--max-batch", "2",
-                             "--batch-wait-ms", "1", "--device", "cpu", "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "ijtorch.cli", "serve", *options, "--port", str(port),
+                             "--token-file", str(tmp_path / "token"), "--state-dir", str(tmp_path / "state"),
+                             "--no-access-log"],
                             env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -806,6 +815,10 @@ def test_serve_answers_on_a_free_loopback_port(tmp_path):
         assert httpx.get(url + "/models", timeout=10).status_code == 401  # the token is required
         models = httpx.get(url + "/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         assert models.status_code == 200 and "nuclei" in models.text
+        other = httpx.get(url + "/models", headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example"},
+                          timeout=10)
+        assert other.status_code in (400, 403, 421)  # only localhost names and --allow-host ones
+        assert (tmp_path / "state").is_dir()
     finally:
         proc.terminate()
         proc.wait(20)
@@ -813,5 +826,7 @@ def test_serve_answers_on_a_free_loopback_port(tmp_path):
 
 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path):
-    out = _cli(tmp_path, "serve", "--host", "0.0.0.0", "--port", 0, IJTORCH_TOKEN="")
+    out = _cli(tmp_path, "serve", "--host", "0.0.0.0", "--port", 0, IJTORCH_TOKEN="", IJTORCH_SERVER_TOKEN="")
     _clean_failure(out, 2, "ijtorch serve: ")
+    out = _cli(tmp_path, "serve", "--port", 0, "--token", "short")
+    _clean_failure(out, 2, "ijtorch serve: ", "--token")
