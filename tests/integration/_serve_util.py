@@ -23,12 +23,13 @@ class ServerProcess:
     """
 
     def __init__(self, models_dir: Path, *args: str, startup_s: float = 60.0,
-                 launcher: tuple[str, ...] = ("-m", "ijtorch.serve")) -> None:
-        self.port = free_port()
+                 launcher: tuple[str, ...] = ("-m", "ijtorch.serve"), env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, IJTORCH_MODELS=str(models_dir))
+        env = dict(os.environ, IJTORCH_MODELS=str(models_dir), **(env or {}))
         self.log_path = Path(models_dir) / f"server-{self.port}.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen([sys.executable, *launcher, "--port", str(self.port), *args],
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait(startup_s)
@@ -48,6 +49,17 @@ class ServerProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not answer within {startup_s} s: {self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no clean-up (as a crash or an OOM kill)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

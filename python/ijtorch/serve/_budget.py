@@ -25,7 +25,7 @@ __all__ = ["Ledger", "Admission", "Ticket", "QueueFull", "TooLarge", "Cost", "es
            "default_memory_bytes"]
 
 #: Working bytes per pixel seen by the model, by route (see the module docstring).
-BYTES_PER_PIXEL = {"segment": 200, "segment3d": 260, "normalize": 16, "restore": 64, "classify": 24,
+BYTES_PER_PIXEL = {"segment": 200, "normalize": 16, "restore": 64, "classify": 24,
                    "track": 240, "imagej": 240}
 FIXED_BYTES = 8 << 20  # per request: Python objects, small temporaries
 
@@ -170,25 +170,30 @@ class Cost:
     nbytes: int  # estimated peak working memory, the body and the reply included
 
 
+PLANE_ROUTES = ("segment", "restore", "track", "imagej")  # work one T frame at a time
+
+
 def estimate(route: str, shape: tuple[int, ...], axes: str, itemsize: int, *, body_bytes: int = 0,
-             scale: float = 1.0, tta: bool = False, channel_picked: bool = True, volume: bool = False) -> Cost:
+             scale: float = 1.0, tta: bool = False, channel_picked: bool = True) -> Cost:
     """The cost of one request on ``route`` for an array of ``shape``/``axes``.
 
-    ``channel_picked``: only one channel of a ``C`` axis is processed (segmentation, restoration).
-    ``volume``: a 3D model sees ``Z`` as one volume (``scale`` does not apply).
+    Model routes (:data:`PLANE_ROUTES`) work one time point at a time: the working memory is that
+    of one ``(Z)YX`` plane or volume at ``scale`` (``Cost.pixels``, checked against
+    ``--max-pixels``), the reply that of the whole array. ``channel_picked``: only one channel of a
+    ``C`` axis is processed.
     """
     dims = dict(zip(axes, shape))
     pixels = math.prod(shape) if shape else 1
     if channel_picked and "C" in dims:
         pixels //= max(1, dims["C"])
-    if route == "segment" and volume:
-        route = "segment3d"
-    factor = 1.0 if volume else float(scale) ** 2
-    model_pixels = int(math.ceil(pixels * factor))
-    per_pixel = BYTES_PER_PIXEL.get(route, 200)
-    work = model_pixels * per_pixel * (2 if tta else 1)
+    plane = pixels
+    if route in PLANE_ROUTES and "T" in dims:
+        plane //= max(1, dims["T"])
+    model_pixels = int(math.ceil(plane * float(scale) ** 2))
+    work = model_pixels * BYTES_PER_PIXEL.get(route, 200) * (2 if tta else 1)
     reply = pixels * 8  # a label map / float image at the input's size, and its encoded copy
-    return Cost(pixels=model_pixels, nbytes=int(FIXED_BYTES + body_bytes + work + reply + pixels * itemsize))
+    return Cost(pixels=model_pixels if route in PLANE_ROUTES else 0,
+                nbytes=int(FIXED_BYTES + body_bytes + work + reply + pixels * itemsize))
 
 
 def describe_pixels(cost: Cost, shape: Any, scale: float, limit: int) -> str:

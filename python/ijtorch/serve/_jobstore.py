@@ -90,7 +90,7 @@ class JobStore:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, self.result_path(job_id))
-        self.update(job_id, result_bytes=len(data))
+        self.update(job_id, result_bytes=len(data), status="done", finished=time.time())
         self.expire()
 
     def expire(self) -> int:
