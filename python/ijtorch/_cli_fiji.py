@@ -9,42 +9,67 @@ import argparse
 import sys
 from pathlib import Path
 
+DEFAULT_TIMEOUT = 600.0  # seconds: the watchdog of batch runs (--timeout)
+
 
 def _fiji(args: argparse.Namespace) -> int:
-    """Start a Fiji.app from Python with ijtorch's commands; show its UI, or run a macro/script headless."""
+    """Start a Fiji.app from Python with ijtorch's commands; show its UI, or run a macro/script headless.
+
+    ``--headless`` runs in a headless JVM (``java.awt.headless=true``: no X display, no Xvfb), as
+    Fiji's own ``--headless``; the process then ends with the macro's/script's status once it is
+    done (open windows or Java threads left behind do not keep it alive), or after ``--timeout``.
+    """
     import os
 
+    from .bridge._batch import Watchdog, end_batch
     from .bridge._fiji import fiji_gateway, find_fiji
-    from .errors import IjtorchError
+    from .errors import IjtorchError, MacroError
 
-    try:
-        path = find_fiji(args.fiji)
-        if not args.headless and not os.environ.get("DISPLAY"):
-            raise IjtorchError("no display (DISPLAY is unset): run with --headless, or from a desktop session")
-        if not args.headless and (args.macro or args.script):
-            raise IjtorchError("--macro and --script run headless batch jobs: add --headless")
-        gateway = fiji_gateway(path)
-        if args.macro:
-            from .bridge import run_macro
+    status = 0
+    started = False
+    with Watchdog(args.timeout if args.headless else None, "ijtorch fiji"):
+        try:
+            path = find_fiji(args.fiji)
+            if not args.headless and not os.environ.get("DISPLAY"):
+                raise IjtorchError("no display (DISPLAY is unset): run with --headless, or from a desktop session")
+            if not args.headless and (args.macro or args.script):
+                raise IjtorchError("--macro and --script run headless batch jobs: add --headless")
+            started = True
+            gateway = fiji_gateway(path, headless=args.headless)
+            if args.macro:
+                from .bridge import run_macro
 
-            result = run_macro(Path(args.macro).read_text(), " ".join(args.arg or []))
-            for text in (result.log, result.value):
-                if text:
-                    print(text)
-        elif args.script:
-            outputs = _run_fiji_script(gateway, Path(args.script), args.arg or [])
-            for key, value in outputs.items():
-                print(f"{key}={value}")
-        elif args.headless:
-            from .bridge import registered_commands
+                macro = Path(args.macro)
+                if not macro.is_file():
+                    raise IjtorchError(f"no such macro file: {macro}")
+                try:
+                    result = run_macro(macro.read_text(), " ".join(args.arg or []))
+                except MacroError as exc:
+                    print(f"ijtorch fiji: {macro.name}: {exc}", file=sys.stderr)
+                    status = 1
+                else:
+                    for text in (result.log, result.value):
+                        if text:
+                            print(text)
+            elif args.script:
+                outputs = _run_fiji_script(gateway, Path(args.script), args.arg or [])
+                for key, value in outputs.items():
+                    print(f"{key}={value}")
+            elif args.headless:
+                from .bridge import registered_commands
 
-            print(f"Fiji {gateway.getVersion()} at {path} with ijtorch commands: {', '.join(registered_commands())}")
-        else:
-            _show_fiji_until_closed(gateway)
-    except IjtorchError as exc:
-        print(f"ijtorch fiji: {exc}", file=sys.stderr)
-        return 2
-    return 0
+                print(f"Fiji {gateway.getVersion()} at {path} with ijtorch commands: {', '.join(registered_commands())}")
+            else:
+                _show_fiji_until_closed(gateway)
+        except IjtorchError as exc:
+            print(f"ijtorch fiji: {exc}", file=sys.stderr)
+            status = 2
+        except Exception as exc:  # a script's Java exception: report it, still end the process
+            print(f"ijtorch fiji: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 1
+    if started and args.headless:
+        end_batch(status)
+    return status
 
 
 def _run_fiji_script(gateway, script: Path, pairs: list[str]) -> dict:
@@ -102,7 +127,13 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--macro", default=None, help="an ImageJ macro (.ijm) to run (with --headless)")
     p.add_argument("--script", default=None, help="a Fiji script (.py, .ijm, .groovy...) run by ImageJ2 with #@ inputs")
     p.add_argument("--arg", action="append", help="macro argument, or key=value script input; repeatable")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"with --headless: stop (exit 124) when the run takes longer (default {DEFAULT_TIMEOUT:g}; 0 = no limit)")
     p.set_defaults(func=_fiji)
+    macro = sub.choices.get("macro")  # the embedded `ijtorch macro` verb gets the same watchdog option
+    if macro is not None and not any("--timeout" in a.option_strings for a in macro._actions):
+        macro.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                           help=f"stop (exit 124) when the macro takes longer (default {DEFAULT_TIMEOUT:g}; 0 = no limit)")
 
     p = sub.add_parser("install-fiji", help="install ijtorch's shim, Fiji scripts and macros into a Fiji.app")
     p.add_argument("fiji_path", help="the Fiji.app folder")

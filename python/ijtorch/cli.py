@@ -23,32 +23,39 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _macro(args: argparse.Namespace) -> int:
+    """Run a macro; the process then ends with its status, whatever windows or Java threads it left
+    (bridge._batch.end_batch), or with 124 after ``--timeout`` seconds."""
     from . import bridge
+    from .bridge._batch import Watchdog, end_batch
     from .errors import IjtorchError, MacroError
 
     path = Path(args.file)
     if not path.is_file():
         print(f"ijtorch macro: no such macro file: {path}", file=sys.stderr)
         return 2
-    try:
-        bridge.start(fiji=args.fiji)
-        result = bridge.run_macro(path.read_text(), " ".join(args.arg or []))
-    except MacroError as exc:
-        from .bridge._macro import log_text
+    status = 0
+    with Watchdog(getattr(args, "timeout", None), f"ijtorch macro: {path.name}"):
+        try:
+            bridge.start(fiji=args.fiji)
+            result = bridge.run_macro(path.read_text(), " ".join(args.arg or []))
+            if result.log:
+                print(result.log)
+            if result.value:
+                print(result.value)
+        except MacroError as exc:
+            from .bridge._macro import log_text
 
-        printed = log_text()
-        if printed:
-            print(printed.rstrip("\n"))
-        print(f"ijtorch macro: {path.name}: {exc}", file=sys.stderr)
-        return 1
-    except IjtorchError as exc:
-        print(f"ijtorch macro: {exc}", file=sys.stderr)
-        return 2
-    if result.log:
-        print(result.log)
-    if result.value:
-        print(result.value)
-    return 0
+            printed = log_text()
+            if printed:
+                print(printed.rstrip("\n"))
+            print(f"ijtorch macro: {path.name}: {exc}", file=sys.stderr)
+            status = 1
+        except IjtorchError as exc:
+            print(f"ijtorch macro: {exc}", file=sys.stderr)
+            status = 2
+    if not bridge.is_started():
+        return status
+    end_batch(status)
 
 
 def build_parser() -> argparse.ArgumentParser:

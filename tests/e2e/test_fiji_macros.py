@@ -307,3 +307,40 @@ def test_run_jython_checks_parameters(ij, tmp_path):
         run_jython(SCRIPTS / "Segment_Folder.py", input_dir=tmp_path)
     with pytest.raises(ValueError, match=r"max_gap='two': expected an integer|could not convert"):
         run_jython(SCRIPTS / "Track_Movie.py", movie=tmp_path, output_dir=tmp_path, max_gap="two")
+
+
+def _cli_macro(path: Path, *extra: str, timeout: int = 150):
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "ijtorch.cli", "macro", str(path), *extra], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    return done, time.monotonic() - started
+
+
+@pytest.mark.parametrize("code", [
+    'newImage("s", "8-bit ramp", 64, 64, 5); print("made " + nSlices);',
+    'newImage("h", "8-bit ramp", 64, 64, 2, 3, 4); print("made " + nSlices);',
+], ids=["stack", "hyperstack"])
+def test_cli_macro_ends_when_the_macro_leaves_a_stack_window_open(tmp_path, code):
+    """A StackWindow starts non-daemon Java threads: the process used to wait for them for ever."""
+    macro = tmp_path / "leave_open.ijm"
+    macro.write_text(code)
+    done, took = _cli_macro(macro)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.startswith("made "), done.stdout
+    assert took < 90, f"took {took:.0f} s"  # JVM start included; a hang runs into the subprocess timeout
+
+
+def test_cli_macro_error_status_survives_the_exit_and_timeout_stops_a_stuck_macro(tmp_path):
+    bad = tmp_path / "bad.ijm"
+    bad.write_text('newImage("s", "8-bit ramp", 64, 64, 5);\nfor (i = 0; i < 2; i++) {\n'
+                   '    run("ijtorch Segment", "model=nucleii output=[label map]");\n}\n')
+    done, _ = _cli_macro(bad)
+    assert done.returncode == 1 and "model='nucleii' is neither" in done.stderr and "expected" not in done.stderr, done.stderr
+    stuck = tmp_path / "stuck.ijm"
+    stuck.write_text('newImage("s", "8-bit ramp", 64, 64, 5); wait(600000);')
+    done, took = _cli_macro(stuck, "--timeout", "5")
+    assert done.returncode == 124 and "timed out after 5 s" in done.stderr, done.stderr
+    assert took < 90

@@ -115,6 +115,29 @@ def test_macro_syntax_error_is_reported(ij):
         bridge.run_macro("x = undefinedThing + 1;")
 
 
+@pytest.mark.parametrize("code, line", [
+    ('newImage("a", "8-bit ramp", 32, 32, 1);\nfor (i = 0; i < 2; i++) {\n'
+     '    run("ijtorch Segment", "model=nucleii output=[label map]");\n    print("after " + i);\n}\n', 3),
+    ('newImage("a", "8-bit ramp", 32, 32, 1);\nif (nImages > 0) {\n'
+     '    run("ijtorch Segment", "model=nucleii output=[label map]");\n    x = 1;\n}\n', 3),
+    ('run("ijtorch Macro Functions");\nwhile (true) {\n    x = Ext.ijtorchTestSqrt(-4);\n}\n', 3),
+], ids=["for-loop", "if-block", "ext-in-while"])
+def test_python_error_inside_a_loop_or_block_is_the_macros_error(ij, code, line):
+    """The interpreter parses on after the shim's abort and used to replace the Python message with
+    "';' expected" / "'}' expected"; the macro error is the Python one, on the line it happened."""
+    with pytest.raises(MacroError) as err:
+        bridge.run_macro(code)
+    text = str(err.value)
+    assert "expected" not in text, text
+    assert ("model='nucleii' is neither a model directory nor a registered model" in text
+            or "cannot take the square root of -4.0" in text), text
+    assert text.endswith(f"(line {line})"), text
+    bridge.run_macro('close("*");')
+    # a later macro error that is not ijtorch's keeps ImageJ's own message
+    with pytest.raises(MacroError, match="Undefined variable"):
+        bridge.run_macro("y = undefinedThing + 1;")
+
+
 def _find_dialog(title: str, timeout: float = 20.0):
     import time
 

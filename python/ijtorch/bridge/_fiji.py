@@ -236,7 +236,8 @@ def _has_imglyb_jar(fiji: Path) -> bool:
     return any((fiji / "jars").glob("imglib2-imglyb-*.jar"))
 
 
-def fiji_gateway(fiji: str | os.PathLike | None = None, *, pyimagej: bool | None = None) -> Any:
+def fiji_gateway(fiji: str | os.PathLike | None = None, *, pyimagej: bool | None = None,
+                 headless: bool = False) -> Any:
     """Start a JVM with a Fiji.app's jars and return its ImageJ2 gateway with ijtorch attached.
 
     Works offline: the system Java, the Fiji's own jars, no Maven. Runs once per process (one
@@ -250,6 +251,9 @@ def fiji_gateway(fiji: str | os.PathLike | None = None, *, pyimagej: bool | None
         Wrap the gateway with pyimagej (``ij.py``...). ``None`` (default): when pyimagej is
         installed and the Fiji has ``jars/imglib2-imglyb-*.jar``. ``True`` raises a BridgeError
         naming the missing piece otherwise.
+    headless
+        A headless JVM (``java.awt.headless=true``) as Fiji's ``--headless``: no X display, no
+        Xvfb; commands keep their outputs as non-displayed ImageJ objects and files.
     """
     from jpype import JClass
 
@@ -267,7 +271,7 @@ def fiji_gateway(fiji: str | os.PathLike | None = None, *, pyimagej: bool | None
         raise BridgeError(f"imagej/imglyb was imported before the JVM started, and {path} has no "
                           "imglib2-imglyb jar, so the JVM start would fail in imglyb's start-up hook; import "
                           "imagej after fiji_gateway(), or add the jar to Fiji.app/jars")
-    _runtime.start(fiji=str(path))
+    _runtime.start(fiji=str(path), headless=headless)
     global _gateway
     if _gateway is None:
         if pyimagej:

@@ -28,7 +28,9 @@ def run_macro(code: str, argument: str = "") -> MacroResult:
     runtime()
     from jpype import JClass
 
+    registry = JClass("ijtorch.IjtorchRegistry")
     before = log_text()
+    registry.clearMacroError()
     interp = JClass("ij.macro.Interpreter")()
     interp.setIgnoreErrors(True)  # errors come back as text instead of a modal dialog
     value = interp.run(code, argument)
@@ -36,6 +38,13 @@ def run_macro(code: str, argument: str = "") -> MacroResult:
     printed = after[len(before):] if after.startswith(before) else after
     message = interp.getErrorMessage()
     if interp.wasError() or message is not None:
+        # An ijtorch command or Ext. function that failed aborted the macro with the Python
+        # message; inside a loop or block the interpreter then parses on and overwrites it with
+        # a syntax error of its own ("';' expected"), so the shim's record wins.
+        aborted = registry.macroError()
+        if aborted is not None:
+            line = int(registry.macroErrorLine()) or int(interp.getLineNumber())
+            raise MacroError(f"{aborted} (line {line})")
         text = str(message) if message is not None else "macro failed"
         raise MacroError(f"{text} (line {int(interp.getLineNumber())})")
     return MacroResult(value="" if value is None else str(value), log=printed.rstrip("\n"))

@@ -19,12 +19,31 @@ from ..errors import BridgeError
 from ._shim import shim_jar
 from ._xvfb import VirtualDisplay, start_virtual_display
 
-__all__ = ["Runtime", "start", "adopt", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java"]
+__all__ = ["Runtime", "start", "adopt", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java",
+           "ADD_OPENS"]
 
 log = logging.getLogger(__name__)
 
 DEBIAN_JAVA = Path("/usr/share/java")
 APT_HINT = "apt-get install -y default-jdk-headless libij-java libimglib2-java jython xvfb"
+
+# What Fiji's own launcher opens: ImageJ2/Fiji start through the SciJava app launcher with
+# --add-opens=java.base/java.lang and -Dscijava.app.unlock-modules=true, which opens the JDK's
+# packages to the class path at start-up. A JVM started from Python does not go through that
+# launcher, so the packages Fiji's plugins reach into are opened here: gson (TrackMate's
+# DisplaySettingsIO serialises java.awt.Font/Color, whose fields hold java.util collections),
+# AWT/X11 (XToolkit's awtAppClassName, set by ImageJ and SciJava's UI), Swing, NIO.
+ADD_OPENS = tuple(f"--add-opens={spec}=ALL-UNNAMED" for spec in (
+    "java.base/java.lang", "java.base/java.lang.invoke", "java.base/java.lang.reflect", "java.base/java.io",
+    "java.base/java.net", "java.base/java.nio", "java.base/java.text", "java.base/java.time",
+    "java.base/java.util", "java.base/java.util.concurrent", "java.base/java.util.concurrent.atomic",
+    "java.base/java.util.regex", "java.base/sun.nio.ch", "java.base/sun.nio.fs", "java.base/jdk.internal.loader",
+    "java.desktop/java.awt", "java.desktop/java.awt.color", "java.desktop/java.awt.event",
+    "java.desktop/java.awt.font", "java.desktop/java.awt.geom", "java.desktop/java.awt.image",
+    "java.desktop/javax.swing", "java.desktop/javax.swing.plaf.basic", "java.desktop/javax.swing.text",
+    "java.desktop/sun.awt", "java.desktop/sun.awt.X11", "java.desktop/sun.awt.image", "java.desktop/sun.font",
+    "java.desktop/sun.java2d", "java.desktop/sun.swing",
+))
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class Runtime:
     display: str | None
     fiji: str | None = None
     xvfb: VirtualDisplay | None = field(default=None, compare=False, repr=False)
+    headless: bool = False  # java.awt.headless=true: no display, no Xvfb (Fiji mode only)
 
     @property
     def xvfb_pid(self) -> int | None:
@@ -117,7 +137,7 @@ def runtime() -> Runtime:
     return _runtime if _runtime is not None else start()
 
 
-def start(*, fiji: str | os.PathLike | None = None) -> Runtime:
+def start(*, fiji: str | os.PathLike | None = None, headless: bool = False) -> Runtime:
     """Start the JVM with ImageJ (once per process) and register ijtorch's commands.
 
     Parameters
@@ -125,6 +145,10 @@ def start(*, fiji: str | os.PathLike | None = None) -> Runtime:
     fiji
         A Fiji.app folder whose jars to use; defaults to ``$IJTORCH_FIJI``, else the embedded
         Debian ImageJ.
+    headless
+        Start a headless JVM (``java.awt.headless=true``) as Fiji's ``--headless`` does: no X
+        display and no Xvfb needed. Needs a Fiji (its ImageJ 1.x patcher makes ImageJ work
+        headless; the plain Debian ImageJ needs AWT for its command table).
     """
     global _runtime
     with _lock:
@@ -134,31 +158,37 @@ def start(*, fiji: str | os.PathLike | None = None) -> Runtime:
                 raise BridgeError(f"the JVM already runs in {_runtime.mode} mode; one process can hold one JVM "
                                   f"(asked for Fiji at {fiji})")
             return _runtime
+        if headless and not fiji:
+            raise BridgeError("a headless JVM needs a Fiji.app (IJTORCH_FIJI or --fiji): the embedded ImageJ 1.x "
+                              "builds its command table with AWT (it uses a private Xvfb instead)")
         find_java()
         classpath = fiji_classpath(Path(fiji)) if fiji else embedded_classpath()
         jar = shim_jar(_imagej_jar(classpath))
         xvfb = None
-        if not os.environ.get("DISPLAY"):
+        if not headless and not os.environ.get("DISPLAY"):
             xvfb = start_virtual_display()
             os.environ["DISPLAY"] = xvfb.display
-        _start_jvm([*map(str, classpath), str(jar)], preinit=bool(fiji))
+        _start_jvm([*map(str, classpath), str(jar)], preinit=bool(fiji), headless=headless)
         from jpype import JClass
 
         System = JClass("java.lang.System")
-        System.setProperty("java.awt.headless", "false")
+        headless = bool(JClass("java.awt.GraphicsEnvironment").isHeadless())
         IJ = JClass("ij.IJ")
-        if IJ.getInstance() is None:
-            ImageJ = JClass("ij.ImageJ")
-            ImageJ(ImageJ.NO_SHOW)
+        if not headless:
+            System.setProperty("java.awt.headless", "false")
+            if IJ.getInstance() is None:
+                ImageJ = JClass("ij.ImageJ")
+                ImageJ(ImageJ.NO_SHOW)
         _runtime = Runtime(
             mode="fiji" if fiji else "embedded",
             classpath=tuple(map(str, classpath)),
             shim_jar=str(jar),
             imagej_version=str(IJ.getFullVersion()),
             java_version=str(System.getProperty("java.version")),
-            display=os.environ.get("DISPLAY"),
+            display=None if headless else os.environ.get("DISPLAY"),
             fiji=str(fiji) if fiji else None,
             xvfb=xvfb,
+            headless=headless,
         )
         log.info("ImageJ %s started (%s mode, display %s)", _runtime.imagej_version, _runtime.mode, _runtime.display)
         from ._commands import install_registered
@@ -182,7 +212,7 @@ def adopt(*, mode: str, classpath: list[str], shim_jar: str, fiji: str | None) -
         return _runtime
 
 
-def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
+def _start_jvm(classpath: list[str], *, preinit: bool, headless: bool = False) -> None:
     import jpype
     import scyjava
 
@@ -196,7 +226,7 @@ def _start_jvm(classpath: list[str], *, preinit: bool) -> None:
     for entry in classpath:
         scyjava.config.add_classpath(entry)
     heap = os.environ.get("IJTORCH_JAVA_HEAP")
-    options = ["-Djava.awt.headless=false", "--add-opens=java.base/java.lang=ALL-UNNAMED"]
+    options = [f"-Djava.awt.headless={'true' if headless else 'false'}", *ADD_OPENS]
     if heap:  # a fixed-size heap: growing it touches fresh pages, which is slow on VMs
         options += [f"-Xmx{heap}", f"-Xms{heap}"]
     options += os.environ.get("IJTORCH_JAVA_OPTIONS", "").split()  # e.g. -Duser.home=... (the tests' private home)

@@ -36,6 +36,11 @@ public final class IjtorchRegistry {
     private static final Map<String, int[]> FUNCTIONS = new LinkedHashMap<>();
     private static FunctionHandler functionHandler;
     private static volatile String lastError;
+    /** The error that last aborted a macro, and its line: the interpreter, told to ignore errors,
+     *  keeps parsing after an abort and replaces the message with a syntax error of its own
+     *  ("';' expected" inside a loop or block), so callers read the real one here. */
+    private static volatile String macroError;
+    private static volatile int macroErrorLine;
 
     public static final String MENU_PATH = "Plugins>ijtorch";
 
@@ -90,6 +95,21 @@ public final class IjtorchRegistry {
         lastError = message;
     }
 
+    /** The message of the last error that aborted a macro since {@link #clearMacroError}, or null. */
+    public static String macroError() {
+        return macroError;
+    }
+
+    /** The macro line {@link #macroError} happened on (0 when unknown). */
+    public static int macroErrorLine() {
+        return macroErrorLine;
+    }
+
+    public static void clearMacroError() {
+        macroError = null;
+        macroErrorLine = 0;
+    }
+
     /** Puts a command into ImageJ's command table and, when a menu bar exists, under Plugins>ijtorch. */
     public static void installMenuCommand(String command, String className) {
         Hashtable<String, String> table = Menus.getCommands();
@@ -131,6 +151,8 @@ public final class IjtorchRegistry {
         lastError = text;
         Interpreter interp = Interpreter.getInstance();
         if (interp != null) {
+            macroErrorLine = interp.getLineNumber();
+            macroError = text;
             interp.abort(text);
         } else {
             IJ.log(text);
