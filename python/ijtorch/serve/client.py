@@ -40,13 +40,18 @@ class Client:
     token
         Sent as ``Authorization: Bearer <token>`` when given.
     timeout
-        Seconds to wait for one reply.
+        Seconds to wait for one reply; the server is asked to give up at the same time
+        (``X-Request-Timeout``), so work the client no longer waits for is stopped.
+
+    Channels (``channel=``) are numbered from 1, as in ImageJ.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8765", *, token: str | None = None, timeout: float = 120.0) -> None:
         import httpx
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if timeout:
+            headers["X-Request-Timeout"] = f"{float(timeout):g}"
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -104,7 +109,10 @@ class Client:
                 prob_threshold: float | None = None, nms_threshold: float | None = None, tile_size: int | None = None,
                 overlap: int | None = None, test_time_augmentation: bool = False, scale: float = 1.0,
                 calibration: Calibration | dict | None = None) -> Any:
-        """Like :func:`ijtorch.tasks.segment.segment` on the server; returns a ``SegmentationResult``."""
+        """Like :func:`ijtorch.tasks.segment.segment` on the server; returns a ``SegmentationResult``.
+
+        ``channel`` counts from 1, as in ImageJ, the Fiji menu and the CLI (``channel=k`` here is
+        ``segment(..., channel=k-1)`` in process)."""
 
         header, arrays = self.post("/segment", self._image_header(
             axes, calibration, model=model, channel=channel, prob_threshold=prob_threshold,
