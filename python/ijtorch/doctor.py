@@ -12,7 +12,11 @@ __all__ = ["run_doctor"]
 
 def _java_version(java: str) -> str:
     out = subprocess.run([java, "-version"], capture_output=True, text=True)
-    return (out.stderr or out.stdout).splitlines()[0] if (out.stderr or out.stdout) else "unknown"
+    # Java prints "Picked up JDK_JAVA_OPTIONS: ..." (or "NOTE: Picked up ...") before its version
+    # when such a variable is set; skip those notes.
+    lines = [ln for ln in (out.stderr or out.stdout).splitlines()
+             if ln.strip() and "Picked up" not in ln.split(":", 1)[0]]
+    return lines[0] if lines else "unknown"
 
 
 def run_doctor(*, fiji: str | None = None, stream: TextIO) -> int:
