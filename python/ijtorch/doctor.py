@@ -15,7 +15,7 @@ def _java_version(java: str) -> str:
     # Java prints "Picked up JDK_JAVA_OPTIONS: ..." (or "NOTE: Picked up ...") before its version
     # when such a variable is set; skip those notes.
     lines = [ln for ln in (out.stderr or out.stdout).splitlines()
-             if ln.strip() and "Picked up" not in ln.split(":", 1)[0]]
+             if ln.strip() and not ln.removeprefix("NOTE: ").startswith("Picked up")]
     return lines[0] if lines else "unknown"
 
 
