@@ -28,6 +28,16 @@ itself. Bounded: stops after the request counts or ``--time-limit`` seconds for 
 (``--requests 0`` skips it).
 
     python3 benchmarks/bench_serve.py --clients 8 --requests 1250
+
+``--hostile`` (issue 18) instead runs a bounded, loopback-only soak on one server (the tiny
+model): valid ``/segment`` requests alone, then the same number next to attacker threads —
+slow-body connections (a 10 MB Content-Length and 100 bytes), requests oversized by ``scale``,
+clients that never read a 4 MiB reply, clients that hang up on a slow tiled request, deeply
+nested JSON headers and a foreign ``Host`` — and prints the valid requests served, their p99
+latency with and without attackers, wrong answers, unexpected answers to attacks, 5xx, the
+server's peak RSS and the CPU it spent on abandoned work:
+
+    python3 benchmarks/bench_serve.py --hostile --clients 4 --hostile-valid 1500 --attackers 12
 """
 
 from __future__ import annotations
@@ -183,6 +193,242 @@ def _hang_up(url: str, body: bytes) -> None:
                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
+# ----------------------------------------------------------------------------------- --hostile
+def _peak_rss(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process in bytes (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _Conn:
+    """A keep-alive ``http.client`` connection to 127.0.0.1 that reconnects after errors."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.conn = port, None
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        from ijtorch.serve._wire import MEDIA_TYPE
+
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            try:
+                self.conn.request("POST", path, body=body, headers={"Content-Type": MEDIA_TYPE, **(headers or {})})
+                r = self.conn.getresponse()
+                data = r.read()
+                if r.getheader("connection", "").lower() == "close":
+                    self.conn.close()
+                    self.conn = None
+                return r.status, data
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def hostile(args: argparse.Namespace) -> int:
+    """Valid ``/segment`` traffic alone, then the same traffic next to attackers; one server."""
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.serve._wire import MEDIA_TYPE, decode, encode
+    from ijtorch.tasks.segment import segment
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    image = read_tiff(SHARED / CALIBRATION_IMAGE).data
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
+        folder = Path(tmp)
+        make_tiny_model(folder, image)
+        os.environ["IJTORCH_MODELS"] = str(folder)
+        crops = _crops(image, 16, args.size)
+        expected = [segment(c, "YX", model="tiny", device="cpu").labels for c in crops]
+        good = [encode({"axes": "YX", "model": "tiny"}, {"image": c}) for c in crops]
+        budget_gb = args.budget_gb
+        flags = ("--threads", str(args.threads), "--max-queue", "64", "--max-memory-gb", str(budget_gb),
+                 "--max-pixels", "1000000", "--max-request-mb", "16", "--header-timeout", "2", "--body-timeout", "2",
+                 "--send-timeout", "2", "--no-access-log", "--state-dir", str(folder / "state"))
+        with ServerProcess(folder, *flags) as srv:
+            port = srv.port
+            pid = srv.proc.pid
+
+            def valid_load(n_total: int, stop_at: float) -> dict[str, Any]:
+                lat: list[float] = []
+                out = {"served": 0, "wrong": 0, "failed": 0, "busy": 0}
+                lock = threading.Lock()
+                per = [n_total // args.clients + (k < n_total % args.clients) for k in range(args.clients)]
+
+                def worker(k: int) -> None:
+                    rnd, conn = random.Random(k), _Conn(port)
+                    for _ in range(per[k]):
+                        if time.monotonic() > stop_at:
+                            return
+                        i = rnd.randrange(len(good))
+                        t0 = time.perf_counter()
+                        try:
+                            status, data = conn.post("/segment", good[i])
+                        except (OSError, http.client.HTTPException):
+                            status, data = 0, b""
+                        dt = time.perf_counter() - t0
+                        with lock:
+                            if status == 200:
+                                lat.append(dt)
+                                out["served"] += 1
+                                out["wrong"] += int(not np.array_equal(decode(data)[1]["labels"], expected[i]))
+                            elif status == 503:
+                                out["busy"] += 1
+                            else:
+                                out["failed"] += 1
+
+                with ThreadPoolExecutor(args.clients) as pool:
+                    list(pool.map(worker, range(args.clients)))
+                out["p50_ms"] = float(np.percentile(np.array(lat) * 1000, 50)) if lat else float("nan")
+                out["p99_ms"] = float(np.percentile(np.array(lat) * 1000, 99)) if lat else float("nan")
+                return out
+
+            stop = time.monotonic() + args.time_limit
+            valid_load(args.clients * 5, stop)  # warm-up: model loaded, caches filled
+            base_cpu = _cpu_seconds(pid) or 0.0
+            t0 = time.perf_counter()
+            baseline = valid_load(args.hostile_valid, stop)
+            base_s = time.perf_counter() - t0
+
+            # ---- attackers
+            counts: dict[str, int] = {}
+            bad: dict[str, int] = {}
+            lock = threading.Lock()
+            done = threading.Event()
+            slow_movie = encode({"axes": "TYX", "model": "tiny", "tile_size": 32, "overlap": 24},
+                                {"image": np.stack([image[:128, :128]] * 4)})
+            by_scale = encode({"axes": "YX", "model": "tiny", "scale": 10}, {"image": image[:256, :256]})
+            nested = struct_pack(b'{"axes":"YX","calibration":' + b"[" * 50000 + b"]" * 50000 + b"}")
+            never_read = encode({"axes": "YX"}, {"image": np.random.default_rng(1).random((1024, 1024), np.float32)})
+            head = lambda path, n, host="127.0.0.1": (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+                                                     f"{MEDIA_TYPE}\r\nContent-Length: {n}\r\n\r\n").encode()
+
+            def note(kind: str, ok: bool) -> None:
+                with lock:
+                    counts[kind] = counts.get(kind, 0) + 1
+                    if not ok:
+                        bad[kind] = bad.get(kind, 0) + 1
+
+            def status_of(reply: bytes) -> int:
+                try:
+                    return int(reply.split(b" ", 2)[1])
+                except (IndexError, ValueError):
+                    return 0
+
+            def slow_body() -> None:  # a body that never completes: 408 after --body-timeout
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.sendall(head("/segment", 10_000_000) + bytes(100))
+                    code = status_of(s.recv(256))
+                note("slow-body", code == 408)
+
+            def never_reading() -> None:  # a 4 MiB reply nobody reads: dropped after --send-timeout
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    s.sendall(head("/normalize", len(never_read)) + never_read)
+                    time.sleep(3.0)
+                note("never-reading", True)
+
+            def disconnecting() -> None:  # a slow tiled request whose client hangs up after 0.2 s
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.sendall(head("/segment", len(slow_movie)) + slow_movie)
+                    time.sleep(0.2)
+                note("disconnecting", True)
+
+            def fast(kind: str, conn: _Conn) -> None:
+                if kind == "oversized-by-scale":
+                    status, _ = conn.post("/segment", by_scale)
+                    note(kind, status == 413)
+                elif kind == "nested-json":
+                    status, _ = conn.post("/segment", nested)
+                    note(kind, status == 400)
+                else:  # bad Host (DNS rebinding)
+                    status, _ = conn.post("/segment", good[0], {"Host": "evil.example"})
+                    note(kind, status == 403)
+
+            def attacker(k: int) -> None:
+                rnd, conn = random.Random(100 + k), _Conn(port)
+                role = ("slow-body", "never-reading", "disconnecting", "fast", "fast", "fast")[k % 6]
+                while not done.is_set():
+                    try:
+                        if role == "slow-body":
+                            slow_body()
+                        elif role == "never-reading":
+                            never_reading()
+                        elif role == "disconnecting":
+                            disconnecting()
+                            time.sleep(10 * args.attack_pause)  # each one costs the server real work until it hangs up
+                        else:
+                            fast(rnd.choice(("oversized-by-scale", "nested-json", "bad-host")), conn)
+                            time.sleep(args.attack_pause)
+                    except (OSError, http.client.HTTPException):
+                        note(role, False)
+
+            attackers = ThreadPoolExecutor(args.attackers)
+            for k in range(args.attackers):
+                attackers.submit(attacker, k)
+            t0 = time.perf_counter()
+            attacked = valid_load(args.hostile_valid, stop)
+            attacked_s = time.perf_counter() - t0
+            done.set()
+            attackers.shutdown(wait=True)
+            time.sleep(3.0)
+            metrics = json_get(port, "/metrics")
+            alive = srv.proc.poll() is None and json_get(port, "/health")["status"] == "ok"
+            cpu_total = (_cpu_seconds(pid) or 0.0) - base_cpu
+            peak = _peak_rss(pid)
+        statuses = {route: m["status"] for route, m in metrics["routes"].items()}
+        five = sum(v for m in statuses.values() for k, v in m.items() if k.startswith("5") and k not in ("503", "504"))
+        n_hostile = sum(counts.values())
+        n_valid = baseline["served"] + attacked["served"]
+        total = n_hostile + attacked["served"] + attacked["busy"] + attacked["failed"]
+        print(f"hostile soak: tiny model, {args.size}x{args.size} valid /segment requests from {args.clients} clients "
+              f"({args.hostile_valid} per phase), {args.attackers} attacker threads, memory budget {budget_gb:g} GiB, "
+              f"torch threads {args.threads}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"  without attackers: {baseline['served']} served in {base_s:.1f} s, p50 {baseline['p50_ms']:.1f} ms, "
+              f"p99 {baseline['p99_ms']:.1f} ms, wrong {baseline['wrong']}, failed {baseline['failed']}")
+        print(f"  with attackers:    {attacked['served']} served in {attacked_s:.1f} s, p50 {attacked['p50_ms']:.1f} ms, "
+              f"p99 {attacked['p99_ms']:.1f} ms ({attacked['p99_ms'] / baseline['p99_ms']:.2f}x), wrong "
+              f"{attacked['wrong']}, failed {attacked['failed']}, 503 {attacked['busy']}")
+        print(f"  hostile requests {n_hostile} of {total} in the attacked phase ({100 * n_hostile / max(total, 1):.0f} %): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+              + f"; unexpected answers {sum(bad.values())} {bad or ''}")
+        print(f"  server: {'alive' if alive else 'DOWN'}, 5xx other than 503/504: {five}, peak RSS "
+              f"{peak / 2**20:.0f} MiB (budget {budget_gb * 1024:.0f} MiB for requests; peak reserved "
+              f"{metrics['memory']['peak_reserved_bytes'] / 2**20:.0f} MiB), CPU {cpu_total:.1f} s of which on "
+              f"abandoned work {metrics['cpu_seconds']['abandoned']:.2f} s "
+              f"({100 * metrics['cpu_seconds']['abandoned'] / max(cpu_total, 1e-9):.1f} %)")
+        print(f"  status counts by route: {statuses}")
+        ok = alive and five == 0 and attacked["wrong"] == 0 and baseline["wrong"] == 0 and not bad
+        return 0 if ok and n_valid > 0 else 1
+
+
+def struct_pack(header: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<I", len(header)) + header
+
+
+def json_get(port: int, path: str) -> dict[str, Any]:
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=8)
@@ -199,7 +445,15 @@ def main() -> int:
     ap.add_argument("--classify-requests", type=int, default=400, help="/classify requests per mode (0: skip)")
     ap.add_argument("--classifier-widths", default="32,64,128",
                     help="widths of the classifier trained for the /classify comparison")
+    ap.add_argument("--hostile", action="store_true", help="the hostile soak (issue 18) instead of the load test")
+    ap.add_argument("--hostile-valid", type=int, default=1500, help="--hostile: valid requests per phase")
+    ap.add_argument("--attackers", type=int, default=12, help="--hostile: attacker threads (slow-body, "
+                    "never-reading, disconnecting, and 3 of 6 sending fast hostile requests)")
+    ap.add_argument("--attack-pause", type=float, default=0.01, help="--hostile: pause of a fast attacker (s)")
+    ap.add_argument("--budget-gb", type=float, default=1.0, help="--hostile: the server's --max-memory-gb")
     args = ap.parse_args()
+    if args.hostile:
+        return hostile(args)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]  # "": no /segment comparison
 
     import httpx
