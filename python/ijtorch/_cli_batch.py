@@ -71,6 +71,11 @@ def run_verb(verb: str, func: Callable[[], int | None], *, verbose: int = 0) -> 
     except KeyboardInterrupt:
         print(f"ijtorch {verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as exc:  # `raise SystemExit("message")` is a user error too; exit statuses pass through
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code, file=sys.stderr)
+        return EXIT_USAGE
     except USER_ERRORS as exc:
         if verbose:
             traceback.print_exc()
