@@ -159,6 +159,12 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
     from ._convert import numpy_to_imageplus
     from ._results import add_rois_to_manager, labels_to_imageplus, results_table, roi_manager
 
+    # Headless (java.awt.headless=true: Fiji --headless, a node without X) no window can exist: images
+    # become ImageJ's current, non-displayed images; ROIs go onto the result's overlay and into
+    # <title>_RoiSet.zip, tables stay ImageJ objects and are saved as <title>.csv, next to the
+    # command's other files when it writes any.
+    headless = bool(JClass("java.awt.GraphicsEnvironment").isHeadless())
+    folder = Path(outputs.files.folder) if outputs.files is not None and outputs.files.folder else None
     shown = []
     for im in outputs.images:
         if im.labels:
@@ -166,12 +172,14 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
         else:
             imp = numpy_to_imageplus(im.data, im.axes, title=im.title, calibration=im.calibration)
             imp.resetDisplayRange()
-        imp.show()
+        _show(imp, headless)
         shown.append(imp)
-    if outputs.rois is not None:
+    if outputs.rois is not None and headless:
+        _rois_headless(outputs.rois, shown[-1] if shown else JClass("ij.WindowManager").getCurrentImage(), folder)
+    elif outputs.rois is not None:
         add_rois_to_manager(outputs.rois.outlines, names=list(outputs.rois.names) if outputs.rois.names else None,
                             reset=outputs.rois.reset)
-    if outputs.roi_style is not None:
+    if outputs.roi_style is not None and not headless:
         style, rm, Color = outputs.roi_style, roi_manager(), JClass("java.awt.Color")
         for k, i in enumerate(np.asarray(style.indices).tolist()):
             roi = rm.getRoi(int(i))
@@ -182,7 +190,10 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
         if current is not None:
             current.updateAndDraw()
     for table in outputs.tables:
-        results_table(table.columns, title=table.title)
+        rt = results_table(table.columns, title=table.title, show=not headless)
+        if headless and folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            rt.saveAs(str(folder / f"{table.title}.csv"))
     if outputs.files is not None:
         outputs.files.write(Path(outputs.files.folder))
     IJ = JClass("ij.IJ")
@@ -192,3 +203,43 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
         IJ.showStatus(outputs.status)
     _SESSION.update(outputs.values)
     return shown
+
+
+def _show(imp, headless: bool) -> None:
+    """``imp.show()``; headless, ImageJ's current image without a window (as batch mode keeps it)."""
+    from jpype import JClass
+
+    if headless and JClass("ij.IJ").getInstance() is None:
+        JClass("ij.WindowManager").setTempCurrentImage(imp)
+        if not JClass("ij.macro.Interpreter").isBatchMode():
+            JClass("ij.macro.Interpreter").addBatchModeImage(imp)
+    else:
+        imp.show()
+
+
+def _rois_headless(rois, target, folder: Path | None) -> None:
+    """Headless ROIs: polygons on ``target``'s overlay (what ``Overlay``/``roiManager`` macros can
+    still reach) and, with a folder, ``<title>_RoiSet.zip`` in it."""
+    from jpype import JArray, JClass, JFloat, JInt, JString
+
+    from ..io.roiset import _check_names, _check_positions, default_names, write_roiset
+
+    ol = rois.outlines
+    n = len(ol)
+    names = _check_names(default_names(ol.labels, ol.positions, ol.axes) if not rois.names else list(rois.names), n)
+    pos = _check_positions(ol.positions, n)
+    coords = ol.coords
+    integer = bool(n == 0 or (np.all(coords == np.round(coords)) and np.abs(coords).max() < 2 ** 24))
+    polygons = JClass("ijtorch.IjtorchRois").polygons(
+        JArray(JFloat)(np.ascontiguousarray(coords[:, 0], dtype=np.float32)),
+        JArray(JFloat)(np.ascontiguousarray(coords[:, 1], dtype=np.float32)),
+        JArray(JInt)(ol.offsets.astype(np.int32)), JArray(JString)(names),
+        *(JArray(JInt)(np.ascontiguousarray(pos[:, k], dtype=np.int32)) for k in range(3)), integer)
+    if target is not None:
+        overlay = JClass("ij.gui.Overlay")()
+        for roi in polygons:
+            overlay.add(roi)
+        target.setOverlay(overlay)
+    if folder is not None:
+        stem = Path(str(target.getTitle())).stem if target is not None else "rois"
+        write_roiset(folder / f"{stem}_RoiSet.zip", ol.polygons, names=names, positions=pos)

@@ -81,12 +81,8 @@ public final class IjtorchRemote {
 
     /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null. */
     static String installedProperty(String key) {
-        String dir = ij.IJ.getDirectory("imagej");
-        if (dir == null) {
-            return null;
-        }
-        java.io.File file = new java.io.File(dir, "ijtorch.properties");
-        if (!file.isFile()) {
+        java.io.File file = installedProperties();
+        if (file == null) {
             return null;
         }
         java.util.Properties props = new java.util.Properties();
@@ -96,6 +92,43 @@ public final class IjtorchRemote {
             return null;
         }
         return props.getProperty(key);
+    }
+
+    /**
+     * Fiji.app/ijtorch.properties, found without depending on the working directory: next to the
+     * folder holding this shim's jar (plugins/ or jars/, where install-fiji puts it), then the
+     * launcher's directory properties, then ImageJ's own idea of its folder; null when none has it.
+     */
+    static java.io.File installedProperties() {
+        List<java.io.File> dirs = new ArrayList<>();
+        try {
+            java.security.CodeSource source = IjtorchRemote.class.getProtectionDomain().getCodeSource();
+            if (source != null && source.getLocation() != null) {
+                java.io.File jar = new java.io.File(source.getLocation().toURI());
+                for (java.io.File d = jar.getParentFile(); d != null && dirs.size() < 3; d = d.getParentFile()) {
+                    dirs.add(d);
+                }
+            }
+        } catch (Exception ignored) {
+            // no code source (classes defined by ijtorch.attach): the properties below
+        }
+        for (String prop : new String[] {"imagej.dir", "fiji.dir", "ij.dir", "plugins.dir"}) {
+            String d = System.getProperty(prop);
+            if (d != null && !d.isEmpty()) {
+                dirs.add(new java.io.File(d));
+            }
+        }
+        String dir = ij.IJ.getDirectory("imagej");
+        if (dir != null) {
+            dirs.add(new java.io.File(dir));
+        }
+        for (java.io.File d : dirs) {
+            java.io.File file = new java.io.File(d, "ijtorch.properties");
+            if (file.isFile()) {
+                return file;
+            }
+        }
+        return null;
     }
 
     public static boolean configured() {
@@ -115,7 +148,10 @@ public final class IjtorchRemote {
 
     private static synchronized HttpClient http() {
         if (client == null) {
-            client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(10)).build();
+            // HTTP/1.1: the default (HTTP/2) makes every request try an h2c upgrade, which the
+            // server (uvicorn) answers with a warning in its log per request
+            client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1)
+                    .connectTimeout(Duration.ofSeconds(10)).build();
         }
         return client;
     }
@@ -320,9 +356,11 @@ public final class IjtorchRemote {
         if (inputs == null) {
             return m;  // not a server command: the server's reply says so
         }
-        RoiManager rm = RoiManager.getInstance();
-        if (Boolean.TRUE.equals(inputs.get("rois")) && rm != null && rm.getCount() > 0) {
-            addRois(m, rm.getRoisAsArray());
+        if (Boolean.TRUE.equals(inputs.get("rois"))) {  // only commands that read ROIs touch the ROI Manager
+            Roi[] rois = currentRois(imp);
+            if (rois.length > 0) {
+                addRois(m, rois);
+            }
         }
         Map<String, Object> images = new LinkedHashMap<>();
         for (Object key : (List<Object>) inputs.get("images")) {
@@ -338,6 +376,21 @@ public final class IjtorchRemote {
             m.put("images", images);
         }
         return m;
+    }
+
+    /** True in a headless JVM (java.awt.headless=true: Fiji's --headless, a cluster node without X). */
+    static boolean headless() {
+        return java.awt.GraphicsEnvironment.isHeadless();
+    }
+
+    /** The ROI Manager's ROIs; headless (no ROI Manager can exist) the image's overlay. */
+    static Roi[] currentRois(ImagePlus imp) {
+        if (headless()) {
+            ij.gui.Overlay overlay = imp.getOverlay();
+            return overlay == null ? new Roi[0] : overlay.toArray();
+        }
+        RoiManager rm = RoiManager.getInstance();
+        return rm == null ? new Roi[0] : rm.getRoisAsArray();
     }
 
     /** Adds {@code imp} as array {@code name} (TZCYX[S]); its title, axes and calibration go into
@@ -481,27 +534,44 @@ public final class IjtorchRemote {
             }
             lut = new LUT(r, g, bl);
         }
+        boolean headless = headless();
+        Map<String, Object> files = (Map<String, Object>) header.get("files");
+        String folder = files == null ? null : (String) files.get("folder");
+        ImagePlus shown = null;
         for (Object o : (List<Object>) header.get("images")) {
             Map<String, Object> im = (Map<String, Object>) o;
             String name = (String) im.get("array");
-            showImage(im, arrays.get(name), shapes.get(name), lut);
+            shown = showImage(im, arrays.get(name), shapes.get(name), lut);
         }
         Map<String, Object> rois = (Map<String, Object>) header.get("rois");
         if (rois != null) {
             List<Object> names = (List<Object>) rois.get("names");
-            IjtorchRois.addPolygons(roiManager(), floats(arrays.get("roi_x")), floats(arrays.get("roi_y")),
+            Roi[] polygons = IjtorchRois.polygons(floats(arrays.get("roi_x")), floats(arrays.get("roi_y")),
                     ints(arrays.get("roi_offsets")), names.toArray(new String[0]), ints(arrays.get("roi_c")),
-                    ints(arrays.get("roi_z")), ints(arrays.get("roi_t")), (Boolean) rois.get("integer"),
-                    (Boolean) rois.get("reset"));
+                    ints(arrays.get("roi_z")), ints(arrays.get("roi_t")), (Boolean) rois.get("integer"));
+            if (headless) {  // no ROI Manager headless: the ROIs go onto the result's overlay (and a RoiSet.zip)
+                ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
+                if (target != null) {
+                    ij.gui.Overlay overlay = new ij.gui.Overlay();
+                    for (Roi roi : polygons) {
+                        overlay.add(roi);
+                    }
+                    target.setOverlay(overlay);
+                }
+                if (folder != null && target != null) {
+                    writeRoiSet(Paths.get(folder, stem(target) + "_RoiSet.zip"), polygons);
+                }
+            } else {
+                IjtorchRois.addAll(roiManager(), polygons, (Boolean) rois.get("reset"));
+            }
         }
         Map<String, Object> style = (Map<String, Object>) header.get("roi_style");
-        if (style != null) {
+        if (style != null && !headless) {
             styleRois(style, ints(arrays.get("style_index")), arrays.get("style_rgb"));
         }
         for (Object o : (List<Object>) header.get("tables")) {
-            showTable((Map<String, Object>) o, arrays);
+            showTable((Map<String, Object>) o, arrays, headless ? folder : null);
         }
-        Map<String, Object> files = (Map<String, Object>) header.get("files");
         if (files != null) {
             writeFiles((String) files.get("folder"), (List<Object>) files.get("paths"), arrays.get("file_bytes"),
                     longs(arrays.get("file_offsets")));
@@ -550,7 +620,55 @@ public final class IjtorchRemote {
     }
 
     @SuppressWarnings("unchecked")
-    private static void showTable(Map<String, Object> table, Map<String, ByteBuffer> arrays) {
+    private static String stem(ImagePlus imp) {
+        String title = imp.getTitle();
+        int dot = title.lastIndexOf('.');
+        return dot > 0 ? title.substring(0, dot) : title;
+    }
+
+    /** A RoiSet.zip as the ROI Manager saves one (one .roi per ROI), written atomically. */
+    static void writeRoiSet(Path target, Roi[] rois) throws java.io.IOException {
+        Files.createDirectories(target.toAbsolutePath().getParent());
+        Path tmp = Files.createTempFile(target.toAbsolutePath().getParent(), "." + target.getFileName(), ".tmp");
+        try {
+            try (java.util.zip.ZipOutputStream zip = new java.util.zip.ZipOutputStream(Files.newOutputStream(tmp))) {
+                java.util.Set<String> used = new java.util.HashSet<>();
+                for (int i = 0; i < rois.length; i++) {
+                    String name = rois[i].getName() == null ? String.format("%04d", i + 1) : rois[i].getName();
+                    while (!used.add(name)) {
+                        name = name + "-" + (i + 1);
+                    }
+                    zip.putNextEntry(new java.util.zip.ZipEntry(name + ".roi"));
+                    java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
+                    new ij.io.RoiEncoder(bytes).write(rois[i]);
+                    zip.write(bytes.toByteArray());
+                    zip.closeEntry();
+                }
+            }
+            Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        } finally {
+            Files.deleteIfExists(tmp);
+        }
+    }
+
+    /** Fills the table; shows it, or headless (no window) keeps it as ImageJ's table ("Results") and
+     *  saves it as {@code <title>.csv} into {@code headlessFolder} when there is one. */
+    @SuppressWarnings("unchecked")
+    private static void showTable(Map<String, Object> table, Map<String, ByteBuffer> arrays, String headlessFolder)
+            throws java.io.IOException {
+        if (headless()) {
+            ResultsTable rt = fillTable(table, arrays);
+            if (headlessFolder != null) {
+                Files.createDirectories(Paths.get(headlessFolder));
+                rt.saveAs(Paths.get(headlessFolder, table.get("title") + ".csv").toString());
+            }
+            return;
+        }
+        fillTable(table, arrays).show((String) table.get("title"));
+    }
+
+    @SuppressWarnings("unchecked")
+    private static ResultsTable fillTable(Map<String, Object> table, Map<String, ByteBuffer> arrays) {
         String title = (String) table.get("title");
         ResultsTable rt = "Results".equals(title) ? ResultsTable.getResultsTable() : new ResultsTable();
         rt.reset();
@@ -569,7 +687,7 @@ public final class IjtorchRemote {
                 }
             }
         }
-        rt.show(title);
+        return rt;
     }
 
     /** Writes each file under {@code folder} atomically (a temporary file in the same folder, then a rename). */
@@ -598,7 +716,7 @@ public final class IjtorchRemote {
     }
 
     @SuppressWarnings("unchecked")
-    private static void showImage(Map<String, Object> im, ByteBuffer b, List<Object> shape, LUT lut) {
+    private static ImagePlus showImage(Map<String, Object> im, ByteBuffer b, List<Object> shape, LUT lut) {
         int nt = ((Number) shape.get(0)).intValue(), nz = ((Number) shape.get(1)).intValue();
         int nc = ((Number) shape.get(2)).intValue(), h = ((Number) shape.get(3)).intValue();
         int w = ((Number) shape.get(4)).intValue();
@@ -648,7 +766,13 @@ public final class IjtorchRemote {
         } else {
             imp.resetDisplayRange();
         }
-        imp.show();
+        if (headless() && !ij.macro.Interpreter.isBatchMode() && IJ.getInstance() == null) {
+            WindowManager.setTempCurrentImage(imp);  // no window headless: the current (non-displayed) image
+            ij.macro.Interpreter.addBatchModeImage(imp);
+        } else {
+            imp.show();
+        }
+        return imp;
     }
 
     private static int itemSize(String dtype) {

@@ -43,6 +43,13 @@ public final class IjtorchRois {
     public static int addPolygons(final RoiManager rm, final float[] xs, final float[] ys, final int[] offsets,
                                   final String[] names, final int[] c, final int[] z, final int[] t,
                                   final boolean integer, final boolean reset) throws Exception {
+        final Roi[] rois = polygons(xs, ys, offsets, names, c, z, t, integer);
+        return addAll(rm, rois, reset);
+    }
+
+    /** Polygon ROIs from flat coordinate arrays (no ROI Manager needed: usable headless). */
+    public static Roi[] polygons(final float[] xs, final float[] ys, final int[] offsets, final String[] names,
+                                 final int[] c, final int[] z, final int[] t, final boolean integer) {
         final int n = names.length;
         final Roi[] rois = new Roi[n];
         for (int i = 0; i < n; i++) {
@@ -68,6 +75,10 @@ public final class IjtorchRois {
             }
             rois[i] = roi;
         }
+        return rois;
+    }
+
+    static int addAll(final RoiManager rm, final Roi[] rois, final boolean reset) throws Exception {
         final Runnable add = () -> {
             if (reset) {
                 rm.reset();
