@@ -371,6 +371,9 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, te
     missing = wrapper.net.load_state_dict(plan.net.state_dict(), strict=True)
     del missing
     wrapper.eval()
+    # The test output is the network on the whole, unpadded test input: what bioimageio.core's
+    # test_model reproduces. (bioimageio.core's predict() instead pads the input by the output halo
+    # first, symmetric, and crops it after; ijtorch's runtime does the same for imported packages.)
     x = torch.from_numpy(np.ascontiguousarray(plan.network_input[None], dtype=np.float32))
     with torch.inference_mode():
         y = wrapper(x).numpy()

@@ -200,21 +200,31 @@ class BioimageioModel:
         """Raw input tensor in the rdf's input axes (batch first) → postprocessed output tensor.
 
         The declared preprocessing runs on the whole tensor (so percentiles are those of the whole
-        image, as bioimageio.core computes them), then the network runs whole or in tiles.
+        image), then the network runs whole or in tiles. Run whole, the input is first padded
+        symmetrically by the output halo and the halo cropped from the output afterwards, as
+        bioimageio.core does (its default ``pad`` mode), so that both agree to float precision.
         """
-        x = apply_processing(np.asarray(x), self.in_axes, self.input.get("preprocessing", []))
-        x = x.astype(np.float32, copy=False)
+        x = np.asarray(x)
         spatial_idx = [self.in_axes.index(a) for a in self.spatial]
         same_shape = all(a in self.out_axes and self._same_shape(a) for a in self.spatial)
-        valid = [self._valid_size(a, x.shape[i]) for a, i in zip(self.spatial, spatial_idx)]
         tile = int(tile_size or 512)
         fixed = any(isinstance(self._axis(self.input, a)["size"], int) for a in self.spatial)
         needs_tiles = not fixed and same_shape and any(
             x.shape[i] > self._valid_size(a, tile) for a, i in zip(self.spatial, spatial_idx))
+        halo = {a: int(self._axis(self.output, a).get("halo", 0) or 0) for a in self.spatial if a in self.out_axes}
+        halo = {a: h for a, h in halo.items() if h > 0} if same_shape and not needs_tiles else {}
+        if halo:
+            x = np.pad(x, [(halo.get(a, 0),) * 2 for a in self.in_axes], mode="symmetric")
+        x = apply_processing(x, self.in_axes, self.input.get("preprocessing", []))
+        x = x.astype(np.float32, copy=False)
         if needs_tiles:
             y = self._run_tiled(x, tile, overlap, progress, cancel)
         else:
+            valid = [self._valid_size(a, x.shape[i]) for a, i in zip(self.spatial, spatial_idx)]
             y = self._run_padded(x, spatial_idx, valid)
+        if halo:
+            y = y[tuple(slice(halo[a], y.shape[k] - halo[a]) if a in halo else slice(None)
+                        for k, a in enumerate(self.out_axes))]
         return apply_processing(y, self.out_axes, self.output.get("postprocessing", []))
 
     def _run_padded(self, x: np.ndarray, spatial_idx: list[int], valid: list[int]) -> np.ndarray:
