@@ -132,7 +132,7 @@ def main() -> int:
     ap.add_argument("--strokes", type=int, default=3, help="strokes per class and annotated image")
     ap.add_argument("--stroke-curve", type=int, nargs="*", default=[1, 2, 4, 8],
                     help="strokes per class for the Dice-vs-strokes table (first seed, nuclei and cells)")
-    ap.add_argument("--steps", type=int, default=200, help="ijtorch training steps")
+    ap.add_argument("--steps", type=int, default=300, help="ijtorch training steps (the default recipe: 300)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads and random-forest jobs")
     ap.add_argument("--datasets", nargs="+", default=["nuclei", "cells"])
     ap.add_argument("--no-round", action="store_true", help="skip the 1024² human-in-the-loop round")
