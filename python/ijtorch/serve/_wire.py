@@ -27,27 +27,19 @@ MAX_ARRAYS = 64
 MAX_DEPTH = 32  # JSON nesting of a header: ROI and table fields need a few levels
 
 
-def _depth(raw: bytes) -> int:
-    """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings are skipped), computed
-    without recursion so that a hostile header cannot exhaust the stack."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return 0
-    import re
-
-    text = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw)
-    depth = deepest = 0
-    for c in re.findall(rb"[\[\]{}]", text):
-        depth += 1 if c in (b"[", b"{") else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            break
-    return deepest
-
-#: Accepted dtypes (numpy name -> little-endian wire string).
-DTYPES = {name: np.dtype(name).newbyteorder("<").str for name in
-          ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-           "float32", "float64")}
-_WIRE_TO_DTYPE = {v: np.dtype(v) for v in DTYPES.values()}
+def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: no recursion to exhaust).
+    Deeper texts than the interpreter's recursion limit already fail in ``json.loads``."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (list, dict)))
+    return False
 
 
 class WireError(ValueError):
@@ -109,8 +101,6 @@ def decode(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[s
         raise WireError(f"header length {hlen} is larger than the message ({len(view)} bytes) or than "
                         f"{MAX_HEADER_BYTES} bytes")
     raw = bytes(view[4:4 + hlen])
-    if _depth(raw) > MAX_DEPTH:
-        raise WireError(f"header is nested deeper than {MAX_DEPTH} levels")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,6 +110,8 @@ def decode(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[s
         raise WireError(f"header is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(header, dict):
         raise WireError(f"header must be a JSON object, got {type(header).__name__}")
+    if _too_deep(header):
+        raise WireError(f"header is nested deeper than {MAX_DEPTH} levels")
     if b"\\u" in raw:  # escapes may encode lone surrogates, which are not text
         try:
             json.dumps(header, ensure_ascii=False).encode("utf-8")
