@@ -41,12 +41,31 @@ def test_track_command_matches_python_and_writes_trackmate_xml(ij, bacteria_labe
     assert rm.getCount() == len(expected.spots["id"])
     first = rm.getRoi(0)
     assert str(first.getName()).startswith("track_") and first.getTPosition() >= 1
-    table = JClass("ij.WindowManager").getWindow("Track statistics").getResultsTable()
-    assert table.size() == len(expected.ctc)
-    assert int(sum(table.getColumn(table.getColumnIndex("divides")))) == 15
     root = ET.parse(tmp_path / "colony.xml").getroot()
-    assert len(root.findall("./Model/AllSpots/SpotsInFrame/Spot")) == len(expected.spots["id"])
+    xml_spots = root.findall("./Model/AllSpots/SpotsInFrame/Spot")
+    xml_tracks = root.findall("./Model/AllTracks/Track")
+    assert len(xml_spots) == len(expected.spots["id"])
     assert len(root.findall("./Model/AllTracks/Track/Edge")) == len(expected.edges)
+    # counts as TrackMate counts them (tracks = connected components incl. divisions), in the table,
+    # the Log and the session value; the CTC segments are a separate "Tracklet statistics" table
+    assert len(xml_tracks) < len(expected.ctc)
+    table = JClass("ij.WindowManager").getWindow("Track statistics").getResultsTable()
+    assert table.size() == len(xml_tracks)
+    assert sorted(int(v) for v in table.getColumn(table.getColumnIndex("track"))) == \
+        sorted(int(t.get("TRACK_ID")) for t in xml_tracks)
+    assert int(sum(table.getColumn(table.getColumnIndex("n_divisions")))) == 15
+    tracklets = JClass("ij.WindowManager").getWindow("Tracklet statistics").getResultsTable()
+    assert tracklets.size() == len(expected.ctc)
+    assert int(sum(tracklets.getColumn(tracklets.getColumnIndex("divides")))) == 15
+    log = str(JClass("ij.IJ").getLog())
+    assert f"{len(xml_tracks)} tracks ({len(expected.ctc)} CTC tracklets), 15 divisions, {len(xml_spots)} spots" in log
+    # <stem>_spots.csv lists every spot of the XML (4 header rows), spots in no track too
+    rows = (tmp_path / "colony_spots.csv").read_text().splitlines()[4:]
+    assert sorted(int(r.split(",")[1]) for r in rows) == sorted(int(sp.get("ID")) for sp in xml_spots)
+    import csv
+
+    with open(tmp_path / "colony_track_statistics.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(xml_tracks)
 
 
 def test_track_command_fill_gaps_paints_missed_cells(ij, bacteria_labels, tmp_path):

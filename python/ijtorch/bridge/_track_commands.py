@@ -30,7 +30,7 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
     file the image came from (``inputs.source_path``), else nowhere. Returns ``(Tracks, CommandOutputs)``.
     """
     from ..tasks.outlines import outlines
-    from ..tasks.track import track_movie, track_statistics, write_track_outputs
+    from ..tasks.track import n_tracklets, n_tracks, track_movie, track_statistics, track_summary, write_track_outputs
     from ..tasks.tracking import TrackingParams
     from ._outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
 
@@ -51,14 +51,19 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
     if folder:
         source = inputs.source_path
         files = FileOutput(folder, lambda out: write_track_outputs(out, stem, tracks, image_path=source))
-        log = (f"{command}: {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions; "
-               f"TrackMate XML: {Path(folder) / f'{stem}.xml'}",)
+    # counts as TrackMate counts them: a track is a connected component (a dividing cell and its
+    # daughters are one track); the division-free CTC segments are "tracklets"
+    counts = (f"{n_tracks(tracks)} tracks ({n_tracklets(tracks)} CTC tracklets), {tracks.n_divisions} divisions, "
+              f"{len(tracks.spots['id'])} spots")
+    if folder:
+        log = (f"{command}: {counts}; TrackMate XML: {Path(folder) / f'{stem}.xml'}",)
     outputs = CommandOutputs(
         images=(ImageOutput(tracks.tracked_labels, label_axes, f"{stem}-tracks", image.calibration, labels=True),),
         rois=RoiOutput(rois, names=names, reset=True),
-        tables=(TableOutput(track_statistics(tracks), title="Track statistics"),),
-        files=files, log=log, status=f"{command}: {len(tracks.ctc)} tracks, {tracks.n_divisions} divisions",
-        values={"n_tracks": len(tracks.ctc)})
+        tables=(TableOutput(track_statistics(tracks), title="Tracklet statistics"),
+                TableOutput(track_summary(tracks), title="Track statistics")),
+        files=files, log=log, status=f"{command}: {counts}",
+        values={"n_tracks": n_tracks(tracks), "n_tracklets": n_tracklets(tracks)})
     return tracks, outputs
 
 

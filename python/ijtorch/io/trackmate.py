@@ -257,7 +257,8 @@ def write_trackmate_csv(folder: str | os.PathLike, tracks, *, prefix: str = "tra
     """Write TrackMate's table-window CSV exports: ``<prefix>_spots/_edges/_tracks.csv``.
 
     Comma separated, no quoting, 4 header rows (keys, names, short names, ``(units)``); missing
-    values are empty fields; spots and edges of visible tracks only (all tracks are visible).
+    values are empty fields; every spot of the XML (spots in no track with an empty TRACK_ID),
+    every edge, every track.
 
     Parameters
     ----------
@@ -289,8 +290,9 @@ def write_trackmate_csv(folder: str | os.PathLike, tracks, *, prefix: str = "tra
         rows[3] += [f"({u})" if (u := _units(f[3], space, time)) else "" for f in feats]
         return rows
 
-    vis = np.flatnonzero(s["track_id"] >= 0)
-    rows = [[f"ID{int(s['id'][k])}", _i(s["id"][k]), _i(s["track_id"][k])]
+    # every spot of the XML, as TrackMate's spot table lists them (a spot in no track: empty TRACK_ID)
+    vis = np.arange(len(s["id"]))
+    rows = [[f"ID{int(s['id'][k])}", _i(s["id"][k]), _i(s["track_id"][k]) if s["track_id"][k] >= 0 else ""]
             + [_cell(tab["spot"][f[0]][k], f[4]) for f in SPOT_FEATURES] for k in vis]
     out["spots"] = folder / f"{prefix}_spots.csv"
     _csv_write(out["spots"], header([("LABEL", "Label", "Label"), ("ID", "Spot ID", "Spot ID"),

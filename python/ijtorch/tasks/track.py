@@ -55,13 +55,50 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
                         progress=progress)
 
 
+def n_tracks(tracks: Tracks) -> int:
+    """Tracks as TrackMate counts them: connected components of the track graph with at least one
+    link, a dividing cell and its daughters being one track (``Model.getTrackModel().nTracks``)."""
+    return int(len(tracks.track_ids))
+
+
+def n_tracklets(tracks: Tracks) -> int:
+    """CTC tracklets: division-free segments (one CTC label each, including single-spot ones)."""
+    return int(len(tracks.ctc))
+
+
+def track_summary(tracks: Tracks) -> dict[str, np.ndarray]:
+    """One row per track as TrackMate counts them (:func:`n_tracks`): its id (TrackMate's TRACK_ID),
+    spots, CTC tracklets, divisions, first/last frame and duration."""
+    spots = tracks.spots
+    tid = spots["track_id"]
+    ids = tracks.track_ids
+    dt = tracks.calibration.frame_interval or 1.0
+    div_spots = (np.bincount(tracks.edges[:, 0], minlength=len(spots["id"])) >= 2) if len(tracks.edges) \
+        else np.zeros(len(spots["id"]), bool)
+    rows: dict[str, list[Any]] = {k: [] for k in ("track", "n_spots", "n_tracklets", "n_divisions", "start_frame",
+                                                  "end_frame", "duration", "divides")}
+    for t in ids:
+        idx = np.flatnonzero(tid == t)
+        frames = spots["frame"][idx]
+        rows["track"].append(int(t))
+        rows["n_spots"].append(len(idx))
+        rows["n_tracklets"].append(len(np.unique(spots["ctc_label"][idx])))
+        rows["n_divisions"].append(int(np.count_nonzero(div_spots[idx])))
+        rows["start_frame"].append(int(frames.min()))
+        rows["end_frame"].append(int(frames.max()))
+        rows["duration"].append(float(frames.max() - frames.min()) * dt)
+        rows["divides"].append(bool(div_spots[idx].any()))
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
 def track_statistics(tracks: Tracks) -> dict[str, np.ndarray]:
-    """One row per track segment (CTC label): start/end frame, duration, displacement, speed,
-    whether it ends in a division, its parent and the lineage (connected component) it belongs to."""
+    """One row per CTC tracklet (division-free segment, column ``tracklet`` = its CTC label):
+    start/end frame, duration, displacement, speed, whether it ends in a division, its parent
+    tracklet and the track (TrackMate's TRACK_ID, connected component; -1 for none) it belongs to."""
     spots = tracks.spots
     ctc = tracks.ctc
     dt = tracks.calibration.frame_interval or 1.0
-    rows: dict[str, list[Any]] = {k: [] for k in ("track", "lineage", "parent", "start_frame", "end_frame",
+    rows: dict[str, list[Any]] = {k: [] for k in ("tracklet", "track", "parent", "start_frame", "end_frame",
                                                   "n_spots", "duration", "displacement", "total_distance",
                                                   "mean_speed", "divides")}
     parents = set(int(p) for p in ctc[:, 3] if p > 0) if len(ctc) else set()
@@ -72,8 +109,8 @@ def track_statistics(tracks: Tracks) -> dict[str, np.ndarray]:
         xyz = np.stack([spots["x"][idx], spots["y"][idx], spots["z"][idx]], axis=1)
         steps = np.linalg.norm(np.diff(xyz, axis=0), axis=1) if len(idx) > 1 else np.zeros(0)
         duration = float(end - begin) * dt
-        rows["track"].append(int(label))
-        rows["lineage"].append(int(spots["track_id"][idx[0]]) if len(idx) else -1)
+        rows["tracklet"].append(int(label))
+        rows["track"].append(int(spots["track_id"][idx[0]]) if len(idx) else -1)
         rows["parent"].append(int(parent))
         rows["start_frame"].append(int(begin))
         rows["end_frame"].append(int(end))
@@ -97,7 +134,8 @@ def write_track_outputs(output_dir: str | os.PathLike, name: str, tracks: Tracks
     out.mkdir(parents=True, exist_ok=True)
     paths = {"trackmate_xml": write_trackmate_xml(out / f"{name}.xml", tracks, image_path=image_path)}
     paths.update({f"trackmate_{k}": v for k, v in write_trackmate_csv(out, tracks, prefix=name).items()})
-    paths["statistics"] = write_table_csv(out / f"{name}_track_statistics.csv", track_statistics(tracks))
+    paths["statistics"] = write_table_csv(out / f"{name}_track_statistics.csv", track_summary(tracks))
+    paths["tracklet_statistics"] = write_table_csv(out / f"{name}_tracklet_statistics.csv", track_statistics(tracks))
     if tracks.tracked_labels is not None:
         paths["ctc"] = write_ctc(out / f"{name}_RES", tracks)
     try:
