@@ -158,6 +158,16 @@ CONTRACT: dict[str, Contract] = {
     "install-fiji": Contract(runs={"test_install_fiji_into_a_fake_fiji": ("--server", "--uninstall")},
                              bad_input=("test_install_fiji_into_a_fake_fiji",),
                              needs="javac and Debian's ij.jar to build the shim (skips without)"),
+    "export-bioimageio": Contract(
+        runs={"tests/e2e/test_cli_bioimageio.py::test_export_writes_a_valid_package": (
+            "--test-image", "--author", "--license", "--pixel-size", "--name", "--no-test")},
+        bad_input=("tests/e2e/test_cli_bioimageio.py::test_export_refuses_an_unknown_model",),
+        needs="bioimageio.core (the test extra; skips without)"),
+    "import-bioimageio": Contract(
+        runs={"tests/e2e/test_cli_bioimageio.py::test_import_registers_a_model": (
+            "--name", "--task", "--threshold", "--overwrite")},
+        bad_input=("tests/e2e/test_cli_bioimageio.py::test_import_refuses_a_bad_package",),
+        needs="bioimageio.core (the test extra; skips without)"),
     "serve": Contract(runs={"test_serve_answers_on_a_free_loopback_port": SERVE_OPTIONS,
                             "test_serve_refuses_a_public_address_without_a_token": ("--host", "--port", "--token")},
                       bad_input=("test_serve_refuses_a_public_address_without_a_token",)),
