@@ -42,6 +42,13 @@ def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+#: Accepted dtypes (numpy name -> little-endian wire string).
+DTYPES = {name: np.dtype(name).newbyteorder("<").str for name in
+          ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+           "float32", "float64")}
+_WIRE_TO_DTYPE = {v: np.dtype(v) for v in DTYPES.values()}
+
+
 class WireError(ValueError):
     """A message that does not follow the format (HTTP 400)."""
 
