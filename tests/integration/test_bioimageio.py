@@ -314,3 +314,22 @@ def test_bundled_nuclei_exports_and_passes_bioimageio_core(tmp_path):
     with zipfile.ZipFile(res.path) as zf:
         readme = zf.read("README.md").decode()
     assert "How to finish" in readme and "non-maximum suppression" in readme and "# Validation" in readme
+
+
+def test_fiji_commands_export_and_import(tmp_path):
+    """The handlers of ``ijtorch Export/Import bioimage.io Model`` (their ImageJ side only logs)."""
+    from ijtorch.bridge import registered_commands
+    from ijtorch.bridge._bioimageio_commands import (ExportBioimageioParams, ImportBioimageioParams, export_text,
+                                                     import_text)
+    from ijtorch.tasks.segment import segment
+
+    import ijtorch.bridge.commands  # noqa: F401  (registers every command)
+
+    assert {"ijtorch Export bioimage.io Model", "ijtorch Import bioimage.io Model"} <= set(registered_commands())
+    src = _tiny_model("stardist2d", tmp_path / "tiny")
+    text = export_text(ExportBioimageioParams(model=str(src), output=str(tmp_path / "p.zip"), author="A, B",
+                                              run_test=False))
+    assert "valid-format" in text and (tmp_path / "p.zip").is_file()
+    text = import_text(ImportBioimageioParams(package=str(tmp_path / "p.zip"), name="zoo"))
+    assert "zoo registered (stardist2d" in text
+    assert segment(_blobs((64, 64)), "YX", model="zoo", device="cpu").labels.shape == (64, 64)

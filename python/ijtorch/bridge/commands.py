@@ -61,3 +61,4 @@ from . import _track_commands  # noqa: E402,F401
 from . import _classify_commands  # noqa: E402,F401
 from . import _restore_commands  # noqa: E402,F401
 from . import _pixel_commands  # noqa: E402,F401
+from . import _bioimageio_commands  # noqa: E402,F401

@@ -1,0 +1,88 @@
+"""ImageJ commands for the bioimage.io model zoo: ``ijtorch Export bioimage.io Model`` and
+``ijtorch Import bioimage.io Model``.
+
+Handlers only translate: they call :mod:`ijtorch.bioimageio` (the same functions as
+``ijtorch export-bioimageio`` / ``import-bioimageio``) and write the result to ImageJ's Log. An
+imported model is then selectable by name in Segment / Restore / Classify.
+
+Macro::
+
+    run("ijtorch Export bioimage.io Model", "model=nuclei output=[/path/nuclei.zip] author=[Jane Doe]");
+    run("ijtorch Import bioimage.io Model", "package=[/path/model.zip] name=zoo-model");
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._commands import CommandContext, command
+
+__all__ = ["ExportBioimageioParams", "ImportBioimageioParams", "export_text", "import_text"]
+
+
+class ExportBioimageioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="model name or model folder to export")
+    output: str = Field(..., description="package .zip to write")
+    author: str = Field("", description="author name(s), comma-separated (default: the model's, else ijtorch)")
+    license: str = Field("", description="SPDX licence id (default: the model's, else MIT)")
+    run_test: bool = Field(True, description="check the package with bioimageio.core's model test")
+
+
+class ImportTask(str, Enum):
+    auto = "auto"
+    segment = "segment"
+    restore = "restore"
+    classify = "classify"
+
+
+class ImportBioimageioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    package: str = Field(..., description="bioimage.io package .zip or folder with rdf.yaml")
+    name: str = Field("", description="model name (default: the package's name)")
+    task: ImportTask = Field(ImportTask.auto, description="task that runs a foreign package (auto: from the package)")
+    overwrite: bool = Field(False, description="replace a user model of the same name")
+
+
+def export_text(p: ExportBioimageioParams) -> str:
+    """Export as the command does; the Log line."""
+    from ..bioimageio.export import export_bioimageio
+
+    authors = [a.strip() for a in p.author.split(",") if a.strip()] or None
+    r = export_bioimageio(p.model, p.output, authors=authors, license=p.license or None, run_test=p.run_test)
+    return (f"ijtorch Export bioimage.io Model: {r.path} ({r.model_type}); bioimageio.spec {r.format_status}; "
+            f"bioimageio.core test_model {r.test_status or 'not run'}")
+
+
+def import_text(p: ImportBioimageioParams) -> str:
+    """Import as the command does; the Log line."""
+    from ..bioimageio.package_import import import_bioimageio
+
+    r = import_bioimageio(p.package, name=p.name or None, task=None if p.task == ImportTask.auto else p.task.value,
+                          overwrite=p.overwrite)
+    return (f"ijtorch Import bioimage.io Model: {r.name} registered ({r.model_type}, {r.weights_format} weights); "
+            f"run it with ijtorch {r.task.capitalize()}")
+
+
+def _log(message: str) -> None:
+    from jpype import JClass
+
+    JClass("ij.IJ").log(message)
+
+
+@command("ijtorch Export bioimage.io Model", params=ExportBioimageioParams)
+def export_bioimageio_command(ctx: CommandContext, p: ExportBioimageioParams) -> None:
+    """Write a bioimage.io package (format 0.5, TorchScript + state dict) of a model; validated and tested."""
+    ctx.progress(0, 1, "exporting")
+    _log(export_text(p))
+    ctx.progress(1, 1)
+
+
+@command("ijtorch Import bioimage.io Model", params=ImportBioimageioParams)
+def import_bioimageio_command(ctx: CommandContext, p: ImportBioimageioParams) -> None:
+    """Register a local bioimage.io package as an ijtorch model (nothing downloaded, no package code run)."""
+    ctx.progress(0, 1, "importing")
+    _log(import_text(p))
+    ctx.progress(1, 1)
