@@ -1,6 +1,7 @@
 """``ijtorch train-pixels`` end to end in subprocesses: train from stroke TIFFs, warm-start a second
-round, apply with ``ijtorch segment --model`` (class maps reopened with tifffile), and a bad input
-that fails in one line with exit code 2 and writes nothing."""
+round, apply with ``ijtorch segment --model`` (class maps reopened with tifffile), a bad input
+that fails in one line with exit code 2 and writes nothing; and ``ijtorch serve`` answering a
+pixel model with the same class map as ``segment()``."""
 
 from __future__ import annotations
 
@@ -94,3 +95,28 @@ def test_train_pixels_bad_annotations_fail_in_one_line(strokes):
     out = _cli(tmp_path, "train-pixels", tmp_path / "images", tmp_path / "annotations", "--output", tmp_path / "bad",
                "--steps", "0")
     assert out.returncode == 2 and "positive integer" in out.stderr and not (tmp_path / "bad").exists()
+
+
+def test_the_server_serves_a_pixel_model_like_segment(strokes):
+    """``ijtorch serve``'s /segment answers a pixel model with the same class map as in-process segment()."""
+    pytest.importorskip("httpx", reason="the server test needs httpx (pip install 'ijtorch[serve]')")
+    pytest.importorskip("uvicorn", reason="the server test needs uvicorn (pip install 'ijtorch[serve]')")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+    from _serve_util import ServerProcess
+
+    from ijtorch.serve.client import Client
+    from ijtorch.tasks.pixels import train_pixels
+    from ijtorch.tasks.segment import segment
+
+    tmp_path, _ = strokes
+    models = tmp_path / "user-models"
+    models.mkdir(exist_ok=True)
+    image, truth = _scene(3)
+    ann = tifffile.imread(tmp_path / "annotations" / "im0.tif")
+    train_pixels([tifffile.imread(tmp_path / "images" / "im0.tif")], [ann], output=models / "px", steps=40,
+                 classes=["background", "disk"], device="cpu")
+    expected = segment(image, "YX", model=str(models / "px"), device="cpu")
+    with ServerProcess(models, env={"OMP_NUM_THREADS": "1"}) as server:
+        got = Client(server.url).segment(image, "YX", model="px")
+    assert np.array_equal(got.labels, expected.labels) and got.n_objects == expected.n_objects
+    assert set(np.unique(got.labels)) <= {1, 2}
