@@ -19,11 +19,15 @@ def run_in_fiji(code: str, tmp_path: Path, *, env: dict | None = None, timeout: 
     """Run ``code`` in a new Python process with IJTORCH_FIJI set; it reports by calling
     ``report(**values)``; returns those values. Fails with the process output on error."""
     script = tmp_path / "fiji_scenario.py"
-    script.write_text("import json, sys\n"
+    script.write_text("import json, os, sys\n"
                       "def report(**values):\n"
                       "    print('RESULT ' + json.dumps(values), flush=True)\n"
+                      "JAVA_OPTIONS = os.environ.get('IJTORCH_JAVA_OPTIONS', '').split()  # for jpype.startJVM\n"
                       + textwrap.dedent(code))
-    full_env = {**os.environ, "IJTORCH_FIJI": FIJI or "", **(env or {})}
+    home = tmp_path / "home"  # Java's preferences (user.home comes from the password database) and $HOME
+    home.mkdir(exist_ok=True)
+    full_env = {**os.environ, "IJTORCH_FIJI": FIJI or "", "HOME": str(home),
+                "IJTORCH_JAVA_OPTIONS": f"-Duser.home={home}", **(env or {})}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
                           cwd=tmp_path, env=full_env)
     results = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -75,7 +75,7 @@ def test_attach_injects_the_shim_into_a_foreign_gateway(fiji_path, crop, segment
         import pathlib, jpype
         root = pathlib.Path("{fiji_path}")
         jars = [str(p) for s in ("jars", "plugins") for p in (root / s).rglob("*.jar") if "win64" not in p.parts]
-        jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", classpath=jars)
+        jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", *JAVA_OPTIONS, classpath=jars)
         jpype.JClass("net.imagej.patcher.LegacyInjector").preinit()
         gateway = jpype.JClass("net.imagej.ImageJ")()
         IJ = jpype.JClass("ij.IJ")
@@ -184,7 +184,7 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             jars = [str(p) for s in ("jars", "plugins") for p in (root / s).rglob("*.jar") if "win64" not in p.parts]
             from ijtorch.bridge._runtime import fiji_classpath
             jars = [str(p) for p in fiji_classpath(root)] + [str(root / "plugins" / "ijtorch_shim.jar")]
-            jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", classpath=jars)
+            jpype.startJVM("-Djava.awt.headless=true", "--add-opens=java.base/java.lang=ALL-UNNAMED", *JAVA_OPTIONS, classpath=jars)
             jpype.JClass("net.imagej.patcher.LegacyInjector").preinit()
             gateway = jpype.JClass("net.imagej.ImageJ")()
             import ijtorch
