@@ -75,7 +75,7 @@ def _find_rdf(folder: Path) -> Path:
     raise ModelError(f"{folder}: no rdf.yaml (bioimage.io description) found")
 
 
-def _local(folder: Path, source: Any, what: str) -> Path:
+def _local(folder: Path, source: Any, what: str, sha256: str | None = None) -> Path:
     text = str(source)
     if text.startswith(("http://", "https://")):
         raise ModelError(f"{what} is a URL ({text}); ijtorch imports local packages only and downloads nothing — "
@@ -83,6 +83,11 @@ def _local(folder: Path, source: Any, what: str) -> Path:
     path = (folder / text).resolve()
     if not path.is_file():
         raise ModelError(f"{what} {text!r} is missing from the package")
+    if sha256:
+        from ijtorch.models.store import sha256_file
+
+        if sha256_file(path) != str(sha256):
+            raise ModelError(f"{what} {text!r}: SHA-256 differs from the rdf's; the package is corrupt or was modified")
     return path
 
 
@@ -132,8 +137,6 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         Foreground threshold for one-channel segmentation outputs (default 0.5, or the package's
         ``binarize`` threshold).
     """
-    from bioimageio.spec import InvalidDescr, load_description
-
     from ijtorch.models.store import CONFIG_NAME, clear_model_cache, new_user_model_dir, sha256_file
 
     if task is not None and task not in TASKS:
@@ -153,25 +156,17 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
             folder = src
         rdf = _find_rdf(folder)
         folder = rdf.parent
-        descr = load_description(rdf, perform_io_checks=False, format_version="latest")
-        if isinstance(descr, InvalidDescr):
-            errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in descr.validation_summary.details
-                      for e in d.errors][:3]
-            raise ModelError(f"{src}: not a valid bioimage.io description: {'; '.join(errors)}")
-        if getattr(descr, "type", None) != "model":
-            raise ModelError(f"{src}: describes a {getattr(descr, 'type', '?')!r}, not a model")
-        dj = descr.model_dump(mode="json")
-        model_name = name or "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(descr.name)).strip("-")
+        dj = _read_rdf(rdf, src)
+        model_name = name or "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(dj["name"])).strip("-")
         target = new_user_model_dir(model_name)
         if target.exists() and not overwrite:
             raise ModelError(f"a user model called {model_name!r} exists ({target}); choose --name or overwrite")
         cfg_ij = (dj.get("config") or {}).get("ijtorch")
-        sd_w = descr.weights.pytorch_state_dict
-        ts_w = descr.weights.torchscript
+        weights = dj.get("weights") or {}
+        sd_w, ts_w = weights.get("pytorch_state_dict"), weights.get("torchscript")
         from ._wrappers import WRAPPERS
 
-        known_arch = (sd_w is not None and hasattr(sd_w.architecture, "callable")
-                      and str(sd_w.architecture.callable) in WRAPPERS)
+        known_arch = bool(sd_w) and str((sd_w.get("architecture") or {}).get("callable")) in WRAPPERS
         build = tmp_root / "model"
         build.mkdir()
         if isinstance(cfg_ij, dict) and cfg_ij.get("model_type") in _NATIVE and known_arch and task is None:
@@ -207,6 +202,49 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
     return result
 
 
+_AXIS_IDS = {"batch": "batch", "channel": "channel", "index": "index", "time": "time", "space": "x"}
+
+
+def _read_rdf(rdf: Path, src: Path) -> dict[str, Any]:
+    """The rdf as a dict in format 0.5 form.
+
+    A 0.5 file is read with PyYAML and checked for what ijtorch uses (fast: importing
+    bioimageio.spec costs seconds of CPU); anything else (0.4 files, which bioimageio.spec
+    upgrades, or a file that does not look right) goes through ``bioimageio.spec.load_description``,
+    whose errors are reported.
+    """
+    import yaml
+
+    try:
+        raw = yaml.safe_load(rdf.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ModelError(f"{src}: rdf.yaml is not valid YAML: {e}") from e
+    if (isinstance(raw, dict) and raw.get("type") == "model" and str(raw.get("format_version", "")).startswith("0.5.")
+            and isinstance(raw.get("inputs"), list) and isinstance(raw.get("outputs"), list) and raw["inputs"]
+            and raw["outputs"] and isinstance(raw.get("weights"), dict)
+            and all(isinstance(t, dict) and isinstance(t.get("axes"), list) for t in raw["inputs"] + raw["outputs"])):
+        for t in raw["inputs"] + raw["outputs"]:
+            for a in t["axes"]:
+                if not isinstance(a, dict) or a.get("type") not in _AXIS_IDS:
+                    raise ModelError(f"{src}: tensor {t.get('id')!r} has an axis without a known type: {a!r}")
+                a.setdefault("id", _AXIS_IDS[a["type"]])
+            for kind in ("preprocessing", "postprocessing"):
+                for step in t.get(kind) or []:
+                    step.setdefault("kwargs", {})
+        raw.setdefault("name", rdf.parent.name)
+        return raw
+    from bioimageio.spec import InvalidDescr, load_description
+
+    descr = load_description(rdf, perform_io_checks=False, format_version="latest")
+    if isinstance(descr, InvalidDescr):
+        errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in descr.validation_summary.details
+                  for e in d.errors][:3]
+        raise ModelError(f"{src}: not a valid bioimage.io description: {'; '.join(errors)}")
+    if getattr(descr, "type", None) != "model":
+        raise ModelError(f"{src}: describes a {getattr(descr, 'type', '?')!r}, not a model")
+    return descr.model_dump(mode="json")
+
+
 def _load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
@@ -228,7 +266,7 @@ def _import_native(folder: Path, dj: dict[str, Any], cfg_ij: dict[str, Any], sd_
     import ijtorch
     from ijtorch.models.store import CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME
 
-    state = _load_state_dict(_local(folder, sd_w.source, "pytorch_state_dict weights"))
+    state = _load_state_dict(_local(folder, sd_w["source"], "pytorch_state_dict weights", sd_w.get("sha256")))
     inner = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     if not inner:
         raise ModelError("the state dict does not hold ijtorch network weights (no 'net.' keys)")
@@ -252,15 +290,15 @@ def _import_generic(folder: Path, dj: dict[str, Any], sd_w: Any, ts_w: Any, buil
     summary: dict[str, Any] = {"name": dj.get("name"), "format_version": dj.get("format_version"),
                                "inputs": [_tensor_summary(dj["inputs"][0])],
                                "outputs": [_tensor_summary(dj["outputs"][0])]}
-    if ts_w is not None:
-        wfile = _local(folder, ts_w.source, "torchscript weights")
+    if ts_w:
+        wfile = _local(folder, ts_w["source"], "torchscript weights", ts_w.get("sha256"))
         shutil.copy2(wfile, build / "weights_torchscript.pt")
         weights = {"file": "weights_torchscript.pt", "format": "torchscript", "sha256": ""}
         fmt = "torchscript"
-    elif sd_w is not None:
+    elif sd_w:
         from safetensors.torch import save_file
 
-        state = _load_state_dict(_local(folder, sd_w.source, "pytorch_state_dict weights"))
+        state = _load_state_dict(_local(folder, sd_w["source"], "pytorch_state_dict weights", sd_w.get("sha256")))
         save_file(state, str(build / "weights.safetensors"), metadata={"format": "pt"})
         arch = dj["weights"]["pytorch_state_dict"]["architecture"]
         summary["architecture"] = {"callable": arch["callable"], "kwargs": arch.get("kwargs") or {}}
