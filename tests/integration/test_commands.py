@@ -63,6 +63,13 @@ def test_command_in_command_table_and_menu(ij):
     plugins = JClass("ij.Menus").getImageJMenu("Plugins")
     labels = {str(plugins.getItem(i).getLabel()) for i in range(plugins.getItemCount())}
     assert "ijtorch" in labels
+    sub = next(plugins.getItem(i) for i in range(plugins.getItemCount()) if str(plugins.getItem(i).getLabel()) == "ijtorch")
+    items = [(str(sub.getItem(i).getLabel()), str(sub.getItem(i).getActionCommand())) for i in range(sub.getItemCount())]
+    # Plugins > ijtorch > Segment... : no repeated prefix; the item still runs the command by its name
+    assert ("Segment\u2026", "ijtorch Segment") in items and ("Test Scale\u2026", "ijtorch Test Scale") in items
+    assert not any(label.startswith("ijtorch ") for label, _ in items)
+    commands = [c for _, c in items]
+    assert commands.index("ijtorch Segment") < commands.index("ijtorch Track") < commands.index("ijtorch Percentile Normalize")
 
 
 def test_macro_options_reach_python_with_imagej_syntax(ij):

@@ -137,9 +137,40 @@ public final class IjtorchRegistry {
             sub = new Menu("ijtorch");
             plugins.add(sub);
         }
-        MenuItem item = new MenuItem(command);
+        MenuItem item = new MenuItem(menuLabel(command));
+        item.setActionCommand(command);  // ImageJ runs the item's action command: the command name
         item.addActionListener(IJ.getInstance());
-        sub.add(item);
+        int at = sub.getItemCount();  // sorted by task, then by name
+        for (int i = 0; i < sub.getItemCount(); i++) {
+            String other = sub.getItem(i).getActionCommand();
+            if (taskRank(command) < taskRank(other)
+                    || (taskRank(command) == taskRank(other) && command.compareTo(other) < 0)) {
+                at = i;
+                break;
+            }
+        }
+        sub.insert(item, at);
+    }
+
+    /** The menu label under Plugins>ijtorch: the command without the repeated "ijtorch " prefix, with
+     *  an ellipsis where a dialog follows ("ijtorch Segment" becomes "Segment..."). */
+    public static String menuLabel(String command) {
+        String label = command.startsWith("ijtorch ") ? command.substring("ijtorch ".length()) : command;
+        return "Macro Functions".equals(label) ? label : label + "\u2026";
+    }
+
+    /** The order of tasks in the menu: segmentation, tracking, classification, restoration,
+     *  training, evaluation, utilities. */
+    static int taskRank(String command) {
+        String[] order = {"Segment", "Track", "Classif", "Restore", "Denoise", "Artificial", "Train", "Evaluat",
+                          "Embed", "Percentile", "Macro Functions"};
+        String label = command == null ? "" : command.replaceFirst("^ijtorch ", "");
+        for (int i = 0; i < order.length; i++) {
+            if (label.startsWith(order[i])) {
+                return i;
+            }
+        }
+        return order.length;
     }
 
     /**
