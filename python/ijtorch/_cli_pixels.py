@@ -13,15 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from ._cli_batch import positive_int
 
 
 def _train_pixels(args: argparse.Namespace) -> int:
@@ -49,7 +41,7 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--output", required=True, help="model folder to write (apply it with 'ijtorch segment --model')")
     p.add_argument("--classes", default=None, help="comma-separated class names for values 1..C (default: class1, ...)")
     p.add_argument("--base-model", default=None, help="warm start from this pixel classifier (name or folder)")
-    p.add_argument("--steps", type=_positive, default=300, help="training steps (default 300, about a second)")
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300, about a second)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.set_defaults(func=_train_pixels)

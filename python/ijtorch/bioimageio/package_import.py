@@ -137,7 +137,8 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         Foreground threshold for one-channel segmentation outputs (default 0.5, or the package's
         ``binarize`` threshold).
     """
-    from ijtorch.models.store import CONFIG_NAME, clear_model_cache, new_user_model_dir, sha256_file
+    from ijtorch.models.store import (CONFIG_NAME, clear_model_cache, new_user_model_dir, publish_model_folder,
+                                      sha256_file)
 
     if task is not None and task not in TASKS:
         raise ValueError(f"task={task!r}: accepted values are {TASKS}")
@@ -185,16 +186,7 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         cfg["weights"]["sha256"] = sha256_file(build / cfg["weights"]["file"])
         cfg["weights"]["bytes"] = (build / cfg["weights"]["file"]).stat().st_size
         (build / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        os.chmod(build, 0o755)
-        for f in build.iterdir():
-            os.chmod(f, 0o644)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            os.replace(target, old)
-        shutil.move(str(build), str(target))
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_model_folder(build, target)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     clear_model_cache()

@@ -30,7 +30,7 @@ from ijtorch.errors import ModelError
 __all__ = [
     "SCHEMA_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "ModelDir", "save_model_dir", "load_model_dir",
     "sha256_file", "bundled_dir", "user_models_dir", "list_models", "resolve_model", "load_model",
-    "clear_model_cache", "register_model_type",
+    "clear_model_cache", "register_model_type", "publish_model_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,22 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def publish_model_folder(built: Path, target: Path) -> None:
+    """Make the fully written model folder ``built`` the model folder ``target``, replacing any
+    previous one; readers see either the old or the new model, never a half-written one (a rename
+    when both are on one file system)."""
+    os.chmod(built, 0o755)  # mkdtemp makes 0700 folders; models are shared read-only data
+    for f in built.iterdir():
+        os.chmod(f, 0o644)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.replace(target, old)
+    shutil.move(str(built), str(target))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model_dir(path: str | os.PathLike, state_dict: dict[str, Any], config: dict[str, Any]) -> Path:
@@ -95,16 +111,7 @@ def save_model_dir(path: str | os.PathLike, state_dict: dict[str, Any], config: 
         for extra in ("README.md",):
             if (path / extra).exists() and not (tmp / extra).exists():
                 shutil.copy2(path / extra, tmp / extra)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; models are shared read-only data
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_model_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
