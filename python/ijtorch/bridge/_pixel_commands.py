@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
+from ._classify_commands import ClassFrom
 from ._commands import CommandContext, command
 from ._segment_commands import _progress_to_imagej
 
@@ -38,11 +39,6 @@ __all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "Stroke", "strokes_from_
 class StrokeSource(str, Enum):
     rois = "ROI Manager"
     labels = "class label image"
-
-
-class ClassFrom(str, Enum):
-    name = "ROI name prefix"
-    group = "ROI group"
 
 
 class TrainPixelsParams(BaseModel):
