@@ -116,7 +116,7 @@ def main() -> None:
     import torch
     from sklearn.model_selection import StratifiedKFold
 
-    from ijtorch.metrics_classification import classification_report
+    from ijtorch.metrics.classification import classification_report
     from ijtorch.tasks.classify import classify, train_classifier
 
     torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ an image ``c`` becomes ``poisson(c * peak) / peak + normal(0, read)``. Scored on
 - ijtorch CARE with the default recipe of ``ijtorch train-restoration care``, trained on noisy/clean
   pairs of *other* images (held out from the test set) at the same noise level.
 
-PSNR/SSIM use CSBDeep's scale-and-shift-invariant normalisation (:mod:`ijtorch.metrics_restoration`).
+PSNR/SSIM use CSBDeep's scale-and-shift-invariant normalisation (:mod:`ijtorch.metrics.restoration`).
 
 Training is bounded: ``--minutes`` is the whole run's budget; before each training the remaining
 budget is shared among the models still to train (the default level's, where the targets are judged,
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)  # dataset-shift warnings are expected across images
-    from ijtorch.metrics_restoration import psnr, ssim
+    from ijtorch.metrics.restoration import psnr, ssim
     from ijtorch.tasks.restore import denoise_n2v, restore, train_restoration
 
     test, train = load_images()

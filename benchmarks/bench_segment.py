@@ -15,7 +15,7 @@ Run: ``python benchmarks/bench_segment.py [--limit N] [--threads T]``. The lead 
 end-to-end timing (``add_rows`` hook below).
 
 ``--3d`` instead checks the 3D star-convex (polyhedron) model, for which there is no annotated
-data: it simulates anisotropic z-stacks of nuclei (:func:`ijtorch.tasks.simulate_nuclei.simulate_nuclei_3d`),
+data: it simulates anisotropic z-stacks of nuclei (:func:`ijtorch.simulate.nuclei.simulate_nuclei_3d`),
 trains a small ``stardist3d`` model from scratch for ``--minutes`` on the training volumes (thresholds
 tuned on its validation volumes) and reports AP@0.5/0.75 on held-out volumes (other seeds) next to a
 classical 3D baseline (Gaussian smoothing, Otsu, anisotropic distance transform, h-maxima seeded
@@ -79,7 +79,7 @@ def classical_segmenter() -> Callable[[np.ndarray], np.ndarray]:
 
 def score(method: Callable[[np.ndarray], np.ndarray], pairs: list[Any]) -> dict[str, float]:
     """Pooled and per-image-mean AP at THRESHOLDS, plus seconds per image."""
-    from ijtorch.metrics import label_overlap, match_labels  # noqa: F401 (label_overlap: warm import)
+    from ijtorch.metrics.instance import label_overlap, match_labels  # noqa: F401 (label_overlap: warm import)
 
     counts = {t: np.zeros(3, np.int64) for t in THRESHOLDS}
     per_image = {t: [] for t in THRESHOLDS}
@@ -189,7 +189,7 @@ def classical_3d_segmenter(anisotropy: tuple[float, float, float], *, sigma: flo
 def true_maps_3d(n_rays: int, anisotropy: tuple[float, float, float] = (2.0, 1.0, 1.0),
                  grid: tuple[int, int, int] = (1, 2, 2)) -> Callable[[np.ndarray], np.ndarray]:
     """Segments a *label volume* through its own StarDist maps (an oracle for the post-processing)."""
-    from ijtorch.models import stardist3d as s3
+    from ijtorch.models.stardist import geometry3d as s3
 
     rays = s3.fibonacci_rays(n_rays, anisotropy)
 
@@ -205,8 +205,8 @@ def bench_3d(args: argparse.Namespace) -> int:
     """Synthetic 3D nuclei: a 3D star-convex model trained for ``args.minutes`` vs the classical 3D baseline."""
     import tempfile
 
-    from ijtorch.models.stardist3d_model import StarDist3DModel
-    from ijtorch.tasks.simulate_nuclei import simulate_nuclei_3d
+    from ijtorch.models.stardist.model3d import StarDist3DModel
+    from ijtorch.simulate.nuclei import simulate_nuclei_3d
     from ijtorch.train.data import Pair
     from ijtorch.train.stardist3d_train import train_stardist3d
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
-from ijtorch.tasks import tracking as T
-from ijtorch.tasks.simulate import simulate_movie
+from ijtorch.tasks import linking as T
+from ijtorch.simulate.movies import simulate_movie
 
 
 def laptrack_edges(det, max_distance, max_gap):

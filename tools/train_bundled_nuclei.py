@@ -102,7 +102,7 @@ def main() -> int:
     t0 = time.time()
     pairs = load_pairs(args.data)
     if args.tune_only:
-        from ijtorch.models.stardist_model import StarDistModel
+        from ijtorch.models.stardist.model import StarDistModel
         from ijtorch.train.stardist_train import tune_and_evaluate
 
         model = StarDistModel.load(args.output, device="cpu")

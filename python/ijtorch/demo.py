@@ -63,7 +63,7 @@ def run_demo(*, output: Path, data: Path | None = None) -> int:
 
     from . import bridge
     from .io.tiff import read_tiff
-    from .metrics import match_labels
+    from .metrics.instance import match_labels
     from .models.store import resolve_model
 
     started = time.perf_counter()

@@ -22,14 +22,14 @@ def test_bioimageio_export_import_macro(ij, tmp_path, monkeypatch):
 
     from ijtorch import bridge
     from ijtorch.io.tiff import write_imagej_tiff
-    from ijtorch.models import stardist as sd
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist import network
+    from ijtorch.models.stardist.model import StarDistModel
     from ijtorch.models.store import clear_model_cache
 
     monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path / "models"))
     clear_model_cache()
     torch.manual_seed(0)
-    model = StarDistModel(sd.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(tmp_path / "m")
+    model = StarDistModel(network.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(tmp_path / "m")
     img = write_imagej_tiff(tmp_path / "cells.tif",
                             np.random.default_rng(0).poisson(100, (64, 64)).astype(np.uint16), "YX")
     log = bridge.run_macro(MACRO.read_text(), f"model={model} output={tmp_path / 'pkg.zip'} name=zoo image={img} "

@@ -38,11 +38,11 @@ def _clean_failure(out: subprocess.CompletedProcess, code: int, text: str) -> No
 def _tiny_stardist(folder: Path) -> Path:
     import torch
 
-    from ijtorch.models import stardist as sd
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist import network
+    from ijtorch.models.stardist.model import StarDistModel
 
     torch.manual_seed(0)
-    StarDistModel(sd.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(folder)
+    StarDistModel(network.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(folder)
     return folder
 
 

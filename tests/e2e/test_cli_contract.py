@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -338,7 +338,7 @@ def test_verbose_adds_the_traceback(tmp_path):
 
 def test_exit_codes_of_user_errors_bugs_and_interrupts(capsys):
     """In process: what escapes a verb becomes one stderr line and its exit code (README's table)."""
-    from ijtorch._cli_batch import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, run_verb
+    from ijtorch.cli.batch import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, run_verb
     from ijtorch.errors import ModelError
 
     def raising(exc):

@@ -151,7 +151,7 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     """Defect 6: tqdm bar when the stream is a terminal; periodic plain lines (no carriage returns) when not."""
     import io
 
-    from ijtorch.train.progress import CountProgress, ProgressEvent, TrainingProgress
+    from ijtorch.core.progress import CountProgress, ProgressEvent, TrainingProgress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -178,7 +178,7 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     assert lines[0].startswith("segment:  33% 1/3") and lines[1].startswith("segment: 100% 3/3")
     assert any(line.startswith("train epoch 1: 100% 4/4") and "loss=0.25" in line for line in lines)
     assert "train: epoch 1/2 train_loss 0.25 [00:00, about 00:00 left]" in lines
-    from ijtorch.train.progress import PhaseProgress
+    from ijtorch.core.progress import PhaseProgress
 
     stream = io.StringIO()
     frames = PhaseProgress({"link": "link"}, stream=stream, interval=3600)

@@ -92,7 +92,7 @@ def test_evaluate_macro_prints_perfect_scores_for_ground_truth(ij, small_images)
 
 def test_track_macro_writes_trackmate_xml(ij, tmp_path):
     from ijtorch.io.tiff import write_imagej_tiff
-    from ijtorch.tasks.simulate import simulate_movie
+    from ijtorch.simulate.movies import simulate_movie
 
     m = simulate_movie(n_frames=5, shape=(64, 64), n_cells=4, division_prob=0.0, miss_prob=0.0, seed=3)
     movie = write_imagej_tiff(tmp_path / "movie.tif", m.labels, "TYX")
@@ -250,7 +250,7 @@ def test_segment_folder_script(ij, small_images, segmentation_model, tmp_path):
 def test_track_movie_script_writes_trackmate_xml(ij, tmp_path):
     from ijtorch.bridge import run_jython
     from ijtorch.io.tiff import write_imagej_tiff
-    from ijtorch.tasks.simulate import simulate_movie
+    from ijtorch.simulate.movies import simulate_movie
 
     m = simulate_movie(n_frames=5, shape=(64, 64), n_cells=4, division_prob=0.0, miss_prob=0.0, seed=3)
     movie = write_imagej_tiff(tmp_path / "cells.tif", m.labels, "TYX")

@@ -53,7 +53,7 @@ def test_gateway_runs_segment_from_ij1_macro_and_imagej2_scripts(fiji_path, crop
         ij = bridge.fiji_gateway()
         log = bridge.run_macro('open("{crop}"); run("ijtorch Segment", "model={segmentation_model} output=[label map]"); '
                                'saveAs("Tiff", "{tmp_path}/from_ij1.tif"); print(getTitle()); close("*");').log
-        from ijtorch._cli_fiji import _run_fiji_script
+        from ijtorch.cli.fiji import _run_fiji_script
         from pathlib import Path
         ijm_out = _run_fiji_script(ij, Path("{ijm}"), ["model={segmentation_model}"])
         py_out = _run_fiji_script(ij, Path("{py}"), ["model={segmentation_model}"])
@@ -114,8 +114,8 @@ def test_trackmate_reads_our_xml_and_our_in_memory_model_matches(fiji_path, tmp_
     out = run_in_fiji(f"""
         from ijtorch import bridge
         from ijtorch.io.trackmate import write_trackmate_xml
-        from ijtorch.tasks.simulate import simulate_movie
-        from ijtorch.tasks.tracking import track_labels
+        from ijtorch.simulate.movies import simulate_movie
+        from ijtorch.tasks.linking import track_labels
         from ijtorch.bridge._trackmate import build_trackmate_model, trackmate_available
         from jpype import JClass
         bridge.start()
@@ -140,7 +140,7 @@ def test_trackmate_reads_our_xml_and_our_in_memory_model_matches(fiji_path, tmp_
 def test_roiset_reopens_in_fiji_roi_manager(fiji_path, tmp_path):
     from ijtorch.io.roiset import write_roiset
     from ijtorch.tasks.outlines import outlines
-    from ijtorch.tasks.simulate import simulate_movie
+    from ijtorch.simulate.movies import simulate_movie
 
     labels = simulate_movie(n_frames=1, shape=(64, 64), n_cells=5, seed=1).labels[0]
     ol = outlines(labels)
@@ -190,7 +190,7 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             import ijtorch
             ijtorch.attach(gateway)
             source = str(jpype.JClass("ijtorch.IjtorchRegistry").class_.getProtectionDomain().getCodeSource().getLocation())
-            from ijtorch._cli_fiji import _run_fiji_script
+            from ijtorch.cli.fiji import _run_fiji_script
             outputs = _run_fiji_script(gateway, root / "scripts/Plugins/ijtorch/Segment_Folder.py",
                                        ["input_dir={crop.parent}", "output_dir={tmp_path / 'out'}",
                                         "model={segmentation_model}", "extension=.tif", "save_rois=false"])

@@ -40,7 +40,7 @@ def crop(tmp_path):
 @pytest.fixture
 def movie(tmp_path):
     from ijtorch.io.tiff import write_imagej_tiff
-    from ijtorch.tasks.simulate import simulate_movie
+    from ijtorch.simulate.movies import simulate_movie
 
     m = simulate_movie(n_frames=8, shape=(64, 64), n_cells=5, division_prob=0.08, miss_prob=0.0, seed=2)
     return write_imagej_tiff(tmp_path / "movie.tif", m.labels, "TYX")

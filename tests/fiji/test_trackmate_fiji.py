@@ -21,8 +21,8 @@ def test_tmxmlreader_reads_our_file(fiji_path, tmp_path):
         import pathlib, jpype
         from ijtorch.bridge._runtime import ADD_OPENS
         from ijtorch.io.trackmate import write_trackmate_xml
-        from ijtorch.tasks.simulate import simulate_movie
-        from ijtorch.tasks.tracking import track_labels
+        from ijtorch.simulate.movies import simulate_movie
+        from ijtorch.tasks.linking import track_labels
         root = pathlib.Path("{fiji_path}")
         jars = [str(p) for s in ("jars", "plugins") for p in (root / s).rglob("*.jar")
                 if "win64" not in p.relative_to(root).parts]

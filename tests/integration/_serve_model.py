@@ -15,12 +15,12 @@ def make_tiny_model(folder: Path, image: np.ndarray, *, name: str = "tiny") -> P
     """Save the model as ``folder/name`` and return its path."""
     import torch
 
-    from ijtorch.models import stardist as sd
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist import network
+    from ijtorch.models.stardist.model import StarDistModel
 
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    net = sd.StarDistNet(16, 1, base_channels=8, depth=2, head_channels=8)
+    net = network.StarDistNet(16, 1, base_channels=8, depth=2, head_channels=8)
     torch.random.set_rng_state(gen_state)
     model = StarDistModel(net, {"name": name, "thresholds": {"prob": 0.5, "nms": 0.4}}, device="cpu")
     prob, _ = model.predict_maps(image)

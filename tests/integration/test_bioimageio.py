@@ -45,15 +45,15 @@ def _tiny_model(kind: str, folder: Path) -> Path:
     """A small random-weight model folder of ``kind``."""
     torch.manual_seed(0)
     if kind == "stardist2d":
-        from ijtorch.models import stardist as sd
-        from ijtorch.models.stardist_model import StarDistModel
+        from ijtorch.models.stardist import network
+        from ijtorch.models.stardist.model import StarDistModel
 
-        StarDistModel(sd.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(folder)
+        StarDistModel(network.StarDistNet(n_rays=8, base_channels=4, depth=2, head_channels=8), {}).save(folder)
     elif kind == "stardist3d":
-        from ijtorch.models import stardist3d as s3
-        from ijtorch.models.stardist3d_model import StarDist3DModel
+        from ijtorch.models.stardist import network3d
+        from ijtorch.models.stardist.model3d import StarDist3DModel
 
-        net = s3.StarDistNet3D(n_rays=8, grid=(1, 2, 2), base_channels=4, depth=1, head_channels=8)
+        net = network3d.StarDistNet3D(n_rays=8, grid=(1, 2, 2), base_channels=4, depth=1, head_channels=8)
         StarDist3DModel(net, {"tiling": {"tile_shape": [16, 64, 64], "overlap": [4, 8, 8]}}).save(folder)
     elif kind == "unet_watershed":
         from ijtorch.models.unet import UNet

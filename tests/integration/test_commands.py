@@ -204,7 +204,7 @@ def test_normalize_command_output_equals_the_task_function(ij):
 
     from ijtorch.bridge._convert import imageplus_to_numpy, numpy_to_imageplus
     from ijtorch.image import Calibration
-    from ijtorch.tasks.normalize import normalize
+    from ijtorch.core.normalize import normalize
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 4000, size=(3, 40, 50), dtype=np.uint16)  # a z-stack

@@ -14,7 +14,7 @@ from ijtorch.bridge._results import add_rois_to_manager, labels_to_imageplus, re
 from ijtorch.image import Calibration
 from ijtorch.io.roiset import default_names, read_roiset, write_roiset
 from ijtorch.io.tiff import read_tiff, write_imagej_tiff
-from ijtorch.tasks.colors import glasbey_lut, imagej_lut
+from ijtorch.core.colors import glasbey_lut, imagej_lut
 from ijtorch.tasks.measure import measure
 from ijtorch.tasks.outlines import outlines
 

@@ -158,6 +158,6 @@ def test_shim_digest_ignores_user_registered_commands():
         assert _shim.sources_digest() == before
         assert "Digest Probe" not in _shim.plugins_config()
     finally:
-        from ijtorch.bridge import _commands
+        from ijtorch.bridge import registry as _commands
 
         _commands._COMMANDS.pop("ijtorch Digest Probe", None)

@@ -15,11 +15,11 @@ def model_3d(tmp_path, monkeypatch):
     """A registered 3D model whose every grid voxel is a candidate with equal distances."""
     import torch
 
-    from ijtorch.models import stardist3d as s3
-    from ijtorch.models.stardist3d_model import StarDist3DModel
+    from ijtorch.models.stardist import network3d
+    from ijtorch.models.stardist.model3d import StarDist3DModel
 
     torch.manual_seed(0)
-    net = s3.StarDistNet3D(32, 1, grid=(1, 2, 2), base_channels=4, depth=2, head_channels=4)
+    net = network3d.StarDistNet3D(32, 1, grid=(1, 2, 2), base_channels=4, depth=2, head_channels=4)
     with torch.no_grad():
         for head, bias in ((net.prob, 10.0), (net.dist, 5.0)):
             head.weight.zero_()

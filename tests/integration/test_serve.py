@@ -219,7 +219,7 @@ def test_concurrent_classify_requests_are_batched_exact_and_keep_their_errors(se
 
 
 def test_normalize_route_equals_task(client, image):
-    from ijtorch.tasks.normalize import normalize
+    from ijtorch.core.normalize import normalize
 
     np.testing.assert_array_equal(client.normalize(image, "YX", low=2, high=98), normalize(image, "YX", low=2, high=98))
 
@@ -320,11 +320,11 @@ def test_full_queue_gives_503_with_retry_after_and_jobs_cancel(client, image):
 
 def test_tracking_job_equals_track_movie(client, image, models_dir, monkeypatch):
     from ijtorch.tasks.track import track_movie
-    from ijtorch.tasks.tracking import TrackingParams
+    from ijtorch.tasks.linking import TrackingParams
 
     monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
     movie = np.stack([np.roll(image[:96, :128], 2 * t, axis=1) for t in range(3)])
-    # max_gap=0: with gap closing, tasks/tracking.py _close_segments fails on an empty candidate set
+    # max_gap=0: with gap closing, tasks/linking.py _close_segments fails on an empty candidate set
     # ("zero-size array to reduction operation maximum") for this movie (reported, not fixed here)
     job = client.submit_track(movie, "TYX", model="tiny", max_distance=10, max_gap=0)
     header, arrays = client.wait(job, timeout=60)

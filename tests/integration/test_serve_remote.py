@@ -86,7 +86,7 @@ def _remote(server, *commands: str, functions: bool = False):
     """This ImageJ as a Fiji without Python for ``commands`` (and for ``Ext.`` functions)."""
     from jpype import JClass
 
-    from ijtorch.bridge._commands import _command_proxy, _install_command, registered_commands
+    from ijtorch.bridge.registry import _command_proxy, _install_command, registered_commands
 
     registry, prefs = JClass("ijtorch.IjtorchRegistry"), JClass("ij.Prefs")
     prefs.set("ijtorch.server", server.url)

@@ -27,7 +27,7 @@ def test_track_command_matches_python_and_writes_trackmate_xml(ij, bacteria_labe
 
     from ijtorch.bridge import imageplus_to_numpy, numpy_to_imageplus
     from ijtorch.tasks.track import track_movie
-    from ijtorch.tasks.tracking import TrackingParams
+    from ijtorch.tasks.linking import TrackingParams
 
     expected = track_movie(bacteria_labels, "TYX", is_labels=True,
                            params=TrackingParams(max_distance=60, max_gap=2, allow_splitting=True))
@@ -73,7 +73,7 @@ def test_track_command_fill_gaps_paints_missed_cells(ij, bacteria_labels, tmp_pa
 
     from ijtorch.bridge import imageplus_to_numpy, numpy_to_imageplus
     from ijtorch.tasks.track import track_movie
-    from ijtorch.tasks.tracking import TrackingParams
+    from ijtorch.tasks.linking import TrackingParams
 
     movie = bacteria_labels[:8].copy()
     missed = int(movie[4][movie[4] > 0][0])

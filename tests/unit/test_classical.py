@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from ijtorch.metrics import match_labels
+from ijtorch.metrics.instance import match_labels
 from ijtorch.tasks.classical import segment_classical
 
 

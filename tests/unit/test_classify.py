@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ijtorch.metrics_classification import (  # noqa: E402
+from ijtorch.metrics.classification import (  # noqa: E402
     balanced_accuracy,
     classification_report,
     confusion_matrix,

@@ -13,7 +13,7 @@ import tifffile
 from ijtorch.image import CANONICAL_AXES, Calibration, to_axes
 from ijtorch.io.roiset import default_names, read_roiset, write_roiset
 from ijtorch.io.tiff import imagej_dtype, read_tiff, write_imagej_tiff
-from ijtorch.tasks.colors import imagej_lut
+from ijtorch.core.colors import imagej_lut
 from ijtorch.tasks.outlines import outlines
 
 

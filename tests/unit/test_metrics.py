@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from ijtorch.metrics import (
+from ijtorch.metrics.instance import (
     DEFAULT_THRESHOLDS,
     average_precision,
     dice,

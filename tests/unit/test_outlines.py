@@ -9,7 +9,7 @@ from skimage.measure import points_in_poly, regionprops_table
 
 import ijtorch.tasks.outlines as outlines_mod
 from ijtorch.image import Calibration
-from ijtorch.tasks.colors import glasbey_lut, imagej_lut
+from ijtorch.core.colors import glasbey_lut, imagej_lut
 from ijtorch.tasks.measure import COLUMNS, measure
 from ijtorch.tasks.outlines import Outlines, outlines, polygon_area
 

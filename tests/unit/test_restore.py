@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from ijtorch.metrics_restoration import normalize_minmse, nrmse, psnr, ssim
+from ijtorch.metrics.restoration import normalize_minmse, nrmse, psnr, ssim
 from ijtorch.models.restoration import n2v_mask
 from ijtorch.tasks.restore import (check_dataset_shift, degradation_error_map, denoise_n2v, intensity_stats, restore,
                                    train_restoration)

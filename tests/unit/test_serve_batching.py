@@ -1,4 +1,4 @@
-"""The server's dynamic batcher (``ijtorch.serve.batching``) on a real event loop and real threads.
+"""The server's dynamic batcher (``ijtorch.serve.batcher``) on a real event loop and real threads.
 
 Batches are made to overlap deterministically by blocking the batch function on events, never by
 sleeping: an idle batcher runs a lone request at once, requests that queue while a batch runs
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ijtorch.serve.batching import DynamicBatcher
+from ijtorch.serve.batcher import DynamicBatcher
 
 
 class Recorder:

@@ -9,8 +9,9 @@ import pytest
 import tifffile
 
 from ijtorch.errors import ModelError
-from ijtorch.models import stardist as sd
-from ijtorch.train.tiling import predict_tiled
+from ijtorch.models.stardist import geometry as sd
+from ijtorch.models.stardist import network
+from ijtorch.core.tiling import predict_tiled
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,15 +145,15 @@ def test_linear_blending_reproduces_a_smooth_function(rng):
 def tiny_model():
     import torch
 
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist.model import StarDistModel
 
     torch.manual_seed(0)
-    net = sd.StarDistNet(8, 1, base_channels=4, depth=2, head_channels=4)
+    net = network.StarDistNet(8, 1, base_channels=4, depth=2, head_channels=4)
     return StarDistModel(net, {"name": "tiny", "thresholds": {"prob": 0.6, "nms": 0.3}}, device="cpu")
 
 
 def test_model_dir_round_trip_and_integrity_checks(tiny_model, tmp_path, rng):
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist.model import StarDistModel
     from ijtorch.models.store import load_model_dir
 
     path = tiny_model.save(tmp_path / "tiny")
@@ -321,12 +322,12 @@ def test_bundled_model_tiles_do_not_split_objects_on_a_big_image(shared_data):
     """Real network: a 1040 x 1392 mosaic in 256-px tiles vs in one piece: < 0.5 % of objects split.
 
     A split is a whole-image object covered by two or more tiled objects, each lying at least half
-    inside it (:func:`ijtorch.metrics.split_merge_counts`) — what a seam does to an object. Objects
+    inside it (:func:`ijtorch.metrics.instance.split_merge_counts`) — what a seam does to an object. Objects
     that merely differ (IoU < 0.5 either way) are reported, not asserted: measured 2026-11-21 at
     0.6-1.3 % with no trend in the overlap (greedy NMS flipping on float-level differences between
     input sizes, not seams).
     """
-    from ijtorch.metrics import split_merge_counts
+    from ijtorch.metrics.instance import split_merge_counts
     from ijtorch.models.store import bundled_dir
     from ijtorch.tasks.segment import segment
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from ijtorch.models import stardist3d as s3
-from ijtorch.models.stardist import match_counts
+from ijtorch.models.stardist import geometry3d as s3
+from ijtorch.models.stardist import network3d
+from ijtorch.models.stardist.geometry import match_counts
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -156,7 +157,7 @@ def test_rendered_distances_reproduce_ellipsoids():
 
 
 def test_rendered_distances_reproduce_simulated_nuclei():
-    from ijtorch.tasks.simulate_nuclei import simulate_nuclei_3d
+    from ijtorch.simulate.nuclei import simulate_nuclei_3d
 
     vol = simulate_nuclei_3d((24, 64, 64), n_nuclei=10, radius=(4.0, 8.0), anisotropy=2.0, seed=3)
     lab = vol.labels
@@ -177,7 +178,7 @@ def test_rendered_distances_reproduce_simulated_nuclei():
 
 
 def test_instances_from_ground_truth_maps_match_simulated_nuclei():
-    from ijtorch.tasks.simulate_nuclei import simulate_nuclei_3d
+    from ijtorch.simulate.nuclei import simulate_nuclei_3d
 
     vol = simulate_nuclei_3d((24, 80, 80), n_nuclei=25, radius=(4.0, 8.0), spacing=0.75, seed=5)
     rays, grid = s3.fibonacci_rays(64, vol.anisotropy), (1, 2, 2)
@@ -218,10 +219,10 @@ def _constant_model(prob_logit=10.0, distance=5.0, grid=(1, 2, 2), n_rays=32, an
     """A 3D model whose every grid voxel is a candidate with the same distances (deterministic labels)."""
     import torch
 
-    from ijtorch.models.stardist3d_model import StarDist3DModel
+    from ijtorch.models.stardist.model3d import StarDist3DModel
 
     torch.manual_seed(0)
-    net = s3.StarDistNet3D(n_rays, 1, grid=grid, base_channels=4, depth=2, head_channels=4)
+    net = network3d.StarDistNet3D(n_rays, 1, grid=grid, base_channels=4, depth=2, head_channels=4)
     with torch.no_grad():
         for head, bias in ((net.prob, prob_logit), (net.dist, distance)):
             head.weight.zero_()
@@ -262,10 +263,10 @@ def test_model_dir_round_trip_and_registry(tmp_path, monkeypatch, rng):
     import torch
 
     from ijtorch.models import store
-    from ijtorch.models.stardist3d_model import StarDist3DModel
+    from ijtorch.models.stardist.model3d import StarDist3DModel
 
     torch.manual_seed(1)
-    net = s3.StarDistNet3D(16, 1, grid=(1, 2, 2), base_channels=4, depth=2, head_channels=4)
+    net = network3d.StarDistNet3D(16, 1, grid=(1, 2, 2), base_channels=4, depth=2, head_channels=4)
     model = StarDist3DModel(net, {"name": "tiny3d", "anisotropy": [2.0, 1.0, 1.0]}, device="cpu")
     monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path))
     path = model.save(tmp_path / "tiny3d")
@@ -328,7 +329,7 @@ def test_cli_segments_a_z_stack_tiff_with_a_3d_model(tmp_path, rng, capsys):
 # ------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def nuclei_volumes():
-    from ijtorch.tasks.simulate_nuclei import simulate_nuclei_3d
+    from ijtorch.simulate.nuclei import simulate_nuclei_3d
     from ijtorch.train.data import Pair
 
     vols = [simulate_nuclei_3d((16, 48, 48), n_nuclei=10, radius=(4.0, 7.0), anisotropy=2.0, seed=s) for s in range(4)]
@@ -338,8 +339,9 @@ def nuclei_volumes():
 def test_tiny_3d_model_loss_falls(nuclei_volumes):
     import torch
 
-    from ijtorch.models.stardist import stardist_loss
-    from ijtorch.train.data import AugmentConfig, percentile_normalize
+    from ijtorch.models.stardist.network import stardist_loss
+    from ijtorch.train.data import AugmentConfig
+    from ijtorch.core.normalize import percentile_normalize
     from ijtorch.train.stardist3d_train import _patch_batches
     from ijtorch.train.trainer import Trainer
 
@@ -352,7 +354,7 @@ def test_tiny_3d_model_loss_falls(nuclei_volumes):
                               grid=grid, augment=AugmentConfig(elastic_prob=0.0), fg_fraction=0.9)
 
     torch.manual_seed(0)
-    net = s3.StarDistNet3D(32, 1, grid=grid, base_channels=8, depth=2, head_channels=8)
+    net = network3d.StarDistNet3D(32, 1, grid=grid, base_channels=8, depth=2, head_channels=8)
     fixed = list(data(2)(np.random.default_rng(7)))
     x, p, d = fixed[0]
     assert x.shape == (2, 1, 16, 32, 32) and p.shape == (2, 1, 16, 16, 16) and d.shape == (2, 32, 16, 16, 16)
@@ -410,7 +412,7 @@ def test_train_3d_from_folders_resumes_and_fine_tunes(nuclei_volumes, tmp_path):
 
 
 def _save_2d(tmp_path):
-    from ijtorch.models import stardist as sd
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist import network
+    from ijtorch.models.stardist.model import StarDistModel
 
-    return StarDistModel(sd.StarDistNet(8, 1, base_channels=4, depth=2, head_channels=4), {}).save(tmp_path / "m2d")
+    return StarDistModel(network.StarDistNet(8, 1, base_channels=4, depth=2, head_channels=4), {}).save(tmp_path / "m2d")

@@ -13,8 +13,8 @@ import pytest
 from ijtorch.image import Calibration
 from ijtorch.io.ctc import read_ctc_tracks, write_ctc
 from ijtorch.io.trackmate import SPOT_FEATURES, write_trackmate_csv, write_trackmate_xml
-from ijtorch.tasks.simulate import simulate_movie
-from ijtorch.tasks.tracking import EDGE_GAP, TrackingParams, detect_points, track, track_labels
+from ijtorch.simulate.movies import simulate_movie
+from ijtorch.tasks.linking import EDGE_GAP, TrackingParams, detect_points, track, track_labels
 
 DATA = Path(os.environ.get("IJTORCH_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "tracking_bacteria"
 
@@ -265,7 +265,7 @@ def test_input_validation():
 
 def test_gap_closing_with_no_candidates_in_range():
     """Segments that end and begin far apart: the second LAP has no candidates at all."""
-    from ijtorch.tasks.tracking import TrackingParams, detect_points, track
+    from ijtorch.tasks.linking import TrackingParams, detect_points, track
 
     pts = np.array([[0, 10.0, 10.0], [1, 11.0, 10.0], [3, 200.0, 200.0], [4, 201.0, 200.0]])
     tracks = track(detect_points(pts, "TYX"), params=TrackingParams(max_distance=5, max_gap=2))

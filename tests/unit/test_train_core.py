@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ijtorch.train.data import (AugmentConfig, load_pairs, percentile_normalize, random_patch,
-                                split_train_val)
+from ijtorch.core.normalize import percentile_normalize
+from ijtorch.train.data import AugmentConfig, load_pairs, random_patch, split_train_val
 from ijtorch.train.trainer import CHECKPOINT_NAME, Trainer
 
 NO_INTENSITY = dict(intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
@@ -80,7 +80,7 @@ def test_split_is_deterministic_disjoint_and_complete():
 
 
 def _tiny_net(seed=0):
-    from ijtorch.models.stardist import StarDistNet
+    from ijtorch.models.stardist.network import StarDistNet
 
     torch.manual_seed(seed)
     return StarDistNet(8, 1, base_channels=4, depth=2, head_channels=8)
@@ -121,7 +121,7 @@ def test_batches_made_in_worker_processes_equal_those_made_in_process(shared_dat
 
 
 def test_tiny_model_loss_falls_on_real_nuclei(nuclei_items):
-    from ijtorch.models.stardist import stardist_loss
+    from ijtorch.models.stardist.network import stardist_loss
 
     net = _tiny_net()
     fixed = list(nuclei_items(2)(np.random.default_rng(7)))
@@ -139,7 +139,7 @@ def test_tiny_model_loss_falls_on_real_nuclei(nuclei_items):
 
 
 def test_kill_and_resume_matches_uninterrupted_run(nuclei_items, tmp_path):
-    from ijtorch.models.stardist import stardist_loss
+    from ijtorch.models.stardist.network import stardist_loss
 
     data = nuclei_items(2)
     kw = dict(epochs=4, lr=2e-3, seed=3, device="cpu", progress_bar=False, restore_best=False, scheduler="cosine")
@@ -186,7 +186,7 @@ def test_trainer_rejects_bad_arguments():
 def test_checkpoint_contains_no_pickle(nuclei_items, tmp_path):
     from safetensors import safe_open
 
-    from ijtorch.models.stardist import stardist_loss
+    from ijtorch.models.stardist.network import stardist_loss
 
     Trainer(_tiny_net(), stardist_loss, nuclei_items(1), epochs=1, checkpoint_dir=tmp_path, device="cpu",
             progress_bar=False).fit()

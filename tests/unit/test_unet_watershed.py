@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from ijtorch.metrics import match_labels
+from ijtorch.metrics.instance import match_labels
 from ijtorch.models import unet_watershed as uw
 
 

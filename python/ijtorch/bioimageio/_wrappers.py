@@ -10,8 +10,8 @@ import torch  # ARCH-STRIP
 from torch import nn  # ARCH-STRIP
 
 from ijtorch.models.classifier import ClassifierNet  # ARCH-STRIP
-from ijtorch.models.stardist import _torch_parts as _sd2  # ARCH-STRIP
-from ijtorch.models.stardist3d import _torch_parts as _sd3  # ARCH-STRIP
+from ijtorch.models.stardist.network import _torch_parts as _sd2  # ARCH-STRIP
+from ijtorch.models.stardist.network3d import _torch_parts as _sd3  # ARCH-STRIP
 from ijtorch.models.unet import UNet  # ARCH-STRIP
 
 StarDistNet = _sd2()  # ARCH-STRIP

@@ -42,12 +42,13 @@ def _module_body(module: object) -> str:
 def architecture_source() -> str:
     """Source text of :data:`ARCHITECTURE_FILE` for this ijtorch version."""
     import ijtorch
-    from ijtorch.models import classifier, stardist, stardist3d, unet
+    from ijtorch.models import classifier, unet
+    from ijtorch.models.stardist import geometry, geometry3d, network, network3d
 
     parts = [_HEADER.format(version=ijtorch.__version__), "\n# ---- ijtorch.models.unet", _module_body(unet)]
-    parts += ["\n# ---- ijtorch.models.stardist", inspect.getsource(stardist.ray_angles),
-              "\n# ---- ijtorch.models.stardist3d", inspect.getsource(stardist3d._triple)]
-    for cls in (stardist._torch_parts(), stardist3d._torch_parts()):
+    parts += ["\n# ---- ijtorch.models.stardist.geometry", inspect.getsource(geometry.ray_angles),
+              "\n# ---- ijtorch.models.stardist.geometry3d", inspect.getsource(geometry3d._triple)]
+    for cls in (network._torch_parts(), network3d._torch_parts()):
         parts.append(textwrap.dedent(inspect.getsource(cls)))
     parts += ["\n# ---- ijtorch.models.classifier", inspect.getsource(classifier.ResidualBlock),
               inspect.getsource(classifier.ClassifierNet)]

@@ -75,16 +75,16 @@ Output `maps` holds, per pixel, channel 0 = object probability and channels 1..{
 grid {grid} (every {grid}th pixel in y and x) whose probability exceeds **{prob}**, sort them by
 probability, greedily suppress polygons whose IoU with an already kept one exceeds **{nms}**, and
 render the kept polygons into a label image (later = lower score under earlier). In ijtorch:
-`ijtorch.models.stardist.instances_from_maps(prob, dist, prob_threshold={prob}, nms_threshold={nms}, grid={grid})`,
+`ijtorch.models.stardist.geometry.instances_from_maps(prob, dist, prob_threshold={prob}, nms_threshold={nms}, grid={grid})`,
 or import this package (`ijtorch import-bioimageio`) and run `ijtorch segment`.
 """,
     "stardist3d": """## How to finish: star-convex polyhedron non-maximum suppression (not expressible in the spec)
 
 Output `maps` lies on the grid {grid} (z, y, x): channel 0 = object probability, channels 1..{n_rays} =
 distances (voxels) along {n_rays} Fibonacci rays built for anisotropy {anisotropy}
-(`ijtorch.models.stardist3d.fibonacci_rays({n_rays}, {anisotropy})`). Keep grid points with probability
+(`ijtorch.models.stardist.geometry3d.fibonacci_rays({n_rays}, {anisotropy})`). Keep grid points with probability
 above **{prob}**, suppress polyhedra overlapping a kept one by IoU above **{nms}**, render the rest:
-`ijtorch.models.stardist3d.instances_from_maps_3d(prob, dist, rays, shape, grid={grid}, prob_threshold={prob}, nms_threshold={nms})`,
+`ijtorch.models.stardist.geometry3d.instances_from_maps_3d(prob, dist, rays, shape, grid={grid}, prob_threshold={prob}, nms_threshold={nms})`,
 or import this package into ijtorch and run `ijtorch segment`.
 """,
     "unet_watershed": """## How to finish: seeded watershed (not expressible in the spec)

@@ -247,7 +247,7 @@ class BioimageioModel:
 
     def _run_tiled(self, x: np.ndarray, tile: int, overlap: int | None, progress: Callable | None,
                    cancel: Callable[[], bool] | None) -> np.ndarray:
-        from ijtorch.train.tiling import predict_tiled
+        from ijtorch.core.tiling import predict_tiled
 
         src = ["channel"] + self.spatial
         arr, ids = x, list(self.in_axes)
@@ -348,7 +348,7 @@ class BioimageioModel:
                       overlap: int | None = None, progress: Callable | None = None,
                       cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, str]:
         """Output maps of an image: ``(array, axes)`` with ``C`` for the output channels (TZCYX order)."""
-        from ijtorch.train.progress import ProgressEvent, emit
+        from ijtorch.core.progress import ProgressEvent, emit
 
         items, canonical, outer_shape, perm = self._items(data, axes, channel)
         outs = []

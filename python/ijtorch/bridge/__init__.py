@@ -3,7 +3,7 @@
 Nothing here starts at import; :func:`start` (or the first call that needs ImageJ) does.
 """
 
-from ._commands import (
+from .registry import (
     CommandContext,
     command,
     macro_function,

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._commands import CommandContext, command, macro_function
+from .registry import CommandContext, command, macro_function
 from ._segment_commands import _progress_to_imagej
 
 __all__ = ["ClassifyParams", "TrainClassifierParams", "EmbedParams", "class_from_roi_name", "class_colours"]
@@ -98,7 +98,7 @@ def class_from_roi_name(name: str) -> str:
 
 def class_colours(n: int) -> np.ndarray:
     """``(n, 3)`` uint8 RGB, one distinct colour per class (glasbey, no black)."""
-    from ..tasks.colors import glasbey_lut
+    from ..core.colors import glasbey_lut
 
     return glasbey_lut(max(n + 1, 2))[1:n + 1]
 

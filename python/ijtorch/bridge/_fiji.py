@@ -204,7 +204,7 @@ def attach(ij: Any = None) -> Any:
     import jpype
 
     from . import _runtime
-    from ._commands import install_registered
+    from .registry import install_registered
 
     if not jpype.isJVMStarted():
         raise BridgeError("attach() needs a running JVM with ImageJ: create the gateway first "
@@ -227,7 +227,7 @@ def attach(ij: Any = None) -> Any:
     fiji = os.environ.get("IJTORCH_FIJI")
     _runtime.adopt(mode="attached", classpath=[], shim_jar=str(stamp) if stamp is not None else "", fiji=fiji)
     install_registered()
-    log.info("ijtorch attached: %d commands registered", len(__import__("ijtorch.bridge._commands",
+    log.info("ijtorch attached: %d commands registered", len(__import__("ijtorch.bridge.registry",
                                                                          fromlist=["x"]).registered_commands()))
     return ij
 

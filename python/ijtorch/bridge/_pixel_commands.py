@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
 from ._classify_commands import ClassFrom
-from ._commands import CommandContext, command
+from .registry import CommandContext, command
 from ._segment_commands import _progress_to_imagej
 
 __all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "Stroke", "strokes_from_manager", "annotation_from_strokes",

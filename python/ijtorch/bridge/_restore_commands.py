@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._commands import CommandContext, command
+from .registry import CommandContext, command
 
 __all__ = ["RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
 

@@ -17,8 +17,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..image import Calibration, check_axes
-from ..tasks.colors import glasbey_lut
-from ..tasks.outlines import Outlines, _as_label_array
+from ..core.colors import glasbey_lut
+from ..tasks.outlines import Outlines
+from ..core.labels import as_label_array
 from ._convert import numpy_to_imageplus
 from ._runtime import runtime
 
@@ -72,7 +73,7 @@ def labels_to_imageplus(labels: np.ndarray, axes: str, *, calibration: Any = Non
         glasbey LUT; display range 0..max(255, largest label) so label ``k`` <= 255 gets LUT
         entry ``k``. Not shown.
     """
-    labels = _as_label_array(labels)
+    labels = as_label_array(labels)
     axes = check_axes(axes, labels.ndim)
     if "S" in axes:
         raise ValueError(f"axes={axes!r}: a label map cannot have an S (RGB samples) axis")

@@ -191,7 +191,7 @@ def start(*, fiji: str | os.PathLike | None = None, headless: bool = False) -> R
             headless=headless,
         )
         log.info("ImageJ %s started (%s mode, display %s)", _runtime.imagej_version, _runtime.mode, _runtime.display)
-        from ._commands import install_registered
+        from .registry import install_registered
 
         install_registered()
         return _runtime

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._commands import CommandContext, command, macro_function
+from .registry import CommandContext, command, macro_function
 
 __all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_imageplus", "segment_outputs"]
 
@@ -153,7 +153,7 @@ class EvaluateParams(BaseModel):
 @command("ijtorch Evaluate", params=EvaluateParams)
 def evaluate_command(ctx: CommandContext, p: EvaluateParams) -> None:
     """Instance metrics (AP at IoU 0.5…0.9, F1, splits, merges, Dice) into a ResultsTable."""
-    from ..metrics import DEFAULT_THRESHOLDS, evaluate_pair
+    from ..metrics.instance import DEFAULT_THRESHOLDS, evaluate_pair
     from ..tasks.evaluate import evaluate
     from ._convert import imageplus_to_numpy
     from ._results import results_table

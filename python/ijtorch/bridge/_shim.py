@@ -38,7 +38,7 @@ def plugins_config() -> str:
     ijtorch server.
     """
     from . import commands  # noqa: F401  (registers the built-in commands; no JVM needed)
-    from ._commands import registered_commands
+    from .registry import registered_commands
 
     lines = ['Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension']
     # only ijtorch's own commands: user-registered ones must not change the jar (or its digest)

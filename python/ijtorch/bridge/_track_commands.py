@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._commands import CommandContext, command
+from .registry import CommandContext, command
 
 
 class TrackParams(BaseModel):
@@ -31,7 +31,7 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
     """
     from ..tasks.outlines import outlines
     from ..tasks.track import n_tracklets, n_tracks, track_movie, track_statistics, track_summary, write_track_outputs
-    from ..tasks.tracking import TrackingParams
+    from ..tasks.linking import TrackingParams
     from ._outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
 
     image = inputs.image

@@ -6,10 +6,6 @@ TrackMate XML written by :func:`ijtorch.io.trackmate.write_trackmate_xml`.
 :func:`open_in_trackmate` shows it on the image with TrackMate's own displayer and wizard (at the
 "configure views" step, as Plugins > Tracking > Load a TrackMate file does); without TrackMate,
 or headless, it returns ``None`` and the caller keeps the XML route.
-
-Hook for ``ijtorch Track`` (one line after ``tracked.show()``)::
-
-    from ._trackmate import open_in_trackmate; open_in_trackmate(tracks, imp)
 """
 
 from __future__ import annotations

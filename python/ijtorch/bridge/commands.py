@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ijtorch
 
-from ._commands import CommandContext, command, macro_function
+from .registry import CommandContext, command, macro_function
 
 # ---------------------------------------------------------------- foundation
 
@@ -27,7 +27,7 @@ def normalize_outputs(inputs, p: NormalizeParams):
     """The normalized current image as :class:`~ijtorch.bridge._outputs.CommandOutputs` (no JVM needed)."""
     import numpy as np
 
-    from ..tasks.normalize import normalize
+    from ..core.normalize import normalize
     from ._outputs import CommandOutputs, ImageOutput
 
     image = inputs.image

@@ -54,7 +54,7 @@ def write_ctc(folder: str | os.PathLike, tracks=None, *, masks: np.ndarray | Non
     folder
         Output folder (created if its parent exists), e.g. ``01_RES``.
     tracks
-        :class:`ijtorch.tasks.tracking.Tracks` from label input (uses ``tracked_labels`` and
+        :class:`ijtorch.tasks.linking.Tracks` from label input (uses ``tracked_labels`` and
         ``ctc``); or give ``masks`` and ``lineage`` instead.
     masks
         Label stack ``TYX`` / ``TZYX`` whose values are the track labels.

@@ -29,7 +29,7 @@ def write_geff(path: str | os.PathLike, tracks, *, overwrite: bool = False) -> P
     path
         Output zarr folder, e.g. ``tracks.geff`` (or ``tracks.zarr``).
     tracks
-        :class:`ijtorch.tasks.tracking.Tracks`.
+        :class:`ijtorch.tasks.linking.Tracks`.
     overwrite
         Replace an existing folder at ``path``.
 

@@ -48,7 +48,7 @@ def write_overlay_png(path: str | os.PathLike, image2d: np.ndarray, labels2d: np
     from PIL import Image as PILImage
     from skimage.segmentation import find_boundaries
 
-    from ..tasks.colors import glasbey_lut
+    from ..core.colors import glasbey_lut
 
     if image2d.ndim == 3 and image2d.shape[-1] == 3:
         rgb = np.stack([_display_uint8(image2d[..., i]) for i in range(3)], axis=-1)

@@ -128,7 +128,7 @@ def write_imagej_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *,
         or its dict form); omitted = uncalibrated.
     lut
         ``(3, 256)`` or ``(256, 3)`` uint8 colour table, one for all channels or one per channel
-        (e.g. :func:`ijtorch.tasks.colors.imagej_lut` for label maps).
+        (e.g. :func:`ijtorch.core.colors.imagej_lut` for label maps).
     display_range
         ``(min, max)`` display range stored for every channel.
     source

@@ -1,4 +1,4 @@
-"""TrackMate 7 XML and TrackMate-style CSV writers for :class:`ijtorch.tasks.tracking.Tracks`.
+"""TrackMate 7 XML and TrackMate-style CSV writers for :class:`ijtorch.tasks.linking.Tracks`.
 
 Follows ``docs/formats.md`` §1: every spot carries the 8 built-in features plus ``AREA`` and
 ``MEAN_INTENSITY_CH1`` (all declared); ROI polygons are in physical units relative to the spot
@@ -114,7 +114,7 @@ def _tables(tracks) -> dict:
 
 def _check_tracks(tracks) -> None:
     if not all(hasattr(tracks, a) for a in ("spots", "edges", "edge_cost", "calibration")):
-        raise TypeError(f"tracks must be an ijtorch.tasks.tracking.Tracks, got {type(tracks).__name__}")
+        raise TypeError(f"tracks must be an ijtorch.tasks.linking.Tracks, got {type(tracks).__name__}")
 
 
 def write_trackmate_xml(path: str | os.PathLike, tracks, *, image_path: str | os.PathLike | None = None,
@@ -126,7 +126,7 @@ def write_trackmate_xml(path: str | os.PathLike, tracks, *, image_path: str | os
     path
         Output ``.xml`` file (written atomically).
     tracks
-        :class:`ijtorch.tasks.tracking.Tracks`.
+        :class:`ijtorch.tasks.linking.Tracks`.
     image_path
         Movie the tracks belong to (``ImageData`` filename and folder); empty if omitted.
     shape
@@ -265,7 +265,7 @@ def write_trackmate_csv(folder: str | os.PathLike, tracks, *, prefix: str = "tra
     folder
         Existing output folder.
     tracks
-        :class:`ijtorch.tasks.tracking.Tracks`.
+        :class:`ijtorch.tasks.linking.Tracks`.
     prefix
         File name prefix (usually the image title).
 

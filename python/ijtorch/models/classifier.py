@@ -215,7 +215,7 @@ class ClassifierModel:
         """
         from scipy import ndimage as ndi
 
-        from ijtorch.train.data import percentile_normalize
+        from ijtorch.core.normalize import percentile_normalize
 
         images = np.asarray(images)
         shape = self.input_shape

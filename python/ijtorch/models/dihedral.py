@@ -35,7 +35,7 @@ class DihedralTransform:
         """Indices ``p`` such that ray ``r`` of the original image is ray ``p[r]`` of the transformed one.
 
         Rays are at angles ``2*pi*r/n_rays`` with direction ``(dy, dx) = (sin, cos)`` (as in
-        :func:`ijtorch.models.stardist.ray_angles`): a quarter turn moves every ray by
+        :func:`ijtorch.models.stardist.geometry.ray_angles`): a quarter turn moves every ray by
         ``n_rays / 4``, a mirror of X sends angle ``a`` to ``pi - a``. So maps predicted on
         ``forward(image)`` and brought back with :meth:`inverse` hold ray ``r`` in channel ``p[r]``.
         """

@@ -165,7 +165,7 @@ def default_architecture(n_in: int, n_classes: int) -> dict[str, Any]:
 
 def normalize_plane(plane: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
     """Percentile-normalise a ``(C, Y, X)`` plane per channel as the model's config says."""
-    from ijtorch.train.data import percentile_normalize
+    from ijtorch.core.normalize import percentile_normalize
 
     plane = np.asarray(plane, dtype=np.float32)
     if norm.get("method", "percentile") == "none":
@@ -239,7 +239,7 @@ class PixelClassifierModel:
     def predict_proba(self, plane: np.ndarray, *, tile_size: int | None = None, overlap: int | None = None,
                       progress: Callable | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Class probabilities ``(C, Y, X)`` float32 of one raw plane (tiled; see module docstring)."""
-        from ijtorch.train.tiling import predict_tiled
+        from ijtorch.core.tiling import predict_tiled
 
         self.network.eval()
         x = np.asarray(plane)

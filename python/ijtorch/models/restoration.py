@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ijtorch.errors import ModelError
-from ijtorch.train.data import percentile_normalize
-from ijtorch.train.progress import ProgressCallback
-from ijtorch.train.tiling import predict_tiled
+from ijtorch.core.normalize import percentile_normalize
+from ijtorch.core.progress import ProgressCallback
+from ijtorch.core.tiling import predict_tiled
 
 from .store import ModelDir, load_model_dir, register_model_type, save_model_dir
 

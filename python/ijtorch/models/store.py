@@ -237,11 +237,11 @@ def register_model_type(model_type: str, builder: Callable[[ModelDir, str], Any]
 
 def _builtin_builders() -> None:
     if "stardist2d" not in _BUILDERS:
-        from .stardist_model import StarDistModel
+        from .stardist.model import StarDistModel
 
         register_model_type("stardist2d", lambda md, dev: StarDistModel.from_model_dir(md, device=dev))
     if "stardist3d" not in _BUILDERS:
-        from .stardist3d_model import StarDist3DModel
+        from .stardist.model3d import StarDist3DModel
 
         register_model_type("stardist3d", lambda md, dev: StarDist3DModel.from_model_dir(md, device=dev))
     if "unet_watershed" not in _BUILDERS:

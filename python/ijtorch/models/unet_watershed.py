@@ -37,7 +37,7 @@ from ijtorch.image import check_axes
 if TYPE_CHECKING:  # torch stays a lazy import (house rule 11)
     import torch
 
-    from ijtorch.train.progress import ProgressEvent
+    from ijtorch.core.progress import ProgressEvent
     from ijtorch.train.trainer import TrainResult
 
 __all__ = [
@@ -230,7 +230,7 @@ def _build_net(architecture: dict) -> Any:
 
 
 def _normalize(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    from ijtorch.train.data import percentile_normalize
+    from ijtorch.core.normalize import percentile_normalize
 
     return percentile_normalize(image, cfg.low, cfg.high)
 
@@ -248,10 +248,10 @@ def _check_image(image: Any, axes: str) -> np.ndarray:
 
 def _forward_tiled(net: Any, image: np.ndarray, *, tile: int, overlap: int, device: str,
                    progress: Callable | None, cancel: Callable[[], bool] | None) -> np.ndarray:
-    """Softmax probabilities ``(3, Y, X)`` via :func:`ijtorch.train.tiling.predict_tiled` (crop stitching)."""
+    """Softmax probabilities ``(3, Y, X)`` via :func:`ijtorch.core.tiling.predict_tiled` (crop stitching)."""
     import torch
 
-    from ijtorch.train.tiling import predict_tiled
+    from ijtorch.core.tiling import predict_tiled
 
     def fn(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -303,7 +303,7 @@ def predict(
         unchanged (it must then already be normalised the same way); integer input then warns.
     tile_size, overlap : int
         Tile size and minimum overlap of neighbouring tiles in pixels; each output pixel comes from
-        the tile whose core contains it (:func:`ijtorch.train.tiling.predict_tiled`, ``"crop"``), so
+        the tile whose core contains it (:func:`ijtorch.core.tiling.predict_tiled`, ``"crop"``), so
         with an overlap above the network's receptive field results do not depend on tiling.
     device : str or None, default "cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``None``/``"auto"`` for the best available.
@@ -356,7 +356,7 @@ def predict_instances(
     numpy.ndarray
         ``int32`` label map of the image's shape, 0 = background.
     """
-    from ijtorch.train.progress import ProgressEvent, emit
+    from ijtorch.core.progress import ProgressEvent, emit
 
     _check_image(image, axes)
     model, dev = _as_model(model, device)

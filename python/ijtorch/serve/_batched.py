@@ -62,7 +62,7 @@ def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
 def forward_maps(model: Any, images: Sequence[np.ndarray]) -> list[Maps]:
     """Probability and distance maps of same-shaped ``YX`` images from one forward pass.
 
-    ``model`` is a loaded :class:`ijtorch.models.stardist_model.StarDistModel`; every image must
+    ``model`` is a loaded :class:`ijtorch.models.stardist.model.StarDistModel`; every image must
     be batchable (see :func:`batchable`). The maps are views into the batch's output array.
     """
     t0 = time.monotonic()
@@ -86,7 +86,7 @@ def forward_maps(model: Any, images: Sequence[np.ndarray]) -> list[Maps]:
 def instances(model: Any, maps: Maps, prob_threshold: float | None, nms_threshold: float | None,
               model_name: str) -> Any:
     """The ``SegmentationResult`` of one image's maps (``None`` thresholds take the model's tuned values)."""
-    from ijtorch.models import stardist as sd
+    from ijtorch.models.stardist import geometry as sd
     from ijtorch.tasks.segment import SegmentationResult
 
     t0 = time.monotonic()

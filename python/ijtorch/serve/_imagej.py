@@ -109,7 +109,7 @@ def command_catalog() -> dict[str, Any]:
     """What ``GET /imagej/commands`` answers: dialog specs, the inputs each command needs, and every
     registered macro function with its argument types and whether the server can run it."""
     from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
-    from ..bridge._commands import arg_codes, registered_functions
+    from ..bridge.registry import arg_codes, registered_functions
     from ..bridge._options import dialog_spec
 
     cmds = remote_commands()
@@ -179,9 +179,9 @@ def _request_rois(rois: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
 def _imagej_pixels(data: np.ndarray, labels: bool) -> tuple[np.ndarray, float]:
     """Pixels as ImageJ will store them (the rules of ``labels_to_imageplus``) and the display max."""
     if labels:
-        from ..tasks.outlines import _as_label_array
+        from ..core.labels import as_label_array
 
-        lab = _as_label_array(data)
+        lab = as_label_array(data)
         top = int(lab.max()) if lab.size else 0
         if top <= 65535:
             return lab.astype(np.uint16, copy=False), float(max(255, top))
@@ -208,7 +208,7 @@ def _files(files: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 def outputs_to_wire(outputs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A :class:`~ijtorch.bridge._outputs.CommandOutputs` as a reply header and arrays."""
     from ..io.roiset import _check_positions, default_names
-    from ..tasks.colors import glasbey_lut
+    from ..core.colors import glasbey_lut
 
     header: dict[str, Any] = {"status": outputs.status, "values": dict(outputs.values), "log": list(outputs.log),
                               "images": [], "lut": None, "rois": None, "roi_style": None, "tables": [],
@@ -266,7 +266,7 @@ def call_function(name: str, args: list[Any], values: dict[str, Any], check_mode
     (bad arguments or the function's own error, with its message).
     """
     from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
-    from ..bridge._commands import dispatch_function, registered_functions
+    from ..bridge.registry import dispatch_function, registered_functions
     from ..bridge._outputs import client_session
 
     spec = registered_functions().get(name)

@@ -61,7 +61,7 @@ class JobManager:
     """Runs jobs one at a time on ``executor``; their rows and results live in a :class:`JobStore`.
 
     A job function ``fn(progress, cancelled) -> bytes`` gets a progress listener (taking
-    :class:`ijtorch.train.progress.ProgressEvent`) and a cancel check to pass to the task. A
+    :class:`ijtorch.core.progress.ProgressEvent`) and a cancel check to pass to the task. A
     queued or running job holds its admission ticket (a slot and its input's reserved bytes);
     its result goes to disk, not memory.
     """

@@ -70,7 +70,7 @@ from ._jobstore import JobStore
 from ._security import HostCheck, ModelNames, token_matches
 from ._state import Admission, JobManager, Metrics, gpu_memory, release_free_memory, rss_bytes
 from ._wire import MEDIA_TYPE, WireError, decode, encode
-from .batching import DynamicBatcher
+from .batcher import DynamicBatcher
 
 __all__ = ["ServerConfig", "create_app", "HTTPError", "client_message"]
 
@@ -633,7 +633,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             raise
 
     async def normalize_route(request: Request, ctx: Ctx) -> Any:
-        from ..tasks.normalize import normalize
+        from ..core.normalize import normalize
 
         header, arrays, _ = await read(request, ctx)
         req = _parse(NormalizeRequest, header)
@@ -715,7 +715,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     async def track_job(request: Request, ctx: Ctx) -> Response:
         from ..tasks.segment import segment
         from ..tasks.track import track_statistics
-        from ..tasks.tracking import TrackingParams, track_labels
+        from ..tasks.linking import TrackingParams, track_labels
 
         header, arrays, nbody = await read(request, ctx)
         req = _parse(TrackRequest, header)
@@ -795,7 +795,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         return JSONResponse(command_catalog())
 
     async def imagej_command(request: Request, ctx: Ctx) -> Any:
-        from ..bridge._commands import registered_commands
+        from ..bridge.registry import registered_commands
         from ..bridge._options import params_from_options
         from ._imagej import command_inputs, outputs_to_wire, remote_commands
 

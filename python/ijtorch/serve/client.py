@@ -122,7 +122,7 @@ class Client:
 
     def normalize(self, data: np.ndarray, axes: str, *, low: float = 1.0, high: float = 99.8,
                   per_plane: bool = False, clip: bool = False) -> np.ndarray:
-        """Like :func:`ijtorch.tasks.normalize.normalize` on the server."""
+        """Like :func:`ijtorch.core.normalize.normalize` on the server."""
         _, arrays = self.post("/normalize", self._image_header(axes, None, low=low, high=high, per_plane=per_plane,
                                                                clip=clip), {"image": data})
         return arrays["image"]

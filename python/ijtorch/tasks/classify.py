@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..image import check_axes, to_axes
-from ..train.progress import ProgressCallback, ProgressEvent, emit
+from ..core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["CLASS_WEIGHTING", "NORMALIZATION", "train_classifier", "classify", "embed", "object_crops", "object_ids",
            "cluster_embeddings", "Clusters", "write_features", "load_class_folders", "stratified_split"]
@@ -218,13 +218,13 @@ def train_classifier(
     dict
         ``output``, ``classes``, ``n_train``, ``n_val``, ``val_indices``, ``class_counts``,
         ``metrics`` (report on the held-out items, see
-        :func:`ijtorch.metrics_classification.classification_report`, with ``ece_uncalibrated``),
+        :func:`ijtorch.metrics.classification.classification_report`, with ``ece_uncalibrated``),
         ``temperature``, ``epochs_run``, ``best_epoch`` (the epoch with the best held-out balanced
         accuracy, for information: the saved model has the last epoch's weights), ``seconds``.
     """
     import torch
 
-    from ..metrics_classification import classification_report, write_confusion_png
+    from ..metrics.classification import classification_report, write_confusion_png
     from ..models.classifier import MODEL_TYPE, ClassifierModel, ClassifierNet, fit_temperature
     from ..models.store import load_model
     from ..train.trainer import Trainer
@@ -329,7 +329,7 @@ def train_classifier(
         return torch.nn.functional.cross_entropy(model(xb), yb, weight=w)
 
     def metric_fn(model) -> dict[str, float]:
-        from ..metrics_classification import balanced_accuracy, confusion_matrix
+        from ..metrics.classification import balanced_accuracy, confusion_matrix
 
         with torch.no_grad():
             dev = next(model.parameters()).device

@@ -1,6 +1,6 @@
 """Evaluate a folder of predicted label maps against ground truth (``ijtorch evaluate``).
 
-Files are paired by name (see :func:`ijtorch.metrics.evaluate_folders`); every image gets one row of
+Files are paired by name (see :func:`ijtorch.metrics.instance.evaluate_folders`); every image gets one row of
 instance metrics (matching by IoU with optimal assignment, DSB-style ``ap@T`` at each threshold,
 false splits and merges) and semantic Dice/Jaccard of the foreground, followed by a ``mean`` row
 and a ``pooled`` row (counts summed over images).
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ijtorch import __version__
-from ijtorch.metrics import DEFAULT_THRESHOLDS, evaluate_folders, write_csv
+from ijtorch.metrics.instance import DEFAULT_THRESHOLDS, evaluate_folders, write_csv
 
 __all__ = ["evaluate", "format_table", "CSV_NAME"]
 
@@ -48,7 +48,7 @@ def evaluate(
     thresholds : sequence of float, default 0.5, 0.55, ..., 0.9
         IoU thresholds of the ``ap@T`` columns.
     overlap_fraction : float, default 0.5
-        Rule parameter for false splits/merges (:func:`ijtorch.metrics.split_merge_counts`).
+        Rule parameter for false splits/merges (:func:`ijtorch.metrics.instance.split_merge_counts`).
 
     Returns
     -------

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 
 from ..image import Calibration, check_axes
-from .outlines import _as_label_array
+from ..core.labels import as_label_array
 
 __all__ = ["measure", "COLUMNS"]
 
@@ -68,7 +68,7 @@ def measure(labels: np.ndarray, axes: str = "YX", *, intensity: np.ndarray | Non
     >>> r["label"].tolist(), r["area"].tolist(), r["centroid_x"].tolist(), r["centroid_y"].tolist()
     ([5], [4], [1.0], [2.0])
     """
-    labels = _as_label_array(labels)
+    labels = as_label_array(labels)
     axes = check_axes(axes, labels.ndim)
     if "S" in axes:
         raise ValueError(f"axes={axes!r}: a label map cannot have an S (RGB samples) axis")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.labels import as_label_array
 from ..image import check_axes
 
 __all__ = ["Outlines", "outlines", "polygon_area"]
@@ -122,24 +123,6 @@ def polygon_area(xy: np.ndarray) -> float:
     return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) / 2.0
 
 
-def _as_label_array(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype.kind in "ui":
-        if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-            raise ValueError(f"labels must be >= 0, got minimum {labels.min()}")
-        return labels
-    if labels.dtype.kind == "f":
-        if labels.size and (not np.all(np.isfinite(labels)) or labels.min() < 0
-                            or np.any(labels != np.floor(labels))):
-            raise ValueError("labels: a float label map must hold non-negative whole numbers")
-        if labels.size and labels.max() > 2**53:
-            raise ValueError(f"labels: float label values above 2**53 are not exact, got {labels.max()}")
-        return labels.astype(np.int64)
-    if labels.dtype == bool:
-        return labels.astype(np.uint8)
-    raise ValueError(f"labels must be an integer, float or bool array, got dtype {labels.dtype}")
-
-
 def outlines(labels: np.ndarray, axes: str = "YX") -> Outlines:
     """Trace the outer boundary polygon of every object in a label map.
 
@@ -165,7 +148,7 @@ def outlines(labels: np.ndarray, axes: str = "YX") -> Outlines:
     >>> o.labels.tolist(), o.polygon(0).tolist()
     ([7], [[1.0, 1.0], [4.0, 1.0], [4.0, 3.0], [1.0, 3.0]])
     """
-    labels = _as_label_array(labels)
+    labels = as_label_array(labels)
     axes = check_axes(axes, labels.ndim)
     if "S" in axes:
         raise ValueError(f"axes={axes!r}: a label map cannot have an S (RGB samples) axis")

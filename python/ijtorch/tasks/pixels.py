@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ijtorch.image import Calibration, check_axes
-from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
+from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["PixelResult", "classify_pixels", "train_pixels", "class_areas", "scribbles_from_classes", "segment_result",
            "strokes_to_annotation", "dice_per_class", "is_pixel_model"]

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ijtorch.image import check_axes
-from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
+from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["KINDS", "TRAINING_DEFAULTS", "RestorationResult", "train_restoration", "restore", "denoise_n2v",
            "degradation_error_map", "intensity_stats", "check_dataset_shift"]
@@ -407,7 +407,8 @@ def train_restoration(
 
     from ijtorch.models.device import resolve_device
     from ijtorch.models.restoration import RestorationModel, build_net, masked_mse_loss, mse_loss
-    from ijtorch.train.data import percentile_normalize, split_train_val
+    from ijtorch.core.normalize import percentile_normalize
+    from ijtorch.train.data import split_train_val
     from ijtorch.train.trainer import Trainer
 
     _check_kind(kind)

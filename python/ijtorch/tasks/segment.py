@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ijtorch.image import check_axes
-from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
+from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..image import Calibration, check_axes
-from .tracking import Tracks, TrackingParams, track_labels
+from .linking import Tracks, TrackingParams, track_labels
 
 __all__ = ["track_movie", "track_statistics", "write_track_outputs"]
 
@@ -36,7 +36,7 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
     calibration
         Pixel sizes and frame interval; positions and speeds are in its units.
     params
-        :class:`~ijtorch.tasks.tracking.TrackingParams`.
+        :class:`~ijtorch.tasks.linking.TrackingParams`.
     """
     axes = check_axes(axes, data.ndim)
     if "T" not in axes:

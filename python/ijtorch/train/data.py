@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 
 __all__ = [
-    "Pair", "load_pairs", "load_shared_segmentation", "percentile_normalize", "AugmentConfig",
+    "Pair", "load_pairs", "load_shared_segmentation", "AugmentConfig",
     "augment_pair", "random_patch", "split_train_val",
 ]
 
@@ -95,38 +95,6 @@ def load_shared_segmentation(name: str = "nuclei_dsb2018", split: str = "train",
     if not folder.is_dir():
         raise ValueError(f"name={name!r}, split={split!r}: {folder} does not exist")
     return load_pairs(folder)
-
-
-def percentile_normalize(x: np.ndarray, low: float = 1.0, high: float = 99.8, *,
-                         axes: int | tuple[int, ...] | None = None, eps: float = 1e-20,
-                         clip: bool = False) -> np.ndarray:
-    """Map the ``low`` and ``high`` percentiles of ``x`` to 0 and 1 (float32).
-
-    Parameters
-    ----------
-    x : ndarray
-        Image of any real dtype.
-    low, high : float
-        Percentiles in [0, 100] with ``low < high``.
-    axes : int or tuple of int, optional
-        Axes over which percentiles are computed (``None``: all); e.g. ``axes=(-2, -1)`` normalises
-        every plane of a stack separately.
-    eps : float
-        Added to the denominator.
-    clip : bool
-        Clip the result to [0, 1].
-    """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
-    if not (0 <= low < high <= 100):
-        raise ValueError(f"low={low!r}, high={high!r}: expected 0 <= low < high <= 100")
-    xf = x.astype(np.float32, copy=False)
-    lo = np.percentile(xf, low, axis=axes, keepdims=True).astype(np.float32)
-    hi = np.percentile(xf, high, axis=axes, keepdims=True).astype(np.float32)
-    out = (xf - lo) / (hi - lo + np.float32(eps))
-    if clip:
-        out = np.clip(out, 0, 1)
-    return out.astype(np.float32, copy=False)
 
 
 class AugmentConfig(BaseModel):

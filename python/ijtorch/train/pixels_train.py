@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ijtorch.errors import ModelError
 
-from .progress import ProgressCallback, ProgressEvent, emit
+from ..core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["sparse_loss", "train_pixel_classifier", "class_weights"]
 

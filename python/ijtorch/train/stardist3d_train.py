@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .data import AugmentConfig, Pair
-from .progress import ProgressCallback
+from ..core.progress import ProgressCallback
 from .stardist_train import (_batch_sources, _fit, _load_base_model, _percentile_normalization, _save_tuned,
                              _setup, _TargetBatches, _training_record)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def stardist3d_targets(labels: np.ndarray, rays: Any, anisotropy: Sequence[float],
                        grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """``(prob (Zg, Yg, Xg), dist (n_rays, Zg, Yg, Xg))`` float32 targets of a label volume on ``grid``."""
-    from ijtorch.models import stardist3d as s3
+    from ijtorch.models.stardist import geometry3d as s3
 
     prob = s3.object_probabilities_3d(labels, anisotropy, grid)
     dist = s3.star_distances_3d(labels, rays, grid)
@@ -127,7 +127,7 @@ def train_stardist3d(
         Rays on the sphere (ignored when fine-tuning).
     anisotropy : float or (z, y, x), optional
         Voxel size relative to the smallest; default: estimated from the objects' median extents
-        (:func:`ijtorch.models.stardist3d.anisotropy_from_labels`), as StarDist does.
+        (:func:`ijtorch.models.stardist.geometry3d.anisotropy_from_labels`), as StarDist does.
     grid : int or (z, y, x), optional
         Output subsampling; default: 2 along axes with anisotropy below 1.5, else 1.
     base_channels, depth, head_channels, pool_z
@@ -146,8 +146,9 @@ def train_stardist3d(
     """
     import torch
 
-    from ijtorch.models import stardist3d as s3
-    from ijtorch.models.stardist3d_model import DEFAULT_TILE, StarDist3DModel
+    from ijtorch.models.stardist import geometry3d as s3
+    from ijtorch.models.stardist import network3d
+    from ijtorch.models.stardist.model3d import DEFAULT_TILE, StarDist3DModel
 
     setup = _setup(pairs, ndim=3, requirement="train_stardist3d needs 3D (ZYX) volumes", augment=augment,
                    val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers,
@@ -163,7 +164,7 @@ def train_stardist3d(
         arch = dict(md.config["architecture"])
         if grid is not None:
             arch["grid"] = list(s3._triple(grid, "grid", integer=True))
-        net = s3.StarDistNet3D(**arch)
+        net = network3d.StarDistNet3D(**arch)
         net.load_state_dict(md.state_dict)
         aniso = tuple(float(a) for a in md.config.get("anisotropy", (1.0, 1.0, 1.0)))
         if anisotropy is not None and s3._triple(anisotropy, "anisotropy") != aniso:
@@ -174,7 +175,7 @@ def train_stardist3d(
                  else s3._triple(anisotropy, "anisotropy"))
         net_grid = s3.grid_from_anisotropy(aniso) if grid is None else s3._triple(grid, "grid", integer=True)
         torch.manual_seed(seed)
-        net = s3.StarDistNet3D(n_rays, 1, grid=net_grid, base_channels=base_channels, depth=depth,
+        net = network3d.StarDistNet3D(n_rays, 1, grid=net_grid, base_channels=base_channels, depth=depth,
                                head_channels=head_channels, pool_z=pool_z)
         norm_cfg = _percentile_normalization(normalization)
     rays = s3.fibonacci_rays(net.n_rays, aniso)

@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .data import AugmentConfig, Pair, percentile_normalize, random_patch, split_train_val
-from .progress import ProgressCallback
+from .data import AugmentConfig, Pair, random_patch, split_train_val
+from ..core.normalize import percentile_normalize
+from ..core.progress import ProgressCallback
 
 __all__ = ["train_stardist", "stardist_targets", "tune_and_evaluate", "split_pairs"]
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def stardist_targets(labels: np.ndarray, n_rays: int) -> tuple[np.ndarray, np.ndarray]:
     """``(prob (Y, X), dist (n_rays, Y, X))`` float32 training targets of a 2D label map."""
-    from ijtorch.models import stardist as sd
+    from ijtorch.models.stardist import geometry as sd
 
     return sd.object_probabilities(labels), np.moveaxis(sd.star_distances(labels, n_rays), -1, 0)
 
@@ -265,7 +266,7 @@ def _fit(setup: _Setup, net: Any, train_data: Any, val_data: list | None, *, out
          cancel: Callable[[], bool] | None) -> tuple[Any, Any, float]:
     """Train with the StarDist loss (checkpoints in ``<output>.checkpoints`` unless given);
     ``(trainer, TrainResult, seconds)``."""
-    from ijtorch.models.stardist import stardist_loss
+    from ijtorch.models.stardist.network import stardist_loss
 
     from .trainer import Trainer
 
@@ -411,8 +412,8 @@ def train_stardist(
     """
     import torch
 
-    from ijtorch.models import stardist as sd
-    from ijtorch.models.stardist_model import StarDistModel
+    from ijtorch.models.stardist import network
+    from ijtorch.models.stardist.model import StarDistModel
 
     setup = _setup(pairs, ndim=2, requirement="train_stardist needs 2D (YX) images", augment=augment,
                    val_names=val_names, val_fraction=val_fraction, seed=seed, device=device, workers=workers,
@@ -422,13 +423,13 @@ def train_stardist(
     if base_model is not None:
         md = _load_base_model(base_model, "stardist2d")
         base_cfg = md.config
-        net = sd.StarDistNet(**md.config["architecture"])
+        net = network.StarDistNet(**md.config["architecture"])
         net.load_state_dict(md.state_dict)
         norm_cfg = dict(md.config.get("normalization", {}))
         n_rays = net.n_rays
     else:
         torch.manual_seed(seed)
-        net = sd.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels)
+        net = network.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels)
         norm_cfg = _percentile_normalization(normalization)
 
     def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None,

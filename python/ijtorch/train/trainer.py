@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .progress import ProgressCallback, ProgressEvent, TextProgressBar, emit
+from ..core.progress import ProgressCallback, ProgressEvent, TextProgressBar, emit
 
 __all__ = ["Trainer", "TrainResult", "seed_everything", "CHECKPOINT_NAME", "BEST_NAME"]
 
@@ -184,7 +184,7 @@ class Trainer:
     grad_clip : float or None
         Clip the gradient norm to this value.
     progress : callable, optional
-        Receives :class:`~ijtorch.train.progress.ProgressEvent` (phases ``train``, ``validate``,
+        Receives :class:`~ijtorch.core.progress.ProgressEvent` (phases ``train``, ``validate``,
         ``epoch``); exceptions from it are logged and ignored.
     progress_bar : bool or None
         Draw a text bar on stderr; ``None`` draws it when stderr is a terminal.

@@ -2,7 +2,7 @@
 
 Every verb calls the same task function as the ImageJ command and the server. The CLI is the
 one place (with the Java shim) that configures logging output. Errors that escape a verb become
-one line on stderr and an exit code (:mod:`ijtorch._cli_batch`: 2 for user errors, 3 for bugs;
+one line on stderr and an exit code (:mod:`ijtorch.cli.batch`: 2 for user errors, 3 for bugs;
 ``-v`` adds the traceback); batch verbs exit 1 when some of their inputs failed.
 """
 
@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor
+    from ..doctor import run_doctor
 
     return run_doctor(fiji=args.fiji, stream=sys.stdout)
 
@@ -25,9 +25,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _macro(args: argparse.Namespace) -> int:
     """Run a macro; the process then ends with its status, whatever windows or Java threads it left
     (bridge._batch.end_batch), or with 124 after ``--timeout`` seconds."""
-    from . import bridge
-    from .bridge._batch import Watchdog, end_batch
-    from .errors import IjtorchError, MacroError
+    from .. import bridge
+    from ..bridge._batch import Watchdog, end_batch
+    from ..errors import IjtorchError, MacroError
 
     path = Path(args.file)
     if not path.is_file():
@@ -43,7 +43,7 @@ def _macro(args: argparse.Namespace) -> int:
             if result.value:
                 print(result.value)
         except MacroError as exc:
-            from .bridge._macro import log_text
+            from ..bridge._macro import log_text
 
             printed = log_text()
             if printed:
@@ -59,7 +59,7 @@ def _macro(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="ijtorch", description="Deep learning for microscopy, from Fiji/ImageJ and Python.")
     parser.add_argument("--version", action="version", version=f"ijtorch {__version__}")
@@ -76,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji", help="use this Fiji.app's jars (default: $IJTORCH_FIJI, else embedded)")
     p.set_defaults(func=_macro)
 
-    from . import _cli_bioimageio, _cli_fiji, _cli_pixels, _cli_verbs
-    from .serve import _main as serve_main
+    from . import bioimageio, fiji, pixels, verbs
+    from ..serve import _main as serve_main
 
     # Each verb module adds its own sub-parsers; a new family of verbs adds its module here.
-    for verb_module in (_cli_verbs, _cli_fiji, _cli_bioimageio, _cli_pixels):
+    for verb_module in (verbs, fiji, bioimageio, pixels):
         verb_module.add_verbs(sub)
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
@@ -93,15 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run the verb; errors become one stderr line and an exit code (see ``_cli_batch``)."""
-    from ._cli_batch import run_verb
+    """Parse, run the verb; errors become one stderr line and an exit code (see :mod:`ijtorch.cli.batch`)."""
+    from .batch import run_verb
 
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return run_verb(args.verb, lambda: args.func(args), verbose=args.verbose)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

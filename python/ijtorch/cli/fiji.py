@@ -21,9 +21,9 @@ def _fiji(args: argparse.Namespace) -> int:
     """
     import os
 
-    from .bridge._batch import Watchdog, end_batch
-    from .bridge._fiji import fiji_gateway, find_fiji
-    from .errors import IjtorchError, MacroError
+    from ..bridge._batch import Watchdog, end_batch
+    from ..bridge._fiji import fiji_gateway, find_fiji
+    from ..errors import IjtorchError, MacroError
 
     status = 0
     started = False
@@ -37,7 +37,7 @@ def _fiji(args: argparse.Namespace) -> int:
             started = True
             gateway = fiji_gateway(path, headless=args.headless)
             if args.macro:
-                from .bridge import run_macro
+                from ..bridge import run_macro
 
                 macro = Path(args.macro)
                 if not macro.is_file():
@@ -56,7 +56,7 @@ def _fiji(args: argparse.Namespace) -> int:
                 for key, value in outputs.items():
                     print(f"{key}={value}")
             elif args.headless:
-                from .bridge import registered_commands
+                from ..bridge import registered_commands
 
                 print(f"Fiji {gateway.getVersion()} at {path} with ijtorch commands: {', '.join(registered_commands())}")
             else:
@@ -76,7 +76,7 @@ def _run_fiji_script(gateway, script: Path, pairs: list[str]) -> dict:
     """Run any Fiji script language file through ImageJ2's ScriptService with key=value inputs."""
     from jpype import JClass
 
-    from .errors import IjtorchError
+    from ..errors import IjtorchError
 
     if not script.is_file():
         raise IjtorchError(f"no such script: {script}")
@@ -102,8 +102,8 @@ def _show_fiji_until_closed(gateway) -> None:
 
 
 def _install_fiji(args: argparse.Namespace) -> int:
-    from .bridge._install import install_fiji, uninstall_fiji
-    from .errors import IjtorchError
+    from ..bridge._install import install_fiji, uninstall_fiji
+    from ..errors import IjtorchError
 
     try:
         if args.uninstall:

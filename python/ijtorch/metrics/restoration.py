@@ -9,7 +9,7 @@ least-squares fit). PSNR, SSIM and NRMSE are computed on that pair with a data r
 Examples
 --------
 >>> import numpy as np
->>> from ijtorch.metrics_restoration import psnr
+>>> from ijtorch.metrics.restoration import psnr
 >>> gt = np.linspace(0, 1, 64 * 64).reshape(64, 64)
 >>> psnr(gt, 3 * gt + 7) > 100  # an affine copy is a perfect restoration
 True

@@ -27,9 +27,9 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from .errors import IjtorchError
+from ..errors import IjtorchError
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "UsageError", "Skip",
            "USER_ERRORS", "Batch", "staged_outputs", "describe_error", "run_verb", "positive_int",
@@ -127,7 +127,7 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- staged outputs
 def _move_into(staging: Path, output: Path, inputs: Sequence[Path]) -> list[Path]:
-    from .io.atomic import refuse_overwrite
+    from ..io.atomic import refuse_overwrite
 
     entries = sorted(staging.iterdir())
     targets = [output / e.name for e in entries]
@@ -178,7 +178,7 @@ class Batch:
     """
 
     def __init__(self, verb: str, total: int, *, fail_fast: bool = False, verbose: int = 0) -> None:
-        from .train.progress import CountProgress
+        from ..core.progress import CountProgress
 
         self.verb, self.total, self.fail_fast, self.verbose = verb, total, fail_fast, verbose
         self.done: list[str] = []

@@ -1,9 +1,9 @@
 """A trained 3D StarDist model: network + rays + config, tiled prediction on the grid, save/load.
 
-Same interface as :class:`~ijtorch.models.stardist_model.StarDistModel` (thresholds, normalisation,
+Same interface as :class:`~ijtorch.models.stardist.model.StarDistModel` (thresholds, normalisation,
 ``optimize_thresholds``, ``evaluate``, model directories), for ``ZYX`` volumes.
 
-Tiled prediction reuses :func:`ijtorch.train.tiling.predict_tiled`, which needs outputs the size
+Tiled prediction reuses :func:`ijtorch.core.tiling.predict_tiled`, which needs outputs the size
 of the input tiles, while the network outputs one value per ``grid`` cell (a full-resolution
 output with 96 distance channels would need 400 bytes per voxel). The volume is therefore handed
 to the tiler *packed*: each ``gz × gy × gx`` cell becomes one position with ``gz*gy*gx``
@@ -20,11 +20,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ijtorch.errors import ModelError
-from ijtorch.train.progress import ProgressCallback
-from ijtorch.train.tiling import predict_tiled
+from ijtorch.core.progress import ProgressCallback
+from ijtorch.core.tiling import predict_tiled
 
-from . import stardist3d as s3
-from .stardist_model import StarDistModel
+from . import geometry3d as s3
+from . import network3d
+from .model import StarDistModel
 
 __all__ = ["StarDist3DModel", "MODEL_TYPE_3D"]
 
@@ -92,7 +93,7 @@ class StarDist3DModel(StarDistModel):
 
     @staticmethod
     def build_net(architecture: dict[str, Any]) -> Any:
-        return s3.StarDistNet3D(**architecture)
+        return network3d.StarDistNet3D(**architecture)
 
     @property
     def grid(self) -> tuple[int, int, int]:

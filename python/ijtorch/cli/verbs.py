@@ -1,10 +1,10 @@
 """The task verbs of the CLI: segment, train, evaluate, track, restore, denoise, classify, ...
 
 Each verb calls the same task function as the ImageJ command and the server. Verbs that take
-inputs run them through :class:`ijtorch._cli_batch.Batch` (one input at a time, failures reported
+inputs run them through :class:`ijtorch.cli.batch.Batch` (one input at a time, failures reported
 in one line, outputs staged so a failed input leaves none, a summary, exit code 1 when any failed).
 Channels are numbered from 1 on the command line, as in ImageJ; the task functions take the
-0-based numpy index, so the conversion happens once, in :func:`ijtorch._cli_batch.one_based_channel`.
+0-based numpy index, so the conversion happens once, in :func:`ijtorch.cli.batch.one_based_channel`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cli_batch import (Batch, Skip, UsageError, add_batch_options, one_based_channel, positive_float,
+from .batch import (Batch, Skip, UsageError, add_batch_options, one_based_channel, positive_float,
                          positive_int)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -42,8 +42,8 @@ def _read_image(path: Path, axes: str | None = None):
     (a plain TIFF whose axes tifffile cannot map is then read as a bare array)."""
     import tifffile
 
-    from .image import Image, check_axes
-    from .io.tiff import read_tiff
+    from ..image import Image, check_axes
+    from ..io.tiff import read_tiff
 
     try:
         image = read_tiff(path)
@@ -74,21 +74,21 @@ def _check_channel(data_shape: tuple[int, ...], axes: str, channel: int | None) 
 
 def _resolve_model(name: str) -> None:
     """Fail before the batch when the model does not exist (not once per input)."""
-    from .models.store import resolve_model
+    from ..models.store import resolve_model
 
     resolve_model(name)
 
 
 def _training_progress(desc: str, steps_per_epoch: int | None = None):
-    from .train.progress import TrainingProgress
+    from ..core.progress import TrainingProgress
 
     return TrainingProgress(desc, steps_per_epoch=steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------- segment / train / evaluate
 def _segment(args: argparse.Namespace) -> int:
-    from .io.outputs import write_segmentation_outputs
-    from .tasks.segment import segment
+    from ..io.outputs import write_segmentation_outputs
+    from ..tasks.segment import segment
 
     files = _input_files(args.inputs)
     _resolve_model(args.model)
@@ -114,7 +114,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .tasks.segment import train_segmentation
+    from ..tasks.segment import train_segmentation
 
     progress = _training_progress("train", args.steps)
     summary = train_segmentation(args.images, args.labels, output=args.output, method=args.method,
@@ -131,8 +131,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import metrics
-    from .tasks.evaluate import CSV_NAME, format_table
+    from ..metrics import instance as metrics
+    from ..tasks.evaluate import CSV_NAME, format_table
 
     pred_files = metrics._index_dir(Path(args.pred_dir), "pred_dir")
     gt_files = metrics._index_dir(Path(args.gt_dir), "gt_dir")
@@ -168,10 +168,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _track(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .image import check_axes
-    from .io.tiff import read_tiff
-    from .tasks.track import track_movie, write_track_outputs
-    from .tasks.tracking import TrackingParams
+    from ..image import check_axes
+    from ..io.tiff import read_tiff
+    from ..tasks.track import track_movie, write_track_outputs
+    from ..tasks.linking import TrackingParams
 
     source = Path(args.input)
     if not source.exists():
@@ -198,7 +198,7 @@ def _track(args: argparse.Namespace) -> int:
             _check_channel(data.shape, axes, args.channel)
         params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap,
                                 allow_splitting=not args.no_divisions, fill_gaps=args.fill_gaps)
-        from .train.progress import PhaseProgress
+        from ..core.progress import PhaseProgress
 
         progress = PhaseProgress({"plane": f"track: segment {source.name}", "link": f"track: link {source.name}"})
         try:
@@ -230,9 +230,9 @@ def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: st
     """Train one Noise2Void model on ``planes`` into ``model_dir``; return it loaded."""
     import tempfile
 
-    from .models.device import resolve_device
-    from .models.restoration import RestorationModel
-    from .tasks.restore import train_restoration
+    from ..models.device import resolve_device
+    from ..models.restoration import RestorationModel
+    from ..tasks.restore import train_restoration
 
     progress = _training_progress(desc, args.steps)
     with tempfile.TemporaryDirectory(prefix="ijtorch-n2v-checkpoints-") as checkpoints:
@@ -246,8 +246,8 @@ def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: st
 def _restore(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .io.tiff import write_imagej_tiff
-    from .tasks.restore import _pick_channel, restore
+    from ..io.tiff import write_imagej_tiff
+    from ..tasks.restore import _pick_channel, restore
 
     files = _input_files(args.inputs)
     if args.model:
@@ -315,7 +315,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _train_restoration(args: argparse.Namespace) -> int:
-    from .tasks.restore import train_restoration
+    from ..tasks.restore import train_restoration
 
     progress = _training_progress("train-restoration", args.steps)
     summary = train_restoration(args.kind, args.inputs, args.targets, output=args.output, epochs=args.epochs,
@@ -342,7 +342,7 @@ def _classify_data(path: Path):
             if "images" not in z:
                 raise ValueError(f"{path} has no 'images' array (it holds {sorted(z.files)})")
             return z["images"], (z["labels"] if "labels" in z else None), [str(c) for c in z["classes"]] if "classes" in z else None
-    from .tasks.classify import load_class_folders
+    from ..tasks.classify import load_class_folders
 
     images, labels, classes, _ = load_class_folders(path)
     return images, labels, classes
@@ -351,8 +351,8 @@ def _classify_data(path: Path):
 def _classify(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io.outputs import write_table_csv
-    from .tasks.classify import classify, embed, write_features
+    from ..io.outputs import write_table_csv
+    from ..tasks.classify import classify, embed, write_features
 
     source = Path(args.input)
     if not source.exists():
@@ -382,7 +382,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     images, labels, classes = _classify_data(Path(args.input))
     if labels is None:
         raise UsageError(f"{args.input} has no 'labels' array: training needs one class label per image")
-    from .tasks.classify import train_classifier
+    from ..tasks.classify import train_classifier
 
     progress = _training_progress("train-classifier")
     summary = train_classifier(images, labels, classes=classes, output=args.output, base_model=args.base_model,
@@ -396,7 +396,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models.store import list_models
+    from ..models.store import list_models
 
     for entry in list_models():
         print(f"{entry['name']:<24} {entry.get('source', ''):<8} {entry.get('model_type', '')}  {entry.get('path', '')}")
@@ -404,15 +404,15 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     return run_demo(output=Path(args.output), data=Path(args.data) if args.data else None)
 
 
 # ----------------------------------------------------------------------------- the parsers
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
-    from .tasks.restore import KINDS
-    from .tasks.segment import METHODS
+    from ..tasks.restore import KINDS
+    from ..tasks.segment import METHODS
 
     p = sub.add_parser("segment", help="instance segmentation of TIFF files or folders")
     p.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFFs")

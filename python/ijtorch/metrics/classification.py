@@ -133,7 +133,7 @@ def write_confusion_png(path: str | os.PathLike, cm: Any, classes: Sequence[str]
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from .io.atomic import atomic_path
+    from ..io.atomic import atomic_path
 
     cm = np.asarray(cm)
     k = len(classes)

@@ -16,13 +16,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ijtorch.errors import ModelError
-from ijtorch.train.data import percentile_normalize
-from ijtorch.train.progress import ProgressCallback, ProgressEvent, emit
-from ijtorch.train.tiling import predict_tiled
+from ijtorch.core.normalize import percentile_normalize
+from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
+from ijtorch.core.tiling import predict_tiled
 
-from . import stardist as sd
-from .dihedral import dihedral_transforms
-from .store import ModelDir, load_model_dir, save_model_dir
+from . import geometry as sd
+from . import network
+from ..dihedral import dihedral_transforms
+from ..store import ModelDir, load_model_dir, save_model_dir
 
 __all__ = ["StarDistModel", "MODEL_TYPE"]
 
@@ -85,7 +86,7 @@ class StarDistModel:
     @staticmethod
     def build_net(architecture: dict[str, Any]) -> Any:
         """The (untrained) network described by a config's ``architecture`` entry."""
-        return sd.StarDistNet(**architecture)
+        return network.StarDistNet(**architecture)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> "StarDistModel":

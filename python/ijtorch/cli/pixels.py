@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli_batch import positive_int
+from .batch import positive_int
 
 
 def _train_pixels(args: argparse.Namespace) -> int:
-    from .errors import IjtorchError
-    from .tasks.pixels import train_pixels
+    from ..errors import IjtorchError
+    from ..tasks.pixels import train_pixels
 
     for role, given in (("IMAGES", args.images), ("ANNOTATIONS", args.annotations)):
         if not Path(given).exists():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ._cli_batch import UsageError
-    from .bioimageio.export import export_bioimageio
+    from .batch import UsageError
+    from ..bioimageio.export import export_bioimageio
 
     test_image = None
     if args.test_image:
@@ -35,7 +35,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .bioimageio.package_import import import_bioimageio
+    from ..bioimageio.package_import import import_bioimageio
 
     result = import_bioimageio(args.package, name=args.name, task=args.task, overwrite=args.overwrite,
                                threshold=args.threshold)

@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
 from ..image import Calibration, check_axes
-from ..train.progress import ProgressCallback, ProgressEvent, emit
-from ._lap import solve_sparse_lap
-from .outlines import _as_label_array, outlines
+from ..core.progress import ProgressCallback, ProgressEvent, emit
+from ..core.labels import as_label_array
+from .outlines import outlines
 
 __all__ = ["Detections", "Tracks", "TrackingParams", "detect_labels", "detect_points", "track",
            "track_labels", "fill_gaps", "EDGE_LINK", "EDGE_GAP", "EDGE_SPLIT", "EDGE_MERGE"]
@@ -191,7 +191,7 @@ def detect_labels(labels: np.ndarray, axes: str = "TYX", *, intensity: np.ndarra
     >>> d.spots["x"].tolist(), d.spots["y"].tolist(), d.spots["area"].tolist()
     ([1.5, 1.5], [1.5, 2.5], [4.0, 4.0])
     """
-    labels = _as_label_array(labels)
+    labels = as_label_array(labels)
     axes = check_axes(axes, labels.ndim)
     if "T" not in axes or set(axes) - set("TZYX"):
         raise ValueError(f"axes={axes!r}: a label stack for tracking needs T, Y, X and optionally Z (no C or S)")
@@ -346,7 +346,7 @@ def track(detections: Detections, *, params: TrackingParams | dict | None = None
     params
         :class:`TrackingParams` or a dict of its fields; default ``TrackingParams()``.
     progress
-        Optional callback receiving :class:`~ijtorch.train.progress.ProgressEvent` (phase
+        Optional callback receiving :class:`~ijtorch.core.progress.ProgressEvent` (phase
         ``"link"`` per frame pair, then ``"close"``).
 
     Returns
@@ -710,3 +710,66 @@ def track_labels(labels: np.ndarray, axes: str = "TYX", *, intensity: np.ndarray
     """
     det = detect_labels(labels, axes, intensity=intensity, calibration=calibration)
     return track(det, params=params, progress=progress)
+
+
+# ------------------------------------------------------------------------ sparse LAP solver
+# Sparse linear assignment problems for tracking (Jaqaman et al., Nat. Methods 5:695, 2008).
+#
+# Both LAPs of the tracker are solved as one augmented, *sparse* cost matrix::
+#
+#             targets          no-link
+#     rows  [ C (n x m)      | D (n x n, diagonal) ]
+#     birth [ B (m x m diag) | C' (m x n)          ]
+#
+# ``C`` holds the gated candidate costs, ``D``/``B`` the alternative ("no link") costs and ``C'``
+# is the transposed sparsity pattern of ``C`` at the smallest cost, so that every link chosen in
+# ``C`` leaves its two dummies a partner. The matrix always has a full matching (the diagonals), so
+# :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp) solves it in roughly
+# linear time in the number of candidate pairs. All costs are shifted by a constant (> 0) because
+# the sparse solver ignores explicit zeros; every full matching has the same size, so the shift does
+# not change the optimum.
+
+
+def solve_sparse_lap(rows: np.ndarray, cols: np.ndarray, costs: np.ndarray, n_rows: int, n_cols: int, *,
+                     row_alt: np.ndarray | float, col_alt: np.ndarray | float) -> np.ndarray:
+    """Solve a gated assignment with per-row and per-column "no link" costs.
+
+    Parameters
+    ----------
+    rows, cols, costs
+        Candidate pairs ``(rows[k], cols[k])`` with finite, non-negative ``costs[k]``; each pair at
+        most once.
+    n_rows, n_cols
+        Number of row and column objects.
+    row_alt, col_alt
+        Cost of leaving a row (column) object unassigned; scalars or per-object arrays.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_rows,)
+        Column assigned to each row, or -1 for "no link".
+    """
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    costs = np.asarray(costs, np.float64)
+    out = np.full(n_rows, -1, np.int64)
+    if rows.size == 0 or n_rows == 0 or n_cols == 0:
+        return out
+    # Only objects with at least one candidate enter the problem; the rest are trivially unlinked.
+    ur, r_idx = np.unique(rows, return_inverse=True)
+    uc, c_idx = np.unique(cols, return_inverse=True)
+    n, m = ur.size, uc.size
+    ra = np.broadcast_to(np.asarray(row_alt, np.float64), (n_rows,))[ur]
+    ca = np.broadcast_to(np.asarray(col_alt, np.float64), (n_cols,))[uc]
+    shift = 1.0
+    lowest = float(costs.min())
+    ar_n, ar_m = np.arange(n), np.arange(m)
+    i = np.concatenate([r_idx, ar_n, n + ar_m, n + c_idx])
+    j = np.concatenate([c_idx, m + ar_n, ar_m, m + r_idx])
+    w = np.concatenate([costs, ra, ca, np.full(costs.size, lowest)]) + shift
+    mat = coo_matrix((w, (i, j)), shape=(n + m, m + n)).tocsr()
+    _, match = min_weight_full_bipartite_matching(mat)
+    top = match[:n]
+    linked = top < m
+    out[ur[linked]] = uc[top[linked]]
+    return out
