@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from ijtorch import bridge
+from ijtorch.commands.outputs import CommandOutputs
 from ijtorch.errors import MacroError
 
 pytestmark = pytest.mark.jvm
@@ -25,13 +26,11 @@ CALLS: list[ScaleParams] = []
 
 
 @bridge.command("ijtorch Test Scale", params=ScaleParams)
-def _scale(ctx, params: ScaleParams) -> None:
+def _scale(inputs, params: ScaleParams) -> CommandOutputs:
     if params.factor < 0:
         raise ValueError(f"factor must be >= 0, got {params.factor}")
     CALLS.append(params)
-    from jpype import JClass
-
-    JClass("ij.IJ").log(f"scaled by {params.factor} ({params.mode}) into [{params.title}]")
+    return CommandOutputs(log=(f"scaled by {params.factor} ({params.mode}) into [{params.title}]",))
 
 
 @bridge.macro_function("ijtorchTestAdd")

@@ -153,11 +153,11 @@ def test_shim_digest_ignores_user_registered_commands():
     from ijtorch.bridge import _shim
 
     before = _shim.sources_digest()
-    bridge.register_command("ijtorch Digest Probe", lambda ctx: None)
+    bridge.register_command("ijtorch Digest Probe", lambda inputs, params: None)
     try:
         assert _shim.sources_digest() == before
         assert "Digest Probe" not in _shim.plugins_config()
     finally:
-        from ijtorch.bridge import registry as _commands
+        from ijtorch.commands import command as _commands
 
         _commands._COMMANDS.pop("ijtorch Digest Probe", None)

@@ -125,7 +125,7 @@ def test_evaluate_two_open_label_images(ij):
 
 def test_train_from_roi_manager_makes_a_selectable_model(ij, shared_data, tmp_path, monkeypatch):
     from ijtorch.bridge import add_rois_to_manager, numpy_to_imageplus
-    from ijtorch.bridge._annotations import rois_from_manager
+    from ijtorch.bridge.apply import rois_from_manager
     from ijtorch.io.tiff import read_tiff
     from ijtorch.tasks.outlines import outlines
     from ijtorch.tasks.rasterize import polygons_to_labels

@@ -86,7 +86,7 @@ def _remote(server, *commands: str, functions: bool = False):
     """This ImageJ as a Fiji without Python for ``commands`` (and for ``Ext.`` functions)."""
     from jpype import JClass
 
-    from ijtorch.bridge.registry import _command_proxy, _install_command, registered_commands
+    from ijtorch.bridge.registry import _handlers, _install, registered_commands
 
     registry, prefs = JClass("ijtorch.IjtorchRegistry"), JClass("ij.Prefs")
     prefs.set("ijtorch.server", server.url)
@@ -99,9 +99,9 @@ def _remote(server, *commands: str, functions: bool = False):
         yield
     finally:
         for name in commands:
-            _install_command(registered_commands()[name])
+            _install(registered_commands()[name])
         if functions:
-            registry.setFunctionHandler(_command_proxy()[1])
+            registry.setFunctionHandler(_handlers()[1])
         prefs.set("ijtorch.server", "")
 
 

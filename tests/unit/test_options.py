@@ -8,9 +8,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from ijtorch.bridge._options import OptionsError, dialog_spec, format_options, params_from_options, parse_options
-
-
+from ijtorch.commands.options import OptionsError, dialog_spec, format_options, params_from_options, parse_options
 class Output(str, Enum):
     labels = "label map"
     rois = "ROI Manager"

@@ -4,7 +4,6 @@ Nothing here starts at import; :func:`start` (or the first call that needs Image
 """
 
 from .registry import (
-    CommandContext,
     command,
     macro_function,
     register_command,
@@ -23,7 +22,7 @@ from ._runtime import Runtime, is_started, runtime, start
 __all__ = [
     "imageplus_to_numpy", "imglib2_to_numpy", "numpy_to_imageplus", "numpy_to_imglib2",
     "add_rois_to_manager", "labels_to_imageplus", "results_table",
-    "CommandContext", "MacroResult", "Runtime", "command", "is_started", "macro_function",
+    "MacroResult", "Runtime", "command", "is_started", "macro_function",
     "register_command", "register_function", "registered_commands", "registered_functions",
     "run_command", "run_macro", "runtime", "start", "attach", "fiji_gateway", "run_jython", "to_image",
     "like_input",

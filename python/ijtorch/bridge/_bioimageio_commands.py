@@ -17,7 +17,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .registry import CommandContext, command
+from ._legacy import CommandContext, command
 
 __all__ = ["ExportBioimageioParams", "ImportBioimageioParams", "export_text", "import_text"]
 

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .registry import CommandContext, command, macro_function
+from ._legacy import CommandContext, command, macro_function
 from ._segment_commands import _progress_to_imagej
 
 __all__ = ["ClassifyParams", "TrainClassifierParams", "EmbedParams", "class_from_roi_name", "class_colours"]
@@ -185,12 +185,11 @@ def _load_classifier(command: str, name: str):
 # ----------------------------------------------------------------------------- commands
 
 def classify_outputs(inputs, p: ClassifyParams, *, command: str = "ijtorch Classify"):
-    """Classify objects of :class:`~ijtorch.bridge._outputs.CommandInputs` and describe the
+    """Classify objects of :class:`~ijtorch.commands.outputs.CommandInputs` and describe the
     ImageJ outputs (ResultsTable, class-coloured ROIs); needs no JVM (the server calls it too)."""
     from ..tasks.classify import classify
     from ..tasks.outlines import outlines
-    from ._outputs import CommandOutputs, RoiOutput, RoiStyle, TableOutput
-
+    from ..commands.outputs import CommandOutputs, RoiOutput, RoiStyle, TableOutput
     _single_plane(command, inputs.image)
     model = _load_classifier(command, p.model)
     items, names, indices, labels = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
@@ -220,8 +219,7 @@ def classify_outputs(inputs, p: ClassifyParams, *, command: str = "ijtorch Class
 @command("ijtorch Classify", params=ClassifyParams)
 def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
     """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
-    from ._outputs import apply_outputs, imagej_inputs
-
+    from .apply import apply_outputs, imagej_inputs
     outputs = classify_outputs(imagej_inputs(ctx.current_image()), p, command=ctx.command)
     ctx.progress(1, 1)
     apply_outputs(outputs)
@@ -233,8 +231,7 @@ def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> N
     from ..models.store import new_user_model_dir
     from ..tasks.classify import object_crops, train_classifier
     from ..tasks.rasterize import polygons_to_labels
-    from ._annotations import rois_from_manager
-
+    from .apply import rois_from_manager
     output = new_user_model_dir(p.name)
     crops = {"size": p.size, "scale_by_object": p.scale_by_object, "mask_channel": p.mask_channel}
     common = dict(output=output, base_model=p.base_model or None, epochs=p.epochs,
@@ -293,7 +290,7 @@ def _group_name(g: int) -> str:
 def embed_command(ctx: CommandContext, p: EmbedParams) -> None:
     """Classifier embeddings of objects or the whole image into a ResultsTable (and optionally a CSV)."""
     from ..tasks.classify import cluster_embeddings, embed, write_features
-    from ._outputs import imagej_inputs
+    from .apply import imagej_inputs
     from ._results import results_table
 
     inputs = imagej_inputs(ctx.current_image())

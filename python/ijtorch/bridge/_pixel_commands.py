@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
 from ._classify_commands import ClassFrom
-from .registry import CommandContext, command
+from ._legacy import CommandContext, command
 from ._segment_commands import _progress_to_imagej
 
 __all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "Stroke", "strokes_from_manager", "annotation_from_strokes",
@@ -239,8 +239,7 @@ def train_pixels_command(ctx: CommandContext, p: TrainPixelsParams) -> None:
 def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "ijtorch Classify Pixels", progress=None):
     """Classify an :class:`ijtorch.image.Image` and describe the ImageJ outputs (no JVM needed)."""
     from ..tasks.pixels import class_areas, classify_pixels
-    from ._outputs import CommandOutputs, ImageOutput, TableOutput
-
+    from ..commands.outputs import CommandOutputs, ImageOutput, TableOutput
     if "S" in image.axes:
         raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels first")
     channel = p.channel - 1 if "C" in image.axes else None
@@ -261,8 +260,7 @@ def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "i
 
 def _apply_classification(imp, p: ClassifyPixelsParams, ctx: CommandContext):
     from ._convert import imageplus_to_numpy
-    from ._outputs import apply_outputs
-
+    from .apply import apply_outputs
     r, outputs = classify_pixels_outputs(imageplus_to_numpy(imp), p, command=ctx.command,
                                          progress=_progress_to_imagej(ctx))
     shown = apply_outputs(outputs)

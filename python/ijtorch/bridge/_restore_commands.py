@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .registry import CommandContext, command
+from ._legacy import CommandContext, command
 
 __all__ = ["RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
 
@@ -41,14 +41,12 @@ def _log(message: str) -> None:
 
 
 def _float_image(data: np.ndarray, axes: str, title: str, calibration):
-    from ._outputs import ImageOutput
-
+    from ..commands.outputs import ImageOutput
     return ImageOutput(np.ascontiguousarray(data, np.float32), axes, title, calibration)
 
 
 def _result_outputs(command: str, image, result, suffix: str):
-    from ._outputs import CommandOutputs
-
+    from ..commands.outputs import CommandOutputs
     stem = Path(image.title).stem
     images = [_float_image(result.restored, result.axes, f"{stem}-{suffix}", image.calibration)]
     if result.uncertainty is not None:
@@ -62,8 +60,7 @@ def _result_outputs(command: str, image, result, suffix: str):
 
 def _run(ctx: CommandContext, compute, p) -> None:
     """Run ``compute(inputs, p, command=..., progress=...)`` on the current image and show its outputs."""
-    from ._outputs import apply_outputs, imagej_inputs
-
+    from .apply import apply_outputs, imagej_inputs
     outputs = compute(imagej_inputs(ctx.current_image()), p, command=ctx.command, progress=_progress_to_imagej(ctx))
     ctx.progress(1, 1)
     apply_outputs(outputs)
@@ -123,8 +120,7 @@ def denoise_n2v_outputs(inputs, p: DenoiseN2VParams, *, command: str = "ijtorch 
     """
     from ..models.store import new_user_model_dir
     from ..tasks.restore import denoise_n2v
-    from ._outputs import CommandOutputs
-
+    from ..commands.outputs import CommandOutputs
     image = _checked(command, inputs.image)
     save_to = None
     if p.mode == N2VMode.apply:

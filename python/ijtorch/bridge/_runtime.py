@@ -19,7 +19,7 @@ from ..errors import BridgeError
 from ._shim import shim_jar
 from ._xvfb import VirtualDisplay, start_virtual_display
 
-__all__ = ["Runtime", "start", "adopt", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java",
+__all__ = ["Runtime", "start", "adopt", "on_start", "runtime", "is_started", "embedded_classpath", "fiji_classpath", "find_java",
            "ADD_OPENS"]
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,14 @@ def _imagej_jar(classpath: list[Path]) -> Path:
     return classpath[0]
 
 
+_ON_START: list = []  # called once the runtime is up (bridge.registry installs the commands)
+
+
+def on_start(hook) -> None:
+    """Call ``hook()`` when :func:`start` has brought ImageJ up."""
+    _ON_START.append(hook)
+
+
 def is_started() -> bool:
     return _runtime is not None
 
@@ -191,9 +199,8 @@ def start(*, fiji: str | os.PathLike | None = None, headless: bool = False) -> R
             headless=headless,
         )
         log.info("ImageJ %s started (%s mode, display %s)", _runtime.imagej_version, _runtime.mode, _runtime.display)
-        from .registry import install_registered
-
-        install_registered()
+        for hook in _ON_START:
+            hook()
         return _runtime
 
 

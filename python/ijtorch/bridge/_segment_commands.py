@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .registry import CommandContext, command, macro_function
+from ._legacy import CommandContext, command, macro_function
 
 __all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_imageplus", "segment_outputs"]
 
@@ -55,8 +55,7 @@ def segment_outputs(image, p: SegmentParams, *, command: str = "ijtorch Segment"
     from ..tasks.measure import measure
     from ..tasks.outlines import outlines
     from ..tasks.segment import segment
-    from ._outputs import CommandOutputs, ImageOutput, RoiOutput, TableOutput
-
+    from ..commands.outputs import CommandOutputs, ImageOutput, RoiOutput, TableOutput
     if "S" in image.axes:
         raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
     channel = p.channel - 1 if "C" in image.axes else None
@@ -82,8 +81,7 @@ def segment_outputs(image, p: SegmentParams, *, command: str = "ijtorch Segment"
 def segment_imageplus(ctx: CommandContext, imp, p: SegmentParams):
     """Segment an ImagePlus and create the requested ImageJ outputs; returns (result, label ImagePlus)."""
     from ._convert import imageplus_to_numpy
-    from ._outputs import apply_outputs
-
+    from .apply import apply_outputs
     image = imageplus_to_numpy(imp)
     result, outputs = segment_outputs(image, p, command=ctx.command, progress=_progress_to_imagej(ctx))
     ctx.progress(1, 1)
@@ -120,7 +118,7 @@ def train_segmentation_command(ctx: CommandContext, p: TrainSegmentationParams) 
     from ..models.store import new_user_model_dir
     from ..tasks.rasterize import polygons_to_labels
     from ..tasks.segment import train_segmentation
-    from ._annotations import rois_from_manager
+    from .apply import rois_from_manager
     from ._convert import imageplus_to_numpy
 
     output = new_user_model_dir(p.name)
@@ -189,6 +187,5 @@ def ijtorch_list_models() -> str:
 @macro_function("ijtorchObjectCount", returns="number", remote=True)
 def ijtorch_object_count() -> int:
     """Ext.ijtorchObjectCount(n): sets n to the object count of the last ijtorch Segment run."""
-    from ._outputs import session_value
-
+    from ..commands.outputs import session_value
     return int(session_value("n_objects", "no segmentation has run yet in this ImageJ session"))

@@ -38,12 +38,12 @@ def plugins_config() -> str:
     ijtorch server.
     """
     from . import commands  # noqa: F401  (registers the built-in commands; no JVM needed)
-    from .registry import registered_commands
+    from ..commands.command import all_commands
 
     lines = ['Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension']
     # only ijtorch's own commands: user-registered ones must not change the jar (or its digest)
-    builtin = [name for name, spec in registered_commands().items()
-               if getattr(spec.handler, "__module__", "").startswith("ijtorch.bridge.")]
+    builtin = [name for name, cmd in all_commands().items()
+               if getattr(cmd.compute, "__module__", "").startswith(("ijtorch.commands.", "ijtorch.bridge."))]
     for name in sorted(builtin):
         lines.append(f'Plugins>ijtorch, "{name}", ijtorch.IjtorchCommand("{name}")')
     return "\n".join(lines) + "\n"

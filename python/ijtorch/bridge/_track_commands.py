@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .registry import CommandContext, command
+from ._legacy import CommandContext, command
 
 
 class TrackParams(BaseModel):
@@ -32,8 +32,7 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
     from ..tasks.outlines import outlines
     from ..tasks.track import n_tracklets, n_tracks, track_movie, track_statistics, track_summary, write_track_outputs
     from ..tasks.linking import TrackingParams
-    from ._outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
-
+    from ..commands.outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
     image = inputs.image
     if "T" not in image.axes:
         raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
@@ -70,7 +69,7 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
 @command("ijtorch Track", params=TrackParams)
 def track_command(ctx: CommandContext, p: TrackParams) -> None:
     """Track objects through the current time-lapse (frames must be on the T axis)."""
-    from ._outputs import apply_outputs, imagej_inputs
+    from .apply import apply_outputs, imagej_inputs
     from ._trackmate import open_in_trackmate
 
     imp = ctx.current_image()

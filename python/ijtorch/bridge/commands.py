@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import ijtorch
 
-from .registry import CommandContext, command, macro_function
+from ._legacy import CommandContext, command, macro_function
 
 # ---------------------------------------------------------------- foundation
 
@@ -24,12 +24,11 @@ class NormalizeParams(BaseModel):
 
 
 def normalize_outputs(inputs, p: NormalizeParams):
-    """The normalized current image as :class:`~ijtorch.bridge._outputs.CommandOutputs` (no JVM needed)."""
+    """The normalized current image as :class:`~ijtorch.commands.outputs.CommandOutputs` (no JVM needed)."""
     import numpy as np
 
     from ..core.normalize import normalize
-    from ._outputs import CommandOutputs, ImageOutput
-
+    from ..commands.outputs import CommandOutputs, ImageOutput
     image = inputs.image
     out = normalize(image.data, image.axes, low=p.low, high=p.high, per_plane=p.per_plane, clip=p.clip)
     return CommandOutputs(images=(ImageOutput(np.asarray(out, np.float32), image.axes, f"{image.title}-normalized",
@@ -39,8 +38,7 @@ def normalize_outputs(inputs, p: NormalizeParams):
 @command("ijtorch Percentile Normalize", params=NormalizeParams)
 def percentile_normalize_command(ctx: CommandContext, p: NormalizeParams) -> None:
     """Percentile normalization into a new 32-bit image (the preprocessing models use)."""
-    from ._outputs import apply_outputs, imagej_inputs
-
+    from .apply import apply_outputs, imagej_inputs
     apply_outputs(normalize_outputs(imagej_inputs(ctx.current_image()), p))
 
 

@@ -5,9 +5,9 @@ The Java shim (``IjtorchRemote``) sends the command name, the macro options, the
 and, when the command declares them, the ROI Manager's ROIs and the open images that options name;
 the server parses the options with the command's own parameter model, runs the command's own
 JVM-free computation (e.g. :func:`ijtorch.bridge._segment_commands.segment_outputs`) on
-:class:`~ijtorch.bridge._outputs.CommandInputs` built from that, and returns its
-:class:`~ijtorch.bridge._outputs.CommandOutputs` in the wire format, which the shim applies
-exactly as :func:`~ijtorch.bridge._outputs.apply_outputs` does in-process. Macro functions
+:class:`~ijtorch.commands.outputs.CommandInputs` built from that, and returns its
+:class:`~ijtorch.commands.outputs.CommandOutputs` in the wire format, which the shim applies
+exactly as :func:`~ijtorch.commands.outputs.apply_outputs` does in-process. Macro functions
 declared ``remote`` run their own handler here, with the remote ImageJ's session values.
 
 Request header of ``/imagej/command`` (arrays named in it follow in the body)::
@@ -109,9 +109,8 @@ def command_catalog() -> dict[str, Any]:
     """What ``GET /imagej/commands`` answers: dialog specs, the inputs each command needs, and every
     registered macro function with its argument types and whether the server can run it."""
     from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
-    from ..bridge.registry import arg_codes, registered_functions
-    from ..bridge._options import dialog_spec
-
+    from ..commands.functions import all_functions as registered_functions, arg_codes
+    from ijtorch.commands.options import dialog_spec
     cmds = remote_commands()
     return {"commands": {n: dialog_spec(c.params) for n, c in cmds.items()},
             "inputs": {n: {"rois": c.rois, "images": list(c.image_options)} for n, c in cmds.items()},
@@ -131,10 +130,9 @@ def _imagej_image(data: np.ndarray, axes: str, calibration: Any, title: str) -> 
 
 
 def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: RemoteCommand) -> Any:
-    """:class:`~ijtorch.bridge._outputs.CommandInputs` from a request (``req`` an ``ImageJRequest``)."""
-    from ..bridge._annotations import area_annotations
-    from ..bridge._outputs import CommandInputs
-
+    """:class:`~ijtorch.commands.outputs.CommandInputs` from a request (``req`` an ``ImageJRequest``)."""
+    from ijtorch.commands.annotations import area_annotations
+    from ijtorch.commands.outputs import CommandInputs
     expected = {"image"} | (set(_ROI_ARRAYS) if req.rois is not None else set())
     others: dict[str, Image] = {}
     for option, im in (req.images or {}).items():
@@ -155,7 +153,7 @@ def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: RemoteCommand)
 
 
 def _request_rois(rois: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The arguments of :func:`~ijtorch.bridge._annotations.area_annotations` from a request."""
+    """The arguments of :func:`~ijtorch.commands.annotations.area_annotations` from a request."""
     names = list(rois.get("names") or [])
     n = len(names)
     per_roi = {k: list(rois.get(k) or []) for k in ("groups", "types", "area")}
@@ -206,7 +204,7 @@ def _files(files: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def outputs_to_wire(outputs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A :class:`~ijtorch.bridge._outputs.CommandOutputs` as a reply header and arrays."""
+    """A :class:`~ijtorch.commands.outputs.CommandOutputs` as a reply header and arrays."""
     from ..io.roiset import _check_positions, default_names
     from ..core.colors import glasbey_lut
 
@@ -266,9 +264,8 @@ def call_function(name: str, args: list[Any], values: dict[str, Any], check_mode
     (bad arguments or the function's own error, with its message).
     """
     from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
-    from ..bridge.registry import dispatch_function, registered_functions
-    from ..bridge._outputs import client_session
-
+    from ..commands.functions import all_functions as registered_functions, dispatch_function
+    from ijtorch.commands.outputs import client_session
     spec = registered_functions().get(name)
     if spec is None:
         raise LookupError(f"Ext.{name} is not a macro function of this server; it has "

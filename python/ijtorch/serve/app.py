@@ -796,7 +796,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     async def imagej_command(request: Request, ctx: Ctx) -> Any:
         from ..bridge.registry import registered_commands
-        from ..bridge._options import params_from_options
+        from ijtorch.commands.options import params_from_options
         from ._imagej import command_inputs, outputs_to_wire, remote_commands
 
         header, arrays, _ = await read(request, ctx)

@@ -1,8 +1,7 @@
-"""ROI Manager annotations → polygons (objects to classify, or outlines to train from).
+"""ROI Manager annotations as polygons (objects to classify, or outlines to train from), as plain data.
 
-:func:`area_annotations` checks and bundles ROIs given as plain data, so the server can build the
-same :class:`Annotations` from what a remote Fiji's shim sends; :func:`rois_from_manager` reads
-them from the running ImageJ's ROI Manager.
+:func:`area_annotations` checks and bundles ROIs, whether ImageJ's ROI Manager gave them in-process
+(:func:`ijtorch.bridge.apply.rois_from_manager`) or a remote Fiji sent them to the server.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Annotations", "area_annotations", "rois_from_manager"]
+__all__ = ["Annotations", "area_annotations"]
 
 
 @dataclass(frozen=True)
@@ -42,29 +41,3 @@ def area_annotations(polygons: Sequence[np.ndarray], names: Sequence[str | None]
             raise ValueError(f"ROI {i + 1} ({names[i]}) is a {types[i]} ROI; only area ROIs can be used as objects")
     return Annotations([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons], names,
                        np.asarray(groups, dtype=np.int64), np.asarray(positions, dtype=np.int64).reshape(-1, 3))
-
-
-def rois_from_manager(manager=None) -> Annotations:
-    """Area ROIs of the ROI Manager as polygons; line and point ROIs are rejected by name."""
-    from jpype import JClass
-
-    RoiManager = JClass("ij.plugin.frame.RoiManager")
-    rm = manager if manager is not None else RoiManager.getInstance()
-    rois = list(rm.getRoisAsArray()) if rm is not None else []
-    polygons, names, groups, positions, types, is_area = [], [], [], [], [], []
-    for roi in rois:
-        area = bool(roi.isArea())
-        xy = np.empty((0, 2), dtype=np.float64)
-        if area:
-            poly = roi.getFloatPolygon()
-            n = int(poly.npoints)
-            xy = np.empty((n, 2), dtype=np.float64)
-            xy[:, 0] = np.asarray(poly.xpoints[:n], dtype=np.float64)
-            xy[:, 1] = np.asarray(poly.ypoints[:n], dtype=np.float64)
-        polygons.append(xy)
-        names.append(str(roi.getName()) if roi.getName() is not None else None)
-        groups.append(int(roi.getGroup()))
-        positions.append((int(roi.getCPosition()), int(roi.getZPosition()), int(roi.getTPosition())))
-        types.append(str(roi.getTypeAsString()))
-        is_area.append(area)
-    return area_annotations(polygons, names, groups, positions, types=types, is_area=is_area)
