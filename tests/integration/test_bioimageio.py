@@ -319,11 +319,8 @@ def test_bundled_nuclei_exports_and_passes_bioimageio_core(tmp_path):
 def test_fiji_commands_export_and_import(tmp_path):
     """The handlers of ``ijtorch Export/Import bioimage.io Model`` (their ImageJ side only logs)."""
     from ijtorch.bridge import registered_commands
-    from ijtorch.bridge._bioimageio_commands import (ExportBioimageioParams, ImportBioimageioParams, export_text,
-                                                     import_text)
+    from ijtorch.commands.bioimageio import ExportBioimageioParams, ImportBioimageioParams, export_text, import_text
     from ijtorch.tasks.segment import segment
-
-    import ijtorch.bridge.commands  # noqa: F401  (registers every command)
 
     assert {"ijtorch Export bioimage.io Model", "ijtorch Import bioimage.io Model"} <= set(registered_commands())
     src = _tiny_model("stardist2d", tmp_path / "tiny")

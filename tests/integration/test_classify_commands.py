@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from ijtorch import bridge
-import ijtorch.bridge._classify_commands  # noqa: F401  (registers the commands until bridge/commands.py imports it)
 
 pytestmark = pytest.mark.jvm
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +70,7 @@ def image_with_rois(ij):
 
 
 def test_classify_rois_macro_fills_results_and_colours_rois(ij, model_dir, image_with_rois):
-    import ijtorch.bridge._classify_commands as cc
+    import ijtorch.commands.classify as cc
     from ijtorch.tasks.classify import classify, object_crops
 
     image, labels, truth, names = image_with_rois

@@ -25,7 +25,8 @@ def _show(data: np.ndarray, title: str, axes: str = "YX"):
 def test_roi_manager_strokes_become_class_masks(ij):
     from jpype import JClass
 
-    from ijtorch.bridge._pixel_commands import ClassFrom, annotation_from_strokes, strokes_from_manager
+    from ijtorch.bridge.apply import strokes_from_manager
+    from ijtorch.commands.pixels import ClassFrom, annotation_from_strokes
 
     _show(np.zeros((40, 60), np.uint8), "canvas")
     bridge.run_macro("""

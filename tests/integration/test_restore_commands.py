@@ -20,7 +20,6 @@ def registered():
     import torch
 
     torch.set_num_threads(1)
-    from ijtorch.bridge import _restore_commands  # noqa: F401  (registers the commands)
 
 
 @pytest.fixture(scope="module")

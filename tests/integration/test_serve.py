@@ -373,7 +373,7 @@ def test_imagej_catalog_lists_command_inputs_and_macro_functions(server):
 
 def test_imagej_function_route_runs_the_macro_function(client, models_dir, monkeypatch):
     import ijtorch
-    from ijtorch.bridge._segment_commands import ijtorch_list_models
+    from ijtorch.commands.segment import ijtorch_list_models
 
     monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
     assert client.imagej_function("ijtorchListModels") == ijtorch_list_models()

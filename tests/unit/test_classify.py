@@ -342,7 +342,7 @@ def test_synthetic_cluster_recovery():
 
 
 def test_roi_name_to_class():
-    from ijtorch.bridge._classify_commands import class_from_roi_name
+    from ijtorch.commands.classify import class_from_roi_name
     from ijtorch.errors import IjtorchError
 
     assert class_from_roi_name("mitotic_001") == "mitotic"

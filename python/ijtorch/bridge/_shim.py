@@ -37,13 +37,12 @@ def plugins_config() -> str:
     menu as a Python-started one; without a Python handler the commands go to the configured
     ijtorch server.
     """
-    from . import commands  # noqa: F401  (registers the built-in commands; no JVM needed)
     from ..commands.command import all_commands
 
     lines = ['Plugins>ijtorch, "ijtorch Macro Functions", ijtorch.IjtorchMacroExtension']
     # only ijtorch's own commands: user-registered ones must not change the jar (or its digest)
     builtin = [name for name, cmd in all_commands().items()
-               if getattr(cmd.compute, "__module__", "").startswith(("ijtorch.commands.", "ijtorch.bridge."))]
+               if getattr(cmd.compute, "__module__", "").startswith("ijtorch.commands.")]
     for name in sorted(builtin):
         lines.append(f'Plugins>ijtorch, "{name}", ijtorch.IjtorchCommand("{name}")')
     return "\n".join(lines) + "\n"

@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..commands.annotations import Annotations, area_annotations
+from ..commands.annotations import Annotations, Stroke, area_annotations
 from ..commands.outputs import CommandInputs, CommandOutputs, remember
 from ..image import Image
 
-__all__ = ["imagej_inputs", "apply_outputs", "rois_from_manager"]
+__all__ = ["imagej_inputs", "apply_outputs", "rois_from_manager", "strokes_from_manager"]
 
 
 def imagej_inputs(imp: Any, *, progress: Callable[[Any], None] | None = None,
@@ -30,11 +30,15 @@ def imagej_inputs(imp: Any, *, progress: Callable[[Any], None] | None = None,
         return None if other is None else imageplus_to_numpy(other)
 
     image = imageplus_to_numpy(imp) if imp is not None else None
-    return CommandInputs(image, source, rois_from_manager, open_image, progress, cancel)
+    position = (int(imp.getC()), int(imp.getZ()), int(imp.getT())) if imp is not None else (1, 1, 1)
+    return CommandInputs(image, source, rois_from_manager, open_image, progress, cancel, strokes_from_manager,
+                         position)
 
 
-def apply_outputs(outputs: CommandOutputs) -> list[Any]:
-    """Create the ImageJ objects of ``outputs`` in the running ImageJ; returns the shown ImagePluses."""
+def apply_outputs(outputs: CommandOutputs, source: Any = None) -> list[Any]:
+    """Create the ImageJ objects of ``outputs`` in the running ImageJ; returns the shown ImagePluses.
+
+    ``source``: the image the command ran on (tracks open in TrackMate on it)."""
     from jpype import JClass
 
     from ._convert import numpy_to_imageplus
@@ -53,6 +57,7 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
         else:
             imp = numpy_to_imageplus(im.data, im.axes, title=im.title, calibration=im.calibration)
             imp.resetDisplayRange()
+        _label_image(imp, im)
         _show(imp, headless)
         shown.append(imp)
     if outputs.rois is not None and headless:
@@ -83,7 +88,23 @@ def apply_outputs(outputs: CommandOutputs) -> list[Any]:
     if outputs.status:
         IJ.showStatus(outputs.status)
     remember(outputs.values)
+    if outputs.tracks is not None and source is not None:
+        from ._trackmate import open_in_trackmate
+
+        open_in_trackmate(outputs.tracks, source)  # in a Fiji with TrackMate the model opens there; else a no-op
     return shown
+
+
+def _label_image(imp, im) -> None:
+    """An output's properties (``Info``: Image>Show Info) and per-channel slice labels."""
+    for key, value in im.properties.items():
+        imp.setProperty("Info", value) if key == "Info" else imp.setProp(key, value)
+    if im.channel_labels and int(imp.getNChannels()) == len(im.channel_labels):
+        stack = imp.getStack()
+        for c, label in enumerate(im.channel_labels, start=1):
+            for z in range(1, int(imp.getNSlices()) + 1):
+                for t in range(1, int(imp.getNFrames()) + 1):
+                    stack.setSliceLabel(label, int(imp.getStackIndex(c, z, t)))
 
 
 def _show(imp, headless: bool) -> None:
@@ -149,4 +170,51 @@ def rois_from_manager(manager=None) -> Annotations:
         positions.append((int(roi.getCPosition()), int(roi.getZPosition()), int(roi.getTPosition())))
         types.append(str(roi.getTypeAsString()))
         is_area.append(area)
-    return area_annotations(polygons, names, groups, positions, types=types, is_area=is_area)
+    return area_annotations(polygons, names, groups, positions, types=types, is_area=is_area,
+                            group_names={g: _group_name(g) for g in set(groups) if g and _group_name(g)})
+
+
+def _group_name(g: int) -> str:
+    """ImageJ's name of ROI group ``g`` ("" where none is set, or in an ImageJ without group names)."""
+    from jpype import JClass
+
+    try:
+        name = JClass("ij.gui.Roi").getGroupName(g)
+    except Exception:  # noqa: BLE001 - older ImageJ has no group names
+        name = None
+    return str(name) if name else ""
+
+
+def strokes_from_manager(manager=None) -> list[Stroke]:
+    """Every ROI of the ROI Manager as a :class:`~ijtorch.commands.annotations.Stroke`: areas as
+    ImageJ's own masks, straight lines by their end points, other lines and points by their points."""
+    from jpype import JClass
+
+    RoiManager, Roi = JClass("ij.plugin.frame.RoiManager"), JClass("ij.gui.Roi")
+    rm = manager if manager is not None else RoiManager.getInstance()
+    rois = list(rm.getRoisAsArray()) if rm is not None else []
+    strokes = []
+    for i, roi in enumerate(rois):
+        name = str(roi.getName()) if roi.getName() is not None else f"roi_{i + 1}"
+        group = int(roi.getGroup())
+        common = dict(name=name, group=group, position=int(roi.getPosition()),
+                      group_name=_group_name(group) if group else "")
+        t = int(roi.getType())
+        if roi.isArea():
+            b = roi.getBounds()
+            mp = roi.getMask()
+            if mp is None:
+                mask = np.ones((int(b.height), int(b.width)), bool)
+            else:
+                mask = (np.asarray(mp.getPixels(), dtype=np.int8).reshape(int(mp.getHeight()), int(mp.getWidth())) != 0)
+            strokes.append(Stroke(kind="area", mask=mask, origin=(int(b.x), int(b.y)), **common))
+        elif t == int(Roi.LINE):
+            xy = np.array([[roi.x1d, roi.y1d], [roi.x2d, roi.y2d]], dtype=np.float64)
+            strokes.append(Stroke(kind="line", xy=xy, width=float(roi.getStrokeWidth()), **common))
+        else:
+            poly = roi.getFloatPolygon()
+            n = int(poly.npoints)
+            xy = np.column_stack([np.asarray(poly.xpoints[:n], np.float64), np.asarray(poly.ypoints[:n], np.float64)])
+            kind = "points" if t == int(Roi.POINT) else "line"
+            strokes.append(Stroke(kind=kind, xy=xy, width=float(roi.getStrokeWidth()), **common))
+    return strokes

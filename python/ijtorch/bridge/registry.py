@@ -103,7 +103,7 @@ def run_command(cmd: Command, options: str) -> None:
     outputs = cmd.compute(imagej_inputs(imp, progress=_progress(cmd.name), cancel=_escape_pressed), params)
     JClass("ij.IJ").showProgress(1.0)
     if outputs is not None:
-        apply_outputs(outputs)
+        apply_outputs(outputs, source=imp)
 
 
 def dispatch_command(name: str, options: str) -> str | None:
@@ -182,5 +182,3 @@ def install_registered() -> None:
 
 
 _runtime.on_start(install_registered)
-
-from . import commands as _legacy_commands  # noqa: E402,F401  (TEMPORARY: registers the not yet moved commands)

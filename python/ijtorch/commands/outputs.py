@@ -32,6 +32,10 @@ def _no_rois() -> Any:
     raise ValueError("the ROI Manager is empty: outline objects (or add ROIs) before training")
 
 
+def _no_strokes() -> list:
+    return []
+
+
 @dataclass(frozen=True)
 class CommandInputs:
     """What a command reads: the current image (None for commands that need none), the file it came
@@ -39,11 +43,15 @@ class CommandInputs:
     :class:`~ijtorch.commands.annotations.Annotations`) and other open images (``open_image(title)``,
     None when no image has that title); ``progress`` receives
     :class:`~ijtorch.core.progress.ProgressEvent` s and ``cancel()`` returns True when the user asked
-    to stop."""
+    to stop. ``strokes()`` gives every ROI (lines and points too) as
+    :class:`~ijtorch.commands.annotations.Stroke` s; ``position`` is the current (C, Z, T) plane,
+    1-based."""
 
     image: Image | None = None
     source_path: str | None = None
     rois: Callable[[], Any] = _no_rois
+    strokes: Callable[[], list] = _no_strokes
+    position: tuple[int, int, int] = (1, 1, 1)
     open_image: Callable[[str], Image | None] = lambda title: None
     progress: Callable[[Any], None] | None = None
     cancel: Callable[[], bool] | None = None
@@ -58,6 +66,8 @@ class ImageOutput:
     title: str
     calibration: Calibration = field(default_factory=Calibration)
     labels: bool = False
+    properties: Mapping[str, str] = field(default_factory=dict)  # "Info" is ImageJ's Image>Show Info text
+    channel_labels: tuple[str, ...] = ()  # a slice label per channel (every Z/T plane of it)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ class CommandOutputs:
     roi_style: RoiStyle | None = None
     files: FileOutput | None = None
     log: tuple[str, ...] = ()
+    tracks: Any = None  # ijtorch Tracks: also opened in TrackMate where ImageJ has it (a real Fiji)
 
 
 # ------------------------------------------------------------------ values for macro functions

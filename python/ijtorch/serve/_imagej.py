@@ -4,10 +4,10 @@
 The Java shim (``IjtorchRemote``) sends the command name, the macro options, the current image
 and, when the command declares them, the ROI Manager's ROIs and the open images that options name;
 the server parses the options with the command's own parameter model, runs the command's own
-JVM-free computation (e.g. :func:`ijtorch.bridge._segment_commands.segment_outputs`) on
+JVM-free computation (e.g. :func:`ijtorch.commands.segment.segment_command`) on
 :class:`~ijtorch.commands.outputs.CommandInputs` built from that, and returns its
 :class:`~ijtorch.commands.outputs.CommandOutputs` in the wire format, which the shim applies
-exactly as :func:`~ijtorch.commands.outputs.apply_outputs` does in-process. Macro functions
+exactly as :func:`ijtorch.bridge.apply.apply_outputs` does in-process. Macro functions
 declared ``remote`` run their own handler here, with the remote ImageJ's session values.
 
 Request header of ``/imagej/command`` (arrays named in it follow in the body)::
@@ -39,76 +39,29 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..commands.command import Command, all_commands
 from ..image import CANONICAL_AXES, Image, to_axes
 
-__all__ = ["RemoteCommand", "remote_commands", "command_catalog", "command_inputs", "outputs_to_wire",
+__all__ = ["remote_commands", "command_catalog", "command_inputs", "outputs_to_wire",
            "call_function"]
 
 _ROI_ARRAYS = ("roi_x", "roi_y", "roi_offsets", "roi_c", "roi_z", "roi_t")
 
 
-@dataclass(frozen=True)
-class RemoteCommand:
-    """A command the server can run.
-
-    ``compute(inputs, params) -> CommandOutputs``; ``model(params)`` is the model name the
-    parameters ask for (checked to be registered: clients never give paths) or None;
-    ``rois`` and ``image_options`` say what the shim sends besides the current image (the ROI
-    Manager's ROIs; the open images named by these options); ``check(params)`` refuses what
-    only in-process Python may do.
-    """
-
-    name: str
-    params: Any
-    compute: Callable[[Any, Any], Any]
-    model: Callable[[Any], str | None] = lambda p: p.model
-    rois: bool = False
-    image_options: tuple[str, ...] = ()
-    check: Callable[[Any], None] | None = None
-
-
-def _refuse_n2v_training(p: Any) -> None:
-    from ..bridge._restore_commands import N2VMode
-
-    if p.mode == N2VMode.train:
-        raise ValueError("ijtorch Denoise (Noise2Void): mode=[train on this image] runs only in-process (a Fiji "
-                         "started from Python with ijtorch); on a server use mode=[apply saved model] model=NAME")
-
-
-def remote_commands() -> dict[str, RemoteCommand]:
-    """Commands a remote Fiji may run (those whose computation needs no JVM)."""
-    from ..bridge import _classify_commands as cc
-    from ..bridge import _restore_commands as rc
-    from ..bridge import _segment_commands as sc
-    from ..bridge import _track_commands as tc
-    from ..bridge import commands as bc
-
-    specs = [
-        RemoteCommand("ijtorch Segment", sc.SegmentParams, lambda inputs, p: sc.segment_outputs(inputs.image, p)[1]),
-        RemoteCommand("ijtorch Classify", cc.ClassifyParams, cc.classify_outputs, rois=True,
-                      image_options=("label_image",)),
-        RemoteCommand("ijtorch Restore", rc.RestoreParams, rc.restore_outputs),
-        RemoteCommand("ijtorch Artificial Labelling", rc.ArtificialLabellingParams, rc.artificial_labelling_outputs),
-        RemoteCommand("ijtorch Denoise (Noise2Void)", rc.DenoiseN2VParams, rc.denoise_n2v_outputs,
-                      model=lambda p: p.model or None, check=_refuse_n2v_training),
-        RemoteCommand("ijtorch Track", tc.TrackParams, lambda inputs, p: tc.track_outputs(inputs, p)[1],
-                      model=lambda p: None if p.labels else p.model),
-        RemoteCommand("ijtorch Percentile Normalize", bc.NormalizeParams, bc.normalize_outputs, model=lambda p: None),
-    ]
-    return {s.name: s for s in specs}
+def remote_commands() -> dict[str, Command]:
+    """Commands a remote Fiji may run (those declared ``remote``: their computation needs no JVM)."""
+    return {name: cmd for name, cmd in all_commands().items() if cmd.remote}
 
 
 def command_catalog() -> dict[str, Any]:
     """What ``GET /imagej/commands`` answers: dialog specs, the inputs each command needs, and every
     registered macro function with its argument types and whether the server can run it."""
-    from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
     from ..commands.functions import all_functions as registered_functions, arg_codes
     from ijtorch.commands.options import dialog_spec
     cmds = remote_commands()
@@ -129,7 +82,7 @@ def _imagej_image(data: np.ndarray, axes: str, calibration: Any, title: str) -> 
     return Image(data=data, axes="".join(axes[i] for i in keep), calibration=_calibration(calibration), title=title)
 
 
-def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: RemoteCommand) -> Any:
+def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: Command) -> Any:
     """:class:`~ijtorch.commands.outputs.CommandInputs` from a request (``req`` an ``ImageJRequest``)."""
     from ijtorch.commands.annotations import area_annotations
     from ijtorch.commands.outputs import CommandInputs
@@ -263,7 +216,6 @@ def call_function(name: str, args: list[Any], values: dict[str, Any], check_mode
     Raises LookupError (unknown, or not ``remote``: it needs in-process Python) and ValueError
     (bad arguments or the function's own error, with its message).
     """
-    from ..bridge import commands  # noqa: F401  (registers the built-in macro functions)
     from ..commands.functions import all_functions as registered_functions, dispatch_function
     from ijtorch.commands.outputs import client_session
     spec = registered_functions().get(name)

@@ -795,7 +795,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         return JSONResponse(command_catalog())
 
     async def imagej_command(request: Request, ctx: Ctx) -> Any:
-        from ..bridge.registry import registered_commands
+        from ..commands.command import all_commands
         from ijtorch.commands.options import params_from_options
         from ._imagej import command_inputs, outputs_to_wire, remote_commands
 
@@ -804,13 +804,13 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         commands = remote_commands()
         if req.command not in commands:
             why = ": it needs in-process Python (a Fiji started from Python with ijtorch)" \
-                if req.command in registered_commands() else ""
+                if req.command in all_commands() else ""
             raise HTTPError(404, f"command {req.command[:60]!r} cannot run on this server{why}; "
                                  f"available: {sorted(commands)}")
         spec = commands[req.command]
         params = params_from_options(spec.params, req.options, command=req.command)
-        if spec.check is not None:
-            spec.check(params)
+        if spec.check_remote is not None:
+            spec.check_remote(params)
         model = spec.model(params)
         if model is not None:
             srv.model_path(model)  # registered names only, never paths

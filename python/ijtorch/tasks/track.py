@@ -20,7 +20,7 @@ __all__ = ["track_movie", "track_statistics", "write_track_outputs"]
 
 def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: str | os.PathLike = "nuclei",
                 channel: int | None = None, calibration: Calibration | dict | None = None,
-                params: TrackingParams | dict | None = None, progress=None) -> Tracks:
+                params: TrackingParams | dict | None = None, progress=None, cancel=None) -> Tracks:
     """Track objects through a time-lapse (``T`` required; ``Z`` optional).
 
     Parameters
@@ -37,6 +37,9 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
         Pixel sizes and frame interval; positions and speeds are in its units.
     params
         :class:`~ijtorch.tasks.linking.TrackingParams`.
+    cancel
+        Polled between frames (and tiles) while segmenting and before linking; a True answer raises
+        ``InterruptedError``.
     """
     axes = check_axes(axes, data.ndim)
     if "T" not in axes:
@@ -48,9 +51,11 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
     else:
         from .segment import segment
 
-        result = segment(data, axes, model=model, channel=channel, progress=progress)
+        result = segment(data, axes, model=model, channel=channel, progress=progress, cancel=cancel)
         labels, label_axes = result.labels, result.axes
         intensity = data if "C" not in axes else np.take(data, channel or 0, axis=axes.index("C"))
+    if cancel is not None and cancel():
+        raise InterruptedError("tracking cancelled")
     return track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
                         progress=progress)
 

@@ -1,9 +1,8 @@
-"""ImageJ commands for augmented microscopy: ``ijtorch Restore``, ``ijtorch Denoise (Noise2Void)``,
+"""Augmented-microscopy commands: ``ijtorch Restore``, ``ijtorch Denoise (Noise2Void)``,
 ``ijtorch Train Restoration`` and ``ijtorch Artificial Labelling``.
 
-Handlers only translate: ImagePlus → numpy, call :mod:`ijtorch.tasks.restore` (the same functions
-the CLI calls), numpy → new 32-bit ImagePlus windows with the input's calibration and hyperstack
-axes (minus C: one channel is restored).
+Each calls :mod:`ijtorch.tasks.restore` (the same functions the CLI calls) and hands back new 32-bit
+images with the input's calibration and hyperstack axes (minus C: one channel is restored).
 """
 
 from __future__ import annotations
@@ -15,38 +14,24 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._legacy import CommandContext, command
+from .command import command
+from .outputs import CommandInputs, CommandOutputs, ImageOutput
+from .segment import plain_image, refuse_rgb
 
 __all__ = ["RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
 
 
-def _progress_to_imagej(ctx: CommandContext):
-    def listener(event) -> None:
-        if event.n:
-            ctx.progress(event.i, event.n, event.message or event.phase)
-
-    return listener
-
-
-def _checked(command: str, image):
-    if "S" in image.axes:
-        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or split channels first")
+def _checked(command: str, inputs: CommandInputs):
+    image = plain_image(command, inputs)
+    refuse_rgb(command, image)
     return image
 
 
-def _log(message: str) -> None:
-    from jpype import JClass
-
-    JClass("ij.IJ").log(message)
-
-
 def _float_image(data: np.ndarray, axes: str, title: str, calibration):
-    from ..commands.outputs import ImageOutput
     return ImageOutput(np.ascontiguousarray(data, np.float32), axes, title, calibration)
 
 
 def _result_outputs(command: str, image, result, suffix: str):
-    from ..commands.outputs import CommandOutputs
     stem = Path(image.title).stem
     images = [_float_image(result.restored, result.axes, f"{stem}-{suffix}", image.calibration)]
     if result.uncertainty is not None:
@@ -56,14 +41,6 @@ def _result_outputs(command: str, image, result, suffix: str):
     log = (f"{command}: WARNING {result.shift_warning}",) if result.shift_warning else ()
     return CommandOutputs(images=tuple(images), log=log,
                           status=f"{command}: {result.model} ({result.model_type}, {result.seconds:.2f} s)")
-
-
-def _run(ctx: CommandContext, compute, p) -> None:
-    """Run ``compute(inputs, p, command=..., progress=...)`` on the current image and show its outputs."""
-    from .apply import apply_outputs, imagej_inputs
-    outputs = compute(imagej_inputs(ctx.current_image()), p, command=ctx.command, progress=_progress_to_imagej(ctx))
-    ctx.progress(1, 1)
-    apply_outputs(outputs)
 
 
 def _channel(image, channel: int) -> int | None:
@@ -80,21 +57,17 @@ class RestoreParams(BaseModel):
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
 
 
-def restore_outputs(inputs, p: RestoreParams, *, command: str = "ijtorch Restore", progress=None):
-    """The restored current image (and optional uncertainty / error map) as CommandOutputs; no JVM."""
+@command("ijtorch Restore", RestoreParams, verb="restore", remote=True)
+def restore_command(inputs: CommandInputs, p: RestoreParams) -> CommandOutputs:
+    """Restore the current image with a trained model; optional uncertainty and error maps."""
     from ..tasks.restore import restore
 
-    image = _checked(command, inputs.image)
+    command = "ijtorch Restore"
+    image = _checked(command, inputs)
     result = restore(image.data, image.axes, model=p.model, channel=_channel(image, p.channel),
                      uncertainty=p.uncertainty, error_map=p.error_map, tile_size=p.tile_size,
-                     overlap=min(48, p.tile_size // 4), progress=progress)
+                     overlap=min(48, p.tile_size // 4), progress=inputs.progress)
     return _result_outputs(command, image, result, "restored")
-
-
-@command("ijtorch Restore", params=RestoreParams)
-def restore_command(ctx: CommandContext, p: RestoreParams) -> None:
-    """Restore the current image with a trained model; optional uncertainty and error maps."""
-    _run(ctx, restore_outputs, p)
 
 
 # --------------------------------------------------------------------------- Noise2Void
@@ -113,15 +86,24 @@ class DenoiseN2VParams(BaseModel):
     save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard")
 
 
-def denoise_n2v_outputs(inputs, p: DenoiseN2VParams, *, command: str = "ijtorch Denoise (Noise2Void)", progress=None):
-    """Noise2Void on the current image (train and apply, or apply a saved model) as CommandOutputs.
+def _refuse_n2v_training(p: DenoiseN2VParams) -> None:
+    if p.mode == N2VMode.train:
+        raise ValueError("ijtorch Denoise (Noise2Void): mode=[train on this image] runs only in-process (a Fiji "
+                         "started from Python with ijtorch); on a server use mode=[apply saved model] model=NAME")
 
-    Needs no JVM; with ``save_as`` the trained model is written to this machine's user model folder.
+
+@command("ijtorch Denoise (Noise2Void)", DenoiseN2VParams, verb="denoise", remote=True,
+         model=lambda p: p.model or None, check_remote=_refuse_n2v_training)
+def denoise_n2v_command(inputs: CommandInputs, p: DenoiseN2VParams) -> CommandOutputs:
+    """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model).
+
+    With ``save_as`` the trained model is written to this machine's user model folder.
     """
     from ..models.store import new_user_model_dir
     from ..tasks.restore import denoise_n2v
-    from ..commands.outputs import CommandOutputs
-    image = _checked(command, inputs.image)
+
+    command = "ijtorch Denoise (Noise2Void)"
+    image = _checked(command, inputs)
     save_to = None
     if p.mode == N2VMode.apply:
         if not p.model:
@@ -130,17 +112,11 @@ def denoise_n2v_outputs(inputs, p: DenoiseN2VParams, *, command: str = "ijtorch 
         save_to = new_user_model_dir(p.save_as)
     out = denoise_n2v(image.data, image.axes, epochs=p.epochs, steps_per_epoch=p.steps,
                       model=p.model if p.mode == N2VMode.apply else None, save_to=save_to,
-                      channel=_channel(image, p.channel), progress=progress)
+                      channel=_channel(image, p.channel), progress=inputs.progress)
     axes = image.axes.replace("C", "")
     log = (f"{command}: model '{p.save_as}' saved to {save_to}",) if save_to is not None else ()
     return CommandOutputs(images=(_float_image(out, axes, f"{Path(image.title).stem}-n2v", image.calibration),),
                           log=log)
-
-
-@command("ijtorch Denoise (Noise2Void)", params=DenoiseN2VParams)
-def denoise_n2v_command(ctx: CommandContext, p: DenoiseN2VParams) -> None:
-    """Self-supervised denoising: train Noise2Void on the current image and apply it (or apply a saved model)."""
-    _run(ctx, denoise_n2v_outputs, p)
 
 
 # --------------------------------------------------------------------------- training
@@ -168,8 +144,8 @@ class TrainRestorationParams(BaseModel):
     patch_size: int = Field(64, ge=16, description="training patch size in pixels (multiple of 4)")
 
 
-@command("ijtorch Train Restoration", params=TrainRestorationParams)
-def train_restoration_command(ctx: CommandContext, p: TrainRestorationParams) -> None:
+@command("ijtorch Train Restoration", TrainRestorationParams, needs_image=False, image_options=("input", "target"))
+def train_restoration_command(inputs: CommandInputs, p: TrainRestorationParams) -> CommandOutputs:
     """Train a CARE / Noise2Void / Noise2Noise / artificial labelling model; selectable by name afterwards."""
     from ..models.store import new_user_model_dir
     from ..tasks.restore import train_restoration
@@ -180,35 +156,29 @@ def train_restoration_command(ctx: CommandContext, p: TrainRestorationParams) ->
         raise IjtorchError(f"kind={p.kind.value} needs target=[title or folder]")
     axes = "YX"
     if p.source == TrainRestorationSource.folders:
-        inputs = p.input
+        sources = p.input
         targets = (p.target or None) if kind != "n2v" else None
     else:
-        from jpype import JClass
-
-        from ._convert import imageplus_to_numpy
-
-        WindowManager = JClass("ij.WindowManager")
         arrays = []
         for role, title in (("input", p.input), ("target", p.target if kind != "n2v" else "")):
             if not title:
                 continue
-            imp = WindowManager.getImage(title)
-            if imp is None:
+            img = inputs.open_image(title)
+            if img is None:
                 raise IjtorchError(f"{role}={title!r}: no open image has that title")
-            img = imageplus_to_numpy(imp)
             if "C" in img.axes or "S" in img.axes:
                 raise IjtorchError(f"{role}={title!r} has axes {img.axes}; use single-channel images (split channels first)")
             arrays.append(img)
         if len(arrays) == 2 and arrays[0].axes != arrays[1].axes:
             raise IjtorchError(f"input has axes {arrays[0].axes} but target has {arrays[1].axes}")
         axes = arrays[0].axes
-        inputs = arrays[0].data
+        sources = arrays[0].data
         targets = arrays[1].data if len(arrays) == 2 else None
-    summary = train_restoration(kind, inputs, targets, output=output, axes=axes, epochs=p.epochs,
+    summary = train_restoration(kind, sources, targets, output=output, axes=axes, epochs=p.epochs,
                                 steps_per_epoch=p.steps, patch_size=p.patch_size, progress_bar=False,
-                                progress=_progress_to_imagej(ctx))
-    _log(f"{ctx.command}: {kind} model '{p.name}' saved to {summary['output']} "
-         f"(validation loss {summary['first_val_loss']:.4g} -> {summary['best_val_loss']:.4g})")
+                                progress=inputs.progress)
+    return CommandOutputs(log=(f"ijtorch Train Restoration: {kind} model '{p.name}' saved to {summary['output']} "
+                               f"(validation loss {summary['first_val_loss']:.4g} -> {summary['best_val_loss']:.4g})",))
 
 
 # --------------------------------------------------------------------------- artificial labelling
@@ -220,23 +190,18 @@ class ArtificialLabellingParams(BaseModel):
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
 
 
-def artificial_labelling_outputs(inputs, p: ArtificialLabellingParams, *,
-                                 command: str = "ijtorch Artificial Labelling", progress=None):
-    """The predicted label channel (and optional uncertainty) as CommandOutputs; no JVM."""
+@command("ijtorch Artificial Labelling", ArtificialLabellingParams, remote=True)
+def artificial_labelling_command(inputs: CommandInputs, p: ArtificialLabellingParams) -> CommandOutputs:
+    """Predict a label channel (e.g. a nuclear stain) from another channel with a trained model."""
     from ..tasks.restore import _load, restore
 
+    command = "ijtorch Artificial Labelling"
     net = _load(p.model, "auto")
     if net.model_type != "artificial_labelling":
         raise IjtorchError(f"model={p.model!r} has model_type {net.model_type!r}; "
                            "use ijtorch Restore for care/n2v/n2n models")
-    image = _checked(command, inputs.image)
+    image = _checked(command, inputs)
     result = restore(image.data, image.axes, model=net, channel=_channel(image, p.channel),
                      uncertainty=p.uncertainty, tile_size=p.tile_size, overlap=min(48, p.tile_size // 4),
-                     progress=progress)
+                     progress=inputs.progress)
     return _result_outputs(command, image, result, "label")
-
-
-@command("ijtorch Artificial Labelling", params=ArtificialLabellingParams)
-def artificial_labelling_command(ctx: CommandContext, p: ArtificialLabellingParams) -> None:
-    """Predict a label channel (e.g. a nuclear stain) from another channel with a trained model."""
-    _run(ctx, artificial_labelling_outputs, p)

@@ -1,8 +1,8 @@
-"""ImageJ commands for the bioimage.io model zoo: ``ijtorch Export bioimage.io Model`` and
+"""Commands for the bioimage.io model zoo: ``ijtorch Export bioimage.io Model`` and
 ``ijtorch Import bioimage.io Model``.
 
-Handlers only translate: they call :mod:`ijtorch.bioimageio` (the same functions as
-``ijtorch export-bioimageio`` / ``import-bioimageio``) and write the result to ImageJ's Log. An
+They call :mod:`ijtorch.bioimageio` (the same functions as ``ijtorch export-bioimageio`` /
+``import-bioimageio``) and report to ImageJ's Log. An
 imported model is then selectable by name in Segment / Restore / Classify.
 
 Macro::
@@ -17,7 +17,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._legacy import CommandContext, command
+from .command import command
+from .outputs import CommandInputs, CommandOutputs
 
 __all__ = ["ExportBioimageioParams", "ImportBioimageioParams", "export_text", "import_text"]
 
@@ -66,23 +67,13 @@ def import_text(p: ImportBioimageioParams) -> str:
             f"run it with ijtorch {r.task.capitalize()}")
 
 
-def _log(message: str) -> None:
-    from jpype import JClass
-
-    JClass("ij.IJ").log(message)
-
-
-@command("ijtorch Export bioimage.io Model", params=ExportBioimageioParams)
-def export_bioimageio_command(ctx: CommandContext, p: ExportBioimageioParams) -> None:
+@command("ijtorch Export bioimage.io Model", ExportBioimageioParams, needs_image=False)
+def export_bioimageio_command(inputs: CommandInputs, p: ExportBioimageioParams) -> CommandOutputs:
     """Write a bioimage.io package (format 0.5, TorchScript + state dict) of a model; validated and tested."""
-    ctx.progress(0, 1, "exporting")
-    _log(export_text(p))
-    ctx.progress(1, 1)
+    return CommandOutputs(log=(export_text(p),))
 
 
-@command("ijtorch Import bioimage.io Model", params=ImportBioimageioParams)
-def import_bioimageio_command(ctx: CommandContext, p: ImportBioimageioParams) -> None:
+@command("ijtorch Import bioimage.io Model", ImportBioimageioParams, needs_image=False)
+def import_bioimageio_command(inputs: CommandInputs, p: ImportBioimageioParams) -> CommandOutputs:
     """Register a local bioimage.io package as an ijtorch model (nothing downloaded, no package code run)."""
-    ctx.progress(0, 1, "importing")
-    _log(import_text(p))
-    ctx.progress(1, 1)
+    return CommandOutputs(log=(import_text(p),))

@@ -1,9 +1,8 @@
-"""ImageJ commands for classification: ``ijtorch Classify``, ``ijtorch Train Classifier``,
+"""Classification commands: ``ijtorch Classify``, ``ijtorch Train Classifier``,
 ``ijtorch Embed``, plus ``Ext.ijtorchClassifierClasses``.
 
-Handlers only translate: ImagePlus + ROI Manager (or a label image) → object crops
-(:func:`ijtorch.tasks.classify.object_crops`), call the task functions, and hand results back as a
-ResultsTable and class-coloured ROIs.
+Objects come from the ROI Manager (or a label image) as crops
+(:func:`ijtorch.tasks.classify.object_crops`); results go back as a table and class-coloured ROIs.
 
 Training from ROIs: the class of a ROI is its name up to a final ``_``/``-``/space/``.`` followed by
 digits (``mitotic_001`` → ``mitotic``, ``S_phase_12`` → ``S_phase``, ``G2`` → ``G2``), or its ROI
@@ -23,8 +22,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._legacy import CommandContext, command, macro_function
-from ._segment_commands import _progress_to_imagej
+from .command import command
+from .functions import macro_function
+from .outputs import CommandInputs, CommandOutputs, RoiOutput, RoiStyle, TableOutput
 
 __all__ = ["ClassifyParams", "TrainClassifierParams", "EmbedParams", "class_from_roi_name", "class_colours"]
 
@@ -106,6 +106,8 @@ def class_colours(n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- helpers
 
 def _single_plane(command: str, image) -> Any:
+    if image is None:
+        raise IjtorchError(f"{command} needs an open image (open one or select its window)")
     if "S" in image.axes:
         raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to a stack of channels "
                            "(Image > Color > Make Composite) first")
@@ -113,12 +115,6 @@ def _single_plane(command: str, image) -> Any:
         raise IjtorchError(f"{command}: needs a 2-D image (YX or CYX), got axes {image.axes}; duplicate one "
                            "slice/frame first")
     return image
-
-
-def _current_plane(ctx: CommandContext) -> Any:
-    from ._convert import imageplus_to_numpy
-
-    return _single_plane(ctx.command, imageplus_to_numpy(ctx.current_image()))
 
 
 def _crop_settings(model) -> dict[str, Any]:
@@ -184,12 +180,13 @@ def _load_classifier(command: str, name: str):
 
 # ----------------------------------------------------------------------------- commands
 
-def classify_outputs(inputs, p: ClassifyParams, *, command: str = "ijtorch Classify"):
-    """Classify objects of :class:`~ijtorch.commands.outputs.CommandInputs` and describe the
-    ImageJ outputs (ResultsTable, class-coloured ROIs); needs no JVM (the server calls it too)."""
+@command("ijtorch Classify", ClassifyParams, verb="classify", remote=True, rois=True, image_options=("label_image",))
+def classify_command(inputs: CommandInputs, p: ClassifyParams) -> CommandOutputs:
+    """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
     from ..tasks.classify import classify
     from ..tasks.outlines import outlines
-    from ..commands.outputs import CommandOutputs, RoiOutput, RoiStyle, TableOutput
+
+    command = "ijtorch Classify"
     _single_plane(command, inputs.image)
     model = _load_classifier(command, p.model)
     items, names, indices, labels = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
@@ -216,47 +213,39 @@ def classify_outputs(inputs, p: ClassifyParams, *, command: str = "ijtorch Class
                           status=f"{command}: {len(items)} items ({counts})", values={"n_items": len(items)})
 
 
-@command("ijtorch Classify", params=ClassifyParams)
-def classify_command(ctx: CommandContext, p: ClassifyParams) -> None:
-    """Classify objects (ROI Manager or label image) or the whole image; ResultsTable + class-coloured ROIs."""
-    from .apply import apply_outputs, imagej_inputs
-    outputs = classify_outputs(imagej_inputs(ctx.current_image()), p, command=ctx.command)
-    ctx.progress(1, 1)
-    apply_outputs(outputs)
-
-
-@command("ijtorch Train Classifier", params=TrainClassifierParams)
-def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> None:
+@command("ijtorch Train Classifier", TrainClassifierParams, needs_image=False, rois=True)
+def train_classifier_command(inputs: CommandInputs, p: TrainClassifierParams) -> CommandOutputs:
     """Train or fine-tune a classifier from named/grouped ROIs on the current image or from class folders."""
     from ..models.store import new_user_model_dir
     from ..tasks.classify import object_crops, train_classifier
     from ..tasks.rasterize import polygons_to_labels
-    from .apply import rois_from_manager
+
+    command = "ijtorch Train Classifier"
     output = new_user_model_dir(p.name)
     crops = {"size": p.size, "scale_by_object": p.scale_by_object, "mask_channel": p.mask_channel}
     common = dict(output=output, base_model=p.base_model or None, epochs=p.epochs,
                   class_weighting=p.class_weighting.value, val_fraction=p.val_fraction, seed=p.seed,
-                  progress=_progress_to_imagej(ctx))
+                  progress=inputs.progress)
     if p.source == TrainSource.folder:
         if not p.folder or not Path(p.folder).is_dir():
-            raise IjtorchError(f"{ctx.command}: source=folder needs folder=[a folder with class sub-folders], got {p.folder!r}")
+            raise IjtorchError(f"{command}: source=folder needs folder=[a folder with class sub-folders], got {p.folder!r}")
         summary = train_classifier(p.folder, **common)
     else:
-        image = _current_plane(ctx)
+        image = _single_plane(command, inputs.image)
         try:
-            ann = rois_from_manager()
+            ann = inputs.rois()
         except ValueError as e:
-            raise IjtorchError(f"{ctx.command}: {e}") from None
+            raise IjtorchError(f"{command}: {e}") from None
         if p.class_from == ClassFrom.name:
             labels = [class_from_roi_name(n) for n in ann.names]
         else:
             if (ann.groups == 0).any():
                 bad = [ann.names[i] for i in np.flatnonzero(ann.groups == 0)[:5]]
-                raise IjtorchError(f"{ctx.command}: ROIs {bad} have no group; set groups in the ROI Manager "
+                raise IjtorchError(f"{command}: ROIs {bad} have no group; set groups in the ROI Manager "
                                    "(Properties) or use class_from=[ROI name prefix]")
-            labels = [_group_name(int(g)) for g in ann.groups]
+            labels = [ann.group_names.get(int(g)) or f"group{int(g)}" for g in ann.groups]
         if len(set(labels)) < 2:
-            raise IjtorchError(f"{ctx.command}: the ROIs name only the class(es) {sorted(set(labels))}; at least 2 "
+            raise IjtorchError(f"{command}: the ROIs name only the class(es) {sorted(set(labels))}; at least 2 "
                                "classes are needed")
         label_map = polygons_to_labels(ann.polygons, image.data.shape[-2:])
         items = object_crops(image.data, image.axes, label_map, size=p.size, scale_by_object=p.scale_by_object,
@@ -264,51 +253,37 @@ def train_classifier_command(ctx: CommandContext, p: TrainClassifierParams) -> N
         present = set(np.unique(label_map).tolist())
         keep = [i for i in range(len(labels)) if i + 1 in present]
         if len(keep) < len(labels):
-            raise IjtorchError(f"{ctx.command}: {len(labels) - len(keep)} ROIs cover no pixel of the image")
+            raise IjtorchError(f"{command}: {len(labels) - len(keep)} ROIs cover no pixel of the image")
         summary = train_classifier(items, np.asarray(labels, dtype=object), names=list(ann.names),
                                    extra_config={"crops": crops}, **common)
-    from jpype import JClass
-
     m = summary.get("metrics") or {}
     ba = m.get("balanced_accuracy")
-    JClass("ij.IJ").log(f"{ctx.command}: classifier '{p.name}' ({', '.join(summary['classes'])}) saved to "
-                        f"{summary['output']}" + (f"; held-out balanced accuracy {ba:.3f} on {summary['n_val']} items"
-                                                  if ba is not None else ""))
+    return CommandOutputs(log=(f"{command}: classifier '{p.name}' ({', '.join(summary['classes'])}) saved to "
+                               f"{summary['output']}" + (f"; held-out balanced accuracy {ba:.3f} on "
+                                                         f"{summary['n_val']} items" if ba is not None else ""),))
 
 
-def _group_name(g: int) -> str:
-    from jpype import JClass
-
-    try:
-        name = JClass("ij.gui.Roi").getGroupName(g)
-    except Exception:  # noqa: BLE001 - older ImageJ has no group names
-        name = None
-    return str(name) if name else f"group{g}"
-
-
-@command("ijtorch Embed", params=EmbedParams)
-def embed_command(ctx: CommandContext, p: EmbedParams) -> None:
+@command("ijtorch Embed", EmbedParams, verb="embed", rois=True, image_options=("label_image",))
+def embed_command(inputs: CommandInputs, p: EmbedParams) -> CommandOutputs:
     """Classifier embeddings of objects or the whole image into a ResultsTable (and optionally a CSV)."""
     from ..tasks.classify import cluster_embeddings, embed, write_features
-    from .apply import imagej_inputs
-    from ._results import results_table
 
-    inputs = imagej_inputs(ctx.current_image())
-    _single_plane(ctx.command, inputs.image)
-    model = _load_classifier(ctx.command, p.model)
-    items, names, _, _ = _objects(ctx.command, inputs, p.source, p.label_image, _crop_settings(model))
+    command = "ijtorch Embed"
+    _single_plane(command, inputs.image)
+    model = _load_classifier(command, p.model)
+    items, names, _, _ = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
     features = embed(items, model=model)
     extra: dict[str, Any] = {"object": np.asarray(names, dtype=object)}
     if p.clusters:
         if p.clusters > len(items):
-            raise IjtorchError(f"{ctx.command}: clusters={p.clusters} is more than the {len(items)} objects")
+            raise IjtorchError(f"{command}: clusters={p.clusters} is more than the {len(items)} objects")
         cl = cluster_embeddings(features, k=p.clusters)
         extra.update({"cluster": cl.labels, "pc1": cl.projection[:, 0], "pc2": cl.projection[:, 1]})
     if p.csv:
         write_features(p.csv, features, columns=extra)
     columns = dict(extra)
     columns.update({f"f{i}": features[:, i].astype(np.float64) for i in range(features.shape[1])})
-    results_table(columns, title="Embeddings")
+    return CommandOutputs(tables=(TableOutput(columns, title="Embeddings"),))
 
 
 @macro_function("ijtorchClassifierClasses", remote=True)

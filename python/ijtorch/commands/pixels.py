@@ -1,4 +1,4 @@
-"""ImageJ commands for pixel classification: ``ijtorch Train Pixel Classifier`` and
+"""Pixel classification commands: ``ijtorch Train Pixel Classifier`` and
 ``ijtorch Classify Pixels``.
 
 Training from the ROI Manager: every ROI is a stroke — a straight, segmented or freehand line
@@ -19,7 +19,7 @@ channel per class), and a Results table of per-class pixel counts and calibrated
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
@@ -28,12 +28,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._classify_commands import ClassFrom
-from ._legacy import CommandContext, command
-from ._segment_commands import _progress_to_imagej
+from .annotations import Stroke
+from .classify import ClassFrom, class_from_roi_name
+from .command import command
+from .outputs import CommandInputs, CommandOutputs, ImageOutput, TableOutput
+from .segment import plain_image
 
-__all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "Stroke", "strokes_from_manager", "annotation_from_strokes",
-           "classify_pixels_outputs"]
+__all__ = ["TrainPixelsParams", "ClassifyPixelsParams", "annotation_from_strokes", "classify_pixels_outputs"]
 
 
 class StrokeSource(str, Enum):
@@ -61,66 +62,17 @@ class ClassifyPixelsParams(BaseModel):
     probabilities: bool = Field(False, description="also show the probability stack (one channel per class)")
 
 
-@dataclass(frozen=True)
-class Stroke:
-    """One ROI as plain data: ``xy`` points (lines, points), or an area ``mask`` at ``origin`` (x, y)."""
-
-    name: str
-    group: int
-    kind: str  # "area", "line" or "points"
-    xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
-    mask: np.ndarray | None = None
-    origin: tuple[int, int] = (0, 0)
-    width: float = 1.0
-    position: int = 0  # 1-based stack slice, 0 = any / the current slice
-
-
-def strokes_from_manager(manager=None) -> list[Stroke]:
-    """Every ROI of the ROI Manager as a :class:`Stroke` (see the module docstring)."""
-    from jpype import JClass
-
-    RoiManager, Roi = JClass("ij.plugin.frame.RoiManager"), JClass("ij.gui.Roi")
-    rm = manager if manager is not None else RoiManager.getInstance()
-    rois = list(rm.getRoisAsArray()) if rm is not None else []
-    strokes = []
-    for i, roi in enumerate(rois):
-        name = str(roi.getName()) if roi.getName() is not None else f"roi_{i + 1}"
-        common = dict(name=name, group=int(roi.getGroup()), position=int(roi.getPosition()))
-        t = int(roi.getType())
-        if roi.isArea():
-            b = roi.getBounds()
-            mp = roi.getMask()
-            if mp is None:
-                mask = np.ones((int(b.height), int(b.width)), bool)
-            else:
-                mask = (np.asarray(mp.getPixels(), dtype=np.int8).reshape(int(mp.getHeight()), int(mp.getWidth())) != 0)
-            strokes.append(Stroke(kind="area", mask=mask, origin=(int(b.x), int(b.y)), **common))
-        elif t == int(Roi.LINE):
-            xy = np.array([[roi.x1d, roi.y1d], [roi.x2d, roi.y2d]], dtype=np.float64)
-            strokes.append(Stroke(kind="line", xy=xy, width=float(roi.getStrokeWidth()), **common))
-        else:
-            poly = roi.getFloatPolygon()
-            n = int(poly.npoints)
-            xy = np.column_stack([np.asarray(poly.xpoints[:n], np.float64), np.asarray(poly.ypoints[:n], np.float64)])
-            kind = "points" if t == int(Roi.POINT) else "line"
-            strokes.append(Stroke(kind=kind, xy=xy, width=float(roi.getStrokeWidth()), **common))
-    return strokes
-
-
-def _class_of(stroke: Stroke, class_from: ClassFrom, group_name) -> str:
-    from ._classify_commands import class_from_roi_name
-
+def _class_of(stroke: Stroke, class_from: ClassFrom) -> str:
     if class_from == ClassFrom.group:
         if stroke.group == 0:
             raise IjtorchError(f"ROI {stroke.name!r} has no group; set groups in the ROI Manager (Properties) or use "
                                "class_from=[ROI name prefix]")
-        return group_name(stroke.group)
+        return stroke.group_name or f"group{stroke.group}"
     return class_from_roi_name(stroke.name)
 
 
 def annotation_from_strokes(shape: tuple[int, int], strokes: Sequence[Stroke], *, class_from: ClassFrom = ClassFrom.name,
-                            classes: Sequence[str] = (), group_name=lambda g: f"group{g}",
-                            plane: int | None = None) -> tuple[np.ndarray, list[str]]:
+                            classes: Sequence[str] = (), plane: int | None = None) -> tuple[np.ndarray, list[str]]:
     """``(annotation image, class names)`` from strokes: 0 = unannotated, ``k`` = ``names[k - 1]``.
 
     ``classes`` are names that keep their numbers (a base model's); new names follow in order of
@@ -134,7 +86,7 @@ def annotation_from_strokes(shape: tuple[int, int], strokes: Sequence[Stroke], *
     for s in strokes:
         if plane is not None and s.position not in (0, plane):
             continue
-        cls = _class_of(s, class_from, group_name)
+        cls = _class_of(s, class_from)
         if cls not in names:
             names.append(cls)
         value = names.index(cls) + 1
@@ -150,46 +102,38 @@ def annotation_from_strokes(shape: tuple[int, int], strokes: Sequence[Stroke], *
     return out, names
 
 
-def _group_name(g: int) -> str:
-    from ._classify_commands import _group_name as name
-
-    return name(g)
-
-
-def _plane(ctx: CommandContext):
+def _plane(command: str, inputs: CommandInputs):
     """The current image as ``(image, YX or CYX plane, axes, 1-based slice)``."""
     from ..image import to_axes
-    from ._convert import imageplus_to_numpy
 
-    imp = ctx.current_image()
-    image = imageplus_to_numpy(imp)
+    image = plain_image(command, inputs)
     if "S" in image.axes:
-        raise IjtorchError(f"{ctx.command}: {image.title} is an RGB image; convert it to 8-bit or to channels "
+        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels "
                            "(Image > Color > Make Composite) first")
     data, axes = image.data, image.axes
     position = 1
     if set(axes) - set("CYX"):  # a stack: train on the current Z/T plane
-        z, t = int(imp.getZ()) - 1, int(imp.getT()) - 1
-        index = {"Z": z, "T": t}
+        c, z, t = inputs.position
+        index = {"Z": z - 1, "T": t - 1}
+        size = {a: image.data.shape[image.axes.index(a)] if a in image.axes else 1 for a in "CZ"}
         for a in "TZ":
             if a in axes:
                 data = np.take(data, index[a], axis=axes.index(a))
                 axes = axes.replace(a, "")
-        position = int(imp.getCurrentSlice())
+        position = (t - 1) * size["Z"] * size["C"] + (z - 1) * size["C"] + c  # ImageJ's stack index
     plane = to_axes(data, axes, "CYX") if "C" in axes else data
     return image, plane, ("CYX" if "C" in axes else "YX"), position
 
 
-@command("ijtorch Train Pixel Classifier", params=TrainPixelsParams)
-def train_pixels_command(ctx: CommandContext, p: TrainPixelsParams) -> None:
+@command("ijtorch Train Pixel Classifier", TrainPixelsParams, verb="train-pixels", rois=True,
+         image_options=("label_image",))
+def train_pixels_command(inputs: CommandInputs, p: TrainPixelsParams) -> CommandOutputs:
     """Train (or retrain, warm-started) a pixel classifier from ROI Manager strokes or a class label image."""
-    from jpype import JClass
-
     from ..models.store import new_user_model_dir
     from ..tasks.pixels import is_pixel_model, train_pixels
-    from ._convert import imageplus_to_numpy
 
-    image, plane, axes, position = _plane(ctx)
+    command = "ijtorch Train Pixel Classifier"
+    image, plane, axes, position = _plane(command, inputs)
     shape = plane.shape[-2:]
     output = new_user_model_dir(p.name)
     base_classes: list[str] = []
@@ -197,22 +141,21 @@ def train_pixels_command(ctx: CommandContext, p: TrainPixelsParams) -> None:
         from ..models.store import load_model
 
         if not is_pixel_model(p.base_model):
-            raise IjtorchError(f"{ctx.command}: base_model={p.base_model!r} is not a pixel classifier")
+            raise IjtorchError(f"{command}: base_model={p.base_model!r} is not a pixel classifier")
         base_classes = list(load_model(p.base_model).classes)
     if p.source == StrokeSource.rois:
-        strokes = strokes_from_manager()
+        strokes = inputs.strokes()
         if not strokes:
-            raise IjtorchError(f"{ctx.command}: the ROI Manager is empty: draw a few strokes per class (lines or areas, "
+            raise IjtorchError(f"{command}: the ROI Manager is empty: draw a few strokes per class (lines or areas, "
                                "named by class, e.g. nucleus_1, background_1) and add them with [t]")
         ann, classes = annotation_from_strokes(shape, strokes, class_from=p.class_from, classes=base_classes,
-                                               group_name=_group_name, plane=position)
+                                               plane=position)
     else:
-        other = JClass("ij.WindowManager").getImage(p.label_image) if p.label_image else None
-        if other is None:
-            raise IjtorchError(f"{ctx.command}: label_image={p.label_image!r}: no open image has that title")
-        lab = imageplus_to_numpy(other)
+        lab = inputs.open_image(p.label_image) if p.label_image else None
+        if lab is None:
+            raise IjtorchError(f"{command}: label_image={p.label_image!r}: no open image has that title")
         if lab.axes != "YX" or lab.data.shape != shape:
-            raise IjtorchError(f"{ctx.command}: the class label image must be one YX plane of shape {shape}, got "
+            raise IjtorchError(f"{command}: the class label image must be one YX plane of shape {shape}, got "
                                f"axes {lab.axes} and shape {lab.data.shape}")
         ann = np.asarray(lab.data)
         if ann.dtype.kind == "f":
@@ -223,23 +166,25 @@ def train_pixels_command(ctx: CommandContext, p: TrainPixelsParams) -> None:
     try:
         summary = train_pixels([plane], [ann], output=output, axes=axes, classes=classes,
                                base_model=p.base_model or None, steps=p.steps, seed=p.seed,
-                               progress=_progress_to_imagej(ctx),
+                               progress=inputs.progress,
                                description=f"pixel classifier trained in ImageJ on {image.title}")
     except ValueError as e:
-        raise IjtorchError(f"{ctx.command}: {e}") from None
+        raise IjtorchError(f"{command}: {e}") from None
     counts = ", ".join(f"{c} {n}" for c, n in summary["annotated_pixels"].items())
-    JClass("ij.IJ").log(f"{ctx.command}: model '{p.name}' ({', '.join(summary['classes'])}; annotated pixels: {counts}) "
-                        f"trained in {summary['seconds']:.1f} s, saved to {summary['output']}")
-    ctx.progress(1, 1)
-    if p.show_result:
-        imp = ctx.current_image()
-        _apply_classification(imp, ClassifyPixelsParams(model=str(output)), ctx)
+    log = (f"{command}: model '{p.name}' ({', '.join(summary['classes'])}; annotated pixels: {counts}) "
+           f"trained in {summary['seconds']:.1f} s, saved to {summary['output']}",)
+    if not p.show_result:
+        return CommandOutputs(log=log)
+    shown = classify_pixels_outputs(image, ClassifyPixelsParams(model=str(output)), progress=inputs.progress)[1]
+    return dataclasses.replace(shown, log=log + shown.log)
 
 
 def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "ijtorch Classify Pixels", progress=None):
-    """Classify an :class:`ijtorch.image.Image` and describe the ImageJ outputs (no JVM needed)."""
+    """Classify an :class:`ijtorch.image.Image`: ``(PixelClassification, CommandOutputs)``; the class
+    image carries the class names (Info and the ``ijtorch.classes`` property), the probability stack
+    one ``p_<class>`` label per channel."""
     from ..tasks.pixels import class_areas, classify_pixels
-    from ..commands.outputs import CommandOutputs, ImageOutput, TableOutput
+
     if "S" in image.axes:
         raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels first")
     channel = p.channel - 1 if "C" in image.axes else None
@@ -249,35 +194,19 @@ def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "i
     except ValueError as e:
         raise IjtorchError(f"{command}: {e}") from None
     stem = Path(image.title).stem
-    images = [ImageOutput(r.classes.astype(np.uint16), r.axes, f"{stem}-classes", image.calibration, labels=True)]
+    info = "\n".join(f"class {k} = {name}" for k, name in enumerate(r.class_names, start=1))
+    images = [ImageOutput(r.classes.astype(np.uint16), r.axes, f"{stem}-classes", image.calibration, labels=True,
+                          properties={"Info": info, "ijtorch.classes": ",".join(r.class_names)})]
     if r.probabilities is not None:
-        images.append(ImageOutput(r.probabilities, "C" + r.axes, f"{stem}-probabilities", image.calibration))
+        images.append(ImageOutput(r.probabilities, "C" + r.axes, f"{stem}-probabilities", image.calibration,
+                                  channel_labels=tuple(f"p_{name}" for name in r.class_names)))
     tables = (TableOutput(class_areas(r.classes, r.class_names, calibration=image.calibration)),)
     present = int(len(np.unique(r.classes)))
     status = f"{command}: {present} of {len(r.class_names)} classes ({r.model}, {r.seconds:.2f} s)"
     return r, CommandOutputs(tuple(images), None, tables, status, {"n_classes": len(r.class_names)})
 
 
-def _apply_classification(imp, p: ClassifyPixelsParams, ctx: CommandContext):
-    from ._convert import imageplus_to_numpy
-    from .apply import apply_outputs
-    r, outputs = classify_pixels_outputs(imageplus_to_numpy(imp), p, command=ctx.command,
-                                         progress=_progress_to_imagej(ctx))
-    shown = apply_outputs(outputs)
-    info = "\n".join(f"class {k} = {name}" for k, name in enumerate(r.class_names, start=1))
-    shown[0].setProperty("Info", info)
-    shown[0].setProp("ijtorch.classes", ",".join(r.class_names))
-    if len(shown) > 1 and int(shown[1].getNChannels()) == len(r.class_names):
-        stack = shown[1].getStack()
-        for c, name in enumerate(r.class_names, start=1):
-            for z in range(1, int(shown[1].getNSlices()) + 1):
-                for t in range(1, int(shown[1].getNFrames()) + 1):
-                    stack.setSliceLabel(f"p_{name}", int(shown[1].getStackIndex(c, z, t)))
-    ctx.progress(1, 1)
-    return r, shown
-
-
-@command("ijtorch Classify Pixels", params=ClassifyPixelsParams)
-def classify_pixels_command(ctx: CommandContext, p: ClassifyPixelsParams) -> None:
+@command("ijtorch Classify Pixels", ClassifyPixelsParams)
+def classify_pixels_command(inputs: CommandInputs, p: ClassifyPixelsParams) -> CommandOutputs:
     """A class for every pixel: class label image (LUT, class names), optional probabilities, per-class areas."""
-    _apply_classification(ctx.current_image(), p, ctx)
+    return classify_pixels_outputs(plain_image("ijtorch Classify Pixels", inputs), p, progress=inputs.progress)[1]

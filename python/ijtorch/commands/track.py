@@ -9,7 +9,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from ._legacy import CommandContext, command
+from .command import command
+from .outputs import CommandInputs, CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
+from .segment import plain_image
+
+__all__ = ["TrackParams"]
 
 
 class TrackParams(BaseModel):
@@ -23,23 +27,25 @@ class TrackParams(BaseModel):
     output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)")
 
 
-def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", progress=None):
-    """Track the current time-lapse and describe what ImageJ shows and which files it gets.
+@command("ijtorch Track", TrackParams, verb="track", remote=True, model=lambda p: None if p.labels else p.model)
+def track_command(inputs: CommandInputs, p: TrackParams) -> CommandOutputs:
+    """Track objects through the current time-lapse (frames must be on the T axis).
 
-    Needs no JVM (the server calls it for a remote Fiji). Files go to ``p.output``, else next to the
-    file the image came from (``inputs.source_path``), else nowhere. Returns ``(Tracks, CommandOutputs)``.
+    Files go to ``p.output``, else next to the file the image came from (``inputs.source_path``), else
+    nowhere; in a Fiji with TrackMate the tracks also open there (``CommandOutputs.tracks``).
     """
     from ..tasks.outlines import outlines
     from ..tasks.track import n_tracklets, n_tracks, track_movie, track_statistics, track_summary, write_track_outputs
     from ..tasks.linking import TrackingParams
-    from ..commands.outputs import CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
-    image = inputs.image
+    command = "ijtorch Track"
+    image = plain_image(command, inputs)
     if "T" not in image.axes:
         raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
     params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions,
                             fill_gaps=p.fill_gaps)
     tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model, calibration=image.calibration,
-                         params=params, progress=progress)
+                         params=params, progress=inputs.progress,
+                         cancel=inputs.cancel)
     label_axes = "TZYX" if tracks.ndim == 3 else "TYX"
     stem = Path(image.title).stem
     rois = outlines(tracks.tracked_labels, label_axes)
@@ -62,18 +68,5 @@ def track_outputs(inputs, p: TrackParams, *, command: str = "ijtorch Track", pro
         tables=(TableOutput(track_statistics(tracks), title="Tracklet statistics"),
                 TableOutput(track_summary(tracks), title="Track statistics")),
         files=files, log=log, status=f"{command}: {counts}",
-        values={"n_tracks": n_tracks(tracks), "n_tracklets": n_tracklets(tracks)})
-    return tracks, outputs
-
-
-@command("ijtorch Track", params=TrackParams)
-def track_command(ctx: CommandContext, p: TrackParams) -> None:
-    """Track objects through the current time-lapse (frames must be on the T axis)."""
-    from .apply import apply_outputs, imagej_inputs
-    from ._trackmate import open_in_trackmate
-
-    imp = ctx.current_image()
-    tracks, outputs = track_outputs(imagej_inputs(imp), p, command=ctx.command)
-    apply_outputs(outputs)
-    open_in_trackmate(tracks, imp)  # in a Fiji with TrackMate: the model opens there; elsewhere a no-op
-    ctx.progress(1, 1)
+        values={"n_tracks": n_tracks(tracks), "n_tracklets": n_tracklets(tracks)}, tracks=tracks)
+    return outputs
