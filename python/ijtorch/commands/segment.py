@@ -46,6 +46,8 @@ class SegmentParams(BaseModel):
     channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
     test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
     scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2 = objects half the training size; 2D)")
+    tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (512 in 2D)")
+    overlap: int = Field(0, ge=0, description="tile overlap in pixels; 0 = the model's default (96 in 2D)")
     output: SegmentOutput = Field(SegmentOutput.all, description="what to create: label map, ROI Manager, Results or all",
                                   json_schema_extra={"surfaces": ["imagej", "server"]})
 
@@ -62,6 +64,7 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
     channel = p.channel - 1 if "C" in image.axes else None
     result = segment(image.data, image.axes, model=p.model, channel=channel,
                      prob_threshold=p.prob_threshold or None, nms_threshold=p.nms_threshold or None,
+                     tile_size=p.tile_size or None, overlap=p.overlap or None,
                      test_time_augmentation=p.test_time_augmentation, scale=p.scale, progress=inputs.progress,
                      cancel=inputs.cancel)
     want = p.output

@@ -20,9 +20,10 @@ class TrackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: bool = Field(False, description="the image already holds label masks (skip segmentation)")
     model: str = Field("nuclei", description="segmentation model used when the image is not a label stack")
+    channel: int = Field(1, ge=1, description="channel to segment in multi-channel movies (1 = first)")
     max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement (calibrated units)")
     max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged (0 = no gap closing)")
-    divisions: bool = Field(False, description="detect divisions (one parent, two daughters)")
+    divisions: bool = Field(True, description="detect divisions (one parent, two daughters)")
     fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
     output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)")
 
@@ -43,7 +44,8 @@ def track_command(inputs: CommandInputs, p: TrackParams) -> CommandOutputs:
         raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
     params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions,
                             fill_gaps=p.fill_gaps)
-    tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model, calibration=image.calibration,
+    tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model,
+                         channel=p.channel - 1 if "C" in image.axes else None, calibration=image.calibration,
                          params=params, progress=inputs.progress,
                          cancel=inputs.cancel)
     label_axes = "TZYX" if tracks.ndim == 3 else "TYX"
