@@ -122,7 +122,7 @@ def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, one_torc
 def test_a_failure_after_the_first_output_leaves_none_of_them(tmp_path, one_torch_thread, monkeypatch, capsys):
     """Defect 5: the label TIFF is written, the measurements fail: neither stays, the next file goes on."""
     from ijtorch import cli
-    from ijtorch.io import outputs
+    from ijtorch.tasks import segmentation_files as outputs
 
     src = tmp_path / "in"
     src.mkdir()

@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 
 from ijtorch.metrics.instance import match_labels
 from ijtorch.models import unet_watershed as uw
+from ijtorch.train import unet_watershed_train as uwt
 
 
 def gt_probabilities(labels: np.ndarray, *, boundary_width: int = 1, sigma: float = 1.0) -> uw.ProbabilityMaps:
@@ -77,7 +78,7 @@ def test_postprocess_keeps_seedless_components_and_drops_small_objects():
 
 
 def _tiny_train(cells, tmp_path, **kw):
-    return uw.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
+    return uwt.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
                     model_dir=tmp_path / "model", epochs=4, steps_per_epoch=3, batch_size=2, patch_size=64,
                     base_channels=4, depth=2, lr=3e-3, seed=0, device="cpu", **kw)
 
@@ -104,7 +105,7 @@ def test_short_training_lowers_loss_and_round_trips(cells, tmp_path):
     assert labels.dtype == np.int32 and labels.shape == img.shape
 
     # fine-tuning continues from the saved weights and keeps the architecture and split record
-    tuned = uw.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
+    tuned = uwt.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
                      model_dir=tmp_path / "tuned", init=tmp_path / "model", epochs=1, steps_per_epoch=1,
                      batch_size=1, patch_size=64, augment=False, seed=1)
     assert tuned.model.net.config == loaded.net.config
@@ -128,4 +129,4 @@ def test_predict_validates_axes_and_model(tmp_path):
     with pytest.raises(ModelError):
         uw.load_model(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match="images .* and labels .* must be non-empty"):
-        uw.train([np.zeros((8, 8))], [], epochs=1)
+        uwt.train([np.zeros((8, 8))], [], epochs=1)

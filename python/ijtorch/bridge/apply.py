@@ -31,8 +31,8 @@ def imagej_inputs(imp: Any, *, progress: Callable[[Any], None] | None = None,
 
     image = imageplus_to_numpy(imp) if imp is not None else None
     position = (int(imp.getC()), int(imp.getZ()), int(imp.getT())) if imp is not None else (1, 1, 1)
-    return CommandInputs(image, source, rois_from_manager, open_image, progress, cancel, strokes_from_manager,
-                         position)
+    return CommandInputs(image, source, rois=rois_from_manager, strokes=strokes_from_manager, position=position,
+                         open_image=open_image, progress=progress, cancel=cancel)
 
 
 def apply_outputs(outputs: CommandOutputs, source: Any = None) -> list[Any]:

@@ -87,7 +87,7 @@ def _training_progress(desc: str, steps_per_epoch: int | None = None):
 
 # ----------------------------------------------------------------------------- segment / train / evaluate
 def _segment(args: argparse.Namespace) -> int:
-    from ..io.outputs import write_segmentation_outputs
+    from ..tasks.segmentation_files import write_segmentation_outputs
     from ..tasks.segment import segment
 
     files = _input_files(args.inputs)

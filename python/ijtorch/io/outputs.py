@@ -1,10 +1,5 @@
-"""Files a segmentation leaves behind, the same for the CLI, ``make demo`` and the server:
-
-- ``<name>.tif``: the label map (ImageJ TIFF, uint16 or float32 above 65535 labels, calibrated);
-- ``<name>_RoiSet.zip``: one polygon ROI per object, which ImageJ's ROI Manager opens;
-- ``<name>_measurements.csv``: one row per object (``ijtorch.tasks.measure``);
-- ``<name>_overlay.png``: object contours drawn over the image, for a person to look at.
-"""
+"""Table and picture files: a CSV of equal-length columns, contours drawn over an image as PNG
+(used by :mod:`ijtorch.tasks.segmentation_files`)."""
 
 from __future__ import annotations
 
@@ -15,10 +10,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..image import Image, to_axes
-from .atomic import atomic_path, refuse_overwrite
+from .atomic import atomic_path
 
-__all__ = ["write_table_csv", "write_overlay_png", "write_segmentation_outputs"]
+__all__ = ["write_table_csv", "write_overlay_png"]
 
 
 def write_table_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray]) -> Path:
@@ -63,39 +57,3 @@ def write_overlay_png(path: str | os.PathLike, image2d: np.ndarray, labels2d: np
     with atomic_path(path) as tmp:
         PILImage.fromarray(rgb).save(tmp, format="PNG")
     return path
-
-
-def write_segmentation_outputs(output_dir: str | os.PathLike, name: str, image: Image, labels: np.ndarray,
-                               labels_axes: str, *, inputs: tuple = ()) -> dict[str, Path]:
-    """Write label TIFF, RoiSet.zip, measurements CSV and overlay PNG; return their paths.
-
-    ``inputs`` are the source files: an output that would overwrite one is refused.
-    """
-    from ..tasks.measure import measure
-    from ..tasks.outlines import outlines
-    from .roiset import write_roiset
-    from .tiff import write_imagej_tiff
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "labels": out / f"{name}.tif",
-        "rois": out / f"{name}_RoiSet.zip",
-        "measurements": out / f"{name}_measurements.csv",
-        "overlay": out / f"{name}_overlay.png",
-    }
-    for p in paths.values():
-        refuse_overwrite(p, list(inputs))
-    write_imagej_tiff(paths["labels"], labels, labels_axes, calibration=image.calibration)
-    write_roiset(paths["rois"], outlines(labels, labels_axes))
-    intensity = image.data if image.axes == labels_axes else None
-    write_table_csv(paths["measurements"], measure(labels, labels_axes, intensity=intensity,
-                                                   calibration=image.calibration))
-    # overlay: the first plane (2-D images are the common case; stacks show their first plane)
-    plane_labels = to_axes(labels, labels_axes, "YX") if set(labels_axes) <= set("YX") else \
-        labels[tuple(0 if a not in "YX" else slice(None) for a in labels_axes)]
-    img = image.data
-    keep = "YXS" if "S" in image.axes else "YX"
-    img_plane = img[tuple(slice(None) if a in keep else 0 for a in image.axes)]
-    write_overlay_png(paths["overlay"], img_plane, plane_labels)
-    return paths

@@ -25,8 +25,7 @@ from torch import nn
 
 from ijtorch.errors import ModelError
 
-from . import store
-from .store import ModelDir, load_model_dir, save_model_dir
+from .folder import ModelDir, load_model_dir, save_model_dir
 from .unet import _act, _conv, _norm
 
 __all__ = ["MODEL_TYPE", "ClassifierNet", "ResidualBlock", "ClassifierModel", "fit_temperature"]
@@ -281,4 +280,3 @@ class ClassifierModel:
         return self._run(images if prepared else self.prepare(images), "features", batch_size)
 
 
-store.register_model_type(MODEL_TYPE, lambda md, dev: ClassifierModel.from_model_dir(md, device=dev))

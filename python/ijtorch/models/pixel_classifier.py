@@ -39,8 +39,7 @@ from torch import nn
 
 from ijtorch.errors import ModelError
 
-from . import store
-from .store import ModelDir, load_model_dir, save_model_dir
+from .folder import ModelDir, load_model_dir, save_model_dir
 
 __all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "pixel_features", "n_features", "PixelClassifierModel", "PixelHead", "build_net"]
 
@@ -261,4 +260,3 @@ class PixelClassifierModel:
         return (np.argmax(prob, axis=0) + 1).astype(dtype), prob
 
 
-store.register_model_type(MODEL_TYPE, lambda md, dev: PixelClassifierModel.from_model_dir(md, device=dev))

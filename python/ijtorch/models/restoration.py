@@ -19,8 +19,7 @@ one model object, :class:`RestorationModel`; they differ in their training targe
 
 Intensities are percentile-normalised per image (``normalization`` in the config) before the
 network sees them; the network works in normalised units. Builders for the four model types are
-registered with :func:`ijtorch.models.store.register_model_type` by
-:func:`register_restoration_models` (called by the task layer, never at import).
+built by :func:`ijtorch.models.store.load_model` for these model types.
 """
 
 from __future__ import annotations
@@ -36,10 +35,9 @@ from ijtorch.core.normalize import percentile_normalize
 from ijtorch.core.progress import ProgressCallback
 from ijtorch.core.tiling import predict_tiled
 
-from .store import ModelDir, load_model_dir, register_model_type, save_model_dir
+from .folder import ModelDir, load_model_dir, save_model_dir
 
-__all__ = ["MODEL_TYPES", "RESIDUAL_TYPES", "RestorationModel", "n2v_mask", "masked_mse_loss", "mse_loss",
-           "register_restoration_models"]
+__all__ = ["MODEL_TYPES", "RESIDUAL_TYPES", "RestorationModel", "n2v_mask", "masked_mse_loss", "mse_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +236,3 @@ def masked_mse_loss(net: Any, batch: Any) -> Any:
     x, y, m = batch
     d = (net(x) - y) ** 2 * m
     return d.sum() / m.sum().clamp_min(1.0)
-
-
-def register_restoration_models() -> None:
-    """Register builders for the four restoration model types with the model store (idempotent)."""
-    for mtype in MODEL_TYPES:
-        register_model_type(mtype, lambda md, dev: RestorationModel.from_model_dir(md, device=dev))

@@ -74,12 +74,12 @@ def command_catalog() -> dict[str, Any]:
 def _imagej_image(data: np.ndarray, axes: str, calibration: Any, title: str) -> Image:
     """An image as the shim sends it (``TZCYX[S]``) in ImageJ's own layout: length-1 axes dropped,
     as :func:`ijtorch.bridge.imageplus_to_numpy` gives it."""
-    from .app import _calibration, _image
+    from .requests import request_calibration, request_image
 
-    data, axes = _image({"image": data}, axes)
+    data, axes = request_image({"image": data}, axes)
     keep = [i for i, a in enumerate(axes) if a in "YXS" or data.shape[i] > 1]
     data = data.reshape([data.shape[i] for i in keep])
-    return Image(data=data, axes="".join(axes[i] for i in keep), calibration=_calibration(calibration), title=title)
+    return Image(data=data, axes="".join(axes[i] for i in keep), calibration=request_calibration(calibration), title=title)
 
 
 def command_inputs(req: Any, arrays: dict[str, np.ndarray], spec: Command) -> Any:

@@ -119,7 +119,7 @@ class JobManager:
             if job.interrupted:
                 raise InterruptedError from exc
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            from .app import client_message
+            from .requests import client_message
 
             job.status, job.error = "failed", client_message(f"{type(exc).__name__}: {exc}")
         finally:

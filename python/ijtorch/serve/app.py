@@ -57,19 +57,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import IjtorchError, ModelError
-from ..image import Calibration, check_axes
 from ._budget import Cost, Ledger, QueueFull, Ticket, TooLarge, default_memory_bytes, describe_pixels, estimate
 from ._jobstore import JobStore
 from ._security import HostCheck, ModelNames, token_matches
 from ._state import Admission, JobManager, Metrics, gpu_memory, release_free_memory, rss_bytes
 from ._wire import MEDIA_TYPE, WireError, decode, encode
+from .requests import (ClassifyRequest, HTTPError, ImageJFunctionRequest, ImageJRequest, NormalizeRequest,
+                       RestoreRequest, SegmentRequest, TrackRequest, client_message, parse_request,
+                       request_calibration, request_image, require_finite)
 from .batcher import DynamicBatcher
 
 __all__ = ["ServerConfig", "create_app", "HTTPError", "client_message"]
@@ -103,135 +104,8 @@ class ServerConfig:
     job_results_mb: float = 2048.0
 
 
-class HTTPError(Exception):
-    """An error reply with a status code and a message for the client."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-# ------------------------------------------------------------------------------ request models
-class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    axes: str = Field(..., max_length=6, description="axes of the image array, letters from TZCYX")
-    calibration: dict[str, Any] | None = Field(None, description="ijtorch.image.Calibration fields")
-
-
-class SegmentRequest(_Req):
-    model: str = Field("nuclei", max_length=128, description="registered model name")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
-    prob_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
-    nms_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
-    tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
-    overlap: int | None = Field(None, ge=0, description="tile overlap in pixels; None = the model's default (96 in 2D)")
-    test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
-    scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2D models)")
-
-
-class NormalizeRequest(_Req):
-    low: float = Field(1.0, ge=0, le=100, description="percentile mapped to 0")
-    high: float = Field(99.8, ge=0, le=100, description="percentile mapped to 1")
-    per_plane: bool = Field(False, description="normalise every Z/T plane separately")
-    clip: bool = Field(False, description="clip to [0, 1]")
-
-
-class TrackRequest(_Req):
-    model: str = Field("nuclei", max_length=128, description="segmentation model (unless is_labels)")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
-    is_labels: bool = Field(False, description="the image already holds label masks")
-    max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement")
-    max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged")
-    divisions: bool = Field(False, description="detect divisions")
-    fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., max_length=128, description="registered classifier model name")
-
-
-class RestoreRequest(_Req):
-    model: str = Field(..., max_length=128, description="registered restoration model name")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
-
-
-class ImageJRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    command: str = Field(..., max_length=200, description="ImageJ command name, e.g. 'ijtorch Segment'")
-    options: str = Field("", max_length=65536, description="macro options string")
-    title: str = Field("", max_length=4096, description="title of the current image")
-    axes: str = Field("TZCYX", max_length=6, description="axes of the image array")
-    calibration: dict[str, Any] | None = None
-    image_path: str = Field("", max_length=4096, description="file the image was opened from on the client, or ''")
-    rois: dict[str, Any] | None = Field(None, description="the ROI Manager's ROIs (commands that read them)")
-    images: dict[str, dict[str, Any]] | None = Field(None, description="open images named by options")
-
-
-class ImageJFunctionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., max_length=100, description="macro function name, e.g. 'ijtorchListModels'")
-    args: list[str | float] = Field(default_factory=list, max_length=64, description="the macro arguments")
-    values: dict[str, Any] = Field(default_factory=dict, description="the client ImageJ's session values")
-
-
-def _parse(model: type[BaseModel], header: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(header)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))[:64] or 'header'}: {e['msg']}"
-                             for e in exc.errors()[:8])  # the input itself is never repeated
-        raise HTTPError(422, f"invalid request header: {problems}") from None
-
-
-def _image(arrays: dict[str, np.ndarray], axes: str, *, name: str = "image") -> tuple[np.ndarray, str]:
-    if set(arrays) != {name}:
-        raise HTTPError(422, f"expected exactly one array named {name!r}, got {sorted(arrays)}")
-    data = arrays[name]
-    try:
-        axes = check_axes(axes, data.ndim)
-    except (TypeError, ValueError) as exc:
-        raise HTTPError(422, f"{exc} (array shape {list(data.shape)})") from None
-    if 0 in data.shape:
-        raise HTTPError(422, f"array {name!r} has an empty axis: shape {list(data.shape)}")
-    if data.dtype.kind not in "iuf":
-        raise HTTPError(422, f"array {name!r} has dtype {data.dtype}; expected an integer or float image")
-    return data, axes
-
-
-def _finite(arrays: dict[str, np.ndarray]) -> None:
-    """422 for any float array holding NaN or infinity (checked one block at a time)."""
-    for name, a in arrays.items():
-        if a.dtype.kind == "f" and a.size:
-            flat = a.reshape(-1)
-            for k in range(0, flat.size, 1 << 22):
-                if not np.isfinite(flat[k:k + (1 << 22)]).all():
-                    raise HTTPError(422, f"array {name!r} holds NaN or infinite values; replace them (e.g. "
-                                         "Process > Math > Remove NaNs in ImageJ) before sending")
-
-
-def _calibration(values: dict[str, Any] | None) -> Calibration:
-    try:
-        return Calibration.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise HTTPError(422, f"calibration: {exc}") from None
-
-
 def _binary(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, status: int = 200) -> Response:
     return Response(encode(header, arrays), status_code=status, media_type=MEDIA_TYPE)
-
-
-# ------------------------------------------------------------------------------------- messages
-_PATH_RE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?")
-MAX_MESSAGE = 1000
-
-
-def client_message(message: str) -> str:
-    """An error message fit for a client: absolute server paths shortened to their last part, at
-    most :data:`MAX_MESSAGE` characters (values from the request are bounded where they are checked)."""
-    message = _PATH_RE.sub(lambda m: "…/" + re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], str(message))
-    message = message.encode("utf-8", "replace").decode("utf-8", "replace")
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------- requests
@@ -573,7 +447,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         if ctx.work is not None:
             ctx.work.add_done_callback(lambda _: watcher.cancel())
         header, arrays = decode(body)
-        _finite(arrays)
+        require_finite(arrays)
         return header, arrays, len(body)
 
     def held(ticket: Ticket, response: Response) -> Held:
@@ -623,8 +497,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     # ---- tasks
     async def segment_route(request: Request, ctx: Ctx) -> Any:
         header, arrays, _ = await read(request, ctx)
-        req = _parse(SegmentRequest, header)
-        data, axes = _image(arrays, req.axes)
+        req = parse_request(SegmentRequest, header)
+        data, axes = request_image(arrays, req.axes)
         ticket = srv.admit(ctx, srv.segment_cost(data, axes, req), data.shape, req.scale)
         try:
             return held(ticket, _binary(*_segment_reply(await srv.segment(ctx, data, axes, req))))
@@ -636,8 +510,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ..core.normalize import normalize
 
         header, arrays, _ = await read(request, ctx)
-        req = _parse(NormalizeRequest, header)
-        data, axes = _image(arrays, req.axes)
+        req = parse_request(NormalizeRequest, header)
+        data, axes = request_image(arrays, req.axes)
         ticket = srv.admit(ctx, estimate("normalize", data.shape, axes, data.dtype.itemsize, channel_picked=False),
                            data.shape)
         try:
@@ -650,7 +524,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     async def classify_route(request: Request, ctx: Ctx) -> Any:
         header, arrays, _ = await read(request, ctx)
-        req = _parse(ClassifyRequest, header)
+        req = parse_request(ClassifyRequest, header)
         if set(arrays) != {"images"} or arrays["images"].ndim not in (4, 5):
             raise HTTPError(422, "expected one array 'images' of shape (N, C, Y, X) or (N, C, Z, Y, X)")
         images = np.asarray(arrays["images"])
@@ -672,8 +546,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ..tasks.restore import restore
 
         header, arrays, _ = await read(request, ctx)
-        req = _parse(RestoreRequest, header)
-        data, axes = _image(arrays, req.axes)
+        req = parse_request(RestoreRequest, header)
+        data, axes = request_image(arrays, req.axes)
         path = srv.model_path(req.model)
         channel = None if req.channel is None else req.channel - 1
         ticket = srv.admit(ctx, estimate("restore", data.shape, axes, data.dtype.itemsize), data.shape)
@@ -695,8 +569,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ..tasks.segment import segment
 
         header, arrays, nbody = await read(request, ctx)
-        req = _parse(SegmentRequest, header)
-        data, axes = _image(arrays, req.axes)
+        req = parse_request(SegmentRequest, header)
+        data, axes = request_image(arrays, req.axes)
         path = srv.model_path(req.model)
         channel = None if req.channel is None else req.channel - 1
         cost = srv.segment_cost(data, axes, req, body_bytes=nbody)
@@ -718,15 +592,15 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ..tasks.linking import TrackingParams, track_labels
 
         header, arrays, nbody = await read(request, ctx)
-        req = _parse(TrackRequest, header)
-        data, axes = _image(arrays, req.axes)
+        req = parse_request(TrackRequest, header)
+        data, axes = request_image(arrays, req.axes)
         if "T" not in axes:
             raise HTTPError(422, f"axes={axes!r}: tracking needs a time axis T")
         if req.is_labels and "C" in axes:
             raise HTTPError(422, f"axes={axes!r}: a label stack has no channel axis")
         path = None if req.is_labels else srv.model_path(req.model)
         channel = None if req.channel is None else req.channel - 1
-        calibration = _calibration(req.calibration)
+        calibration = request_calibration(req.calibration)
         params = TrackingParams(max_distance=req.max_distance, max_gap=req.max_gap, allow_splitting=req.divisions,
                                 fill_gaps=req.fill_gaps)
         cost = estimate("track", data.shape, axes, data.dtype.itemsize, body_bytes=nbody)
@@ -800,7 +674,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ._imagej import command_inputs, outputs_to_wire, remote_commands
 
         header, arrays, _ = await read(request, ctx)
-        req = _parse(ImageJRequest, header)
+        req = parse_request(ImageJRequest, header)
         commands = remote_commands()
         if req.command not in commands:
             why = ": it needs in-process Python (a Fiji started from Python with ijtorch)" \
@@ -831,7 +705,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         from ._imagej import call_function
 
         header, arrays, _ = await read(request, ctx)
-        req = _parse(ImageJFunctionRequest, header)
+        req = parse_request(ImageJFunctionRequest, header)
         if arrays:
             raise HTTPError(422, f"a macro function call carries no arrays, got {len(arrays)}")
         ticket = srv.admission.acquire(ctx.client, 0)

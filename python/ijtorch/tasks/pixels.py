@@ -27,7 +27,7 @@ import numpy as np
 from ijtorch.image import Calibration, check_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
-__all__ = ["PixelResult", "classify_pixels", "train_pixels", "class_areas", "scribbles_from_classes", "segment_result",
+__all__ = ["PixelResult", "classify_pixels", "train_pixels", "class_areas", "scribbles_from_classes",
            "strokes_to_annotation", "dice_per_class", "is_pixel_model"]
 
 log = logging.getLogger(__name__)
@@ -344,29 +344,3 @@ def strokes_to_annotation(shape: tuple[int, int], strokes: Sequence[tuple[np.nda
             m = ndi.binary_dilation(m, iterations=int(round(lw / 2 - 0.01)))
         out[m] = int(value)
     return out
-
-
-def segment_result(data: np.ndarray, axes: str, *, model: Any, channel: int | None = None,
-                   tile_size: int | None = None, overlap: int | None = None, device: str = "auto",
-                   test_time_augmentation: bool = False, scale: float = 1.0,
-                   progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Any:
-    """:func:`ijtorch.tasks.segment.segment` for a pixel model: the class map as a ``SegmentationResult``.
-
-    ``labels`` holds the class values ``1..C`` (uint16, like instance label maps), ``n_objects``
-    the number of classes present, thresholds are 0 (not used). Test-time augmentation and
-    ``scale`` are refused (the features are rotation invariant; train at the image's scale).
-    """
-    from ijtorch.tasks.segment import SegmentationResult
-
-    if test_time_augmentation:
-        raise ValueError(f"model={str(model)!r} is a pixel classifier: test-time augmentation is not available for it")
-    if float(scale) != 1.0:
-        raise ValueError(f"model={str(model)!r} is a pixel classifier: scale={scale!r} is not available for it "
-                         "(train it on images at this pixel size)")
-    r = classify_pixels(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
-                        device=device, progress=progress, cancel=cancel)
-    labels = r.classes.astype(np.uint16)
-    present = tuple(int(v) for v in np.unique(labels) if v)
-    return SegmentationResult(labels=labels, axes=r.axes, n_objects=len(present), model=r.model, prob_threshold=0.0,
-                              nms_threshold=0.0, seconds=r.seconds, device=r.device,
-                              objects_per_plane=(len(present),))

@@ -579,12 +579,11 @@ def _fine_tuning_base(base_model: Any, kind: str, ndim: int, base_channels: int 
 
 # ----------------------------------------------------------------------------- inference
 def _load(model: Any, device: str) -> Any:
-    from ijtorch.models.restoration import RestorationModel, register_restoration_models
+    from ijtorch.models.restoration import RestorationModel
     from ijtorch.models.store import load_model
 
     if isinstance(model, RestorationModel):
         return model
-    register_restoration_models()
     net = load_model(model, device=device)
     if not isinstance(net, RestorationModel) and not getattr(net, "is_bioimageio", False):
         raise ValueError(f"model={str(model)!r} has model_type {net.config.get('model_type')!r}; "

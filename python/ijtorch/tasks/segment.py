@@ -172,10 +172,10 @@ def segment(
     if getattr(imported, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
         return imported.segment(data, axes, channel=channel, prob_threshold=prob_threshold, model=model,
                                 progress=progress, cancel=cancel, t0=t0)
-    from ijtorch.tasks.pixels import is_pixel_model, segment_result
+    from ijtorch.tasks.pixels import is_pixel_model
 
     if is_pixel_model(model):  # semantic segmentation: the class label map is the result's labels
-        return segment_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
+        return _pixel_model_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
                               device=device, test_time_augmentation=test_time_augmentation, scale=scale,
                               progress=progress, cancel=cancel)
     data, axes = _pick_channel(data, axes, channel)
@@ -221,6 +221,32 @@ def segment(
     log.info("segmented %s image with model %s: %d objects in %.2f s", axes, name, offset, seconds)
     return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=pt,
                               nms_threshold=nt, seconds=seconds, device=net.device, objects_per_plane=tuple(counts))
+
+
+def _pixel_model_result(data: np.ndarray, axes: str, *, model: Any, channel: int | None = None,
+                   tile_size: int | None = None, overlap: int | None = None, device: str = "auto",
+                   test_time_augmentation: bool = False, scale: float = 1.0,
+                   progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Any:
+    """:func:`ijtorch.tasks.segment.segment` for a pixel model: the class map as a ``SegmentationResult``.
+
+    ``labels`` holds the class values ``1..C`` (uint16, like instance label maps), ``n_objects``
+    the number of classes present, thresholds are 0 (not used). Test-time augmentation and
+    ``scale`` are refused (the features are rotation invariant; train at the image's scale).
+    """
+    from ijtorch.tasks.pixels import classify_pixels
+
+    if test_time_augmentation:
+        raise ValueError(f"model={str(model)!r} is a pixel classifier: test-time augmentation is not available for it")
+    if float(scale) != 1.0:
+        raise ValueError(f"model={str(model)!r} is a pixel classifier: scale={scale!r} is not available for it "
+                         "(train it on images at this pixel size)")
+    r = classify_pixels(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
+                        device=device, progress=progress, cancel=cancel)
+    labels = r.classes.astype(np.uint16)
+    present = tuple(int(v) for v in np.unique(labels) if v)
+    return SegmentationResult(labels=labels, axes=r.axes, n_objects=len(present), model=r.model, prob_threshold=0.0,
+                              nms_threshold=0.0, seconds=r.seconds, device=r.device,
+                              objects_per_plane=(len(present),))
 
 
 def _as_pairs(images: Any, labels: Any, axes: str) -> list:

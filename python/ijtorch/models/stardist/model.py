@@ -23,7 +23,7 @@ from ijtorch.core.tiling import predict_tiled
 from . import geometry as sd
 from . import network
 from ..dihedral import dihedral_transforms
-from ..store import ModelDir, load_model_dir, save_model_dir
+from ..folder import ModelDir, load_model_dir, save_model_dir
 
 __all__ = ["StarDistModel", "MODEL_TYPE"]
 
