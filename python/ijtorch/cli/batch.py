@@ -15,6 +15,10 @@ files are written into a private staging folder inside the output folder and mov
 when the whole input succeeded, so a failed input never leaves some of its outputs behind. A
 failure is reported in one line and the batch goes on (``--fail-fast`` stops it); a summary line
 (done / failed / skipped) ends the run. ``-v`` adds the traceback to every failure line.
+
+``--dask [SCHEDULER]`` (for a verb that passes its ``options`` to :class:`Batch`) runs the same steps
+one task per input on a ``dask.distributed`` cluster (:mod:`ijtorch.scale.runner`), with the same
+staging, failure lines, summary and exit codes, and a manifest that lets a rerun skip finished inputs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ..errors import IjtorchError
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "UsageError", "Skip",
            "USER_ERRORS", "Batch", "staged_outputs", "describe_error", "run_verb", "positive_int",
-           "positive_float", "one_based_channel", "add_batch_options"]
+           "positive_float", "one_based_channel", "add_batch_options", "add_dask_options"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -123,6 +127,25 @@ def one_based_channel(text: str) -> int:
 def add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first input that fails (default: report it and go on with the others)")
+    add_dask_options(p)
+
+
+def add_dask_options(p: argparse.ArgumentParser) -> None:
+    """``--dask [SCHEDULER]``, ``--dask-workers N``, ``--dask-threads N`` (see :mod:`ijtorch.scale.cluster`)."""
+    try:
+        from .generated import cli_option
+    except ImportError:  # before the options were generated from the command models
+        def cli_option(parser, *flags, reason, **kwargs):  # type: ignore[no-redef]
+            return parser.add_argument(*flags, **kwargs)
+    why = "where the batch runs (ImageJ runs on one image)"
+    cli_option(p, "--dask", nargs="?", const="local", default=None, metavar="SCHEDULER", reason=why,
+               help="one task per input on a dask.distributed cluster: a local cluster of worker processes "
+                    "(bare --dask), a scheduler address (tcp://host:8786), a scheduler file, 'slurm' or a dask "
+                    "jobqueue .yaml (dask-jobqueue SLURMCluster); a rerun skips the inputs already finished")
+    cli_option(p, "--dask-workers", type=positive_int, default=None, metavar="N", reason=why,
+               help="worker processes of the local cluster (default: one per CPU core), or SLURM jobs")
+    cli_option(p, "--dask-threads", type=positive_int, default=1, metavar="N", reason=why,
+               help="torch threads per Dask worker (default 1)")
 
 
 # ----------------------------------------------------------------------------- staged outputs
@@ -177,10 +200,20 @@ class Batch:
         ``-v``: print each failure's traceback too.
     """
 
-    def __init__(self, verb: str, total: int, *, fail_fast: bool = False, verbose: int = 0) -> None:
+    def __init__(self, verb: str, total: int, *, fail_fast: bool = False, verbose: int = 0,
+                 options: argparse.Namespace | None = None) -> None:
         from ..core.progress import CountProgress
 
         self.verb, self.total, self.fail_fast, self.verbose = verb, total, fail_fast, verbose
+        self.options, self.dask = options, None
+        if options is not None and getattr(options, "dask", None):
+            from ..scale.cluster import DaskOptions
+
+            if verb == "denoise" and not getattr(options, "model", None):
+                raise UsageError("--dask applies a given model to each input: give --model (training Noise2Void "
+                                 "on all the inputs runs here, without --dask)")
+            self.dask = DaskOptions(options.dask, getattr(options, "dask_workers", None),
+                                    getattr(options, "dask_threads", None) or 1)
         self.done: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = []
@@ -212,8 +245,16 @@ class Batch:
         ``step`` returns the line to print for a done item (or None); it raises :class:`Skip` to skip
         the item, anything else to fail it. Returns the items that went through. ``final=False``
         is a first pass (e.g. reading every input before training on all of them): its failures and
-        skips count, its successes do not yet.
+        skips count, its successes do not yet. Under ``--dask`` a final pass runs on the cluster
+        (:func:`ijtorch.scale.runner.run_batch`): ``step`` must pickle, and what it adds to dicts and
+        lists of its closure comes back.
         """
+        if self.dask is not None and final:
+            from ..scale.runner import run_batch
+
+            return run_batch(self, items, step, name=name, output=output, inputs=inputs,
+                             staged=staged_outputs if output is not None else None, skip=Skip, options=self.dask,
+                             params=vars(self.options))
         ok: list[T] = []
         for item in items:
             if self.stopped:
@@ -253,3 +294,23 @@ class Batch:
 
     def close(self) -> None:
         self.progress.close()
+
+    def __reduce__(self):  # a step that uses the batch runs on a Dask worker: its lines come back here
+        return (_WorkerBatch, (self.verb,))
+
+
+class _WorkerBatch:
+    """The batch as a step sees it on a Dask worker: what it says is sent back to the client."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+
+    def say(self, text: str) -> None:
+        from ..scale.runner import worker_say
+
+        worker_say("say", text)
+
+    def warn(self, text: str) -> None:
+        from ..scale.runner import worker_say
+
+        worker_say("warn", text)

@@ -93,7 +93,7 @@ def _segment(args: argparse.Namespace) -> int:
     files = _input_files(args.inputs)
     _resolve_model(args.model)
     out = Path(args.output)
-    batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose)
+    batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     objects: dict[str, int] = {}  # per input; summed over the inputs that were done
 
     def one(path: Path, staging: Path) -> str:
@@ -141,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"no file names in common between {args.pred_dir} ({len(pred_files)} label files) and "
                          f"{args.gt_dir} ({len(gt_files)} label files){hint}")
     thresholds = metrics.DEFAULT_THRESHOLDS
-    batch = Batch("evaluate", len(pred_files), fail_fast=args.fail_fast, verbose=args.verbose)
+    batch = Batch("evaluate", len(pred_files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     rows: list[dict[str, Any]] = []
 
     def one(name: str) -> None:
@@ -257,7 +257,7 @@ def _restore(args: argparse.Namespace) -> int:
     if not train_here and (getattr(args, "per_image", False) or getattr(args, "save_model", None)):
         raise UsageError("--per-image and --save-model are for training Noise2Void here: leave out --model")
     out = Path(args.output)
-    batch = Batch(args.verb, len(files), fail_fast=args.fail_fast, verbose=args.verbose)
+    batch = Batch(args.verb, len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     scratch = tempfile.TemporaryDirectory(prefix="ijtorch-denoise-")
     images: dict[Path, Any] = {}
     model: Any = args.model
