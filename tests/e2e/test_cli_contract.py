@@ -73,7 +73,7 @@ CONTRACT: dict[str, Contract] = {
     "segment": Contract(
         runs={"test_segment_folder_writes_labels_rois_measurements_overlay": (
                   "--output", "--model", "--prob-threshold", "--nms-threshold", "--device", "--axes", "--scale",
-                  "--test-time-augmentation"),
+                  "--test-time-augmentation", "--tile-size", "--overlap"),
               "test_segment_channel_is_one_based": ("--output", "--channel"),
               "test_segment_bad_files_are_reported_and_the_rest_go_on": ("--output", "--fail-fast")},
         bad_input=("test_segment_bad_files_are_reported_and_the_rest_go_on",
@@ -99,7 +99,8 @@ CONTRACT: dict[str, Contract] = {
     ),
     "restore": Contract(
         runs={"test_restore_with_a_trained_model_writes_maps": ("--output", "--model", "--channel", "--uncertainty",
-                                                                "--error-map", "--device", "--fail-fast")},
+                                                                "--error-map", "--device", "--fail-fast",
+                                                                "--tile-size")},
         bad_input=("test_restore_bad_inputs",),
     ),
     "denoise": Contract(
@@ -120,7 +121,8 @@ CONTRACT: dict[str, Contract] = {
         bad_input=("test_classify_embed_bad_inputs",),
     ),
     "embed": Contract(
-        runs={"tests/e2e/test_cli_tasks.py::test_classifier_train_classify_embed": ("--model", "--output")},
+        runs={"tests/e2e/test_cli_tasks.py::test_classifier_train_classify_embed": ("--model", "--output",
+                                                                                   "--clusters")},
         bad_input=("test_classify_embed_bad_inputs",),
     ),
     "train-classifier": Contract(
@@ -369,7 +371,7 @@ def test_segment_folder_writes_labels_rois_measurements_overlay(tmp_path, nuclei
 
     out = _cli(tmp_path, "segment", nuclei / "images", "--output", tmp_path / "out", "--model", "nuclei",
                "--prob-threshold", 0.5, "--nms-threshold", 0.4, "--device", "cpu", "--axes", "YX", "--scale", 1,
-               "--test-time-augmentation")
+               "--test-time-augmentation", "--tile-size", 96, "--overlap", 32)
     assert out.returncode == 0, out.stderr
     names = sorted(p.stem for p in (nuclei / "images").glob("*.tif"))
     assert "ijtorch segment: 3 done, 0 failed, 0 skipped" in out.stdout
@@ -442,7 +444,7 @@ def test_segment_user_errors_are_one_line(tmp_path, nuclei):
     for args, text in (
         ((empty,), f"ijtorch segment: folder {empty} holds no .tif/.tiff files"),
         ((nuclei / "images", "--model", "no-such-model"), "model='no-such-model' is neither a model directory"),
-        ((nuclei / "images", "--scale", "-1"), "argument --scale: expected a number > 0"),  # after argparse's usage
+        ((nuclei / "images", "--scale", "-1"), "argument --scale: expected a number >= 0.1, got -1"),  # after argparse's usage
     ):
         out = _cli(tmp_path, "segment", *args, "--output", tmp_path / "out")
         _clean_failure(out, 2, text)
@@ -570,7 +572,7 @@ def test_restore_with_a_trained_model_writes_maps(tmp_path, noisy, n2v_model):
     two = np.stack([np.zeros_like(first.data), first.data])
     tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "CYX"})
     out = _cli(tmp_path, "restore", tmp_path / "two.tif", "--model", n2v_model, "--output", tmp_path / "out",
-               "--channel", 2, "--uncertainty", "--error-map", "--device", "cpu", "--fail-fast")
+               "--channel", 2, "--uncertainty", "--error-map", "--device", "cpu", "--fail-fast", "--tile-size", 64)
     assert out.returncode == 0, out.stderr
     out = _cli(tmp_path, "restore", noisy, "--model", n2v_model, "--output", tmp_path / "out")
     assert out.returncode == 0, out.stderr

@@ -64,6 +64,12 @@ def test_classifier_train_classify_embed(tmp_path, shared_data):
     assert out.returncode == 0, out.stderr
     header = next(csv.reader(open(tmp_path / "res" / "features.csv")))
     assert header[0] == "f0" and len(header) >= 16
+    # --clusters as the ijtorch Embed command's clusters: a k-means cluster and a 2-D PCA projection
+    out = _cli("embed", str(data), "--model", str(model), "--clusters", "2", "--output", str(tmp_path / "clusters"))
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(open(tmp_path / "clusters" / "features.csv")))
+    assert list(rows[0])[:4] == ["cluster", "pc1", "pc2", "f0"] and len(rows) == len(idx)
+    assert {row["cluster"] for row in rows} == {"0", "1"}
 
 
 def test_evaluate_cli_prints_table_and_writes_csv(tmp_path):

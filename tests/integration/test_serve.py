@@ -248,8 +248,10 @@ BAD_BODIES = [
     (_raw({**GOOD, "arrays": [{"name": "image", "dtype": "|b1", "shape": [8, 8]}]}, bytes(64)), 422, "dtype bool"),
     (_raw({**GOOD, "axes": "YXS", "arrays": [{"name": "image", "dtype": "|u1", "shape": [8, 8, 3]}]}, bytes(192)),
      422, "RGB"),
-    (_raw({**GOOD, "axes": "CYX", "arrays": [{"name": "image", "dtype": "|u1", "shape": [2, 8, 8]}]}, bytes(128)),
-     422, "channel=None but the C axis has 2 channels"),
+    (_raw({**GOOD, "axes": "CYX", "channel": 3, "arrays": [{"name": "image", "dtype": "|u1", "shape": [2, 8, 8]}]},
+          bytes(128)), 422, r"channel=3: expected an integer in 1\.\.2"),
+    (_raw({**GOOD, "tile_size": 16}, bytes(64)), 422, "tile_size.*at least 32"),
+    (_raw({**GOOD, "tile_size": 64, "overlap": 64}, bytes(64)), 422, "overlap=64 must be smaller than tile_size=64"),
     (_raw({**GOOD, "model": "../tiny"}, bytes(64)), 422, "no paths"),
     (_raw({**GOOD, "model": "/etc/passwd"}, bytes(64)), 422, "no paths"),
     (_raw({**GOOD, "model": "tiny/../../x"}, bytes(64)), 422, "no paths"),
@@ -319,8 +321,8 @@ def test_full_queue_gives_503_with_retry_after_and_jobs_cancel(client, image):
 
 
 def test_tracking_job_equals_track_movie(client, image, models_dir, monkeypatch):
-    from ijtorch.tasks.track import track_movie
-    from ijtorch.tasks.linking import TrackingParams
+    from ijtorch.commands.track import TrackParams, track_options
+    from ijtorch.tasks.track import n_tracklets, n_tracks, track_movie
 
     monkeypatch.setenv("IJTORCH_MODELS", str(models_dir))
     movie = np.stack([np.roll(image[:96, :128], 2 * t, axis=1) for t in range(3)])
@@ -328,10 +330,11 @@ def test_tracking_job_equals_track_movie(client, image, models_dir, monkeypatch)
     # ("zero-size array to reduction operation maximum") for this movie (reported, not fixed here)
     job = client.submit_track(movie, "TYX", model="tiny", max_distance=10, max_gap=0)
     header, arrays = client.wait(job, timeout=60)
-    params = TrackingParams(max_distance=10, max_gap=0, allow_splitting=False)
-    tracks = track_movie(movie, "TYX", model="tiny", params=params)
+    # the job translates its parameters as the ijtorch Track command (divisions on by default)
+    tracks = track_movie(movie, "TYX", **track_options(TrackParams(model="tiny", max_distance=10, max_gap=0), "TYX"))
     np.testing.assert_array_equal(arrays["tracked_labels"], tracks.tracked_labels)
-    assert header["n_tracks"] == len(tracks.ctc) > 0
+    # tracks as TrackMate counts them, and the CTC tracklets
+    assert header["n_tracks"] == n_tracks(tracks) > 0 and header["n_tracklets"] == n_tracklets(tracks) > 0
     assert client.job(job)["progress"]["phase"] != ""
     with pytest.raises(ServerError, match="404"):
         client.job("0123456789abcdef01234567")

@@ -125,8 +125,10 @@ def one_based_channel(text: str) -> int:
 
 
 def add_batch_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first input that fails (default: report it and go on with the others)")
+    from .generated import cli_option
+
+    cli_option(p, "--fail-fast", action="store_true", reason="batch behaviour (ImageJ runs on one image)",
+               help="stop at the first input that fails (default: report it and go on with the others)")
     add_dask_options(p)
 
 

@@ -13,19 +13,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .batch import positive_int
+from .generated import add_command_parser, cli_option, params_from_args
 
 
 def _train_pixels(args: argparse.Namespace) -> int:
+    from ..commands.pixels import TrainPixelsParams
     from ..errors import IjtorchError
     from ..tasks.pixels import train_pixels
 
+    p = params_from_args(TrainPixelsParams, args)
     for role, given in (("IMAGES", args.images), ("ANNOTATIONS", args.annotations)):
         if not Path(given).exists():
             raise IjtorchError(f"{role} {given} does not exist")
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = [c.strip() for c in p.classes.split(",") if c.strip()] or None
     summary = train_pixels(args.images, args.annotations, output=args.output, classes=classes,
-                           base_model=args.base_model, steps=args.steps, seed=args.seed, device=args.device)
+                           base_model=p.base_model or None, steps=p.steps, seed=p.seed, device=args.device)
     counts = ", ".join(f"{c}: {n}" for c, n in summary["annotated_pixels"].items())
     print(f"model saved to {summary['output']}")
     print(f"  classes: {', '.join(summary['classes'])} (annotated pixels {counts})")
@@ -35,13 +37,12 @@ def _train_pixels(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("train-pixels", help="train a pixel classifier (a class per pixel) from sparse strokes or class images")
+    p = add_command_parser(sub, "train-pixels",
+                           help="train a pixel classifier (a class per pixel) from sparse strokes or class images")
     p.add_argument("images", help="a TIFF (YX or CYX) or a folder of TIFFs")
     p.add_argument("annotations", help="annotation TIFF(s) with the same names: 0 = unannotated, 1..C = classes")
-    p.add_argument("--output", required=True, help="model folder to write (apply it with 'ijtorch segment --model')")
-    p.add_argument("--classes", default=None, help="comma-separated class names for values 1..C (default: class1, ...)")
-    p.add_argument("--base-model", default=None, help="warm start from this pixel classifier (name or folder)")
-    p.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300, about a second)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    cli_option(p, "--output", required=True, help="model folder to write (apply it with 'ijtorch segment --model')",
+               reason="a model folder on this machine (the ImageJ command's name is a user model)")
+    cli_option(p, "--device", default="auto", help="auto, cpu, cuda or mps",
+               reason="the device of this process (ImageJ's is set when it starts)")
     p.set_defaults(func=_train_pixels)

@@ -1,10 +1,16 @@
 """The task verbs of the CLI: segment, train, evaluate, track, restore, denoise, classify, ...
 
-Each verb calls the same task function as the ImageJ command and the server. Verbs that take
-inputs run them through :class:`ijtorch.cli.batch.Batch` (one input at a time, failures reported
-in one line, outputs staged so a failed input leaves none, a summary, exit code 1 when any failed).
-Channels are numbered from 1 on the command line, as in ImageJ; the task functions take the
-0-based numpy index, so the conversion happens once, in :func:`ijtorch.cli.batch.one_based_channel`.
+Each verb calls the same task function as the ImageJ command and the server. The verbs of a command
+(segment, track, restore, denoise, classify, embed) take their task options from the command's
+parameter model (:mod:`ijtorch.cli.generated`) and translate them as the command does
+(``segment_options``, ``track_options``, ``restore_options`` in :mod:`ijtorch.commands`); their inputs,
+``--output``, ``--axes``, ``--device`` and batch options are the CLI's own (:func:`cli_option`).
+The training verbs (train, train-restoration, train-classifier) read folders and write a model
+folder, which the ImageJ training commands (ROI Manager, open images, user model names) do not; their
+options stay hand-written here. Verbs that take inputs run them through
+:class:`ijtorch.cli.batch.Batch` (one input at a time, failures reported in one line, outputs staged
+so a failed input leaves none, a summary, exit code 1 when any failed). Channels are numbered from 1
+on the command line, as in ImageJ; :func:`ijtorch.commands.command.task_channel` converts them.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .batch import (Batch, Skip, UsageError, add_batch_options, one_based_channel, positive_float,
-                         positive_int)
+from .batch import Batch, Skip, UsageError, add_batch_options, positive_int
+from .generated import add_command_parser, cli_option, params_from_args
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -59,17 +65,16 @@ def _read_image(path: Path, axes: str | None = None):
     return image
 
 
-def _check_channel(data_shape: tuple[int, ...], axes: str, channel: int | None) -> None:
-    """Say in the CLI's 1-based terms what is wrong with ``--channel`` (``channel`` is 0-based here)."""
+def _check_channel(data_shape: tuple[int, ...], axes: str, channel: int) -> None:
+    """Say in the CLI's terms what is wrong with ``--channel`` (1-based, as in ImageJ; the default 1
+    is the first channel, or the only plane of an image without channels)."""
     if "C" not in axes:
-        if channel not in (None, 0):
-            raise ValueError(f"--channel {channel + 1}: the image has no channel axis (axes {axes})")
+        if channel != 1:
+            raise ValueError(f"--channel {channel}: the image has no channel axis (axes {axes})")
         return
     n = data_shape[axes.index("C")]
-    if channel is None and n > 1:
-        raise ValueError(f"the image has {n} channels (axes {axes}): choose one with --channel 1..{n}")
-    if channel is not None and channel >= n:
-        raise ValueError(f"--channel {channel + 1}: the image has {n} channel(s), numbered 1..{n}")
+    if channel > n:
+        raise ValueError(f"--channel {channel}: the image has {n} channel(s), numbered 1..{n}")
 
 
 def _resolve_model(name: str) -> None:
@@ -87,29 +92,29 @@ def _training_progress(desc: str, steps_per_epoch: int | None = None):
 
 # ----------------------------------------------------------------------------- segment / train / evaluate
 def _segment(args: argparse.Namespace) -> int:
+    from ..commands.segment import SegmentParams, segment_options
     from ..tasks.segmentation_files import write_segmentation_outputs
     from ..tasks.segment import segment
 
+    p = params_from_args(SegmentParams, args)
     files = _input_files(args.inputs)
-    _resolve_model(args.model)
+    _resolve_model(p.model)
     out = Path(args.output)
     batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     objects: dict[str, int] = {}  # per input; summed over the inputs that were done
 
     def one(path: Path, staging: Path) -> str:
         image = _read_image(path, args.axes)
-        _check_channel(image.data.shape, image.axes, args.channel)
+        _check_channel(image.data.shape, image.axes, p.channel)
         started = time.perf_counter()
-        result = segment(image.data, image.axes, model=args.model, prob_threshold=args.prob_threshold,
-                         nms_threshold=args.nms_threshold, channel=args.channel, device=args.device,
-                         test_time_augmentation=args.test_time_augmentation, scale=args.scale)
+        result = segment(image.data, image.axes, **segment_options(p, image.axes), device=args.device)
         write_segmentation_outputs(staging, path.stem, image, result.labels, result.axes)
         objects[str(path)] = result.n_objects
         return (f"{path.name}: {result.n_objects} objects in {time.perf_counter() - started:.2f} s "
                 f"-> {out / (path.stem + '.tif')}")
 
     batch.run(files, one, output=out, inputs=lambda path: [path])
-    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {args.model}")
+    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {p.model}")
     return batch.finish()
 
 
@@ -168,17 +173,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _track(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..commands.track import TrackParams, track_options
     from ..image import check_axes
     from ..io.tiff import read_tiff
-    from ..tasks.track import track_movie, write_track_outputs
-    from ..tasks.linking import TrackingParams
+    from ..tasks.track import n_tracklets, n_tracks, track_movie, write_track_outputs
 
+    p = params_from_args(TrackParams, args)
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"input {source} does not exist")
     frame_files = _input_files([str(source)]) if source.is_dir() else []
-    if not args.labels:
-        _resolve_model(args.model)
+    if not p.labels:
+        _resolve_model(p.model)
     out = Path(args.output)
     batch = Batch("track", 1, verbose=args.verbose)
 
@@ -194,21 +200,19 @@ def _track(args: argparse.Namespace) -> int:
             data, axes, calibration = movie.data, movie.axes, movie.calibration
         if args.axes and source.is_dir():
             axes = check_axes(args.axes, data.ndim, arg_name="--axes")
-        if not args.labels:
-            _check_channel(data.shape, axes, args.channel)
-        params = TrackingParams(max_distance=args.max_distance, max_gap=args.max_gap,
-                                allow_splitting=not args.no_divisions, fill_gaps=args.fill_gaps)
+        if not p.labels:
+            _check_channel(data.shape, axes, p.channel)
         from ..core.progress import PhaseProgress
 
         progress = PhaseProgress({"plane": f"track: segment {source.name}", "link": f"track: link {source.name}"})
         try:
-            tracks = track_movie(data, axes, is_labels=args.labels, model=args.model, channel=args.channel,
-                                 calibration=calibration, params=params, progress=progress)
+            tracks = track_movie(data, axes, **track_options(p, axes), calibration=calibration, progress=progress)
         finally:
             progress.close()
         paths = write_track_outputs(staging, source.stem, tracks, image_path=source if source.is_file() else None)
-        lines = [f"{source.name}: {len(tracks.spots['id'])} detections, {len(tracks.ctc)} tracks, "
-                 f"{tracks.n_divisions} divisions"]
+        # tracks as TrackMate counts them (a dividing cell and its daughters are one track)
+        lines = [f"{source.name}: {len(tracks.spots['id'])} detections, {n_tracks(tracks)} tracks "
+                 f"({n_tracklets(tracks)} CTC tracklets), {tracks.n_divisions} divisions"]
         lines += [f"  {kind}: {out / Path(path).relative_to(staging)}" for kind, path in paths.items()]
         return "\n".join(lines)
 
@@ -226,7 +230,7 @@ def _yx_planes(data, axes: str) -> list:
     return list(stack.reshape((-1,) + stack.shape[-2:]))
 
 
-def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: str):
+def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, p: Any, desc: str):
     """Train one Noise2Void model on ``planes`` into ``model_dir``; return it loaded."""
     import tempfile
 
@@ -234,10 +238,10 @@ def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: st
     from ..models.restoration import RestorationModel
     from ..tasks.restore import train_restoration
 
-    progress = _training_progress(desc, args.steps)
+    progress = _training_progress(desc, p.steps)
     with tempfile.TemporaryDirectory(prefix="ijtorch-n2v-checkpoints-") as checkpoints:
-        train_restoration("n2v", planes, None, output=model_dir, axes="YX", epochs=args.epochs,
-                          steps_per_epoch=args.steps, device=args.device, checkpoint_dir=checkpoints,
+        train_restoration("n2v", planes, None, output=model_dir, axes="YX", epochs=p.epochs,
+                          steps_per_epoch=p.steps, device=args.device, checkpoint_dir=checkpoints,
                           progress=progress, progress_bar=False)
     progress.close()
     return RestorationModel.load(model_dir, device=resolve_device(args.device))
@@ -246,13 +250,19 @@ def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, desc: st
 def _restore(args: argparse.Namespace) -> int:
     import tempfile
 
+    from ..commands.command import task_channel
+    from ..commands.restore import DenoiseN2VParams, N2VMode, RestoreParams, restore_options
     from ..io.tiff import write_imagej_tiff
     from ..tasks.restore import _pick_channel, restore
 
+    if args.verb == "restore":
+        p: Any = params_from_args(RestoreParams, args)
+    else:  # Noise2Void: trained here on the inputs unless --model names a saved model
+        p = params_from_args(DenoiseN2VParams, args, mode=N2VMode.apply if args.model else N2VMode.train)
     files = _input_files(args.inputs)
-    if args.model:
-        _resolve_model(args.model)
-    train_here = args.verb == "denoise" and not args.model
+    if p.model:
+        _resolve_model(p.model)
+    train_here = args.verb == "denoise" and p.mode == N2VMode.train
     per_image = train_here and args.per_image
     if not train_here and (getattr(args, "per_image", False) or getattr(args, "save_model", None)):
         raise UsageError("--per-image and --save-model are for training Noise2Void here: leave out --model")
@@ -260,12 +270,12 @@ def _restore(args: argparse.Namespace) -> int:
     batch = Batch(args.verb, len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     scratch = tempfile.TemporaryDirectory(prefix="ijtorch-denoise-")
     images: dict[Path, Any] = {}
-    model: Any = args.model
-    model_text = f"model {args.model}"
+    model: Any = p.model
+    model_text = f"model {p.model}"
 
     def read(path: Path):
         image = _read_image(path)
-        _check_channel(image.data.shape, image.axes, args.channel)
+        _check_channel(image.data.shape, image.axes, p.channel)
         if "S" in image.axes:
             raise ValueError(f"RGB images are not supported (axes {image.axes}); save one channel as a grey image")
         return image
@@ -274,7 +284,7 @@ def _restore(args: argparse.Namespace) -> int:
         images[path] = read(path)
 
     def planes_of(image) -> list:
-        data, axes = _pick_channel(image.data, image.axes, args.channel)
+        data, axes = _pick_channel(image.data, image.axes, task_channel(p.channel, image.axes))
         return _yx_planes(data, axes)
 
     def one(path: Path, staging: Path) -> str:
@@ -282,10 +292,13 @@ def _restore(args: argparse.Namespace) -> int:
         net, text = model, model_text
         if per_image:
             kept = Path(args.save_model) / path.stem if args.save_model else Path(scratch.name) / path.stem
-            net = _train_n2v(planes_of(image), kept, args, f"denoise {path.name}")
+            net = _train_n2v(planes_of(image), kept, args, p, f"denoise {path.name}")
             text = f"its own Noise2Void model, trained on this image{f', saved to {kept}' if args.save_model else ''}"
-        result = restore(image.data, image.axes, model=net, channel=args.channel, device=args.device,
-                         uncertainty=args.uncertainty, error_map=args.error_map)
+        if args.verb == "restore":
+            result = restore(image.data, image.axes, **restore_options(p, image.axes), device=args.device)
+        else:  # the uncertainty and error maps of the restore step are the CLI's own options here
+            result = restore(image.data, image.axes, model=net, channel=task_channel(p.channel, image.axes),
+                             device=args.device, uncertainty=args.uncertainty, error_map=args.error_map)
         if result.shift_warning:
             batch.warn(f"warning: {path.name}: {result.shift_warning}")
         for suffix, data in (("", result.restored), ("_uncertainty", result.uncertainty),
@@ -303,10 +316,10 @@ def _restore(args: argparse.Namespace) -> int:
                 model_dir = Path(args.save_model) if args.save_model else Path(scratch.name) / "n2v"
                 planes = [p for path in todo for p in planes_of(images[path])]
                 started = time.perf_counter()
-                model = _train_n2v(planes, model_dir, args, "denoise")
+                model = _train_n2v(planes, model_dir, args, p, "denoise")
                 kept = f"saved to {model_dir}" if args.save_model else "not kept (--save-model DIR keeps it)"
                 batch.say(f"denoise: one Noise2Void model trained on {len(todo)} image(s) ({len(planes)} planes), "
-                          f"{args.epochs} epoch(s) x {args.steps} steps in {time.perf_counter() - started:.1f} s; {kept}")
+                          f"{p.epochs} epoch(s) x {p.steps} steps in {time.perf_counter() - started:.1f} s; {kept}")
                 model_text = f"the Noise2Void model trained on all {len(todo)} input(s)"
         batch.run(todo, one, output=out, inputs=lambda path: [path])
     finally:
@@ -351,22 +364,31 @@ def _classify_data(path: Path):
 def _classify(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..commands.classify import ClassifyParams, EmbedParams
     from ..io.outputs import write_table_csv
-    from ..tasks.classify import classify, embed, write_features
+    from ..tasks.classify import classify, cluster_embeddings, embed, write_features
 
+    p: Any = params_from_args(EmbedParams if args.verb == "embed" else ClassifyParams, args)
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"input {source} does not exist")
-    _resolve_model(args.model)
+    _resolve_model(p.model)
     out = Path(args.output)
     batch = Batch(args.verb, 1, verbose=args.verbose)
 
     def one(source: Path, staging: Path) -> str:
         images, _, _ = _classify_data(source)
         if args.verb == "embed":
-            write_features(staging / "features.csv", embed(images, model=args.model))
+            features = embed(images, model=p.model)
+            columns = None
+            if p.clusters:  # as the ijtorch Embed command: k-means cluster and a 2-D PCA projection
+                if p.clusters > len(images):
+                    raise ValueError(f"--clusters {p.clusters} is more than the {len(images)} items")
+                cl = cluster_embeddings(features, k=p.clusters)
+                columns = {"cluster": cl.labels, "pc1": cl.projection[:, 0], "pc2": cl.projection[:, 1]}
+            write_features(staging / "features.csv", features, columns=columns)
             return f"{len(images)} feature vectors -> {out / 'features.csv'}"
-        result = classify(images, model=args.model)
+        result = classify(images, model=p.model)
         columns = {"item": np.arange(len(images)), "class": np.asarray(result["class"]),
                    "confidence": np.asarray(result["confidence"])}
         for i, name in enumerate(result["classes"]):
@@ -410,25 +432,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- the parsers
+def _output(p: argparse.ArgumentParser, text: str) -> None:
+    cli_option(p, "--output", required=True, help=text, reason="where the CLI writes its files")
+
+
+def _axes(p: argparse.ArgumentParser, example: str) -> None:
+    cli_option(p, "--axes", default=None, help=f"axes of the input when the TIFF does not say, {example}",
+               reason="ImageJ and the server know the image's axes")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    cli_option(p, "--device", default="auto", help="auto, cpu, cuda or mps",
+               reason="the device of this process (ImageJ's and the server's are set when they start)")
+
+
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
     from ..tasks.restore import KINDS
     from ..tasks.segment import METHODS
 
-    p = sub.add_parser("segment", help="instance segmentation of TIFF files or folders")
+    p = add_command_parser(sub, "segment", help="instance segmentation of TIFF files or folders")
     p.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFFs")
-    p.add_argument("--output", required=True, help="folder for <name>.tif label maps, RoiSet zips, CSVs, overlays")
-    p.add_argument("--model", default="nuclei", help="model name (see 'ijtorch models') or model folder; default: the bundled nuclei model")
-    p.add_argument("--prob-threshold", type=float, default=None, help="object probability threshold (default: the model's tuned value)")
-    p.add_argument("--nms-threshold", type=float, default=None, help="overlap threshold of non-maximum suppression (default: tuned)")
-    p.add_argument("--channel", type=one_based_channel, default=None,
-                   help="channel to segment in multi-channel images, numbered from 1 as in ImageJ")
-    p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX or ZYX")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--test-time-augmentation", action="store_true",
-                   help="average the model's maps over 8 flips/rotations (2D models; 8x slower)")
-    p.add_argument("--scale", type=positive_float, default=1.0,
-                   help="resize by this factor before the model: 2 when objects are half the size of the training "
-                        "objects (2D models; default 1)")
+    _output(p, "folder for <name>.tif label maps, RoiSet zips, CSVs, overlays")
+    _axes(p, "e.g. TYX or ZYX")
+    _device(p)
     add_batch_options(p)
     p.set_defaults(func=_segment)
 
@@ -455,42 +481,29 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     add_batch_options(p)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("track", help="track objects through a time-lapse TIFF or a folder of frames")
-    p.add_argument("input", help="time-lapse TIFF (T axis) or a folder of frame TIFFs")
-    p.add_argument("--output", required=True, help="folder for TrackMate XML/CSV, CTC result, GEFF, statistics")
-    p.add_argument("--labels", action="store_true", help="the input already holds label masks (e.g. a CTC TRA folder)")
-    p.add_argument("--model", default="nuclei", help="segmentation model when the input is not labels")
-    p.add_argument("--channel", type=one_based_channel, default=None,
-                   help="channel to segment in multi-channel movies, numbered from 1 as in ImageJ")
-    p.add_argument("--axes", default=None, help="axes of the input when the TIFF does not say, e.g. TYX")
-    p.add_argument("--max-distance", type=positive_float, default=15.0,
-                   help="largest frame-to-frame displacement (calibrated units)")
-    p.add_argument("--max-gap", type=int, default=2, help="largest number of missed frames bridged")
-    p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
-    p.add_argument("--fill-gaps", action="store_true",
-                   help="insert an interpolated object in each frame a closed gap skips (as TrackMate's 'close gaps')")
+    p = add_command_parser(sub, "track", help="track objects through a time-lapse TIFF or a folder of frames")
+    p.add_argument("input", help="time-lapse TIFF (T axis) or a folder of frame TIFFs (e.g. a CTC TRA folder)")
+    _output(p, "folder for TrackMate XML/CSV, CTC result, GEFF, statistics")
+    _axes(p, "e.g. TYX")
     p.set_defaults(func=_track)
 
     for verb, text in (("restore", "restore images with a CARE / Noise2Void / artificial-labelling model"),
                        ("denoise", "Noise2Void: train one model on all the noisy inputs and denoise each (or apply --model)")):
-        p = sub.add_parser(verb, help=text)
+        p = add_command_parser(sub, verb, help=text)
         p.add_argument("inputs", nargs="+", help="TIFF files or folders")
-        p.add_argument("--output", required=True, help="folder for <name>.tif (32-bit) and optional maps")
-        p.add_argument("--model", default=None, required=verb == "restore",
-                       help="restoration model name or folder" + (" (default: train Noise2Void on the inputs)"
-                                                                   if verb == "denoise" else ""))
-        p.add_argument("--channel", type=one_based_channel, default=None,
-                       help="channel to restore in multi-channel images, numbered from 1 as in ImageJ")
-        p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.tif (test-time augmentation std)")
-        p.add_argument("--error-map", action="store_true", help="also write <name>_error_map.tif (re-degradation error)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        _output(p, "folder for <name>.tif (32-bit) and optional maps")
+        _device(p)
         if verb == "denoise":
-            p.add_argument("--epochs", type=positive_int, default=10, help="Noise2Void training epochs (without --model)")
-            p.add_argument("--steps", type=positive_int, default=50, help="Noise2Void training steps per epoch")
-            p.add_argument("--per-image", action="store_true",
-                           help="train a separate model on each image (slower; default: one model for all inputs)")
-            p.add_argument("--save-model", default=None, metavar="DIR",
-                           help="keep the trained Noise2Void model in DIR (with --per-image: DIR/<name>)")
+            why = "the restore step of the CLI's batch; the ImageJ command shows the denoised image only"
+            cli_option(p, "--uncertainty", action="store_true", reason=why,
+                       help="also write <name>_uncertainty.tif (test-time augmentation std)")
+            cli_option(p, "--error-map", action="store_true", reason=why,
+                       help="also write <name>_error_map.tif (re-degradation error)")
+            cli_option(p, "--per-image", action="store_true", reason="batch behaviour (ImageJ denoises one image)",
+                       help="train a separate model on each image (slower; default: one model for all inputs)")
+            cli_option(p, "--save-model", default=None, metavar="DIR",
+                       reason="a folder on this machine (the ImageJ command's save_as names a user model)",
+                       help="keep the trained Noise2Void model in DIR (with --per-image: DIR/<name>)")
         add_batch_options(p)
         p.set_defaults(func=_restore)
 
@@ -507,10 +520,9 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
 
     for verb, text in (("classify", "classify images/crops (.npz with 'images', or class folders) with a classifier"),
                        ("embed", "export one feature vector per image/crop (CSV) for clustering")):
-        p = sub.add_parser(verb, help=text)
+        p = add_command_parser(sub, verb, help=text)
         p.add_argument("input", help=".npz with images (N,C,Y,X) or a folder of class sub-folders")
-        p.add_argument("--model", required=True, help="classifier model name or folder")
-        p.add_argument("--output", required=True, help="folder for classes.csv / features.csv")
+        _output(p, "folder for classes.csv / features.csv")
         p.set_defaults(func=_classify)
 
     p = sub.add_parser("train-classifier", help="train a classifier from an .npz (images, labels, classes) or class folders")

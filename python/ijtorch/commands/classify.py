@@ -38,8 +38,9 @@ class ObjectSource(str, Enum):
 class ClassifyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="classifier name (see Ext.ijtorchListModels) or model folder")
-    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image as one item")
-    label_image: str = Field("", description="title of the label image (source=label image)")
+    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image as one item",
+                                 json_schema_extra={"surfaces": ["imagej"]})  # CLI and server take the items
+    label_image: str = Field("", description="title of the label image (source=label image)", json_schema_extra={"surfaces": ["imagej"]})
 
 
 class ClassFrom(str, Enum):
@@ -77,9 +78,11 @@ class TrainClassifierParams(BaseModel):
 class EmbedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="classifier whose penultimate features are the embedding")
-    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image")
-    label_image: str = Field("", description="title of the label image (source=label image)")
-    csv: str = Field("", description="also write the features to this .csv (or .parquet with pyarrow) file; empty = none")
+    source: ObjectSource = Field(ObjectSource.rois, description="objects from the ROI Manager or a label image, or the whole image",
+                                 json_schema_extra={"surfaces": ["imagej"]})  # the CLI takes the items
+    label_image: str = Field("", description="title of the label image (source=label image)", json_schema_extra={"surfaces": ["imagej"]})
+    csv: str = Field("", description="also write the features to this .csv (or .parquet with pyarrow) file; empty = none",
+                     json_schema_extra={"surfaces": ["imagej"]})  # the CLI writes features.csv in --output
     clusters: int = Field(0, ge=0, description="k-means clusters to add as a column with a 2-D PCA projection; 0 = none")
 
 

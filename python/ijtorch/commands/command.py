@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from .outputs import CommandInputs, CommandOutputs
 
 __all__ = ["Command", "command", "register", "all_commands", "get_command", "surface_fields", "SURFACES",
-           "BUILTIN_MODULES", "on_register", "notify_registered"]
+           "BUILTIN_MODULES", "on_register", "notify_registered", "task_channel"]
 
 SURFACES = ("imagej", "cli", "server")
 
@@ -120,3 +120,10 @@ def surface_fields(params: type[BaseModel], surface: str) -> list[str]:
         if surface in extra.get("surfaces", SURFACES):
             shown.append(name)
     return shown
+
+
+def task_channel(channel: int, axes: str) -> int | None:
+    """The one conversion of a 1-based ``channel`` parameter (as ImageJ counts) into the 0-based
+    index the task functions take: ``None`` when ``axes`` has no channel axis (the parameter is then
+    ignored, as in ImageJ)."""
+    return channel - 1 if "C" in axes else None

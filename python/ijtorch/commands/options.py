@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from .command import surface_fields
+
 __all__ = ["parse_options", "format_options", "params_from_options", "dialog_spec", "OptionsError"]
 
 
@@ -88,11 +90,13 @@ def _kind(annotation: Any) -> tuple[str, list[str]]:
 
 
 def dialog_spec(params: type[BaseModel] | None) -> str:
-    """One line per field, ``kind \\t key \\t default \\t choices \\t help``, for the Java dialog."""
+    """One line per field the ``imagej`` surface shows, ``kind \\t key \\t default \\t choices \\t help``,
+    for the Java dialog."""
     if params is None:
         return ""
     lines = []
-    for name, info in params.model_fields.items():
+    for name in surface_fields(params, "imagej"):
+        info = params.model_fields[name]
         kind, choices = _kind(info.annotation)
         default = info.default
         if isinstance(default, enum.Enum):
@@ -104,10 +108,11 @@ def dialog_spec(params: type[BaseModel] | None) -> str:
 
 
 def params_from_options(params: type[BaseModel], options: str | dict, *, command: str | None = None) -> BaseModel:
-    """Validate macro options against ``params``. Absent checkboxes are False, as in ImageJ."""
+    """Validate macro options against ``params``. Absent checkboxes are False, as in ImageJ; the macro
+    keys are the fields the ``imagej`` surface shows (the others keep their defaults)."""
     values = parse_options(options) if isinstance(options, str) else dict(options)
     where = f"{command}: " if command else ""
-    fields = params.model_fields
+    fields = {name: params.model_fields[name] for name in surface_fields(params, "imagej")}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise OptionsError(f"{where}unknown option(s) {unknown}; accepted: {sorted(fields)}")

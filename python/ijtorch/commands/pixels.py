@@ -44,15 +44,19 @@ class StrokeSource(str, Enum):
 
 class TrainPixelsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: StrokeSource = Field(StrokeSource.rois, description="strokes from the ROI Manager, or a class label image (0 = unannotated)")
-    label_image: str = Field("", description="title of the class label image (source=class label image)")
-    class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (nucleus_3 → nucleus) or its ROI Manager group")
+    # the CLI reads annotation TIFFs (its ANNOTATIONS argument) and writes the model to --output
+    source: StrokeSource = Field(StrokeSource.rois, description="strokes from the ROI Manager, or a class label image (0 = unannotated)",
+                                 json_schema_extra={"surfaces": ["imagej"]})
+    label_image: str = Field("", description="title of the class label image (source=class label image)", json_schema_extra={"surfaces": ["imagej"]})
+    class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (nucleus_3 → nucleus) or its ROI Manager group",
+                                  json_schema_extra={"surfaces": ["imagej"]})
     classes: str = Field("", description="class names for label values 1..C, comma-separated (label image; default class1, ...)")
-    name: str = Field("my-pixels", description="name of the model (saved in the user model folder; an existing one is replaced)")
+    name: str = Field("my-pixels", description="name of the model (saved in the user model folder; an existing one is replaced)",
+                      json_schema_extra={"surfaces": ["imagej"]})
     base_model: str = Field("", description="warm start from this pixel classifier (e.g. the same name for another round); empty = new")
     steps: int = Field(300, ge=1, description="training steps (300 take about a second)")
     seed: int = Field(0, description="random seed")
-    show_result: bool = Field(False, description="classify the image with the new model right away")
+    show_result: bool = Field(False, description="classify the image with the new model right away", json_schema_extra={"surfaces": ["imagej"]})
 
 
 class ClassifyPixelsParams(BaseModel):

@@ -14,11 +14,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .command import command
+from .command import command, task_channel
 from .outputs import CommandInputs, CommandOutputs, ImageOutput
 from .segment import plain_image, refuse_rgb
 
-__all__ = ["RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
+__all__ = ["restore_options", "RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
 
 
 def _checked(command: str, inputs: CommandInputs):
@@ -44,7 +44,7 @@ def _result_outputs(command: str, image, result, suffix: str):
 
 
 def _channel(image, channel: int) -> int | None:
-    return channel - 1 if "C" in image.axes else None
+    return task_channel(channel, image.axes)
 
 
 # --------------------------------------------------------------------------- Restore
@@ -57,6 +57,13 @@ class RestoreParams(BaseModel):
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
 
 
+def restore_options(p: RestoreParams, axes: str) -> dict:
+    """The keyword arguments of :func:`ijtorch.tasks.restore.restore` for ``p`` on an image with
+    ``axes``: every surface translates the parameters here (1-based channel, overlap from the tile)."""
+    return dict(model=p.model, channel=task_channel(p.channel, axes), uncertainty=p.uncertainty,
+                error_map=p.error_map, tile_size=p.tile_size, overlap=min(48, p.tile_size // 4))
+
+
 @command("ijtorch Restore", RestoreParams, verb="restore", remote=True)
 def restore_command(inputs: CommandInputs, p: RestoreParams) -> CommandOutputs:
     """Restore the current image with a trained model; optional uncertainty and error maps."""
@@ -64,9 +71,8 @@ def restore_command(inputs: CommandInputs, p: RestoreParams) -> CommandOutputs:
 
     command = "ijtorch Restore"
     image = _checked(command, inputs)
-    result = restore(image.data, image.axes, model=p.model, channel=_channel(image, p.channel),
-                     uncertainty=p.uncertainty, error_map=p.error_map, tile_size=p.tile_size,
-                     overlap=min(48, p.tile_size // 4), progress=inputs.progress)
+    result = restore(image.data, image.axes, **restore_options(p, image.axes), progress=inputs.progress,
+                     cancel=inputs.cancel)
     return _result_outputs(command, image, result, "restored")
 
 
@@ -78,12 +84,14 @@ class N2VMode(str, Enum):
 
 class DenoiseN2VParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: N2VMode = Field(N2VMode.train, description="train Noise2Void on the current image and apply it, or apply a saved n2v model")
-    model: str = Field("", description="saved n2v model name or folder (mode=apply saved model)")
+    mode: N2VMode = Field(N2VMode.train, description="train Noise2Void on the current image and apply it, or apply a saved n2v model",
+                          json_schema_extra={"surfaces": ["imagej"]})  # the CLI: --model given or not
+    model: str = Field("", description="saved n2v model name or folder, when a saved model is applied (mode=apply saved model)")
     channel: int = Field(1, ge=1, description="channel to denoise in multi-channel images (1 = first)")
-    epochs: int = Field(10, ge=1, description="training epochs (mode=train)")
-    steps: int = Field(50, ge=1, description="steps per epoch (mode=train)")
-    save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard")
+    epochs: int = Field(10, ge=1, description="Noise2Void training epochs, when it is trained here")
+    steps: int = Field(50, ge=1, description="Noise2Void training steps per epoch")
+    save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard",
+                         json_schema_extra={"surfaces": ["imagej"]})  # the CLI: --save-model DIR
 
 
 def _refuse_n2v_training(p: DenoiseN2VParams) -> None:

@@ -7,14 +7,14 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import IjtorchError
-from .command import command
+from .command import command, task_channel
 from .functions import macro_function
 from .outputs import CommandInputs, CommandOutputs, ImageOutput, RoiOutput, TableOutput, session_value
 
-__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_compute", "refuse_rgb",
+__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_compute", "segment_options", "refuse_rgb",
            "plain_image"]
 
 
@@ -49,7 +49,22 @@ class SegmentParams(BaseModel):
     tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (512 in 2D)")
     overlap: int = Field(0, ge=0, description="tile overlap in pixels; 0 = the model's default (96 in 2D)")
     output: SegmentOutput = Field(SegmentOutput.all, description="what to create: label map, ROI Manager, Results or all",
-                                  json_schema_extra={"surfaces": ["imagej", "server"]})
+                                  json_schema_extra={"surfaces": ["imagej"]})
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError(f"tile_size={value}: 0 (the model's default) or at least 32")
+        return value
+
+
+def segment_options(p: SegmentParams, axes: str) -> dict:
+    """The keyword arguments of :func:`ijtorch.tasks.segment.segment` for ``p`` on an image with
+    ``axes``: every surface translates the parameters here (1-based channel, 0 = tuned / default)."""
+    return dict(model=p.model, channel=task_channel(p.channel, axes), prob_threshold=p.prob_threshold or None,
+                nms_threshold=p.nms_threshold or None, tile_size=p.tile_size or None, overlap=p.overlap or None,
+                test_time_augmentation=p.test_time_augmentation, scale=p.scale)
 
 
 def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "ijtorch Segment"):
@@ -61,12 +76,9 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
 
     image = plain_image(command, inputs)
     refuse_rgb(command, image)
-    channel = p.channel - 1 if "C" in image.axes else None
-    result = segment(image.data, image.axes, model=p.model, channel=channel,
-                     prob_threshold=p.prob_threshold or None, nms_threshold=p.nms_threshold or None,
-                     tile_size=p.tile_size or None, overlap=p.overlap or None,
-                     test_time_augmentation=p.test_time_augmentation, scale=p.scale, progress=inputs.progress,
-                     cancel=inputs.cancel)
+    options = segment_options(p, image.axes)
+    channel = options["channel"]
+    result = segment(image.data, image.axes, **options, progress=inputs.progress, cancel=inputs.cancel)
     want = p.output
     images, rois, tables = [], None, []
     if want in (SegmentOutput.labels, SegmentOutput.all):

@@ -9,11 +9,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IjtorchError
-from .command import command
+from .command import command, task_channel
 from .outputs import CommandInputs, CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
 from .segment import plain_image
 
-__all__ = ["TrackParams"]
+__all__ = ["TrackParams", "track_options"]
 
 
 class TrackParams(BaseModel):
@@ -25,7 +25,19 @@ class TrackParams(BaseModel):
     max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged (0 = no gap closing)")
     divisions: bool = Field(True, description="detect divisions (one parent, two daughters)")
     fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
-    output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)")
+    output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)",
+                        json_schema_extra={"surfaces": ["imagej"]})  # the CLI's --output; the server returns arrays
+
+
+def track_options(p: TrackParams, axes: str) -> dict:
+    """The keyword arguments of :func:`ijtorch.tasks.track.track_movie` for ``p`` on a movie with
+    ``axes`` (``is_labels``, ``model``, 0-based ``channel``, ``params``): every surface translates here."""
+    from ..tasks.linking import TrackingParams
+
+    params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions,
+                            fill_gaps=p.fill_gaps)
+    return dict(is_labels=p.labels, model=p.model, channel=None if p.labels else task_channel(p.channel, axes),
+                params=params)
 
 
 @command("ijtorch Track", TrackParams, verb="track", remote=True, model=lambda p: None if p.labels else p.model)
@@ -37,17 +49,12 @@ def track_command(inputs: CommandInputs, p: TrackParams) -> CommandOutputs:
     """
     from ..tasks.outlines import outlines
     from ..tasks.track import n_tracklets, n_tracks, track_movie, track_statistics, track_summary, write_track_outputs
-    from ..tasks.linking import TrackingParams
     command = "ijtorch Track"
     image = plain_image(command, inputs)
     if "T" not in image.axes:
         raise IjtorchError(f"{image.title} has no time axis (frames); use Image > Properties to set frames")
-    params = TrackingParams(max_distance=p.max_distance, max_gap=p.max_gap, allow_splitting=p.divisions,
-                            fill_gaps=p.fill_gaps)
-    tracks = track_movie(image.data, image.axes, is_labels=p.labels, model=p.model,
-                         channel=p.channel - 1 if "C" in image.axes else None, calibration=image.calibration,
-                         params=params, progress=inputs.progress,
-                         cancel=inputs.cancel)
+    tracks = track_movie(image.data, image.axes, **track_options(p, image.axes), calibration=image.calibration,
+                         progress=inputs.progress, cancel=inputs.cancel)
     label_axes = "TZYX" if tracks.ndim == 3 else "TYX"
     stem = Path(image.title).stem
     rois = outlines(tracks.tracked_labels, label_axes)

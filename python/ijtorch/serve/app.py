@@ -292,34 +292,41 @@ class Server:
             self.metrics.work_cpu.inc(time.thread_time() - c0)
 
     # ---- segmentation
-    def segment_cost(self, data: np.ndarray, axes: str, req: SegmentRequest, body_bytes: int = 0) -> Cost:
-        return estimate("segment", data.shape, axes, data.dtype.itemsize, scale=req.scale,
-                        tta=req.test_time_augmentation, body_bytes=body_bytes)
+    def segment_cost(self, data: np.ndarray, axes: str, p: Any, body_bytes: int = 0) -> Cost:
+        return estimate("segment", data.shape, axes, data.dtype.itemsize, scale=p.scale,
+                        tta=p.test_time_augmentation, body_bytes=body_bytes)
 
-    async def segment(self, ctx: Ctx, data: np.ndarray, axes: str, req: SegmentRequest) -> Any:
+    def segment_options(self, data: np.ndarray, axes: str, p: Any) -> dict[str, Any]:
+        """``segment()``'s arguments for ``SegmentParams`` ``p``, as the command translates them (1-based
+        channel, 0 = tuned / the model's default), the model as its registered folder; 422 for what
+        cannot run."""
+        from ..commands.segment import segment_options
+
+        options = segment_options(p, axes)
+        options["model"] = self.model_path(p.model)
+        if "S" in axes:
+            raise HTTPError(422, f"axes={axes!r}: RGB (S) images are not supported; send one channel")
+        tile = options["tile_size"] or 512
+        if options["overlap"] is not None and options["overlap"] >= tile:
+            raise HTTPError(422, f"overlap={p.overlap} must be smaller than tile_size={tile}")
+        _check_channel(data, axes, options["channel"])
+        return options
+
+    async def segment(self, ctx: Ctx, data: np.ndarray, axes: str, p: Any) -> Any:
         from ..tasks.segment import _pick_channel, segment
         from ._batched import batchable, instances
 
-        path = self.model_path(req.model)
-        if "S" in axes:
-            raise HTTPError(422, f"axes={axes!r}: RGB (S) images are not supported; send one channel")
-        if req.overlap is not None and req.overlap >= (req.tile_size or 512):
-            raise HTTPError(422, f"overlap={req.overlap} must be smaller than tile_size={req.tile_size or 512}")
-        channel = None if req.channel is None else req.channel - 1  # 1-based on the wire, as in ImageJ
-        try:
-            plane, plane_axes = _pick_channel(data, axes, channel)
-        except ValueError as exc:
-            raise HTTPError(422, _one_based(str(exc))) from None
+        options = self.segment_options(data, axes, p)
+        path = options["model"]
+        plane, plane_axes = _pick_channel(data, axes, options["channel"])
         model = await self.load_async(path)
-        if plane_axes == "YX" and not req.test_time_augmentation and req.scale == 1 and batchable(model, plane.shape, req.tile_size or 512):
+        if (plane_axes == "YX" and not p.test_time_augmentation and p.scale == 1
+                and batchable(model, plane.shape, options["tile_size"] or 512)):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
-                model, maps, req.prob_threshold, req.nms_threshold, path))
-        return await self.run(ctx, lambda: segment(
-            data, axes, model=path, channel=channel, prob_threshold=req.prob_threshold,
-            nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-            test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=self.config.device,
-            cancel=ctx.cancelled))
+                model, maps, options["prob_threshold"], options["nms_threshold"], path))
+        return await self.run(ctx, lambda: segment(data, axes, **options, device=self.config.device,
+                                                   cancel=ctx.cancelled))
 
     # ---- classification
     async def classify(self, ctx: Ctx, images: np.ndarray, model: str) -> dict[str, Any]:
@@ -333,9 +340,20 @@ class Server:
         return await self.run(ctx, lambda: classify(images, model=path, device=self.config.device))
 
 
+def _check_channel(data: np.ndarray, axes: str, channel: int | None) -> None:
+    """422 when the (0-based) ``channel`` the command's translation gives does not fit the image."""
+    from ..tasks.segment import _pick_channel
+
+    try:  # on a stand-in with the image's channel count only: nothing is copied
+        _pick_channel(np.empty(tuple(n if a == "C" else 1 for a, n in zip(axes, data.shape)), np.uint8), axes, channel)
+    except ValueError as exc:
+        raise HTTPError(422, _one_based(str(exc))) from None
+
+
 def _one_based(message: str) -> str:
     """_pick_channel speaks of 0-based indices; the server's clients count channels from 1."""
-    return re.sub(r"channel=(\d+)", lambda m: f"channel={int(m.group(1)) + 1}", message)
+    message = re.sub(r"channel=(\d+)", lambda m: f"channel={int(m.group(1)) + 1}", message)
+    return re.sub(r"\b0\.\.(\d+)", lambda m: f"1..{int(m.group(1)) + 1}", message)
 
 
 def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -499,24 +517,26 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         header, arrays, _ = await read(request, ctx)
         req = parse_request(SegmentRequest, header)
         data, axes = request_image(arrays, req.axes)
-        ticket = srv.admit(ctx, srv.segment_cost(data, axes, req), data.shape, req.scale)
+        p = req.to_params()
+        ticket = srv.admit(ctx, srv.segment_cost(data, axes, p), data.shape, p.scale)
         try:
-            return held(ticket, _binary(*_segment_reply(await srv.segment(ctx, data, axes, req))))
+            return held(ticket, _binary(*_segment_reply(await srv.segment(ctx, data, axes, p))))
         except BaseException:
             ticket.release()
             raise
 
     async def normalize_route(request: Request, ctx: Ctx) -> Any:
+        from ..commands.normalize import normalize_options
         from ..core.normalize import normalize
 
         header, arrays, _ = await read(request, ctx)
         req = parse_request(NormalizeRequest, header)
+        p = req.to_params()
         data, axes = request_image(arrays, req.axes)
         ticket = srv.admit(ctx, estimate("normalize", data.shape, axes, data.dtype.itemsize, channel_picked=False),
                            data.shape)
         try:
-            out = await srv.run(ctx, lambda: normalize(data, axes, low=req.low, high=req.high,
-                                                       per_plane=req.per_plane, clip=req.clip))
+            out = await srv.run(ctx, lambda: normalize(data, axes, **normalize_options(p)))
             return held(ticket, _binary({"axes": axes}, {"image": out}))
         except BaseException:
             ticket.release()
@@ -534,7 +554,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             raise HTTPError(422, f"array 'images' has dtype {images.dtype}; expected an integer or float image")
         ticket = srv.admit(ctx, estimate("classify", images.shape, "", images.dtype.itemsize), images.shape)
         try:
-            out = await srv.classify(ctx, images, req.model)
+            out = await srv.classify(ctx, images, req.to_params().model)
             return held(ticket, _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]]},
                                         {"class_index": out["class_index"], "probabilities": out["probabilities"],
                                          "confidence": np.asarray(out["confidence"])}))
@@ -543,19 +563,23 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             raise
 
     async def restore_route(request: Request, ctx: Ctx) -> Any:
+        from ..commands.restore import restore_options
         from ..tasks.restore import restore
 
         header, arrays, _ = await read(request, ctx)
         req = parse_request(RestoreRequest, header)
         data, axes = request_image(arrays, req.axes)
-        path = srv.model_path(req.model)
-        channel = None if req.channel is None else req.channel - 1
+        p = req.to_params()
+        options = restore_options(p, axes)  # as the ijtorch Restore command translates them
+        options["model"] = srv.model_path(p.model)
+        _check_channel(data, axes, options["channel"])
         ticket = srv.admit(ctx, estimate("restore", data.shape, axes, data.dtype.itemsize), data.shape)
         try:
-            res = await srv.run(ctx, lambda: restore(data, axes, model=path, channel=channel, device=config.device,
+            res = await srv.run(ctx, lambda: restore(data, axes, **options, device=config.device,
                                                      cancel=ctx.cancelled))
+            maps = {k: v for k, v in (("uncertainty", res.uncertainty), ("error_map", res.error_map)) if v is not None}
             return held(ticket, _binary({"axes": res.axes, "model": res.model, "shift_warning": res.shift_warning,
-                                         "seconds": res.seconds}, {"restored": res.restored}))
+                                         "seconds": res.seconds}, {"restored": res.restored, **maps}))
         except BaseException:
             ticket.release()
             raise
@@ -571,45 +595,45 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         header, arrays, nbody = await read(request, ctx)
         req = parse_request(SegmentRequest, header)
         data, axes = request_image(arrays, req.axes)
-        path = srv.model_path(req.model)
-        channel = None if req.channel is None else req.channel - 1
-        cost = srv.segment_cost(data, axes, req, body_bytes=nbody)
+        p = req.to_params()
+        options = srv.segment_options(data, axes, p)
+        cost = srv.segment_cost(data, axes, p, body_bytes=nbody)
         if cost.pixels > config.max_pixels:
-            raise HTTPError(413, describe_pixels(cost, data.shape, req.scale, config.max_pixels))
+            raise HTTPError(413, describe_pixels(cost, data.shape, p.scale, config.max_pixels))
 
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
-            result = segment(data, axes, model=path, channel=channel, prob_threshold=req.prob_threshold,
-                             nms_threshold=req.nms_threshold, tile_size=req.tile_size, overlap=req.overlap,
-                             test_time_augmentation=req.test_time_augmentation, scale=req.scale, device=config.device,
-                             progress=progress, cancel=cancelled)
+            result = segment(data, axes, **options, device=config.device, progress=progress, cancel=cancelled)
             return encode(*_segment_reply(result))
 
         return _job_reply(srv.jobs.submit("segment", run, client=ctx.client, nbytes=cost.nbytes))
 
     async def track_job(request: Request, ctx: Ctx) -> Response:
+        from ..commands.track import track_options
         from ..tasks.segment import segment
-        from ..tasks.track import track_statistics
-        from ..tasks.linking import TrackingParams, track_labels
+        from ..tasks.track import n_tracklets, n_tracks, track_statistics
+        from ..tasks.linking import track_labels
 
         header, arrays, nbody = await read(request, ctx)
         req = parse_request(TrackRequest, header)
         data, axes = request_image(arrays, req.axes)
+        p = req.to_params()
         if "T" not in axes:
             raise HTTPError(422, f"axes={axes!r}: tracking needs a time axis T")
-        if req.is_labels and "C" in axes:
+        if p.labels and "C" in axes:
             raise HTTPError(422, f"axes={axes!r}: a label stack has no channel axis")
-        path = None if req.is_labels else srv.model_path(req.model)
-        channel = None if req.channel is None else req.channel - 1
+        options = track_options(p, axes)  # as the ijtorch Track command translates them
+        path = None if p.labels else srv.model_path(p.model)
+        channel, params = options["channel"], options["params"]
+        if not p.labels:
+            _check_channel(data, axes, channel)
         calibration = request_calibration(req.calibration)
-        params = TrackingParams(max_distance=req.max_distance, max_gap=req.max_gap, allow_splitting=req.divisions,
-                                fill_gaps=req.fill_gaps)
         cost = estimate("track", data.shape, axes, data.dtype.itemsize, body_bytes=nbody)
         if cost.pixels > config.max_pixels:
             raise HTTPError(413, describe_pixels(cost, data.shape, 1.0, config.max_pixels))
 
         def run(progress: Callable, cancelled: Callable[[], bool]) -> bytes:
             labels, label_axes, intensity = data, axes, None
-            if not req.is_labels:  # as track_movie, with cancellation between frames
+            if not p.labels:  # as track_movie (on the server's device), with cancellation between frames
                 seg = segment(data, axes, model=path, channel=channel, device=config.device,
                               progress=progress, cancel=cancelled)
                 labels, label_axes = seg.labels, seg.axes
@@ -619,8 +643,10 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             tracks = track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
                                   progress=progress)
             stats = track_statistics(tracks)
-            head = {"axes": "TZYX" if tracks.ndim == 3 else "TYX", "n_tracks": int(len(tracks.ctc)),
-                    "n_divisions": int(tracks.n_divisions), "statistics": list(stats)}
+            # tracks as TrackMate counts them (a dividing cell and its daughters are one track)
+            head = {"axes": "TZYX" if tracks.ndim == 3 else "TYX", "n_tracks": n_tracks(tracks),
+                    "n_tracklets": n_tracklets(tracks), "n_divisions": int(tracks.n_divisions),
+                    "statistics": list(stats)}
             arrays_out = {"tracked_labels": tracks.tracked_labels, "ctc": np.asarray(tracks.ctc, np.int64)}
             arrays_out.update({f"stat_{k}": np.asarray(v, np.float64) for k, v in stats.items()})
             return encode(head, arrays_out)

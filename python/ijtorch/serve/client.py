@@ -43,7 +43,10 @@ class Client:
         Seconds to wait for one reply; the server is asked to give up at the same time
         (``X-Request-Timeout``), so work the client no longer waits for is stopped.
 
-    Channels (``channel=``) are numbered from 1, as in ImageJ.
+    The options of each task are the parameters of its ImageJ command, with the same names and
+    defaults (the server's request bodies are generated from the command models): channels
+    (``channel=``) are numbered from 1, as in ImageJ; ``0`` for a threshold, tile size or overlap means
+    the model's tuned value or default. An option given as ``None`` is left out (the default applies).
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8765", *, token: str | None = None, timeout: float = 120.0) -> None:
@@ -103,16 +106,17 @@ class Client:
     @staticmethod
     def _image_header(axes: str, calibration: Calibration | dict | None, **options: Any) -> dict[str, Any]:
         cal = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
-        return {"axes": axes, "calibration": cal, **options}
+        return {"axes": axes, "calibration": cal, **{k: v for k, v in options.items() if v is not None}}
 
-    def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int | None = None,
-                prob_threshold: float | None = None, nms_threshold: float | None = None, tile_size: int | None = None,
-                overlap: int | None = None, test_time_augmentation: bool = False, scale: float = 1.0,
+    def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int = 1,
+                prob_threshold: float = 0.0, nms_threshold: float = 0.0, tile_size: int = 0, overlap: int = 0,
+                test_time_augmentation: bool = False, scale: float = 1.0,
                 calibration: Calibration | dict | None = None) -> Any:
-        """Like :func:`ijtorch.tasks.segment.segment` on the server; returns a ``SegmentationResult``.
+        """The ``ijtorch Segment`` command's computation on the server; returns a ``SegmentationResult``.
 
         ``channel`` counts from 1, as in ImageJ, the Fiji menu and the CLI (``channel=k`` here is
-        ``segment(..., channel=k-1)`` in process)."""
+        ``segment(..., channel=k-1)`` in process); 0 for a threshold = the model's tuned value, for
+        ``tile_size``/``overlap`` = the model's default."""
 
         header, arrays = self.post("/segment", self._image_header(
             axes, calibration, model=model, channel=channel, prob_threshold=prob_threshold,
@@ -122,10 +126,19 @@ class Client:
 
     def normalize(self, data: np.ndarray, axes: str, *, low: float = 1.0, high: float = 99.8,
                   per_plane: bool = False, clip: bool = False) -> np.ndarray:
-        """Like :func:`ijtorch.core.normalize.normalize` on the server."""
+        """The ``ijtorch Percentile Normalize`` command's computation (:func:`ijtorch.core.normalize.normalize`)
+        on the server."""
         _, arrays = self.post("/normalize", self._image_header(axes, None, low=low, high=high, per_plane=per_plane,
                                                                clip=clip), {"image": data})
         return arrays["image"]
+
+    def restore(self, data: np.ndarray, axes: str, *, model: str, channel: int = 1, uncertainty: bool = False,
+                error_map: bool = False, tile_size: int = 512) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The ``ijtorch Restore`` command's computation on the server: the reply header (``axes``,
+        ``model``, ``shift_warning``) and arrays ``restored`` (and ``uncertainty`` / ``error_map``)."""
+        return self.post("/restore", self._image_header(axes, None, model=model, channel=channel,
+                                                        uncertainty=uncertainty, error_map=error_map,
+                                                        tile_size=tile_size), {"image": data})
 
     # ---------------------------------------------------------------- jobs
     def submit_segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", **options: Any) -> str:
@@ -134,7 +147,10 @@ class Client:
                                                              **options), {"image": data})["id"]
 
     def submit_track(self, data: np.ndarray, axes: str, *, model: str = "nuclei", **options: Any) -> str:
-        """Start tracking as a job; options as the ``ijtorch Track`` command (``is_labels``, ``max_distance``, ...)."""
+        """Start tracking as a job; options as the ``ijtorch Track`` command (``labels``, ``channel``,
+        ``max_distance``, ``max_gap``, ``divisions`` (on by default), ``fill_gaps``). The reply counts
+        ``n_tracks`` as TrackMate does (a dividing cell and its daughters are one track) and
+        ``n_tracklets`` (CTC's division-free segments)."""
         return self.post("/jobs/track", self._image_header(axes, options.pop("calibration", None), model=model,
                                                            **options), {"image": data})["id"]
 

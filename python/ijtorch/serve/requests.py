@@ -1,21 +1,27 @@
 """What a request to the server may hold: the request models, their validation into arrays and a
 calibration, and the error every check raises (:class:`HTTPError`, a status and a client message).
 
+The body of each task route is generated from its command's parameter model (:func:`request_model`,
+:data:`ROUTE_COMMANDS`): a parameter added to a command appears here with the same name, default and
+bounds, and the route translates it as the command does (``segment_options``, ``track_options``, ...).
+
 Kept apart from :mod:`ijtorch.serve.app` (routes, admission, jobs) so that the job runner and the
 ImageJ remote commands validate requests the same way without importing the app.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..commands.command import get_command, surface_fields
 from ..image import Calibration, check_axes
 
-__all__ = ["HTTPError", "SegmentRequest", "NormalizeRequest", "TrackRequest", "ClassifyRequest", "RestoreRequest",
+__all__ = ["HTTPError", "TaskRequest", "request_model", "ROUTE_COMMANDS", "ROUTE_REQUESTS", "SegmentRequest", "NormalizeRequest", "TrackRequest", "ClassifyRequest", "RestoreRequest",
            "ImageJRequest", "ImageJFunctionRequest", "parse_request", "request_image", "require_finite",
            "request_calibration", "client_message", "MAX_MESSAGE"]
 
@@ -29,48 +35,55 @@ class HTTPError(Exception):
 
 
 # ------------------------------------------------------------------------------ request models
-class _Req(BaseModel):
+class TaskRequest(BaseModel):
+    """A task route's request body: the command's parameters the ``server`` surface shows (same
+    names, defaults, bounds and descriptions), plus the image's ``axes`` and ``calibration``."""
+
     model_config = ConfigDict(extra="forbid")
-    axes: str = Field(..., max_length=6, description="axes of the image array, letters from TZCYX")
-    calibration: dict[str, Any] | None = Field(None, description="ijtorch.image.Calibration fields")
+    command: ClassVar[str] = ""
+    params: ClassVar[type[BaseModel]]
+
+    def to_params(self) -> Any:
+        """The command's parameter model (fields the server does not show keep their defaults)."""
+        return self.params.model_validate({name: getattr(self, name) for name in surface_fields(self.params, "server")})
 
 
-class SegmentRequest(_Req):
-    model: str = Field("nuclei", max_length=128, description="registered model name")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
-    prob_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
-    nms_threshold: float | None = Field(None, ge=0, le=1, description="None = tuned value")
-    tile_size: int | None = Field(None, ge=32, le=4096, description="tile edge in pixels; None = the model's default (512 in 2D)")
-    overlap: int | None = Field(None, ge=0, description="tile overlap in pixels; None = the model's default (96 in 2D)")
-    test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
-    scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2D models)")
+#: The command behind each task route; its request body is generated from the command's model.
+ROUTE_COMMANDS = {"/segment": "ijtorch Segment", "/jobs/segment": "ijtorch Segment",
+                  "/normalize": "ijtorch Percentile Normalize", "/restore": "ijtorch Restore",
+                  "/classify": "ijtorch Classify", "/jobs/track": "ijtorch Track"}
+#: Routes whose body carries items (``images``), not one image with axes and calibration.
+ITEM_ROUTES = ("/classify",)
+
+IMAGE_FIELDS: dict[str, Any] = {
+    "axes": (str, Field(..., max_length=6, description="axes of the image array, letters from TZCYX")),
+    "calibration": (dict[str, Any] | None, Field(None, description="ijtorch.image.Calibration fields")),
+}
 
 
-class NormalizeRequest(_Req):
-    low: float = Field(1.0, ge=0, le=100, description="percentile mapped to 0")
-    high: float = Field(99.8, ge=0, le=100, description="percentile mapped to 1")
-    per_plane: bool = Field(False, description="normalise every Z/T plane separately")
-    clip: bool = Field(False, description="clip to [0, 1]")
+def request_model(command: str, *, image: bool = True) -> type[TaskRequest]:
+    """The request body of a task route running ``command``: generated from its parameter model."""
+    cmd = get_command(command)
+    fields: dict[str, Any] = dict(IMAGE_FIELDS) if image else {}
+    for name in surface_fields(cmd.params, "server"):
+        info = cmd.params.model_fields[name]
+        fields[name] = (info.annotation, copy.copy(info))
+    name = cmd.params.__name__.removesuffix("Params") + "Request"
+    model = create_model(name, __base__=TaskRequest, __module__=__name__, **fields)
+    model.command, model.params = cmd.name, cmd.params
+    return model
 
 
-class TrackRequest(_Req):
-    model: str = Field("nuclei", max_length=128, description="segmentation model (unless is_labels)")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
-    is_labels: bool = Field(False, description="the image already holds label masks")
-    max_distance: float = Field(15.0, gt=0, description="largest frame-to-frame displacement")
-    max_gap: int = Field(2, ge=0, description="largest number of missed frames bridged")
-    divisions: bool = Field(False, description="detect divisions")
-    fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
+SegmentRequest = request_model("ijtorch Segment")
+NormalizeRequest = request_model("ijtorch Percentile Normalize")
+TrackRequest = request_model("ijtorch Track")
+RestoreRequest = request_model("ijtorch Restore")
+ClassifyRequest = request_model("ijtorch Classify", image=False)
 
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., max_length=128, description="registered classifier model name")
-
-
-class RestoreRequest(_Req):
-    model: str = Field(..., max_length=128, description="registered restoration model name")
-    channel: int | None = Field(None, ge=1, le=4096, description="channel number (1-based, as in ImageJ) when axes has C")
+#: The request model of each task route.
+ROUTE_REQUESTS: dict[str, type[TaskRequest]] = {
+    "/segment": SegmentRequest, "/jobs/segment": SegmentRequest, "/normalize": NormalizeRequest,
+    "/restore": RestoreRequest, "/classify": ClassifyRequest, "/jobs/track": TrackRequest}
 
 
 class ImageJRequest(BaseModel):
@@ -94,7 +107,10 @@ class ImageJFunctionRequest(BaseModel):
 
 def parse_request(model: type[BaseModel], header: dict[str, Any]) -> Any:
     try:
-        return model.model_validate(header)
+        req = model.model_validate(header)
+        if isinstance(req, TaskRequest):
+            req.to_params()  # the command model's own checks (validators across fields) answer 422 too
+        return req
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))[:64] or 'header'}: {e['msg']}"
                              for e in exc.errors()[:8])  # the input itself is never repeated
