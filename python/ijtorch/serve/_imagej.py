@@ -38,7 +38,12 @@ Reply header::
 from __future__ import annotations
 
 import inspect
+import io
+import json
+import re
+import struct
 import tempfile
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -48,8 +53,11 @@ import numpy as np
 from ..commands.command import Command, all_commands
 from ..image import CANONICAL_AXES, Image, to_axes
 
-__all__ = ["remote_commands", "command_catalog", "command_inputs", "outputs_to_wire",
-           "call_function"]
+__all__ = ["remote_commands", "command_catalog", "catalog_text", "command_inputs", "outputs_to_wire",
+           "call_function", "read_files", "files_command", "outputs_to_files", "files_function", "ZIP_TYPE"]
+
+#: Media type of the replies to the Java shim (a ZIP of ImageJ files).
+ZIP_TYPE = "application/zip"
 
 _ROI_ARRAYS = ("roi_x", "roi_y", "roi_offsets", "roi_c", "roi_z", "roi_t")
 
@@ -237,3 +245,271 @@ def call_function(name: str, args: list[Any], values: dict[str, Any], check_mode
     if error is not None:
         raise ValueError(error)
     return {"number": number} if spec.returns == "number" else {"value": text}
+
+
+# ------------------------------------------------------------------------------------ ImageJ files
+# The Java shim's messages: a ZIP of standard ImageJ files and one ``*.properties`` text (java.util.
+# Properties, read and written here with the escapes below). The shim's request travels in the wire
+# envelope (one uint8 array "zip", header {"format": "zip"}); the reply is the ZIP itself.
+_PROP_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f", "=": "\\=", ":": "\\:",
+                 "#": "\\#", "!": "\\!"}
+_PROP_UNESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
+
+
+def _prop_escape(text: str, key: bool) -> str:
+    out = []
+    for i, ch in enumerate(str(text)):
+        if ch in _PROP_ESCAPES:
+            out.append(_PROP_ESCAPES[ch])
+        elif ch == " " and (key or i == 0):
+            out.append("\\ ")
+        elif ord(ch) < 0x20 or ord(ch) > 0x7E:  # ASCII only: the shim reads the text as ISO-8859-1
+            out.extend(f"\\u{u:04x}" for u in struct.unpack(f"<{len(ch.encode('utf-16-le')) // 2}H",
+                                                              ch.encode("utf-16-le")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def properties_text(values: dict[str, Any]) -> bytes:
+    """``values`` in java.util.Properties format (what ``Properties.load`` reads back exactly)."""
+    return "".join(f"{_prop_escape(k, True)}={_prop_escape(v, False)}\n" for k, v in values.items()).encode("ascii")
+
+
+def parse_properties(data: bytes) -> dict[str, str]:
+    """The keys of a java.util.Properties text as ``Properties.store`` writes it (one line per key)."""
+    def unescape(text: str) -> str:
+        def one(m: re.Match) -> str:
+            c = m.group(1)
+            return chr(int(c[1:], 16)) if len(c) == 5 else {"n": "\n", "r": "\r", "t": "\t", "f": "\f"}.get(c, c)
+        return _PROP_UNESCAPE.sub(one, text).encode("utf-16", "surrogatepass").decode("utf-16")
+
+    out = {}
+    for line in data.decode("latin-1").splitlines():
+        line = line.lstrip()
+        if not line or line[0] in "#!":
+            continue
+        m = re.match(r"((?:[^\\=: \t]|\\.)*)[ \t]*[=:]?[ \t]*(.*)", line, re.S)
+        out[unescape(m.group(1))] = unescape(m.group(2))
+    return out
+
+
+def catalog_text() -> bytes:
+    """The catalog for the shim: ``command.<name>`` (dialog spec), ``rois.<name>`` (true when it reads
+    the ROI Manager), ``images.<name>`` (image options, comma-separated) and ``function.<name>``
+    (argument codes, comma-separated)."""
+    catalog = command_catalog()
+    values: dict[str, Any] = {}
+    for name, spec in catalog["commands"].items():
+        inputs = catalog["inputs"][name]
+        values.update({f"command.{name}": spec, f"rois.{name}": str(inputs["rois"]).lower(),
+                       f"images.{name}": ",".join(inputs["images"])})
+    values.update({f"function.{n}": ",".join(map(str, f["args"])) for n, f in catalog["functions"].items()})
+    return properties_text(values)
+
+
+def read_files(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The shim's request: its properties and the other files of its ZIP by name."""
+    if set(header) != {"format"} or set(arrays) != {"zip"} or arrays["zip"].ndim != 1:
+        raise ValueError("a request of format 'zip' holds exactly one 1-D uint8 array 'zip' and no other header keys")
+    try:
+        with zipfile.ZipFile(io.BytesIO(arrays["zip"].tobytes())) as zf:
+            files = {info.filename: zf.read(info) for info in zf.infolist() if not info.is_dir()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise ValueError(f"the request's 'zip' array is not a ZIP file: {exc}") from None
+    if "request.properties" not in files:
+        raise ValueError("the request ZIP has no request.properties")
+    return parse_properties(files.pop("request.properties")), files
+
+
+_CAL_KEYS = ("pixel_width", "pixel_height", "voxel_depth", "unit", "frame_interval", "time_unit")
+
+
+def _file_image(props: dict[str, str], files: dict[str, bytes], prefix: str) -> Image:
+    """An image the shim sent as ``<prefix>.tif`` (``FileSaver.serialize``), in ImageJ's own layout
+    (``TZCYX`` subset, length-1 axes dropped, as :func:`ijtorch.bridge.imageplus_to_numpy` gives it),
+    with the exact calibration of the properties (TIFF resolution rationals are not exact)."""
+    import tifffile
+
+    from .requests import request_calibration
+
+    if f"{prefix}.tif" not in files:
+        raise ValueError(f"the request ZIP has no {prefix}.tif")
+    with tifffile.TiffFile(io.BytesIO(files[f"{prefix}.tif"])) as tf:
+        series = tf.series[0]
+        data = series.asarray()
+        axes = series.axes.upper().replace("I", "Z").replace("Q", "Z")
+    if "S" in axes and axes[-1] != "S":
+        data, axes = np.moveaxis(data, axes.index("S"), -1), axes.replace("S", "") + "S"
+    if any(a not in CANONICAL_AXES for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"{prefix}.tif: cannot map its axes {series.axes!r} onto TZCYXS")
+    full = to_axes(data, axes, CANONICAL_AXES if "S" in axes else CANONICAL_AXES[:-1])
+    keep = [i for i, a in enumerate(CANONICAL_AXES) if i < full.ndim and (a in "YXS" or full.shape[i] > 1)]
+    data = full.reshape([full.shape[i] for i in keep])
+    cal = {k: props[f"{prefix}.{k}"] for k in _CAL_KEYS if f"{prefix}.{k}" in props}
+    cal = {k: (v if k in ("unit", "time_unit") else float(v)) for k, v in cal.items()}
+    return Image(data=np.ascontiguousarray(data), axes="".join(CANONICAL_AXES[i] for i in keep),
+                 calibration=request_calibration(cal or None), title=props.get(f"{prefix}.title", ""))
+
+
+def _file_rois(props: dict[str, str], data: bytes) -> dict[str, Any]:
+    """The arguments of :func:`~ijtorch.commands.annotations.area_annotations` from the shim's
+    ``rois.zip`` (area ROIs as polygons of their float polygon) and ``roi.<i>.type``/``.area``."""
+    from roifile import ImagejRoi
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        rois = [ImagejRoi.frombytes(zf.read(n)) for n in zf.namelist() if n.endswith(".roi")]
+    area = [props.get(f"roi.{i}.area") == "true" for i in range(len(rois))]
+    polygons = [np.asarray(r.coordinates(), np.float64).reshape(-1, 2) if a else np.empty((0, 2))
+                for r, a in zip(rois, area)]
+    groups = [int(r.group) for r in rois]
+    return dict(polygons=polygons, names=[r.name or None for r in rois], groups=groups,
+                positions=np.asarray([(r.c_position, r.z_position, r.t_position) for r in rois], np.int64).reshape(-1, 3),
+                types=[props.get(f"roi.{i}.type", "") for i in range(len(rois))], is_area=area,
+                group_names={g: props[f"group.{g}"] for g in set(groups) if f"group.{g}" in props})
+
+
+def files_command(props: dict[str, str], files: dict[str, bytes], spec: Command) -> Any:
+    """:class:`~ijtorch.commands.outputs.CommandInputs` from the shim's request files."""
+    from ijtorch.commands.annotations import area_annotations
+    from ijtorch.commands.outputs import CommandInputs
+
+    others: dict[str, Image] = {}
+    for key in props:
+        option = key[len("option."):-len(".title")] if key.startswith("option.") and key.endswith(".title") else None
+        if option is not None:
+            if option not in spec.image_options:
+                raise ValueError(f"images: {option!r} names no image option of {spec.name} "
+                                 f"(those are {list(spec.image_options)})")
+            others[props[key]] = _file_image(props, files, f"option.{option}")
+    sent = {}
+    if "rois.zip" in files:
+        try:
+            sent["rois"] = partial(area_annotations, **_file_rois(props, files["rois.zip"]))
+        except (zipfile.BadZipFile, ValueError, struct.error) as exc:
+            raise ValueError(f"rois.zip is not a RoiSet: {exc}") from None
+    position = tuple(int(v) for v in props.get("image.position", "1,1,1").split(","))
+    if len(position) != 3:
+        raise ValueError("image.position must be C,Z,T")
+    return CommandInputs(_file_image(props, files, "image"), props.get("image_path") or None,
+                         open_image=others.get, position=position, **sent)
+
+
+def _tiff(pixels: np.ndarray, axes: str, *, lut: np.ndarray | None, top: float | None,
+          channel_labels: tuple[str, ...], properties: dict[str, str]) -> bytes:
+    """An ImageJ hyperstack TIFF as ImageJ's opener turns it into what the in-process command shows:
+    composite mode for channels, the label LUT and display range, slice labels, Info."""
+    import tifffile
+
+    full = to_axes(pixels, axes, CANONICAL_AXES[:-1])
+    keep = [i for i, a in enumerate("TZCYX") if a in "YX" or full.shape[i] > 1]
+    target = "".join("TZCYX"[i] for i in keep)
+    data = np.ascontiguousarray(full.reshape([full.shape[i] for i in keep]))
+    nt, nz, nc = full.shape[:3]
+    metadata: dict[str, Any] = {"axes": target}
+    kwargs: dict[str, Any] = {}
+    if nc > 1:
+        metadata["mode"] = "composite"
+    if lut is not None:
+        metadata.update(LUTs=[lut.T.copy()] * nc, Ranges=(0.0, top) * nc, min=0.0, max=top)
+        if nc == 1:  # one channel: ImageJ takes the LUT from the ColorMap tag
+            kwargs["extratags"] = [(320, "H", 768, tuple(int(v) * 257 for v in lut.T.ravel()), True)]
+    if channel_labels and len(channel_labels) == nc:
+        metadata["Labels"] = [channel_labels[c] for _ in range(nt * nz) for c in range(nc)]
+    if "Info" in properties:
+        metadata["Info"] = properties["Info"]
+    props = {k: v for k, v in properties.items() if k != "Info"}
+    if props:
+        metadata["Properties"] = props
+    out = io.BytesIO()
+    tifffile.imwrite(out, data, imagej=True, metadata=metadata, photometric="minisblack", **kwargs)
+    return out.getvalue()
+
+
+def _csv(columns: dict[str, Any]) -> bytes:
+    """A table as ImageJ's ``ResultsTable.open`` reads it back row for row: a row-number column
+    (heading " "), numbers in full precision, text quoted (so "12" stays text)."""
+    names = list(columns)
+    for name in names:
+        if any(c in name for c in ',"\n'):
+            raise ValueError(f"table column {name!r}: a comma, quote or line break cannot travel in a CSV heading")
+    cols = []
+    for name in names:
+        a = np.asarray(columns[name])
+        if a.dtype.kind in "biuf":
+            cols.append([repr(float(v)) if np.isfinite(v) else ("NaN" if np.isnan(v) else
+                         ("Infinity" if v > 0 else "-Infinity")) for v in a.astype(np.float64)])
+        else:
+            text = [str(v) for v in a]
+            if any('"' in t or "\n" in t for t in text):
+                raise ValueError(f"table column {name!r}: a quote or line break cannot travel in a CSV cell")
+            cols.append([f'"{t}"' for t in text])
+    rows = [",".join([" ", *names])] + [",".join([str(r + 1), *(c[r] for c in cols)]) for r in range(len(cols[0]) if cols else 0)]
+    return ("\n".join(rows) + "\n").encode("utf-8")
+
+
+def outputs_to_files(outputs: Any) -> bytes:
+    """A :class:`~ijtorch.commands.outputs.CommandOutputs` as the shim's reply ZIP: ``image<k>.tif``,
+    ``rois.zip`` (a RoiSet), ``table<k>.csv``, ``files/…`` and ``reply.properties`` (status, log
+    lines, session values as JSON, titles and exact calibrations, ROI colours and properties)."""
+    from ..core.colors import glasbey_lut
+    from ..io.roiset import default_names, write_roiset
+
+    props: dict[str, Any] = {"status": outputs.status}
+    props.update({f"log.{i}": line for i, line in enumerate(outputs.log)})
+    props.update({f"value.{k}": json.dumps(v) for k, v in outputs.values.items()})
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for k, im in enumerate(outputs.images):
+            if "S" in im.axes:
+                raise ValueError("RGB image outputs are not sent to remote clients")
+            pixels, top = _imagej_pixels(im.data, im.labels)
+            zf.writestr(f"image{k}.tif", _tiff(pixels, im.axes, lut=glasbey_lut(256).astype(np.uint8) if im.labels
+                                               else None, top=top, channel_labels=tuple(im.channel_labels),
+                                               properties=dict(im.properties)))
+            props[f"image{k}.title"] = im.title
+            cal = im.calibration.to_dict()
+            props.update({f"image{k}.{key}": cal[key] for key in _CAL_KEYS})
+        if outputs.rois is not None:
+            ol = outputs.rois.outlines
+            names = list(outputs.rois.names) if outputs.rois.names else default_names(ol.labels, ol.positions, ol.axes)
+            with tempfile.TemporaryDirectory(prefix="ijtorch-rois-") as tmp:
+                zf.writestr("rois.zip", write_roiset(Path(tmp) / "rois.zip", ol, names=names).read_bytes())
+            props["rois.reset"] = str(bool(outputs.rois.reset)).lower()
+        if outputs.roi_style is not None:
+            style = outputs.roi_style
+            rgb = np.asarray(style.rgb, np.uint8).reshape(-1, 3)
+            for k, i in enumerate(np.asarray(style.indices).tolist()):
+                props[f"style.{int(i)}"] = "#%02x%02x%02x" % tuple(int(v) for v in rgb[k])
+                props.update({f"style.{int(i)}.{name}": str(values[k]) for name, values in style.properties.items()})
+        for k, table in enumerate(outputs.tables):
+            zf.writestr(f"table{k}.csv", _csv(dict(table.columns)))
+            props[f"table{k}.title"] = table.title
+        if outputs.files is not None:
+            props["files.folder"] = outputs.files.folder
+            with tempfile.TemporaryDirectory(prefix="ijtorch-files-") as tmp:
+                outputs.files.write(Path(tmp))
+                for p in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+                    zf.write(p, "files/" + p.relative_to(tmp).as_posix())
+        zf.writestr("reply.properties", properties_text(props))
+    return out.getvalue()
+
+
+def files_function(props: dict[str, str], check_model: Callable[[str], Any]) -> bytes:
+    """``Ext.<function>`` from the shim's properties (``arg.<i>`` strings, ``number.<i>`` numbers,
+    ``value.<key>`` session values as JSON); the reply ZIP holds ``value`` or ``number``."""
+    args: list[Any] = []
+    for i in range(len(props)):
+        if f"arg.{i}" in props:
+            args.append(props[f"arg.{i}"])
+        elif f"number.{i}" in props:
+            args.append(float(props[f"number.{i}"]))
+        else:
+            break
+    values = {k[len("value."):]: json.loads(v) for k, v in props.items() if k.startswith("value.")}
+    reply = call_function(props.get("function", ""), args, values, check_model)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("reply.properties", properties_text({k: repr(float(v)) if k == "number" else v
+                                                         for k, v in reply.items()}))
+    return out.getvalue()

@@ -690,37 +690,50 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ---- ImageJ commands for remote Fiji
     async def imagej_commands(request: Request, ctx: Ctx) -> Response:
-        from ._imagej import command_catalog
+        from ._imagej import catalog_text, command_catalog
 
+        if "text/plain" in request.headers.get("accept", ""):  # the Java shim: java.util.Properties text
+            return Response(catalog_text(), media_type="text/plain; charset=ISO-8859-1")
         return JSONResponse(command_catalog())
 
     async def imagej_command(request: Request, ctx: Ctx) -> Any:
         from ..commands.command import all_commands
         from ijtorch.commands.options import params_from_options
-        from ._imagej import command_inputs, outputs_to_wire, remote_commands
+        from ._imagej import ZIP_TYPE, command_inputs, files_command, outputs_to_files, outputs_to_wire, read_files, \
+            remote_commands
 
         header, arrays, _ = await read(request, ctx)
-        req = parse_request(ImageJRequest, header)
+        files = None
+        if header.get("format") == "zip":  # the Java shim: ImageJ files (TIFF, RoiSet.zip) in a ZIP
+            props, files = read_files(header, arrays)
+            command, options = props.get("command", ""), props.get("options", "")
+        else:
+            req = parse_request(ImageJRequest, header)
+            command, options = req.command, req.options
         commands = remote_commands()
-        if req.command not in commands:
+        if command not in commands:
             why = ": it needs in-process Python (a Fiji started from Python with ijtorch)" \
-                if req.command in all_commands() else ""
-            raise HTTPError(404, f"command {req.command[:60]!r} cannot run on this server{why}; "
+                if command in all_commands() else ""
+            raise HTTPError(404, f"command {command[:60]!r} cannot run on this server{why}; "
                                  f"available: {sorted(commands)}")
-        spec = commands[req.command]
-        params = params_from_options(spec.params, req.options, command=req.command)
+        spec = commands[command]
+        params = params_from_options(spec.params, options, command=command)
         if spec.check_remote is not None:
             spec.check_remote(params)
         model = spec.model(params)
         if model is not None:
             srv.model_path(model)  # registered names only, never paths
-        inputs = command_inputs(req, arrays, spec)
-        image = arrays.get("image")
+        inputs = files_command(props, files, spec) if files is not None else command_inputs(req, arrays, spec)
+        image = inputs.image.data if inputs.image is not None else None
         shape = image.shape if image is not None else (1,)
         scale = float(getattr(params, "scale", 1.0) or 1.0)
-        ticket = srv.admit(ctx, estimate("imagej", shape, req.axes if image is not None else "",
-                                         image.dtype.itemsize if image is not None else 1, scale=scale), shape, scale)
+        axes = inputs.image.axes if image is not None else ""
+        ticket = srv.admit(ctx, estimate("imagej", shape, axes, image.dtype.itemsize if image is not None else 1,
+                                         scale=scale), shape, scale)
         try:
+            if files is not None:
+                body = await srv.run(ctx, lambda: outputs_to_files(spec.compute(inputs, params)))
+                return held(ticket, Response(body, media_type=ZIP_TYPE))
             reply = await srv.run(ctx, lambda: outputs_to_wire(spec.compute(inputs, params)))
             return held(ticket, _binary(*reply))
         except BaseException:
@@ -728,20 +741,24 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             raise
 
     async def imagej_function(request: Request, ctx: Ctx) -> Any:
-        from ._imagej import call_function
+        from ._imagej import ZIP_TYPE, call_function, files_function, read_files
 
         header, arrays, _ = await read(request, ctx)
-        req = parse_request(ImageJFunctionRequest, header)
-        if arrays:
-            raise HTTPError(422, f"a macro function call carries no arrays, got {len(arrays)}")
+        if header.get("format") == "zip":  # the Java shim: request.properties in a ZIP
+            props, _files = read_files(header, arrays)
+            run: Callable[[], Any] = lambda: Response(files_function(props, srv.model_path), media_type=ZIP_TYPE)
+        else:
+            req = parse_request(ImageJFunctionRequest, header)
+            if arrays:
+                raise HTTPError(422, f"a macro function call carries no arrays, got {len(arrays)}")
+            run = lambda: _binary(call_function(req.name, req.args, req.values, srv.model_path))  # noqa: E731
         ticket = srv.admission.acquire(ctx.client, 0)
         try:  # not on the inference thread: these are quick and must not wait behind long commands
             try:
-                reply = await asyncio.get_running_loop().run_in_executor(
-                    None, call_function, req.name, req.args, req.values, srv.model_path)
+                reply = await asyncio.get_running_loop().run_in_executor(None, run)
             except LookupError as exc:
                 raise HTTPError(404, str(exc.args[0]) if exc.args else str(exc)) from None
-            return held(ticket, _binary(reply))
+            return held(ticket, reply)
         except BaseException:
             ticket.release()
             raise

@@ -1,22 +1,23 @@
 package ijtorch;
 
-import ij.CompositeImage;
 import ij.IJ;
 import ij.ImagePlus;
-import ij.ImageStack;
 import ij.Macro;
 import ij.Prefs;
 import ij.WindowManager;
+import ij.gui.PolygonRoi;
 import ij.gui.Roi;
 import ij.io.FileInfo;
+import ij.io.RoiDecoder;
+import ij.io.RoiEncoder;
 import ij.measure.Calibration;
 import ij.measure.ResultsTable;
 import ij.plugin.frame.RoiManager;
-import ij.process.FloatPolygon;
-import ij.process.LUT;
 
-import java.awt.Color;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
 import java.io.File;
+import java.io.StringReader;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -30,102 +31,92 @@ import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Properties;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.zip.ZipEntry;
+import java.util.zip.ZipInputStream;
+import java.util.zip.ZipOutputStream;
 
 /**
  * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on an ijtorch server ("ijtorch
- * serve") when no Python handler is registered in this ImageJ: transport and applying results
- * only; the logic runs in Python on the server.
+ * serve") when no Python handler is registered in this ImageJ: transport only, in ImageJ's own files.
  *
- * <p>The server is {@code Prefs "ijtorch.server"}, else the system property {@code ijtorch.server},
- * else the environment variable {@code IJTORCH_SERVER} (e.g. {@code http://127.0.0.1:8765}), else
- * {@code server.url} in {@code Fiji.app/ijtorch.properties} (written by {@code ijtorch install-fiji}); a
- * token comes from the system property {@code ijtorch.token} or {@code IJTORCH_TOKEN}. Messages are
- * {@code [uint32 LE header length][JSON header][raw little-endian arrays]} (see
- * {@code ijtorch/serve/_wire.py} and {@code ijtorch/serve/_imagej.py}). A command request carries
- * the command name, the macro options, the current image (TZCYX), the file it came from and, when
- * the server's catalog says the command reads them, the ROI Manager's ROIs and the open images that
- * options name. The reply holds images (label images get the sent LUT and display range), polygon
- * ROIs for the ROI Manager, colours for ROIs already there, ResultsTable columns, files to write,
- * log lines and values for macro functions, applied like ijtorch's in-process commands do.
+ * <p>The server is {@code Prefs "ijtorch.server"}, the system property {@code ijtorch.server},
+ * {@code IJTORCH_SERVER} or {@code server.url} in {@code Fiji.app/ijtorch.properties} (written by
+ * {@code ijtorch install-fiji}); a token comes from {@code ijtorch.token}, {@code IJTORCH_TOKEN} or
+ * {@code server.token}. A request is a ZIP (in the server's message envelope, see
+ * {@code ijtorch/serve/_imagej.py}) of {@code request.properties} (command, options, titles, exact
+ * calibrations), the current image as a TIFF ({@code FileSaver.serialize}), the open images that
+ * options name, and the ROI Manager's ROIs as a RoiSet ({@code RoiEncoder}) for commands that read
+ * them. The reply is a ZIP of TIFFs (opened with {@code Opener}), a RoiSet ({@code RoiDecoder}),
+ * CSV tables ({@code ResultsTable.open}), files to write and {@code reply.properties} (status, log
+ * lines, session values, titles, ROI colours).
  */
 public final class IjtorchRemote {
 
-    static final String MEDIA_TYPE = "application/x-ijtorch";
     private static HttpClient client;
+    private static Properties catalog;
+    private static String catalogUrl;
+    /** Values of the remote commands run in this ImageJ (JSON texts the server's macro functions read). */
+    private static final Map<String, String> SESSION = new LinkedHashMap<>();
 
     private IjtorchRemote() {
     }
 
     /** The configured server URL without a trailing slash, or null. */
     public static String serverUrl() {
-        String url = Prefs.get("ijtorch.server", "");
-        if (url == null || url.isEmpty()) {
-            url = System.getProperty("ijtorch.server", "");
+        String url = first(Prefs.get("ijtorch.server", ""), System.getProperty("ijtorch.server"),
+                System.getenv("IJTORCH_SERVER"), installedProperty("server.url"));
+        return url == null ? null : url.trim().replaceAll("/+$", "");
+    }
+
+    private static String first(String... values) {
+        for (String v : values) {
+            if (v != null && !v.trim().isEmpty()) {
+                return v;
+            }
         }
-        if (url == null || url.isEmpty()) {
-            url = System.getenv("IJTORCH_SERVER");
-        }
-        if (url == null || url.isEmpty()) {
-            url = installedProperty("server.url");  // written by "ijtorch install-fiji --server URL"
-        }
-        if (url == null || url.trim().isEmpty()) {
-            return null;
-        }
-        url = url.trim();
-        return url.endsWith("/") ? url.substring(0, url.length() - 1) : url;
+        return null;
     }
 
     /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null. */
     static String installedProperty(String key) {
-        java.io.File file = installedProperties();
-        if (file == null) {
-            return null;
-        }
-        java.util.Properties props = new java.util.Properties();
-        try (java.io.InputStream in = new java.io.FileInputStream(file)) {
-            props.load(in);
+        File file = installedProperties();
+        try {
+            return file == null ? null : properties(Files.readAllBytes(file.toPath())).getProperty(key);
         } catch (java.io.IOException e) {
             return null;
         }
-        return props.getProperty(key);
     }
 
     /**
      * Fiji.app/ijtorch.properties, found without depending on the working directory: next to the
-     * folder holding this shim's jar (plugins/ or jars/, where install-fiji puts it), then the
-     * launcher's directory properties, then ImageJ's own idea of its folder; null when none has it.
+     * folder holding this shim's jar (plugins/ or jars/), then the launcher's directory properties,
+     * then ImageJ's own folder; null when none has it.
      */
-    static java.io.File installedProperties() {
-        List<java.io.File> dirs = new ArrayList<>();
+    static File installedProperties() {
+        List<File> dirs = new ArrayList<>();
         try {
-            java.security.CodeSource source = IjtorchRemote.class.getProtectionDomain().getCodeSource();
-            if (source != null && source.getLocation() != null) {
-                java.io.File jar = new java.io.File(source.getLocation().toURI());
-                for (java.io.File d = jar.getParentFile(); d != null && dirs.size() < 3; d = d.getParentFile()) {
-                    dirs.add(d);
-                }
+            File jar = new File(IjtorchRemote.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+            for (File d = jar.getParentFile(); d != null && dirs.size() < 3; d = d.getParentFile()) {
+                dirs.add(d);
             }
         } catch (Exception ignored) {
             // no code source (classes defined by ijtorch.attach): the properties below
         }
-        for (String prop : new String[] {"imagej.dir", "fiji.dir", "ij.dir", "plugins.dir"}) {
-            String d = System.getProperty(prop);
+        for (String d : new String[] {System.getProperty("imagej.dir"), System.getProperty("fiji.dir"),
+                System.getProperty("ij.dir"), System.getProperty("plugins.dir"), IJ.getDirectory("imagej")}) {
             if (d != null && !d.isEmpty()) {
-                dirs.add(new java.io.File(d));
+                dirs.add(new File(d));
             }
         }
-        String dir = ij.IJ.getDirectory("imagej");
-        if (dir != null) {
-            dirs.add(new java.io.File(dir));
-        }
-        for (java.io.File d : dirs) {
-            java.io.File file = new java.io.File(d, "ijtorch.properties");
-            if (file.isFile()) {
-                return file;
+        for (File d : dirs) {
+            if (new File(d, "ijtorch.properties").isFile()) {
+                return new File(d, "ijtorch.properties");
             }
         }
         return null;
@@ -135,87 +126,78 @@ public final class IjtorchRemote {
         return serverUrl() != null;
     }
 
-    static String token() {
-        String token = System.getProperty("ijtorch.token", "");
-        if (token.isEmpty()) {
-            token = System.getenv("IJTORCH_TOKEN");
-        }
-        if (token == null || token.isEmpty()) {
-            token = installedProperty("server.token");
-        }
-        return token == null || token.isEmpty() ? null : token;
-    }
-
     private static synchronized HttpClient http() {
-        if (client == null) {
-            // HTTP/1.1: the default (HTTP/2) makes every request try an h2c upgrade, which the
-            // server (uvicorn) answers with a warning in its log per request
+        if (client == null) {  // HTTP/1.1: HTTP/2 makes every request try an h2c upgrade the server logs
             client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1)
                     .connectTimeout(Duration.ofSeconds(10)).build();
         }
         return client;
     }
 
-    private static HttpRequest.Builder request(String path) {
+    /** GET (body null) or POST {@code body} as a ZIP in the server's envelope; the reply's bytes. */
+    private static byte[] send(String path, byte[] body, String accept) throws Exception {
         HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(serverUrl() + path)).timeout(Duration.ofHours(2));
-        String token = token();
+        String token = first(System.getProperty("ijtorch.token"), System.getenv("IJTORCH_TOKEN"),
+                installedProperty("server.token"));
         if (token != null) {
             b.header("Authorization", "Bearer " + token);
         }
-        return b;
-    }
-
-    /** Dialog spec of a remote command (as IjtorchRegistry.dialogSpec), or null if unknown. */
-    public static String dialogSpec(String command) throws Exception {
-        Object spec = section(catalog(false), "commands").get(command);
-        return spec == null ? null : spec.toString();
-    }
-
-    /**
-     * Puts the server's commands into ImageJ's command table and its macro functions into the
-     * registry (for an ImageJ without Python); returns the number of commands.
-     */
-    @SuppressWarnings("unchecked")
-    public static int install() throws Exception {
-        Map<String, Object> catalog = catalog(true);
-        Map<String, Object> commands = section(catalog, "commands");
-        for (String name : commands.keySet()) {
-            IjtorchRegistry.installMenuCommand(name, "ijtorch.IjtorchCommand(\"" + name + "\")");
+        if (body != null) {  // [uint32 LE header length][JSON header][the ZIP as one uint8 array]
+            byte[] head = ("{\"format\":\"zip\",\"arrays\":[{\"name\":\"zip\",\"dtype\":\"|u1\",\"shape\":["
+                    + body.length + "]}]}").getBytes(StandardCharsets.UTF_8);
+            byte[] size = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt(head.length).array();
+            b.header("Content-Type", "application/x-ijtorch").POST(HttpRequest.BodyPublishers.fromPublisher(
+                    HttpRequest.BodyPublishers.ofByteArrays(List.of(size, head, body)), 4L + head.length + body.length));
         }
-        for (Map.Entry<String, Object> e : section(catalog, "functions").entrySet()) {
-            List<Object> codes = (List<Object>) ((Map<String, Object>) e.getValue()).get("args");
-            int[] types = new int[codes.size()];
-            for (int i = 0; i < types.length; i++) {
-                types[i] = ((Number) codes.get(i)).intValue();
+        HttpResponse<byte[]> r = http().send(b.header("Accept", accept).build(), HttpResponse.BodyHandlers.ofByteArray());
+        if (r.statusCode() != 200) {  // errors are {"error": "...", ...}
+            String text = new String(r.body(), StandardCharsets.UTF_8);
+            Matcher m = Pattern.compile("\"error\"\\s*:\\s*\"((?:[^\"\\\\]|\\\\.)*)\"").matcher(text);
+            if (m.find()) {  // JSON string escapes are Properties escapes (but \b)
+                text = properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e");
             }
-            IjtorchRegistry.registerFunction(e.getKey(), types);
+            throw new RemoteError("server " + serverUrl() + " answered HTTP " + r.statusCode() + ": " + text);
         }
-        return commands.size();
+        return r.body();
     }
 
-    /** What the server runs: {@code GET /imagej/commands}, kept per server URL until {@code refresh}. */
-    @SuppressWarnings("unchecked")
-    private static synchronized Map<String, Object> catalog(boolean refresh) throws Exception {
-        String url = serverUrl();
-        if (refresh || catalog == null || !url.equals(catalogUrl)) {
-            HttpResponse<String> r = http().send(request("/imagej/commands").GET().build(),
-                    HttpResponse.BodyHandlers.ofString());
-            if (r.statusCode() != 200) {
-                throw new RemoteError("server " + url + " answered HTTP " + r.statusCode() + ": " + errorText(r.body()));
-            }
-            catalog = (Map<String, Object>) new Json(r.body()).value();
-            catalogUrl = url;
+    private static Properties properties(byte[] text) throws java.io.IOException {
+        Properties p = new Properties();
+        p.load(new StringReader(new String(text, StandardCharsets.UTF_8)));
+        return p;
+    }
+
+    /** What the server runs ({@code GET /imagej/commands}, Properties text), kept per URL until {@code refresh}. */
+    private static synchronized Properties catalog(boolean refresh) throws Exception {
+        if (refresh || catalog == null || !serverUrl().equals(catalogUrl)) {
+            catalog = properties(send("/imagej/commands", null, "text/plain"));
+            catalogUrl = serverUrl();
         }
         return catalog;
     }
 
-    private static Map<String, Object> catalog;
-    private static String catalogUrl;
+    /** Dialog spec of a remote command (as IjtorchRegistry.dialogSpec), or null if unknown. */
+    public static String dialogSpec(String command) throws Exception {
+        return catalog(false).getProperty("command." + command);
+    }
 
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> section(Map<String, Object> catalog, String key) {
-        Object value = catalog.get(key);
-        return value instanceof Map ? (Map<String, Object>) value : new LinkedHashMap<>();
+    /** Puts the server's commands into ImageJ's command table and its macro functions into the
+     *  registry (for an ImageJ without Python); returns the number of commands. */
+    public static int install() throws Exception {
+        int n = 0;
+        for (String key : catalog(true).stringPropertyNames()) {
+            if (key.startsWith("command.")) {
+                String name = key.substring("command.".length());
+                IjtorchRegistry.installMenuCommand(name, "ijtorch.IjtorchCommand(\"" + name + "\")");
+                n++;
+            } else if (key.startsWith("function.")) {
+                String codes = catalog.getProperty(key);
+                int[] types = codes.isEmpty() ? new int[0]
+                        : java.util.Arrays.stream(codes.split(",")).mapToInt(Integer::parseInt).toArray();
+                IjtorchRegistry.registerFunction(key.substring("function.".length()), types);
+            }
+        }
+        return n;
     }
 
     /** Runs {@code command} with {@code options} on the server; returns null or an error message. */
@@ -225,43 +207,62 @@ public final class IjtorchRemote {
             if (imp == null) {
                 return command + " needs an open image (open one or select its window)";
             }
-            Message request = commandRequest(command, options, imp);
+            Properties p = new Properties();
+            p.setProperty("command", command);
+            p.setProperty("options", options);
+            FileInfo info = imp.getOriginalFileInfo();
+            boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
+            p.setProperty("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
+            p.setProperty("image.position", imp.getC() + "," + imp.getZ() + "," + imp.getT());
+            Map<String, byte[]> files = new LinkedHashMap<>();
+            addImage(p, files, "image", imp);
+            if ("true".equals(catalog(false).getProperty("rois." + command))) {  // only then touch the ROI Manager
+                Roi[] rois = headless() ? (imp.getOverlay() == null ? new Roi[0] : imp.getOverlay().toArray())
+                        : RoiManager.getInstance() == null ? new Roi[0] : RoiManager.getInstance().getRoisAsArray();
+                if (rois.length > 0) {
+                    files.put("rois.zip", roiSet(p, rois));
+                }
+            }
+            for (String key : catalog.getProperty("images." + command, "").split(",")) {
+                ImagePlus other = key.isEmpty() ? null : WindowManager.getImage(Macro.getValue(options, key, ""));
+                if (other != null) {
+                    addImage(p, files, "option." + key, other);
+                }
+            }
             IJ.showStatus(command + ": running on " + serverUrl());
-            apply(post("/imagej/command", request));
+            apply(unzip(send("/imagej/command", zip(p, files), "application/zip")));
             return null;
         } catch (Exception e) {
             return describe(e);
         }
     }
 
-    /**
-     * Runs the macro function {@code Ext.name(args)} on the server with this ImageJ's session values;
-     * returns its string (or sets the trailing numeric output argument and returns "").
-     */
-    @SuppressWarnings("unchecked")
+    /** Runs {@code Ext.name(args)} on the server with this ImageJ's session values; returns its
+     *  string (or sets the trailing numeric output argument and returns ""). */
     public static String callFunction(String name, Object[] args) throws Exception {
-        List<Object> values = new ArrayList<>();
+        Properties p = new Properties();
+        p.setProperty("function", name);
         Double[] numberOut = null;
+        int i = 0;
         for (Object a : args == null ? new Object[0] : args) {
             if (a instanceof Double[]) {
                 numberOut = (Double[]) a;
             } else {
-                values.add(a);
+                p.setProperty((a instanceof Double ? "number." : "arg.") + i++, String.valueOf(a));
             }
         }
-        Message m = new Message().put("name", name).put("args", values);
         synchronized (SESSION) {
-            m.put("values", new LinkedHashMap<>(SESSION));
+            SESSION.forEach((k, v) -> p.setProperty("value." + k, v));
         }
-        Map<String, Object> reply = header(post("/imagej/function", m));
-        if (reply.containsKey("number")) {
+        Properties reply = properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
+                .get("reply.properties"));
+        if (reply.getProperty("number") != null) {
             if (numberOut != null && numberOut.length > 0) {
-                numberOut[0] = ((Number) reply.get("number")).doubleValue();
+                numberOut[0] = Double.parseDouble(reply.getProperty("number"));
             }
             return "";
         }
-        Object value = reply.get("value");
-        return value == null ? "" : value.toString();
+        return reply.getProperty("value", "");
     }
 
     /** The message for a failed remote call, as a macro error shows it. */
@@ -269,10 +270,7 @@ public final class IjtorchRemote {
         if (e instanceof java.net.ConnectException) {
             return "cannot reach the ijtorch server at " + serverUrl() + " (is 'ijtorch serve' running?)";
         }
-        if (e instanceof RemoteError) {
-            return e.getMessage();
-        }
-        return e.getClass().getSimpleName() + ": " + e.getMessage();
+        return e instanceof RemoteError ? e.getMessage() : e.getClass().getSimpleName() + ": " + e.getMessage();
     }
 
     /** An error reply of the server (its message as the text). */
@@ -282,713 +280,182 @@ public final class IjtorchRemote {
         }
     }
 
-    private static byte[] post(String path, Message m) throws Exception {
-        HttpRequest req = request(path).header("Content-Type", MEDIA_TYPE).POST(m.publisher()).build();
-        HttpResponse<byte[]> r = http().send(req, HttpResponse.BodyHandlers.ofByteArray());
-        if (r.statusCode() != 200) {
-            throw new RemoteError("server " + serverUrl() + " answered HTTP " + r.statusCode() + ": "
-                    + errorText(new String(r.body(), StandardCharsets.UTF_8)));
-        }
-        return r.body();
-    }
-
-    private static String errorText(String text) {
-        try {
-            Object msg = ((Map<?, ?>) new Json(text).value()).get("error");
-            return msg == null ? text : msg.toString();
-        } catch (RuntimeException notJson) {
-            return text;
-        }
-    }
-
-    // ------------------------------------------------------------------ request
-
-    /** A message of the wire format: a JSON header and arrays, sent without copying them together. */
-    static final class Message {
-        private final Map<String, Object> header = new LinkedHashMap<>();
-        private final List<Object> specs = new ArrayList<>();
-        private final List<byte[]> blobs = new ArrayList<>();
-
-        Message put(String key, Object value) {
-            header.put(key, value);
-            return this;
-        }
-
-        Message array(String name, String dtype, byte[] data, long... shape) {
-            Map<String, Object> spec = new LinkedHashMap<>();
-            spec.put("name", name);
-            spec.put("dtype", dtype);
-            List<Object> dims = new ArrayList<>();
-            for (long s : shape) {
-                dims.add(s);
-            }
-            spec.put("shape", dims);
-            specs.add(spec);
-            blobs.add(data);
-            return this;
-        }
-
-        HttpRequest.BodyPublisher publisher() {
-            Map<String, Object> head = new LinkedHashMap<>(header);
-            head.put("arrays", specs);
-            byte[] json = Json.write(head).getBytes(StandardCharsets.UTF_8);
-            List<byte[]> parts = new ArrayList<>();
-            parts.add(ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt(json.length).array());
-            parts.add(json);
-            parts.addAll(blobs);
-            long total = 0;
-            for (byte[] p : parts) {
-                total += p.length;
-            }
-            return HttpRequest.BodyPublishers.fromPublisher(HttpRequest.BodyPublishers.ofByteArrays(parts), total);
-        }
-    }
-
-    /** The request for a command: the image, its file, and the ROIs and images the command reads. */
-    @SuppressWarnings("unchecked")
-    static Message commandRequest(String command, String options, ImagePlus imp) throws Exception {
-        Message m = new Message().put("command", command).put("options", options);
-        addImage(m, imp, "image", null);
-        FileInfo info = imp.getOriginalFileInfo();
-        boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
-        m.put("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
-        Map<String, Object> inputs = (Map<String, Object>) section(catalog(false), "inputs").get(command);
-        if (inputs == null) {
-            return m;  // not a server command: the server's reply says so
-        }
-        if (Boolean.TRUE.equals(inputs.get("rois"))) {  // only commands that read ROIs touch the ROI Manager
-            Roi[] rois = currentRois(imp);
-            if (rois.length > 0) {
-                addRois(m, rois);
-            }
-        }
-        Map<String, Object> images = new LinkedHashMap<>();
-        for (Object key : (List<Object>) inputs.get("images")) {
-            String title = Macro.getValue(options, key.toString(), "");
-            ImagePlus other = title.isEmpty() ? null : WindowManager.getImage(title);
-            if (other != null) {
-                Map<String, Object> spec = new LinkedHashMap<>();
-                addImage(m, other, "option_" + key, spec);
-                images.put(key.toString(), spec);
-            }
-        }
-        if (!images.isEmpty()) {
-            m.put("images", images);
-        }
-        return m;
-    }
-
     /** True in a headless JVM (java.awt.headless=true: Fiji's --headless, a cluster node without X). */
     static boolean headless() {
         return java.awt.GraphicsEnvironment.isHeadless();
     }
 
-    /** The ROI Manager's ROIs; headless (no ROI Manager can exist) the image's overlay. */
-    static Roi[] currentRois(ImagePlus imp) {
-        if (headless()) {
-            ij.gui.Overlay overlay = imp.getOverlay();
-            return overlay == null ? new Roi[0] : overlay.toArray();
+    // ------------------------------------------------------------------ ImageJ files
+
+    /** {@code imp} as {@code <prefix>.tif}; its title and exact calibration as {@code <prefix>.*} keys. */
+    private static void addImage(Properties p, Map<String, byte[]> files, String prefix, ImagePlus imp) {
+        byte[] tiff = new ij.io.FileSaver(imp).serialize();
+        files.put(prefix + ".tif", tiff != null ? tiff : new ij.io.FileSaver(imp.duplicate()).serialize());  // virtual
+        Calibration c = imp.getCalibration();
+        Object[] values = {imp.getTitle(), c.pixelWidth, c.pixelHeight, c.pixelDepth, c.getUnit(), c.frameInterval,
+                           c.getTimeUnit()};
+        for (int i = 0; i < values.length; i++) {
+            p.setProperty(prefix + "." + CAL[i], String.valueOf(values[i]));
         }
-        RoiManager rm = RoiManager.getInstance();
-        return rm == null ? new Roi[0] : rm.getRoisAsArray();
     }
 
-    /** Adds {@code imp} as array {@code name} (TZCYX[S]); its title, axes and calibration go into
-     *  {@code spec}, or into the message header when {@code spec} is null. */
-    static void addImage(Message m, ImagePlus imp, String name, Map<String, Object> spec) {
-        int nc = imp.getNChannels(), nz = imp.getNSlices(), nt = imp.getNFrames();
-        int w = imp.getWidth(), h = imp.getHeight(), depth = imp.getBitDepth();
-        ImageStack stack = imp.getStack();
-        boolean rgb = depth == 24;
-        String dtype = depth == 8 || rgb ? "|u1" : depth == 16 ? "<u2" : "<f4";
-        int bytesPerPixel = rgb ? 3 : depth / 8;
-        long n = (long) w * h * bytesPerPixel * stack.getSize();
-        if (n > Integer.MAX_VALUE - 8) {
-            throw new IllegalArgumentException(imp.getTitle() + " is too large to send (over 2 GiB)");
+    private static final String[] CAL = {"title", "pixel_width", "pixel_height", "voxel_depth", "unit",
+                                         "frame_interval", "time_unit"};
+
+    /** The ROIs as a RoiSet: area ROIs as polygons of their float polygon (what commands read). */
+    private static byte[] roiSet(Properties p, Roi[] rois) throws java.io.IOException {
+        Map<String, byte[]> entries = new LinkedHashMap<>();
+        for (int i = 0; i < rois.length; i++) {
+            Roi roi = rois[i];
+            p.setProperty("roi." + i + ".type", roi.getTypeAsString());
+            p.setProperty("roi." + i + ".area", String.valueOf(roi.isArea()));
+            if (roi.getGroup() > 0 && Roi.getGroupName(roi.getGroup()) != null) {
+                p.setProperty("group." + roi.getGroup(), Roi.getGroupName(roi.getGroup()));
+            }
+            if (roi.isArea()) {
+                Roi polygon = new PolygonRoi(roi.getFloatPolygon(), Roi.POLYGON);
+                polygon.setName(roi.getName());
+                polygon.setGroup(roi.getGroup());
+                polygon.setPosition(roi.getCPosition(), roi.getZPosition(), roi.getTPosition());
+                roi = polygon;
+            }
+            entries.put(String.format("%05d.roi", i), RoiEncoder.saveAsByteArray(roi));
         }
-        ByteBuffer buf = ByteBuffer.allocate((int) n).order(ByteOrder.LITTLE_ENDIAN);
-        for (int i = 1; i <= stack.getSize(); i++) {  // stack order: C fastest, then Z, then T
-            Object pixels = stack.getPixels(i);
-            if (pixels instanceof byte[]) {
-                buf.put((byte[]) pixels);
-            } else if (pixels instanceof short[]) {
-                buf.asShortBuffer().put((short[]) pixels);
-                buf.position(buf.position() + 2 * ((short[]) pixels).length);
-            } else if (pixels instanceof float[]) {
-                buf.asFloatBuffer().put((float[]) pixels);
-                buf.position(buf.position() + 4 * ((float[]) pixels).length);
-            } else if (pixels instanceof int[]) {
-                for (int c : (int[]) pixels) {
-                    buf.put((byte) (c >> 16)).put((byte) (c >> 8)).put((byte) c);
-                }
-            } else {
-                throw new IllegalArgumentException("unsupported pixel array in plane " + i + " of " + imp.getTitle());
+        return zip(null, entries);
+    }
+
+    private static byte[] zip(Properties p, Map<String, byte[]> files) throws java.io.IOException {
+        ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+        try (ZipOutputStream zip = new ZipOutputStream(bytes)) {
+            if (p != null) {
+                zip.putNextEntry(new ZipEntry("request.properties"));
+                p.store(zip, null);
+            }
+            for (Map.Entry<String, byte[]> e : files.entrySet()) {
+                zip.putNextEntry(new ZipEntry(e.getKey()));
+                zip.write(e.getValue());
             }
         }
-        Calibration cal = imp.getCalibration();
-        Map<String, Object> c = new LinkedHashMap<>();
-        c.put("pixel_width", cal.pixelWidth);
-        c.put("pixel_height", cal.pixelHeight);
-        c.put("voxel_depth", cal.pixelDepth);
-        c.put("unit", cal.getUnit());
-        c.put("frame_interval", cal.frameInterval);
-        c.put("time_unit", cal.getTimeUnit());
-        Map<String, Object> target = spec == null ? m.header : spec;
-        if (spec != null) {
-            spec.put("array", name);
-        }
-        target.put("title", imp.getTitle());
-        target.put("axes", rgb ? "TZCYXS" : "TZCYX");
-        target.put("calibration", c);
-        if (rgb) {
-            m.array(name, dtype, buf.array(), nt, nz, nc, h, w, 3);
-        } else {
-            m.array(name, dtype, buf.array(), nt, nz, nc, h, w);
-        }
+        return bytes.toByteArray();
     }
 
-    /** The ROI Manager's ROIs: names, types, area flags, groups, positions, float polygons of area ROIs. */
-    static void addRois(Message m, Roi[] rois) {
-        int n = rois.length;
-        List<Object> names = new ArrayList<>(), types = new ArrayList<>(), area = new ArrayList<>(),
-                groups = new ArrayList<>();
-        ByteBuffer c = ints(n), z = ints(n), t = ints(n), offsets = ints(n + 1);
-        List<FloatPolygon> polygons = new ArrayList<>();
-        int total = 0;
-        offsets.putInt(0);
-        for (Roi roi : rois) {
-            names.add(roi.getName());
-            types.add(roi.getTypeAsString());
-            area.add(roi.isArea());
-            groups.add(roi.getGroup());
-            c.putInt(roi.getCPosition());
-            z.putInt(roi.getZPosition());
-            t.putInt(roi.getTPosition());
-            FloatPolygon p = roi.isArea() ? roi.getFloatPolygon() : new FloatPolygon();
-            polygons.add(p);
-            total += p.npoints;
-            offsets.putInt(total);
-        }
-        ByteBuffer xs = ints(total), ys = ints(total);
-        for (FloatPolygon p : polygons) {
-            for (int k = 0; k < p.npoints; k++) {
-                xs.putFloat(p.xpoints[k]);
-                ys.putFloat(p.ypoints[k]);
+    private static Map<String, byte[]> unzip(byte[] data) throws java.io.IOException {
+        Map<String, byte[]> files = new LinkedHashMap<>();
+        try (ZipInputStream zip = new ZipInputStream(new ByteArrayInputStream(data))) {
+            for (ZipEntry e = zip.getNextEntry(); e != null; e = zip.getNextEntry()) {
+                files.put(e.getName(), zip.readAllBytes());
             }
         }
-        Map<String, Object> head = new LinkedHashMap<>();
-        head.put("names", names);
-        head.put("types", types);
-        head.put("area", area);
-        head.put("groups", groups);
-        m.put("rois", head);
-        m.array("roi_x", "<f4", xs.array(), total).array("roi_y", "<f4", ys.array(), total)
-                .array("roi_offsets", "<i4", offsets.array(), n + 1).array("roi_c", "<i4", c.array(), n)
-                .array("roi_z", "<i4", z.array(), n).array("roi_t", "<i4", t.array(), n);
+        return files;
     }
 
-    private static ByteBuffer ints(int n) {
-        return ByteBuffer.allocate(4 * n).order(ByteOrder.LITTLE_ENDIAN);
-    }
-
-    // ------------------------------------------------------------------ reply
-
-    /** Values of the remote commands run in this ImageJ (what the server's macro functions may read). */
-    private static final Map<String, Object> SESSION = new LinkedHashMap<>();
-
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> header(byte[] body) {
-        int hlen = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN).getInt(0);
-        return (Map<String, Object>) new Json(new String(body, 4, hlen, StandardCharsets.UTF_8)).value();
-    }
-
-    @SuppressWarnings("unchecked")
-    static void apply(byte[] body) throws Exception {
-        int hlen = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN).getInt(0);
-        Map<String, Object> header = header(body);
-        Map<String, ByteBuffer> arrays = new HashMap<>();
-        Map<String, List<Object>> shapes = new HashMap<>();
-        int offset = 4 + hlen;
-        for (Object o : (List<Object>) header.get("arrays")) {
-            Map<String, Object> spec = (Map<String, Object>) o;
-            String name = (String) spec.get("name");
-            List<Object> shape = (List<Object>) spec.get("shape");
-            long count = 1;
-            for (Object s : shape) {
-                count *= ((Number) s).longValue();
-            }
-            int size = (int) (count * itemSize((String) spec.get("dtype")));
-            ByteBuffer slice = ByteBuffer.wrap(body, offset, size).slice().order(ByteOrder.LITTLE_ENDIAN);
-            arrays.put(name, slice);
-            shapes.put(name, shape);
-            offset += size;
-        }
-        LUT lut = null;
-        if (header.get("lut") != null) {
-            ByteBuffer b = arrays.get((String) header.get("lut"));
-            byte[] r = new byte[256], g = new byte[256], bl = new byte[256];
-            for (int i = 0; i < 256; i++) {
-                r[i] = b.get(3 * i);
-                g[i] = b.get(3 * i + 1);
-                bl[i] = b.get(3 * i + 2);
-            }
-            lut = new LUT(r, g, bl);
-        }
-        boolean headless = headless();
-        Map<String, Object> files = (Map<String, Object>) header.get("files");
-        String folder = files == null ? null : (String) files.get("folder");
+    /** Applies a reply as ijtorch's in-process commands do (bridge/apply.py apply_outputs). */
+    static void apply(Map<String, byte[]> z) throws Exception {
+        Properties p = properties(z.get("reply.properties"));
+        String folder = p.getProperty("files.folder");
         ImagePlus shown = null;
-        for (Object o : (List<Object>) header.get("images")) {
-            Map<String, Object> im = (Map<String, Object>) o;
-            String name = (String) im.get("array");
-            shown = showImage(im, arrays.get(name), shapes.get(name), lut);
-        }
-        Map<String, Object> rois = (Map<String, Object>) header.get("rois");
-        if (rois != null) {
-            List<Object> names = (List<Object>) rois.get("names");
-            Roi[] polygons = IjtorchRois.polygons(floats(arrays.get("roi_x")), floats(arrays.get("roi_y")),
-                    ints(arrays.get("roi_offsets")), names.toArray(new String[0]), ints(arrays.get("roi_c")),
-                    ints(arrays.get("roi_z")), ints(arrays.get("roi_t")), (Boolean) rois.get("integer"));
-            if (headless) {  // no ROI Manager headless: the ROIs go onto the result's overlay (and a RoiSet.zip)
-                ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
-                if (target != null) {
-                    ij.gui.Overlay overlay = new ij.gui.Overlay();
-                    for (Roi roi : polygons) {
-                        overlay.add(roi);
-                    }
-                    target.setOverlay(overlay);
-                }
-                if (folder != null && target != null) {
-                    writeRoiSet(Paths.get(folder, stem(target) + "_RoiSet.zip"), polygons);
+        for (int k = 0; z.containsKey("image" + k + ".tif"); k++) {
+            shown = new ij.io.Opener().deserialize(z.get("image" + k + ".tif"));
+            shown.setTitle(p.getProperty("image" + k + ".title"));
+            Calibration c = shown.getCalibration();
+            c.pixelWidth = Double.parseDouble(p.getProperty("image" + k + ".pixel_width"));
+            c.pixelHeight = Double.parseDouble(p.getProperty("image" + k + ".pixel_height"));
+            c.pixelDepth = Double.parseDouble(p.getProperty("image" + k + ".voxel_depth"));
+            c.setUnit(p.getProperty("image" + k + ".unit"));
+            c.frameInterval = Double.parseDouble(p.getProperty("image" + k + ".frame_interval"));
+            c.setTimeUnit(p.getProperty("image" + k + ".time_unit"));
+            if (headless() && IJ.getInstance() == null) {  // no window: the current (non-displayed) image
+                WindowManager.setTempCurrentImage(shown);
+                if (!ij.macro.Interpreter.isBatchMode()) {
+                    ij.macro.Interpreter.addBatchModeImage(shown);
                 }
             } else {
-                IjtorchRois.addAll(roiManager(), polygons, (Boolean) rois.get("reset"));
+                shown.show();
             }
         }
-        Map<String, Object> style = (Map<String, Object>) header.get("roi_style");
-        if (style != null && !headless) {
-            styleRois(style, ints(arrays.get("style_index")), arrays.get("style_rgb"));
-        }
-        for (Object o : (List<Object>) header.get("tables")) {
-            showTable((Map<String, Object>) o, arrays, headless ? folder : null);
-        }
-        if (files != null) {
-            writeFiles((String) files.get("folder"), (List<Object>) files.get("paths"), arrays.get("file_bytes"),
-                    longs(arrays.get("file_offsets")));
-        }
-        Object log = header.get("log");
-        if (log instanceof List) {
-            for (Object line : (List<Object>) log) {
-                IJ.log(String.valueOf(line));
+        if (z.containsKey("rois.zip")) {
+            List<Roi> rois = new ArrayList<>();
+            for (byte[] roi : unzip(z.get("rois.zip")).values()) {
+                rois.add(RoiDecoder.openFromByteArray(roi));
+            }
+            ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
+            if (headless()) {  // no ROI Manager: the result's overlay and <title>_RoiSet.zip
+                if (target != null) {
+                    target.setOverlay(new ij.gui.Overlay());
+                    rois.forEach(target.getOverlay()::add);
+                }
+                if (folder != null) {
+                    String stem = target == null ? "rois" : target.getTitle().replaceFirst("(.)\\.[^.]*$", "$1");
+                    write(Paths.get(folder, stem + "_RoiSet.zip"), z.get("rois.zip"));
+                }
+            } else {
+                RoiManager rm = RoiManager.getInstance() == null ? new RoiManager() : RoiManager.getInstance();
+                IjtorchRois.addAll(rm, rois.toArray(new Roi[0]), "true".equals(p.getProperty("rois.reset")));
             }
         }
-        Object values = header.get("values");
-        if (values instanceof Map) {
-            synchronized (SESSION) {
-                SESSION.putAll((Map<String, Object>) values);
-            }
-        }
-        Object status = header.get("status");
-        if (status != null && !status.toString().isEmpty()) {
-            IJ.showStatus(status.toString());
-        }
-    }
-
-    private static RoiManager roiManager() {
-        RoiManager rm = RoiManager.getInstance();
-        return rm == null ? new RoiManager() : rm;
-    }
-
-    /** ROI {@code index[k]} gets stroke colour {@code rgb[k]} and the k-th value of every property. */
-    @SuppressWarnings("unchecked")
-    private static void styleRois(Map<String, Object> style, int[] index, ByteBuffer rgb) {
-        RoiManager rm = roiManager();
-        Map<String, Object> props = (Map<String, Object>) style.get("properties");
-        for (int k = 0; k < index.length; k++) {
-            Roi roi = rm.getRoi(index[k]);
-            roi.setStrokeColor(new Color(rgb.get(3 * k) & 0xff, rgb.get(3 * k + 1) & 0xff, rgb.get(3 * k + 2) & 0xff));
-            if (props != null) {
-                for (Map.Entry<String, Object> e : props.entrySet()) {
-                    roi.setProperty(e.getKey(), String.valueOf(((List<Object>) e.getValue()).get(k)));
+        for (String key : p.stringPropertyNames()) {  // style.<index>=#rrggbb, style.<index>.<property>=value
+            String[] f = key.split("\\.", 3);
+            if (f[0].equals("style") && !headless()) {
+                Roi roi = RoiManager.getInstance().getRoi(Integer.parseInt(f[1]));
+                if (f.length == 2) {
+                    roi.setStrokeColor(ij.plugin.Colors.decode(p.getProperty(key), null));
+                } else {
+                    roi.setProperty(f[2], p.getProperty(key));
                 }
             }
         }
-        ImagePlus current = WindowManager.getCurrentImage();
-        if (current != null) {
-            current.updateAndDraw();
+        if (!headless() && WindowManager.getCurrentImage() != null) {
+            WindowManager.getCurrentImage().updateAndDraw();
+        }
+        for (int k = 0; z.containsKey("table" + k + ".csv"); k++) {
+            Path csv = Files.createTempFile("ijtorch-table", ".csv");
+            ResultsTable rt;
+            try {
+                rt = ResultsTable.open(Files.write(csv, z.get("table" + k + ".csv")).toString());
+            } finally {
+                Files.deleteIfExists(csv);
+            }
+            String title = p.getProperty("table" + k + ".title");
+            if ("Results".equals(title)) {
+                ij.plugin.filter.Analyzer.setResultsTable(rt);
+            }
+            if (!headless()) {
+                rt.show(title);
+            } else if (folder != null) {
+                Files.createDirectories(Paths.get(folder));
+                rt.saveAs(Paths.get(folder, title + ".csv").toString());
+            }
+        }
+        Path root = folder == null ? null : Paths.get(folder).toAbsolutePath().normalize();
+        for (Map.Entry<String, byte[]> e : z.entrySet()) {
+            if (e.getKey().startsWith("files/")) {
+                Path target = root.resolve(e.getKey().substring("files/".length())).normalize();
+                if (!target.startsWith(root) || target.equals(root)) {
+                    throw new IllegalArgumentException("the server sent a file path outside " + root + ": " + e.getKey());
+                }
+                write(target, e.getValue());
+            }
+        }
+        for (int i = 0; p.getProperty("log." + i) != null; i++) {
+            IJ.log(p.getProperty("log." + i));
+        }
+        synchronized (SESSION) {
+            p.stringPropertyNames().stream().filter(k -> k.startsWith("value."))
+                    .forEach(k -> SESSION.put(k.substring("value.".length()), p.getProperty(k)));
+        }
+        if (!p.getProperty("status", "").isEmpty()) {
+            IJ.showStatus(p.getProperty("status"));
         }
     }
 
-    @SuppressWarnings("unchecked")
-    private static String stem(ImagePlus imp) {
-        String title = imp.getTitle();
-        int dot = title.lastIndexOf('.');
-        return dot > 0 ? title.substring(0, dot) : title;
-    }
-
-    /** A RoiSet.zip as the ROI Manager saves one (one .roi per ROI), written atomically. */
-    static void writeRoiSet(Path target, Roi[] rois) throws java.io.IOException {
+    /** Writes {@code data} atomically (a temporary file in the same folder, then a rename). */
+    private static void write(Path target, byte[] data) throws java.io.IOException {
         Files.createDirectories(target.toAbsolutePath().getParent());
         Path tmp = Files.createTempFile(target.toAbsolutePath().getParent(), "." + target.getFileName(), ".tmp");
         try {
-            try (java.util.zip.ZipOutputStream zip = new java.util.zip.ZipOutputStream(Files.newOutputStream(tmp))) {
-                java.util.Set<String> used = new java.util.HashSet<>();
-                for (int i = 0; i < rois.length; i++) {
-                    String name = rois[i].getName() == null ? String.format("%04d", i + 1) : rois[i].getName();
-                    while (!used.add(name)) {
-                        name = name + "-" + (i + 1);
-                    }
-                    zip.putNextEntry(new java.util.zip.ZipEntry(name + ".roi"));
-                    java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
-                    new ij.io.RoiEncoder(bytes).write(rois[i]);
-                    zip.write(bytes.toByteArray());
-                    zip.closeEntry();
-                }
-            }
-            Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            Files.move(Files.write(tmp, data), target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
         } finally {
             Files.deleteIfExists(tmp);
-        }
-    }
-
-    /** Fills the table; shows it, or headless (no window) keeps it as ImageJ's table ("Results") and
-     *  saves it as {@code <title>.csv} into {@code headlessFolder} when there is one. */
-    @SuppressWarnings("unchecked")
-    private static void showTable(Map<String, Object> table, Map<String, ByteBuffer> arrays, String headlessFolder)
-            throws java.io.IOException {
-        if (headless()) {
-            ResultsTable rt = fillTable(table, arrays);
-            if (headlessFolder != null) {
-                Files.createDirectories(Paths.get(headlessFolder));
-                rt.saveAs(Paths.get(headlessFolder, table.get("title") + ".csv").toString());
-            }
-            return;
-        }
-        fillTable(table, arrays).show((String) table.get("title"));
-    }
-
-    @SuppressWarnings("unchecked")
-    private static ResultsTable fillTable(Map<String, Object> table, Map<String, ByteBuffer> arrays) {
-        String title = (String) table.get("title");
-        ResultsTable rt = "Results".equals(title) ? ResultsTable.getResultsTable() : new ResultsTable();
-        rt.reset();
-        for (Object c : (List<Object>) table.get("columns")) {
-            Map<String, Object> col = (Map<String, Object>) c;
-            String cname = (String) col.get("name");
-            if (col.containsKey("array")) {
-                ByteBuffer b = arrays.get((String) col.get("array"));
-                double[] values = new double[b.capacity() / 8];
-                b.asDoubleBuffer().get(values);
-                rt.setValues(cname, values);
-            } else {
-                List<Object> text = (List<Object>) col.get("text");
-                for (int row = 0; row < text.size(); row++) {
-                    rt.setValue(cname, row, String.valueOf(text.get(row)));
-                }
-            }
-        }
-        return rt;
-    }
-
-    /** Writes each file under {@code folder} atomically (a temporary file in the same folder, then a rename). */
-    private static void writeFiles(String folder, List<Object> paths, ByteBuffer bytes, long[] offsets)
-            throws java.io.IOException {
-        Path root = Paths.get(folder).toAbsolutePath().normalize();
-        for (int i = 0; i < paths.size(); i++) {
-            String rel = paths.get(i).toString();
-            Path target = root.resolve(rel).normalize();
-            if (Paths.get(rel).isAbsolute() || !target.startsWith(root) || target.equals(root)) {
-                throw new IllegalArgumentException("the server sent a file path outside " + root + ": " + rel);
-            }
-            byte[] data = new byte[(int) (offsets[i + 1] - offsets[i])];
-            ByteBuffer from = bytes.duplicate();
-            from.position((int) offsets[i]);
-            from.get(data);
-            Files.createDirectories(target.getParent());
-            Path tmp = Files.createTempFile(target.getParent(), "." + target.getFileName(), ".tmp");
-            try {
-                Files.write(tmp, data);
-                Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
-            } finally {
-                Files.deleteIfExists(tmp);
-            }
-        }
-    }
-
-    @SuppressWarnings("unchecked")
-    private static ImagePlus showImage(Map<String, Object> im, ByteBuffer b, List<Object> shape, LUT lut) {
-        int nt = ((Number) shape.get(0)).intValue(), nz = ((Number) shape.get(1)).intValue();
-        int nc = ((Number) shape.get(2)).intValue(), h = ((Number) shape.get(3)).intValue();
-        int w = ((Number) shape.get(4)).intValue();
-        int itemSize = b.capacity() / Math.max(1, nt * nz * nc * h * w);
-        boolean isFloat = itemSize == 4;
-        ImageStack stack = new ImageStack(w, h);
-        int len = w * h;
-        for (int i = 0; i < nt * nz * nc; i++) {
-            if (itemSize == 1) {
-                byte[] p = new byte[len];
-                b.get(p);
-                stack.addSlice("", p);
-            } else if (itemSize == 2) {
-                short[] p = new short[len];
-                b.asShortBuffer().get(p);
-                b.position(b.position() + 2 * len);
-                stack.addSlice("", p);
-            } else if (isFloat) {
-                float[] p = new float[len];
-                b.asFloatBuffer().get(p);
-                b.position(b.position() + 4 * len);
-                stack.addSlice("", p);
-            } else {
-                throw new IllegalArgumentException("unsupported image item size " + itemSize);
-            }
-        }
-        ImagePlus imp = new ImagePlus((String) im.get("title"), stack);
-        imp.setDimensions(nc, nz, nt);
-        if ((nc > 1 ? 1 : 0) + (nz > 1 ? 1 : 0) + (nt > 1 ? 1 : 0) > 1) {
-            imp.setOpenAsHyperStack(true);
-        }
-        if (nc > 1) {  // as IJ.createHyperStack (and ijtorch's numpy_to_imageplus): composite up to MAX_CHANNELS
-            imp = new CompositeImage(imp, nc <= CompositeImage.MAX_CHANNELS ? IJ.COMPOSITE : IJ.COLOR);
-        }
-        Map<String, Object> c = (Map<String, Object>) im.get("calibration");
-        Calibration cal = imp.getCalibration();
-        cal.pixelWidth = ((Number) c.get("pixel_width")).doubleValue();
-        cal.pixelHeight = ((Number) c.get("pixel_height")).doubleValue();
-        cal.pixelDepth = ((Number) c.get("voxel_depth")).doubleValue();
-        cal.setUnit((String) c.get("unit"));
-        cal.frameInterval = ((Number) c.get("frame_interval")).doubleValue();
-        cal.setTimeUnit((String) c.get("time_unit"));
-        if (Boolean.TRUE.equals(im.get("labels")) && lut != null) {
-            imp.setLut(lut);
-            imp.setDisplayRange(((Number) im.get("display_min")).doubleValue(),
-                    ((Number) im.get("display_max")).doubleValue());
-        } else {
-            imp.resetDisplayRange();
-        }
-        if (headless() && !ij.macro.Interpreter.isBatchMode() && IJ.getInstance() == null) {
-            WindowManager.setTempCurrentImage(imp);  // no window headless: the current (non-displayed) image
-            ij.macro.Interpreter.addBatchModeImage(imp);
-        } else {
-            imp.show();
-        }
-        return imp;
-    }
-
-    private static int itemSize(String dtype) {
-        return Integer.parseInt(dtype.substring(2));
-    }
-
-    private static float[] floats(ByteBuffer b) {
-        float[] out = new float[b.capacity() / 4];
-        b.asFloatBuffer().get(out);
-        return out;
-    }
-
-    private static int[] ints(ByteBuffer b) {
-        int[] out = new int[b.capacity() / 4];
-        b.asIntBuffer().get(out);
-        return out;
-    }
-
-    private static long[] longs(ByteBuffer b) {
-        long[] out = new long[b.capacity() / 8];
-        b.asLongBuffer().get(out);
-        return out;
-    }
-
-    // ------------------------------------------------------------------ JSON
-
-    /** A small JSON reader (objects, arrays, strings, numbers, true/false/null) and writer helpers. */
-    static final class Json {
-        private final String s;
-        private int i;
-
-        Json(String text) {
-            this.s = text;
-        }
-
-        Object value() {
-            Object v = read();
-            skip();
-            if (i != s.length()) {
-                throw new IllegalArgumentException("trailing characters in JSON at " + i);
-            }
-            return v;
-        }
-
-        private void skip() {
-            while (i < s.length() && Character.isWhitespace(s.charAt(i))) {
-                i++;
-            }
-        }
-
-        private Object read() {
-            skip();
-            if (i >= s.length()) {
-                throw new IllegalArgumentException("unexpected end of JSON");
-            }
-            char c = s.charAt(i);
-            if (c == '{') {
-                Map<String, Object> m = new LinkedHashMap<>();
-                i++;
-                skip();
-                if (s.charAt(i) == '}') {
-                    i++;
-                    return m;
-                }
-                while (true) {
-                    skip();
-                    String key = string();
-                    skip();
-                    expect(':');
-                    m.put(key, read());
-                    skip();
-                    if (s.charAt(i) == ',') {
-                        i++;
-                    } else {
-                        expect('}');
-                        return m;
-                    }
-                }
-            }
-            if (c == '[') {
-                List<Object> a = new ArrayList<>();
-                i++;
-                skip();
-                if (s.charAt(i) == ']') {
-                    i++;
-                    return a;
-                }
-                while (true) {
-                    a.add(read());
-                    skip();
-                    if (s.charAt(i) == ',') {
-                        i++;
-                    } else {
-                        expect(']');
-                        return a;
-                    }
-                }
-            }
-            if (c == '"') {
-                return string();
-            }
-            if (s.startsWith("true", i)) {
-                i += 4;
-                return Boolean.TRUE;
-            }
-            if (s.startsWith("false", i)) {
-                i += 5;
-                return Boolean.FALSE;
-            }
-            if (s.startsWith("null", i)) {
-                i += 4;
-                return null;
-            }
-            int start = i;
-            while (i < s.length() && "+-0123456789.eE".indexOf(s.charAt(i)) >= 0) {
-                i++;
-            }
-            if (start == i) {
-                throw new IllegalArgumentException("unexpected character '" + c + "' in JSON at " + i);
-            }
-            return Double.valueOf(s.substring(start, i));
-        }
-
-        private void expect(char c) {
-            if (i >= s.length() || s.charAt(i) != c) {
-                throw new IllegalArgumentException("expected '" + c + "' in JSON at " + i);
-            }
-            i++;
-        }
-
-        private String string() {
-            expect('"');
-            StringBuilder b = new StringBuilder();
-            while (true) {
-                char c = s.charAt(i++);
-                if (c == '"') {
-                    return b.toString();
-                }
-                if (c != '\\') {
-                    b.append(c);
-                    continue;
-                }
-                char e = s.charAt(i++);
-                switch (e) {
-                    case 'n': b.append('\n'); break;
-                    case 't': b.append('\t'); break;
-                    case 'r': b.append('\r'); break;
-                    case 'b': b.append('\b'); break;
-                    case 'f': b.append('\f'); break;
-                    case 'u':
-                        b.append((char) Integer.parseInt(s.substring(i, i + 4), 16));
-                        i += 4;
-                        break;
-                    default: b.append(e);
-                }
-            }
-        }
-
-        static String quote(String text) {
-            StringBuilder b = new StringBuilder("\"");
-            for (char c : (text == null ? "" : text).toCharArray()) {
-                if (c == '"' || c == '\\') {
-                    b.append('\\').append(c);
-                } else if (c < 0x20) {
-                    b.append(String.format("\\u%04x", (int) c));
-                } else {
-                    b.append(c);
-                }
-            }
-            return b.append('"').toString();
-        }
-
-        static String number(double v) {
-            if (Double.isNaN(v) || Double.isInfinite(v)) {
-                return "null";
-            }
-            return Double.toString(v);
-        }
-
-        /** JSON text of maps, lists, strings, numbers, booleans and null (anything else as its string). */
-        static String write(Object value) {
-            StringBuilder b = new StringBuilder();
-            write(b, value);
-            return b.toString();
-        }
-
-        private static void write(StringBuilder b, Object v) {
-            if (v == null) {
-                b.append("null");
-            } else if (v instanceof Boolean) {
-                b.append(v.toString());
-            } else if (v instanceof Double || v instanceof Float) {
-                b.append(number(((Number) v).doubleValue()));
-            } else if (v instanceof Number) {
-                b.append(((Number) v).longValue());
-            } else if (v instanceof Map) {
-                b.append('{');
-                boolean first = true;
-                for (Map.Entry<?, ?> e : ((Map<?, ?>) v).entrySet()) {
-                    b.append(first ? "" : ",").append(quote(String.valueOf(e.getKey()))).append(':');
-                    write(b, e.getValue());
-                    first = false;
-                }
-                b.append('}');
-            } else if (v instanceof List) {
-                b.append('[');
-                boolean first = true;
-                for (Object item : (List<?>) v) {
-                    b.append(first ? "" : ",");
-                    write(b, item);
-                    first = false;
-                }
-                b.append(']');
-            } else {
-                b.append(quote(v.toString()));
-            }
         }
     }
 }
