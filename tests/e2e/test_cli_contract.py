@@ -112,6 +112,11 @@ CONTRACT: dict[str, Contract] = {
                   "--output", "--epochs", "--steps")},
         bad_input=("test_denoise_bad_inputs",),
     ),
+    "normalize": Contract(
+        runs={"test_normalize_writes_the_command_image_per_input": (
+            "--output", "--low", "--high", "--per-plane", "--clip", "--axes", "--fail-fast")},
+        bad_input=("test_normalize_bad_inputs",),
+    ),
     "train-restoration": Contract(
         runs={"test_train_restoration_and_fine_tune": ("--output", "--epochs", "--steps", "--base-model")},
         bad_input=("test_train_restoration_bad_inputs",),
@@ -599,6 +604,45 @@ def test_restore_bad_inputs(tmp_path, noisy, n2v_model):
     _clean_failure(out, 2, "--model")
     out = _cli(tmp_path, "restore", folder, "--model", "nope", "--output", tmp_path / "o3")
     _clean_failure(out, 2, "model='nope' is neither a model directory")
+
+
+# ----------------------------------------------------------------------------- normalize (a verb generated
+# from its command: ijtorch Percentile Normalize's parameters and compute, outputs as ImageJ files)
+def test_normalize_writes_the_command_image_per_input(tmp_path, noisy):
+    from ijtorch.core.normalize import normalize
+    from ijtorch.io.tiff import read_tiff
+
+    folder = tmp_path / "in"
+    shutil.copytree(noisy, folder)
+    raw = tmp_path / "raw.tif"
+    first = read_tiff(sorted(folder.glob("*.tif"))[0])
+    tifffile.imwrite(raw, np.stack([first.data, first.data]))  # no axes metadata: --axes says what they are
+    out = _cli(tmp_path, "normalize", folder, "--output", tmp_path / "out", "--low", 2, "--high", 98, "--clip",
+               "--fail-fast")
+    assert out.returncode == 0, out.stderr
+    assert "ijtorch normalize: 2 done, 0 failed, 0 skipped" in out.stdout
+    result = read_tiff(tmp_path / "out" / f"{first.title}-normalized.tif")
+    assert result.data.dtype == np.float32 and result.calibration.pixel_width == first.calibration.pixel_width
+    np.testing.assert_allclose(result.data, normalize(first.data, "YX", low=2, high=98, clip=True), rtol=1e-6)
+    out = _cli(tmp_path, "normalize", raw, "--output", tmp_path / "out", "--axes", "ZYX", "--per-plane")
+    assert out.returncode == 0, out.stderr
+    stack = read_tiff(tmp_path / "out" / "raw-normalized.tif")
+    assert stack.axes == "ZYX" and stack.data.shape == (2,) + first.data.shape
+    np.testing.assert_allclose(stack.data, normalize(np.stack([first.data] * 2), "ZYX", per_plane=True), rtol=1e-6)
+    _no_staging_left(tmp_path / "out")
+
+
+def test_normalize_bad_inputs(tmp_path, noisy):
+    folder = tmp_path / "in"
+    shutil.copytree(noisy, folder)
+    (folder / "broken.tif").write_bytes(b"not a tiff")
+    out = _cli(tmp_path, "normalize", folder, "--output", tmp_path / "out")
+    _clean_failure(out, 1, "broken.tif: ")
+    assert "2 done, 1 failed, 0 skipped" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["noisy0-normalized.tif", "noisy1-normalized.tif"]
+    out = _cli(tmp_path, "normalize", folder, "--output", tmp_path / "o2", "--high", 101)
+    _clean_failure(out, 2, "argument --high: expected a number <= 100, got 101")
+    assert not (tmp_path / "o2").exists()
 
 
 @pytest.mark.slow
