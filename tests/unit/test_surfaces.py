@@ -25,7 +25,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ijtorch.cli import build_parser
-from ijtorch.cli.generated import (add_command_verbs, add_params_options, cli_default, cli_only_options, cli_option,
+from ijtorch.cli.command_verbs import add_verbs as add_command_verbs
+from ijtorch.cli.generated import (add_params_options, cli_default, cli_only_options, cli_option,
                                    field_bounds, generated_options, option_name, params_from_args)
 from ijtorch.commands.command import Command, _COMMANDS, all_commands, register, surface_fields
 from ijtorch.commands.functions import all_functions

@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Each verb module adds its own sub-parsers; a new family of verbs adds its module here.
     for verb_module in (verbs, fiji, bioimageio, pixels):
         verb_module.add_verbs(sub)
-    from .generated import add_command_verbs
+    from . import command_verbs
 
-    add_command_verbs(sub)  # a command with a verb that no module above writes by hand
+    command_verbs.add_verbs(sub)  # a command with a verb that no module above writes by hand
     p = sub.add_parser("serve", help="serve models over HTTP to many Fiji/Python clients (loopback by default)")
     serve_main.add_arguments(p)
     p.set_defaults(func=serve_main.serve)
