@@ -286,17 +286,21 @@ def test_errors(conv, rng):
         conv.numpy_to_imglib2(np.zeros((2, 2), np.complex64))
 
 
-def test_java_side_checks_sizes(conv):
+def test_bulk_copies_check_sizes(conv):
     """A buffer that does not match the image exactly is an error, never a partial copy."""
-    from ijtorch.errors import BridgeError
+    import jpype
 
+    plane = jpype.JArray(jpype.JByte)(4)
     too_big = np.zeros(10, np.uint8)
-    with pytest.raises(BridgeError, match="2 bytes fewer than the numpy buffer"):
-        with conv._java_errors("test"):
-            conv._java().Arrays.buffersToStack(conv._buffers(too_big, writable=False), 2, 2, 2, 8)
-    with pytest.raises(BridgeError, match="numpy buffer is smaller than the image"):
-        with conv._java_errors("test"):
-            conv._java().Arrays.buffersToStack(conv._buffers(too_big[:6], writable=False), 2, 2, 2, 8)
+    chunks = conv._Chunks(too_big, "b", writable=False)
+    chunks.copy(plane, 4, True)
+    chunks.copy(plane, 4, True)
+    with pytest.raises(ValueError, match="2 bytes fewer than the numpy buffer"):
+        chunks.finish()
+    chunks = conv._Chunks(too_big[:6], "b", writable=False)
+    chunks.copy(plane, 4, True)
+    with pytest.raises(ValueError, match="numpy buffer is smaller than the image"):
+        chunks.copy(plane, 4, True)
 
 
 # ------------------------------------------------------------------------------ ImgLib2
@@ -611,23 +615,14 @@ def test_out_imglib2_errors(conv, J, rng):
     assert not conv.imglib2_to_numpy(img).any()
 
 
-def test_java_side_checks_sizes_of_existing_destinations(conv, J):
-    """Java refuses a buffer of the wrong size for an existing stack/image without writing any of it."""
-    from ijtorch.errors import BridgeError
-
+def test_existing_destinations_are_checked_before_writing(conv, J):
+    """A buffer of the wrong size for an existing stack/image is refused without writing any of it."""
     imp = _imagej_made(J, (1, 2, 1, 2, 2), 8)
     before = _planes_as_imagej_holds_them(imp)
     ones = np.ones(10, np.uint8)
     for buffer in (ones, ones[:6]):
-        with pytest.raises(BridgeError, match=f"the stack needs 8 bytes but the numpy buffer has {buffer.size}"):
-            with conv._java_errors("test"):
-                conv._java().Arrays.buffersIntoStack(conv._buffers(buffer, writable=False), imp.getStack(), 8)
-    with pytest.raises(BridgeError, match="stack plane 1 is not a 16-bit plane of 4 pixels"):
-        with conv._java_errors("test"):
-            conv._java().Arrays.buffersIntoStack(conv._buffers(ones[:8], writable=False), imp.getStack(), 16)
+        with pytest.raises(ValueError, match=f"the stack needs 8 bytes but the numpy buffer has {buffer.size}"):
+            conv._planes(imp.getStack(), 8, buffer)
+    with pytest.raises(ValueError, match="stack plane 1 is not a 16-bit plane of 4 pixels"):
+        conv._planes(imp.getStack(), 16, ones[:8])
     _same(_planes_as_imagej_holds_them(imp), before)
-    img = J.ArrayImgs.unsignedBytes(2, 2)
-    with pytest.raises(BridgeError, match="the image needs 4 bytes but the numpy buffer has 6"):
-        with conv._java_errors("test"):
-            conv._java().Arrays.buffersIntoImg(conv._buffers(ones[:6], writable=False), img)
-    assert not conv.imglib2_to_numpy(img).any()

@@ -41,8 +41,8 @@ calibration function (e.g. ImageJ's signed 16-bit offset) is not applied.
 
 Speed
 -----
-One Java call moves a whole image: numpy memory is handed to Java as direct byte buffers in
-native byte order and copied with bulk ``get``/``put`` per plane (``ijtorch.IjtorchArrays``).
+numpy memory is handed to Java as direct NIO buffers in native byte order (typed views such as
+``ShortBuffer``), and each plane (each Java array) moves with one bulk ``get``/``put`` call.
 C-contiguous input in the target layout is not copied in Python; any other view (F order,
 steps, transposes) is first made contiguous with one numpy copy.
 
@@ -60,8 +60,9 @@ import contextlib
 import ctypes
 import functools
 import logging
+import struct
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -78,9 +79,20 @@ log = logging.getLogger(__name__)
 
 #: numpy dtypes ImageJ stores natively, keyed by ImageJ bit depth (24 = RGB).
 IMAGEJ_DTYPES = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.float32), 24: np.dtype(np.uint8)}
-#: numpy dtypes with an ImgLib2 pixel type of the same name (see ``IjtorchArrays.dtypeOf``).
-IMGLIB2_DTYPES = tuple(np.dtype(d) for d in ("uint8", "int8", "uint16", "int16", "int32", "uint32",
-                                             "int64", "uint64", "float32", "float64"))
+#: ImgLib2 pixel types (classes in ``net.imglib2.type.numeric``) and their numpy dtypes.
+_IMGLIB2_TYPES = {f"net.imglib2.type.numeric.{k}": np.dtype(v) for k, v in (
+    ("integer.UnsignedByteType", "uint8"), ("integer.ByteType", "int8"), ("integer.UnsignedShortType", "uint16"),
+    ("integer.ShortType", "int16"), ("integer.IntType", "int32"), ("integer.UnsignedIntType", "uint32"),
+    ("integer.LongType", "int64"), ("integer.UnsignedLongType", "uint64"), ("real.FloatType", "float32"),
+    ("real.DoubleType", "float64"))}
+#: numpy dtypes with an ImgLib2 pixel type of the same name.
+IMGLIB2_DTYPES = tuple(_IMGLIB2_TYPES.values())
+#: ``ArrayImgs`` factory of each dtype.
+_FACTORIES = dict(zip(IMGLIB2_DTYPES, ("unsignedBytes", "bytes", "unsignedShorts", "shorts", "ints", "unsignedInts",
+                                       "longs", "unsignedLongs", "floats", "doubles")))
+#: The typed NIO view for a Java primitive array, by its item size and kind (a Java array's dtype).
+_VIEWS = {"b": None, "h": "asShortBuffer", "i": "asIntBuffer", "f": "asFloatBuffer", "q": "asLongBuffer",
+          "d": "asDoubleBuffer"}
 
 _FLOAT32_EXACT_INT = 2 ** 24  # every integer of magnitude <= 2**24 is exact in float32
 _CHUNK_BYTES = 1 << 30  # direct buffers are int-indexed; 1 GiB chunks (a multiple of 8)
@@ -91,40 +103,147 @@ _MAX_PLANE = 2 ** 31 - 1  # Java arrays are int-indexed
 def _java() -> SimpleNamespace:
     """Java classes, looked up once the bridge runs (starting it when needed)."""
     runtime()
-    from jpype import JArray, JClass
+    from jpype import JClass
 
-    byte_buffer = JClass("java.nio.ByteBuffer")
     return SimpleNamespace(
         ImagePlus=JClass("ij.ImagePlus"),
+        ImageStack=JClass("ij.ImageStack"),
         CompositeImage=JClass("ij.CompositeImage"),
         Arrays=JClass("ijtorch.IjtorchArrays"),
         RAI=JClass("net.imglib2.RandomAccessibleInterval"),
+        Img=JClass("net.imglib2.img.Img"),
+        Util=JClass("net.imglib2.util.Util"),
         ArrayImg=JClass("net.imglib2.img.array.ArrayImg"),
+        ArrayImgs=JClass("net.imglib2.img.array.ArrayImgs"),
         PlanarImg=JClass("net.imglib2.img.planar.PlanarImg"),
-        ByteBufferArray=JArray(byte_buffer),
+        ArrayDataAccess=JClass("net.imglib2.img.basictypeaccess.array.ArrayDataAccess"),
+        native=JClass("java.nio.ByteOrder").nativeOrder(),
     )
 
 
-def _buffers(arr: np.ndarray, *, writable: bool) -> Any:
-    """Direct ``ByteBuffer[]`` over the bytes of the C-contiguous ``arr``, 1 GiB per chunk.
+#: The struct code (b byte, h short, i int, f float, q long, d double) of the Java array holding each dtype.
+_KINDS = {np.dtype(d): k for d, k in (("uint8", "b"), ("int8", "b"), ("uint16", "h"), ("int16", "h"), ("int32", "i"),
+                                      ("uint32", "i"), ("float32", "f"), ("int64", "q"), ("uint64", "q"),
+                                      ("float64", "d"))}
+_BITS = {8: "b", 16: "h", 32: "f", 24: "i"}  # ImageJ plane arrays by bit depth (24: RGB as int[])
+_JTYPES = {"b": "JByte", "h": "JShort", "i": "JInt", "f": "JFloat", "q": "JLong", "d": "JDouble"}
 
-    The buffers wrap a ctypes view made ``from_address``, which holds no reference to ``arr``:
-    JPype keeps a buffer's Python owner alive until Java collects the buffer, and that would
-    keep big arrays in memory long after the caller dropped them. The callers here keep ``arr``
-    alive for the duration of the one Java call that uses the buffers, and the Java side never
-    stores them.
+
+class _Chunks:
+    """Sequential bulk copies between Java primitive arrays and the bytes of the C-contiguous ``arr``.
+
+    The bytes are seen through direct NIO buffers, 1 GiB per chunk (a multiple of 8 bytes, so no item
+    straddles two), in native byte order; each Java array moves with one typed ``get`` (numpy -> Java)
+    or ``put`` (Java -> numpy) per chunk it touches. The buffers wrap a ctypes view made
+    ``from_address``, which holds no reference to ``arr``: JPype keeps a buffer's Python owner alive
+    until Java collects the buffer, which would keep big arrays in memory long after the caller dropped
+    them; the callers keep ``arr`` alive while they copy, and Java never stores the buffers. One item
+    kind per instance.
     """
-    from jpype.nio import convertToDirectBuffer
 
-    if not arr.flags.c_contiguous:
-        raise RuntimeError("internal error: _buffers needs a C-contiguous array")
-    base, total = arr.ctypes.data, arr.nbytes
-    chunks = []
-    for offset in range(0, total, _CHUNK_BYTES):
-        size = min(_CHUNK_BYTES, total - offset)
-        view = memoryview((ctypes.c_ubyte * size).from_address(base + offset))
-        chunks.append(convertToDirectBuffer(view if writable else view.toreadonly()))
-    return _java().ByteBufferArray(chunks)
+    def __init__(self, arr: np.ndarray, kind: str, *, writable: bool) -> None:
+        from jpype.nio import convertToDirectBuffer
+
+        if not arr.flags.c_contiguous:
+            raise RuntimeError("internal error: _Chunks needs a C-contiguous array")
+        base, self.total, self.size = arr.ctypes.data, arr.nbytes, struct.calcsize(kind)
+        self.views, self.room = [], []  # per chunk: its typed view, and the items it has left
+        for offset in range(0, self.total, _CHUNK_BYTES):
+            nbytes = min(_CHUNK_BYTES, self.total - offset)
+            view = memoryview((ctypes.c_ubyte * nbytes).from_address(base + offset))
+            chunk = convertToDirectBuffer(view if writable else view.toreadonly()).order(_java().native)
+            self.views.append(chunk if kind == "b" else getattr(chunk, _VIEWS[kind])())
+            self.room.append(nbytes // self.size)
+        self.index = 0
+
+    def copy(self, jarray: Any, n: int, to_java: bool) -> None:
+        """Copy the ``n`` items of ``jarray`` from (``to_java``) or to the next bytes of the numpy array."""
+        off = 0
+        while n:
+            while self.index < len(self.views) and not self.room[self.index]:
+                self.index += 1
+            if self.index == len(self.views):
+                raise ValueError("the numpy buffer is smaller than the image")
+            m = min(n, self.room[self.index])
+            view = self.views[self.index]
+            (view.get if to_java else view.put)(jarray, off, m)
+            off, n, self.room[self.index] = off + m, n - m, self.room[self.index] - m
+
+    def finish(self) -> None:
+        """Raise unless every byte was copied: sizes must match exactly."""
+        left = self.total - self.size * sum(int(v.position()) for v in self.views)
+        if left:
+            raise ValueError(f"the image has {left} bytes fewer than the numpy buffer")
+
+
+def _check_size(what: str, needed: int, arr: np.ndarray) -> None:
+    """Existing destinations are checked before the first byte is written: no partial copies."""
+    if needed != arr.nbytes:
+        raise ValueError(f"the {what} needs {needed} bytes but the numpy buffer has {arr.nbytes}")
+
+
+def _stack_to_numpy(stack: Any, data: np.ndarray) -> None:
+    """Every plane of ``stack`` (stack order) into ``data``; RGB planes (int[]) as R, G, B bytes (``..YXS``)."""
+    n, plane = int(stack.getSize()), int(stack.getWidth()) * int(stack.getHeight())
+    rgb = int(stack.getBitDepth()) == 24
+    if rgb:
+        packed, out = np.empty(plane, np.int32), data.reshape(n, plane, 3)
+    else:
+        _check_size("stack", n * plane * data.itemsize, data)
+        chunks = _Chunks(data, _KINDS[data.dtype], writable=True)
+    for i in range(1, n + 1):
+        pixels = stack.getPixels(i)
+        if pixels is None:
+            raise ValueError(f"stack plane {i} has no pixels")
+        if rgb:
+            _Chunks(packed, "i", writable=True).copy(pixels, plane, False)
+            for s, shift in enumerate((16, 8, 0)):
+                np.right_shift(packed, shift, out=out[i - 1, :, s], casting="unsafe")
+        else:
+            chunks.copy(pixels, plane, False)
+    if not rgb:
+        chunks.finish()
+
+
+def _numpy_to_planes(full: np.ndarray, planes: Iterable, bit_depth: int) -> None:
+    """Fill the Java plane arrays ``planes`` (stack order) from ``full`` (C order, ``..YX[S]``)."""
+    plane = full.shape[-2] * full.shape[-1] if bit_depth != 24 else full.shape[-3] * full.shape[-2]
+    if bit_depth == 24:  # interleaved R, G, B bytes -> packed ARGB ints, alpha 0xff
+        rgb = full.reshape(-1, plane, 3)
+        for i, pixels in enumerate(planes):
+            c = rgb[i].astype(np.uint32)
+            packed = (0xFF000000 | c[:, 0] << 16 | c[:, 1] << 8 | c[:, 2]).view(np.int32)
+            _Chunks(packed, "i", writable=False).copy(pixels, plane, True)
+        return
+    chunks = _Chunks(full, _BITS[bit_depth], writable=False)
+    for pixels in planes:
+        chunks.copy(pixels, plane, True)
+    chunks.finish()
+
+
+def _img_arrays(img: Any) -> list | None:
+    """The primitive storage arrays of an array-backed ArrayImg (one) or PlanarImg (one per plane), one
+    item per pixel; None for anything else (views, cell images, packed BitType)."""
+    j = _java()
+    if _is_java_instance(img, j.ArrayImg):
+        accesses, per = [img.update(None)], int(img.size())
+    elif _is_java_instance(img, j.PlanarImg):
+        dims = [int(img.dimension(d)) for d in range(min(2, int(img.numDimensions())))]
+        accesses, per = [img.getPlane(i) for i in range(int(img.numSlices()))], int(np.prod(dims))
+    else:
+        return None
+    if not all(_is_java_instance(a, j.ArrayDataAccess) for a in accesses):
+        return None
+    arrays = [a.getCurrentStorageArray() for a in accesses]
+    return arrays if all(a is not None and len(a) == per for a in arrays) else None
+
+
+def _imglib2_dtype(img: Any) -> np.dtype | str:
+    """The numpy dtype of ``img``'s pixel type, or that type's Java class name when it has none."""
+    j = _java()
+    t = img.firstElement() if _is_java_instance(img, j.Img) else j.Util.getTypeFromInterval(img)
+    name = str(t.getClass().getName())
+    return _IMGLIB2_TYPES.get(name, name)
 
 
 @contextlib.contextmanager
@@ -295,7 +414,7 @@ def imageplus_to_numpy(imp: Any, *, out: np.ndarray | None = None) -> Image:
                          f"imp {imp.getTitle()!s} ({bit_depth}-bit, axes {axes!r})")
         data = out
     with _java_errors("ImagePlus -> numpy"):
-        j.Arrays.stackToBuffers(stack, _buffers(data, writable=True))
+        _stack_to_numpy(stack, data)
     cal = imp.getCalibration()
     calibration = Calibration(
         pixel_width=float(cal.pixelWidth), pixel_height=float(cal.pixelHeight),
@@ -390,7 +509,7 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str | None = None,
         imp = out
     else:
         with _java_errors("numpy -> ImagePlus"):
-            stack = j.Arrays.buffersToStack(_buffers(full, writable=False), w, h, nt * nz * nc, bit_depth)
+            stack = _new_stack(full, w, h, nt * nz * nc, bit_depth)
             imp = j.ImagePlus("" if title is None else str(title), stack)
             imp.setDimensions(nc, nz, nt)
             if sum(n > 1 for n in (nc, nz, nt)) > 1:
@@ -416,10 +535,41 @@ def numpy_to_imageplus(data: np.ndarray, axes: str, *, title: str | None = None,
     return imp
 
 
+def _new_stack(full: np.ndarray, w: int, h: int, n: int, bit_depth: int) -> Any:
+    """A new stack of ``n`` planes filled from ``full``; each plane is allocated right before it is
+    filled, so it is still in cache."""
+    import jpype
+
+    jtype, stack = jpype.JArray(getattr(jpype, _JTYPES[_BITS[bit_depth]])), _java().ImageStack(w, h)
+
+    def planes() -> Iterator[Any]:
+        for _ in range(n):
+            pixels = jtype(w * h)
+            stack.addSlice("", pixels)
+            yield pixels
+
+    _numpy_to_planes(full, planes(), bit_depth)
+    return stack
+
+
+def _planes(stack: Any, bit_depth: int, full: np.ndarray) -> list:
+    """The plane arrays of ``stack``, after checking that each is a ``bit_depth`` plane and that ``full``
+    covers them exactly: nothing is written unless everything fits."""
+    import jpype
+
+    jtype, plane = jpype.JArray(getattr(jpype, _JTYPES[_BITS[bit_depth]])), int(stack.getWidth() * stack.getHeight())
+    planes = [stack.getPixels(i) for i in range(1, int(stack.getSize()) + 1)]
+    for i, pixels in enumerate(planes, start=1):
+        if not isinstance(pixels, jtype) or len(pixels) != plane:
+            got = "no pixels" if pixels is None else f"{pixels.getClass().getSimpleName()} of {len(pixels)}"
+            raise ValueError(f"stack plane {i} is not a {bit_depth}-bit plane of {plane} pixels ({got})")
+    _check_size("stack", len(planes) * plane * (3 if bit_depth == 24 else bit_depth // 8), full)
+    return planes
+
+
 def _copy_into_imageplus(full: np.ndarray, out: Any, bit_depth: int, source: str) -> None:
     """Overwrite the pixel arrays of ``out`` with ``full`` (C-contiguous TZCYX[S]), after checking
     that they match exactly."""
-    j = _java()
     name = f"out {out.getTitle()!s}"
     out_bits = int(out.getBitDepth())
     if out_bits != bit_depth:
@@ -442,7 +592,7 @@ def _copy_into_imageplus(full: np.ndarray, out: Any, bit_depth: int, source: str
         raise ValueError(f"{name}: channels*slices*frames = {nc}*{nz}*{nt} does not match the stack size "
                          f"{int(stack.getSize())}")
     with _java_errors("numpy -> existing ImagePlus"):
-        j.Arrays.buffersIntoStack(_buffers(full, writable=False), stack, bit_depth)
+        _numpy_to_planes(full, _planes(stack, bit_depth, full), bit_depth)
         out.updateAndDraw()  # ImageJ's "pixels changed" call: refreshes the shown image, if any
 
 
@@ -484,27 +634,30 @@ def imglib2_to_numpy(img: Any, *, out: np.ndarray | None = None) -> np.ndarray:
     if 0 in dims:
         raise ValueError(f"img: every dimension must be non-empty, got dimensions {dims}")
     with _java_errors("ImgLib2 -> numpy"):
-        dtype_name = str(j.Arrays.dtypeOf(img))
-    if dtype_name not in {d.name for d in IMGLIB2_DTYPES}:
-        raise ValueError(f"img: pixel type {dtype_name} is not supported; accepted: UnsignedByteType, ByteType, "
+        dtype = _imglib2_dtype(img)
+    if not isinstance(dtype, np.dtype):
+        raise ValueError(f"img: pixel type {dtype} is not supported; accepted: UnsignedByteType, ByteType, "
                          "UnsignedShortType, ShortType, IntType, UnsignedIntType, LongType, UnsignedLongType, "
                          "FloatType, DoubleType")
     shape = tuple(reversed(dims))
     if out is None:
-        data = np.empty(shape, dtype=dtype_name)
+        data = np.empty(shape, dtype=dtype)
     else:
-        _check_out_array(out, shape, np.dtype(dtype_name), f"img (ImgLib2 dimensions {dims})")
+        _check_out_array(out, shape, dtype, f"img (ImgLib2 dimensions {dims})")
         data = out
     with _java_errors("ImgLib2 -> numpy"):
-        buffers = _buffers(data, writable=True)
-        done = False
-        if _is_java_instance(img, j.ArrayImg):
-            done = bool(j.Arrays.arrayImgToBuffers(img, buffers))
-        elif _is_java_instance(img, j.PlanarImg):
-            done = bool(j.Arrays.planarImgToBuffers(img, buffers))
-        if not done:
+        arrays = _img_arrays(img)
+        if arrays is None:  # a view: copied pixel by pixel (in Java) into an ArrayImg first
             log.debug("ImgLib2 %s: no bulk path, copying with a cursor", img.getClass().getName())
-            j.Arrays.raiToBuffers(img, buffers)
+            from jpype import JArray, JLong
+
+            copy = getattr(j.ArrayImgs, _FACTORIES[dtype])(JArray(JLong)(dims))
+            j.Arrays.copy(img, copy)
+            arrays = _img_arrays(copy)
+        chunks = _Chunks(data, _KINDS[dtype], writable=True)
+        for a in arrays:
+            chunks.copy(a, len(a), False)
+        chunks.finish()
     return data
 
 
@@ -552,7 +705,12 @@ def numpy_to_imglib2(data: np.ndarray, *, out: Any = None) -> Any:
 
     dims = JArray(JLong)([int(s) for s in reversed(data.shape)])
     with _java_errors("numpy -> ImgLib2"):
-        return j.Arrays.buffersToArrayImg(data.dtype.name, dims, _buffers(data, writable=False))
+        img = getattr(j.ArrayImgs, _FACTORIES[data.dtype])(dims)
+        (storage,) = _img_arrays(img)
+        chunks = _Chunks(data, _KINDS[data.dtype], writable=False)
+        chunks.copy(storage, len(storage), True)
+        chunks.finish()
+    return img
 
 
 def _copy_into_imglib2(data: np.ndarray, out: Any, source: str) -> None:
@@ -566,15 +724,23 @@ def _copy_into_imglib2(data: np.ndarray, out: Any, source: str) -> None:
                          f"got {out.getClass().getName()}")
     dims = [int(out.dimension(d)) for d in range(int(out.numDimensions()))]
     with _java_errors("numpy -> existing ImgLib2 image"):
-        out_dtype = str(j.Arrays.dtypeOf(out))
-    if out_dtype != data.dtype.name:
-        raise ValueError(f"out holds {out.firstElement().getClass().getSimpleName()} pixels (numpy {out_dtype}) but "
+        out_dtype = _imglib2_dtype(out)
+    if not isinstance(out_dtype, np.dtype) or out_dtype != data.dtype:
+        raise ValueError(f"out holds {out.firstElement().getClass().getSimpleName()} pixels (numpy "
+                         f"{getattr(out_dtype, 'name', out_dtype)}) but "
                          f"{source} is stored as {data.dtype.name}; convert the array first")
     if tuple(reversed(dims)) != data.shape:
         raise ValueError(f"out has ImgLib2 dimensions {dims} (numpy shape {tuple(reversed(dims))}) but {source} "
                          f"needs {list(reversed(data.shape))}")
     with _java_errors("numpy -> existing ImgLib2 image"):
-        done = bool(j.Arrays.buffersIntoImg(_buffers(data, writable=False), out))
-    if not done:
+        arrays = _img_arrays(out)
+    if arrays is not None:
+        _check_size("image", sum(len(a) for a in arrays) * data.itemsize, data)
+        with _java_errors("numpy -> existing ImgLib2 image"):
+            chunks = _Chunks(data, _KINDS[data.dtype], writable=False)
+            for a in arrays:
+                chunks.copy(a, len(a), True)
+            chunks.finish()
+    else:
         raise ValueError(f"out ({out.getClass().getName()}) is not backed by primitive arrays with one element "
                          f"per pixel, so it cannot be written in bulk")

@@ -1,68 +1,39 @@
 package ijtorch;
 
-import ij.IJ;
-import ij.ImagePlus;
-import ij.Macro;
-import ij.Prefs;
-import ij.WindowManager;
-import ij.gui.PolygonRoi;
-import ij.gui.Roi;
-import ij.io.FileInfo;
-import ij.io.RoiDecoder;
-import ij.io.RoiEncoder;
-import ij.measure.Calibration;
-import ij.measure.ResultsTable;
+import ij.*;
+import ij.gui.*;
+import ij.io.*;
+import ij.measure.*;
 import ij.plugin.frame.RoiManager;
-
-import java.io.ByteArrayInputStream;
-import java.io.ByteArrayOutputStream;
-import java.io.File;
-import java.io.StringReader;
+import java.io.*;
 import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
+import java.net.http.*;
+import java.nio.*;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.nio.file.Paths;
-import java.nio.file.StandardCopyOption;
+import java.nio.file.*;
 import java.time.Duration;
-import java.util.ArrayList;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
-import java.util.Properties;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
-import java.util.zip.ZipEntry;
-import java.util.zip.ZipInputStream;
-import java.util.zip.ZipOutputStream;
+import java.util.*;
+import java.util.regex.*;
+import java.util.zip.*;
 
 /**
- * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on an ijtorch server ("ijtorch
- * serve") when no Python handler is registered in this ImageJ: transport only, in ImageJ's own files.
- *
- * <p>The server is {@code Prefs "ijtorch.server"}, the system property {@code ijtorch.server},
- * {@code IJTORCH_SERVER} or {@code server.url} in {@code Fiji.app/ijtorch.properties} (written by
- * {@code ijtorch install-fiji}); a token comes from {@code ijtorch.token}, {@code IJTORCH_TOKEN} or
- * {@code server.token}. A request is a ZIP (in the server's message envelope, see
- * {@code ijtorch/serve/_imagej.py}) of {@code request.properties} (command, options, titles, exact
- * calibrations), the current image as a TIFF ({@code FileSaver.serialize}), the open images that
- * options name, and the ROI Manager's ROIs as a RoiSet ({@code RoiEncoder}) for commands that read
- * them. The reply is a ZIP of TIFFs (opened with {@code Opener}), a RoiSet ({@code RoiDecoder}),
- * CSV tables ({@code ResultsTable.open}), files to write and {@code reply.properties} (status, log
- * lines, session values, titles, ROI colours).
+ * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on an ijtorch server ("ijtorch serve") when
+ * no Python handler is registered in this ImageJ. The server: Prefs/system property {@code ijtorch.server},
+ * {@code IJTORCH_SERVER} or {@code server.url} in {@code Fiji.app/ijtorch.properties}; a token: {@code
+ * ijtorch.token}, {@code IJTORCH_TOKEN} or {@code server.token}. Requests and replies are ZIPs of ImageJ's own
+ * files (see {@code ijtorch/serve/_imagej.py}): TIFFs ({@code FileSaver}/{@code Opener}), RoiSets ({@code
+ * RoiEncoder}/{@code RoiDecoder}), CSV tables ({@code ResultsTable.open}), files to write, and a Properties text.
  */
 public final class IjtorchRemote {
 
-    private static HttpClient client;
+    private static final HttpClient CLIENT = HttpClient.newBuilder()  // HTTP/2 would try an h2c upgrade per request
+            .version(HttpClient.Version.HTTP_1_1).connectTimeout(Duration.ofSeconds(10)).build();
     private static Properties catalog;
     private static String catalogUrl;
     /** Values of the remote commands run in this ImageJ (JSON texts the server's macro functions read). */
     private static final Map<String, String> SESSION = new LinkedHashMap<>();
+    private static final String[] CAL = {"title", "pixel_width", "pixel_height", "voxel_depth", "unit",
+                                         "frame_interval", "time_unit"};
 
     private IjtorchRemote() {
     }
@@ -74,67 +45,35 @@ public final class IjtorchRemote {
         return url == null ? null : url.trim().replaceAll("/+$", "");
     }
 
-    private static String first(String... values) {
-        for (String v : values) {
-            if (v != null && !v.trim().isEmpty()) {
-                return v;
-            }
-        }
-        return null;
-    }
-
-    /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null. */
-    static String installedProperty(String key) {
-        File file = installedProperties();
-        try {
-            return file == null ? null : properties(Files.readAllBytes(file.toPath())).getProperty(key);
-        } catch (java.io.IOException e) {
-            return null;
-        }
-    }
-
-    /**
-     * Fiji.app/ijtorch.properties, found without depending on the working directory: next to the
-     * folder holding this shim's jar (plugins/ or jars/), then the launcher's directory properties,
-     * then ImageJ's own folder; null when none has it.
-     */
-    static File installedProperties() {
-        List<File> dirs = new ArrayList<>();
-        try {
-            File jar = new File(IjtorchRemote.class.getProtectionDomain().getCodeSource().getLocation().toURI());
-            for (File d = jar.getParentFile(); d != null && dirs.size() < 3; d = d.getParentFile()) {
-                dirs.add(d);
-            }
-        } catch (Exception ignored) {
-            // no code source (classes defined by ijtorch.attach): the properties below
-        }
-        for (String d : new String[] {System.getProperty("imagej.dir"), System.getProperty("fiji.dir"),
-                System.getProperty("ij.dir"), System.getProperty("plugins.dir"), IJ.getDirectory("imagej")}) {
-            if (d != null && !d.isEmpty()) {
-                dirs.add(new File(d));
-            }
-        }
-        for (File d : dirs) {
-            if (new File(d, "ijtorch.properties").isFile()) {
-                return new File(d, "ijtorch.properties");
-            }
-        }
-        return null;
-    }
-
     public static boolean configured() {
         return serverUrl() != null;
     }
 
-    private static synchronized HttpClient http() {
-        if (client == null) {  // HTTP/1.1: HTTP/2 makes every request try an h2c upgrade the server logs
-            client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1)
-                    .connectTimeout(Duration.ofSeconds(10)).build();
-        }
-        return client;
+    private static String first(String... values) {
+        return Arrays.stream(values).filter(v -> v != null && !v.trim().isEmpty()).findFirst().orElse(null);
     }
 
-    /** GET (body null) or POST {@code body} as a ZIP in the server's envelope; the reply's bytes. */
+    /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null; the file is found
+     *  next to the folder of this shim's jar (plugins/ or jars/), in the launcher's folders or ImageJ's. */
+    static String installedProperty(String key) {
+        List<String> dirs = new ArrayList<>(Arrays.asList(System.getProperty("imagej.dir"),
+                System.getProperty("fiji.dir"), System.getProperty("ij.dir"), System.getProperty("plugins.dir"),
+                IJ.getDirectory("imagej")));
+        try {  // no code source for classes defined by ijtorch.attach
+            Path jar = Paths.get(IjtorchRemote.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+            dirs.addAll(0, List.of(jar.getParent().toString(), jar.getParent().getParent().toString()));
+        } catch (Exception ignored) {
+        }
+        for (String d : dirs) {
+            try {
+                return properties(Files.readAllBytes(Paths.get(d, "ijtorch.properties"))).getProperty(key);
+            } catch (Exception absent) {  // null folder, or no such file: the next one
+            }
+        }
+        return null;
+    }
+
+    /** GET (body null) or POST {@code body} (a ZIP) in the server's envelope; the reply's bytes. */
     private static byte[] send(String path, byte[] body, String accept) throws Exception {
         HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(serverUrl() + path)).timeout(Duration.ofHours(2));
         String token = first(System.getProperty("ijtorch.token"), System.getenv("IJTORCH_TOKEN"),
@@ -149,25 +88,23 @@ public final class IjtorchRemote {
             b.header("Content-Type", "application/x-ijtorch").POST(HttpRequest.BodyPublishers.fromPublisher(
                     HttpRequest.BodyPublishers.ofByteArrays(List.of(size, head, body)), 4L + head.length + body.length));
         }
-        HttpResponse<byte[]> r = http().send(b.header("Accept", accept).build(), HttpResponse.BodyHandlers.ofByteArray());
-        if (r.statusCode() != 200) {  // errors are {"error": "...", ...}
+        HttpResponse<byte[]> r = CLIENT.send(b.header("Accept", accept).build(), HttpResponse.BodyHandlers.ofByteArray());
+        if (r.statusCode() != 200) {  // errors are {"error": "...", ...}; JSON string escapes are Properties escapes
             String text = new String(r.body(), StandardCharsets.UTF_8);
             Matcher m = Pattern.compile("\"error\"\\s*:\\s*\"((?:[^\"\\\\]|\\\\.)*)\"").matcher(text);
-            if (m.find()) {  // JSON string escapes are Properties escapes (but \b)
-                text = properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e");
-            }
+            text = m.find() ? properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e") : text;
             throw new RemoteError("server " + serverUrl() + " answered HTTP " + r.statusCode() + ": " + text);
         }
         return r.body();
     }
 
-    private static Properties properties(byte[] text) throws java.io.IOException {
+    private static Properties properties(byte[] text) throws IOException {
         Properties p = new Properties();
         p.load(new StringReader(new String(text, StandardCharsets.UTF_8)));
         return p;
     }
 
-    /** What the server runs ({@code GET /imagej/commands}, Properties text), kept per URL until {@code refresh}. */
+    /** What the server runs ({@code GET /imagej/commands} as Properties), kept per URL until {@code refresh}. */
     private static synchronized Properties catalog(boolean refresh) throws Exception {
         if (refresh || catalog == null || !serverUrl().equals(catalogUrl)) {
             catalog = properties(send("/imagej/commands", null, "text/plain"));
@@ -186,15 +123,13 @@ public final class IjtorchRemote {
     public static int install() throws Exception {
         int n = 0;
         for (String key : catalog(true).stringPropertyNames()) {
+            String name = key.substring(key.indexOf('.') + 1), codes = catalog.getProperty(key);
             if (key.startsWith("command.")) {
-                String name = key.substring("command.".length());
                 IjtorchRegistry.installMenuCommand(name, "ijtorch.IjtorchCommand(\"" + name + "\")");
                 n++;
             } else if (key.startsWith("function.")) {
-                String codes = catalog.getProperty(key);
-                int[] types = codes.isEmpty() ? new int[0]
-                        : java.util.Arrays.stream(codes.split(",")).mapToInt(Integer::parseInt).toArray();
-                IjtorchRegistry.registerFunction(key.substring("function.".length()), types);
+                IjtorchRegistry.registerFunction(name, codes.isEmpty() ? new int[0]
+                        : Arrays.stream(codes.split(",")).mapToInt(Integer::parseInt).toArray());
             }
         }
         return n;
@@ -202,26 +137,24 @@ public final class IjtorchRemote {
 
     /** Runs {@code command} with {@code options} on the server; returns null or an error message. */
     public static String runCommand(String command, String options) {
+        ImagePlus imp = WindowManager.getCurrentImage();
+        if (imp == null) {
+            return command + " needs an open image (open one or select its window)";
+        }
         try {
-            ImagePlus imp = WindowManager.getCurrentImage();
-            if (imp == null) {
-                return command + " needs an open image (open one or select its window)";
-            }
             Properties p = new Properties();
-            p.setProperty("command", command);
-            p.setProperty("options", options);
             FileInfo info = imp.getOriginalFileInfo();
             boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
             p.setProperty("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
             p.setProperty("image.position", imp.getC() + "," + imp.getZ() + "," + imp.getT());
+            p.setProperty("command", command);
+            p.setProperty("options", options);
             Map<String, byte[]> files = new LinkedHashMap<>();
             addImage(p, files, "image", imp);
             if ("true".equals(catalog(false).getProperty("rois." + command))) {  // only then touch the ROI Manager
                 Roi[] rois = headless() ? (imp.getOverlay() == null ? new Roi[0] : imp.getOverlay().toArray())
                         : RoiManager.getInstance() == null ? new Roi[0] : RoiManager.getInstance().getRoisAsArray();
-                if (rois.length > 0) {
-                    files.put("rois.zip", roiSet(p, rois));
-                }
+                files.put("rois.zip", roiSet(p, rois));
             }
             for (String key : catalog.getProperty("images." + command, "").split(",")) {
                 ImagePlus other = key.isEmpty() ? null : WindowManager.getImage(Macro.getValue(options, key, ""));
@@ -242,13 +175,12 @@ public final class IjtorchRemote {
     public static String callFunction(String name, Object[] args) throws Exception {
         Properties p = new Properties();
         p.setProperty("function", name);
-        Double[] numberOut = null;
-        int i = 0;
-        for (Object a : args == null ? new Object[0] : args) {
-            if (a instanceof Double[]) {
-                numberOut = (Double[]) a;
+        Double[] out = null;
+        for (int i = 0; args != null && i < args.length; i++) {
+            if (args[i] instanceof Double[]) {
+                out = (Double[]) args[i];
             } else {
-                p.setProperty((a instanceof Double ? "number." : "arg.") + i++, String.valueOf(a));
+                p.setProperty((args[i] instanceof Double ? "number." : "arg.") + i, String.valueOf(args[i]));
             }
         }
         synchronized (SESSION) {
@@ -256,11 +188,8 @@ public final class IjtorchRemote {
         }
         Properties reply = properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
                 .get("reply.properties"));
-        if (reply.getProperty("number") != null) {
-            if (numberOut != null && numberOut.length > 0) {
-                numberOut[0] = Double.parseDouble(reply.getProperty("number"));
-            }
-            return "";
+        if (reply.getProperty("number") != null && out != null && out.length > 0) {
+            out[0] = Double.parseDouble(reply.getProperty("number"));
         }
         return reply.getProperty("value", "");
     }
@@ -285,12 +214,10 @@ public final class IjtorchRemote {
         return java.awt.GraphicsEnvironment.isHeadless();
     }
 
-    // ------------------------------------------------------------------ ImageJ files
-
     /** {@code imp} as {@code <prefix>.tif}; its title and exact calibration as {@code <prefix>.*} keys. */
     private static void addImage(Properties p, Map<String, byte[]> files, String prefix, ImagePlus imp) {
-        byte[] tiff = new ij.io.FileSaver(imp).serialize();
-        files.put(prefix + ".tif", tiff != null ? tiff : new ij.io.FileSaver(imp.duplicate()).serialize());  // virtual
+        byte[] tiff = new FileSaver(imp).serialize();  // null for a virtual stack
+        files.put(prefix + ".tif", tiff != null ? tiff : new FileSaver(imp.duplicate()).serialize());
         Calibration c = imp.getCalibration();
         Object[] values = {imp.getTitle(), c.pixelWidth, c.pixelHeight, c.pixelDepth, c.getUnit(), c.frameInterval,
                            c.getTimeUnit()};
@@ -299,47 +226,42 @@ public final class IjtorchRemote {
         }
     }
 
-    private static final String[] CAL = {"title", "pixel_width", "pixel_height", "voxel_depth", "unit",
-                                         "frame_interval", "time_unit"};
-
-    /** The ROIs as a RoiSet: area ROIs as polygons of their float polygon (what commands read). */
-    private static byte[] roiSet(Properties p, Roi[] rois) throws java.io.IOException {
+    /** The ROIs as a RoiSet, area ROIs as polygons of their float polygon (what commands read). */
+    private static byte[] roiSet(Properties p, Roi[] rois) throws IOException {
         Map<String, byte[]> entries = new LinkedHashMap<>();
         for (int i = 0; i < rois.length; i++) {
-            Roi roi = rois[i];
+            Roi roi = rois[i], sent = roi.isArea() ? new PolygonRoi(roi.getFloatPolygon(), Roi.POLYGON) : roi;
             p.setProperty("roi." + i + ".type", roi.getTypeAsString());
             p.setProperty("roi." + i + ".area", String.valueOf(roi.isArea()));
             if (roi.getGroup() > 0 && Roi.getGroupName(roi.getGroup()) != null) {
                 p.setProperty("group." + roi.getGroup(), Roi.getGroupName(roi.getGroup()));
             }
-            if (roi.isArea()) {
-                Roi polygon = new PolygonRoi(roi.getFloatPolygon(), Roi.POLYGON);
-                polygon.setName(roi.getName());
-                polygon.setGroup(roi.getGroup());
-                polygon.setPosition(roi.getCPosition(), roi.getZPosition(), roi.getTPosition());
-                roi = polygon;
+            if (sent != roi) {
+                sent.setName(roi.getName());
+                sent.setGroup(roi.getGroup());
+                sent.setPosition(roi.getCPosition(), roi.getZPosition(), roi.getTPosition());
             }
-            entries.put(String.format("%05d.roi", i), RoiEncoder.saveAsByteArray(roi));
+            entries.put(String.format("%05d.roi", i), RoiEncoder.saveAsByteArray(sent));
         }
         return zip(null, entries);
     }
 
-    private static byte[] zip(Properties p, Map<String, byte[]> files) throws java.io.IOException {
+    private static byte[] zip(Properties p, Map<String, byte[]> files) throws IOException {
         ByteArrayOutputStream bytes = new ByteArrayOutputStream();
         try (ZipOutputStream zip = new ZipOutputStream(bytes)) {
-            if (p != null) {
-                zip.putNextEntry(new ZipEntry("request.properties"));
-                p.store(zip, null);
-            }
             for (Map.Entry<String, byte[]> e : files.entrySet()) {
                 zip.putNextEntry(new ZipEntry(e.getKey()));
                 zip.write(e.getValue());
+            }
+            if (p != null) {
+                zip.putNextEntry(new ZipEntry("request.properties"));
+                p.store(zip, null);
             }
         }
         return bytes.toByteArray();
     }
 
-    private static Map<String, byte[]> unzip(byte[] data) throws java.io.IOException {
+    private static Map<String, byte[]> unzip(byte[] data) throws IOException {
         Map<String, byte[]> files = new LinkedHashMap<>();
         try (ZipInputStream zip = new ZipInputStream(new ByteArrayInputStream(data))) {
             for (ZipEntry e = zip.getNextEntry(); e != null; e = zip.getNextEntry()) {
@@ -349,91 +271,85 @@ public final class IjtorchRemote {
         return files;
     }
 
-    /** Applies a reply as ijtorch's in-process commands do (bridge/apply.py apply_outputs). */
+    /** Applies a reply as ijtorch's in-process commands do (bridge/apply.py apply_outputs); headless (no
+     *  window can exist) images stay current and undisplayed, ROIs go onto the overlay and, with tables,
+     *  into the command's folder ({@code <title>_RoiSet.zip}, {@code <table>.csv}). */
     static void apply(Map<String, byte[]> z) throws Exception {
         Properties p = properties(z.get("reply.properties"));
         String folder = p.getProperty("files.folder");
+        boolean headless = headless();
         ImagePlus shown = null;
         for (int k = 0; z.containsKey("image" + k + ".tif"); k++) {
-            shown = new ij.io.Opener().deserialize(z.get("image" + k + ".tif"));
-            shown.setTitle(p.getProperty("image" + k + ".title"));
-            Calibration c = shown.getCalibration();
-            c.pixelWidth = Double.parseDouble(p.getProperty("image" + k + ".pixel_width"));
-            c.pixelHeight = Double.parseDouble(p.getProperty("image" + k + ".pixel_height"));
-            c.pixelDepth = Double.parseDouble(p.getProperty("image" + k + ".voxel_depth"));
-            c.setUnit(p.getProperty("image" + k + ".unit"));
-            c.frameInterval = Double.parseDouble(p.getProperty("image" + k + ".frame_interval"));
-            c.setTimeUnit(p.getProperty("image" + k + ".time_unit"));
-            if (headless() && IJ.getInstance() == null) {  // no window: the current (non-displayed) image
+            String at = "image" + k + ".";
+            shown = new Opener().deserialize(z.get(at + "tif"));
+            shown.setTitle(p.getProperty(at + "title"));
+            Calibration c = shown.getCalibration();  // exact (TIFF resolution rationals are not)
+            c.pixelWidth = Double.parseDouble(p.getProperty(at + "pixel_width"));
+            c.pixelHeight = Double.parseDouble(p.getProperty(at + "pixel_height"));
+            c.pixelDepth = Double.parseDouble(p.getProperty(at + "voxel_depth"));
+            c.frameInterval = Double.parseDouble(p.getProperty(at + "frame_interval"));
+            c.setUnit(p.getProperty(at + "unit"));
+            c.setTimeUnit(p.getProperty(at + "time_unit"));
+            if (headless && IJ.getInstance() == null) {  // no window: the current, undisplayed image
                 WindowManager.setTempCurrentImage(shown);
-                if (!ij.macro.Interpreter.isBatchMode()) {
-                    ij.macro.Interpreter.addBatchModeImage(shown);
-                }
+                ij.macro.Interpreter.addBatchModeImage(ij.macro.Interpreter.isBatchMode() ? null : shown);
             } else {
                 shown.show();
             }
         }
-        if (z.containsKey("rois.zip")) {
-            List<Roi> rois = new ArrayList<>();
-            for (byte[] roi : unzip(z.get("rois.zip")).values()) {
-                rois.add(RoiDecoder.openFromByteArray(roi));
-            }
-            ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
-            if (headless()) {  // no ROI Manager: the result's overlay and <title>_RoiSet.zip
-                if (target != null) {
-                    target.setOverlay(new ij.gui.Overlay());
-                    rois.forEach(target.getOverlay()::add);
-                }
-                if (folder != null) {
-                    String stem = target == null ? "rois" : target.getTitle().replaceFirst("(.)\\.[^.]*$", "$1");
-                    write(Paths.get(folder, stem + "_RoiSet.zip"), z.get("rois.zip"));
-                }
-            } else {
-                RoiManager rm = RoiManager.getInstance() == null ? new RoiManager() : RoiManager.getInstance();
-                IjtorchRois.addAll(rm, rois.toArray(new Roi[0]), "true".equals(p.getProperty("rois.reset")));
-            }
+        List<Roi> rois = new ArrayList<>();
+        for (byte[] roi : unzip(z.getOrDefault("rois.zip", zip(null, Map.of()))).values()) {
+            rois.add(RoiDecoder.openFromByteArray(roi));
         }
-        for (String key : p.stringPropertyNames()) {  // style.<index>=#rrggbb, style.<index>.<property>=value
+        ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
+        if (z.containsKey("rois.zip") && headless && target != null) {
+            target.setOverlay(new Overlay());
+            rois.forEach(target.getOverlay()::add);
+        }
+        if (z.containsKey("rois.zip") && headless && folder != null) {
+            String stem = target == null ? "rois" : target.getTitle().replaceFirst("(.)\\.[^.]*$", "$1");
+            write(Paths.get(folder, stem + "_RoiSet.zip"), z.get("rois.zip"));
+        } else if (z.containsKey("rois.zip") && !headless) {
+            RoiManager rm = RoiManager.getInstance() == null ? new RoiManager() : RoiManager.getInstance();
+            IjtorchRois.addAll(rm, rois.toArray(new Roi[0]), "true".equals(p.getProperty("rois.reset")));
+        }
+        for (String key : headless ? Set.<String>of() : p.stringPropertyNames()) {  // style.<index>[.<property>]
             String[] f = key.split("\\.", 3);
-            if (f[0].equals("style") && !headless()) {
-                Roi roi = RoiManager.getInstance().getRoi(Integer.parseInt(f[1]));
-                if (f.length == 2) {
-                    roi.setStrokeColor(ij.plugin.Colors.decode(p.getProperty(key), null));
-                } else {
-                    roi.setProperty(f[2], p.getProperty(key));
-                }
+            Roi roi = f[0].equals("style") ? RoiManager.getInstance().getRoi(Integer.parseInt(f[1])) : null;
+            if (roi != null && f.length == 2) {
+                roi.setStrokeColor(ij.plugin.Colors.decode(p.getProperty(key), null));
+            } else if (roi != null) {
+                roi.setProperty(f[2], p.getProperty(key));
             }
         }
-        if (!headless() && WindowManager.getCurrentImage() != null) {
+        if (!headless && WindowManager.getCurrentImage() != null) {
             WindowManager.getCurrentImage().updateAndDraw();
         }
         for (int k = 0; z.containsKey("table" + k + ".csv"); k++) {
-            Path csv = Files.createTempFile("ijtorch-table", ".csv");
+            Path csv = Files.write(Files.createTempFile("ijtorch-table", ".csv"), z.get("table" + k + ".csv"));
             ResultsTable rt;
             try {
-                rt = ResultsTable.open(Files.write(csv, z.get("table" + k + ".csv")).toString());
+                rt = ResultsTable.open(csv.toString());
             } finally {
                 Files.deleteIfExists(csv);
             }
             String title = p.getProperty("table" + k + ".title");
-            if ("Results".equals(title)) {
+            if ("Results".equals(title)) {  // ImageJ's system table, as in-process
                 ij.plugin.filter.Analyzer.setResultsTable(rt);
             }
-            if (!headless()) {
+            if (!headless) {
                 rt.show(title);
             } else if (folder != null) {
-                Files.createDirectories(Paths.get(folder));
-                rt.saveAs(Paths.get(folder, title + ".csv").toString());
+                rt.saveAs(Files.createDirectories(Paths.get(folder)).resolve(title + ".csv").toString());
             }
         }
-        Path root = folder == null ? null : Paths.get(folder).toAbsolutePath().normalize();
-        for (Map.Entry<String, byte[]> e : z.entrySet()) {
-            if (e.getKey().startsWith("files/")) {
-                Path target = root.resolve(e.getKey().substring("files/".length())).normalize();
-                if (!target.startsWith(root) || target.equals(root)) {
-                    throw new IllegalArgumentException("the server sent a file path outside " + root + ": " + e.getKey());
-                }
-                write(target, e.getValue());
+        for (Map.Entry<String, byte[]> e : z.entrySet()) {  // files/<path>: written under folder
+            Path root = folder == null ? null : Paths.get(folder).toAbsolutePath().normalize();
+            Path file = e.getKey().startsWith("files/") ? root.resolve(e.getKey().substring(6)).normalize() : null;
+            if (file != null && (!file.startsWith(root) || file.equals(root))) {
+                throw new IllegalArgumentException("the server sent a file path outside " + root + ": " + e.getKey());
+            } else if (file != null) {
+                write(file, e.getValue());
             }
         }
         for (int i = 0; p.getProperty("log." + i) != null; i++) {
@@ -443,15 +359,13 @@ public final class IjtorchRemote {
             p.stringPropertyNames().stream().filter(k -> k.startsWith("value."))
                     .forEach(k -> SESSION.put(k.substring("value.".length()), p.getProperty(k)));
         }
-        if (!p.getProperty("status", "").isEmpty()) {
-            IJ.showStatus(p.getProperty("status"));
-        }
+        IJ.showStatus(p.getProperty("status", ""));
     }
 
     /** Writes {@code data} atomically (a temporary file in the same folder, then a rename). */
-    private static void write(Path target, byte[] data) throws java.io.IOException {
-        Files.createDirectories(target.toAbsolutePath().getParent());
-        Path tmp = Files.createTempFile(target.toAbsolutePath().getParent(), "." + target.getFileName(), ".tmp");
+    private static void write(Path target, byte[] data) throws IOException {
+        Path tmp = Files.createTempFile(Files.createDirectories(target.toAbsolutePath().getParent()),
+                "." + target.getFileName(), ".tmp");
         try {
             Files.move(Files.write(tmp, data), target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
         } finally {
