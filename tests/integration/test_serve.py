@@ -335,6 +335,9 @@ def test_tracking_job_equals_track_movie(client, image, models_dir, monkeypatch)
     np.testing.assert_array_equal(arrays["tracked_labels"], tracks.tracked_labels)
     # tracks as TrackMate counts them, and the CTC tracklets
     assert header["n_tracks"] == n_tracks(tracks) > 0 and header["n_tracklets"] == n_tracklets(tracks) > 0
+    # the request body is the Track command's parameters: `labels`, as the macro key and `ijtorch track --labels`
+    with pytest.raises(ServerError, match="422.*is_labels: Extra inputs"):
+        client.submit_track(movie, "TYX", model="tiny", is_labels=True)
     assert client.job(job)["progress"]["phase"] != ""
     with pytest.raises(ServerError, match="404"):
         client.job("0123456789abcdef01234567")

@@ -85,7 +85,8 @@ class Number:
         for rule, bound, ok in (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
                                 ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)):
             if rule in self.bounds and not ok(value, self.bounds[rule]):
-                raise argparse.ArgumentTypeError(f"expected a number {bound} {self.bounds[rule]:g}, got {text}")
+                hint = " (a positive integer)" if self.kind is int and rule == "ge" and self.bounds[rule] == 1 else ""
+                raise argparse.ArgumentTypeError(f"expected a number {bound} {self.bounds[rule]:g}{hint}, got {text}")
         return value
 
 
