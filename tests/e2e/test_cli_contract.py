@@ -69,9 +69,16 @@ SERVE_VALUES = {"--host": "127.0.0.1", "--allow-host": "ijtorch.test", "--max-qu
                 "--job-results-mb": "64", "--drain-s": "1", "--device": "cpu", "--threads": "1"}
 SERVE_OPTIONS = (*SERVE_VALUES, "--port", "--token-file", "--state-dir", "--no-access-log")
 
+#: ``--dask`` (issue 21): each batch verb on a real ``distributed`` cluster, its outputs compared with
+#: the single-process run's (tests/integration/test_scale.py).
+DASK_OPTIONS = ("--output", "--dask", "--dask-workers", "--dask-threads")
+DASK_SEGMENT = "tests/integration/test_scale.py::test_segment_dask_folder_equals_single_process_and_a_rerun_skips_finished_work"
+DASK_VERBS = "tests/integration/test_scale.py::test_batch_verbs_on_a_dask_scheduler_write_what_the_single_process_run_writes"
+
 CONTRACT: dict[str, Contract] = {
     "segment": Contract(
-        runs={"test_segment_folder_writes_labels_rois_measurements_overlay": (
+        runs={DASK_SEGMENT: DASK_OPTIONS,
+              "test_segment_folder_writes_labels_rois_measurements_overlay": (
                   "--output", "--model", "--prob-threshold", "--nms-threshold", "--device", "--axes", "--scale",
                   "--test-time-augmentation", "--tile-size", "--overlap"),
               "test_segment_channel_is_one_based": ("--output", "--channel"),
@@ -86,7 +93,8 @@ CONTRACT: dict[str, Contract] = {
         bad_input=("test_train_offers_only_methods_that_work",),
     ),
     "evaluate": Contract(
-        runs={"test_evaluate_reports_bad_pairs_and_scores_the_rest": ("--output",),
+        runs={DASK_VERBS: DASK_OPTIONS,
+              "test_evaluate_reports_bad_pairs_and_scores_the_rest": ("--output",),
               "tests/e2e/test_cli_tasks.py::test_evaluate_cli_prints_table_and_writes_csv": ("--output",),
               "test_evaluate_fail_fast": ("--fail-fast",)},
         bad_input=("test_evaluate_reports_bad_pairs_and_scores_the_rest", "test_evaluate_fail_fast"),
@@ -98,13 +106,15 @@ CONTRACT: dict[str, Contract] = {
         bad_input=("test_track_refuses_a_movie_without_time",),
     ),
     "restore": Contract(
-        runs={"test_restore_with_a_trained_model_writes_maps": ("--output", "--model", "--channel", "--uncertainty",
+        runs={DASK_VERBS: DASK_OPTIONS,
+              "test_restore_with_a_trained_model_writes_maps": ("--output", "--model", "--channel", "--uncertainty",
                                                                 "--error-map", "--device", "--fail-fast",
                                                                 "--tile-size")},
         bad_input=("test_restore_bad_inputs",),
     ),
     "denoise": Contract(
-        runs={"test_denoise_folder_trains_one_model_for_all_inputs": ("--output", "--epochs", "--steps", "--save-model",
+        runs={DASK_VERBS: DASK_OPTIONS,
+              "test_denoise_folder_trains_one_model_for_all_inputs": ("--output", "--epochs", "--steps", "--save-model",
                                                                        "--device"),
               "test_denoise_per_image_and_saved_model": ("--output", "--per-image", "--channel", "--model",
                                                          "--uncertainty", "--error-map", "--fail-fast"),
@@ -113,7 +123,8 @@ CONTRACT: dict[str, Contract] = {
         bad_input=("test_denoise_bad_inputs",),
     ),
     "normalize": Contract(
-        runs={"test_normalize_writes_the_command_image_per_input": (
+        runs={DASK_VERBS: DASK_OPTIONS,
+              "test_normalize_writes_the_command_image_per_input": (
             "--output", "--low", "--high", "--per-plane", "--clip", "--axes", "--fail-fast")},
         bad_input=("test_normalize_bad_inputs",),
     ),

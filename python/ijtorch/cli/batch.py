@@ -229,13 +229,15 @@ class Batch:
     def warn(self, text: str) -> None:
         self.progress.write(text, file=sys.stderr)
 
-    def fail(self, name: str, exc: BaseException) -> None:
-        """Count ``name`` as failed with ``exc`` (also for failures found outside :meth:`run`)."""
+    def fail(self, name: str, exc: BaseException, *, count: bool = True) -> None:
+        """Count ``name`` as failed with ``exc`` (also for failures found outside :meth:`run`);
+        ``count=False``: the progress was already counted (a Dask task counts when it finishes)."""
         if self.verbose:
             self.warn("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         self.failed.append((name, describe_error(exc)))
         self.warn(f"{name}: {describe_error(exc)}")
-        self.progress.update()
+        if count:
+            self.progress.update()
         if self.fail_fast:
             self.stopped = True
 

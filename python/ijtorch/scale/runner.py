@@ -173,51 +173,72 @@ def run_batch(batch: Any, items: Iterable[Any], step: Callable, *, name: Callabl
     run_id = uuid.uuid4().hex[:8]
     with open_client(options) as client:
         batch.warn(describe_client(client))
-        futures = {}
-        for i, item in enumerate(todo):
-            fut = client.submit(_run_item, step, item, str(out) if out is not None else "",
-                                [str(p) for p in inputs(item)], staged if out is not None else None,
-                                key=f"ijtorch-{batch.verb}-{run_id}-{i}", pure=False)
-            futures[fut] = item
+        futures = [client.submit(_run_item, step, item, str(out) if out is not None else "",
+                                 [str(p) for p in inputs(item)], staged if out is not None else None,
+                                 key=f"ijtorch-{batch.verb}-{run_id}-{i}", pure=False) for i, item in enumerate(todo)]
+        position = {f.key: i for i, f in enumerate(futures)}
+        finished: dict[int, Any] = {}
+        emitted = 0
         try:
-            for fut in as_completed(list(futures)):
-                item = futures[fut]
-                label = name(item)
-                try:
-                    result = fut.result()
-                    for kind, text in result.get("lines", ()):
-                        (batch.warn if kind == "warn" else batch.say)(text)
-                    if "error" in result:
-                        raise result["error"]
-                except skip as why:
-                    batch.skipped.append((label, str(why)))
-                    batch.warn(f"{label}: skipped: {why}")
-                    batch.progress.update()
-                    continue
-                except KilledWorker as exc:
-                    batch.fail(label, RuntimeError(f"the workers running it died {_failures(exc)} (out of memory, "
-                                                   "or killed); the other inputs went on"))
-                except Exception as exc:  # noqa: BLE001 - one input's failure must not stop the others
-                    batch.fail(label, exc)
+            for fut in as_completed(futures):
+                i = position[fut.key]
+                if fut.cancelled():
+                    finished[i] = None
                 else:
-                    _merge(step, result["updates"])
-                    if manifest is not None and inputs(item):
-                        manifest.record(inputs(item), result["outputs"])
-                    ok.append(item)
-                    if result["line"]:
-                        batch.say(result["line"])
-                    batch.done.append(label)
-                    batch.progress.update()
-                if batch.stopped:
-                    client.cancel([f for f in futures if not f.done()])
-                    break
+                    finished[i] = _outcome(fut, KilledWorker)
+                    batch.progress.update()  # progress as the cluster finishes tasks
+                    result = finished[i]
+                    if isinstance(result, dict) and "error" not in result and manifest is not None and inputs(todo[i]):
+                        manifest.record(inputs(todo[i]), result["outputs"])  # on record at once
+                    error = result.get("error") if isinstance(result, dict) else result
+                    if batch.fail_fast and error is not None and not isinstance(error, skip):
+                        client.cancel([f for f in futures if not f.done()])
+                # lines, failures, merged results: in input order, as the single-process run prints them
+                while emitted in finished:
+                    _emit(batch, step, todo[emitted], finished.pop(emitted), name, skip, ok)
+                    emitted += 1
         except BaseException:
-            client.cancel(list(futures))
+            client.cancel(futures)
             raise
     if out is not None:  # staging folders of tasks whose worker was killed: their task ran again elsewhere
         for stale in _stale_staging(out) - stale_before:
             shutil.rmtree(stale, ignore_errors=True)
     return ok
+
+
+def _outcome(fut: Any, killed: type[BaseException]) -> Any:
+    """A finished task's result dict, or the exception it ended with (a Skip, a dead worker, ...)."""
+    try:
+        result = fut.result()
+    except killed as exc:
+        return RuntimeError(f"the workers running it died {_failures(exc)} (out of memory, or killed); the other "
+                            "inputs went on")
+    except Exception as exc:  # noqa: BLE001 - reported as this input's failure
+        return exc
+    return result
+
+
+def _emit(batch: Any, step: Callable, item: Any, outcome: Any, name: Callable[[Any], str],
+          skip: type[BaseException], ok: list) -> None:
+    label = name(item)
+    if outcome is None:  # cancelled (--fail-fast): not run
+        return
+    if isinstance(outcome, dict):
+        for kind, text in outcome.get("lines", ()):
+            (batch.warn if kind == "warn" else batch.say)(text)
+        if "error" in outcome:
+            outcome = outcome["error"]
+    if isinstance(outcome, skip):
+        batch.skipped.append((label, str(outcome)))
+        batch.warn(f"{label}: skipped: {outcome}")
+    elif isinstance(outcome, BaseException):
+        batch.fail(label, outcome, count=False)
+    else:
+        _merge(step, outcome["updates"])
+        ok.append(item)
+        if outcome["line"]:
+            batch.say(outcome["line"])
+        batch.done.append(label)
 
 
 def _failures(exc: BaseException) -> str:
