@@ -448,10 +448,14 @@ def _csv(columns: dict[str, Any]) -> bytes:
     return ("\n".join(rows) + "\n").encode("utf-8")
 
 
-def outputs_to_files(outputs: Any) -> bytes:
+def outputs_to_files(outputs: Any, props_in: dict[str, str] | None = None) -> bytes:
     """A :class:`~ijtorch.commands.outputs.CommandOutputs` as the shim's reply ZIP: ``image<k>.tif``,
     ``rois.zip`` (a RoiSet), ``table<k>.csv``, ``files/…`` and ``reply.properties`` (status, log
-    lines, session values as JSON, titles and exact calibrations, ROI colours and properties)."""
+    lines, session values as JSON, titles and exact calibrations, ROI colours and properties).
+
+    For a headless client (``headless=true`` in its request: no window, no ROI Manager) the ROIs also
+    go to ``<title>_RoiSet.zip`` in the command's folder, as in-process, and ROI colours are left out."""
+    headless = (props_in or {}).get("headless") == "true"
     from ..core.colors import glasbey_lut
     from ..io.roiset import default_names, write_roiset
 
@@ -476,7 +480,10 @@ def outputs_to_files(outputs: Any) -> bytes:
             with tempfile.TemporaryDirectory(prefix="ijtorch-rois-") as tmp:
                 zf.writestr("rois.zip", write_roiset(Path(tmp) / "rois.zip", ol, names=names).read_bytes())
             props["rois.reset"] = str(bool(outputs.rois.reset)).lower()
-        if outputs.roi_style is not None:
+            if headless and outputs.files is not None and outputs.files.folder:  # the title of the target image
+                title = outputs.images[-1].title if outputs.images else (props_in or {}).get("image.title", "rois")
+                zf.writestr(f"files/{Path(title).stem}_RoiSet.zip", zf.read("rois.zip"))
+        if outputs.roi_style is not None and not headless:
             style = outputs.roi_style
             rgb = np.asarray(style.rgb, np.uint8).reshape(-1, 3)
             for k, i in enumerate(np.asarray(style.indices).tolist()):

@@ -732,7 +732,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                                          scale=scale), shape, scale)
         try:
             if files is not None:
-                body = await srv.run(ctx, lambda: outputs_to_files(spec.compute(inputs, params)))
+                body = await srv.run(ctx, lambda: outputs_to_files(spec.compute(inputs, params), props))
                 return held(ticket, Response(body, media_type=ZIP_TYPE))
             reply = await srv.run(ctx, lambda: outputs_to_wire(spec.compute(inputs, params)))
             return held(ticket, _binary(*reply))

@@ -47,14 +47,7 @@ public class IjtorchCommand implements PlugIn {
         }
         if (error != null) {
             IjtorchRegistry.reportError(command, error);
-        } else {
-            IjtorchRegistry.setLastError(null);
         }
-    }
-
-    /** Shows the dialog described by the registry; returns a macro options string or null. */
-    static String askOptions(String command) {
-        return askOptions(command, IjtorchRegistry.dialogSpec(command));
     }
 
     /** Shows the dialog described by {@code spec} (lines of kind, key, default, choices, help). */

@@ -51,9 +51,7 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
         IjtorchRegistry.FunctionHandler handler = IjtorchRegistry.functionHandler();
         if (handler == null && IjtorchRemote.configured()) {
             try {  // no Python here: the server runs it (or says that it needs in-process Python)
-                String result = IjtorchRemote.callFunction(name, args);
-                IjtorchRegistry.setLastError(null);
-                return result;
+                return IjtorchRemote.callFunction(name, args);
             } catch (Exception e) {
                 IjtorchRegistry.reportError("Ext." + name, IjtorchRemote.describe(e));
                 return null;
@@ -74,7 +72,6 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
             IjtorchRegistry.reportError("Ext." + name, result.substring(ERROR_PREFIX.length()));
             return null;
         }
-        IjtorchRegistry.setLastError(null);
         return result;
     }
 

@@ -35,7 +35,6 @@ public final class IjtorchRegistry {
     private static final Map<String, CommandHandler> COMMANDS = new LinkedHashMap<>();
     private static final Map<String, int[]> FUNCTIONS = new LinkedHashMap<>();
     private static FunctionHandler functionHandler;
-    private static volatile String lastError;
     /** The error that last aborted a macro, and its line: the interpreter, told to ignore errors,
      *  keeps parsing after an abort and replaces the message with a syntax error of its own
      *  ("';' expected" inside a loop or block), so callers read the real one here. */
@@ -74,25 +73,12 @@ public final class IjtorchRegistry {
         return spec == null ? "" : spec;
     }
 
-    public static synchronized String[] commandNames() {
-        return COMMANDS.keySet().toArray(new String[0]);
-    }
-
     public static synchronized Map<String, int[]> functions() {
         return new LinkedHashMap<>(FUNCTIONS);
     }
 
     static synchronized FunctionHandler functionHandler() {
         return functionHandler;
-    }
-
-    /** The message of the last failed command or function (null when the last one succeeded). */
-    public static String lastError() {
-        return lastError;
-    }
-
-    static void setLastError(String message) {
-        lastError = message;
     }
 
     /** The message of the last error that aborted a macro since {@link #clearMacroError}, or null. */
@@ -179,7 +165,6 @@ public final class IjtorchRegistry {
      */
     static void reportError(String where, String message) {
         String text = where + ": " + message;
-        lastError = text;
         Interpreter interp = Interpreter.getInstance();
         if (interp != null) {
             macroErrorLine = interp.getLineNumber();

@@ -135,7 +135,9 @@ public final class IjtorchRemote {
         return n;
     }
 
-    /** Runs {@code command} with {@code options} on the server; returns null or an error message. */
+    /** Runs {@code command} with {@code options} on the server; returns null or an error message. The
+     *  request: the current image, the open images that options name and, for commands that read them,
+     *  the ROI Manager's ROIs (headless, the overlay's). */
     public static String runCommand(String command, String options) {
         ImagePlus imp = WindowManager.getCurrentImage();
         if (imp == null) {
@@ -147,14 +149,16 @@ public final class IjtorchRemote {
             boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
             p.setProperty("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
             p.setProperty("image.position", imp.getC() + "," + imp.getZ() + "," + imp.getT());
+            p.setProperty("headless", String.valueOf(headless()));
             p.setProperty("command", command);
             p.setProperty("options", options);
             Map<String, byte[]> files = new LinkedHashMap<>();
             addImage(p, files, "image", imp);
             if ("true".equals(catalog(false).getProperty("rois." + command))) {  // only then touch the ROI Manager
-                Roi[] rois = headless() ? (imp.getOverlay() == null ? new Roi[0] : imp.getOverlay().toArray())
-                        : RoiManager.getInstance() == null ? new Roi[0] : RoiManager.getInstance().getRoisAsArray();
-                files.put("rois.zip", roiSet(p, rois));
+                RoiManager rm = headless() ? null : RoiManager.getInstance();
+                Overlay overlay = headless() ? imp.getOverlay() : null;
+                files.put("rois.zip", roiSet(p, rm != null ? rm.getRoisAsArray()
+                        : overlay != null ? overlay.toArray() : new Roi[0]));
             }
             for (String key : catalog.getProperty("images." + command, "").split(",")) {
                 ImagePlus other = key.isEmpty() ? null : WindowManager.getImage(Macro.getValue(options, key, ""));
@@ -175,11 +179,8 @@ public final class IjtorchRemote {
     public static String callFunction(String name, Object[] args) throws Exception {
         Properties p = new Properties();
         p.setProperty("function", name);
-        Double[] out = null;
         for (int i = 0; args != null && i < args.length; i++) {
-            if (args[i] instanceof Double[]) {
-                out = (Double[]) args[i];
-            } else {
+            if (!(args[i] instanceof Double[])) {
                 p.setProperty((args[i] instanceof Double ? "number." : "arg.") + i, String.valueOf(args[i]));
             }
         }
@@ -188,8 +189,9 @@ public final class IjtorchRemote {
         }
         Properties reply = properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
                 .get("reply.properties"));
-        if (reply.getProperty("number") != null && out != null && out.length > 0) {
-            out[0] = Double.parseDouble(reply.getProperty("number"));
+        Object out = args == null || args.length == 0 ? null : args[args.length - 1];
+        if (reply.getProperty("number") != null && out instanceof Double[] && ((Double[]) out).length > 0) {
+            ((Double[]) out)[0] = Double.parseDouble(reply.getProperty("number"));
         }
         return reply.getProperty("value", "");
     }
@@ -246,6 +248,7 @@ public final class IjtorchRemote {
         return zip(null, entries);
     }
 
+    /** A ZIP of {@code files} and, unless null, {@code p} as request.properties. */
     private static byte[] zip(Properties p, Map<String, byte[]> files) throws IOException {
         ByteArrayOutputStream bytes = new ByteArrayOutputStream();
         try (ZipOutputStream zip = new ZipOutputStream(bytes)) {
@@ -272,13 +275,13 @@ public final class IjtorchRemote {
     }
 
     /** Applies a reply as ijtorch's in-process commands do (bridge/apply.py apply_outputs); headless (no
-     *  window can exist) images stay current and undisplayed, ROIs go onto the overlay and, with tables,
-     *  into the command's folder ({@code <title>_RoiSet.zip}, {@code <table>.csv}). */
+     *  window can exist) images stay current and undisplayed, ROIs go onto the overlay, tables are saved
+     *  into the command's folder as {@code <table>.csv}. */
     static void apply(Map<String, byte[]> z) throws Exception {
         Properties p = properties(z.get("reply.properties"));
         String folder = p.getProperty("files.folder");
         boolean headless = headless();
-        ImagePlus shown = null;
+        ImagePlus shown = WindowManager.getCurrentImage();
         for (int k = 0; z.containsKey("image" + k + ".tif"); k++) {
             String at = "image" + k + ".";
             shown = new Opener().deserialize(z.get(at + "tif"));
@@ -290,30 +293,23 @@ public final class IjtorchRemote {
             c.frameInterval = Double.parseDouble(p.getProperty(at + "frame_interval"));
             c.setUnit(p.getProperty(at + "unit"));
             c.setTimeUnit(p.getProperty(at + "time_unit"));
-            if (headless && IJ.getInstance() == null) {  // no window: the current, undisplayed image
+            if (headless && IJ.getInstance() == null) {
                 WindowManager.setTempCurrentImage(shown);
-                ij.macro.Interpreter.addBatchModeImage(ij.macro.Interpreter.isBatchMode() ? null : shown);
             } else {
                 shown.show();
             }
         }
-        List<Roi> rois = new ArrayList<>();
-        for (byte[] roi : unzip(z.getOrDefault("rois.zip", zip(null, Map.of()))).values()) {
-            rois.add(RoiDecoder.openFromByteArray(roi));
+        if (z.containsKey("rois.zip")) {
+            Roi[] rois = unzip(z.get("rois.zip")).values().stream().map(RoiDecoder::openFromByteArray).toArray(Roi[]::new);
+            if (headless && shown != null) {
+                shown.setOverlay(new Overlay());
+                Arrays.stream(rois).forEach(shown.getOverlay()::add);
+            } else if (!headless) {
+                RoiManager rm = RoiManager.getInstance() == null ? new RoiManager() : RoiManager.getInstance();
+                IjtorchRois.addAll(rm, rois, "true".equals(p.getProperty("rois.reset")));
+            }
         }
-        ImagePlus target = shown != null ? shown : WindowManager.getCurrentImage();
-        if (z.containsKey("rois.zip") && headless && target != null) {
-            target.setOverlay(new Overlay());
-            rois.forEach(target.getOverlay()::add);
-        }
-        if (z.containsKey("rois.zip") && headless && folder != null) {
-            String stem = target == null ? "rois" : target.getTitle().replaceFirst("(.)\\.[^.]*$", "$1");
-            write(Paths.get(folder, stem + "_RoiSet.zip"), z.get("rois.zip"));
-        } else if (z.containsKey("rois.zip") && !headless) {
-            RoiManager rm = RoiManager.getInstance() == null ? new RoiManager() : RoiManager.getInstance();
-            IjtorchRois.addAll(rm, rois.toArray(new Roi[0]), "true".equals(p.getProperty("rois.reset")));
-        }
-        for (String key : headless ? Set.<String>of() : p.stringPropertyNames()) {  // style.<index>[.<property>]
+        for (String key : p.stringPropertyNames()) {  // style.<index>=#rrggbb, style.<index>.<property>=value
             String[] f = key.split("\\.", 3);
             Roi roi = f[0].equals("style") ? RoiManager.getInstance().getRoi(Integer.parseInt(f[1])) : null;
             if (roi != null && f.length == 2) {

@@ -26,20 +26,8 @@ public final class IjtorchRois {
     private IjtorchRois() {
     }
 
-    /**
-     * Builds one POLYGON roi per object and appends them to {@code rm}.
-     *
-     * @param xs      x coordinates of all polygons, concatenated
-     * @param ys      y coordinates, same layout
-     * @param offsets polygon i owns [offsets[i], offsets[i+1]); length n + 1
-     * @param names   roi names (the ROI Manager labels), length n
-     * @param c       channel positions (1-based, 0 = unset), length n
-     * @param z       slice positions, same convention
-     * @param t       frame positions, same convention
-     * @param integer true to build integer-coordinate polygons (coordinates are whole numbers)
-     * @param reset   true to empty the manager first (on the event thread, like the adding)
-     * @return the number of ROIs in the manager afterwards
-     */
+    /** Builds one POLYGON roi per object (see {@link #polygons}) and appends them to {@code rm}, emptied
+     *  first when {@code reset}; returns the number of ROIs in the manager afterwards. */
     public static int addPolygons(final RoiManager rm, final float[] xs, final float[] ys, final int[] offsets,
                                   final String[] names, final int[] c, final int[] z, final int[] t,
                                   final boolean integer, final boolean reset) throws Exception {
@@ -47,7 +35,9 @@ public final class IjtorchRois {
         return addAll(rm, rois, reset);
     }
 
-    /** Polygon ROIs from flat coordinate arrays (no ROI Manager needed: usable headless). */
+    /** Polygon ROIs from flat coordinate arrays (no ROI Manager needed: usable headless): polygon i owns
+     *  [offsets[i], offsets[i+1]) of xs and ys, its name and 1-based C, Z, T positions (0 = unset) are
+     *  the i-th entries; {@code integer} builds integer-coordinate polygons (whole-number coordinates). */
     public static Roi[] polygons(final float[] xs, final float[] ys, final int[] offsets, final String[] names,
                                  final int[] c, final int[] z, final int[] t, final boolean integer) {
         final int n = names.length;
