@@ -1,38 +1,51 @@
 """ImageJ commands and macro functions run on the server for a remote Fiji
-(``/imagej/commands``, ``POST /imagej/command``, ``POST /imagej/function``).
+(``GET /imagej/commands``, ``POST /imagej/command``, ``POST /imagej/function``).
 
-The Java shim (``IjtorchRemote``) sends the command name, the macro options, the current image
-and, when the command declares them, the ROI Manager's ROIs and the open images that options name;
-the server parses the options with the command's own parameter model, runs the command's own
-JVM-free computation (e.g. :func:`ijtorch.commands.segment.segment_command`) on
-:class:`~ijtorch.commands.outputs.CommandInputs` built from that, and returns its
-:class:`~ijtorch.commands.outputs.CommandOutputs` in the wire format, which the shim applies
-exactly as :func:`ijtorch.bridge.apply.apply_outputs` does in-process. Macro functions
-declared ``remote`` run their own handler here, with the remote ImageJ's session values.
+The server parses a command's macro options with the command's own parameter model, runs the
+command's own JVM-free computation (e.g. :func:`ijtorch.commands.segment.segment_command`) on
+:class:`~ijtorch.commands.outputs.CommandInputs` built from the request, and returns its
+:class:`~ijtorch.commands.outputs.CommandOutputs`; macro functions declared ``remote`` run their own
+handler here, with the remote ImageJ's session values. Two encodings:
 
-Request header of ``/imagej/command`` (arrays named in it follow in the body)::
+**The Java shim** (``IjtorchRemote``, a Fiji without Python) speaks ImageJ's own files, which it
+writes and reads with ImageJ's own classes. Its request is the wire envelope of :mod:`._wire` with
+the header ``{"format": "zip"}`` and one uint8 array ``zip`` (so the server's body limits and
+checks apply unchanged), a ZIP of::
 
-    {"command": str, "options": str, "title": str, "axes": "TZCYX", "calibration": {...},
-     "image_path": str,                                        # file the image came from, or ""
-     "rois": {"names": [str|null], "types": [str], "area": [bool], "groups": [int]} | null,
-                                       # arrays roi_x, roi_y (<f4), roi_offsets, roi_c, roi_z, roi_t (<i4)
-     "images": {option: {"array": str, "title": str, "axes": "TZCYX", "calibration": {...}}} | null}
-     # arrays: "image" plus those named above
+    request.properties   command, options, image_path, headless, image.position=C,Z,T,
+                         image.title and its exact calibration (image.pixel_width … image.time_unit),
+                         option.<key>.title (+ calibration) for each open image an option names,
+                         roi.<i>.type / roi.<i>.area, group.<g> (ROI group names)
+    image.tif            the current image (FileSaver.serialize: ImageJ TIFF, read with tifffile)
+    option.<key>.tif     the open images named by the command's image options
+    rois.zip             the ROI Manager's ROIs (headless: the overlay's) for commands that read them,
+                         a RoiSet (RoiEncoder, read with roifile); area ROIs as their float polygon
 
-Reply header::
+and the reply (``application/zip``) holds::
 
-    {"status": str, "values": {...}, "log": [str],
-     "images": [{"array": "image0", "title": str, "labels": bool, "calibration": {...},
-                 "display_min": float, "display_max": float}],   # arrays are TZCYX, 5-D
-     "lut": "lut" | null,                                       # (256, 3) uint8 label LUT
-     "rois": {"names": [...], "integer": bool, "reset": bool} | null,   # arrays roi_x, roi_y,
-                                                                  # roi_offsets, roi_c, roi_z, roi_t
-     "roi_style": {"properties": {name: [str]}} | null,           # arrays style_index (<i4), style_rgb (|u1, n x 3)
-     "tables": [{"title": str, "columns": [{"name": str, "array": "t0c0"} | {"name": str, "text": [...]}]}],
-     "files": {"folder": str, "paths": [relative path]} | null}  # arrays file_bytes (|u1), file_offsets (<i8)
+    reply.properties     status, log.<i>, value.<key> (session values as JSON), image<k>.title and
+                         exact calibration, rois.reset, style.<index>=#rrggbb and
+                         style.<index>.<property> (colours for ROIs already in the ROI Manager),
+                         table<k>.title, files.folder
+    image<k>.tif         ImageJ hyperstack TIFFs (composite mode for channels; label images with the
+                         label LUT and display range), opened with Opener.deserialize
+    rois.zip             a RoiSet (ijtorch.io.roiset), decoded with RoiDecoder into the ROI Manager
+    table<k>.csv         tables for ResultsTable.open (a row-number column, text quoted)
+    files/<path>         files to write under files.folder (headless: also <title>_RoiSet.zip)
 
-``/imagej/function`` takes ``{"name": str, "args": [str|number], "values": {...}}`` and answers
-``{"value": str}`` or ``{"number": float}`` (header-only messages).
+Calibrations travel as text because TIFF resolution rationals are not exact. ``function`` requests
+carry ``function``, ``arg.<i>`` (strings), ``number.<i>`` and ``value.<key>``; the reply's
+``reply.properties`` holds ``value`` or ``number``. The catalog is Properties text when asked with
+``Accept: text/plain``: ``command.<name>`` (dialog spec), ``rois.<name>``, ``images.<name>`` and
+``function.<name>`` (argument codes).
+
+**Python clients** (:class:`ijtorch.serve.Client`) use the wire format: request header
+``{"command", "options", "title", "axes": "TZCYX", "calibration", "image_path", "rois", "images"}``
+with the arrays ``image``, ``roi_x``/``roi_y``/``roi_offsets``/``roi_c``/``roi_z``/``roi_t`` and
+those ``images`` names; the reply header lists ``images`` (arrays ``image<k>``, TZCYX, with
+``lut``), ``rois``, ``roi_style``, ``tables`` and ``files`` (arrays ``file_bytes``/``file_offsets``),
+see :func:`outputs_to_wire`; ``/imagej/function`` answers ``{"value"}`` or ``{"number"}``; the
+catalog is JSON.
 """
 
 from __future__ import annotations
