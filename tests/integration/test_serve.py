@@ -246,8 +246,6 @@ BAD_BODIES = [
     (_raw({**GOOD, "prob_threshold": 2}, bytes(64)), 422, "prob_threshold"),
     (_raw({**GOOD, "arrays": [{"name": "img", "dtype": "|u1", "shape": [8, 8]}]}, bytes(64)), 422, "named 'image'"),
     (_raw({**GOOD, "arrays": [{"name": "image", "dtype": "|b1", "shape": [8, 8]}]}, bytes(64)), 422, "dtype bool"),
-    (_raw({**GOOD, "axes": "YXS", "arrays": [{"name": "image", "dtype": "|u1", "shape": [8, 8, 3]}]}, bytes(192)),
-     422, "RGB"),
     (_raw({**GOOD, "axes": "CYX", "channel": 3, "arrays": [{"name": "image", "dtype": "|u1", "shape": [2, 8, 8]}]},
           bytes(128)), 422, r"channel=3: expected an integer in 1\.\.2"),
     (_raw({**GOOD, "tile_size": 16}, bytes(64)), 422, "tile_size.*at least 32"),

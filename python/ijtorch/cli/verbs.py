@@ -16,6 +16,7 @@ on the command line, as in ImageJ; :func:`ijtorch.commands.command.task_channel`
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,19 +103,26 @@ def _segment(args: argparse.Namespace) -> int:
     out = Path(args.output)
     batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     objects: dict[str, int] = {}  # per input; summed over the inputs that were done
+    warned: set[str] = set()  # inputs with a dataset-shift warning
 
     def one(path: Path, staging: Path) -> str:
         image = _read_image(path, args.axes)
         _check_channel(image.data.shape, image.axes, p.channel)
         started = time.perf_counter()
         result = segment(image.data, image.axes, **segment_options(p, image.axes), device=args.device)
-        write_segmentation_outputs(staging, path.stem, image, result.labels, result.axes)
+        write_segmentation_outputs(staging, path.stem, image, result.labels, result.axes,
+                                   confidence=getattr(result, "confidence", None))
         objects[str(path)] = result.n_objects
+        if getattr(result, "shift_warning", None):
+            warned.add(str(path))
+            print(f"WARNING {path.name}: {result.shift_warning}", file=sys.stderr, flush=True)
         return (f"{path.name}: {result.n_objects} objects in {time.perf_counter() - started:.2f} s "
                 f"-> {out / (path.stem + '.tif')}")
 
     batch.run(files, one, output=out, inputs=lambda path: [path])
-    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {p.model}")
+    shifted = sum(name in warned for name in batch.done)
+    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {p.model}"
+              + (f"; {shifted} image(s) with a dataset-shift warning (results unreliable, see above)" if shifted else ""))
     return batch.finish()
 
 

@@ -1,5 +1,6 @@
 """Segmentation commands: ``ijtorch Segment``, ``ijtorch Train Segmentation``, ``ijtorch Evaluate``,
-and the ``Ext.ijtorchListModels`` / ``Ext.ijtorchObjectCount`` macro functions."""
+and the ``Ext.ijtorchListModels`` / ``Ext.ijtorchObjectCount`` / ``Ext.ijtorchShiftScore`` /
+``Ext.ijtorchShiftWarning`` macro functions."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from .outputs import CommandInputs, CommandOutputs, ImageOutput, RoiOutput, Tabl
 
 __all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_compute", "segment_options", "refuse_rgb",
            "plain_image"]
+
+
+class RgbConversion(str, Enum):
+    luminance = "luminance"
+    inverted = "inverted"
+    hematoxylin = "hematoxylin"
 
 
 def refuse_rgb(command: str, image) -> None:
@@ -48,6 +55,8 @@ class SegmentParams(BaseModel):
     scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2 = objects half the training size; 2D)")
     tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (512 in 2D)")
     overlap: int = Field(0, ge=0, description="tile overlap in pixels; 0 = the model's default (96 in 2D)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="drop objects whose confidence (peak object probability) is below this; 0 = keep all")
+    rgb: RgbConversion = Field(RgbConversion.luminance, description="RGB images: luminance (0.299R+0.587G+0.114B), inverted luminance (dark objects become bright) or hematoxylin (H&E colour deconvolution)")
     output: SegmentOutput = Field(SegmentOutput.all, description="what to create: label map, ROI Manager, Results or all",
                                   json_schema_extra={"surfaces": ["imagej"]})
 
@@ -64,7 +73,8 @@ def segment_options(p: SegmentParams, axes: str) -> dict:
     ``axes``: every surface translates the parameters here (1-based channel, 0 = tuned / default)."""
     return dict(model=p.model, channel=task_channel(p.channel, axes), prob_threshold=p.prob_threshold or None,
                 nms_threshold=p.nms_threshold or None, tile_size=p.tile_size or None, overlap=p.overlap or None,
-                test_time_augmentation=p.test_time_augmentation, scale=p.scale)
+                test_time_augmentation=p.test_time_augmentation, scale=p.scale, min_confidence=p.min_confidence,
+                rgb=RgbConversion(p.rgb).value)
 
 
 def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "ijtorch Segment"):
@@ -72,10 +82,9 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
     ``p.output`` asks for: label map, ROIs, measurements)."""
     from ..tasks.measure import measure
     from ..tasks.outlines import outlines
-    from ..tasks.segment import segment
+    from ..tasks.segment import rgb_to_grey, segment
 
     image = plain_image(command, inputs)
-    refuse_rgb(command, image)
     options = segment_options(p, image.axes)
     channel = options["channel"]
     result = segment(image.data, image.axes, **options, progress=inputs.progress, cancel=inputs.cancel)
@@ -87,11 +96,20 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
     if want in (SegmentOutput.rois, SegmentOutput.all):
         rois = RoiOutput(outlines(result.labels, result.axes), reset=True)
     if want in (SegmentOutput.results, SegmentOutput.all):
-        intensity = image.data if channel is None else np.take(image.data, channel, axis=image.axes.index("C"))
+        data, axes = rgb_to_grey(image.data, image.axes, options["rgb"])
+        intensity = data if channel is None else np.take(data, channel, axis=axes.index("C"))
         tables.append(TableOutput(measure(result.labels, result.axes, intensity=intensity,
-                                          calibration=image.calibration)))
+                                          calibration=image.calibration, confidence=result.confidence)))
     status = f"{command}: {result.n_objects} objects ({result.model}, {result.seconds:.2f} s)"
-    return result, CommandOutputs(tuple(images), rois, tuple(tables), status, {"n_objects": result.n_objects})
+    if result.shift_warning:
+        status += " - WARNING: dataset shift, results unreliable (see the Log)"
+    if result.rgb:
+        status += f" (RGB converted to grey: {result.rgb})"
+    log = [f"{command} {image.title}: WARNING {result.shift_warning}"] if result.shift_warning else []
+    values = {"n_objects": result.n_objects,
+              "shift_score": -1.0 if result.shift_score is None else round(float(result.shift_score), 4),
+              "shift_warning": result.shift_warning or ""}
+    return result, CommandOutputs(tuple(images), rois, tuple(tables), status, values, log=tuple(log))
 
 
 @command("ijtorch Segment", SegmentParams, verb="segment", remote=True)
@@ -178,6 +196,19 @@ def ijtorch_list_models() -> str:
     from ..models.store import list_models
 
     return ",".join(m["name"] for m in list_models())
+
+
+@macro_function("ijtorchShiftScore", returns="number", remote=True)
+def ijtorch_shift_score() -> float:
+    """Ext.ijtorchShiftScore(s): sets s to the dataset-shift score of the last ijtorch Segment run
+    (above the model's threshold the results are unreliable; -1 when the model has no reference)."""
+    return float(session_value("shift_score", "no segmentation has run yet in this ImageJ session"))
+
+
+@macro_function("ijtorchShiftWarning", remote=True)
+def ijtorch_shift_warning() -> str:
+    """Ext.ijtorchShiftWarning(): the dataset-shift warning of the last ijtorch Segment run ("" when none)."""
+    return str(session_value("shift_warning", "no segmentation has run yet in this ImageJ session"))
 
 
 @macro_function("ijtorchObjectCount", returns="number", remote=True)

@@ -304,8 +304,6 @@ class Server:
 
         options = segment_options(p, axes)
         options["model"] = self.model_path(p.model)
-        if "S" in axes:
-            raise HTTPError(422, f"axes={axes!r}: RGB (S) images are not supported; send one channel")
         tile = options["tile_size"] or 512
         if options["overlap"] is not None and options["overlap"] >= tile:
             raise HTTPError(422, f"overlap={p.overlap} must be smaller than tile_size={tile}")
@@ -360,7 +358,11 @@ def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return ({"axes": result.axes, "n_objects": result.n_objects, "model": result.model,
              "prob_threshold": result.prob_threshold, "nms_threshold": result.nms_threshold,
              "seconds": result.seconds, "device": result.device,
-             "objects_per_plane": list(result.objects_per_plane)}, {"labels": result.labels})
+             "objects_per_plane": list(result.objects_per_plane),
+             "shift_score": getattr(result, "shift_score", None), "shift_threshold": getattr(result, "shift_threshold", None),
+             "shift_warning": getattr(result, "shift_warning", None), "shift_message": getattr(result, "shift_message", ""),
+             "confidence": None if getattr(result, "confidence", None) is None else
+             [round(float(c), 4) for c in result.confidence]}, {"labels": result.labels})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -19,6 +19,7 @@ Columns (all numpy arrays of equal length, in plane order then label order):
 ``channel``       1-based C position                } only when the axis is present
 ``slice``, ``z``  1-based Z position; calibrated z = (slice − 1) · voxel_depth
 ``frame``         1-based T position
+``confidence``    the model's confidence in the object      } only with ``confidence``
 ================  ====================================================================
 """
 
@@ -36,12 +37,13 @@ __all__ = ["measure", "COLUMNS"]
 log = logging.getLogger(__name__)
 
 COLUMNS = ("label", "area", "area_cal", "centroid_x", "centroid_y", "x", "y", "bbox_x", "bbox_y",
-           "bbox_width", "bbox_height", "mean", "min", "max", "channel", "slice", "z", "frame")
+           "bbox_width", "bbox_height", "mean", "min", "max", "channel", "slice", "z", "frame", "confidence")
 _DENSE_LIMIT = 1 << 24  # label values up to this use bincount directly; larger ones are compacted
 
 
 def measure(labels: np.ndarray, axes: str = "YX", *, intensity: np.ndarray | None = None,
-            calibration: Calibration | dict | None = None) -> dict[str, np.ndarray]:
+            calibration: Calibration | dict | None = None,
+            confidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Measure every object of a label map.
 
     Parameters
@@ -54,6 +56,9 @@ def measure(labels: np.ndarray, axes: str = "YX", *, intensity: np.ndarray | Non
         Image of the same shape and axes as ``labels``; adds ``mean``, ``min`` and ``max``.
     calibration
         Pixel sizes for ``area_cal``, ``x``, ``y`` and ``z``; default uncalibrated (1 pixel).
+    confidence
+        Per-object values indexed by label - 1 (``SegmentationResult.confidence``: labels are
+        unique over the whole map); adds the ``confidence`` column.
 
     Returns
     -------
@@ -101,6 +106,11 @@ def measure(labels: np.ndarray, axes: str = "YX", *, intensity: np.ndarray | Non
     out["y"] = out["centroid_y"] * cal.pixel_height
     if "Z" in plane_axes:
         out["z"] = (out["slice"] - 1) * cal.voxel_depth
+    if confidence is not None:
+        conf = np.asarray(confidence, np.float64).ravel()
+        ok = (out["label"] >= 1) & (out["label"] <= conf.size)
+        out["confidence"] = np.where(ok, conf[np.clip(out["label"] - 1, 0, max(conf.size - 1, 0))] if conf.size
+                                     else np.nan, np.nan)
     return {k: out[k] for k in COLUMNS if k in out}
 
 

@@ -13,6 +13,28 @@ a ``T`` axis) and refuses images without a ``Z`` axis. A ``C`` axis needs ``chan
 has length 1. Labels are unique across the whole output: plane (or volume) ``k`` uses labels after
 those of ``0..k-1``.
 
+RGB
+---
+Images with an ``S`` (RGB samples) axis are converted to one grey channel before the model sees
+them (``rgb=``): ``"luminance"`` (default) is ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601, the
+weights of ImageJ's weighted RGB→8-bit conversion), so transmitted-light images keep their dark
+objects on a bright background; ``"inverted"`` is ``max - luminance`` (dark nuclei become bright
+on a dark background, fluorescence-like); ``"hematoxylin"`` is the hematoxylin channel of H&E
+stains by colour deconvolution (:func:`skimage.color.rgb2hed`, Ruifrok & Johnston 2001): nuclei
+bright. Whatever the conversion, the dataset-shift check tells whether the result resembles what
+the model was trained on.
+
+Trust
+-----
+``shift_score``/``shift_threshold``/``shift_warning``: a 2D star-convex model with a stored
+reference (:mod:`ijtorch.models.shift`) scores each plane's bottleneck features against its
+training images; the result carries the highest plane score, the model's calibrated threshold
+(5 % false alarms on held-out images of the training kind) and, above it, a plain-words warning.
+``shift_message`` is one log line in every case (models without a reference say so).
+``confidence``: each object's peak predicted object probability (for a star-convex model its
+centre probability, the object's score; label ``k`` at index ``k - 1``); ``min_confidence`` drops
+objects below it (labels renumbered).
+
 Tiling
 ------
 Probability and distance maps are predicted in overlapping tiles that are stitched before
@@ -35,11 +57,13 @@ import numpy as np
 from ijtorch.image import check_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
-__all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS"]
+__all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS", "RGB_CONVERSIONS", "rgb_to_grey",
+           "object_confidence"]
 
 log = logging.getLogger(__name__)
 
 METHODS = ("stardist",)
+RGB_CONVERSIONS = ("luminance", "inverted", "hematoxylin")
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,18 @@ class SegmentationResult:
         Device the network ran on.
     objects_per_plane : tuple of int
         Object counts per 2D plane (per volume with a 3D model), in C order of the other axes.
+    shift_score, shift_threshold : float or None
+        Dataset-shift score (highest over planes) and the model's calibrated threshold; ``None``
+        when the model has no reference (see the module docstring).
+    shift_warning : str or None
+        Plain-words warning when ``shift_score > shift_threshold``.
+    shift_message : str
+        One line for a log: the score against the threshold, the warning, or "no reference".
+    confidence : ndarray or None
+        Per-object confidence (peak object probability, the centre probability of a star-convex
+        object), label ``k`` at index ``k - 1``; ``None`` for models that give none.
+    rgb : str or None
+        The RGB conversion used (``None`` for grey input).
     """
 
     labels: np.ndarray
@@ -75,6 +111,60 @@ class SegmentationResult:
     seconds: float
     device: str
     objects_per_plane: tuple[int, ...] = field(default_factory=tuple)
+    shift_score: float | None = None
+    shift_threshold: float | None = None
+    shift_warning: str | None = None
+    shift_message: str = ""
+    confidence: np.ndarray | None = None
+    rgb: str | None = None
+
+
+def rgb_to_grey(data: np.ndarray, axes: str, how: str = "luminance") -> tuple[np.ndarray, str]:
+    """One grey channel (float32) from an image with an ``S`` (RGB samples) axis; see the module
+    docstring for the conversions. Images without ``S`` are returned unchanged."""
+    if "S" not in axes:
+        return data, axes
+    if how not in RGB_CONVERSIONS:
+        raise ValueError(f"rgb={how!r}: accepted values are {RGB_CONVERSIONS}")
+    si = axes.index("S")
+    rgb = np.moveaxis(np.asarray(data), si, -1)
+    if rgb.shape[-1] not in (3, 4):
+        raise ValueError(f"axes={axes!r}: the S axis has {rgb.shape[-1]} samples; expected 3 (RGB) or 4 (RGBA)")
+    rgb = rgb[..., :3]
+    rest = axes.replace("S", "")
+    if how == "hematoxylin":
+        from skimage.color import rgb2hed
+
+        top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else max(float(rgb.max()), 1.0)
+        flat = np.clip(rgb.reshape(-1, 3).astype(np.float32) / top, 0, 1)
+        grey = rgb2hed(flat.reshape(-1, 1, 3))[..., 0].reshape(rgb.shape[:-1]).astype(np.float32)
+        return grey, rest
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if how == "inverted":
+        top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else float(grey.max())
+        grey = top - grey
+    return grey, rest
+
+
+def object_confidence(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Peak of the object probability map ``prob`` over each object of ``labels`` (1..N): for a
+    star-convex model the probability at the object's centre, i.e. its score in non-maximum
+    suppression (always above the probability threshold it was found with). Length N, float32."""
+    from scipy import ndimage as ndi
+
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(0, np.float32)
+    return np.asarray(ndi.maximum(prob, labels, index=np.arange(1, n + 1)), np.float32)
+
+
+def _drop_uncertain(labels: np.ndarray, conf: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    keep = conf >= min_confidence
+    if keep.all():
+        return labels, conf
+    lut = np.zeros(conf.size + 1, labels.dtype)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    return lut[labels], conf[keep]
 
 
 def _pick_channel(data: np.ndarray, axes: str, channel: int | None) -> tuple[np.ndarray, str]:
@@ -106,6 +196,8 @@ def segment(
     device: str = "auto",
     test_time_augmentation: bool = False,
     scale: float = 1.0,
+    min_confidence: float = 0.0,
+    rgb: str = "luminance",
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -116,8 +208,8 @@ def segment(
     data : ndarray
         Image of any real dtype; intensities are normalised with the model's stored normalisation.
     axes : str
-        Axes of ``data`` from ``TZCYX`` (e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"TZCYX"``); ``S``
-        (RGB) is not supported: pick a channel first.
+        Axes of ``data`` from ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"TZCYX"``,
+        ``"YXS"``); an ``S`` (RGB) axis is converted to grey as ``rgb`` says.
     model : str or path
         Registered model name (see :func:`ijtorch.models.store.list_models`) or a model directory.
     channel : int, optional
@@ -142,6 +234,11 @@ def segment(
         2D models: resize each plane by this factor before the model sees it (2 when the objects
         are about half the size of those the model was trained on, 0.5 when twice); objects are
         drawn back at the image's own size. In [0.1, 10]; not available for 3D models.
+    min_confidence : float
+        2D star-convex models: drop objects whose confidence (peak object probability, see
+        ``SegmentationResult.confidence``) is below this; 0 keeps all. In [0, 1].
+    rgb : {"luminance", "inverted", "hematoxylin"}
+        Conversion of RGB (``S`` axis) images to grey; see the module docstring.
     progress : callable, optional
         Receives ``ProgressEvent`` (phase ``"plane"``, then ``"tile"``/``"nms"`` per plane).
     cancel : callable, optional
@@ -157,8 +254,14 @@ def segment(
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     axes = check_axes(axes, data.ndim)
+    if not 0 <= float(min_confidence) <= 1:
+        raise ValueError(f"min_confidence={min_confidence!r}: expected a float in [0, 1]")
+    rgb_used = None
     if "S" in axes:
-        raise ValueError(f"axes={axes!r}: RGB (S) images are not supported; convert to one channel first")
+        if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+            raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+        data, axes = rgb_to_grey(data, axes, rgb)
+        rgb_used = rgb
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
     for arg, v in (("prob_threshold", prob_threshold), ("nms_threshold", nms_threshold)):
@@ -169,15 +272,24 @@ def segment(
     if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 512)):
         raise ValueError(f"overlap={overlap!r}: expected None or an integer in [0, tile_size)")
     imported = load_model(model, device=device)
+    from dataclasses import replace
+
+    from ijtorch.models.shift import no_reference
+
+    name = Path(str(model)).name
     if getattr(imported, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
-        return imported.segment(data, axes, channel=channel, prob_threshold=prob_threshold, model=model,
-                                progress=progress, cancel=cancel, t0=t0)
+        r = imported.segment(data, axes, channel=channel, prob_threshold=prob_threshold, model=model,
+                             progress=progress, cancel=cancel, t0=t0)
+        return replace(r, shift_message=no_reference(name).message, rgb=rgb_used) \
+            if isinstance(r, SegmentationResult) else r
     from ijtorch.tasks.pixels import is_pixel_model
 
     if is_pixel_model(model):  # semantic segmentation: the class label map is the result's labels
-        return _pixel_model_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
-                              device=device, test_time_augmentation=test_time_augmentation, scale=scale,
-                              progress=progress, cancel=cancel)
+        r = _pixel_model_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
+                                device=device, test_time_augmentation=test_time_augmentation, scale=scale,
+                                progress=progress, cancel=cancel)
+        return replace(r, shift_message=no_reference(name).message, rgb=rgb_used) \
+            if isinstance(r, SegmentationResult) else r
     data, axes = _pick_channel(data, axes, channel)
     net = load_model(model, device=device)
     model_axes = net.config.get("axes", "YX")
@@ -199,14 +311,26 @@ def segment(
     results = []
     offset = 0
     counts = []
+    confidences: list[np.ndarray] = []
+    shifts: list[tuple[float, dict]] = []
     unit = "volume" if model_axes == "ZYX" else "plane"
     for k, plane in enumerate(planes):
         if cancel is not None and cancel():
             raise InterruptedError("segmentation cancelled")
         emit(progress, ProgressEvent("plane", k, len(planes), f"{unit} {k + 1}/{len(planes)}"))
-        lab, _ = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, progress=progress, cancel=cancel,
-                                       test_time_augmentation=test_time_augmentation, scale=scale, dtype=np.int64,
-                                       **tiling)
+        lab, details = net.predict_instances(plane, prob_threshold=pt, nms_threshold=nt, progress=progress,
+                                             cancel=cancel, test_time_augmentation=test_time_augmentation,
+                                             scale=scale, dtype=np.int64, **tiling)
+        if details.get("shift_score") is not None:
+            shifts.append((float(details["shift_score"]), details.get("shift_inputs", {})))
+        prob_map = details.get("prob_map")
+        if prob_map is not None and prob_map.shape == lab.shape:
+            conf = object_confidence(lab, prob_map)
+            if min_confidence > 0:
+                lab, conf = _drop_uncertain(lab, conf, float(min_confidence))
+            confidences.append(conf)
+        elif min_confidence > 0:
+            raise ValueError(f"min_confidence={min_confidence!r}: model={str(model)!r} gives no per-object confidence")
         n = int(lab.max())
         lab[lab > 0] += offset
         offset += n
@@ -216,11 +340,32 @@ def segment(
     dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
     labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
     labels = np.transpose(labels, np.argsort(perm))
-    name = Path(str(model)).name
+    report = _shift_report(net, shifts, name, len(planes))
     seconds = time.monotonic() - t0
     log.info("segmented %s image with model %s: %d objects in %.2f s", axes, name, offset, seconds)
+    if report.warning:
+        log.warning("%s", report.warning)
+    conf = np.concatenate(confidences) if len(confidences) == len(planes) else None
     return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=pt,
-                              nms_threshold=nt, seconds=seconds, device=net.device, objects_per_plane=tuple(counts))
+                              nms_threshold=nt, seconds=seconds, device=net.device, objects_per_plane=tuple(counts),
+                              shift_score=report.score, shift_threshold=report.threshold, shift_warning=report.warning,
+                              shift_message=report.message, confidence=conf, rgb=rgb_used)
+
+
+def _shift_report(net: Any, shifts: list, name: str, n_planes: int) -> Any:
+    """The dataset-shift report of a segmentation: the plane with the highest score speaks."""
+    from ijtorch.models.shift import assess, no_reference
+
+    reference = getattr(net, "shift_reference", None)
+    if not reference or len(shifts) != n_planes or not shifts:
+        return no_reference(name)
+    score, inputs = max(shifts, key=lambda s: s[0])
+    report = assess(reference, score, inputs, model_name=name)
+    if n_planes > 1 and report.warning:
+        flagged = sum(s > (report.threshold or np.inf) for s, _ in shifts)
+        text = f"{report.warning} [{flagged} of {n_planes} planes above the threshold]"
+        report = type(report)(report.score, report.threshold, text, text, report.details)
+    return report
 
 
 def _pixel_model_result(data: np.ndarray, axes: str, *, model: Any, channel: int | None = None,

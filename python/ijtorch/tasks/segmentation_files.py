@@ -21,10 +21,12 @@ __all__ = ["write_segmentation_outputs"]
 
 
 def write_segmentation_outputs(output_dir: str | os.PathLike, name: str, image: Image, labels: np.ndarray,
-                               labels_axes: str, *, inputs: tuple = ()) -> dict[str, Path]:
+                               labels_axes: str, *, inputs: tuple = (), confidence: np.ndarray | None = None
+                               ) -> dict[str, Path]:
     """Write label TIFF, RoiSet.zip, measurements CSV and overlay PNG; return their paths.
 
-    ``inputs`` are the source files: an output that would overwrite one is refused.
+    ``inputs`` are the source files: an output that would overwrite one is refused. ``confidence``
+    (``SegmentationResult.confidence``) adds the per-object ``confidence`` column to the CSV.
     """
     from ..io.roiset import write_roiset
     from ..io.tiff import write_imagej_tiff
@@ -45,7 +47,7 @@ def write_segmentation_outputs(output_dir: str | os.PathLike, name: str, image: 
     write_roiset(paths["rois"], outlines(labels, labels_axes))
     intensity = image.data if image.axes == labels_axes else None
     write_table_csv(paths["measurements"], measure(labels, labels_axes, intensity=intensity,
-                                                   calibration=image.calibration))
+                                                   calibration=image.calibration, confidence=confidence))
     # overlay: the first plane (2-D images are the common case; stacks show their first plane)
     plane_labels = to_axes(labels, labels_axes, "YX") if set(labels_axes) <= set("YX") else \
         labels[tuple(0 if a not in "YX" else slice(None) for a in labels_axes)]

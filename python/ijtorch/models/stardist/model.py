@@ -24,6 +24,7 @@ from . import geometry as sd
 from . import network
 from ..dihedral import dihedral_transforms
 from ..folder import ModelDir, load_model_dir, save_model_dir
+from .. import shift as _shift
 
 __all__ = ["StarDistModel", "MODEL_TYPE"]
 
@@ -72,6 +73,20 @@ class StarDistModel:
         self.config.setdefault("grid", 2)
         self.config["architecture"] = dict(net.config)
         self.device = device
+        self._shift_hook: Any = None
+
+    # ------------------------------------------------------------- dataset shift
+    @property
+    def shift_reference(self) -> dict[str, Any] | None:
+        """The dataset-shift reference stored with the model (:mod:`ijtorch.models.shift`), if any."""
+        return self.config.get(_shift.CONFIG_KEY) or None
+
+    def collecting(self, collector: Any) -> Any:
+        """Context in which the bottleneck features of this thread's forward passes go to
+        ``collector`` (a :class:`~ijtorch.models.shift.FeatureCollector` or ``MomentCollector``)."""
+        if self._shift_hook is None:
+            self._shift_hook = _shift.ShiftHook(self.net.unet.bottleneck)
+        return self._shift_hook.active(collector)
 
     # ------------------------------------------------------------------ store
     @classmethod
@@ -129,14 +144,21 @@ class StarDistModel:
     def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] = 512,
                      overlap: int = 96, batch_size: int = 2, test_time_augmentation: bool = False,
                      progress: ProgressCallback | None = None,
-                     cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     cancel: Callable[[], bool] | None = None, features: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Probability ``(Y, X)`` and distances ``(Y, X, n_rays)`` of a 2D image, predicted in tiles.
 
         ``overlap`` should exceed the diameter of the largest object plus the network's effective
         receptive field so that stitched maps equal whole-image maps around every object.
         ``test_time_augmentation`` averages the maps predicted on the 8 flips/90° rotations of the
         image (each brought back, rays renumbered to where they point): 8× the time, smoother maps.
+        ``features``: a collector that receives the bottleneck features of every tile (see
+        :meth:`collecting`).
         """
+        if features is not None:
+            with self.collecting(features):
+                return self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
+                                         batch_size=batch_size, test_time_augmentation=test_time_augmentation,
+                                         progress=progress, cancel=cancel)
         if image.ndim != 2:
             raise ValueError(f"image has shape {image.shape}; predict_maps needs a 2D (YX) image")
         x = self.normalize(image) if normalize else image.astype(np.float32)
@@ -171,6 +193,11 @@ class StarDistModel:
         ``test_time_augmentation``: see :meth:`predict_maps`. ``scale`` (2D): the model sees the
         image resized by this factor (e.g. 2 when objects are half the size of the training
         objects); polygons found there are drawn back at the image's own size, as StarDist does.
+
+        ``details`` also holds ``prob_map`` (the probability map at the image's size, for per-object
+        confidence) and, when the model has a dataset-shift reference, ``shift_score`` and
+        ``shift_inputs`` (see :mod:`ijtorch.models.shift`; computed from the forward pass's own
+        features).
         """
         pt = self.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
         nt = self.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
@@ -178,17 +205,18 @@ class StarDistModel:
             if not 0 <= v <= 1:
                 raise ValueError(f"{arg}={v!r}: expected a float in [0, 1]")
         scale = check_scale(scale)
-        x = image
+        if image.ndim != 2:
+            raise ValueError(f"image has shape {image.shape}; predict_instances needs a 2D (YX) image")
+        x = self.normalize(image) if normalize else image.astype(np.float32)
         if scale != 1.0:
-            if image.ndim != 2:
-                raise ValueError(f"scale={scale} is available for 2D (YX) images; got shape {image.shape}")
             from scipy import ndimage as ndi
 
-            x = ndi.zoom(self.normalize(image) if normalize else image.astype(np.float32), scale, order=1)
-            normalize = False
-        prob, dist = self.predict_maps(x, normalize=normalize, tile_size=tile_size, overlap=overlap,
+            x = ndi.zoom(x, scale, order=1)
+        reference = self.shift_reference
+        collector = _shift.FeatureCollector(reference) if reference else None
+        prob, dist = self.predict_maps(x, normalize=False, tile_size=tile_size, overlap=overlap,
                                        batch_size=batch_size, test_time_augmentation=test_time_augmentation,
-                                       progress=progress, cancel=cancel)
+                                       progress=progress, cancel=cancel, features=collector)
         emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
         labels, details = self.instances_from_maps(prob, dist, x.shape, prob_threshold=pt, nms_threshold=nt,
                                                    dtype=dtype)
@@ -199,6 +227,15 @@ class StarDistModel:
                        "dists": (details["dists"] / scale).astype(np.float32)}
             labels = sd.polygons_to_labels(details["points"], details["dists"], image.shape, scores=details["prob"],
                                            dtype=dtype)
+        details = dict(details)
+        if collector is not None:
+            details["shift_score"] = collector.score
+            details["shift_inputs"] = _shift.input_summary(x, prob)
+        if scale != 1.0:
+            from skimage.transform import resize
+
+            prob = resize(prob, image.shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+        details["prob_map"] = prob
         emit(progress, ProgressEvent("nms", 1, 1, f"{len(details['prob'])} objects"))
         return labels, details
 
