@@ -238,6 +238,12 @@ def _img_arrays(img: Any) -> list | None:
     return arrays if all(a is not None and len(a) == per for a in arrays) else None
 
 
+def _new_array_img(dtype: np.dtype, dims: list[int]) -> Any:
+    """A new ArrayImg of ``dtype`` and ImgLib2 ``dims``; the dimensions go as separate arguments, since an
+    array would select ``ArrayImgs.longs(long[] data, long... dims)``, which wraps it."""
+    return getattr(_java().ArrayImgs, _FACTORIES[dtype])(*dims)
+
+
 def _imglib2_dtype(img: Any) -> np.dtype | str:
     """The numpy dtype of ``img``'s pixel type, or that type's Java class name when it has none."""
     j = _java()
@@ -649,9 +655,7 @@ def imglib2_to_numpy(img: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         arrays = _img_arrays(img)
         if arrays is None:  # a view: copied pixel by pixel (in Java) into an ArrayImg first
             log.debug("ImgLib2 %s: no bulk path, copying with a cursor", img.getClass().getName())
-            from jpype import JArray, JLong
-
-            copy = getattr(j.ArrayImgs, _FACTORIES[dtype])(JArray(JLong)(dims))
+            copy = _new_array_img(dtype, dims)
             j.Arrays.copy(img, copy)
             arrays = _img_arrays(copy)
         chunks = _Chunks(data, _KINDS[dtype], writable=True)
@@ -697,15 +701,11 @@ def numpy_to_imglib2(data: np.ndarray, *, out: Any = None) -> Any:
         raise ValueError(f"data: {data.size} pixels exceed the {_MAX_PLANE} an ArrayImg can hold")
     given_dtype = data.dtype
     data = np.ascontiguousarray(_to_imglib2_dtype(data))
-    j = _java()
     if out is not None:
         _copy_into_imglib2(data, out, f"data ({_dtype_text(given_dtype)}, shape {tuple(data.shape)})")
         return out
-    from jpype import JArray, JLong
-
-    dims = JArray(JLong)([int(s) for s in reversed(data.shape)])
     with _java_errors("numpy -> ImgLib2"):
-        img = getattr(j.ArrayImgs, _FACTORIES[data.dtype])(dims)
+        img = _new_array_img(data.dtype, [int(s) for s in reversed(data.shape)])
         (storage,) = _img_arrays(img)
         chunks = _Chunks(data, _KINDS[data.dtype], writable=False)
         chunks.copy(storage, len(storage), True)
