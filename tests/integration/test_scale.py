@@ -214,3 +214,23 @@ def test_blockwise_big_image_equals_whole_image_labels(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".ijtorch-partial-")]
     rows = (tmp_path / "out" / "mosaic_measurements.csv").read_text().splitlines()
     assert len(rows) == from_tiff.n_objects + 1
+
+
+def test_the_readme_slurm_configuration_builds_a_job_script(tmp_path):
+    """The documented dask-jobqueue configuration gives the sbatch script it promises (no SLURM here:
+    the cluster is built, not scaled)."""
+    pytest.importorskip("dask_jobqueue")
+    from ijtorch.scale.cluster import DaskOptions, slurm_cluster
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    config = tmp_path / "slurm-cluster.yaml"
+    config.write_text(readme.split("<!-- slurm-example")[1].split("```yaml\n")[1].split("```")[0])
+    cluster = slurm_cluster(DaskOptions(str(config), 8), config, scale=False)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p cpu", "#SBATCH -A my-lab", "#SBATCH --cpus-per-task=8", "#SBATCH -t 04:00:00",
+                 "source /shared/envs/ijtorch/bin/activate", "export IJTORCH_MODELS=/shared/ijtorch-models"):
+        assert line in script, script
+    assert "python3 -m distributed.cli.dask_worker" in script and "--nthreads 1" in script and "--nworkers 8" in script

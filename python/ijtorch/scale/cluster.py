@@ -59,21 +59,27 @@ def _local_cluster(opts: DaskOptions) -> Any:
                             silence_logs=logging.ERROR)
 
 
-def slurm_cluster(opts: DaskOptions, config_file: str | os.PathLike | None = None) -> Any:
-    """A ``dask_jobqueue.SLURMCluster`` from dask's ``jobqueue.slurm`` config (and ``config_file``)."""
-    import dask
-
+def slurm_cluster(opts: DaskOptions, config_file: str | os.PathLike | None = None, *, scale: bool = True) -> Any:
+    """A ``dask_jobqueue.SLURMCluster`` from dask's ``jobqueue.slurm`` config, with the
+    ``jobqueue: slurm:`` settings of ``config_file`` (a dask config YAML such as the README's example)
+    on top; ``--dask-workers`` jobs."""
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ImportError("--dask slurm needs dask-jobqueue: pip install 'ijtorch[dask]'") from None
+    settings: dict[str, Any] = {}
     if config_file is not None:
         import yaml
 
         with open(config_file, encoding="utf-8") as f:
-            dask.config.update(dask.config.config, yaml.safe_load(f) or {}, priority="new")
-    cluster = SLURMCluster(silence_logs=logging.ERROR)
-    cluster.scale(jobs=opts.workers or 1)
+            tree = yaml.safe_load(f) or {}
+        slurm = (tree.get("jobqueue") or {}).get("slurm")
+        if not isinstance(slurm, dict):
+            raise ValueError(f"--dask {config_file}: expected a 'jobqueue: slurm:' section (see the README)")
+        settings = {key.replace("-", "_"): value for key, value in slurm.items()}
+    cluster = SLURMCluster(silence_logs=logging.ERROR, **settings)
+    if scale:
+        cluster.scale(jobs=opts.workers or 1)
     return cluster
 
 
