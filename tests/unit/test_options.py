@@ -67,3 +67,16 @@ def test_dialog_spec_lists_kinds_defaults_choices_and_help():
     assert lines[3] == ["choice", "output", "label map", "label map|ROI Manager", ""]
     assert lines[4][:4] == ["choice", "mode", "2d", "2d|3d"]
     assert lines[5][:3] == ["checkbox", "show", "true"]
+
+
+class CliOnly(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = "nuclei"
+    workers: int = Field(2, json_schema_extra={"surfaces": ["cli"]})
+
+
+def test_fields_off_the_imagej_surface_are_neither_dialog_fields_nor_macro_keys():
+    assert [line.split("\t")[1] for line in dialog_spec(CliOnly).splitlines()] == ["model"]
+    assert params_from_options(CliOnly, "model=x") == CliOnly(model="x", workers=2)
+    with pytest.raises(OptionsError, match=r"unknown option\(s\) \['workers'\]; accepted: \['model'\]"):
+        params_from_options(CliOnly, "workers=3")
