@@ -365,3 +365,28 @@ def test_remote_macro_functions_equal_in_process(ij, setup, models):
                 bridge.run_macro(f'run("ijtorch Macro Functions"); print({call});')
     assert local[2].split(",").count("shapes") == 1 and local[3] == "round,square" and int(local[4]) > 20
     assert remote == local
+
+
+# ----------------------------------------------------------------------------- the ImageJ files themselves
+def test_tables_and_properties_travel_exactly_through_imagej_readers(ij, tmp_path):
+    """What the shim reads with ImageJ's own classes equals what in-process code makes: CSV tables via
+    ``ResultsTable.open`` (numeric-looking text, commas, NaN, one column) and Properties texts both ways."""
+    from jpype import JClass
+
+    from ijtorch.bridge import results_table
+    from ijtorch.serve._imagej import _csv, parse_properties, properties_text
+
+    tables = [{"name": np.array(["12", "a, b", "µm", ""]), "x": np.array([1.5, np.nan, -np.inf, 1e-300]),
+               "n": np.arange(4)}, {"only": np.array([0.1, 2.0])}]
+    for k, columns in enumerate(tables):
+        path = tmp_path / f"t{k}.csv"
+        path.write_bytes(_csv(columns))
+        remote = _table(JClass("ij.measure.ResultsTable").open(str(path)))
+        _assert_same(remote, _table(results_table(columns, title=f"t{k}", show=False)))
+    values = {"options": "model=[a b] x=1:2 #!\\", "title": " µ😀\ttab\nline", "key with spaces=": "="}
+    props = JClass("java.util.Properties")()
+    props.load(JClass("java.io.StringReader")(properties_text(values).decode("ascii")))
+    assert {k: str(props.getProperty(k)) for k in values} == values
+    out = JClass("java.io.ByteArrayOutputStream")()
+    props.store(out, "comment")
+    assert parse_properties(bytes(out.toByteArray())) == values
