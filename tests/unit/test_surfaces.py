@@ -85,7 +85,10 @@ def check_cli(cmd: Command, verbs: dict[str, argparse.ArgumentParser]) -> None:
     assert list(generated) == shown, f"{cmd.verb}: generated options {list(generated)} != cli fields {shown}"
     for name, action in generated.items():
         info = params.model_fields[name]
-        assert option_name(name) in action.option_strings, (cmd.verb, name, action.option_strings)
+        if action.option_strings:
+            assert option_name(name) in action.option_strings, (cmd.verb, name, action.option_strings)
+        else:  # a required field the verb takes as a positional argument (import-bioimageio PACKAGE)
+            assert info.is_required(), (cmd.verb, name)
         assert action.dest == name
         assert action.default == cli_default(info) or (info.annotation is bool and action.default is bool(info.default))
         assert action.required == info.is_required(), (cmd.verb, name)
@@ -98,7 +101,7 @@ def check_cli(cmd: Command, verbs: dict[str, argparse.ArgumentParser]) -> None:
         kind = info.annotation
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
             assert action.choices == [m.value for m in kind]
-    own = {max(a.option_strings, key=len) for a in generated.values()}
+    own = {max(a.option_strings, key=len) for a in generated.values() if a.option_strings}
     declared = set(cli_only_options(parser))
     for action in parser._actions:
         if not action.option_strings:

@@ -3,13 +3,17 @@
 ``ijtorch export-bioimageio MODEL OUT.zip`` writes a bioimage.io package (format 0.5) of a
 registered model or model folder and checks it with bioimageio.spec and bioimageio.core;
 ``ijtorch import-bioimageio PACKAGE.zip|FOLDER [--name NAME]`` registers a local package as an
-ijtorch model in ``$IJTORCH_MODELS`` (see :mod:`ijtorch.bioimageio`).
+ijtorch model in ``$IJTORCH_MODELS`` (see :mod:`ijtorch.bioimageio`); its options are generated from
+the ``ijtorch Import bioimage.io Model`` command. Export stays hand-written: its test image, pixel
+size and package name are files and values of the command line the ImageJ command does not take.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from .generated import add_command_parser, params_from_args
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -36,9 +40,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from ..bioimageio.package_import import import_bioimageio
+    from ..commands.bioimageio import ImportBioimageioParams, import_options
 
-    result = import_bioimageio(args.package, name=args.name, task=args.task, overwrite=args.overwrite,
-                               threshold=args.threshold)
+    p = params_from_args(ImportBioimageioParams, args)
+    result = import_bioimageio(p.package, **import_options(p))
     print(f"{result.name}: imported as {result.model_type} ({result.weights_format} weights), run by "
           f"`ijtorch {result.task}` / {result.task}(); folder {result.path}")
     return 0
@@ -57,12 +62,7 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test (format check only)")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("import-bioimageio", help="register a local bioimage.io package as an ijtorch model")
-    p.add_argument("package", help="package .zip or folder with rdf.yaml")
-    p.add_argument("--name", default=None, help="model name in $IJTORCH_MODELS (default: the package's name)")
-    p.add_argument("--task", choices=("segment", "restore", "classify"), default=None,
-                   help="task that runs a foreign package (default: from its outputs and tags)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="foreground threshold of one-channel segmentation outputs (default 0.5)")
-    p.add_argument("--overwrite", action="store_true", help="replace a user model of the same name")
+    # the options of the ijtorch Import bioimage.io Model command, PACKAGE first
+    p = add_command_parser(sub, "import-bioimageio", help="register a local bioimage.io package as an ijtorch model",
+                           positional=("package",))
     p.set_defaults(func=_import)

@@ -119,16 +119,25 @@ def cli_default(info: Any) -> Any:
     return default.value if isinstance(default, enum.Enum) else default
 
 
-def add_params_options(parser: argparse.ArgumentParser, params: type[BaseModel]) -> dict[str, argparse.Action]:
-    """Add one option per field of ``params`` on the ``cli`` surface; returns ``{field: action}``."""
+def add_params_options(parser: argparse.ArgumentParser, params: type[BaseModel], *,
+                       positional: tuple[str, ...] = ()) -> dict[str, argparse.Action]:
+    """Add one option per field of ``params`` on the ``cli`` surface; returns ``{field: action}``.
+    ``positional``: required fields the verb takes as positional arguments (``PACKAGE``), in order."""
     generated = generated_options(parser)
-    for name in surface_fields(params, "cli"):
+    shown = surface_fields(params, "cli")
+    for name in positional:
+        if name not in shown or not params.model_fields[name].is_required():
+            raise ValueError(f"{params.__name__}.{name}: a positional argument must be a required cli field")
+    for name in [*positional, *(n for n in shown if n not in positional)]:
         info = params.model_fields[name]
         kind = _plain(info.annotation)
         required = info.is_required()
         default = cli_default(info)
         text = (info.description or "").strip().replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": name, "help": text}
+        if name in positional:
+            generated[name] = parser.add_argument(name, help=text)
+            continue
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
             kwargs["default"] = bool(default)
@@ -171,13 +180,14 @@ def command_for_verb(verb: str) -> Command:
     raise LookupError(f"no command has the CLI verb {verb!r}")
 
 
-def add_command_parser(sub: "argparse._SubParsersAction", verb: str, *, help: str) -> argparse.ArgumentParser:
+def add_command_parser(sub: "argparse._SubParsersAction", verb: str, *, help: str,
+                       positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The sub-parser of a command's verb, with the task options generated from the command's model;
     the verb adds its inputs and CLI-only options (:func:`cli_option`)."""
     cmd = command_for_verb(verb)
     parser = sub.add_parser(verb, help=help, description=f"{help[:1].upper()}{help[1:]}; the task options are "
                                                           f"those of the ImageJ command {cmd.name!r}.")
     parser.__dict__["_ijtorch_command"] = cmd.name
-    add_params_options(parser, cmd.params)
+    add_params_options(parser, cmd.params, positional=positional)
     return parser
 

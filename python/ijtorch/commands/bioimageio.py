@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .command import command
 from .outputs import CommandInputs, CommandOutputs
 
-__all__ = ["ExportBioimageioParams", "ImportBioimageioParams", "export_text", "import_text"]
+__all__ = ["ExportBioimageioParams", "ImportBioimageioParams", "export_text", "import_text", "import_options"]
 
 
 class ExportBioimageioParams(BaseModel):
@@ -45,6 +45,15 @@ class ImportBioimageioParams(BaseModel):
     name: str = Field("", description="model name (default: the package's name)")
     task: ImportTask = Field(ImportTask.auto, description="task that runs a foreign package (auto: from the package)")
     overwrite: bool = Field(False, description="replace a user model of the same name")
+    threshold: float = Field(0.0, ge=0, lt=1, description="foreground threshold of a foreign package's one-channel "
+                             "segmentation output; 0 = the package's binarize threshold, else 0.5")
+
+
+def import_options(p: ImportBioimageioParams) -> dict:
+    """The keyword arguments of :func:`ijtorch.bioimageio.package_import.import_bioimageio` for ``p``
+    (besides the package): the one translation of every surface (empty name / auto task / 0 = default)."""
+    return dict(name=p.name or None, task=None if p.task == ImportTask.auto else p.task.value, overwrite=p.overwrite,
+                threshold=p.threshold or None)
 
 
 def export_text(p: ExportBioimageioParams) -> str:
@@ -61,8 +70,7 @@ def import_text(p: ImportBioimageioParams) -> str:
     """Import as the command does; the Log line."""
     from ..bioimageio.package_import import import_bioimageio
 
-    r = import_bioimageio(p.package, name=p.name or None, task=None if p.task == ImportTask.auto else p.task.value,
-                          overwrite=p.overwrite)
+    r = import_bioimageio(p.package, **import_options(p))
     return (f"ijtorch Import bioimage.io Model: {r.name} registered ({r.model_type}, {r.weights_format} weights); "
             f"run it with ijtorch {r.task.capitalize()}")
 
@@ -73,7 +81,7 @@ def export_bioimageio_command(inputs: CommandInputs, p: ExportBioimageioParams) 
     return CommandOutputs(log=(export_text(p),))
 
 
-@command("ijtorch Import bioimage.io Model", ImportBioimageioParams, needs_image=False)
+@command("ijtorch Import bioimage.io Model", ImportBioimageioParams, needs_image=False, verb="import-bioimageio")
 def import_bioimageio_command(inputs: CommandInputs, p: ImportBioimageioParams) -> CommandOutputs:
     """Register a local bioimage.io package as an ijtorch model (nothing downloaded, no package code run)."""
     return CommandOutputs(log=(import_text(p),))
