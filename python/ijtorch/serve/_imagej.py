@@ -325,14 +325,26 @@ def read_files(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[d
     """The shim's request: its properties and the other files of its ZIP by name."""
     if set(header) != {"format"} or set(arrays) != {"zip"} or arrays["zip"].ndim != 1:
         raise ValueError("a request of format 'zip' holds exactly one 1-D uint8 array 'zip' and no other header keys")
-    try:
-        with zipfile.ZipFile(io.BytesIO(arrays["zip"].tobytes())) as zf:
-            files = {info.filename: zf.read(info) for info in zf.infolist() if not info.is_dir()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-        raise ValueError(f"the request's 'zip' array is not a ZIP file: {exc}") from None
+    files = _unzip(arrays["zip"].tobytes(), "the request's 'zip' array")
+    for name in [n for n in files if n.endswith(".zip")]:  # a RoiSet: the same bound
+        _unzip(files[name], name)
     if "request.properties" not in files:
         raise ValueError("the request ZIP has no request.properties")
     return parse_properties(files.pop("request.properties")), files
+
+
+def _unzip(data: bytes, what: str) -> dict[str, bytes]:
+    """The files of a ZIP; one that expands to much more than its size is refused (no ZIP bombs: the
+    shim stores its files uncompressed)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = [info for info in zf.infolist() if not info.is_dir()]
+            expanded = sum(info.file_size for info in infos)
+            if expanded > 2 * len(data) + (1 << 20):
+                raise ValueError(f"{what} expands to {expanded} bytes from {len(data)}; send the files uncompressed")
+            return {info.filename: zf.read(info) for info in infos}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+        raise ValueError(f"{what} is not a ZIP file: {exc}") from None
 
 
 _CAL_KEYS = ("pixel_width", "pixel_height", "voxel_depth", "unit", "frame_interval", "time_unit")
@@ -370,8 +382,7 @@ def _file_rois(props: dict[str, str], data: bytes) -> dict[str, Any]:
     ``rois.zip`` (area ROIs as polygons of their float polygon) and ``roi.<i>.type``/``.area``."""
     from roifile import ImagejRoi
 
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        rois = [ImagejRoi.frombytes(zf.read(n)) for n in zf.namelist() if n.endswith(".roi")]
+    rois = [ImagejRoi.frombytes(b) for n, b in _unzip(data, "rois.zip").items() if n.endswith(".roi")]
     area = [props.get(f"roi.{i}.area") == "true" for i in range(len(rois))]
     polygons = [np.asarray(r.coordinates(), np.float64).reshape(-1, 2) if a else np.empty((0, 2))
                 for r, a in zip(rois, area)]

@@ -248,10 +248,11 @@ public final class IjtorchRemote {
         return zip(null, entries);
     }
 
-    /** A ZIP of {@code files} and, unless null, {@code p} as request.properties. */
+    /** An uncompressed ZIP of {@code files} and, unless null, {@code p} as request.properties. */
     private static byte[] zip(Properties p, Map<String, byte[]> files) throws IOException {
         ByteArrayOutputStream bytes = new ByteArrayOutputStream();
         try (ZipOutputStream zip = new ZipOutputStream(bytes)) {
+            zip.setLevel(Deflater.NO_COMPRESSION);  // the server refuses ZIPs that expand much
             for (Map.Entry<String, byte[]> e : files.entrySet()) {
                 zip.putNextEntry(new ZipEntry(e.getKey()));
                 zip.write(e.getValue());
