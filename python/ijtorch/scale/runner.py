@@ -10,7 +10,7 @@ task leaves none of its files. On the client:
 - a failed input is reported as ``file: reason`` and the others go on (``--fail-fast`` cancels the
   rest); a task whose worker died is run again on another worker by the scheduler (up to
   ``distributed.scheduler.allowed-failures`` times, then it is reported as failed);
-- every finished input is appended to the manifest (:mod:`ijtorch.scale.manifest`) with its output
+- every finished input that wrote files is appended to the manifest (:mod:`ijtorch.scale.manifest`) with its output
   hashes, and a rerun of the same command skips the inputs already finished, and says so.
 
 A step runs in another process: it is sent with cloudpickle and gets a copy of what it refers to.
@@ -188,8 +188,10 @@ def run_batch(batch: Any, items: Iterable[Any], step: Callable, *, name: Callabl
                     finished[i] = _outcome(fut, KilledWorker)
                     batch.progress.update()  # progress as the cluster finishes tasks
                     result = finished[i]
-                    if isinstance(result, dict) and "error" not in result and manifest is not None and inputs(todo[i]):
-                        manifest.record(inputs(todo[i]), result["outputs"])  # on record at once
+                    if isinstance(result, dict) and "error" not in result and result["outputs"] and \
+                            manifest is not None and inputs(todo[i]):
+                        manifest.record(inputs(todo[i]), result["outputs"])  # on record at once (a step that
+                        # writes no files of its own, e.g. evaluate's per-pair scores, is simply run again)
                     error = result.get("error") if isinstance(result, dict) else result
                     if batch.fail_fast and error is not None and not isinstance(error, skip):
                         client.cancel([f for f in futures if not f.done()])
