@@ -99,8 +99,8 @@ class _Active:
 class FeatureCollector:
     """Accumulates the score of feature maps ``(N, D, *spatial)`` against a reference.
 
-    Per sample of the batch dimension: ``sums[n]`` and ``counts[n]`` (for one image per call,
-    :attr:`score` is the mean over everything seen).
+    :attr:`score` is the mean over everything seen (one image, however many tiles);
+    :meth:`sample_scores` gives one score per batch item of the last call (a batch of images).
     """
 
     def __init__(self, reference: dict[str, Any]) -> None:
@@ -112,6 +112,7 @@ class FeatureCollector:
         self.dim = self.mean.size
         self.total = 0.0
         self.count = 0
+        self._last: tuple[np.ndarray, int] | None = None
         self._torch: dict[str, Any] = {}
 
     def _on(self, device: Any) -> tuple[Any, Any, Any]:
@@ -131,8 +132,17 @@ class FeatureCollector:
         z = d @ comps.T
         z2 = z * z
         maha = (z2 * inv_var).sum(1) + ((d * d).sum(1) - z2.sum(1)).clamp_min(0) * self.inv_res
+        per_item = maha.reshape(x.shape[0], -1)
+        self._last = (per_item.sum(1).cpu().numpy() / self.dim, per_item.shape[1])
         self.total += float(maha.sum()) / self.dim
         self.count += int(maha.numel())
+
+    def sample_scores(self) -> list[float]:
+        """The score of each batch item of the last forward pass."""
+        if self._last is None:
+            return []
+        sums, n = self._last
+        return [float(v) / max(n, 1) for v in sums]
 
     @property
     def score(self) -> float | None:

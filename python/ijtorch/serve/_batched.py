@@ -47,6 +47,7 @@ class Maps:
     prob: np.ndarray
     dist: np.ndarray
     seconds: float  # this image's share of the batch's forward pass
+    shift: tuple | None = None  # (score, inputs) of the dataset-shift check (ijtorch.models.shift), if any
 
 
 def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
@@ -77,28 +78,48 @@ def forward_maps(model: Any, images: Sequence[np.ndarray]) -> list[Maps]:
     for k, im in enumerate(images):
         x = model.normalize(im)[None]  # (1, Y, X) as predict_tiled sees it
         batch[k] = np.pad(x, [(0, 0)] + pads, mode=mode) if any(p[1] for p in pads) else x
-    out = model._forward_numpy(batch)
+    reference = getattr(model, "shift_reference", None)
+    if reference:  # the dataset-shift check, per image, from this forward pass's own features
+        from ijtorch.models.shift import FeatureCollector, input_summary
+
+        collector = FeatureCollector(reference)
+        with model.collecting(collector):
+            out = model._forward_numpy(batch)
+        scores = collector.sample_scores()
+    else:
+        out = model._forward_numpy(batch)
     out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)]
     share = (time.monotonic() - t0) / len(images)
-    return [Maps(out[k, 0], np.moveaxis(out[k, 1:], 0, -1), share) for k in range(len(images))]
+    region = tuple(slice(0, s) for s in shape)
+    return [Maps(out[k, 0], np.moveaxis(out[k, 1:], 0, -1), share,
+                 (scores[k], input_summary(batch[k, 0][region], out[k, 0])) if reference else None)
+            for k in range(len(images))]
 
 
 def instances(model: Any, maps: Maps, prob_threshold: float | None, nms_threshold: float | None,
-              model_name: str) -> Any:
-    """The ``SegmentationResult`` of one image's maps (``None`` thresholds take the model's tuned values)."""
+              model_name: str, min_confidence: float = 0.0) -> Any:
+    """The ``SegmentationResult`` of one image's maps (``None`` thresholds take the model's tuned
+    values), with per-object confidence and the dataset-shift check as ``segment`` gives them."""
     from ijtorch.models.stardist import geometry as sd
-    from ijtorch.tasks.segment import SegmentationResult
+    from ijtorch.tasks.segment import SegmentationResult, _drop_uncertain, object_confidence, shift_report
 
     t0 = time.monotonic()
     pt = model.thresholds["prob"] if prob_threshold is None else float(prob_threshold)
     nt = model.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
     lab, _ = sd.instances_from_maps(maps.prob, maps.dist, prob_threshold=pt, nms_threshold=nt,
                                     grid=int(model.config.get("grid", 1)), dtype=np.int64)
+    conf = object_confidence(lab, maps.prob)
+    if min_confidence > 0:
+        lab, conf = _drop_uncertain(lab, conf, float(min_confidence))
     n = int(lab.max()) if lab.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-    return SegmentationResult(labels=lab.astype(dtype), axes="YX", n_objects=n, model=Path(model_name).name,
+    name = Path(model_name).name
+    report = shift_report(model, [maps.shift] if maps.shift is not None else [], name, 1)
+    return SegmentationResult(labels=lab.astype(dtype), axes="YX", n_objects=n, model=name,
                               prob_threshold=pt, nms_threshold=nt, seconds=maps.seconds + time.monotonic() - t0,
-                              device=model.device, objects_per_plane=(n,))
+                              device=model.device, objects_per_plane=(n,), shift_score=report.score,
+                              shift_threshold=report.threshold, shift_warning=report.warning,
+                              shift_message=report.message, confidence=conf)
 
 
 

@@ -322,7 +322,7 @@ class Server:
                 and batchable(model, plane.shape, options["tile_size"] or 512)):
             key = ("segment", path, plane.shape, str(plane.dtype))
             return await self.batcher.submit(key, plane, finish=lambda maps: instances(
-                model, maps, options["prob_threshold"], options["nms_threshold"], path))
+                model, maps, options["prob_threshold"], options["nms_threshold"], path, options["min_confidence"]))
         return await self.run(ctx, lambda: segment(data, axes, **options, device=self.config.device,
                                                    cancel=ctx.cancelled))
 

@@ -58,7 +58,7 @@ from ijtorch.image import check_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS", "RGB_CONVERSIONS", "rgb_to_grey",
-           "object_confidence"]
+           "object_confidence", "shift_report"]
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def segment(
     dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
     labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
     labels = np.transpose(labels, np.argsort(perm))
-    report = _shift_report(net, shifts, name, len(planes))
+    report = shift_report(net, shifts, name, len(planes))
     seconds = time.monotonic() - t0
     log.info("segmented %s image with model %s: %d objects in %.2f s", axes, name, offset, seconds)
     if report.warning:
@@ -352,8 +352,9 @@ def segment(
                               shift_message=report.message, confidence=conf, rgb=rgb_used)
 
 
-def _shift_report(net: Any, shifts: list, name: str, n_planes: int) -> Any:
-    """The dataset-shift report of a segmentation: the plane with the highest score speaks."""
+def shift_report(net: Any, shifts: list, name: str, n_planes: int) -> Any:
+    """The dataset-shift report of a segmentation from ``(score, inputs)`` per plane (as
+    ``predict_instances`` details give them): the plane with the highest score speaks."""
     from ijtorch.models.shift import assess, no_reference
 
     reference = getattr(net, "shift_reference", None)

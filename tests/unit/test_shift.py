@@ -1,0 +1,191 @@
+"""Issue #15: dataset-shift warning, per-object confidence, RGB input (ijtorch.models.shift, tasks.segment)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[2]
+# validation images of the bundled model (config.json training.val_names) and transmitted-light
+# images (one brightfield grey, two H&E RGB) of ../shared/data
+VALIDATION = ("1a75e9f15481d110", "29ea4f6eb4545f43", "449fe932622db3b4")
+BRIGHTFIELD = "c395870ad9f5a3ae"
+HISTOLOGY = ("718751b439c05bdd", "0e4c2e2780de7ec4")
+
+
+def _tif(path: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+@pytest.fixture(scope="module")
+def fluo(shared_data):
+    return shared_data / "nuclei_dsb2018" / "train"
+
+
+@pytest.fixture(scope="module")
+def transmitted(shared_data):
+    return shared_data / "nuclei_dsb2018_brightfield_histology" / "train"
+
+
+# ------------------------------------------------------------------------ the score and its reference
+def test_conformal_threshold_and_reference_from_moments():
+    import torch
+
+    from ijtorch.models import shift
+
+    assert shift.calibrate_threshold(np.arange(1, 20, dtype=float), 0.05) == 19.0  # ceil(20 * 0.95) = 19th
+    assert shift.calibrate_threshold(np.arange(1, 101, dtype=float), 0.05) == 96.0
+    rng = np.random.default_rng(0)
+    cols = []
+    for _ in range(4):
+        c = shift.MomentCollector()
+        c.add(torch.from_numpy(rng.normal(size=(1, 8, 16, 16))))
+        cols.append(c)
+    ref = shift.reference_from_moments(cols, [{"median": 0.02, "foreground": 0.1}] * 4, components=3, kind="test")
+    assert len(ref["features"]["mean"]) == 8 and len(ref["features"]["components"]) == 3
+    json.dumps(ref)  # plain JSON, nothing pickled
+    same, other = shift.FeatureCollector(ref), shift.FeatureCollector(ref)
+    same.add(torch.from_numpy(rng.normal(size=(1, 8, 16, 16))))
+    other.add(torch.from_numpy(rng.normal(3.0, 1.0, size=(1, 8, 16, 16))))
+    assert 0.7 < same.score < 1.3 and other.score > 5
+    ref["threshold"] = 1.5
+    calm = shift.assess(ref, same.score, {"median": 0.02}, model_name="m")
+    loud = shift.assess(ref, other.score, {"median": 0.9, "foreground": 0.6}, model_name="m")
+    assert not calm.warned and "resembles the test images" in calm.message
+    assert loud.warned and "bright background with dark objects" in loud.warning and "unreliable" in loud.warning
+    assert "no dataset-shift reference" in shift.assess(None, None, {}, model_name="m").message
+
+
+def test_bundled_nuclei_model_has_a_calibrated_reference():
+    from ijtorch.models.store import resolve_model
+
+    cfg = json.loads((resolve_model("nuclei") / "config.json").read_text())
+    ref = cfg["shift"]
+    assert ref["false_alarm_rate"] == 0.05 and ref["threshold"] > 1 and ref["calibration"]["images"] >= 100
+    assert not set(cfg["training"]["val_names"]) & set(cfg["training"]["train_names"])
+
+
+# ------------------------------------------------------------------- the warning on real images
+@pytest.mark.parametrize("name", VALIDATION)
+def test_no_warning_on_the_models_own_validation_images(fluo, name):
+    from ijtorch.tasks.segment import segment
+
+    r = segment(_tif(fluo / "images" / f"{name}.tif"), "YX", model="nuclei", device="cpu")
+    assert r.shift_score is not None and r.shift_threshold is not None
+    assert r.shift_score < r.shift_threshold and r.shift_warning is None
+    assert "resembles the fluorescence images" in r.shift_message
+
+
+def test_warning_on_brightfield_and_he_images(transmitted):
+    from ijtorch.tasks.segment import segment
+
+    r = segment(_tif(transmitted / "images" / f"{BRIGHTFIELD}.tif"), "YX", model="nuclei", device="cpu")
+    assert r.shift_score > r.shift_threshold
+    assert "bright background with dark objects" in r.shift_warning and "unreliable" in r.shift_warning
+    for name in HISTOLOGY:  # RGB, as the user has it: converted by luminance (the default)
+        r = segment(_tif(transmitted / "images" / f"{name}.tif"), "YXS", model="nuclei", device="cpu")
+        assert r.rgb == "luminance" and r.labels.shape == (256, 320) and r.axes == "YX"
+        assert r.shift_warning and r.shift_score > r.shift_threshold
+
+
+def test_model_without_reference_says_so(tmp_path, fluo):
+    from ijtorch.models.stardist.model import StarDistModel
+    from ijtorch.models.store import resolve_model
+    from ijtorch.tasks.segment import segment
+
+    m = StarDistModel.load(resolve_model("nuclei"))
+    m.config.pop("shift")
+    m.save(tmp_path / "plain")
+    r = segment(_tif(fluo / "images" / f"{VALIDATION[0]}.tif"), "YX", model=tmp_path / "plain", device="cpu")
+    assert r.shift_score is None and r.shift_warning is None and "no dataset-shift reference" in r.shift_message
+    assert r.n_objects > 0
+
+
+# ------------------------------------------------------------------------ confidence, RGB
+def test_confidence_column_and_min_confidence(fluo):
+    from ijtorch.tasks.measure import measure
+    from ijtorch.tasks.segment import segment
+
+    im = _tif(fluo / "images" / f"{VALIDATION[2]}.tif")
+    r = segment(im, "YX", model="nuclei", device="cpu")
+    assert r.confidence.shape == (r.n_objects,) and r.n_objects > 5
+    assert np.all(r.confidence >= r.prob_threshold - 1e-6) and np.all(r.confidence <= 1)
+    table = measure(r.labels, r.axes, intensity=im, confidence=r.confidence)
+    assert np.allclose(table["confidence"], r.confidence[table["label"] - 1])
+    cut = float(np.median(r.confidence))
+    kept = segment(im, "YX", model="nuclei", device="cpu", min_confidence=cut)
+    assert 0 < kept.n_objects < r.n_objects and kept.n_objects == int(np.sum(r.confidence >= cut))
+    assert np.all(kept.confidence >= cut) and np.array_equal(np.unique(kept.labels)[1:], np.arange(1, kept.n_objects + 1))
+    with pytest.raises(ValueError, match="min_confidence"):
+        segment(im, "YX", model="nuclei", device="cpu", min_confidence=1.5)
+
+
+def test_rgb_conversions():
+    from ijtorch.tasks.segment import rgb_to_grey
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    grey, axes = rgb_to_grey(rgb, "YXS")
+    assert axes == "YX" and np.allclose(grey, 0.299 * 100 + 0.587 * 200 + 0.114 * 50, atol=1e-3)
+    inv, _ = rgb_to_grey(rgb, "YXS", "inverted")
+    assert np.allclose(inv, 255 - grey, atol=1e-3)
+    he = np.zeros((2, 2, 3), np.uint8)
+    he[0] = (70, 40, 150)  # hematoxylin-like purple
+    he[1] = (240, 200, 220)  # pale eosin background
+    hema, _ = rgb_to_grey(he, "YXS", "hematoxylin")
+    assert hema[0].min() > hema[1].max()
+    with pytest.raises(ValueError, match="rgb="):
+        rgb_to_grey(rgb, "YXS", "sepia")
+
+
+def test_cli_segments_rgb_warns_and_writes_confidence(tmp_path, transmitted, fluo):
+    import shutil
+
+    import tifffile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = _tif(transmitted / "images" / f"{HISTOLOGY[0]}.tif")
+    tifffile.imwrite(folder / "he.tif", rgb, photometric="rgb")
+    shutil.copy(fluo / "images" / f"{VALIDATION[2]}.tif", folder / "fluo.tif")
+    out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "segment", str(folder), "--output", str(tmp_path / "out"),
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING he.tif: dataset shift" in out.stderr and "WARNING fluo.tif" not in out.stderr
+    assert "1 image(s) with a dataset-shift warning" in out.stdout
+    labels = tifffile.imread(tmp_path / "out" / "he.tif")
+    assert labels.shape == rgb.shape[:2]
+    with open(tmp_path / "out" / "fluo_measurements.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(0 < float(r["confidence"]) <= 1 for r in rows)
+
+
+def test_command_log_values_and_server_reply(fluo, transmitted):
+    from ijtorch.commands.outputs import CommandInputs, client_session
+    from ijtorch.commands.segment import SegmentParams, ijtorch_shift_score, ijtorch_shift_warning, segment_compute
+    from ijtorch.image import Image
+    from ijtorch.serve.app import _segment_reply
+
+    rgb = _tif(transmitted / "images" / f"{HISTOLOGY[1]}.tif")
+    p = SegmentParams(model="nuclei", min_confidence=0.0)
+    result, outputs = segment_compute(CommandInputs(image=Image(rgb, "YXS", title="he.tif")), p)
+    assert outputs.log and "WARNING dataset shift" in outputs.log[0]
+    assert outputs.values["shift_score"] > 1 and outputs.values["shift_warning"]
+    table = outputs.tables[0].columns
+    assert len(table["confidence"]) == result.n_objects and "mean" in table  # intensity of the grey conversion
+    with client_session(outputs.values):
+        assert ijtorch_shift_score() == outputs.values["shift_score"]
+        assert ijtorch_shift_warning().startswith("dataset shift")
+    header, arrays = _segment_reply(result)
+    assert header["shift_warning"] and header["shift_threshold"] and len(header["confidence"]) == result.n_objects
+    json.dumps(header)
