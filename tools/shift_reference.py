@@ -55,39 +55,23 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     model = StarDistModel.load(args.model, device="cpu")
-    model.config.pop(shift.CONFIG_KEY, None)
     training = model.config.get("training", {})
     train_names = list(training.get("train_names", []))
     if not train_names:
         raise SystemExit(f"{args.model}: config.json records no training.train_names")
     seen = set(train_names) | set(training.get("val_names", []))
-    t0 = time.monotonic()
-    moments, stats = [], []
-    for name in train_names:
-        x = model.normalize(read_grey(args.train_images / f"{name}.tif"))
-        col = shift.MomentCollector()
-        prob, _ = model.predict_maps(x, normalize=False, features=col)
-        moments.append(col)
-        stats.append(shift.input_summary(x, prob))
-    reference = shift.reference_from_moments(moments, stats, kind=args.kind, images=len(train_names))
-    print(f"reference from {len(train_names)} training images in {time.monotonic() - t0:.0f} s")
-
-    model.config[shift.CONFIG_KEY] = reference
     calib = sorted(p for p in args.calibration_images.glob("*.tif") if p.stem not in seen)
-    scores = []
-    for p in calib:
-        _, details = model.predict_instances(read_grey(p))
-        scores.append(details["shift_score"])
-    thr = shift.calibrate_threshold(scores, args.rate)
-    reference.update({
-        "threshold": float(f"{thr:.4g}"), "false_alarm_rate": args.rate,
-        "calibration": {"images": len(calib), "folder": args.calibration_images.name,
-                        "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of held-out images of the "
-                                "training kind (neither training nor validation images of the model)",
-                        "score_median": float(f"{np.median(scores):.4g}")},
-    })
-    print(f"threshold {thr:.4g} from {len(calib)} held-out images (median score {np.median(scores):.3g}) "
-          f"in {time.monotonic() - t0:.0f} s")
+    t0 = time.monotonic()
+    reference = shift.fit_reference(model, [read_grey(args.train_images / f"{n}.tif") for n in train_names],
+                                    [read_grey(p) for p in calib], kind=args.kind, rate=args.rate,
+                                    max_images=100_000)
+    reference["calibration"].update({"folder": args.calibration_images.name,
+                                     "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of held-out images "
+                                             "of the training kind (neither training nor validation images of the "
+                                             "model)"})
+    print(f"reference from {len(train_names)} training images, threshold {reference['threshold']:.4g} from "
+          f"{len(calib)} held-out images (median score {reference['calibration']['score_median']:.3g}) in "
+          f"{time.monotonic() - t0:.0f} s")
     cfg_path = args.model / CONFIG_NAME
     cfg = json.loads(cfg_path.read_text())
     cfg[shift.CONFIG_KEY] = reference

@@ -189,3 +189,20 @@ def test_command_log_values_and_server_reply(fluo, transmitted):
     header, arrays = _segment_reply(result)
     assert header["shift_warning"] and header["shift_threshold"] and len(header["confidence"]) == result.n_objects
     json.dumps(header)
+
+
+def test_training_stores_a_calibrated_reference(shared_data, tmp_path):
+    from ijtorch.models.store import load_model_dir
+    from ijtorch.tasks.segment import segment
+    from ijtorch.train.data import load_pairs
+    from ijtorch.train.stardist_train import train_stardist
+
+    pairs = load_pairs(shared_data / "nuclei_dsb2018" / "train")[:6]
+    train_stardist(pairs, output=tmp_path / "m", n_rays=8, base_channels=4, depth=2, head_channels=4, epochs=1,
+                   steps_per_epoch=2, batch_size=2, patch_size=32, device="cpu", progress_bar=False,
+                   optimize_thresholds=False, evaluate=False, seed=0, val_fraction=0.34)
+    ref = load_model_dir(tmp_path / "m").config["shift"]
+    assert ref["n_images"] == 4 and ref["calibration"]["images"] == 2 and ref["threshold"] > 0
+    assert len(ref["features"]["mean"]) == 16  # the bottleneck of base_channels=4, depth=2
+    r = segment(pairs[0].image, "YX", model=tmp_path / "m", device="cpu")
+    assert r.shift_score is not None and r.shift_threshold == ref["threshold"]

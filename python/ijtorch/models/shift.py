@@ -32,7 +32,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["ShiftReport", "FeatureCollector", "MomentCollector", "ShiftHook", "reference_from_moments",
-           "calibrate_threshold", "assess", "no_reference", "input_summary", "FALSE_ALARM_RATE", "CONFIG_KEY"]
+           "calibrate_threshold", "assess", "no_reference", "input_summary", "fit_reference", "FALSE_ALARM_RATE",
+           "CONFIG_KEY"]
 
 CONFIG_KEY = "shift"
 FALSE_ALARM_RATE = 0.05
@@ -260,3 +261,40 @@ def assess(reference: dict[str, Any] | None, score: float | None, inputs: dict[s
                f"{kind} images model {model_name} was trained on: results are unreliable (check them, or use or "
                "train a model for images like this)")
     return ShiftReport(score, thr, warning, warning, {"inputs": inputs})
+
+
+def fit_reference(model: Any, train_images: Sequence[np.ndarray], calibration_images: Sequence[np.ndarray], *,
+                  kind: str = "training", rate: float = FALSE_ALARM_RATE, max_images: int = 200) -> dict[str, Any]:
+    """Build the reference of a 2D star-convex ``model`` from its training images, calibrate its
+    threshold on held-out ``calibration_images`` of the same kind (none: no threshold, so no
+    warnings) and store it in ``model.config["shift"]``. Images are ``YX`` arrays, raw (the model
+    normalises them). At most ``max_images`` of each (evenly spaced) are used."""
+    def spread(items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        items = list(items)
+        if len(items) <= max_images:
+            return items
+        return [items[int(i)] for i in np.linspace(0, len(items) - 1, max_images)]
+
+    model.config.pop(CONFIG_KEY, None)
+    moments, stats = [], []
+    for image in spread(train_images):
+        x = model.normalize(image)
+        col = MomentCollector()
+        prob, _ = model.predict_maps(x, normalize=False, features=col)
+        moments.append(col)
+        stats.append(input_summary(x, prob))
+    reference = reference_from_moments(moments, stats, kind=kind, images=len(moments))
+    calib = spread(calibration_images)
+    if calib:
+        scores = []
+        for image in calib:
+            col = FeatureCollector(reference)
+            model.predict_maps(image, features=col)
+            scores.append(col.score)
+        reference.update({"threshold": float(f"{calibrate_threshold(scores, rate):.4g}"), "false_alarm_rate": rate,
+                          "calibration": {"images": len(calib), "folder": "validation split",
+                                          "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of the "
+                                                  "validation images (held out from training)",
+                                          "score_median": float(f"{np.median(scores):.4g}")}})
+    model.config[CONFIG_KEY] = reference
+    return reference

@@ -324,6 +324,15 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
     model.save(output)  # a usable model exists even if tuning below is interrupted
     tuned, metrics = tune_and_evaluate(model, [setup.pairs[i] for i in setup.val_idx], optimize=optimize_thresholds,
                                        evaluate=evaluate, progress=progress)
+    if getattr(model, "model_type", None) == "stardist2d":  # the dataset-shift reference (ijtorch.models.shift)
+        from ijtorch.models.shift import fit_reference
+
+        try:
+            fit_reference(model, [setup.pairs[i].image for i in setup.train_idx],
+                          [setup.pairs[i].image for i in setup.val_idx])
+        except Exception as exc:  # noqa: BLE001 - a model without a reference still works (it says so)
+            log.warning("no dataset-shift reference for %s: %s", output, exc)
+            model.config.pop("shift", None)
     model.save(output)
     return {
         "output": str(output), "method": method, "epochs_run": result.epochs_run,
