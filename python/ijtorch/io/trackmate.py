@@ -145,7 +145,7 @@ def write_trackmate_xml(path: str | os.PathLike, tracks, *, image_path: str | os
     tab = _tables(tracks)
     s = tracks.spots
     root = ET.Element("TrackMate", version=TRACKMATE_VERSION)
-    ET.SubElement(root, "Log").text = "Written by ijtorch (detections + LAP tracking)."
+    ET.SubElement(root, "Log").text = "Written by ijtorch (detections + LAP tracking)." + _linking_log(tracks)
     model = ET.SubElement(root, "Model", spatialunits=cal.unit, timeunits=cal.time_unit if cal.frame_interval > 0 else "frame")
     decl = ET.SubElement(model, "FeatureDeclarations")
     for section, feats in (("SpotFeatures", SPOT_FEATURES), ("EdgeFeatures", EDGE_FEATURES), ("TrackFeatures", TRACK_FEATURES)):
@@ -230,6 +230,41 @@ def _settings(root: ET.Element, tracks, image_path, shape) -> None:
     ET.SubElement(settings, "SpotFilterCollection")
     ET.SubElement(settings, "TrackerSettings", TRACKER_NAME="MANUAL_TRACKER")
     ET.SubElement(settings, "TrackFilterCollection")
+    _tracker_record(settings, tracks)
+
+
+def _attr(v) -> str:
+    if v is None:
+        return "auto"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return _i(v)
+    if isinstance(v, (float, np.floating)):
+        return _f(v)
+    return str(getattr(v, "value", v))
+
+
+def _tracker_record(settings: ET.Element, tracks) -> None:
+    """``IjtorchTracker``: the linking parameters as given (``auto`` = estimated from the movie) and the
+    values used. TrackMate's reader looks its children up by name, so this element is ignored there
+    (TrackerSettings stays MANUAL_TRACKER)."""
+    params = getattr(tracks, "params", None) or {}
+    est = getattr(tracks, "estimated", None) or {}
+    el = ET.SubElement(settings, "IjtorchTracker")
+    ET.SubElement(el, "Parameters", {k: _attr(v) for k, v in params.items()})
+    used = {k: _attr(v) for k, v in est.items() if not k.endswith("_estimated")}
+    used["estimated_from_movie"] = " ".join(k[:-len("_estimated")] for k, v in est.items() if k.endswith("_estimated") and v)
+    ET.SubElement(el, "Used", used)
+
+
+def _linking_log(tracks) -> str:
+    est = getattr(tracks, "estimated", None) or {}
+    if not est:
+        return ""
+    vals = ", ".join(f"{k}={_attr(v)}" for k, v in est.items() if not k.endswith("_estimated"))
+    auto = ", ".join(k[:-len("_estimated")] for k, v in est.items() if k.endswith("_estimated") and v)
+    return f"\nLinking: {vals}" + (f"\nEstimated from the movie: {auto}" if auto else "")
 
 
 def _csv_write(path: Path, header: list[list[str]], rows: list[list[str]]) -> None:

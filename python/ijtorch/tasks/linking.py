@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from ..core.progress import ProgressCallback, ProgressEvent, emit
 from ..core.labels import as_label_array
 from .outlines import outlines
 
-__all__ = ["Detections", "Tracks", "TrackingParams", "detect_labels", "detect_points", "track",
+__all__ = ["Detections", "Linking", "Tracks", "TrackingParams", "detect_labels", "detect_points", "track",
            "track_labels", "fill_gaps", "EDGE_LINK", "EDGE_GAP", "EDGE_SPLIT", "EDGE_MERGE"]
 
 log = logging.getLogger(__name__)
@@ -90,21 +91,42 @@ class Detections:
         return int(self.spots["frame"].shape[0])
 
 
+class Linking(str, Enum):
+    """Frame-to-frame cost: ``auto`` = ``overlap`` for label input, ``distance`` for points."""
+
+    auto = "auto"
+    distance = "distance"
+    overlap = "overlap"
+
+
 class TrackingParams(BaseModel):
-    """Parameters of :func:`track` (distances in physical units, as the calibration gives them)."""
+    """Parameters of :func:`track` (distances in physical units, as the calibration gives them).
+
+    ``None`` means *estimated from the movie* (see :mod:`ijtorch.tasks._mask_linking`); the values
+    used are in :attr:`Tracks.estimated`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_distance: float = Field(15.0, gt=0, description="Largest frame-to-frame displacement that may be linked.")
+    linking: Linking = Field(Linking.auto, description="Frame-to-frame cost: 'overlap' (masks: overlap, motion, size and orientation, divisions from masks), 'distance' (centroids, as TrackMate's LAP tracker) or 'auto' (overlap for label input, distance for points).")
+    max_distance: float | None = Field(None, gt=0, description="Largest frame-to-frame displacement that may be linked (overlap linking: from the position predicted by the neighbours' motion); None = estimated from the movie.")
     max_gap: int = Field(2, ge=0, description="Largest number of consecutive missed frames bridged by gap closing (0 = off).")
     gap_max_distance: float | None = Field(None, gt=0, description="Largest displacement across a gap; default max_distance.")
     allow_splitting: bool = Field(True, description="Detect divisions: one parent, two daughters in the next frame.")
-    split_max_distance: float | None = Field(None, gt=0, description="Largest parent-to-daughter distance; default max_distance.")
+    split_max_distance: float | None = Field(None, gt=0, description="Distance linking only: largest parent-to-daughter distance; default max_distance.")
     allow_merging: bool = Field(False, description="Detect merges: two parents, one child in the next frame.")
-    merge_max_distance: float | None = Field(None, gt=0, description="Largest parent-to-child distance for merges; default max_distance.")
-    area_weight: float = Field(0.0, ge=0, description="Weight of the area-difference penalty in frame-to-frame costs (0 = distance only).")
-    alternative_cost_factor: float = Field(1.05, gt=0, description="'No link' cost = this factor times the largest candidate cost of each LAP.")
+    merge_max_distance: float | None = Field(None, gt=0, description="Distance linking only: largest parent-to-child distance for merges; default max_distance.")
+    area_weight: float = Field(0.0, ge=0, description="Distance linking only: weight of the area-difference penalty in frame-to-frame costs (0 = distance only).")
+    alternative_cost_factor: float = Field(1.05, gt=0, description="Distance linking and gap closing: 'no link' cost = this factor times the largest candidate cost of each LAP.")
     fill_gaps: bool = Field(False, description="Insert an interpolated detection in every frame a closed gap skips (TrackMate's 'Close gaps by introducing new spots').")
+    motion_compensation: bool = Field(True, description="Overlap linking: shift each mask by the median motion of its nearest confidently linked neighbours before comparing.")
+    motion_neighbours: int = Field(7, ge=1, description="Overlap linking: neighbours whose motion predicts an object's displacement.")
+    displacement_sigma: float | None = Field(None, gt=0, description="Overlap linking: scale of the centroid residual after the predicted motion (per axis); None = estimated.")
+    size_growth: float | None = Field(None, description="Overlap linking: typical log change of an object's area per frame; None = estimated.")
+    size_sigma: float | None = Field(None, gt=0, description="Overlap linking: scale of the log area change around size_growth; None = estimated.")
+    overlap_sigma: float | None = Field(None, gt=0, description="Overlap linking: scale of 1 - IoU of a true link; None = estimated.")
+    orientation_sigma: float | None = Field(None, gt=0, description="Overlap linking: scale of the change of an elongated object's long axis, degrees; None = estimated.")
+    max_cost: float | None = Field(None, gt=0, description="Overlap linking: gate on a link's (division's, merge's) cost; leaving an object unlinked costs half of it; None = chi-square quantile at 1 - 1e-6.")
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,10 @@ class Tracks:
         Label input only: the stack (``TYX``/``TZYX``) with every object painted with its
         ``ctc_label``; uint16 when the labels fit, else uint32.
     params : dict
-        The :class:`TrackingParams` used.
+        The :class:`TrackingParams` given.
+    estimated : dict
+        The values :func:`track` used where ``params`` said None (estimated from the movie), with
+        ``<name>_estimated`` = True/False, the linking mode and counts.
     """
 
     spots: dict[str, np.ndarray]
@@ -147,6 +172,7 @@ class Tracks:
     polygons: tuple[np.ndarray, ...] | None
     tracked_labels: np.ndarray | None
     params: dict[str, Any]
+    estimated: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_divisions(self) -> int:
@@ -376,7 +402,78 @@ def track(detections: Detections, *, params: TrackingParams | dict | None = None
     pos = np.stack([s["x"], s["y"], s["z"]], axis=1)
     area = s["area"]
     starts = np.searchsorted(frame, np.arange(detections.n_frames + 1))
+    mode = Linking(params.linking)
+    if mode == Linking.auto:
+        mode = Linking.overlap if detections.labels is not None else Linking.distance
+    if mode == Linking.overlap and detections.labels is None:
+        raise ValueError("linking='overlap' needs label input (detect_labels / track_labels); points have no masks: "
+                         "use linking='distance' or 'auto'")
     succ = np.full(n, -1, np.int64)
+    if mode == Linking.overlap:
+        from ._mask_linking import link_masks
+
+        ml = link_masks(detections, params, solve_sparse_lap, progress)
+        estimated: dict[str, Any] = {"linking": mode.value, **ml.estimated}
+        max_d = estimated["max_distance"]
+        f_src, f_dst, f_cost, f_kind = ml.src, ml.dst, ml.cost, ml.kind
+        succ[f_src] = f_dst
+        pred = np.full(n, -1, np.int64)
+        pred[f_dst] = f_src
+        close = params.model_copy(update={"max_distance": max_d, "allow_splitting": False, "allow_merging": False})
+    else:
+        max_d = params.max_distance
+        estimated = {"linking": mode.value, "max_distance_estimated": max_d is None}
+        if max_d is None:
+            max_d = _estimate_max_distance(pos, starts, detections.n_frames, detections.ndim)
+        estimated["max_distance"] = float(max_d)
+        f_src, f_dst, f_cost, f_kind, pred = _link_distance(detections, params, max_d, pos, area, starts, succ, progress)
+        close = params.model_copy(update={"max_distance": max_d})
+    t1 = time.perf_counter()
+    extra = _close_segments(close, frame, pos, area, starts, succ, pred, detections.n_frames)
+    emit(progress, ProgressEvent("close", 1, 1))
+    t2 = time.perf_counter()
+    src = np.concatenate([f_src, extra[0]])
+    dst = np.concatenate([f_dst, extra[1]])
+    cost = np.concatenate([f_cost, extra[2]])
+    kind = np.concatenate([f_kind, extra[3]])
+    order = np.lexsort((dst, src))
+    edges = np.stack([src[order], dst[order]], axis=1).astype(np.int64)
+    result = _assemble(detections, params, edges, cost[order], kind[order], estimated)
+    if params.fill_gaps:
+        result = fill_gaps(result)
+    log.info("tracked %d spots (%s linking): %d edges (%d gaps, %d splits, %d merges); link %.2fs, close %.2fs",
+             n, mode.value, len(edges), int((kind == EDGE_GAP).sum()), int((kind == EDGE_SPLIT).sum()),
+             int((kind == EDGE_MERGE).sum()), t1 - t0, t2 - t1)
+    return result
+
+
+def _estimate_max_distance(pos: np.ndarray, starts: np.ndarray, n_frames: int, ndim: int) -> float:
+    """Gate for centroid linking from the movie: displacement scale of unambiguous links (mutual nearest
+    neighbours whose nearest is under half the second nearest), χ² quantile at 1e-4, × 1.25."""
+    from scipy.stats import chi2
+
+    d2, nn_within = [], []
+    for t in range(n_frames - 1):
+        a, b = pos[starts[t]:starts[t + 1], :ndim], pos[starts[t + 1]:starts[t + 2], :ndim]
+        if len(a) < 1 or len(b) < 2:
+            continue
+        dist, j = cKDTree(b).query(a, k=2)
+        back = cKDTree(a).query(b[j[:, 0]])[1]
+        ok = (back == np.arange(len(a))) & (dist[:, 0] < 0.5 * dist[:, 1])
+        d2.append(dist[ok, 0] ** 2)
+        if len(a) >= 2:
+            nn_within.append(cKDTree(a).query(a, k=2)[0][:, 1])
+    d2 = np.concatenate(d2) if d2 else np.zeros(0)
+    if d2.size >= 10:
+        sigma = np.sqrt(np.median(d2) / chi2.median(ndim))
+        return float(max(1.25 * sigma * np.sqrt(chi2.ppf(1 - 1e-4, ndim)), 1e-6))
+    nn = np.concatenate(nn_within) if nn_within else np.zeros(0)
+    return float(np.median(nn) / 2) if nn.size else 15.0
+
+
+def _link_distance(detections, params, max_d, pos, area, starts, succ, progress):
+    """First LAP on centroid distances (TrackMate's LAP tracker); fills ``succ``, returns the edges."""
+    n = len(detections)
     link_cost = np.zeros(n)
     trees: dict[int, cKDTree] = {}
 
@@ -389,12 +486,12 @@ def track(detections: Detections, *, params: TrackingParams | dict | None = None
         a0, b0 = starts[t], starts[t + 1]
         if a0 == b0 or b0 == starts[t + 2]:
             continue
-        i, j, d = _pairs(tree(t), tree(t + 1), params.max_distance)
+        i, j, d = _pairs(tree(t), tree(t + 1), max_d)
         trees.pop(t, None)
         if i.size == 0:
             continue
         c = d * d * _penalty(area[a0 + i], area[b0 + j], params.area_weight)
-        alt = params.alternative_cost_factor * max(float(c.max()), params.max_distance ** 2 * 1e-6)
+        alt = params.alternative_cost_factor * max(float(c.max()), max_d ** 2 * 1e-6)
         match = solve_sparse_lap(i, j, c, b0 - a0, starts[t + 2] - b0, row_alt=alt, col_alt=alt)
         ok = match >= 0
         src = a0 + np.flatnonzero(ok)
@@ -407,23 +504,7 @@ def track(detections: Detections, *, params: TrackingParams | dict | None = None
     pred = np.full(n, -1, np.int64)
     has = succ >= 0
     pred[succ[has]] = np.flatnonzero(has)
-    t1 = time.perf_counter()
-    extra = _close_segments(params, frame, pos, area, starts, succ, pred, detections.n_frames)
-    emit(progress, ProgressEvent("close", 1, 1))
-    t2 = time.perf_counter()
-    src = np.concatenate([np.flatnonzero(has), extra[0]])
-    dst = np.concatenate([succ[has], extra[1]])
-    cost = np.concatenate([link_cost[has], extra[2]])
-    kind = np.concatenate([np.full(int(has.sum()), EDGE_LINK, np.int8), extra[3]])
-    order = np.lexsort((dst, src))
-    edges = np.stack([src[order], dst[order]], axis=1).astype(np.int64)
-    result = _assemble(detections, params, edges, cost[order], kind[order])
-    if params.fill_gaps:
-        result = fill_gaps(result)
-    log.info("tracked %d spots: %d edges (%d gaps, %d splits, %d merges); link %.2fs, close %.2fs",
-             n, len(edges), int((kind == EDGE_GAP).sum()), int((kind == EDGE_SPLIT).sum()),
-             int((kind == EDGE_MERGE).sum()), t1 - t0, t2 - t1)
-    return result
+    return (np.flatnonzero(has), succ[has], link_cost[has], np.full(int(has.sum()), EDGE_LINK, np.int8), pred)
 
 
 def _close_segments(params: TrackingParams, frame, pos, area, starts, succ, pred, n_frames):
@@ -493,7 +574,7 @@ def _close_segments(params: TrackingParams, frame, pos, area, starts, succ, pred
 
 
 def _assemble(det: Detections, params: TrackingParams, edges: np.ndarray, cost: np.ndarray,
-              kind: np.ndarray) -> Tracks:
+              kind: np.ndarray, estimated: dict | None = None) -> Tracks:
     s = det.spots
     n = len(det)
     frame = s["frame"]
@@ -517,7 +598,7 @@ def _assemble(det: Detections, params: TrackingParams, edges: np.ndarray, cost: 
         tracked = _relabel(det.labels, frame, s["label"], ctc_label)
     return Tracks(spots=spots, edges=edges, edge_cost=cost, edge_kind=kind, ctc=ctc, n_frames=det.n_frames,
                   ndim=det.ndim, calibration=det.calibration, shape=det.shape, polygons=det.polygons,
-                  tracked_labels=tracked, params=params.model_dump())
+                  tracked_labels=tracked, params=params.model_dump(), estimated=dict(estimated or {}))
 
 
 def fill_gaps(tracks: Tracks) -> Tracks:
@@ -641,7 +722,7 @@ def fill_gaps(tracks: Tracks) -> Tracks:
     det = Detections(spots=cols, n_frames=tracks.n_frames, ndim=ndim, calibration=cal, shape=tracks.shape,
                      polygons=polygons, labels=labels)
     log.info("filled %d gaps with %d interpolated spots", len(chains), n_new)
-    return _assemble(det, TrackingParams(**tracks.params), edges, cost[o], kind[o])
+    return _assemble(det, TrackingParams(**tracks.params), edges, cost[o], kind[o], tracks.estimated)
 
 
 def _ctc_lineage(n: int, frame: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

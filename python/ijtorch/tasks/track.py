@@ -15,7 +15,7 @@ import numpy as np
 from ..image import Calibration, check_axes
 from .linking import Tracks, TrackingParams, track_labels
 
-__all__ = ["track_movie", "track_statistics", "write_track_outputs"]
+__all__ = ["linking_summary", "track_movie", "track_statistics", "write_track_outputs"]
 
 
 def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: str | os.PathLike = "nuclei",
@@ -58,6 +58,32 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
         raise InterruptedError("tracking cancelled")
     return track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
                         progress=progress)
+
+
+_SUMMARY_KEYS = (("max_distance", "max distance", "{:.3g}"), ("displacement_sigma", "displacement sigma", "{:.3g}"),
+                 ("size_growth", "size growth/frame", "{:+.3f}"), ("size_sigma", "size sigma", "{:.3f}"),
+                 ("overlap_sigma", "overlap sigma", "{:.3f}"), ("orientation_sigma", "orientation sigma", "{:.1f} deg"),
+                 ("max_cost", "max cost", "{:.1f}"))
+
+
+def linking_summary(tracks: Tracks) -> str:
+    """One line: the linking mode and the gates and cost scales used, marking those estimated from the
+    movie (``*``), e.g. ``overlap linking; estimated (*) from 3316 confident links: max distance 13.2*, ...``."""
+    est = tracks.estimated or {}
+    mode = est.get("linking", "distance")
+    parts = []
+    for key, name, fmt in _SUMMARY_KEYS:
+        if key in est:
+            parts.append(f"{name} {fmt.format(est[key])}{'*' if est.get(key + '_estimated') else ''}")
+    head = f"{mode} linking"
+    if "n_confident_links" in est:
+        head += f"; * = estimated from {est['n_confident_links']} confident links"
+    elif est.get("max_distance_estimated"):
+        head += "; * = estimated from the movie"
+    line = head + (": " + ", ".join(parts) if parts else "")
+    if "n_divisions" in est:
+        line += f"; {est['n_divisions']} divisions and {est.get('n_merges', 0)} merges from masks"
+    return line
 
 
 def n_tracks(tracks: Tracks) -> int:

@@ -1,0 +1,501 @@
+"""Frame-to-frame linking of label masks: overlap-, shape- and motion-aware costs, divisions and
+merges from masks, every scale estimated from the movie (used by :func:`ijtorch.tasks.linking.track`).
+
+For each pair of consecutive frames:
+
+1. **Motion.** Masks of frame t are compared with frame t+1 after shifting each object by the
+   displacement predicted from its neighbours (the median displacement of the ``motion_neighbours``
+   nearest *confident* links, the object itself left out). Confident links are mutual best
+   overlaps (IoU ≥ 0.5, area ratio 0.7–1.4); the prediction is refined twice, so a colony that
+   expands (cells at its edge moving furthest) is followed. Without motion compensation the
+   prediction is zero.
+2. **Link cost** of object i at t to j at t+1, a sum of squared standardised residuals:
+   ``(r/σ_d)² + ((log(aⱼ/aᵢ) − g)/σ_a)² + ((1 − IoU)/σ_o)² + e·(Δθ/σ_θ)²`` with ``r`` the
+   centroid residual after the predicted motion, ``g`` the typical log growth of the area per frame,
+   IoU that of the shifted mask i with mask j (as TrackMate's overlap tracker), ``Δθ`` the angle
+   between the long axes (second moments, 2-D and 3-D) and ``e`` the smaller elongation
+   ``1 − √(λ₂/λ₁)`` of the two (orientation counts only for elongated objects).
+3. **Division** of a mother m into d₁, d₂ (both partly covered by m's shifted mask or near its
+   predicted centre): the same terms for m against the union d₁ ∪ d₂ (area sum, IoU with the union,
+   area-weighted centroid), with ``Δθ`` the angle between m's long axis and the line d₁ → d₂ (a rod
+   divides across its middle, its daughters lie on its axis). **Merges** likewise, two objects at t
+   against one at t+1, when enabled.
+4. **Assignment.** Leaving an object unlinked costs ``max_cost / 2``; links, divisions and merges
+   with a cost below their alternatives are chosen jointly by one integer program per frame pair
+   (each object at t and at t+1 used at most once; a sparse LAP when there is no division or merge
+   candidate).
+
+The scales ``σ_d, g, σ_a, σ_o, σ_θ`` come from the confident links of the whole movie (robust:
+medians and MADs) unless given in :class:`~ijtorch.tasks.linking.TrackingParams`; ``max_cost`` is
+the χ² quantile at 1 − 10⁻⁶ for the number of terms. Everything estimated is returned and recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MaskLinks", "link_masks", "object_shapes"]
+
+_CONF_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class MaskLinks:
+    """Frame-to-frame edges from :func:`link_masks` and the values it estimated."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    cost: np.ndarray
+    kind: np.ndarray  # 0 link, 2 split, 3 merge (as linking.EDGE_*)
+    estimated: dict
+
+
+def object_shapes(lab: np.ndarray, labels: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Long axis (unit vector, x y z), length (√12·σ along the axis) and elongation of each object.
+
+    ``lab`` is one frame (YX or ZYX), ``labels`` the sorted object labels of that frame, ``scale``
+    the pixel size per axis of ``lab`` (physical units).
+    """
+    n = labels.size
+    idx = np.flatnonzero(lab)
+    obj = np.searchsorted(labels, lab.ravel()[idx])
+    coords = [c * s for c, s in zip(np.unravel_index(idx, lab.shape), scale)]
+    cnt = np.maximum(np.bincount(obj, minlength=n), 1).astype(np.float64)
+    mean = [np.bincount(obj, c, minlength=n) / cnt for c in coords]
+    d = len(coords)
+    cov = np.zeros((n, 3, 3))
+    for a in range(d):
+        for b in range(a, d):
+            v = np.bincount(obj, coords[a] * coords[b], minlength=n) / cnt - mean[a] * mean[b]
+            # axes of lab are (z,) y, x; store the matrix in x, y, z order
+            ia, ib = d - 1 - a, d - 1 - b
+            cov[:, ia, ib] = cov[:, ib, ia] = v
+    # a pixel is a unit square/cube, not a point: add its own variance so that 1-pixel objects are round
+    for a in range(d):
+        cov[:, d - 1 - a, d - 1 - a] += scale[a] ** 2 / 12
+    w, vec = np.linalg.eigh(cov[:, :d, :d])
+    axis = np.zeros((n, 3))
+    axis[:, :d] = vec[:, :, -1]
+    lam1 = np.maximum(w[:, -1], 1e-12)
+    lam2 = np.maximum(w[:, -2], 0.0)
+    return axis, np.sqrt(12 * lam1), 1.0 - np.sqrt(lam2 / lam1)
+
+
+class _Frame:
+    """Pixels of one frame grouped by object (index into that frame's detections)."""
+
+    def __init__(self, lab: np.ndarray, labels: np.ndarray):
+        self.lab = lab
+        self.labels = labels
+        idx = np.flatnonzero(lab)
+        self.obj = np.searchsorted(labels, lab.ravel()[idx])
+        self.coords = np.stack(np.unravel_index(idx, lab.shape), axis=1).astype(np.int64)  # (p, ndim)
+
+
+def _overlaps(fa: _Frame, fb: _Frame, shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, overlap in pixels) of frame a's objects shifted by ``shift_px`` (per object, axis order of
+    the label array) with frame b's objects."""
+    c = fa.coords + shift_px[fa.obj]
+    shape = np.asarray(fb.lab.shape)
+    inside = np.all((c >= 0) & (c < shape), axis=1)
+    c = c[inside]
+    tgt = fb.lab[tuple(c.T)]
+    hit = tgt > 0
+    i = fa.obj[inside][hit]
+    j = np.searchsorted(fb.labels, tgt[hit])
+    m = max(fb.labels.size, 1)
+    key, cnt = np.unique(i * m + j, return_counts=True)
+    return key // m, key % m, cnt.astype(np.float64)
+
+
+def _mutual_best(i, j, score, na, nb):
+    """Pairs that are each other's best by ``score`` (higher is better)."""
+    if i.size == 0:
+        return np.zeros(0, bool)
+    best_a = np.full(na, -np.inf); np.maximum.at(best_a, i, score)
+    best_b = np.full(nb, -np.inf); np.maximum.at(best_b, j, score)
+    return (score >= best_a[i]) & (score >= best_b[j])
+
+
+def _global_shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer shift (per axis of the arrays) that best aligns the foreground of ``a`` onto ``b``
+    (peak of the FFT cross-correlation, zero-padded so that shifts do not wrap)."""
+    from scipy import fft
+
+    fa = (a > 0).astype(np.float32)
+    fb = (b > 0).astype(np.float32)
+    shape = [fft.next_fast_len(2 * n) for n in a.shape]
+    corr = fft.irfftn(fft.rfftn(fb, shape) * np.conj(fft.rfftn(fa, shape)), shape)
+    peak = np.array(np.unravel_index(int(np.argmax(corr)), corr.shape))
+    if corr.flat[0] >= corr[tuple(peak)] * (1 - 1e-6):  # no better alignment than none
+        return np.zeros(a.ndim, np.int64)
+    shape = np.asarray(shape)
+    return np.where(peak > shape // 2, peak - shape, peak).astype(np.int64)
+
+
+def _neighbours(pos_a, conf_i, k):
+    """Indices (into the confident links) of the k nearest confident neighbours of every object,
+    the object itself left out."""
+    n = pos_a.shape[0]
+    kk = min(k + 1, conf_i.size)
+    _, nb = cKDTree(pos_a[conf_i]).query(pos_a, k=kk)
+    nb = nb.reshape(n, kk)
+    own = conf_i[nb] == np.arange(n)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), kk - 1)  # itself, else the farthest
+    keep = np.ones((n, kk), bool)
+    keep[np.arange(n), drop] = False
+    return nb[keep].reshape(n, kk - 1)
+
+
+def _predict(pos_a, conf_i, conf_disp, k):
+    """Two predictions of every object's displacement from its confident neighbours (not itself):
+    their median, and a local affine motion (ridge-regularised least squares, centred on the object,
+    so that an expanding colony is extrapolated to its edge)."""
+    nb = _neighbours(pos_a, conf_i, k)
+    med = np.median(conf_disp[nb], axis=1)
+    nb2 = _neighbours(pos_a, conf_i, 2 * k)
+    X = pos_a[conf_i][nb2] - pos_a[:, None, :]  # (n, k, 3)
+    Y = conf_disp[nb2]
+    d = 3
+    Z = np.concatenate([np.ones(X.shape[:2] + (1,)), X], axis=2)  # (n, k, 4)
+    ZtZ = np.einsum("nki,nkj->nij", Z, Z)
+    lam = 0.5 * np.einsum("nki,nki->n", X, X) / max(X.shape[1], 1)  # ridge ~ half the mean squared spread
+    reg = np.zeros((1, d + 1, d + 1))
+    reg[0, 1:, 1:] = np.eye(d)
+    ZtZ = ZtZ + reg * (lam[:, None, None] + 1e-9)
+    ZtY = np.einsum("nki,nkj->nij", Z, Y)
+    try:
+        beta = np.linalg.solve(ZtZ, ZtY)
+        aff = beta[:, 0, :]
+    except np.linalg.LinAlgError:
+        aff = med
+    return med, aff
+
+
+def _angle(u, v):
+    """Angle between undirected axes, in [0, π/2]."""
+    nu = np.linalg.norm(u, axis=-1); nv = np.linalg.norm(v, axis=-1)
+    c = np.abs(np.sum(u * v, axis=-1)) / np.maximum(nu * nv, 1e-12)
+    return np.arccos(np.clip(c, 0.0, 1.0))
+
+
+def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
+    """Link consecutive frames of a label movie (see the module docstring).
+
+    ``det`` is a :class:`~ijtorch.tasks.linking.Detections` with ``labels``; ``params`` a
+    :class:`~ijtorch.tasks.linking.TrackingParams`; ``solve_lap`` the sparse LAP solver
+    (:func:`~ijtorch.tasks.linking.solve_sparse_lap`, passed in: that module imports this one).
+    """
+    from ..core.progress import ProgressEvent, emit
+
+    s = det.spots
+    lab = det.labels
+    ndim = det.ndim
+    cal = det.calibration
+    scale = np.array([cal.voxel_depth, cal.pixel_height, cal.pixel_width][3 - ndim:], np.float64)  # lab axis order
+    frame, area = s["frame"], s["area"].astype(np.float64)
+    pos = np.stack([s["x"], s["y"], s["z"]], axis=1)
+    nf = det.n_frames
+    starts = np.searchsorted(frame, np.arange(nf + 1))
+    axis = np.zeros((len(frame), 3)); length = np.zeros(len(frame)); elong = np.zeros(len(frame))
+    frames = []
+    for t in range(nf):
+        a0, a1 = starts[t], starts[t + 1]
+        labels_t = s["label"][a0:a1]
+        frames.append(_Frame(lab[t], labels_t))
+        if a1 > a0:
+            axis[a0:a1], length[a0:a1], elong[a0:a1] = object_shapes(lab[t], labels_t, scale)
+    radius = float(np.median(s["radius"])) if len(frame) else 1.0
+    px = float(scale.max())
+    # ---- pass over all frame pairs: motion prediction and the pairs' geometry
+    pairs = []
+    conf_stats = {"r": [], "dlog": [], "iou": [], "dth": [], "raw": []}
+    for t in range(nf - 1):
+        a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
+        na, nb = a1 - a0, b1 - a1
+        if na == 0 or nb == 0:
+            pairs.append(None)
+            continue
+        fa, fb = frames[t], frames[t + 1]
+        pa, pb = pos[a0:a1], pos[a1:b1]
+        v = np.zeros((na, 3))
+        if params.motion_compensation:  # stage drift / jumps: one global shift first
+            g_shift = _global_shift(fa.lab, fb.lab)
+            v[:, :ndim] = (g_shift * scale)[::-1]
+        v_global = v.copy()
+        rounds = 3 if params.motion_compensation else 1
+        for it in range(rounds):
+            shift = np.rint(v[:, :ndim][:, ::-1] / scale).astype(np.int64)  # (z,) y, x pixels
+            i, j, o = _overlaps(fa, fb, shift)
+            iou = o / (area[a0 + i] + area[a1 + j] - o)
+            ratio = area[a1 + j] / area[a0 + i]
+            conf = _mutual_best(i, j, iou, na, nb) & (iou >= _CONF_IOU) & (ratio > 0.7) & (ratio < 1.4)
+            if it < rounds - 1:
+                ci, cj = i[conf], j[conf]
+                if ci.size < 3:
+                    break
+                d = pb[cj] - pa[ci]
+                med, aff = _predict(pa, ci, d, params.motion_neighbours)
+                # neighbours' motion predicts only where motion is shared (a colony, a flow), not for
+                # independent random walkers: keep the prediction (median or local affine motion)
+                # that does best on the confident links, each predicted without itself
+                cands = (v_global, med, aff) if ci.size >= 30 else (v_global, med)  # affine: enough links only
+                err = [np.median(np.sum((d - cand[ci]) ** 2, 1)) for cand in cands]
+                v = cands[int(np.argmin(err))]
+                if int(np.argmin(err)) == 0 and it > 0:
+                    break
+        ci, cj = i[conf], j[conf]
+        r = pb[cj] - pa[ci] - v[ci]
+        conf_stats["r"].append(np.sum(r * r, axis=1))
+        conf_stats["raw"].append(np.linalg.norm(pb[cj] - pa[ci], axis=1))
+        conf_stats["dlog"].append(np.log(ratio[conf]))
+        conf_stats["iou"].append(iou[conf])
+        el = np.minimum(elong[a0 + ci], elong[a1 + cj]) > 0.3
+        conf_stats["dth"].append(_angle(axis[a0 + ci], axis[a1 + cj])[el])
+        pairs.append((i, j, o, iou, v))
+        emit(progress, ProgressEvent("link", t + 1, 2 * (nf - 1)))
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in conf_stats.items()}
+    n_conf = int(cat["r"].size)
+    est = _estimate(params, cat, ndim, radius, px)
+    est["n_confident_links"] = n_conf
+    sd, g, sa, so = (est[k] for k in ("displacement_sigma", "size_growth", "size_sigma", "overlap_sigma"))
+    sth = np.deg2rad(est["orientation_sigma"])
+    max_cost = est["max_cost"]
+    alt = max_cost / 2
+    max_d = est["max_distance"]
+    src, dst, cost, kind = [], [], [], []
+    n_div = n_merge = 0
+    for t in range(nf - 1):
+        if pairs[t] is None:
+            continue
+        i, j, o, iou, v = pairs[t]
+        a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
+        na, nb = a1 - a0, b1 - a1
+        pa, pb = pos[a0:a1], pos[a1:b1]
+        pred = pa + v
+        # candidates: overlapping after the shift, or within max_distance of the predicted position
+        ki, kj, _ = _near(pred, pb, max_d)
+        ci = np.concatenate([i, ki]); cj = np.concatenate([j, kj])
+        key, first = np.unique(ci * nb + cj, return_index=True)
+        ci, cj = key // nb, key % nb
+        ov = np.zeros(key.size)
+        pos_o = np.searchsorted(key, i * nb + j)
+        ov[pos_o] = o
+        A, B = a0 + ci, a1 + cj
+        u_iou = ov / (area[A] + area[B] - ov)
+        r = pb[cj] - pred[ci]
+        c = (np.sum(r * r, axis=1) / sd ** 2 + _robust(((np.log(area[B] / area[A]) - g) / sa) ** 2)
+             + _robust(((1 - u_iou) / so) ** 2)
+             + np.minimum(elong[A], elong[B]) * _robust((_angle(axis[A], axis[B]) / sth) ** 2))
+        ok = c < max_cost
+        L_i, L_j, L_c = ci[ok], cj[ok], c[ok]
+        # ---- divisions / merges: groups of two on one side
+        frac_b = ov / area[B]  # share of j covered by shifted i
+        frac_a = ov / area[A]
+        groups = []
+        if params.allow_splitting:
+            near = (frac_b >= 0.2) | (np.linalg.norm(r, axis=1) <= length[A] / 2 + 2 * sd)
+            groups.append(("split", _pair_groups(ci[near], cj[near], ov[near]), True))
+        if params.allow_merging:
+            near = (frac_a >= 0.2) | (np.linalg.norm(r, axis=1) <= length[B] / 2 + 2 * sd)
+            groups.append(("merge", _pair_groups(cj[near], ci[near], ov[near]), False))
+        D_one, D_two1, D_two2, D_c, D_split = [], [], [], [], []
+        for name, (one, two1, two2, o1, o2), split in groups:
+            if one.size == 0:
+                continue
+            if split:
+                M, X, Y = a0 + one, a1 + two1, a1 + two2
+                aU = area[X] + area[Y]
+                cU = (area[X, None] * pos[X] + area[Y, None] * pos[Y]) / aU[:, None]
+                rr = cU - pred[one]
+                dl = np.log(aU / area[M]) - g
+                iouU = (o1 + o2) / (area[M] + aU - o1 - o2)
+                th = _angle(axis[M], pos[Y] - pos[X])
+            else:
+                M, X, Y = a1 + one, a0 + two1, a0 + two2
+                aU = area[X] + area[Y]
+                cU = (area[X, None] * pred[two1] + area[Y, None] * pred[two2]) / aU[:, None]
+                rr = pos[M] - cU
+                dl = np.log(area[M] / aU) - g
+                iouU = (o1 + o2) / (area[M] + aU - o1 - o2)
+                th = _angle(axis[M], pos[Y] - pos[X])
+            # the area sum is what tells a division from a link plus a neighbour: kept quadratic
+            cd = (np.sum(rr * rr, axis=1) / sd ** 2 + (dl / sa) ** 2 + _robust(((1 - iouU) / so) ** 2)
+                  + elong[M] * _robust((th / sth) ** 2))
+            keep = cd < max_cost
+            D_one.append(one[keep]); D_two1.append(two1[keep]); D_two2.append(two2[keep]); D_c.append(cd[keep])
+            D_split.append(np.full(int(keep.sum()), split))
+        if D_one:
+            D_one, D_two1, D_two2, D_c, D_split = (np.concatenate(x) for x in (D_one, D_two1, D_two2, D_c, D_split))
+        else:
+            D_one = D_two1 = D_two2 = np.zeros(0, np.int64); D_c = np.zeros(0); D_split = np.zeros(0, bool)
+        sel_l, sel_d = _assign(solve_lap, na, nb, L_i, L_j, L_c, D_one, D_two1, D_two2, D_c, D_split, alt)
+        # Second chance for what is left on both sides (fast cells at a colony's edge, the tail of the
+        # cost distribution): the same choice among the leftovers only, with a 4x wider gate.
+        used_a, used_b = _used(na, nb, L_i[sel_l], L_j[sel_l], D_one[sel_d], D_two1[sel_d], D_two2[sel_d], D_split[sel_d])
+        if (~used_a).any() and (~used_b).any():
+            c_all = c
+            lw = (~used_a[ci]) & (~used_b[cj]) & (c_all < 4 * max_cost)
+            ua, ub = _used(na, nb, [], [], D_one, D_two1, D_two2, D_split, per_candidate=True)
+            dw = ~sel_d & ~np.array([used_a[x].any() or used_b[y].any() for x, y in zip(ua, ub)], bool)
+            if lw.any():
+                s2_l, s2_d = _assign(solve_lap, na, nb, ci[lw], cj[lw], c_all[lw], D_one[dw], D_two1[dw], D_two2[dw], D_c[dw],
+                                     D_split[dw], 4 * alt)
+                L_i = np.concatenate([L_i[sel_l], ci[lw][s2_l]]); L_j = np.concatenate([L_j[sel_l], cj[lw][s2_l]])
+                L_c = np.concatenate([L_c[sel_l], c_all[lw][s2_l]]); sel_l = np.ones(L_i.size, bool)
+                keep_d = sel_d.copy(); keep_d[np.flatnonzero(dw)[s2_d]] = True
+                sel_d = keep_d
+        src.append(a0 + L_i[sel_l]); dst.append(a1 + L_j[sel_l]); cost.append(L_c[sel_l])
+        kind.append(np.zeros(int(sel_l.sum()), np.int8))
+        for sp in (True, False):
+            m = sel_d & (D_split == sp)
+            if not m.any():
+                continue
+            if sp:
+                n_div += int(m.sum())
+                for d in (D_two1, D_two2):
+                    src.append(a0 + D_one[m]); dst.append(a1 + d[m]); cost.append(D_c[m] / 2)
+                    kind.append(np.full(int(m.sum()), 2, np.int8))
+            else:
+                n_merge += int(m.sum())
+                for d in (D_two1, D_two2):
+                    src.append(a0 + d[m]); dst.append(a1 + D_one[m]); cost.append(D_c[m] / 2)
+                    kind.append(np.full(int(m.sum()), 3, np.int8))
+        emit(progress, ProgressEvent("link", nf - 1 + t + 1, 2 * (nf - 1)))
+    cat_i = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)  # noqa: E731
+    est["n_divisions"] = n_div
+    est["n_merges"] = n_merge
+    log.info("mask linking: %d confident links; sigma_d %.3g, growth %.3g, sigma_a %.3g, sigma_o %.3g, "
+             "sigma_theta %.3g deg, max cost %.3g, max distance %.3g; %d divisions, %d merges",
+             n_conf, sd, g, sa, so, est["orientation_sigma"], max_cost, max_d, n_div, n_merge)
+    return MaskLinks(cat_i(src, np.int64), cat_i(dst, np.int64), cat_i(cost, np.float64), cat_i(kind, np.int8), est)
+
+
+def _used(na, nb, li, lj, one, x, y, split, per_candidate=False):
+    """Objects of t and t+1 taken by links (li, lj) and divisions/merges (one, x, y, split)."""
+    one, x, y, split = (np.asarray(v) for v in (one, x, y, split))
+    a_objs = [np.where(split, one, x), np.where(split, -1, y)]  # merge: both parents at t
+    b_objs = [np.where(split, x, one), np.where(split, y, -1)]  # split: both daughters at t+1
+    if per_candidate:
+        return ([[int(v) for v in (p, q) if v >= 0] for p, q in zip(*a_objs)],
+                [[int(v) for v in (p, q) if v >= 0] for p, q in zip(*b_objs)])
+    ua = np.zeros(na, bool); ub = np.zeros(nb, bool)
+    ua[np.asarray(li, np.int64)] = True; ub[np.asarray(lj, np.int64)] = True
+    for v in a_objs:
+        ua[v[v >= 0]] = True
+    for v in b_objs:
+        ub[v[v >= 0]] = True
+    return ua, ub
+
+
+def _robust(z2: np.ndarray, c: float = 9.0) -> np.ndarray:
+    """Cauchy loss of a squared standardised residual: z² near 0, c·log(1 + z²/c) beyond ~3σ, so one
+    outlying feature (an occluded or mis-segmented mask) does not veto a link on its own."""
+    return c * np.log1p(z2 / c)
+
+
+def _near(pa, pb, r):
+    if pa.shape[0] == 0 or pb.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    rec = cKDTree(pa).sparse_distance_matrix(cKDTree(pb), r, output_type="ndarray")
+    return rec["i"].astype(np.int64), rec["j"].astype(np.int64), rec["v"]
+
+
+def _pair_groups(one, other, ov):
+    """All unordered pairs (x, y), x < y, of ``other`` objects sharing the same ``one`` object."""
+    if one.size < 2:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0), np.zeros(0)
+    order = np.lexsort((other, one))
+    one, other, ov = one[order], other[order], ov[order]
+    bounds = np.flatnonzero(np.diff(np.r_[-1, one, -2]))
+    A, X, Y, OX, OY = [], [], [], [], []
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        k = b1 - b0
+        if k < 2:
+            continue
+        if k > 8:  # keep the 8 most-overlapping candidates of a crowded object
+            top = b0 + np.argsort(-ov[b0:b1])[:8]
+            top.sort()
+        else:
+            top = np.arange(b0, b1)
+        p, q = np.triu_indices(top.size, 1)
+        A.append(np.full(p.size, one[b0])); X.append(other[top[p]]); Y.append(other[top[q]])
+        OX.append(ov[top[p]]); OY.append(ov[top[q]])
+    if not A:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0), np.zeros(0)
+    return (np.concatenate(A), np.concatenate(X), np.concatenate(Y), np.concatenate(OX), np.concatenate(OY))
+
+
+def _assign(solve_sparse_lap, na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
+    """Choose links and divisions/merges: each object of t and of t+1 used at most once, minimum total
+    cost where leaving an object unlinked costs ``alt``. Returns boolean selections."""
+    if D_one.size == 0:
+        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
+        sel = match[L_i] == L_j
+        return sel, np.zeros(0, bool)
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    nl, nd = L_i.size, D_one.size
+    # gain of each variable relative to leaving its objects unlinked
+    obj = np.concatenate([L_c - 2 * alt, D_c - 3 * alt])
+    useful = obj < 0
+    # rows 0..na-1: objects at t; na..na+nb-1: objects at t+1
+    r_l = np.concatenate([L_i, na + L_j])
+    c_l = np.concatenate([np.arange(nl), np.arange(nl)])
+    a_side = np.where(D_split, D_one, D_x)
+    b1 = np.where(D_split, na + D_x, na + D_one)
+    b2 = np.where(D_split, na + D_y, D_y)  # split: second daughter at t+1; merge: second parent at t
+    r_d = np.concatenate([a_side, b1, b2])
+    c_d = nl + np.concatenate([np.arange(nd)] * 3)
+    rows = np.concatenate([r_l, r_d]); cols = np.concatenate([c_l, c_d])
+    A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
+    A = A[:, np.flatnonzero(useful)]
+    res = milp(obj[useful], constraints=LinearConstraint(A, -np.inf, 1.0), integrality=np.ones(int(useful.sum())),
+               bounds=Bounds(0, 1), options={"time_limit": 60.0})
+    x = np.zeros(nl + nd, bool)
+    if res.x is None:  # no solution in time: fall back to the plain LAP on links
+        log.warning("division assignment did not finish (%s); linking without divisions in this frame pair", res.message)
+        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
+        return match[L_i] == L_j, np.zeros(nd, bool)
+    x[np.flatnonzero(useful)] = res.x > 0.5
+    return x[:nl], x[nl:]
+
+
+def _estimate(params, cat, ndim, radius, px) -> dict:
+    """Cost scales and gates from the confident links (medians, MADs), unless given in params."""
+    from scipy.stats import chi2
+
+    enough = cat["r"].size >= 10
+    med_chi = chi2.median(ndim)
+    out = {}
+
+    def pick(name, value):
+        given = getattr(params, name)
+        out[name] = float(given) if given is not None else float(value)
+        out[f"{name}_estimated"] = given is None
+
+    sd = np.sqrt(np.median(cat["r"]) / med_chi) if enough else radius / 2
+    pick("displacement_sigma", max(sd, 0.25 * px))
+    g = float(np.median(cat["dlog"])) if enough else 0.0
+    pick("size_growth", g)
+    dev = np.abs(cat["dlog"] - g)
+    sa = max(1.4826 * float(np.median(dev)), float(np.quantile(dev, 0.9)) / 1.645) if enough else 0.2
+    pick("size_sigma", max(sa, 0.02))
+    so = float(np.median(1 - cat["iou"])) / 0.6745 if enough else 0.3
+    pick("overlap_sigma", max(so, 0.05))
+    sth = float(np.median(cat["dth"])) / 0.6745 if cat["dth"].size >= 10 else np.deg2rad(20)
+    pick("orientation_sigma", np.rad2deg(max(sth, np.deg2rad(2))))  # degrees
+    pick("max_cost", chi2.ppf(1 - 1e-6, ndim + 3))
+    raw = cat["raw"]
+    md = max(1.5 * float(np.quantile(raw, 0.999)) + 4 * out["displacement_sigma"], radius) if enough else 2 * radius
+    pick("max_distance", md)
+    return out
