@@ -82,6 +82,7 @@ CONTRACT: dict[str, Contract] = {
                   "--output", "--model", "--prob-threshold", "--nms-threshold", "--device", "--axes", "--scale",
                   "--test-time-augmentation", "--tile-size", "--overlap"),
               "test_segment_channel_is_one_based": ("--output", "--channel"),
+              "test_segment_min_confidence_and_rgb": ("--output", "--min-confidence", "--rgb"),
               "test_segment_bad_files_are_reported_and_the_rest_go_on": ("--output", "--fail-fast")},
         bad_input=("test_segment_bad_files_are_reported_and_the_rest_go_on",
                    "test_segment_failed_input_leaves_none_of_its_outputs", "test_segment_user_errors_are_one_line"),
@@ -102,7 +103,10 @@ CONTRACT: dict[str, Contract] = {
     "track": Contract(
         runs={"test_track_label_folder": ("--output", "--labels", "--max-distance", "--max-gap", "--no-divisions",
                                           "--fill-gaps"),
-              "test_track_segments_the_chosen_channel": ("--output", "--model", "--channel", "--axes")},
+              "test_track_segments_the_chosen_channel": ("--output", "--model", "--channel", "--axes"),
+              "test_track_overlap_linking_options": (
+                  "--output", "--labels", "--linking", "--merges", "--no-motion-compensation", "--displacement-sigma",
+                  "--size-growth", "--size-sigma", "--overlap-sigma", "--orientation-sigma", "--max-cost")},
         bad_input=("test_track_refuses_a_movie_without_time",),
     ),
     "restore": Contract(
@@ -404,6 +408,25 @@ def test_segment_folder_writes_labels_rois_measurements_overlay(tmp_path, nuclei
 
 
 @pytest.mark.slow
+def test_segment_min_confidence_and_rgb(tmp_path, nuclei):
+    """The Segment command's min_confidence and rgb, generated as options of the verb."""
+    image = tifffile.imread(sorted((nuclei / "images").glob("*.tif"))[0])
+    grey = (255 * (image - image.min()) / max(np.ptp(image), 1)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    tifffile.imwrite(tmp_path / "colour.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")
+    counts = {}
+    for name, args in (("all", ("grey.tif",)), ("sure", ("grey.tif", "--min-confidence", 0.9)),
+                       ("rgb", ("colour.tif", "--rgb", "luminance"))):
+        out = _cli(tmp_path, "segment", *[tmp_path / a if str(a).endswith(".tif") else a for a in args],
+                   "--output", tmp_path / name)
+        assert out.returncode == 0, out.stderr
+        counts[name] = int(re.search(r"\.tif: (\d+) objects", out.stdout).group(1))
+    assert 0 < counts["all"] and counts["sure"] <= counts["all"]
+    assert abs(counts["rgb"] - counts["all"]) <= 1  # luminance of a grey RGB image is the grey image
+    out = _cli(tmp_path, "segment", tmp_path / "colour.tif", "--rgb", "blue", "--output", tmp_path / "bad")
+    _clean_failure(out, 2, "argument --rgb: invalid choice: 'blue'")
+
+
 def test_segment_channel_is_one_based(tmp_path, nuclei):
     """Defect 4: ``--channel 1`` is the first channel (it segmented the second)."""
     image = tifffile.imread(sorted((nuclei / "images").glob("*.tif"))[0])
@@ -556,6 +579,23 @@ def test_track_label_folder(tmp_path, shared_data):
     assert stats and all(r["divides"] in ("False", "0", "false") for r in stats)
     assert len(list((tmp_path / "tracks" / "frames_RES").glob("*.tif"))) == 5
     _no_staging_left(tmp_path / "tracks")
+
+
+def test_track_overlap_linking_options(tmp_path, shared_data):
+    """The Track command's linking parameters, generated as options of the verb, reach the linker."""
+    tra = shared_data / "tracking_bacteria" / "01_GT" / "TRA"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for path in sorted(tra.glob("man_track*.tif"))[:4]:
+        shutil.copy(path, frames / path.name)
+    out = _cli(tmp_path, "track", frames, "--labels", "--output", tmp_path / "tracks", "--linking", "overlap",
+               "--merges", "--no-motion-compensation", "--displacement-sigma", 3, "--size-growth", 0,
+               "--size-sigma", 0.3, "--overlap-sigma", 0.3, "--orientation-sigma", 20, "--max-cost", 40)
+    assert out.returncode == 0, out.stderr
+    assert int(re.search(r"frames: (\d+) detections", out.stdout).group(1)) > 0
+    assert (tmp_path / "tracks" / "frames.xml").is_file()
+    out = _cli(tmp_path, "track", frames, "--labels", "--output", tmp_path / "t2", "--linking", "nearest")
+    _clean_failure(out, 2, "argument --linking: invalid choice: 'nearest'")
 
 
 def test_track_segments_the_chosen_channel(tmp_path, nuclei):
