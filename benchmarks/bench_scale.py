@@ -3,8 +3,9 @@
 1. **Files/s**: ``--files`` synthetic 1024² nuclei images (``ijtorch.scale.synthetic``) segmented
    one task per file with the CLI's own step (``ijtorch segment --dask``) on a ``LocalCluster`` of 1
    and of 2 worker processes (one torch thread each), in the same run, after each worker loaded
-   the model; and the same folder through the plain single-process ``ijtorch segment`` (torch's
-   default threads) for reference.
+   the model, alternating 1-2-2-1… (``--repeats``) so that a changing load on a shared machine
+   cancels out; with the worker CPU-seconds per file; and the same folder through the plain
+   single-process ``ijtorch segment`` (torch's default threads) for reference.
 2. **Blockwise**: a synthetic mosaic of each ``--sizes`` edge written as a tiled TIFF (tile by tile),
    segmented by :func:`ijtorch.scale.blockwise.segment_blockwise` (``--block`` px blocks) on 2
    workers restarted before each size; the peak RSS of each worker process (``VmHWM``), of the
@@ -46,6 +47,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _reset_peak_rss() -> None:
+    """Reset this process's VmHWM (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _warm(model: str = "nuclei") -> int:
     from ijtorch.models.store import load_model
 
@@ -53,7 +63,12 @@ def _warm(model: str = "nuclei") -> int:
     return os.getpid()
 
 
-def throughput(n_files: int, size: int, work: Path) -> dict:
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def throughput(n_files: int, size: int, work: Path, repeats: int = 1) -> dict:
     from distributed import Client, LocalCluster
 
     from ijtorch.cli import main as cli_main
@@ -68,21 +83,31 @@ def throughput(n_files: int, size: int, work: Path) -> dict:
         write_imagej_tiff(folder / f"img{k:02d}.tif", np.block(tiles), "YX")
     files = sorted(folder.glob("*.tif"))
 
-    out: dict = {"files": n_files, "size": size, "load_before": _load()}
-    for workers in (1, 2):
+    out: dict = {"files": n_files, "size": size, "load_before": _load(), "runs": []}
+    order = [1, 2] + [w for r in range(1, repeats) for w in ((2, 1) if r % 2 else (1, 2))]  # ABBA: load drift cancels
+    for run, workers in enumerate(order):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             from ijtorch.scale._plugin import TorchThreads
 
             client.register_plugin(TorchThreads(1))
             client.run(_warm)
+            cpu0 = sum(client.run(_cpu_seconds).values())
             t0 = time.perf_counter()  # the CLI's own path: ijtorch segment FOLDER --dask tcp://...
-            code = cli_main(["segment", str(folder), "--output", str(work / f"out{workers}"), "--dask",
+            code = cli_main(["segment", str(folder), "--output", str(work / f"out{workers}-{run}"), "--dask",
                              cluster.scheduler_address, "--dask-threads", "1"])
             seconds = time.perf_counter() - t0
+            cpu = sum(client.run(_cpu_seconds).values()) - cpu0
             assert code == 0, code
-        out[f"workers_{workers}_s"] = seconds
-        out[f"workers_{workers}_files_per_s"] = n_files / seconds
+        out["runs"].append({"workers": workers, "seconds": seconds, "worker_cpu_s_per_file": cpu / n_files,
+                            "load": _load()})
+        print(f"  {workers} worker(s): {seconds:.1f} s, {n_files / seconds:.3f} files/s, "
+              f"{cpu / n_files:.1f} worker CPU-s per file, load {_load()}", flush=True)
+    for workers in (1, 2):
+        total = sum(r["seconds"] for r in out["runs"] if r["workers"] == workers)
+        n = sum(1 for r in out["runs"] if r["workers"] == workers)
+        out[f"workers_{workers}_s"] = total / n
+        out[f"workers_{workers}_files_per_s"] = n_files * n / total
     # the plain single-process CLI (no Dask, torch's default threads), wall time including start-up
     t0 = time.perf_counter()
     import subprocess
@@ -90,7 +115,7 @@ def throughput(n_files: int, size: int, work: Path) -> dict:
     subprocess.run([sys.executable, "-m", "ijtorch.cli", "segment", str(folder), "--output", str(work / "single")],
                    check=True, capture_output=True)
     out["single_process_cli_s"] = time.perf_counter() - t0
-    for k in ("out1", "out2"):  # the same files as the single-process run
+    for k in ("out1-0", "out2-1"):  # the same files as the single-process run
         for f in sorted((work / "single").glob("[!.]*")):
             assert (work / k / f.name).read_bytes() == f.read_bytes(), (k, f.name)
     out["speedup_2_vs_1"] = out["workers_1_s"] / out["workers_2_s"]
@@ -161,13 +186,15 @@ def blockwise(sizes: list[int], block: int, work: Path, whole_check: bool = True
             t0 = time.perf_counter()
             write_mosaic_tiff(big, (size, size), seed=7, labels_path=gt)
             written = time.perf_counter() - t0
+            _reset_peak_rss()  # the driver's own peak during this run (not the mosaic writer's or an earlier size's)
             t0 = time.perf_counter()
             res = segment_blockwise(big, work / f"bw{size}", block=block, client=client, rois=size <= 8192)
             seconds = time.perf_counter() - t0
             peaks = client.run(_worker_peak)
+            driver = _peak_rss_mb()
             row = {"size": size, "block": block, "objects": res.n_objects, "dtype": res.dtype, "blocks": res.n_blocks,
                    "seconds": seconds, "mpx_per_s": size * size / 1e6 / seconds, "mosaic_write_s": written,
-                   "worker_peak_rss_mb": sorted(peaks.values()), "driver_peak_rss_mb": _peak_rss_mb(),
+                   "worker_peak_rss_mb": sorted(peaks.values()), "driver_peak_rss_mb": driver,
                    "near_seams": res.near_seams, "merged_at_seams": res.merged_at_seams, "load": _load(),
                    **seam_split(gt, res.labels, (size, size), block)}
             if whole_check and size == min(sizes):
@@ -194,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--file-size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=2, help="throughput runs of each worker count (ABBA order)")
     ap.add_argument("--sizes", default="2048,4096,8192")
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--skip-throughput", action="store_true")
@@ -207,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ijtorch-bench-scale-", dir=args.work) as tmp:
         work = Path(tmp)
         if not args.skip_throughput:
-            t = throughput(args.files, args.file_size, work)
+            t = throughput(args.files, args.file_size, work, args.repeats)
             print(f"throughput: {t}", flush=True)
             print(f"  {args.files} files of {args.file_size}²: 1 worker {t['workers_1_files_per_s']:.3f} files/s, "
                   f"2 workers {t['workers_2_files_per_s']:.3f} files/s -> {t['speedup_2_vs_1']:.2f}x; "
