@@ -259,7 +259,7 @@ def _segment_closest(p1, d1, p2, d2):
     return p1 + s[:, None] * d1, p2 + t[:, None] * d2
 
 
-def _relax(pos, ang, half, width, iterations):
+def _relax(pos, ang, half, width, iterations, tol=0.0):
     """Push overlapping capsules apart (positions and angles updated in place)."""
     from scipy.spatial import cKDTree
 
@@ -277,7 +277,7 @@ def _relax(pos, ang, half, width, iterations):
         dist = np.linalg.norm(v, axis=1)
         overlap = width - dist
         hit = overlap > 1e-3
-        if not hit.any():
+        if not hit.any() or overlap.max() < tol:
             return
         i, j, P, Q, v, dist, overlap = i[hit], j[hit], P[hit], Q[hit], v[hit], dist[hit], overlap[hit]
         n = v / np.maximum(dist, 1e-9)[:, None]
@@ -287,8 +287,9 @@ def _relax(pos, ang, half, width, iterations):
         np.add.at(dpos, i, push)
         np.add.at(dpos, j, -push)
         # Torque of the push about each rod's centre turns it (moment of inertia of a rod ~ h^2 / 3).
-        ti = np.cross(P - pos[i], push)
-        tj = np.cross(Q - pos[j], -push)
+        cross = lambda a, b: a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]  # noqa: E731
+        ti = cross(P - pos[i], push)
+        tj = cross(Q - pos[j], -push)
         dang = np.zeros_like(ang)
         np.add.at(dang, i, ti / (half[i] ** 2 / 3 + width ** 2))
         np.add.at(dang, j, tj / (half[j] ** 2 / 3 + width ** 2))
@@ -361,7 +362,7 @@ def simulate_colony(*, n_frames: int = 30, shape: tuple[int, int] = (256, 256), 
     ids = np.arange(1, n_cells + 1)
     parent = {int(i): 0 for i in ids}
     next_id = n_cells + 1
-    sub = 4
+    sub = max(4, int(np.ceil(36 / doubling_time)))  # growth sub-steps per frame: at most ~2 % each
     _relax(pos, ang, np.maximum(length - width, 0) / 2, width, 50)
     frames: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for t in range(n_frames):
@@ -386,7 +387,7 @@ def simulate_colony(*, n_frames: int = 30, shape: tuple[int, int] = (256, 256), 
                     rate = np.concatenate([rate[keep], np.log(2) / doubling_time * rng.uniform(0.85, 1.15, 2 * k)])
                     div_len = np.concatenate([div_len[keep], 2 * birth_length * rng.uniform(0.9, 1.1, 2 * k)])
                     ids = np.concatenate([ids[keep], new_ids])
-                _relax(pos, ang, np.maximum(length - width, 0) / 2, width, 8)
+                _relax(pos, ang, np.maximum(length - width, 0) / 2, width, 40, tol=0.05 * width)
             inside = np.all((pos > -width) & (pos < hi + width), axis=1)
             pos, ang, length, rate, div_len, ids = (v[inside] for v in (pos, ang, length, rate, div_len, ids))
         frames.append((ids.copy(), pos.copy(), ang.copy(), length.copy()))
