@@ -15,9 +15,10 @@ FIJI = os.environ.get("IJTORCH_FIJI")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_in_fiji(code: str, tmp_path: Path, *, env: dict | None = None, timeout: int = 400) -> dict:
-    """Run ``code`` in a new Python process with IJTORCH_FIJI set; it reports by calling
-    ``report(**values)``; returns those values. Fails with the process output on error."""
+def run_in_fiji(code: str, tmp_path: Path, *, env: dict | None = None, timeout: int = 400,
+                python: str | None = None) -> dict:
+    """Run ``code`` in a new Python process (``python``, default this one) with IJTORCH_FIJI set; it
+    reports by calling ``report(**values)``; returns those values. Fails with the process output on error."""
     script = tmp_path / "fiji_scenario.py"
     script.write_text("import json, os, sys\n"
                       "def report(**values):\n"
@@ -28,7 +29,7 @@ def run_in_fiji(code: str, tmp_path: Path, *, env: dict | None = None, timeout: 
     home.mkdir(exist_ok=True)
     full_env = {**os.environ, "IJTORCH_FIJI": FIJI or "", "HOME": str(home),
                 "IJTORCH_JAVA_OPTIONS": f"-Duser.home={home}", **(env or {})}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([python or sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
                           cwd=tmp_path, env=full_env)
     results = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     noise = "\n".join(line for line in proc.stderr.splitlines() if not line.lstrip().startswith("at "))

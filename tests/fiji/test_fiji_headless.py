@@ -58,7 +58,7 @@ def _macro_text(crop: Path, movie: Path, out: Path) -> str:
     return (f'open("{crop}");\n'
             'run("ijtorch Segment", "model=nuclei output=all");\n'
             'h = call("java.awt.GraphicsEnvironment.isHeadless");\n'
-            'print("headless=" + h + " title=" + getTitle() + " results=" + nResults);\n'
+            'print("headless=" + h + " title=" + getTitle() + " results=" + nResults + " overlay=" + Overlay.size);\n'
             f'saveAs("Tiff", "{out}/labels.tif");\n'
             f'open("{movie}");\n'
             f'run("ijtorch Track", "labels max_distance=8 max_gap=1 divisions output=[{out}]");\n'
@@ -79,10 +79,12 @@ def test_cli_fiji_headless_runs_without_display_or_xvfb(fiji_path, crop, movie, 
                           env=_no_display_env(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert time.monotonic() - started < 380
-    assert "headless=true title=" in done.stdout, done.stdout
     from ijtorch.io.tiff import read_tiff
 
-    np.testing.assert_array_equal(read_tiff(out / "labels.tif").data, _expected_labels(crop))
+    expected = _expected_labels(crop)
+    n = int(expected.max())
+    assert f"headless=true title={NAME}-labels results={n} overlay={n}" in done.stdout, done.stdout
+    np.testing.assert_array_equal(read_tiff(out / "labels.tif").data, expected)
     for name in ("movie.xml", "movie_spots.csv", "movie_track_statistics.csv", "movie_tracklet_statistics.csv",
                  "movie-tracks_RoiSet.zip", "Track statistics.csv"):
         assert (out / name).is_file(), sorted(p.name for p in out.iterdir())
@@ -122,11 +124,20 @@ def test_installed_fiji_headless_batch_through_the_server(fiji_path, crop, movie
                              capture_output=True, text=True, timeout=400, cwd=work, env=env)
         server_log = server.log_path.read_text()
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "headless=true title=" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
+    expected = _expected_labels(crop)
+    n = int(expected.max())
+    # as in-process headless: the labels current (not displayed), ROIs on its overlay, the Results table
+    assert f"headless=true title={NAME}-labels results={n} overlay={n}" in run.stdout, \
+        run.stdout[-2000:] + run.stderr[-3000:]
     assert "HeadlessException" not in run.stdout + run.stderr
-    np.testing.assert_array_equal(read_tiff(out / "labels.tif").data, _expected_labels(crop))
-    for name in ("movie.xml", "movie_spots.csv", "movie_track_statistics.csv"):
+    np.testing.assert_array_equal(read_tiff(out / "labels.tif").data, expected)
+    # Track writes files: its ROIs as <title>_RoiSet.zip and its tables as CSV there, as in-process
+    for name in ("movie.xml", "movie_spots.csv", "movie_track_statistics.csv", "movie_tracklet_statistics.csv",
+                 "movie-tracks_RoiSet.zip", "Track statistics.csv"):
         assert (out / name).is_file(), sorted(p.name for p in out.iterdir())
+    from ijtorch.io.roiset import read_roiset
+
+    assert len(read_roiset(out / "movie-tracks_RoiSet.zip").names) > 0
     assert "h2c" not in server_log.lower() and "Unsupported upgrade" not in server_log
 
 

@@ -39,7 +39,8 @@ def test_install_puts_each_piece_in_place_and_uninstall_restores_the_tree(fake_f
     manifest = install_fiji(fake_fiji, server="http://localhost:8765")
     files = set(manifest["files"])
     assert "plugins/ijtorch_shim.jar" in files and "ijtorch.properties" in files
-    assert {f"scripts/Plugins/ijtorch/{p.name}" for p in (ROOT / "jython_scripts").glob("*.py")} <= files
+    scripts = {p.name for p in (ROOT / "jython_scripts").glob("*.py")} - {"Train_From_ROIs.py"}
+    assert {f"scripts/Plugins/ijtorch/{name}" for name in scripts} <= files
     assert {f"macros/ijtorch/{p.name}" for p in (ROOT / "fiji_macros").glob("*.ijm")} <= files
     assert all((fake_fiji / f).is_file() for f in files)
     props = (fake_fiji / "ijtorch.properties").read_text()
@@ -47,6 +48,28 @@ def test_install_puts_each_piece_in_place_and_uninstall_restores_the_tree(fake_f
     assert json.loads((fake_fiji / MANIFEST).read_text())["files"] == manifest["files"]
     assert uninstall_fiji(fake_fiji) == []
     assert _tree(fake_fiji) == before
+
+
+def test_the_installed_menu_lists_only_what_a_server_runs(fake_fiji):
+    """A Fiji started without Python runs its commands on the server: the jar's plugins.config lists the
+    remote commands (by task) and Macro Functions; scripts that need Python stay out; the manifest names both."""
+    import zipfile
+
+    from ijtorch.commands.command import all_commands
+
+    manifest = install_fiji(fake_fiji, server="http://localhost:8765")
+    with zipfile.ZipFile(fake_fiji / "plugins" / "ijtorch_shim.jar") as jar:
+        config = jar.read("plugins.config").decode().splitlines()
+        assert "ijtorch/IjtorchServer.class" in jar.namelist()
+    listed = [line.split('"')[1] for line in config]
+    remote = sorted(n for n, c in all_commands().items() if c.remote and c.compute.__module__.startswith("ijtorch."))
+    assert sorted(listed) == sorted([*remote, "ijtorch Macro Functions"])
+    assert listed[0] == "ijtorch Segment" and listed[1] == "ijtorch Track" and listed[-1] == "ijtorch Macro Functions"
+    assert "ijtorch Train Segmentation" in manifest["needs_python"]["commands"]
+    assert set(manifest["needs_python"]["commands"]).isdisjoint(listed)
+    assert manifest["needs_python"]["scripts"] == ["Train_From_ROIs.py"]
+    assert not (fake_fiji / "scripts" / "Plugins" / "ijtorch" / "Train_From_ROIs.py").exists()
+    assert uninstall_fiji(fake_fiji) == []
 
 
 def test_uninstall_keeps_a_file_the_user_changed(fake_fiji):
@@ -74,6 +97,7 @@ def test_cli_install_and_uninstall(fake_fiji):
                                     capture_output=True, text=True, cwd=ROOT)
     done = run()
     assert done.returncode == 0 and "ijtorch installed into" in done.stdout, done.stderr
+    assert "these need Python in the Fiji process" in done.stdout and "ijtorch Train Segmentation" in done.stdout
     done = run("--uninstall")
     assert done.returncode == 0 and "ijtorch removed from" in done.stdout, done.stderr
     done = run("--uninstall")

@@ -331,10 +331,93 @@ def test_remote_track_equals_in_process_and_writes_the_same_files(ij, setup, mod
 
 
 def test_command_that_needs_python_gives_a_clear_macro_error(ij, setup):
+    """Refused from the server's catalog before anything is sent (an installed Fiji lists only the
+    server's commands; a macro may still name another)."""
     _, _, server, _ = setup
     _show(setup[0], "YX", TITLE)
     _remote_error(server, "ijtorch Train Segmentation", 'run("ijtorch Train Segmentation", "name=x");',
-                  "HTTP 404.*ijtorch Train Segmentation.*cannot run on this server: it needs in-process Python")
+                  "ijtorch Train Segmentation cannot run on the ijtorch server at http.*: it needs in-process "
+                  r"Python \(start Fiji from Python: ijtorch fiji --fiji")
+
+
+def _dialogs(title: str) -> list:
+    from jpype import JClass
+
+    return [w for w in JClass("java.awt.Window").getWindows()
+            if isinstance(w, JClass("java.awt.Dialog")) and str(w.getTitle()) == title and w.isVisible()]
+
+
+def test_menu_refuses_without_an_image_before_any_dialog(ij, setup):
+    """From the menu with no image open: an error naming the need, and no dialog to fill in first
+    (remote and in-process alike)."""
+    import time
+
+    from jpype import JClass
+
+    IJ = JClass("ij.IJ")
+    _, _, server, _ = setup
+    _clean()
+    for remote in (True, False):
+        IJ.log("\\Clear")
+        with _remote(server, *(["ijtorch Segment"] if remote else [])):
+            IJ.doCommand("ijtorch Segment")  # what a menu click does
+            deadline = time.time() + 20
+            while "needs an open image" not in str(IJ.getLog() or "") and time.time() < deadline:
+                time.sleep(0.05)
+            assert "ijtorch Segment: ijtorch Segment needs an open image" in str(IJ.getLog() or ""), remote
+            assert not _dialogs("ijtorch Segment"), "a dialog opened though the command cannot run"
+            for w in _dialogs("ijtorch"):  # the error message box
+                w.dispose()
+
+
+def test_dialog_shows_tuned_values_as_empty_fields_and_records_zero(ij, setup, models):
+    """A 0 that means the model's tuned value is an empty field whose help says so; OK records 0."""
+    import time
+
+    from jpype import JClass
+
+    from ijtorch import bridge
+    from ijtorch.commands.options import dialog_spec
+    from ijtorch.commands.segment import SegmentParams
+
+    image, _, server, _ = setup
+    _clean()
+    _show(image[:64, :64], "YX", "small")
+    Recorder = JClass("ij.plugin.frame.Recorder")
+    recorder = Recorder(False)
+    record_flag = Recorder.class_.getField("record")
+    record_flag.setBoolean(None, True)
+    try:
+        with _remote(server, "ijtorch Segment"):
+            JClass("ij.IJ").doCommand("ijtorch Segment")
+            deadline = time.time() + 20
+            while not any(isinstance(w, JClass("ij.gui.GenericDialog")) for w in _dialogs("ijtorch Segment")) \
+                    and time.time() < deadline:
+                time.sleep(0.05)
+            dialog = next(w for w in _dialogs("ijtorch Segment") if isinstance(w, JClass("ij.gui.GenericDialog")))
+            texts = [str(f.getText()) for f in dialog.getStringFields()]
+            lines = dialog.getMessage().getClass().getDeclaredField("lines")  # MultiLineLabel has no getter
+            lines.setAccessible(True)
+            message = "\n".join(str(x) for x in lines.get(dialog.getMessage()))
+            dialog.getStringFields().get(0).setText("tiny")  # the model
+            ok = dialog.getButtons()[0]
+            dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+            deadline = time.time() + 60
+            while "ijtorch Segment" not in str(recorder.getText()) and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            line = [x for x in str(recorder.getText()).splitlines() if "ijtorch Segment" in x]
+    finally:
+        record_flag.setBoolean(None, False)
+        recorder.close()
+    spec = [row.split("\t") for row in dialog_spec(SegmentParams).splitlines()]
+    shown = dict(zip([row[1] for row in spec if row[0] in ("number", "string")], texts))
+    assert shown["prob_threshold"] == shown["nms_threshold"] == shown["tile_size"] == shown["overlap"] == ""
+    assert shown["scale"] == "1.0" and shown["min_confidence"] == "0.0"  # a plain 0 stays a number
+    assert "prob_threshold: object probability threshold; empty or 0 = the model's tuned value" in message
+    assert len(line) == 1 and "prob_threshold=0 nms_threshold=0" in line[0] and "model=tiny" in line[0], line
+    assert bridge.run_macro('return "" + nImages;').value == "2"  # the labels came back
+    _clean()
 
 
 # ----------------------------------------------------------------------------- Ext. functions

@@ -3,8 +3,9 @@
 What goes where:
 
 ==============================  =============================================
-``plugins/ijtorch_shim.jar``    the Java shim (ImageJ 1.x loads plugin jars whose name has an underscore)
-``scripts/Plugins/ijtorch/*``   ``jython_scripts/*.py`` (menu Plugins > ijtorch)
+``plugins/ijtorch_shim.jar``    the Java shim (ImageJ 1.x loads plugin jars whose name has an underscore);
+                                its menu (plugins.config) lists only the commands a server runs
+``scripts/Plugins/ijtorch/*``   ``jython_scripts/*.py`` whose commands a server runs (menu Plugins > ijtorch)
 ``macros/ijtorch/*.ijm``        ``fiji_macros/*.ijm``
 ``ijtorch.properties``          server URL and the Python that installed it
 ``ijtorch-install.json``        manifest: every file written, with its SHA-256
@@ -12,8 +13,14 @@ What goes where:
 
 ``--uninstall`` removes the files the manifest lists (a file changed since, by SHA-256, is
 kept and reported), then the folders it created if they are empty, then the manifest.
-``ijtorch.properties`` keys (read by the Java remote transport): ``server.url``,
-``python.executable``, ``ijtorch.version``, ``shim.sources.sha256``.
+``ijtorch.properties`` keys (``server.url`` and ``server.token`` read by the shim's ``IjtorchServer``):
+``server.url``, ``python.executable``, ``ijtorch.version``, ``shim.sources.sha256``.
+
+A Fiji started normally has no Python in it: its ijtorch commands run on the configured server, which
+runs only the commands declared ``remote``. So the installed menu lists those (and the scripts that use
+only those); the others (training, evaluation, embedding, bioimage.io export/import) need a Fiji started
+from Python (``ijtorch fiji --fiji Fiji.app``, where the session's own shim lists every command), and a
+macro that still names one gets a macro error saying so. The manifest's ``needs_python`` lists them.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 from ..errors import BridgeError
@@ -46,6 +55,39 @@ def resource_dir(name: str) -> Path:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _needs_python(text: str) -> list[str]:
+    """The built-in commands ``text`` names (``"ijtorch Train Segmentation"``) that a server cannot run."""
+    from ..commands.command import all_commands
+
+    commands = all_commands()
+    return sorted({n for n in re.findall(r'"(ijtorch [^"]+)"', text) if n in commands and not commands[n].remote})
+
+
+# The menu's order, by task, as IjtorchRegistry.taskRank orders commands installed at run time.
+_MENU_ORDER = ("Segment", "Track", "Classif", "Restore", "Denoise", "Artificial", "Train", "Evaluat", "Embed",
+               "Percentile", "Macro Functions")
+
+
+def _menu_rank(line: str) -> tuple[int, str]:
+    name = re.sub(r'^[^"]*"(?:ijtorch )?', "", line)
+    return next((i for i, prefix in enumerate(_MENU_ORDER) if name.startswith(prefix)), len(_MENU_ORDER)), name
+
+
+def _server_jar(jar: Path, target: Path) -> list[str]:
+    """Copy the shim ``jar`` to ``target`` with a plugins.config that lists only what a server runs;
+    returns the commands left out."""
+    with zipfile.ZipFile(jar) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "plugins.config":
+                lines = data.decode().splitlines()
+                left_out = {line for line in lines if _needs_python(line)}
+                kept = sorted((line for line in lines if line not in left_out), key=_menu_rank)
+                data = "".join(line + "\n" for line in kept).encode()
+            dst.writestr(info, data)
+    return sorted(n for line in left_out for n in _needs_python(line))
 
 
 def _check_fiji(fiji: Path) -> Path:
@@ -76,9 +118,11 @@ def install_fiji(fiji: str | os.PathLike, *, server: str | None = None) -> dict:
     ij_jars = sorted((root / "jars").glob("ij-*.jar")) or sorted((root / "jars").glob("ij.jar"))
     if not ij_jars:
         raise BridgeError(f"{root}/jars has no ImageJ 1.x jar (ij-*.jar)")
-    copies: list[tuple[Path, Path]] = [(shim_jar(ij_jars[0]), root / "plugins" / INSTALLED_JAR)]
-    copies += [(p, root / "scripts" / "Plugins" / "ijtorch" / p.name)
-               for p in sorted(resource_dir("jython_scripts").glob("*.py"))]
+    jar = shim_jar(ij_jars[0])
+    scripts = sorted(resource_dir("jython_scripts").glob("*.py"))
+    skipped = [p.name for p in scripts if _needs_python(p.read_text())]
+    copies: list[tuple[Path, Path]] = [(p, root / "scripts" / "Plugins" / "ijtorch" / p.name)
+                                       for p in scripts if p.name not in skipped]
     copies += [(p, root / "macros" / "ijtorch" / p.name) for p in sorted(resource_dir("fiji_macros").glob("*.ijm"))]
     created_dirs = []
     for d in (root / "scripts" / "Plugins" / "ijtorch", root / "macros" / "ijtorch"):
@@ -87,10 +131,14 @@ def install_fiji(fiji: str | os.PathLike, *, server: str | None = None) -> dict:
             p.mkdir()
             created_dirs.append(str(p.relative_to(root)))
     files = {}
-    for src, dst in copies:
+    installed_jar = root / "plugins" / INSTALLED_JAR
+    for src, dst in [(jar, installed_jar), *copies]:
         if dst.exists():
             raise BridgeError(f"{dst} exists and was not installed by ijtorch; move it away first")
-        shutil.copyfile(src, dst)
+        if dst == installed_jar:
+            needs_python = _server_jar(src, dst)
+        else:
+            shutil.copyfile(src, dst)
         files[str(dst.relative_to(root))] = _sha256(dst)
     props = root / PROPERTIES
     if props.exists():
@@ -102,7 +150,8 @@ def install_fiji(fiji: str | os.PathLike, *, server: str | None = None) -> dict:
         lines.append(f"server.url={server}")
     props.write_text("\n".join(lines) + "\n")
     files[PROPERTIES] = _sha256(props)
-    manifest = {"ijtorch_version": __version__, "files": files, "created_dirs": created_dirs, "server": server}
+    manifest = {"ijtorch_version": __version__, "files": files, "created_dirs": created_dirs, "server": server,
+                "needs_python": {"commands": needs_python, "scripts": skipped}}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -160,7 +160,7 @@ def _install(spec: Command | FunctionSpec) -> None:
     registry = JClass("ijtorch.IjtorchRegistry")
     command_handler, function_handler = _handlers()
     if isinstance(spec, Command):
-        registry.registerCommand(spec.name, dialog_spec(spec.params), command_handler)
+        registry.registerCommand(spec.name, dialog_spec(spec.params), bool(spec.needs_image), command_handler)
     else:
         registry.registerFunction(spec.name, JArray(JInt)(arg_codes(spec)))
         registry.setFunctionHandler(function_handler)

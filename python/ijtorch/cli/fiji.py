@@ -114,6 +114,10 @@ def _install_fiji(args: argparse.Namespace) -> int:
         else:
             manifest = install_fiji(args.fiji_path, server=args.server)
             print(f"ijtorch installed into {args.fiji_path}: {len(manifest['files'])} files (manifest ijtorch-install.json)")
+            left = manifest["needs_python"]
+            print("Plugins > ijtorch lists the commands the server runs; these need Python in the Fiji process "
+                  f"(start it with: ijtorch fiji --fiji {args.fiji_path}): "
+                  + ", ".join(left["commands"] + left["scripts"]))
     except (IjtorchError, ValueError) as exc:
         print(f"ijtorch install-fiji: {exc}", file=sys.stderr)
         return 2

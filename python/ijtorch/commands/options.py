@@ -89,9 +89,25 @@ def _kind(annotation: Any) -> tuple[str, list[str]]:
     return "string", []
 
 
+def _empty_meaning(kind: str, default: Any, description: str) -> str:
+    """For a number whose default 0 stands for a value chosen elsewhere ("0 = the model's tuned value",
+    "0 = the model's default (512 in 2D)"), that meaning: the dialog shows such a field empty."""
+    import re
+
+    m = re.search(r"\b0 = ([^;]+)", description)
+    if kind != "number" or default != 0 or isinstance(default, bool) or m is None:
+        return ""
+    meaning = m.group(1).strip()
+    if meaning.count(")") > meaning.count("("):  # "(0 = the method's default: 128 in 2D)"
+        meaning = meaning[:meaning.rindex(")")].strip()
+    return meaning if re.search(r"tuned|default|package's", meaning) else ""
+
+
 def dialog_spec(params: type[BaseModel] | None) -> str:
     """One line per field the ``imagej`` surface shows, ``kind \\t key \\t default \\t choices \\t help``,
-    for the Java dialog."""
+    for the Java dialog. ``choices`` are a choice's values joined by ``|``; for a number whose 0 means a
+    value chosen elsewhere (a model's tuned threshold, a default tile size) they are that meaning: the
+    dialog starts such a field empty, says "empty or 0 = <meaning>" and reads an empty field as 0."""
     if params is None:
         return ""
     lines = []
@@ -103,7 +119,8 @@ def dialog_spec(params: type[BaseModel] | None) -> str:
             default = default.value
         default_text = "" if default is None or repr(default) == "PydanticUndefined" else str(default).lower() if isinstance(default, bool) else str(default)
         help_text = (info.description or "").replace("\t", " ").replace("\n", " ")
-        lines.append("\t".join([kind, name, default_text, "|".join(choices), help_text]))
+        choices_text = "|".join(choices) or _empty_meaning(kind, default, help_text)
+        lines.append("\t".join([kind, name, default_text, choices_text, help_text]))
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 package ijtorch;
 
-import ij.IJ;
 import ij.Macro;
 import ij.gui.GenericDialog;
 import ij.plugin.PlugIn;
+import java.awt.TextField;
+import java.util.Arrays;
 
 /**
  * The PlugIn behind every "ijtorch ..." menu command. ImageJ instantiates it with the command
@@ -16,32 +17,36 @@ public class IjtorchCommand implements PlugIn {
     @Override
     public void run(String command) {
         IjtorchRegistry.CommandHandler handler = IjtorchRegistry.command(command);
-        if (handler == null && IjtorchRemote.configured()) {
-            handler = (name, opts) -> IjtorchRemote.runCommand(name, opts);  // no Python here: ask the server
-        } else if (handler == null) {
+        boolean local = handler != null;
+        if (!local && !IjtorchServer.configured()) {
             IjtorchRegistry.reportError(command, "no handler is registered for this command "
                     + "(start ImageJ from Python with ijtorch, or configure an ijtorch server: "
                     + "IJTORCH_SERVER or the IJ Prefs key ijtorch.server)");
             return;
         }
+        String spec;
+        try {  // no Python here: the server runs the command, if it can
+            spec = local ? IjtorchRegistry.dialogSpec(command) : IjtorchRemote.dialogSpec(command);
+        } catch (Exception e) {
+            IjtorchRegistry.reportError(command, IjtorchServer.describe(e));
+            return;
+        }
+        if (spec == null) {
+            IjtorchRegistry.reportError(command, command + " cannot run on the ijtorch server at " + IjtorchServer.url()
+                    + ": it needs in-process Python (start Fiji from Python: ijtorch fiji --fiji /path/to/Fiji.app)");
+            return;
+        }
+        if ((!local || IjtorchRegistry.needsImage(command)) && ij.WindowManager.getCurrentImage() == null) {
+            IjtorchRegistry.reportError(command, command + " needs an open image (open one or select its window)");
+            return;  // before any dialog: it would only fail after OK
+        }
         String options = Macro.getOptions();
-        if (options == null) {
-            String spec;
-            try {
-                spec = IjtorchRegistry.command(command) != null ? IjtorchRegistry.dialogSpec(command)
-                        : IjtorchRemote.dialogSpec(command);
-            } catch (Exception e) {
-                IjtorchRegistry.reportError(command, "cannot reach the ijtorch server: " + e.getMessage());
-                return;
-            }
-            options = askOptions(command, spec == null ? "" : spec);
-            if (options == null) {
-                return;  // dialog cancelled
-            }
+        if (options == null && (options = askOptions(command, spec)) == null) {
+            return;  // dialog cancelled
         }
         String error;
         try {
-            error = handler.run(command, options.trim());
+            error = local ? handler.run(command, options.trim()) : IjtorchRemote.runCommand(command, options.trim());
         } catch (Throwable t) {
             error = t.getClass().getSimpleName() + ": " + t.getMessage();
         }
@@ -50,33 +55,28 @@ public class IjtorchCommand implements PlugIn {
         }
     }
 
-    /** Shows the dialog described by {@code spec} (lines of kind, key, default, choices, help). */
+    /** Shows the dialog described by {@code spec} (lines of kind, key, default, choices, help; a number's
+     *  choices column is what an empty field means, for a 0 that stands for e.g. the model's tuned value: the
+     *  field then starts empty and an empty field gives 0, as the Macro Recorder records it). */
     static String askOptions(String command, String spec) {
         if (spec.isEmpty()) {
             return "";
         }
         GenericDialog gd = new GenericDialog(command);
-        String[] lines = spec.split("\n");
+        String[][] fields = Arrays.stream(spec.split("\n")).map(l -> l.split("\t", -1)).toArray(String[][]::new);
         StringBuilder help = new StringBuilder();
-        for (String line : lines) {
-            String[] f = line.split("\t", -1);
-            String kind = f[0], key = f[1], def = f[2];
-            switch (kind) {
-                case "number":
-                    gd.addStringField(key, def, 10);
-                    break;
-                case "checkbox":
-                    gd.addCheckbox(key, Boolean.parseBoolean(def));
-                    break;
-                case "choice":
-                    String[] choices = f[3].split("\\|");
-                    gd.addChoice(key, choices, def);
-                    break;
-                default:
-                    gd.addStringField(key, def, 25);
+        for (String[] f : fields) {
+            boolean empty = f[0].equals("number") && !f[3].isEmpty();
+            if (f[0].equals("checkbox")) {
+                gd.addCheckbox(f[1], Boolean.parseBoolean(f[2]));
+            } else if (f[0].equals("choice")) {
+                gd.addChoice(f[1], f[3].split("\\|"), f[2]);
+            } else {
+                gd.addStringField(f[1], empty && Double.parseDouble(f[2]) == 0 ? "" : f[2], f[0].equals("number") ? 10 : 25);
             }
-            if (f.length > 4 && !f[4].isEmpty()) {
-                help.append(key).append(": ").append(f[4]).append('\n');
+            if (!f[4].isEmpty()) {
+                help.append(f[1]).append(": ").append(empty ? f[4].replace("0 = " + f[3], "empty or 0 = " + f[3]) : f[4])
+                        .append('\n');
             }
         }
         if (help.length() > 0) {
@@ -87,22 +87,21 @@ public class IjtorchCommand implements PlugIn {
             return null;
         }
         StringBuilder options = new StringBuilder();
-        for (String line : lines) {
-            String[] f = line.split("\t", -1);
-            String kind = f[0], key = f[1];
-            String value;
-            if ("checkbox".equals(kind)) {
-                if (gd.getNextBoolean()) {
-                    options.append(key).append(' ');
-                }
+        int text = 0;
+        for (String[] f : fields) {
+            if (f[0].equals("checkbox")) {
+                options.append(gd.getNextBoolean() ? f[1] + " " : "");
                 continue;
-            } else if ("choice".equals(kind)) {
-                value = gd.getNextChoice();
-            } else {
-                value = gd.getNextString();
             }
-            options.append(key).append('=');
-            options.append(value.contains(" ") || value.isEmpty() ? "[" + value + "]" : value).append(' ');
+            if (!f[0].equals("choice")) {
+                TextField field = (TextField) gd.getStringFields().get(text++);
+                if (f[0].equals("number") && !f[3].isEmpty() && field.getText().trim().isEmpty()) {
+                    field.setText("0");  // read (and recorded) as 0: the tuned value
+                }
+            }
+            String value = f[0].equals("choice") ? gd.getNextChoice() : gd.getNextString();
+            options.append(f[1]).append('=').append(value.contains(" ") || value.isEmpty() ? "[" + value + "]" : value)
+                    .append(' ');
         }
         return options.toString();
     }

@@ -23,12 +23,11 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
                     + "run(\"ijtorch Macro Functions\"); then Ext.ijtorch...()");
             return;
         }
-        if (IjtorchRegistry.functionHandler() == null && IjtorchRemote.configured()) {
+        if (IjtorchRegistry.functionHandler() == null && IjtorchServer.configured()) {
             try {  // an ImageJ without Python: the server's commands and functions, runnable by name
                 IjtorchRemote.install();
             } catch (Exception e) {
-                IjtorchRegistry.reportError("ijtorch Macro Functions", "cannot reach the ijtorch server at "
-                        + IjtorchRemote.serverUrl() + ": " + IjtorchRemote.describe(e));
+                IjtorchRegistry.reportError("ijtorch Macro Functions", IjtorchServer.describe(e));
                 return;
             }
         }
@@ -49,11 +48,11 @@ public class IjtorchMacroExtension implements PlugIn, MacroExtension {
     @Override
     public String handleExtension(String name, Object[] args) {
         IjtorchRegistry.FunctionHandler handler = IjtorchRegistry.functionHandler();
-        if (handler == null && IjtorchRemote.configured()) {
+        if (handler == null && IjtorchServer.configured()) {
             try {  // no Python here: the server runs it (or says that it needs in-process Python)
                 return IjtorchRemote.callFunction(name, args);
             } catch (Exception e) {
-                IjtorchRegistry.reportError("Ext." + name, IjtorchRemote.describe(e));
+                IjtorchRegistry.reportError("Ext." + name, IjtorchServer.describe(e));
                 return null;
             }
         }

@@ -5,11 +5,8 @@ import ij.Menus;
 import ij.macro.Interpreter;
 
 import java.awt.Menu;
-import java.awt.MenuBar;
 import java.awt.MenuItem;
-import java.util.Hashtable;
-import java.util.LinkedHashMap;
-import java.util.Map;
+import java.util.*;
 
 /**
  * The one place where ImageJ meets Python: command and macro-function handlers registered by
@@ -33,6 +30,7 @@ public final class IjtorchRegistry {
     /** Dialog field description, one per line: kind \t key \t default \t choices(|) \t help. */
     private static final Map<String, String> DIALOG_SPECS = new LinkedHashMap<>();
     private static final Map<String, CommandHandler> COMMANDS = new LinkedHashMap<>();
+    private static final Set<String> NEEDS_IMAGE = new HashSet<>();
     private static final Map<String, int[]> FUNCTIONS = new LinkedHashMap<>();
     private static FunctionHandler functionHandler;
     /** The error that last aborted a macro, and its line: the interpreter, told to ignore errors,
@@ -45,15 +43,22 @@ public final class IjtorchRegistry {
 
     private IjtorchRegistry() {}
 
-    public static synchronized void registerCommand(String command, String dialogSpec, CommandHandler handler) {
+    /** {@code needsImage}: refused without an open image, before any dialog. */
+    public static synchronized void registerCommand(String command, String dialogSpec, boolean needsImage,
+                                                    CommandHandler handler) {
         COMMANDS.put(command, handler);
         DIALOG_SPECS.put(command, dialogSpec == null ? "" : dialogSpec);
+        NEEDS_IMAGE.remove(command);
+        if (needsImage) {
+            NEEDS_IMAGE.add(command);
+        }
         installMenuCommand(command, "ijtorch.IjtorchCommand(\"" + command + "\")");
     }
 
     public static synchronized void unregisterCommand(String command) {
         COMMANDS.remove(command);
         DIALOG_SPECS.remove(command);
+        NEEDS_IMAGE.remove(command);
     }
 
     public static synchronized void registerFunction(String name, int[] argTypes) {
@@ -66,6 +71,10 @@ public final class IjtorchRegistry {
 
     public static synchronized CommandHandler command(String command) {
         return COMMANDS.get(command);
+    }
+
+    public static synchronized boolean needsImage(String command) {
+        return NEEDS_IMAGE.contains(command);
     }
 
     public static synchronized String dialogSpec(String command) {
@@ -104,13 +113,9 @@ public final class IjtorchRegistry {
         }
         boolean isNew = !table.containsKey(command);
         table.put(command, className);
-        MenuBar bar = Menus.getMenuBar();
-        if (!isNew || bar == null || IJ.getInstance() == null) {
-            return;
-        }
-        Menu plugins = Menus.getImageJMenu("Plugins");
+        Menu plugins = isNew && Menus.getMenuBar() != null && IJ.getInstance() != null ? Menus.getImageJMenu("Plugins") : null;
         if (plugins == null) {
-            return;
+            return;  // no menu bar (headless, batch): the command table is enough
         }
         Menu sub = null;
         for (int i = 0; i < plugins.getItemCount(); i++) {
@@ -172,16 +177,10 @@ public final class IjtorchRegistry {
             interp.abort(text);
         } else {
             IJ.log(text);
-            if (!GraphicsEnvironmentCheck.isHeadless() && !IJ.isMacro()) {
+            if (!java.awt.GraphicsEnvironment.isHeadless() && !"true".equals(System.getProperty("ijtorch.batch"))
+                    && !IJ.isMacro()) {
                 IJ.error("ijtorch", text);
             }
-        }
-    }
-
-    /** Kept separate so that headless checks do not load AWT classes eagerly. */
-    static final class GraphicsEnvironmentCheck {
-        static boolean isHeadless() {
-            return java.awt.GraphicsEnvironment.isHeadless() || "true".equals(System.getProperty("ijtorch.batch"));
         }
     }
 }

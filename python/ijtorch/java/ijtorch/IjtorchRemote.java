@@ -17,12 +17,11 @@ import java.util.regex.*;
 import java.util.zip.*;
 
 /**
- * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on an ijtorch server ("ijtorch serve") when
- * no Python handler is registered in this ImageJ. The server: Prefs/system property {@code ijtorch.server},
- * {@code IJTORCH_SERVER} or {@code server.url} in {@code Fiji.app/ijtorch.properties}; a token: {@code
- * ijtorch.token}, {@code IJTORCH_TOKEN} or {@code server.token}. Requests and replies are ZIPs of ImageJ's own
- * files (see {@code ijtorch/serve/_imagej.py}): TIFFs ({@code FileSaver}/{@code Opener}), RoiSets ({@code
- * RoiEncoder}/{@code RoiDecoder}), CSV tables ({@code ResultsTable.open}), files to write, and a Properties text.
+ * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on the ijtorch server ("ijtorch serve",
+ * found by {@link IjtorchServer}) when no Python handler is registered in this ImageJ. Requests and replies are
+ * ZIPs of ImageJ's own files (see {@code ijtorch/serve/_imagej.py}): TIFFs ({@code FileSaver}/{@code Opener}),
+ * RoiSets ({@code RoiEncoder}/{@code RoiDecoder}), CSV tables ({@code ResultsTable.open}), files to write,
+ * and a Properties text.
  */
 public final class IjtorchRemote {
 
@@ -38,48 +37,11 @@ public final class IjtorchRemote {
     private IjtorchRemote() {
     }
 
-    /** The configured server URL without a trailing slash, or null. */
-    public static String serverUrl() {
-        String url = first(Prefs.get("ijtorch.server", ""), System.getProperty("ijtorch.server"),
-                System.getenv("IJTORCH_SERVER"), installedProperty("server.url"));
-        return url == null ? null : url.trim().replaceAll("/+$", "");
-    }
-
-    public static boolean configured() {
-        return serverUrl() != null;
-    }
-
-    private static String first(String... values) {
-        return Arrays.stream(values).filter(v -> v != null && !v.trim().isEmpty()).findFirst().orElse(null);
-    }
-
-    /** A key of Fiji.app/ijtorch.properties (written by "ijtorch install-fiji"), or null; the file is found
-     *  next to the folder of this shim's jar (plugins/ or jars/), in the launcher's folders or ImageJ's. */
-    static String installedProperty(String key) {
-        List<String> dirs = new ArrayList<>(Arrays.asList(System.getProperty("imagej.dir"),
-                System.getProperty("fiji.dir"), System.getProperty("ij.dir"), System.getProperty("plugins.dir"),
-                IJ.getDirectory("imagej")));
-        try {  // no code source for classes defined by ijtorch.attach
-            Path jar = Paths.get(IjtorchRemote.class.getProtectionDomain().getCodeSource().getLocation().toURI());
-            dirs.addAll(0, List.of(jar.getParent().toString(), jar.getParent().getParent().toString()));
-        } catch (Exception ignored) {
-        }
-        for (String d : dirs) {
-            try {
-                return properties(Files.readAllBytes(Paths.get(d, "ijtorch.properties"))).getProperty(key);
-            } catch (Exception absent) {  // null folder, or no such file: the next one
-            }
-        }
-        return null;
-    }
-
     /** GET (body null) or POST {@code body} (a ZIP) in the server's envelope; the reply's bytes. */
     private static byte[] send(String path, byte[] body, String accept) throws Exception {
-        HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(serverUrl() + path)).timeout(Duration.ofHours(2));
-        String token = first(System.getProperty("ijtorch.token"), System.getenv("IJTORCH_TOKEN"),
-                installedProperty("server.token"));
-        if (token != null) {
-            b.header("Authorization", "Bearer " + token);
+        HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(IjtorchServer.url() + path)).timeout(Duration.ofHours(2));
+        if (IjtorchServer.token() != null) {
+            b.header("Authorization", "Bearer " + IjtorchServer.token());
         }
         if (body != null) {  // [uint32 LE header length][JSON header][the ZIP as one uint8 array]
             byte[] head = ("{\"format\":\"zip\",\"arrays\":[{\"name\":\"zip\",\"dtype\":\"|u1\",\"shape\":["
@@ -92,23 +54,17 @@ public final class IjtorchRemote {
         if (r.statusCode() != 200) {  // errors are {"error": "...", ...}; JSON string escapes are Properties escapes
             String text = new String(r.body(), StandardCharsets.UTF_8);
             Matcher m = Pattern.compile("\"error\"\\s*:\\s*\"((?:[^\"\\\\]|\\\\.)*)\"").matcher(text);
-            text = m.find() ? properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e") : text;
-            throw new RemoteError("server " + serverUrl() + " answered HTTP " + r.statusCode() + ": " + text);
+            text = m.find() ? IjtorchServer.properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e") : text;
+            throw new RemoteError("server " + IjtorchServer.url() + " answered HTTP " + r.statusCode() + ": " + text);
         }
         return r.body();
     }
 
-    private static Properties properties(byte[] text) throws IOException {
-        Properties p = new Properties();
-        p.load(new StringReader(new String(text, StandardCharsets.UTF_8)));
-        return p;
-    }
-
     /** What the server runs ({@code GET /imagej/commands} as Properties), kept per URL until {@code refresh}. */
     private static synchronized Properties catalog(boolean refresh) throws Exception {
-        if (refresh || catalog == null || !serverUrl().equals(catalogUrl)) {
-            catalog = properties(send("/imagej/commands", null, "text/plain"));
-            catalogUrl = serverUrl();
+        if (refresh || catalog == null || !IjtorchServer.url().equals(catalogUrl)) {
+            catalog = IjtorchServer.properties(send("/imagej/commands", null, "text/plain"));
+            catalogUrl = IjtorchServer.url();
         }
         return catalog;
     }
@@ -119,44 +75,39 @@ public final class IjtorchRemote {
     }
 
     /** Puts the server's commands into ImageJ's command table and its macro functions into the
-     *  registry (for an ImageJ without Python); returns the number of commands. */
-    public static int install() throws Exception {
-        int n = 0;
+     *  registry (for an ImageJ without Python). */
+    public static void install() throws Exception {
         for (String key : catalog(true).stringPropertyNames()) {
             String name = key.substring(key.indexOf('.') + 1), codes = catalog.getProperty(key);
             if (key.startsWith("command.")) {
                 IjtorchRegistry.installMenuCommand(name, "ijtorch.IjtorchCommand(\"" + name + "\")");
-                n++;
             } else if (key.startsWith("function.")) {
                 IjtorchRegistry.registerFunction(name, codes.isEmpty() ? new int[0]
                         : Arrays.stream(codes.split(",")).mapToInt(Integer::parseInt).toArray());
             }
         }
-        return n;
     }
 
     /** Runs {@code command} with {@code options} on the server; returns null or an error message. The
-     *  request: the current image, the open images that options name and, for commands that read them,
-     *  the ROI Manager's ROIs (headless, the overlay's). */
+     *  request: the current image (IjtorchCommand checked there is one), the open images that options name
+     *  and, for commands that read them, the ROI Manager's ROIs (headless, the overlay's). */
     public static String runCommand(String command, String options) {
         ImagePlus imp = WindowManager.getCurrentImage();
-        if (imp == null) {
-            return command + " needs an open image (open one or select its window)";
-        }
+        boolean headless = java.awt.GraphicsEnvironment.isHeadless();  // Fiji's --headless, a node without X
         try {
             Properties p = new Properties();
             FileInfo info = imp.getOriginalFileInfo();
             boolean saved = info != null && info.directory != null && !info.directory.isEmpty() && info.fileName != null;
             p.setProperty("image_path", saved ? new File(info.directory, info.fileName).getPath() : "");
             p.setProperty("image.position", imp.getC() + "," + imp.getZ() + "," + imp.getT());
-            p.setProperty("headless", String.valueOf(headless()));
+            p.setProperty("headless", String.valueOf(headless));
             p.setProperty("command", command);
             p.setProperty("options", options);
             Map<String, byte[]> files = new LinkedHashMap<>();
             addImage(p, files, "image", imp);
             if ("true".equals(catalog(false).getProperty("rois." + command))) {  // only then touch the ROI Manager
-                RoiManager rm = headless() ? null : RoiManager.getInstance();
-                Overlay overlay = headless() ? imp.getOverlay() : null;
+                RoiManager rm = headless ? null : RoiManager.getInstance();
+                Overlay overlay = headless ? imp.getOverlay() : null;
                 files.put("rois.zip", roiSet(p, rm != null ? rm.getRoisAsArray()
                         : overlay != null ? overlay.toArray() : new Roi[0]));
             }
@@ -166,11 +117,11 @@ public final class IjtorchRemote {
                     addImage(p, files, "option." + key, other);
                 }
             }
-            IJ.showStatus(command + ": running on " + serverUrl());
+            IJ.showStatus(command + ": running on " + IjtorchServer.url());
             apply(unzip(send("/imagej/command", zip(p, files), "application/zip")));
             return null;
         } catch (Exception e) {
-            return describe(e);
+            return IjtorchServer.describe(e);
         }
     }
 
@@ -187,7 +138,7 @@ public final class IjtorchRemote {
         synchronized (SESSION) {
             SESSION.forEach((k, v) -> p.setProperty("value." + k, v));
         }
-        Properties reply = properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
+        Properties reply = IjtorchServer.properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
                 .get("reply.properties"));
         Object out = args == null || args.length == 0 ? null : args[args.length - 1];
         if (reply.getProperty("number") != null && out instanceof Double[] && ((Double[]) out).length > 0) {
@@ -196,24 +147,9 @@ public final class IjtorchRemote {
         return reply.getProperty("value", "");
     }
 
-    /** The message for a failed remote call, as a macro error shows it. */
-    public static String describe(Exception e) {
-        if (e instanceof java.net.ConnectException) {
-            return "cannot reach the ijtorch server at " + serverUrl() + " (is 'ijtorch serve' running?)";
-        }
-        return e instanceof RemoteError ? e.getMessage() : e.getClass().getSimpleName() + ": " + e.getMessage();
-    }
-
     /** An error reply of the server (its message as the text). */
     static final class RemoteError extends Exception {
-        RemoteError(String message) {
-            super(message);
-        }
-    }
-
-    /** True in a headless JVM (java.awt.headless=true: Fiji's --headless, a cluster node without X). */
-    static boolean headless() {
-        return java.awt.GraphicsEnvironment.isHeadless();
+        RemoteError(String message) { super(message); }
     }
 
     /** {@code imp} as {@code <prefix>.tif}; its title and exact calibration as {@code <prefix>.*} keys. */
@@ -279,9 +215,9 @@ public final class IjtorchRemote {
      *  window can exist) images stay current and undisplayed, ROIs go onto the overlay, tables are saved
      *  into the command's folder as {@code <table>.csv}. */
     static void apply(Map<String, byte[]> z) throws Exception {
-        Properties p = properties(z.get("reply.properties"));
+        Properties p = IjtorchServer.properties(z.get("reply.properties"));
         String folder = p.getProperty("files.folder");
-        boolean headless = headless();
+        boolean headless = java.awt.GraphicsEnvironment.isHeadless();
         ImagePlus shown = WindowManager.getCurrentImage();
         for (int k = 0; z.containsKey("image" + k + ".tif"); k++) {
             String at = "image" + k + ".";
