@@ -26,7 +26,8 @@ public class IjtorchCommand implements PlugIn {
         }
         String spec;
         try {  // no Python here: the server runs the command, if it can
-            spec = local ? IjtorchRegistry.dialogSpec(command) : IjtorchRemote.dialogSpec(command);
+            spec = local ? IjtorchRegistry.dialogSpec(command)
+                    : IjtorchRemote.catalog(false).getProperty("command." + command);
         } catch (Exception e) {
             IjtorchRegistry.reportError(command, IjtorchServer.describe(e));
             return;

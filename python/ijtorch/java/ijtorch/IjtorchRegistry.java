@@ -113,7 +113,8 @@ public final class IjtorchRegistry {
         }
         boolean isNew = !table.containsKey(command);
         table.put(command, className);
-        Menu plugins = isNew && Menus.getMenuBar() != null && IJ.getInstance() != null ? Menus.getImageJMenu("Plugins") : null;
+        boolean menus = isNew && Menus.getMenuBar() != null && IJ.getInstance() != null;
+        Menu plugins = menus ? Menus.getImageJMenu("Plugins") : null;
         if (plugins == null) {
             return;  // no menu bar (headless, batch): the command table is enough
         }

@@ -9,19 +9,19 @@ import java.io.*;
 import java.net.URI;
 import java.net.http.*;
 import java.nio.*;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
 import java.time.Duration;
 import java.util.*;
 import java.util.regex.*;
 import java.util.zip.*;
 
+import static java.nio.charset.StandardCharsets.UTF_8;
+
 /**
- * Runs ijtorch commands and {@code Ext.ijtorch...} macro functions on the ijtorch server ("ijtorch serve",
- * found by {@link IjtorchServer}) when no Python handler is registered in this ImageJ. Requests and replies are
- * ZIPs of ImageJ's own files (see {@code ijtorch/serve/_imagej.py}): TIFFs ({@code FileSaver}/{@code Opener}),
- * RoiSets ({@code RoiEncoder}/{@code RoiDecoder}), CSV tables ({@code ResultsTable.open}), files to write,
- * and a Properties text.
+ * Runs ijtorch commands and {@code Ext.ijtorch...} functions on the server ({@link IjtorchServer}) when no Python
+ * handler is registered here. Requests and replies are ZIPs of ImageJ's own files ({@code ijtorch/serve/_imagej.py}):
+ * TIFFs ({@code FileSaver}/{@code Opener}), RoiSets ({@code RoiEncoder}/{@code RoiDecoder}), CSV tables ({@code
+ * ResultsTable.open}), files to write, and a Properties text.
  */
 public final class IjtorchRemote {
 
@@ -30,7 +30,7 @@ public final class IjtorchRemote {
     private static Properties catalog;
     private static String catalogUrl;
     /** Values of the remote commands run in this ImageJ (JSON texts the server's macro functions read). */
-    private static final Map<String, String> SESSION = new LinkedHashMap<>();
+    private static final Map<String, String> SESSION = Collections.synchronizedMap(new LinkedHashMap<>());
     private static final String[] CAL = {"title", "pixel_width", "pixel_height", "voxel_depth", "unit",
                                          "frame_interval", "time_unit"};
 
@@ -45,33 +45,29 @@ public final class IjtorchRemote {
         }
         if (body != null) {  // [uint32 LE header length][JSON header][the ZIP as one uint8 array]
             byte[] head = ("{\"format\":\"zip\",\"arrays\":[{\"name\":\"zip\",\"dtype\":\"|u1\",\"shape\":["
-                    + body.length + "]}]}").getBytes(StandardCharsets.UTF_8);
+                    + body.length + "]}]}").getBytes(UTF_8);
             byte[] size = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt(head.length).array();
             b.header("Content-Type", "application/x-ijtorch").POST(HttpRequest.BodyPublishers.fromPublisher(
                     HttpRequest.BodyPublishers.ofByteArrays(List.of(size, head, body)), 4L + head.length + body.length));
         }
         HttpResponse<byte[]> r = CLIENT.send(b.header("Accept", accept).build(), HttpResponse.BodyHandlers.ofByteArray());
         if (r.statusCode() != 200) {  // errors are {"error": "...", ...}; JSON string escapes are Properties escapes
-            String text = new String(r.body(), StandardCharsets.UTF_8);
+            String text = new String(r.body(), UTF_8);
             Matcher m = Pattern.compile("\"error\"\\s*:\\s*\"((?:[^\"\\\\]|\\\\.)*)\"").matcher(text);
-            text = m.find() ? IjtorchServer.properties(("e=" + m.group(1)).getBytes(StandardCharsets.UTF_8)).getProperty("e") : text;
+            text = m.find() ? IjtorchServer.properties(("e=" + m.group(1)).getBytes(UTF_8)).getProperty("e") : text;
             throw new RemoteError("server " + IjtorchServer.url() + " answered HTTP " + r.statusCode() + ": " + text);
         }
         return r.body();
     }
 
-    /** What the server runs ({@code GET /imagej/commands} as Properties), kept per URL until {@code refresh}. */
-    private static synchronized Properties catalog(boolean refresh) throws Exception {
+    /** What the server runs ({@code GET /imagej/commands} as Properties: {@code command.<name>} is a dialog
+     *  spec as IjtorchRegistry.dialogSpec), kept per URL until {@code refresh}. */
+    static synchronized Properties catalog(boolean refresh) throws Exception {
         if (refresh || catalog == null || !IjtorchServer.url().equals(catalogUrl)) {
             catalog = IjtorchServer.properties(send("/imagej/commands", null, "text/plain"));
             catalogUrl = IjtorchServer.url();
         }
         return catalog;
-    }
-
-    /** Dialog spec of a remote command (as IjtorchRegistry.dialogSpec), or null if unknown. */
-    public static String dialogSpec(String command) throws Exception {
-        return catalog(false).getProperty("command." + command);
     }
 
     /** Puts the server's commands into ImageJ's command table and its macro functions into the
@@ -106,10 +102,9 @@ public final class IjtorchRemote {
             Map<String, byte[]> files = new LinkedHashMap<>();
             addImage(p, files, "image", imp);
             if ("true".equals(catalog(false).getProperty("rois." + command))) {  // only then touch the ROI Manager
-                RoiManager rm = headless ? null : RoiManager.getInstance();
-                Overlay overlay = headless ? imp.getOverlay() : null;
-                files.put("rois.zip", roiSet(p, rm != null ? rm.getRoisAsArray()
-                        : overlay != null ? overlay.toArray() : new Roi[0]));
+                Object rois = headless ? imp.getOverlay() : RoiManager.getInstance();
+                files.put("rois.zip", roiSet(p, rois instanceof Overlay ? ((Overlay) rois).toArray()
+                        : rois != null ? ((RoiManager) rois).getRoisAsArray() : new Roi[0]));
             }
             for (String key : catalog.getProperty("images." + command, "").split(",")) {
                 ImagePlus other = key.isEmpty() ? null : WindowManager.getImage(Macro.getValue(options, key, ""));
@@ -135,9 +130,7 @@ public final class IjtorchRemote {
                 p.setProperty((args[i] instanceof Double ? "number." : "arg.") + i, String.valueOf(args[i]));
             }
         }
-        synchronized (SESSION) {
-            SESSION.forEach((k, v) -> p.setProperty("value." + k, v));
-        }
+        SESSION.forEach((k, v) -> p.setProperty("value." + k, v));
         Properties reply = IjtorchServer.properties(unzip(send("/imagej/function", zip(p, Map.of()), "application/zip"))
                 .get("reply.properties"));
         Object out = args == null || args.length == 0 ? null : args[args.length - 1];
@@ -288,10 +281,8 @@ public final class IjtorchRemote {
         for (int i = 0; p.getProperty("log." + i) != null; i++) {
             IJ.log(p.getProperty("log." + i));
         }
-        synchronized (SESSION) {
-            p.stringPropertyNames().stream().filter(k -> k.startsWith("value."))
-                    .forEach(k -> SESSION.put(k.substring("value.".length()), p.getProperty(k)));
-        }
+        p.stringPropertyNames().stream().filter(k -> k.startsWith("value."))
+                .forEach(k -> SESSION.put(k.substring("value.".length()), p.getProperty(k)));
         IJ.showStatus(p.getProperty("status", ""));
     }
 
