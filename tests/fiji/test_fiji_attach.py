@@ -220,5 +220,10 @@ def test_cli_fiji_headless_runs_a_macro_and_a_script(fiji_path, tmp_path):
     done = subprocess.run([*cli, "--script", str(script), "--arg", "who=tests"], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 0 and "greeting=hello tests from 1.54" in done.stdout, done.stdout + done.stderr[-2000:]
+    bad = tmp_path / "bad.py"  # SciJava only logs a failing script's exception: the CLI reports it and fails
+    bad.write_text("#@ String who\n#@output String greeting\nraise ValueError('no greeting for ' + who)\n")
+    done = subprocess.run([*cli, "--script", str(bad), "--arg", "who=tests"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "bad.py failed: ValueError: no greeting for tests" in done.stderr, done.stderr[-2000:]
     done = subprocess.run([*cli[:4], "--fiji", str(tmp_path), "--headless"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and "is not a Fiji.app folder" in done.stderr

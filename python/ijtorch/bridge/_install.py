@@ -19,8 +19,11 @@ kept and reported), then the folders it created if they are empty, then the mani
 A Fiji started normally has no Python in it: its ijtorch commands run on the configured server, which
 runs only the commands declared ``remote``. So the installed menu lists those (and the scripts that use
 only those); the others (training, evaluation, embedding, bioimage.io export/import) need a Fiji started
-from Python (``ijtorch fiji --fiji Fiji.app``, where the session's own shim lists every command), and a
-macro that still names one gets a macro error saying so. The manifest's ``needs_python`` lists them.
+from Python (``ijtorch fiji --fiji Fiji.app``, where the session's own shim lists every command). The
+manifest's ``needs_python`` lists them and ``install-fiji`` prints them. A macro naming one gets ImageJ's
+"Unrecognized command" (ImageJ 1.x has no table-only entry in plugins.config: every line makes a menu item);
+where such a command is in ImageJ's table without Python (an older install's menu), the shim refuses it
+before sending anything: "... cannot run on the ijtorch server at <url>: it needs in-process Python".
 """
 
 from __future__ import annotations

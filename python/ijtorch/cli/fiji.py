@@ -86,7 +86,21 @@ def _run_fiji_script(gateway, script: Path, pairs: list[str]) -> dict:
         if not sep:
             raise IjtorchError(f"--arg {pair!r}: scripts take key=value arguments")
         inputs.put(key, value)
-    module = gateway.script().run(JClass("java.io.File")(str(script.resolve())), True, inputs).get()
+    # the script's own error writer: SciJava prints a failing script's exception there (else it only logs
+    # it and the run "succeeds" without outputs)
+    module = gateway.module().createModule(gateway.script().getScript(JClass("java.io.File")(str(script.resolve()))))
+    errors = JClass("java.io.StringWriter")()
+    module.setErrorWriter(errors)
+    module = gateway.module().run(module, True, inputs).get()
+    text = str(errors.toString()).strip()
+    if "Exception" in text or "Traceback" in text:
+        import re
+
+        found = re.search(r"^[A-Za-z_][\w.]*(?:Error|Exception)\b.*$", text, re.M)  # "ValueError: ..."
+        message = found.group(0) if found else text.splitlines()[0]
+        raise IjtorchError(f"{script.name} failed: {message}\n{text}")
+    if text:
+        print(text, file=sys.stderr)
     return {str(k): str(v) for k, v in dict(module.getOutputs()).items() if v is not None}
 
 
