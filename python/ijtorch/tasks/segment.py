@@ -341,10 +341,14 @@ def segment(
     labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
     labels = np.transpose(labels, np.argsort(perm))
     report = shift_report(net, shifts, name, len(planes))
+    if report.warning and rgb_used == "luminance":
+        hint = (f"{report.warning}. This RGB image was converted to grey by luminance; for H&E-stained tissue "
+                "rgb=hematoxylin gives the model bright nuclei on a dark background")
+        report = type(report)(report.score, report.threshold, hint, hint, report.details)
     seconds = time.monotonic() - t0
     log.info("segmented %s image with model %s: %d objects in %.2f s", axes, name, offset, seconds)
-    if report.warning:
-        log.warning("%s", report.warning)
+    if report.warning:  # every surface shows result.shift_warning itself (CLI: stderr, ImageJ: Log)
+        log.info("%s", report.warning)
     conf = np.concatenate(confidences) if len(confidences) == len(planes) else None
     return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=pt,
                               nms_threshold=nt, seconds=seconds, device=net.device, objects_per_plane=tuple(counts),
