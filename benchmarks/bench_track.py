@@ -1,13 +1,23 @@
-"""Tracking benchmark: ijtorch LAP tracker vs laptrack on the same detections (printed, not asserted).
+"""Tracking benchmark: ijtorch vs laptrack on the same masks, side by side (printed, not asserted).
 
-Accuracy: simulated movies — the simulator's defaults, and dense dividing movies with 3 % missed
-detections; CTC DET/TRA (py-ctcmetrics) and division F1 (exact mother + both daughters) for both
-trackers on the same detections with the same gates, for ijtorch with gap filling (interpolated
-cells, as TrackMate's "close gaps") and for the true links (the ceiling of any linker that adds no
-spots: missed cells count as false negatives).
-Speed: linking throughput (detections/s) on a points-only movie of 200 frames x 2 000 cells;
-laptrack runs on the first ``--laptrack-frames`` frames of it (its per-frame cost grows the same),
-and the ratio is taken in the same run.
+Accuracy (py-ctcmetrics: DET, TRA, BC(0..3), CHOTA; divisions found / false):
+- the shared real movie ``tracking_bacteria`` (E. coli micro-colony, CTC ground-truth masks),
+- simulated dense colonies of rod-shaped cells (:func:`ijtorch.simulate.movies.simulate_colony`:
+  grow, push each other, divide along their axis; known lineage) with doubling times of 8 frames
+  (about the growth of the real movie: +9 % area per frame), 7 and 6 (faster growth, cells at the
+  colony edge moving up to ~15 px per frame: harder than the real movies).
+Trackers on the same ground-truth masks:
+- ``ijtorch``: ``track_labels`` with defaults (overlap linking, divisions from masks, every gate and
+  scale estimated from the movie),
+- ``ijtorch distance``: centroid LAP (``linking="distance"``, gate estimated),
+- ``laptrack``: ``LapTrack`` on the centroids with the gate ijtorch estimated for that movie
+  (``max_distance``; splitting on, same gate), as ``ijtorch track`` did before issue #17,
+- ``laptrack overlap``: ``OverLapTrack`` (IoU costs, its documented defaults with cutoffs 0.9; it
+  computes overlaps pair by pair in Python, so it runs on the small movies only).
+Throughput (detections/s), each ratio measured in the same run:
+- masks: linking the dense colony (ijtorch's mask linking, everything included) vs laptrack;
+- points: 200 frames x ~2 000 points, ijtorch's centroid LAP vs laptrack on the first
+  ``--laptrack-frames`` frames (its per-frame cost is the same in every frame).
 
     python benchmarks/bench_track.py [--quick]
 """
@@ -15,90 +25,137 @@ and the ratio is taken in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
+from ijtorch.io.ctc import read_ctc_tracks, write_ctc, write_ctc_ground_truth
+from ijtorch.simulate.movies import simulate_colony, simulate_movie
 from ijtorch.tasks import linking as T
-from ijtorch.simulate.movies import simulate_movie
+
+SHARED = Path(os.environ.get("IJTORCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "tracking_bacteria"
+METRICS = ("DET", "TRA", "BC(0)", "BC(1)", "BC(2)", "BC(3)", "CHOTA")
 
 
-def laptrack_edges(det, max_distance, max_gap):
+def _oriented(det, e):
+    frame = det.spots["frame"]
+    e = np.asarray(e, np.int64).reshape(-1, 2)
+    e = np.where((frame[e[:, 0]] > frame[e[:, 1]])[:, None], e[:, ::-1], e)
+    return e[np.lexsort((e[:, 1], e[:, 0]))]
+
+
+def laptrack_centroids(det, gate: float, max_gap: int = 2):
+    """laptrack's LAP on centroids (squared-distance cutoffs = gate²), edges as spot indices + seconds."""
     from laptrack import LapTrack
+
     frame = det.spots["frame"]
     starts = np.searchsorted(frame, np.arange(det.n_frames + 1))
     coords = [np.stack([det.spots["y"][a:b], det.spots["x"][a:b]], 1) for a, b in zip(starts[:-1], starts[1:])]
-    lt = LapTrack(cutoff=max_distance ** 2, gap_closing_cutoff=max_distance ** 2,
-                  gap_closing_max_frame_count=max_gap + 1, splitting_cutoff=max_distance ** 2, merging_cutoff=False)
+    lt = LapTrack(cutoff=gate ** 2, gap_closing_cutoff=gate ** 2, gap_closing_max_frame_count=max_gap + 1,
+                  splitting_cutoff=gate ** 2, merging_cutoff=False)
     t0 = time.perf_counter()
     tree = lt.predict(coords)
     dt = time.perf_counter() - t0
-    e = np.array([[starts[a[0]] + a[1], starts[b[0]] + b[1]] for a, b in tree.edges()], np.int64).reshape(-1, 2)
-    e = np.where((frame[e[:, 0]] > frame[e[:, 1]])[:, None], e[:, ::-1], e)
-    return e[np.lexsort((e[:, 1], e[:, 0]))], dt
+    return _oriented(det, [[starts[a[0]] + a[1], starts[b[0]] + b[1]] for a, b in tree.edges()]), dt
 
 
-def divisions(edges_keyed):
-    out = {}
-    for f0, l0, f1, l1 in edges_keyed:
-        out.setdefault((f0, l0), set()).add((f1, l1))
-    return {(m, frozenset(d)) for m, d in out.items() if len(d) == 2}
+def laptrack_overlap(det, labels):
+    """laptrack's OverLapTrack on the label stack (IoU-based costs), edges as spot indices + seconds."""
+    from laptrack import OverLapTrack
 
-
-def f1(pred, true):
-    tp = len(pred & true)
-    return 2 * tp / max(len(pred) + len(true), 1)
-
-
-def oracle_tracks(det, m, params):
-    """The true links on the same detections: the best TRA any linker can reach without new spots."""
+    olt = OverLapTrack(cutoff=0.9, splitting_cutoff=0.9, gap_closing_max_frame_count=1)
+    t0 = time.perf_counter()
+    track_df, split_df, _ = olt.predict_overlap_dataframe(labels)
+    dt = time.perf_counter() - t0
     s = det.spots
     key = {(int(f), int(lab)): i for i, (f, lab) in enumerate(zip(s["frame"], s["label"]))}
-    e = np.array([[key[(a, b)], key[(c, d)]] for a, b, c, d in m.true_edges() if (a, b) in key and (c, d) in key],
-                 np.int64).reshape(-1, 2)
-    e = e[np.lexsort((e[:, 1], e[:, 0]))]
-    return T._assemble(det, params, e, np.zeros(len(e)), np.zeros(len(e), np.int8))
+    df = track_df.reset_index().sort_values(["track_id", "frame"])
+    f, lab, tid = df["frame"].to_numpy(), df["label"].to_numpy(), df["track_id"].to_numpy()
+    same = tid[1:] == tid[:-1]
+    edges = [[key[(int(f[k]), int(lab[k]))], key[(int(f[k + 1]), int(lab[k + 1]))]] for k in np.flatnonzero(same)]
+    first = {int(t): k for k, t in reversed(list(enumerate(tid)))}
+    last = {int(t): k for k, t in enumerate(tid)}
+    for p, c in zip(split_df["parent_track_id"], split_df["child_track_id"]):
+        a, b = last[int(p)], first[int(c)]
+        edges.append([key[(int(f[a]), int(lab[a]))], key[(int(f[b]), int(lab[b]))]])
+    return _oriented(det, edges), dt
 
 
-def accuracy(name: str, sim: dict, tmp: Path) -> dict:
+def scores(tr, gt: Path, tmp: Path, name: str) -> dict:
     from ctc_metrics import evaluate_sequence
-    m = simulate_movie(**sim)
-    max_d, gap = 8.0, 2
-    det = T.detect_labels(m.labels, "TYX", with_outlines=False)
-    truth = m.true_edges()
-    true_div = divisions(truth)
-    params = T.TrackingParams(max_distance=max_d, max_gap=gap)
-    gt = tmp / f"{name}_GT"
-    write_ctc_ground_truth(gt, m.truth, m.lineage)
-    rows = {}
-    t0 = time.perf_counter()
-    ours = T.track(det, params=params)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    filled = T.track(det, params=params.model_copy(update={"fill_gaps": True}))
-    t_filled = time.perf_counter() - t0
-    e_lt, t_lt = laptrack_edges(det, max_d, gap)
-    lt = T._assemble(det, params, e_lt, np.zeros(len(e_lt)), np.zeros(len(e_lt), np.int8))
-    runs = (("ijtorch", ours, t_ours), ("ijtorch+fill", filled, t_filled), ("laptrack", lt, t_lt),
-            ("true links", oracle_tracks(det, m, params), 0.0))
-    for label, tr, secs in runs:
-        s = tr.spots
-        observed = ~s["interpolated"] if "interpolated" in s else np.ones(len(s["id"]), bool)
-        keyed = {(int(s["frame"][a]), int(s["label"][a]), int(s["frame"][b]), int(s["label"][b]))
-                 for a, b in tr.edges if observed[a] and observed[b]}
-        res = tmp / f"{name}_{label.replace(' ', '_').replace('+', '_')}_RES"
-        write_ctc(res, tr)
-        r = evaluate_sequence(str(res), str(gt), metrics=["DET", "TRA"], threads=1)
-        rows[label] = (r["DET"], r["TRA"], f1(keyed, truth), f1(divisions(keyed), true_div), secs)
-    n_missed = int(sum(len(np.setdiff1d(np.unique(m.truth[t]), np.unique(m.labels[t]))) for t in range(m.truth.shape[0])))
-    print(f"{name}: {len(det)} detections, {n_missed} missed, {len(true_div)} true divisions, "
-          f"{sum(1 for e in truth if e[2] - e[0] > 1)} true gaps")
-    for label, (d, t, ef, df, secs) in rows.items():
-        print(f"  {label:12s} DET {d:.4f}  TRA {t:.4f}  edge F1 {ef:.4f}  division F1 {df:.4f}  time {secs:.3f}s")
-    return rows
+
+    res = tmp / f"{name}_RES"
+    if res.exists():
+        shutil.rmtree(res)
+    write_ctc(res, tr)
+    with contextlib.redirect_stdout(io.StringIO()):
+        r = evaluate_sequence(str(res), str(gt), metrics=["DET", "TRA", "BC", "CHOTA"], threads=1)
+    return {**{k: float(r[k]) for k in METRICS}, "div_tp": int(r["tp_div(1)"]), "div_fp": int(r["fp_div(1)"]),
+            "div_gt": int(r["gt_divisions"])}
+
+
+def movies(quick: bool):
+    """(name, labels TYX, ground-truth CTC folder builder)."""
+    if (SHARED / "01_GT" / "TRA").is_dir():
+        import tifffile
+
+        tra = SHARED / "01_GT" / "TRA"
+        lab = np.stack([tifffile.imread(p) for p in sorted(tra.glob("man_track*.tif"))])
+        yield "real: tracking_bacteria (shared)", lab, lambda d: shutil.copytree(SHARED / "01_GT", d)
+    else:
+        print(f"(shared movie not found at {SHARED}: skipped)")
+    sims = [("colony doubling 8, seed 1", dict(doubling_time=8, seed=1, shape=(320, 320)))]
+    if not quick:
+        sims += [("colony doubling 8, seed 2", dict(doubling_time=8, seed=2, shape=(320, 320))),
+                 ("colony doubling 7, seed 3", dict(doubling_time=7, seed=3, shape=(360, 360))),
+                 ("colony doubling 6, seed 4", dict(doubling_time=6, seed=4, shape=(400, 400)))]
+    for name, kw in sims:
+        m = simulate_colony(n_frames=30, n_cells=30, **kw)
+        yield (name, m.labels, lambda d, m=m: write_ctc_ground_truth(d, m.truth, m.lineage))
+
+
+def accuracy(quick: bool, tmp: Path) -> dict:
+    out = {}
+    for k, (name, lab, make_gt) in enumerate(movies(quick)):
+        gt = tmp / f"m{k}_GT"
+        make_gt(gt)
+        det = T.detect_labels(lab, "TYX", with_outlines=False)
+        n_cells = [len(np.unique(lab[t])) - 1 for t in (0, lab.shape[0] - 1)]
+        print(f"\n{name}: {lab.shape[0]} frames {lab.shape[1]}x{lab.shape[2]}, {len(det)} detections, "
+              f"{n_cells[0]} -> {n_cells[1]} cells")
+        rows = {}
+        t0 = time.perf_counter()
+        ours = T.track(det)
+        rows["ijtorch"] = (ours, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dist = T.track(det, params={"linking": "distance"})
+        rows["ijtorch distance"] = (dist, time.perf_counter() - t0)
+        gate = ours.estimated["max_distance"]
+        e, secs = laptrack_centroids(det, gate)
+        rows[f"laptrack (gate {gate:.0f})"] = (T._assemble(det, T.TrackingParams(), e, np.zeros(len(e)), np.zeros(len(e), np.int8)), secs)
+        if lab.shape[0] * len(det) / lab.shape[0] < 4000:  # OverLapTrack: small movies only (Python per pair)
+            try:
+                e, secs = laptrack_overlap(det, lab)
+                rows["laptrack overlap"] = (T._assemble(det, T.TrackingParams(), e, np.zeros(len(e)), np.zeros(len(e), np.int8)), secs)
+            except Exception as exc:  # report, do not stop the benchmark
+                print(f"  laptrack overlap failed: {type(exc).__name__}: {exc}")
+        print(f"  ijtorch estimated: " + ", ".join(f"{key} {v:.3g}" for key, v in ours.estimated.items()
+                                                   if isinstance(v, float)))
+        print(f"  {'tracker':22s} " + " ".join(f"{m:>6s}" for m in METRICS) + "  divisions found/false (of GT)   time")
+        res = {}
+        for label, (tr, secs) in rows.items():
+            r = scores(tr, gt, tmp, f"m{k}_{label.split()[0]}_{len(res)}")
+            res[label] = r
+            print(f"  {label:22s} " + " ".join(f"{r[m]:6.4f}" for m in METRICS)
+                  + f"  {r['div_tp']:4d}/{r['div_fp']:<4d} (of {r['div_gt']})  {secs:7.2f}s  ({len(det) / secs:,.0f} det/s)")
+        out[name] = res
+    return out
 
 
 def speed(lt_frames: int) -> None:
@@ -107,47 +164,46 @@ def speed(lt_frames: int) -> None:
     det = T.detect_points(m.points, "TYX", n_frames=200)
     params = T.TrackingParams(max_distance=10.0, max_gap=2)
     t0 = time.perf_counter()
-    ours = T.track(det, params=params)
+    T.track(det, params=params)
     t_ours = time.perf_counter() - t0
-    truth = m.true_edges()
-    lab = m.point_labels
-    s = ours.spots
-    keyed = {(int(s["frame"][a]), int(lab[a]), int(s["frame"][b]), int(lab[b])) for a, b in ours.edges}
-    print(f"speed: {len(det)} detections in 200 frames (~{len(det) // 200} per frame)")
-    print(f"  ijtorch   {t_ours:.2f}s  {len(det) / t_ours:,.0f} det/s  edge F1 {f1(keyed, truth):.4f}  "
-          f"divisions {ours.n_divisions} (true {m.n_divisions()})")
     sub = m.points[:, 0] < lt_frames
     det_sub = T.detect_points(m.points[sub], "TYX", n_frames=lt_frames)
     t0 = time.perf_counter()
     T.track(det_sub, params=params)
     t_ours_sub = time.perf_counter() - t0
-    _, t_lt = laptrack_edges(det_sub, 10.0, 2)
-    print(f"  on the first {lt_frames} frames ({len(det_sub)} detections): ijtorch {t_ours_sub:.2f}s, "
-          f"laptrack {t_lt:.2f}s -> ijtorch/laptrack throughput ratio {t_lt / t_ours_sub:.1f}x")
+    _, t_lt = laptrack_centroids(det_sub, 10.0)
+    print(f"\nthroughput, points: {len(det)} detections in 200 frames: ijtorch {len(det) / t_ours:,.0f} det/s; "
+          f"first {lt_frames} frames ({len(det_sub)} det): ijtorch {len(det_sub) / t_ours_sub:,.0f} det/s, laptrack "
+          f"{len(det_sub) / t_lt:,.0f} det/s -> ijtorch/laptrack {t_lt / t_ours_sub:.1f}x")
+
+
+def speed_masks() -> None:
+    m = simulate_colony(n_frames=30, n_cells=30, doubling_time=8, seed=1, shape=(320, 320))
+    t0 = time.perf_counter()
+    det = T.detect_labels(m.labels, "TYX", with_outlines=False)
+    t_det = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = T.track(det)
+    t_ours = time.perf_counter() - t0
+    _, t_lt = laptrack_centroids(det, ours.estimated["max_distance"])
+    print(f"throughput, masks (dense colony, {len(det)} detections, 30 frames): detection {len(det) / t_det:,.0f} det/s; "
+          f"linking: ijtorch overlap+divisions {len(det) / t_ours:,.0f} det/s, laptrack (centroids) "
+          f"{len(det) / t_lt:,.0f} det/s -> ijtorch/laptrack {t_lt / t_ours:.1f}x")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="shorter movies")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the shared movie and one simulated colony")
     ap.add_argument("--laptrack-frames", type=int, default=20)
     a = ap.parse_args()
-    frames = 30 if a.quick else 60
-    sims = {"default simulation (simulate_movie defaults, seed 1)": dict(seed=1)}
-    for seed in (1, 2) if a.quick else (1, 2, 3):
-        # Dense, dividing, 3 % of detections missed: the missed cells cap TRA for any linker
-        # ("true links" row); only filling gaps with interpolated cells can go above that.
-        sims[f"hard simulation seed {seed}"] = dict(n_frames=frames, shape=(192, 192), n_cells=25, division_prob=0.03,
-                                                    miss_prob=0.03, appear_rate=0.2, seed=seed)
-    results = {}
     with tempfile.TemporaryDirectory() as d:
-        for name, sim in sims.items():
-            results[name] = accuracy(name.split(" (")[0].replace(" ", "_"), sim, Path(d))
-    hard = [r for n, r in results.items() if n.startswith("hard")]
-    mean = {k: float(np.mean([r[k][1] for r in hard])) for k in hard[0]}
-    default = next(iter(results.values()))
-    print("summary: TRA on the default simulation: ijtorch {:.4f}, laptrack {:.4f} (target >= 0.97, >= laptrack)".format(
-        default["ijtorch"][1], default["laptrack"][1]))
-    print("         mean TRA on the hard simulations: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+        res = accuracy(a.quick, Path(d))
+    sims = [r for n, r in res.items() if n.startswith("colony doubling 8")]
+    if sims:
+        print("\nsummary (colonies with doubling 8, mean): " + ", ".join(
+            f"{k}: TRA {np.mean([r[k]['TRA'] for r in sims]):.4f} BC(1) {np.mean([r[k]['BC(1)'] for r in sims]):.4f}"
+            for k in sims[0]) + "   (targets: TRA >= 0.98, BC(1) >= 0.85)")
+    speed_masks()
     speed(a.laptrack_frames)
 
 

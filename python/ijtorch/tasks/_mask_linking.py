@@ -56,16 +56,20 @@ class MaskLinks:
     estimated: dict
 
 
-def object_shapes(lab: np.ndarray, labels: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def object_shapes(lab: np.ndarray, labels: np.ndarray, scale: np.ndarray, *,
+                  pixels: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Long axis (unit vector, x y z), length (√12·σ along the axis) and elongation of each object.
 
     ``lab`` is one frame (YX or ZYX), ``labels`` the sorted object labels of that frame, ``scale``
-    the pixel size per axis of ``lab`` (physical units).
+    the pixel size per axis of ``lab`` (physical units); ``pixels`` = (object index, coordinates per
+    axis) of the foreground pixels if already known.
     """
     n = labels.size
-    idx = np.flatnonzero(lab)
-    obj = np.searchsorted(labels, lab.ravel()[idx])
-    coords = [c * s for c, s in zip(np.unravel_index(idx, lab.shape), scale)]
+    if pixels is None:
+        idx = np.flatnonzero(lab)
+        pixels = (np.searchsorted(labels, lab.ravel()[idx]), np.unravel_index(idx, lab.shape))
+    obj = pixels[0]
+    coords = [c * s for c, s in zip(pixels[1], scale)]
     cnt = np.maximum(np.bincount(obj, minlength=n), 1).astype(np.float64)
     mean = [np.bincount(obj, c, minlength=n) / cnt for c in coords]
     d = len(coords)
@@ -94,22 +98,35 @@ class _Frame:
         self.lab = lab
         self.labels = labels
         idx = np.flatnonzero(lab)
-        self.obj = np.searchsorted(labels, lab.ravel()[idx])
-        self.coords = np.stack(np.unravel_index(idx, lab.shape), axis=1).astype(np.int64)  # (p, ndim)
+        lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+        lut[labels] = np.arange(labels.size)
+        self.lut = lut  # label value -> object index
+        self.obj = lut[lab.ravel()[idx]]
+        self.coords = np.unravel_index(idx, lab.shape)  # per axis, (z,) y, x
 
 
 def _overlaps(fa: _Frame, fb: _Frame, shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, overlap in pixels) of frame a's objects shifted by ``shift_px`` (per object, axis order of
     the label array) with frame b's objects."""
-    c = fa.coords + shift_px[fa.obj]
-    shape = np.asarray(fb.lab.shape)
-    inside = np.all((c >= 0) & (c < shape), axis=1)
-    c = c[inside]
-    tgt = fb.lab[tuple(c.T)]
+    shape = fb.lab.shape
+    margin = int(np.abs(shift_px).max(initial=0))
+    if margin == 0:
+        tgt = fb.lab[fa.coords]
+    else:  # look up in b padded by the largest shift: one gather, no bounds tests
+        padded = np.zeros([n + 2 * margin for n in shape], fb.lab.dtype)
+        padded[tuple(slice(margin, margin + n) for n in shape)] = fb.lab
+        flat = np.zeros(fa.obj.size, np.int64)
+        for ax in range(len(shape)):
+            flat = flat * padded.shape[ax] + (fa.coords[ax] + margin + shift_px[fa.obj, ax])
+        tgt = padded.ravel()[flat]
     hit = tgt > 0
-    i = fa.obj[inside][hit]
-    j = np.searchsorted(fb.labels, tgt[hit])
+    i = fa.obj[hit]
+    j = fb.lut[tgt[hit]]
     m = max(fb.labels.size, 1)
+    if fa.labels.size * m <= 4_000_000:  # dense count table: no sort
+        cnt = np.bincount(i * m + j, minlength=fa.labels.size * m)
+        key = np.flatnonzero(cnt)
+        return key // m, key % m, cnt[key].astype(np.float64)
     key, cnt = np.unique(i * m + j, return_counts=True)
     return key // m, key % m, cnt.astype(np.float64)
 
@@ -128,15 +145,25 @@ def _global_shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     (peak of the FFT cross-correlation, zero-padded so that shifts do not wrap)."""
     from scipy import fft
 
-    fa = (a > 0).astype(np.float32)
-    fb = (b > 0).astype(np.float32)
-    shape = [fft.next_fast_len(2 * n) for n in a.shape]
+    # on a grid of at most ~96 cells per axis (foreground fraction per block): the local motion
+    # estimate refines it afterwards
+    f = max(1, int(np.ceil(max(a.shape) / 96)))
+    if f > 1:  # foreground fraction of f x f blocks
+        crop = tuple(slice(0, (n // f) * f) for n in a.shape)
+        new = [n // f for n in a.shape]
+        axes = tuple(range(1, 2 * len(new), 2))
+        blocks = lambda x: (x[crop] > 0).reshape([v for n in new for v in (n, f)]).sum(axis=axes, dtype=np.int32)  # noqa: E731
+        fa, fb = blocks(a).astype(np.float32), blocks(b).astype(np.float32)
+    else:
+        fa = (a > 0).astype(np.float32)
+        fb = (b > 0).astype(np.float32)
+    shape = [fft.next_fast_len(2 * n) for n in fa.shape]
     corr = fft.irfftn(fft.rfftn(fb, shape) * np.conj(fft.rfftn(fa, shape)), shape)
     peak = np.array(np.unravel_index(int(np.argmax(corr)), corr.shape))
     if corr.flat[0] >= corr[tuple(peak)] * (1 - 1e-6):  # no better alignment than none
         return np.zeros(a.ndim, np.int64)
     shape = np.asarray(shape)
-    return np.where(peak > shape // 2, peak - shape, peak).astype(np.int64)
+    return (f * np.where(peak > shape // 2, peak - shape, peak)).astype(np.int64)
 
 
 def _neighbours(pos_a, conf_i, k):
@@ -157,9 +184,8 @@ def _predict(pos_a, conf_i, conf_disp, k):
     """Two predictions of every object's displacement from its confident neighbours (not itself):
     their median, and a local affine motion (ridge-regularised least squares, centred on the object,
     so that an expanding colony is extrapolated to its edge)."""
-    nb = _neighbours(pos_a, conf_i, k)
-    med = np.median(conf_disp[nb], axis=1)
-    nb2 = _neighbours(pos_a, conf_i, 2 * k)
+    nb2 = _neighbours(pos_a, conf_i, 2 * k)  # nearest first
+    med = np.median(conf_disp[nb2[:, :k]], axis=1)
     X = pos_a[conf_i][nb2] - pos_a[:, None, :]  # (n, k, 3)
     Y = conf_disp[nb2]
     d = 3
@@ -210,7 +236,8 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
         labels_t = s["label"][a0:a1]
         frames.append(_Frame(lab[t], labels_t))
         if a1 > a0:
-            axis[a0:a1], length[a0:a1], elong[a0:a1] = object_shapes(lab[t], labels_t, scale)
+            axis[a0:a1], length[a0:a1], elong[a0:a1] = object_shapes(lab[t], labels_t, scale,
+                                                                      pixels=(frames[t].obj, frames[t].coords))
     radius = float(np.median(s["radius"])) if len(frame) else 1.0
     px = float(scale.max())
     # ---- pass over all frame pairs: motion prediction and the pairs' geometry
@@ -225,7 +252,9 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
         fa, fb = frames[t], frames[t + 1]
         pa, pb = pos[a0:a1], pos[a1:b1]
         v = np.zeros((na, 3))
-        if params.motion_compensation:  # stage drift / jumps: one global shift first
+        fg = fa.lab > 0
+        if params.motion_compensation and np.count_nonzero(fg & (fb.lab > 0)) < 0.5 * np.count_nonzero(fg):
+            # the foregrounds hardly overlap: a stage jump or drift; one global shift first
             g_shift = _global_shift(fa.lab, fb.lab)
             v[:, :ndim] = (g_shift * scale)[::-1]
         v_global = v.copy()
@@ -269,8 +298,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
     max_cost = est["max_cost"]
     alt = max_cost / 2
     max_d = est["max_distance"]
-    src, dst, cost, kind = [], [], [], []
-    n_div = n_merge = 0
+    G: dict[str, list] = {k: [] for k in ("li", "lj", "lc", "ci", "cj", "cc", "one", "x", "y", "dc", "split")}
     for t in range(nf - 1):
         if pairs[t] is None:
             continue
@@ -335,39 +363,43 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
             D_one, D_two1, D_two2, D_c, D_split = (np.concatenate(x) for x in (D_one, D_two1, D_two2, D_c, D_split))
         else:
             D_one = D_two1 = D_two2 = np.zeros(0, np.int64); D_c = np.zeros(0); D_split = np.zeros(0, bool)
-        sel_l, sel_d = _assign(solve_lap, na, nb, L_i, L_j, L_c, D_one, D_two1, D_two2, D_c, D_split, alt)
-        # Second chance for what is left on both sides (fast cells at a colony's edge, the tail of the
-        # cost distribution): the same choice among the leftovers only, with a 4x wider gate.
-        used_a, used_b = _used(na, nb, L_i[sel_l], L_j[sel_l], D_one[sel_d], D_two1[sel_d], D_two2[sel_d], D_split[sel_d])
-        if (~used_a).any() and (~used_b).any():
-            c_all = c
-            lw = (~used_a[ci]) & (~used_b[cj]) & (c_all < 4 * max_cost)
-            ua, ub = _used(na, nb, [], [], D_one, D_two1, D_two2, D_split, per_candidate=True)
-            dw = ~sel_d & ~np.array([used_a[x].any() or used_b[y].any() for x, y in zip(ua, ub)], bool)
-            if lw.any():
-                s2_l, s2_d = _assign(solve_lap, na, nb, ci[lw], cj[lw], c_all[lw], D_one[dw], D_two1[dw], D_two2[dw], D_c[dw],
-                                     D_split[dw], 4 * alt)
-                L_i = np.concatenate([L_i[sel_l], ci[lw][s2_l]]); L_j = np.concatenate([L_j[sel_l], cj[lw][s2_l]])
-                L_c = np.concatenate([L_c[sel_l], c_all[lw][s2_l]]); sel_l = np.ones(L_i.size, bool)
-                keep_d = sel_d.copy(); keep_d[np.flatnonzero(dw)[s2_d]] = True
-                sel_d = keep_d
-        src.append(a0 + L_i[sel_l]); dst.append(a1 + L_j[sel_l]); cost.append(L_c[sel_l])
-        kind.append(np.zeros(int(sel_l.sum()), np.int8))
-        for sp in (True, False):
-            m = sel_d & (D_split == sp)
-            if not m.any():
-                continue
-            if sp:
-                n_div += int(m.sum())
-                for d in (D_two1, D_two2):
-                    src.append(a0 + D_one[m]); dst.append(a1 + d[m]); cost.append(D_c[m] / 2)
-                    kind.append(np.full(int(m.sum()), 2, np.int8))
-            else:
-                n_merge += int(m.sum())
-                for d in (D_two1, D_two2):
-                    src.append(a0 + d[m]); dst.append(a1 + D_one[m]); cost.append(D_c[m] / 2)
-                    kind.append(np.full(int(m.sum()), 3, np.int8))
+        # global spot indices: one assignment problem for the whole movie (independent blocks)
+        G["li"].append(a0 + L_i); G["lj"].append(a1 + L_j); G["lc"].append(L_c)
+        wide = c < 4 * max_cost
+        G["ci"].append(a0 + ci[wide]); G["cj"].append(a1 + cj[wide]); G["cc"].append(c[wide])
+        G["one"].append(np.where(D_split, a0, a1) + D_one)
+        G["x"].append(np.where(D_split, a1, a0) + D_two1); G["y"].append(np.where(D_split, a1, a0) + D_two2)
+        G["dc"].append(D_c); G["split"].append(D_split)
         emit(progress, ProgressEvent("link", nf - 1 + t + 1, 2 * (nf - 1)))
+    n = len(frame)
+    cat_g = {k: np.concatenate(v) if v else np.zeros(0, np.bool_ if k == "split" else np.float64 if k in ("lc", "cc", "dc") else np.int64)
+             for k, v in G.items()}
+    L_i, L_j, L_c = cat_g["li"], cat_g["lj"], cat_g["lc"]
+    D_one, D_x, D_y, D_c, D_split = cat_g["one"], cat_g["x"], cat_g["y"], cat_g["dc"], cat_g["split"]
+    sel_l, sel_d = _assign(solve_lap, n, n, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt)
+    # Second chance for what is left on both sides (fast cells at a colony's edge, the tail of the
+    # cost distribution): the same choice among the leftovers only, with a 4x wider gate.
+    used_a, used_b = _used(n, n, L_i[sel_l], L_j[sel_l], D_one[sel_d], D_x[sel_d], D_y[sel_d], D_split[sel_d])
+    ci, cj, cc = cat_g["ci"], cat_g["cj"], cat_g["cc"]
+    lw = ~used_a[ci] & ~used_b[cj]
+    if lw.any():
+        a_first = np.where(D_split, D_one, D_x); a_second = np.where(D_split, D_one, D_y)
+        b_first = np.where(D_split, D_x, D_one); b_second = np.where(D_split, D_y, D_one)
+        dw = ~sel_d & ~used_a[a_first] & ~used_a[a_second] & ~used_b[b_first] & ~used_b[b_second]
+        s2_l, s2_d = _assign(solve_lap, n, n, ci[lw], cj[lw], cc[lw], D_one[dw], D_x[dw], D_y[dw], D_c[dw],
+                             D_split[dw], 4 * alt)
+        L_i = np.concatenate([L_i[sel_l], ci[lw][s2_l]]); L_j = np.concatenate([L_j[sel_l], cj[lw][s2_l]])
+        L_c = np.concatenate([L_c[sel_l], cc[lw][s2_l]]); sel_l = np.ones(L_i.size, bool)
+        sel_d = sel_d.copy(); sel_d[np.flatnonzero(dw)[s2_d]] = True
+    src, dst, cost, kind = [L_i[sel_l]], [L_j[sel_l]], [L_c[sel_l]], [np.zeros(int(sel_l.sum()), np.int8)]
+    m = sel_d & D_split
+    n_div = int(m.sum())
+    for d in (D_x, D_y):
+        src.append(D_one[m]); dst.append(d[m]); cost.append(D_c[m] / 2); kind.append(np.full(n_div, 2, np.int8))
+    m = sel_d & ~D_split
+    n_merge = int(m.sum())
+    for d in (D_x, D_y):
+        src.append(d[m]); dst.append(D_one[m]); cost.append(D_c[m] / 2); kind.append(np.full(n_merge, 3, np.int8))
     cat_i = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)  # noqa: E731
     est["n_divisions"] = n_div
     est["n_merges"] = n_merge
@@ -377,20 +409,12 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
     return MaskLinks(cat_i(src, np.int64), cat_i(dst, np.int64), cat_i(cost, np.float64), cat_i(kind, np.int8), est)
 
 
-def _used(na, nb, li, lj, one, x, y, split, per_candidate=False):
-    """Objects of t and t+1 taken by links (li, lj) and divisions/merges (one, x, y, split)."""
-    one, x, y, split = (np.asarray(v) for v in (one, x, y, split))
-    a_objs = [np.where(split, one, x), np.where(split, -1, y)]  # merge: both parents at t
-    b_objs = [np.where(split, x, one), np.where(split, y, -1)]  # split: both daughters at t+1
-    if per_candidate:
-        return ([[int(v) for v in (p, q) if v >= 0] for p, q in zip(*a_objs)],
-                [[int(v) for v in (p, q) if v >= 0] for p, q in zip(*b_objs)])
+def _used(na, nb, li, lj, one, x, y, split):
+    """Objects of t (rows) and t+1 (columns) taken by links (li, lj) and divisions/merges (one, x, y, split)."""
     ua = np.zeros(na, bool); ub = np.zeros(nb, bool)
     ua[np.asarray(li, np.int64)] = True; ub[np.asarray(lj, np.int64)] = True
-    for v in a_objs:
-        ua[v[v >= 0]] = True
-    for v in b_objs:
-        ub[v[v >= 0]] = True
+    ua[np.where(split, one, x)] = True; ua[np.where(split, one, y)] = True
+    ub[np.where(split, x, one)] = True; ub[np.where(split, y, one)] = True
     return ua, ub
 
 
@@ -407,29 +431,26 @@ def _near(pa, pb, r):
     return rec["i"].astype(np.int64), rec["j"].astype(np.int64), rec["v"]
 
 
-def _pair_groups(one, other, ov):
-    """All unordered pairs (x, y), x < y, of ``other`` objects sharing the same ``one`` object."""
+def _pair_groups(one, other, ov, top: int = 8):
+    """All unordered pairs (x, y) of ``other`` objects sharing the same ``one`` object (at most the
+    ``top`` most-overlapping candidates of each ``one``): (one, x, y, overlap x, overlap y)."""
+    z = np.zeros(0, np.int64)
     if one.size < 2:
-        z = np.zeros(0, np.int64)
         return z, z, z, np.zeros(0), np.zeros(0)
-    order = np.lexsort((other, one))
+    order = np.lexsort((-ov, one))
     one, other, ov = one[order], other[order], ov[order]
-    bounds = np.flatnonzero(np.diff(np.r_[-1, one, -2]))
+    start = np.r_[0, np.flatnonzero(np.diff(one)) + 1]
+    rank = np.arange(one.size) - np.repeat(start, np.diff(np.r_[start, one.size]))
+    keep = rank < top
+    one, other, ov = one[keep], other[keep], ov[keep]
     A, X, Y, OX, OY = [], [], [], [], []
-    for b0, b1 in zip(bounds[:-1], bounds[1:]):
-        k = b1 - b0
-        if k < 2:
-            continue
-        if k > 8:  # keep the 8 most-overlapping candidates of a crowded object
-            top = b0 + np.argsort(-ov[b0:b1])[:8]
-            top.sort()
-        else:
-            top = np.arange(b0, b1)
-        p, q = np.triu_indices(top.size, 1)
-        A.append(np.full(p.size, one[b0])); X.append(other[top[p]]); Y.append(other[top[q]])
-        OX.append(ov[top[p]]); OY.append(ov[top[q]])
+    for r in range(1, top):
+        p = np.flatnonzero(one[r:] == one[:-r]) if one.size > r else z
+        if p.size == 0:
+            break
+        q = p + r
+        A.append(one[p]); X.append(other[p]); Y.append(other[q]); OX.append(ov[p]); OY.append(ov[q])
     if not A:
-        z = np.zeros(0, np.int64)
         return z, z, z, np.zeros(0), np.zeros(0)
     return (np.concatenate(A), np.concatenate(X), np.concatenate(Y), np.concatenate(OX), np.concatenate(OY))
 
