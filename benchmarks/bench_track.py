@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the shared movie and one simulated colony")
     ap.add_argument("--laptrack-frames", type=int, default=20)
     a = ap.parse_args()
+    warm = simulate_colony(n_frames=4, shape=(64, 64), n_cells=3, seed=0)  # imports (scipy.stats, milp) out of the timings
+    T.track_labels(warm.labels, "TYX")
     with tempfile.TemporaryDirectory() as d:
         res = accuracy(a.quick, Path(d))
     sims = [r for n, r in res.items() if n.startswith("colony doubling 8")]

@@ -6,24 +6,32 @@ For each pair of consecutive frames:
 1. **Motion.** Masks of frame t are compared with frame t+1 after shifting each object by the
    displacement predicted from its neighbours (the median displacement of the ``motion_neighbours``
    nearest *confident* links, the object itself left out). Confident links are mutual best
-   overlaps (IoU ≥ 0.5, area ratio 0.7–1.4); the prediction is refined twice, so a colony that
-   expands (cells at its edge moving furthest) is followed. Without motion compensation the
-   prediction is zero.
+   overlaps (IoU ≥ 0.3, area ratio 0.7–1.4); the prediction is refined twice, so a colony that
+   expands (cells at its edge moving furthest) is followed. A local affine motion fitted to the
+   2·``motion_neighbours`` nearest confident links (ridge-regularised) is used instead of the median,
+   or no local motion at all, where it predicts the confident links better (left-one-out). When the
+   foregrounds of the two frames hardly overlap (a stage jump), a global shift from the
+   cross-correlation of the foregrounds comes first. Without motion compensation the prediction is zero.
 2. **Link cost** of object i at t to j at t+1, a sum of squared standardised residuals:
    ``(r/σ_d)² + ((log(aⱼ/aᵢ) − g)/σ_a)² + ((1 − IoU)/σ_o)² + e·(Δθ/σ_θ)²`` with ``r`` the
    centroid residual after the predicted motion, ``g`` the typical log growth of the area per frame,
    IoU that of the shifted mask i with mask j (as TrackMate's overlap tracker), ``Δθ`` the angle
    between the long axes (second moments, 2-D and 3-D) and ``e`` the smaller elongation
-   ``1 − √(λ₂/λ₁)`` of the two (orientation counts only for elongated objects).
+   ``1 − √(λ₂/λ₁)`` of the two (orientation counts only for elongated objects). The size, overlap and
+   orientation terms pass through a Cauchy loss (``9·log(1 + z²/9)``), so one outlying feature (an
+   occluded or mis-segmented mask) does not veto a link on its own.
 3. **Division** of a mother m into d₁, d₂ (both partly covered by m's shifted mask or near its
    predicted centre): the same terms for m against the union d₁ ∪ d₂ (area sum, IoU with the union,
    area-weighted centroid), with ``Δθ`` the angle between m's long axis and the line d₁ → d₂ (a rod
-   divides across its middle, its daughters lie on its axis). **Merges** likewise, two objects at t
-   against one at t+1, when enabled.
+   divides across its middle, its daughters lie on its axis); the area term stays quadratic: the
+   area sum is what tells a division from a link plus a neighbour. **Merges** likewise, two objects
+   at t against one at t+1, when enabled.
 4. **Assignment.** Leaving an object unlinked costs ``max_cost / 2``; links, divisions and merges
-   with a cost below their alternatives are chosen jointly by one integer program per frame pair
-   (each object at t and at t+1 used at most once; a sparse LAP when there is no division or merge
-   candidate).
+   with a cost below their alternatives are chosen jointly by one integer program (HiGHS, through
+   ``scipy.optimize.milp``; each object used at most once as a source and once as a target; a sparse
+   LAP when there is no division or merge candidate). Objects left over on both sides get a second
+   chance among themselves with a 4× wider gate (the tail of the cost distribution: the fastest
+   cells at a colony's edge).
 
 The scales ``σ_d, g, σ_a, σ_o, σ_θ`` come from the confident links of the whole movie (robust:
 medians and MADs) unless given in :class:`~ijtorch.tasks.linking.TrackingParams`; ``max_cost`` is
@@ -276,9 +284,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
                 # that does best on the confident links, each predicted without itself
                 cands = (v_global, med, aff) if ci.size >= 30 else (v_global, med)  # affine: enough links only
                 err = [np.median(np.sum((d - cand[ci]) ** 2, 1)) for cand in cands]
-                v = cands[int(np.argmin(err))]
-                if int(np.argmin(err)) == 0 and it > 0:
-                    break
+                v = cands[int(np.argmin(err))]  # the last round's overlaps are computed with it
         ci, cj = i[conf], j[conf]
         r = pb[cj] - pa[ci] - v[ci]
         conf_stats["r"].append(np.sum(r * r, axis=1))

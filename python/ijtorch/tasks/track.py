@@ -6,6 +6,7 @@ The ImageJ command ``ijtorch Track``, the CLI ``ijtorch track`` and the server a
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from ..image import Calibration, check_axes
 from .linking import Tracks, TrackingParams, track_labels
 
 __all__ = ["linking_summary", "track_movie", "track_statistics", "write_track_outputs"]
+
+log = logging.getLogger(__name__)
 
 
 def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: str | os.PathLike = "nuclei",
@@ -56,8 +59,10 @@ def track_movie(data: np.ndarray, axes: str, *, is_labels: bool = False, model: 
         intensity = data if "C" not in axes else np.take(data, channel or 0, axis=axes.index("C"))
     if cancel is not None and cancel():
         raise InterruptedError("tracking cancelled")
-    return track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
-                        progress=progress)
+    tracks = track_labels(labels, label_axes, intensity=intensity, calibration=calibration, params=params,
+                          progress=progress)
+    log.info("%s", linking_summary(tracks))
+    return tracks
 
 
 _SUMMARY_KEYS = (("max_distance", "max distance", "{:.3g}"), ("displacement_sigma", "displacement sigma", "{:.3g}"),
