@@ -205,8 +205,12 @@ class StarDistModel:
             if not 0 <= v <= 1:
                 raise ValueError(f"{arg}={v!r}: expected a float in [0, 1]")
         scale = check_scale(scale)
-        if image.ndim != 2:
-            raise ValueError(f"image has shape {image.shape}; predict_instances needs a 2D (YX) image")
+        model_axes = self.config.get("axes", "YX")
+        if image.ndim != len(model_axes):
+            raise ValueError(f"image has shape {image.shape}; predict_instances needs a {len(model_axes)}D "
+                             f"({model_axes}) image")
+        if scale != 1.0 and image.ndim != 2:
+            raise ValueError(f"scale={scale} is available for 2D (YX) images; got shape {image.shape}")
         x = self.normalize(image) if normalize else image.astype(np.float32)
         if scale != 1.0:
             from scipy import ndimage as ndi
@@ -214,9 +218,10 @@ class StarDistModel:
             x = ndi.zoom(x, scale, order=1)
         reference = self.shift_reference
         collector = _shift.FeatureCollector(reference) if reference else None
+        hook = {"features": collector} if collector is not None else {}  # 3D maps have no feature hook yet
         prob, dist = self.predict_maps(x, normalize=False, tile_size=tile_size, overlap=overlap,
                                        batch_size=batch_size, test_time_augmentation=test_time_augmentation,
-                                       progress=progress, cancel=cancel, features=collector)
+                                       progress=progress, cancel=cancel, **hook)
         emit(progress, ProgressEvent("nms", 0, 1, "non-maximum suppression"))
         labels, details = self.instances_from_maps(prob, dist, x.shape, prob_threshold=pt, nms_threshold=nt,
                                                    dtype=dtype)
