@@ -203,4 +203,8 @@ def _segmentation_result(header: dict[str, Any], arrays: dict[str, np.ndarray]) 
     return SegmentationResult(labels=np.array(arrays["labels"]), axes=header["axes"], n_objects=header["n_objects"],
                               model=header["model"], prob_threshold=header["prob_threshold"],
                               nms_threshold=header["nms_threshold"], seconds=header["seconds"],
-                              device=header["device"], objects_per_plane=tuple(header["objects_per_plane"]))
+                              device=header["device"], objects_per_plane=tuple(header["objects_per_plane"]),
+                              shift_score=header.get("shift_score"), shift_threshold=header.get("shift_threshold"),
+                              shift_warning=header.get("shift_warning"), shift_message=header.get("shift_message", ""),
+                              confidence=None if header.get("confidence") is None
+                              else np.asarray(header["confidence"], np.float32))
