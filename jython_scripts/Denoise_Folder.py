@@ -22,11 +22,17 @@ if not names:
     raise ValueError("no %s files in %s" % (extension, input_dir))
 for name in names:
     imp = IJ.openImage(os.path.join(input_dir.getAbsolutePath(), name))
-    if model:
-        IJ.run(imp, COMMAND, "model=[%s]" % model)
-    else:
-        IJ.run(imp, COMMAND, "mode=[train on this image] epochs=%d steps=%d" % (epochs, steps))
-    result = WindowManager.getCurrentImage()
+    WindowManager.setTempCurrentImage(imp)  # as IJ.run(imp, ...), but the result is read before it is reset
+    try:
+        if model:
+            IJ.run(COMMAND, "model=[%s]" % model)
+        else:
+            IJ.run(COMMAND, "mode=[train on this image] epochs=%d steps=%d" % (epochs, steps))
+        result = WindowManager.getCurrentImage()  # headless: the result, which has no window
+    finally:
+        WindowManager.setTempCurrentImage(None)
+    if result is None or result == imp:  # with windows: the result is the active window's image
+        result = WindowManager.getCurrentImage()
     if result is None or result == imp:
         raise RuntimeError(COMMAND + " made no result image for " + name)
     IJ.saveAs(result, "Tiff", os.path.join(out, os.path.splitext(name)[0] + ".tif"))

@@ -193,12 +193,17 @@ def test_install_fiji_into_the_real_fiji_then_uninstall_restores_it(fiji_path, s
             from ijtorch.cli.fiji import _run_fiji_script
             outputs = _run_fiji_script(gateway, root / "scripts/Plugins/ijtorch/Segment_Folder.py",
                                        ["input_dir={crop.parent}", "output_dir={tmp_path / 'out'}",
-                                        "model={segmentation_model}", "extension=.tif", "save_rois=false"])
+                                        "model={segmentation_model}", "extension=.tif", "save_rois=true"])
             report(source=source, summary=outputs.get("summary"))
         """, tmp_path, env={"DISPLAY": ""})
         assert out["source"].endswith("plugins/ijtorch_shim.jar")
         n = int(_expected(crop, segmentation_model).max())
         assert out["summary"] == f"{NAME}.tif: {n} objects"
+        # headless (no ROI Manager, no windows): the ROIs from the labels' overlay, the measurements table
+        from ijtorch.io.roiset import read_roiset
+
+        assert len(read_roiset(tmp_path / "out" / f"{NAME}_RoiSet.zip").names) == n
+        assert len((tmp_path / "out" / f"{NAME}_measurements.csv").read_text().splitlines()) == n + 1
     finally:
         undo = subprocess.run([*cli[:4], str(fiji_path), "--uninstall"], capture_output=True, text=True, cwd=ROOT)
         assert undo.returncode == 0, undo.stderr
