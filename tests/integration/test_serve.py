@@ -108,6 +108,21 @@ def test_segment_equals_in_process_pixel_for_pixel(client, local, image):
     _assert_same(client.segment(image[:96, :128], "YX", model="tiny", scale=1.5), local(image[:96, :128], "YX", scale=1.5))
 
 
+def test_segment_rgb_confidence_and_shift_fields_equal_in_process(client, local, image):
+    """Issue #15: RGB input, per-object confidence and min_confidence, on the batched and the segment() path."""
+    rgb = np.stack([image, image // 2, image], axis=-1).astype(np.uint8)
+    _assert_same(client.segment(rgb, "YXS", model="tiny"), local(rgb, "YXS"))
+    full = local(image, "YX")
+    cut = float(np.median(full.confidence))
+    for kw in ({}, {"tile_size": 128, "overlap": 48}):  # one tile (batched), tiled (segment())
+        remote, expected = client.segment(image, "YX", model="tiny", min_confidence=cut, **kw), \
+            local(image, "YX", min_confidence=cut, **kw)
+        _assert_same(remote, expected)
+        assert 0 < remote.n_objects < full.n_objects
+        np.testing.assert_allclose(remote.confidence, expected.confidence, atol=1e-4)
+        assert remote.shift_score is None and "no dataset-shift reference" in remote.shift_message
+
+
 def test_concurrent_requests_are_batched_and_exact(client, local, image):
     crops = [image[y:y + 96, x:x + 128] for y, x in ((0, 0), (100, 100), (150, 0), (0, 200))]
     expected = [local(c, "YX") for c in crops]

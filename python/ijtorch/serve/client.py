@@ -110,8 +110,8 @@ class Client:
 
     def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int = 1,
                 prob_threshold: float = 0.0, nms_threshold: float = 0.0, tile_size: int = 0, overlap: int = 0,
-                test_time_augmentation: bool = False, scale: float = 1.0,
-                calibration: Calibration | dict | None = None) -> Any:
+                test_time_augmentation: bool = False, scale: float = 1.0, min_confidence: float = 0.0,
+                rgb: str = "luminance", calibration: Calibration | dict | None = None) -> Any:
         """The ``ijtorch Segment`` command's computation on the server; returns a ``SegmentationResult``.
 
         ``channel`` counts from 1, as in ImageJ, the Fiji menu and the CLI (``channel=k`` here is
@@ -121,7 +121,8 @@ class Client:
         header, arrays = self.post("/segment", self._image_header(
             axes, calibration, model=model, channel=channel, prob_threshold=prob_threshold,
             nms_threshold=nms_threshold, tile_size=tile_size, overlap=overlap,
-            test_time_augmentation=test_time_augmentation, scale=scale), {"image": data})
+            test_time_augmentation=test_time_augmentation, scale=scale, min_confidence=min_confidence, rgb=rgb),
+            {"image": data})
         return _segmentation_result(header, arrays)
 
     def normalize(self, data: np.ndarray, axes: str, *, low: float = 1.0, high: float = 99.8,
