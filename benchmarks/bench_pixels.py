@@ -15,7 +15,10 @@ scikit-image's ``fit_segmenter`` / ``predict_segmenter`` random forest on
 example). Scores: per-class Dice on all pixels of held-out images (pooled), mean over classes;
 times: to train, to predict, to the first prediction (features + training + one held-out image).
 Also: Dice vs number of strokes, and a human-in-the-loop round on a 1024² image (warm start from
-the previous model, new strokes, retrain, predict the whole image).
+the previous model, new strokes, retrain, predict the whole image). Beside the default one-stage model
+(``ijtorch``) the two-stage auto-context model (``ij+ctx``: ``train_pixels(context=True)``, a second
+head on the features + smoothed first-stage probabilities) learns from the same strokes
+(``--no-context`` skips it).
 
 Run: ``nice -n 10 python3 benchmarks/bench_pixels.py [--seeds 0 1 2] [--threads 2]``.
 """
@@ -95,12 +98,12 @@ def run_rf(train: list, scribbles: list, test: list, threads: int, seed: int) ->
             "model": clf}
 
 
-def run_ijtorch(train: list, scribbles: list, test: list, seed: int, steps: int, base=None) -> dict:
+def run_ijtorch(train: list, scribbles: list, test: list, seed: int, steps: int, base=None, context: bool = False) -> dict:
     from ijtorch.tasks.pixels import classify_pixels, train_pixels
 
     t0 = time.perf_counter()
     summary = train_pixels([im for _, im, _ in train], scribbles, output=None, classes=["background", "object", "boundary"],
-                           steps=steps, seed=seed, device="cpu", base_model=base)
+                           steps=steps, seed=seed, device="cpu", base_model=base, context=context)
     t_train = time.perf_counter() - t0
     model = summary["model"]
     preds, t_pred = [], []
@@ -136,6 +139,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads and random-forest jobs")
     ap.add_argument("--datasets", nargs="+", default=["nuclei", "cells"])
     ap.add_argument("--no-round", action="store_true", help="skip the 1024² human-in-the-loop round")
+    ap.add_argument("--no-context", action="store_true",
+                    help="skip the two-stage (auto-context, train_pixels(context=True)) model beside the default one")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args()
 
@@ -146,6 +151,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     report: dict = {"args": vars(args), "runs": [], "curve": [], "round": None}
     sizes = {"nuclei": (2, 8), "cells": (2, 3)}
+    methods = ("rf", "ijtorch") if args.no_context else ("rf", "ijtorch", "ij+ctx")
     print(f"torch threads {args.threads}; steps {args.steps}; {args.strokes} strokes per class and image")
     print(f"{'data':<7} {'seed':>4} {'method':<8} {'Dice bg/obj/bnd':<20} {'mean':>6} {'train s':>8} {'pred s':>7} {'first s':>8}")
     for name in args.datasets:
@@ -154,9 +160,9 @@ def main() -> int:
             train, test = split(items, *sizes[name], seed)
             scr = [scribbles_from_classes(gt, strokes_per_class=args.strokes, seed=seed * 100 + i)
                    for i, (_, _, gt) in enumerate(train)]
-            for method in ("rf", "ijtorch"):
+            for method in methods:
                 r = run_rf(train, scr, test, args.threads, seed) if method == "rf" else \
-                    run_ijtorch(train, scr, test, seed, args.steps)
+                    run_ijtorch(train, scr, test, seed, args.steps, context=method == "ij+ctx")
                 d = pooled_dice(r["pred"], test)
                 row = {"data": name, "seed": seed, "method": method, "dice": d.tolist(), "mean_dice": float(np.nanmean(d)),
                        "train_s": r["train_s"], "predict_s": r["predict_s"], "first_s": r["first_s"],
@@ -167,11 +173,12 @@ def main() -> int:
     runs = report["runs"]
     print("\nsummary (mean over seeds):")
     for name in args.datasets:
-        m = {meth: [r for r in runs if r["data"] == name and r["method"] == meth] for meth in ("rf", "ijtorch")}
+        m = {meth: [r for r in runs if r["data"] == name and r["method"] == meth] for meth in methods}
         dice = {k: np.mean([r["mean_dice"] for r in v]) for k, v in m.items()}
         first = {k: np.mean([r["first_s"] for r in v]) for k, v in m.items()}
-        print(f"  {name}: mean Dice ijtorch {dice['ijtorch']:.3f} vs RF {dice['rf']:.3f} (+{dice['ijtorch'] - dice['rf']:.3f}); "
-              f"first prediction {first['ijtorch']:.2f} s vs {first['rf']:.2f} s ({first['ijtorch'] / first['rf']:.2f}x)")
+        for meth in methods[1:]:
+            print(f"  {name}: mean Dice {meth} {dice[meth]:.3f} vs RF {dice['rf']:.3f} ({dice[meth] - dice['rf']:+.3f}); "
+                  f"first prediction {first[meth]:.2f} s vs {first['rf']:.2f} s ({first[meth] / first['rf']:.2f}x)")
 
     if args.stroke_curve:
         print("\nDice vs strokes per class (seed %d):" % args.seeds[0])
@@ -202,6 +209,13 @@ def main() -> int:
         print(f"\n1024² round: first training {r1['train_s']:.2f} s; warm-started retraining {r2['train_s']:.2f} s "
               f"+ prediction {r2['predict_s']:.2f} s = {r2['train_s'] + r2['predict_s']:.2f} s per round "
               f"(RF features+fit+predict {rf['first_s']:.2f} s)")
+        if not args.no_context:  # the same two rounds with the context stage (warm-started too)
+            c1 = run_ijtorch(test, [s1], test, 0, args.steps, context=True)
+            c2 = run_ijtorch(test, [s2], test, 1, args.steps, base=c1["model"])
+            report["round_context"] = {"first_train_s": c1["train_s"], "retrain_s": c2["train_s"],
+                                       "predict_s": c2["predict_s"], "round_s": c2["train_s"] + c2["predict_s"]}
+            print(f"1024² round, two-stage model: first training {c1['train_s']:.2f} s; warm-started retraining "
+                  f"{c2['train_s']:.2f} s + prediction {c2['predict_s']:.2f} s = {c2['train_s'] + c2['predict_s']:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -191,3 +191,104 @@ def test_features_are_rotation_consistent_and_shaped():
     assert f.shape == (21, 40, 40) and f.dtype == np.float32
     g = pixel_features(np.rot90(x).copy())
     np.testing.assert_allclose(np.rot90(f[[0, 1, 2, 3]], axes=(1, 2)), g[[0, 1, 2, 3]], atol=1e-5)
+
+
+# ------------------------------------------------------------------ the auto-context stage
+def _dotted(seed: int, shape=(192, 192), block: int = 64, spacing: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Square regions of two classes: class 2 holds small dots on a grid of ``spacing`` px, class 1
+    none, both under the same noise. A class-2 pixel between dots looks like class 1 to its own
+    filters; the regions around it decide."""
+    rng = np.random.default_rng(seed)
+    cls = (rng.random((shape[0] // block, shape[1] // block)) < 0.5).astype(np.uint8) + 1
+    cls = np.kron(cls, np.ones((block, block), np.uint8))
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    oy, ox = rng.integers(spacing, size=2)
+    dots = (((yy + oy) % spacing - spacing // 2) ** 2 + ((xx + ox) % spacing - spacing // 2) ** 2 <= 2) & (cls == 2)
+    return (rng.normal(0, 0.3, shape) + dots).astype(np.float32), cls
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory):
+    image, truth = _dotted(0)
+    ann = scribbles_from_classes(truth, strokes_per_class=4, length=40, width=3, seed=0)
+    out = tmp_path_factory.mktemp("pixctx") / "blocks"
+    summary = train_pixels([image], [ann], output=out, classes=["a", "b"], steps=150, seed=0, device="cpu",
+                           context=True)
+    return out, summary
+
+
+def test_context_stage_decides_where_single_pixels_are_ambiguous(two_stage):
+    out, summary = two_stage
+    model = summary["model"]
+    assert model.context_network is not None and summary["steps"] == 150
+    for seed in (1, 2, 3):
+        image, truth = _dotted(seed)
+        first = dice_per_class(model.predict(image, context=False)[0], truth, 2)
+        both = dice_per_class(model.predict(image)[0], truth, 2)
+        assert np.nanmean(both) > np.nanmean(first) + 0.05, (first, both)
+    # the first stage of a two-stage model is the one-stage model trained with the same seed
+    image, truth = _dotted(0)
+    ann = scribbles_from_classes(truth, strokes_per_class=4, length=40, width=3, seed=0)
+    one = train_pixels([image], [ann], output=None, classes=["a", "b"], steps=150, seed=0, device="cpu")
+    assert one["model"].context_network is None and "context" not in one["model"].config
+    probe = _dotted(4)[0]
+    np.testing.assert_allclose(one["model"].predict_proba(probe), model.predict_proba(probe, context=False), atol=1e-6)
+
+
+def test_two_stage_folder_round_trip_tiling_and_warm_start(two_stage):
+    from ijtorch.models.store import load_model_dir, read_config
+
+    out, summary = two_stage
+    cfg = read_config(out)
+    assert cfg["context"]["sigmas"] == [0.0, 2.0, 4.0, 8.0, 16.0]
+    assert cfg["context"]["architecture"]["n_features"] == 21 + 2 * 5
+    md = load_model_dir(out)
+    assert any(k.startswith("context.") for k in md.state_dict)
+    loaded = PixelClassifierModel.load(out)
+    rng = np.random.default_rng(4)
+    image = np.concatenate([_dotted(4)[0], _dotted(5)[0][:, :62]], axis=1)[:150] + rng.normal(0, 0.01, (150, 254)).astype(np.float32)
+    whole = summary["model"].predict_proba(image, tile_size=1024)
+    np.testing.assert_allclose(loaded.predict_proba(image, tile_size=1024), whole, atol=1e-6)
+    # the context is smoothed over the whole plane, so tiles give the whole-plane answer
+    np.testing.assert_allclose(loaded.predict_proba(image, tile_size=96, overlap=64), whole, atol=1e-5)
+    # a stack is classified plane by plane through both stages
+    stack = classify_pixels(np.stack([image, image[::-1]]), "ZYX", model=out)
+    assert np.array_equal(stack.classes[1], classify_pixels(image[::-1].copy(), "YX", model=out).classes)
+    # warm start: the next round keeps the context stage (and starts from its weights)
+    img, truth = _dotted(6)
+    ann = scribbles_from_classes(truth, strokes_per_class=1, length=20, width=3, seed=6)
+    nxt = train_pixels([img], [ann], output=None, base_model=out, steps=1, learning_rate=1e-9, device="cpu")
+    assert nxt["model"].context_network is not None and nxt["model"].config["training"]["warm_start"]
+    np.testing.assert_allclose(nxt["model"].predict_proba(image), whole, atol=1e-3)
+    # ... or drops it when asked; a new class count gets a fresh context stage of the right width
+    assert train_pixels([img], [ann], output=None, base_model=out, steps=2, context=False,
+                        device="cpu")["model"].context_network is None
+    ann3 = ann.copy()
+    ann3[:2, :2] = 3
+    s3 = train_pixels([img], [ann3], output=None, base_model=out, classes=["a", "b", "c"], steps=2, device="cpu")
+    assert s3["model"].config["context"]["architecture"]["n_features"] == 21 + 3 * 5
+    assert s3["model"].predict_proba(image).shape == (3, 150, 254)
+
+
+def test_one_stage_folders_load_and_predict_as_before(trained, tmp_path):
+    """A folder without the context stage (every pixel model saved before it existed) loads as a
+    one-stage model: the same weights, the same probabilities with or without ``context``."""
+    import json
+
+    from ijtorch.errors import ModelError
+    from ijtorch.models.store import load_model_dir, save_model_dir
+
+    out, summary = trained
+    md = load_model_dir(out)
+    assert "context" not in md.config and not any(k.startswith("context.") for k in md.state_dict)
+    assert set(md.state_dict) == set(summary["model"].network.state_dict())
+    model = PixelClassifierModel.load(out)
+    assert model.context_network is None and model.context_sigmas is None
+    image, _ = _blobs(12)
+    np.testing.assert_array_equal(model.predict_proba(image), model.predict_proba(image, context=False))
+    np.testing.assert_allclose(model.predict_proba(image), summary["model"].predict_proba(image), atol=1e-6)
+    # context weights without the config entry are refused, not silently ignored
+    state = dict(md.state_dict, **{"context." + k: v.clone() for k, v in md.state_dict.items()})
+    save_model_dir(tmp_path / "odd", state, json.loads(json.dumps({k: v for k, v in md.config.items() if k != "weights"})))
+    with pytest.raises(ModelError, match="context-stage weights"):
+        PixelClassifierModel.load(tmp_path / "odd")

@@ -41,13 +41,16 @@ from ijtorch.errors import ModelError
 
 from .folder import ModelDir, load_model_dir, save_model_dir
 
-__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "pixel_features", "n_features", "PixelClassifierModel", "PixelHead", "build_net"]
+__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
+           "n_context_features", "PixelClassifierModel", "PixelHead", "build_net"]
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "pixel_classifier"
 DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 FEATURES_PER_SIGMA = 5  # smoothed, gradient magnitude, LoG, two Hessian eigenvalues
+DEFAULT_CONTEXT_SIGMAS: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)
+CONTEXT_PREFIX = "context."  # state-dict keys of the context stage's head
 
 
 def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
@@ -119,6 +122,27 @@ def _compute_features(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
     return out
 
 
+def n_context_features(n_classes: int, sigmas: Sequence[float] = DEFAULT_CONTEXT_SIGMAS) -> int:
+    """Context feature channels for ``n_classes`` first-stage probabilities."""
+    return int(n_classes) * len(sigmas)
+
+
+def context_features(prob: np.ndarray, sigmas: Sequence[float] = DEFAULT_CONTEXT_SIGMAS) -> np.ndarray:
+    """Auto-context features of first-stage probabilities ``(C, Y, X)``: each class's probability
+    smoothed by a Gaussian of each ``sigma`` (``0`` = the probability itself; borders reflected,
+    truncated at 3 sigma). Returns float32 ``(C * len(sigmas), Y, X)``, class-major."""
+    from scipy import ndimage as ndi
+
+    prob = np.asarray(prob, dtype=np.float32)
+    out = np.empty((n_context_features(prob.shape[0], sigmas),) + prob.shape[1:], np.float32)
+    k = 0
+    for plane in prob:
+        for s in sigmas:
+            out[k] = plane if float(s) <= 0 else ndi.gaussian_filter(plane, float(s), mode="reflect", truncate=3.0)
+            k += 1
+    return out
+
+
 class PixelHead(nn.Module):
     """Standardise per-pixel features, then ``Linear-ReLU`` × ``len(hidden)`` and a linear layer to logits.
 
@@ -174,14 +198,20 @@ def normalize_plane(plane: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
 
 
 class PixelClassifierModel:
-    """A trained pixel classifier: network + config (classes, features, normalisation, tiling).
+    """A trained pixel classifier: network(s) + config (classes, features, normalisation, tiling).
 
+    ``network`` is the first stage (features → class logits); ``context_network``, when the config
+    has a ``context`` entry, the auto-context stage (features + :func:`context_features` of the
+    first stage's probabilities → class logits). Its weights are stored in the same file under the
+    ``context.`` prefix; model folders without it load and predict exactly as before.
     The network attribute is ``network`` (not ``net``): the server's dynamic batching is for
     star-convex models only and looks for ``net``.
     """
 
-    def __init__(self, net: PixelHead, config: dict[str, Any], *, device: str = "cpu") -> None:
+    def __init__(self, net: PixelHead, config: dict[str, Any], *, device: str = "cpu",
+                 context_net: PixelHead | None = None) -> None:
         self.network = net.to(device).eval()
+        self.context_network = None if context_net is None else context_net.to(device).eval()
         self.config = config
         self.device = device
 
@@ -191,19 +221,34 @@ class PixelClassifierModel:
         if md.config.get("model_type") != MODEL_TYPE:
             raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {MODEL_TYPE!r}")
         net = build_net(md.config["architecture"])
+        first = {k: v for k, v in md.state_dict.items() if not k.startswith(CONTEXT_PREFIX)}
+        ctx_state = {k[len(CONTEXT_PREFIX):]: v for k, v in md.state_dict.items() if k.startswith(CONTEXT_PREFIX)}
+        ctx_cfg = md.config.get("context")
+        ctx_net = build_net(ctx_cfg["architecture"]) if ctx_cfg else None
         try:
-            net.load_state_dict(md.state_dict)
+            net.load_state_dict(first)
+            if ctx_net is not None:
+                ctx_net.load_state_dict(ctx_state)
+            elif ctx_state:
+                raise RuntimeError("context-stage weights but no 'context' entry in the config")
         except RuntimeError as e:
             raise ModelError(f"{md.path}: weights do not fit the stored architecture: {e}") from None
-        return cls(net, md.config, device=device)
+        return cls(net, md.config, device=device, context_net=ctx_net)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> "PixelClassifierModel":
         """Load a model directory (uncached; :func:`ijtorch.models.store.load_model` caches)."""
         return cls.from_model_dir(load_model_dir(path), device=device)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Both stages' weights (the context stage under the ``context.`` prefix)."""
+        state = dict(self.network.state_dict())
+        if self.context_network is not None:
+            state.update({CONTEXT_PREFIX + k: v for k, v in self.context_network.state_dict().items()})
+        return state
+
     def save(self, path: str | Path) -> Path:
-        return save_model_dir(path, self.network.state_dict(), self.config)
+        return save_model_dir(path, self.state_dict(), self.config)
 
     # ----------------------------------------------------------- properties
     @property
@@ -217,6 +262,12 @@ class PixelClassifierModel:
     @property
     def sigmas(self) -> tuple[float, ...]:
         return tuple(float(s) for s in self.config.get("features", {}).get("sigmas", DEFAULT_SIGMAS))
+
+    @property
+    def context_sigmas(self) -> tuple[float, ...] | None:
+        """The context stage's smoothing scales, ``None`` for a one-stage model."""
+        ctx = self.config.get("context")
+        return None if not ctx else tuple(float(s) for s in ctx.get("sigmas", DEFAULT_CONTEXT_SIGMAS))
 
     # ------------------------------------------------------------ predict
     def features(self, plane: np.ndarray) -> np.ndarray:
@@ -235,9 +286,24 @@ class PixelClassifierModel:
             t = torch.from_numpy(feats).to(self.device)
             return torch.softmax(self.network.forward_maps(t), dim=1).float().cpu().numpy()
 
+    def _forward_context(self, batch: np.ndarray) -> np.ndarray:
+        """Tiles of the normalised image with the context features appended as channels → probabilities."""
+        nc = self.n_channels
+        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas), t[nc:]])
+                          for t in batch])
+        with torch.inference_mode():
+            t = torch.from_numpy(feats).to(self.device)
+            return torch.softmax(self.context_network.forward_maps(t), dim=1).float().cpu().numpy()
+
     def predict_proba(self, plane: np.ndarray, *, tile_size: int | None = None, overlap: int | None = None,
-                      progress: Callable | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
-        """Class probabilities ``(C, Y, X)`` float32 of one raw plane (tiled; see module docstring)."""
+                      progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
+                      context: bool = True) -> np.ndarray:
+        """Class probabilities ``(C, Y, X)`` float32 of one raw plane (tiled; see module docstring).
+
+        A two-stage model runs the first stage over the whole plane, smooths its probabilities
+        (:func:`context_features`, on the whole plane, so tiles see the same context) and runs the
+        context stage tiled; ``context=False`` returns the first stage's probabilities.
+        """
         from ijtorch.core.tiling import predict_tiled
 
         self.network.eval()
@@ -250,13 +316,17 @@ class PixelClassifierModel:
         tiling = self.config.get("tiling", {})
         tile = int(tile_size or tiling.get("tile_size", 1024))
         ovl = int(overlap if overlap is not None else tiling.get("overlap", 64))
-        return predict_tiled(self._forward, x, tile_shape=(tile, tile), overlap=ovl, out_channels=len(self.classes),
-                             batch_size=1, blend="crop", progress=progress, cancel=cancel)
+        kw = dict(tile_shape=(tile, tile), overlap=ovl, out_channels=len(self.classes), batch_size=1, blend="crop",
+                  progress=progress, cancel=cancel)
+        prob = predict_tiled(self._forward, x, **kw)
+        if self.context_network is None or not context:
+            return prob
+        self.context_network.eval()
+        stacked = np.concatenate([x, context_features(prob, self.context_sigmas)])
+        return predict_tiled(self._forward_context, stacked, **kw)
 
     def predict(self, plane: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(class map, probabilities)``: classes ``1..C`` as uint8 (uint16 beyond 255 classes)."""
         prob = self.predict_proba(plane, **kwargs)
         dtype = np.uint8 if len(self.classes) < 255 else np.uint16
         return (np.argmax(prob, axis=0) + 1).astype(dtype), prob
-
-
