@@ -160,3 +160,23 @@ def test_train_needs_annotations(ij):
     with pytest.raises(MacroError, match="ROI Manager is empty"):
         bridge.run_macro('newImage("blank", "8-bit", 64, 64, 1); if (isOpen("ROI Manager")) roiManager("reset");'
                          'run("ijtorch Train Segmentation", "name=x epochs=1 steps=1");')
+
+
+def test_segment_macro_on_rgb_he_warns_and_reports_confidence(ij, shared_data):
+    """Issue #15: an RGB H&E image runs through the menu command (luminance); the warning is in the
+    Log and Ext.ijtorchShiftScore/ShiftWarning; the Results table has a confidence column;
+    min_confidence drops objects."""
+    path = shared_data / "nuclei_dsb2018_brightfield_histology" / "train" / "images" / "718751b439c05bdd.tif"
+    log = bridge.run_macro(
+        f'open("{path}"); print(bitDepth()); run("ijtorch Segment", "model=nuclei output=all");'
+        'n0 = nResults; c = getResult("confidence", 0); print("n=" + n0); print("c=" + c);'
+        'run("ijtorch Macro Functions"); Ext.ijtorchShiftScore(s); print("s=" + s); print("w=" + Ext.ijtorchShiftWarning());'
+        'run("ijtorch Segment", "model=nuclei output=Results min_confidence=0.95"); print("n95=" + nResults);'
+    ).log.splitlines()
+    assert log[0] == "24"
+    assert any("WARNING dataset shift" in line for line in log)
+    values = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in log if line[:2] in ("n=", "c=", "s=", "w=")
+              or line.startswith("n95=")}
+    assert int(values["n"]) > 0 and 0.5 < float(values["c"]) <= 1
+    assert float(values["s"]) > 1.75 and values["w"].startswith("dataset shift")
+    assert int(values["n95"]) < int(values["n"])
