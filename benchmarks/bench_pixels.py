@@ -13,7 +13,8 @@ ijtorch's pixel classifier (:func:`ijtorch.tasks.pixels.train_pixels`, default r
 scikit-image's ``fit_segmenter`` / ``predict_segmenter`` random forest on
 ``multiscale_basic_features`` (the Weka/Labkit approach; 50 trees, depth 10, as scikit-image's
 example). Scores: per-class Dice on all pixels of held-out images (pooled), mean over classes;
-times: to train, to predict, to the first prediction (features + training + one held-out image).
+times: to train, to predict, to the first prediction (features + training + one held-out image),
+after an untimed warm-up call of each method on a small crop.
 Also: Dice vs number of strokes, and a human-in-the-loop round on a 1024² image (warm start from
 the previous model, new strokes, retrain, predict the whole image). Beside the default one-stage model
 (``ijtorch``) the two-stage auto-context model (``ij+ctx``: ``train_pixels(context=True)``, a second
@@ -137,7 +138,7 @@ def main() -> int:
                     help="strokes per class for the Dice-vs-strokes table (first seed, nuclei and cells)")
     ap.add_argument("--steps", type=int, default=300, help="ijtorch training steps (the default recipe: 300)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads and random-forest jobs")
-    ap.add_argument("--datasets", nargs="+", default=["nuclei", "cells"])
+    ap.add_argument("--datasets", nargs="*", default=["nuclei", "cells"], help="none: only the 1024² round")
     ap.add_argument("--no-round", action="store_true", help="skip the 1024² human-in-the-loop round")
     ap.add_argument("--no-context", action="store_true",
                     help="skip the two-stage (auto-context, train_pixels(context=True)) model beside the default one")
@@ -152,6 +153,13 @@ def main() -> int:
     report: dict = {"args": vars(args), "runs": [], "curve": [], "round": None}
     sizes = {"nuclei": (2, 8), "cells": (2, 3)}
     methods = ("rf", "ijtorch") if args.no_context else ("rf", "ijtorch", "ij+ctx")
+    # warm-up, untimed: the first call of each method pays for imports, torch's and the forest's thread
+    # pools and first-touch allocations, which would otherwise land on whichever split runs first
+    w_items = load((args.datasets or ["cells"])[0])[:1]
+    w = [(n, im[:128, :128], gt[:128, :128]) for n, im, gt in w_items]
+    w_scr = [scribbles_from_classes(gt, strokes_per_class=1, seed=0) for _, _, gt in w]
+    run_rf(w, w_scr, w, args.threads, 0)
+    run_ijtorch(w, w_scr, w, 0, 5)
     print(f"torch threads {args.threads}; steps {args.steps}; {args.strokes} strokes per class and image")
     print(f"{'data':<7} {'seed':>4} {'method':<8} {'Dice bg/obj/bnd':<20} {'mean':>6} {'train s':>8} {'pred s':>7} {'first s':>8}")
     for name in args.datasets:
@@ -211,7 +219,7 @@ def main() -> int:
               f"(RF features+fit+predict {rf['first_s']:.2f} s)")
         if not args.no_context:  # the same two rounds with the context stage (warm-started too)
             c1 = run_ijtorch(test, [s1], test, 0, args.steps, context=True)
-            c2 = run_ijtorch(test, [s2], test, 1, args.steps, base=c1["model"])
+            c2 = run_ijtorch(test, [s2], test, 1, args.steps, base=c1["model"], context=True)
             report["round_context"] = {"first_train_s": c1["train_s"], "retrain_s": c2["train_s"],
                                        "predict_s": c2["predict_s"], "round_s": c2["train_s"] + c2["predict_s"]}
             print(f"1024² round, two-stage model: first training {c1['train_s']:.2f} s; warm-started retraining "
