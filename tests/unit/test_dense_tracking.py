@@ -251,10 +251,11 @@ def test_track_command_translates_every_linking_field():
 
     p = track_options(TrackParams(labels=True), "TYX")["params"]
     assert p.linking.value == "auto" and p.max_distance is None and p.displacement_sigma is None
+    assert p.motion_compensation is True  # an enum, not a checkbox: a macro that omits it keeps it on
     assert p.size_growth is None and p.max_cost is None and p.allow_merging is False
     p = track_options(TrackParams(labels=True, linking="distance", max_distance=30, displacement_sigma=1.5,
                                   size_growth=0.05, size_sigma=0.1, overlap_sigma=0.3, orientation_sigma=5,
-                                  max_cost=40, merges=True, motion_compensation=False), "TYX")["params"]
+                                  max_cost=40, merges=True, motion="none"), "TYX")["params"]
     assert (p.linking.value, p.max_distance, p.displacement_sigma, p.size_growth, p.size_sigma, p.overlap_sigma,
             p.orientation_sigma, p.max_cost, p.allow_merging, p.motion_compensation) == \
         ("distance", 30, 1.5, 0.05, 0.1, 0.3, 5, 40, True, False)

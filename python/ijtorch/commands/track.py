@@ -7,7 +7,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import IjtorchError
 from .command import command, task_channel
@@ -23,6 +23,11 @@ class LinkingCost(str, Enum):
     distance = "distance"  # centroid distance only (TrackMate's LAP tracker)
 
 
+class Motion(str, Enum):
+    neighbours = "neighbours"  # shift each mask by its neighbours' motion (and the field's, after a stage jump)
+    none = "none"              # compare masks where they are
+
+
 class TrackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: bool = Field(False, description="the image already holds label masks (skip segmentation)")
@@ -34,13 +39,21 @@ class TrackParams(BaseModel):
     divisions: bool = Field(True, description="detect divisions (one parent, two daughters)")
     merges: bool = Field(False, description="detect merges (two parents, one child)")
     fill_gaps: bool = Field(False, description="insert an interpolated object in each frame a closed gap skips")
-    motion_compensation: bool = Field(True, description="overlap linking: compare masks after shifting them by the motion of their neighbours (and the whole field's)")
+    motion: Motion = Field(Motion.neighbours, description="overlap linking: compare masks after shifting them by the motion of their neighbours (and of the whole field after a stage jump), or where they are (none)")
     displacement_sigma: float = Field(0.0, ge=0, description="overlap linking: scale of the position residual after the predicted motion (calibrated units); 0 = estimated from the movie")
     size_growth: float | None = Field(None, description="overlap linking: typical change of log(area) per frame; empty = estimated from the movie")
     size_sigma: float = Field(0.0, ge=0, description="overlap linking: scale of the change of log(area) around size_growth; 0 = estimated from the movie")
     overlap_sigma: float = Field(0.0, ge=0, description="overlap linking: scale of 1 - IoU of true links; 0 = estimated from the movie")
     orientation_sigma: float = Field(0.0, ge=0, description="overlap linking: scale of the turn of an elongated object's long axis (degrees); 0 = estimated from the movie")
     max_cost: float = Field(0.0, ge=0, description="overlap linking: gate on a link's cost (sum of squared standardised residuals); 0 = chi-square quantile at 1e-6")
+    @field_validator("size_growth", mode="before")
+    @classmethod
+    def _estimated(cls, v):
+        """An empty dialog field, 'auto' or NaN: estimated from the movie."""
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "auto", "nan")):
+            return None
+        return v
+
     output: str = Field("", description="folder for the TrackMate XML and other files; empty = next to the image (or none for unsaved images)",
                         json_schema_extra={"surfaces": ["imagej"]})  # the CLI's --output; the server returns arrays
 
@@ -54,7 +67,7 @@ def track_options(p: TrackParams, axes: str) -> dict:
     growth = p.size_growth if p.size_growth is not None and p.size_growth == p.size_growth else None  # NaN = estimated
     params = TrackingParams(linking=p.linking.value, max_distance=auto(p.max_distance), max_gap=p.max_gap,
                             allow_splitting=p.divisions, allow_merging=p.merges, fill_gaps=p.fill_gaps,
-                            motion_compensation=p.motion_compensation,
+                            motion_compensation=p.motion == Motion.neighbours,
                             displacement_sigma=auto(p.displacement_sigma), size_growth=growth,
                             size_sigma=auto(p.size_sigma), overlap_sigma=auto(p.overlap_sigma),
                             orientation_sigma=auto(p.orientation_sigma), max_cost=auto(p.max_cost))
