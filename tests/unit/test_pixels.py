@@ -292,3 +292,22 @@ def test_one_stage_folders_load_and_predict_as_before(trained, tmp_path):
     save_model_dir(tmp_path / "odd", state, json.loads(json.dumps({k: v for k, v in md.config.items() if k != "weights"})))
     with pytest.raises(ModelError, match="context-stage weights"):
         PixelClassifierModel.load(tmp_path / "odd")
+
+
+def test_strokes_are_dealt_to_folds_that_each_hold_every_class():
+    from ijtorch.train.pixels_train import stroke_folds
+
+    ann = np.zeros((40, 60), np.uint8)
+    ann[5, 2:50] = 1  # one long stroke of class 1: cut in two along its length
+    ann[10:12, 5:15] = 2  # three strokes of class 2: dealt whole
+    ann[20:22, 5:25] = 2
+    ann[30:32, 5:10] = 2
+    folds = stroke_folds(ann, 2, np.random.default_rng(0))
+    assert np.all((folds >= 0) == (ann > 0))
+    for c in (1, 2):
+        assert set(np.unique(folds[ann == c])) == {0, 1}
+    assert np.all(folds[5, 2:26] == folds[5, 2]) and folds[5, 2] != folds[5, 49]
+    for rows in (slice(10, 12), slice(20, 22), slice(30, 32)):
+        assert len(np.unique(folds[rows][ann[rows] == 2])) == 1
+    # the largest stroke alone, the two smaller ones together
+    assert folds[20, 5] != folds[10, 5] and folds[10, 5] == folds[30, 5]

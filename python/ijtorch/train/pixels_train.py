@@ -395,6 +395,7 @@ def train_pixel_classifier(
         if keep is not None:
             row_fold = row_fold[keep]
         fold_steps = max(1, int(round(steps * CONTEXT_FOLD_STEPS)))
+        emit(progress, ProgressEvent("train", done, total_steps, "context stage: first stages without each fold of strokes"))
         nets = []
         for k in range(CONTEXT_FOLDS):
             sel = torch.from_numpy(np.flatnonzero(row_fold != k)).to(dev)
@@ -406,8 +407,9 @@ def train_pixel_classifier(
             if dev == "cpu" and threads > 1:
                 torch.set_num_threads(1)
             try:
+                left = None if time_limit_s is None else max(time_limit_s - (time.monotonic() - t_train), 0.0)
                 _fit(nk, ok, sk, Xt[sel], yt[sel], weights, steps=fold_steps, batch_size=batch_size, rng=rng,
-                     time_limit_s=None, progress=None, cancel=cancel, offset=offset if augment else None,
+                     time_limit_s=left, progress=None, cancel=cancel, offset=offset if augment else None,
                      noise_std=noise_std)
             finally:
                 torch.set_num_threads(threads)
