@@ -226,3 +226,47 @@ def test_cli_draws_a_bar_on_a_terminal(tmp_path):
     os.close(master)
     assert proc.returncode == 0, seen
     assert b"\r" in seen and b"2/2" in seen and b"segment:" in seen
+
+
+def test_cli_trains_resumes_fine_tunes_and_segments_with_unet_watershed(tmp_path, shared_data):
+    """Issue #20: ``ijtorch train --method unet_watershed`` (then ``--resume``, then ``--base-model``
+    with the method taken from the model type) and ``ijtorch segment --model <folder>`` end to end;
+    the CLI's label image equals segment() in Python."""
+    from ijtorch.io.tiff import read_tiff
+    from ijtorch.models.store import read_config
+    from ijtorch.tasks.segment import segment
+
+    src = shared_data / "cells_usiigaci_phase" / "train"
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for name in ("set15", "set24", "set26"):  # 128 x 160 crops: a quick run
+        tifffile.imwrite(images / f"{name}.tif", tifffile.imread(src / "images" / f"{name}.tif")[:128, :160])
+        tifffile.imwrite(labels / f"{name}.tif", tifffile.imread(src / "labels" / f"{name}.tif")[:128, :160])
+    model = tmp_path / "unet"
+    common = ("--steps", "2", "--patch-size", "64", "--batch-size", "2", "--device", "cpu", "--seed", "3")
+    out = _cli("train", str(images), str(labels), "--output", str(model), "--method", "unet_watershed",
+               "--epochs", "1", *common)
+    assert out.returncode == 0, out.stderr
+    assert f"model saved to {model}" in out.stdout and "fg_threshold" in out.stdout
+    assert read_config(model)["model_type"] == "unet_watershed"
+    out = _cli("train", str(images), str(labels), "--output", str(model), "--method", "unet_watershed",
+               "--epochs", "2", "--resume", *common)
+    assert out.returncode == 0, out.stderr
+    runs = read_config(model)["training"]["runs"]
+    assert [h["epoch"] for h in runs[-1]["history"]] == [1, 2]  # epoch 1 from the checkpoint, then epoch 2
+    tuned = tmp_path / "tuned"
+    out = _cli("train", str(images), str(labels), "--output", str(tuned), "--base-model", str(model),
+               "--epochs", "1", *common)
+    assert out.returncode == 0, out.stderr
+    cfg = read_config(tuned)
+    assert cfg["model_type"] == "unet_watershed" and cfg["training"]["runs"][-1]["fine_tuned_from"] == str(model)
+
+    image = tmp_path / "cell.tif"
+    tifffile.imwrite(image, tifffile.imread(src / "images" / "set41.tif")[:192, :192])
+    out = _cli("segment", str(image), "--model", str(tuned), "--output", str(tmp_path / "seg"))
+    assert out.returncode == 0, out.stderr
+    expected = segment(tifffile.imread(image), "YX", model=str(tuned), device="cpu")
+    np.testing.assert_array_equal(read_tiff(tmp_path / "seg" / "cell.tif").data, expected.labels)
+    with open(tmp_path / "seg" / "cell_measurements.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == expected.n_objects and (not rows or "confidence" in rows[0])

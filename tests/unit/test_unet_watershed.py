@@ -130,3 +130,93 @@ def test_predict_validates_axes_and_model(tmp_path):
         uw.load_model(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match="images .* and labels .* must be non-empty"):
         uwt.train([np.zeros((8, 8))], [], epochs=1)
+
+
+# ------------------------------------------------------------- the task: segment / train_segmentation
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path / "user-models"))
+    from ijtorch.models.store import clear_model_cache
+
+    clear_model_cache()
+    yield tmp_path / "user-models"
+    clear_model_cache()
+
+
+def _task_train(cells, output, **kw):
+    from ijtorch.tasks.segment import train_segmentation
+
+    opts = dict(method="unet_watershed", output=output, epochs=4, steps_per_epoch=3, batch_size=2, patch_size=64,
+                base_channels=4, depth=2, lr=3e-3, seed=0, device="cpu", augment=False, patience=None,
+                val_fraction=0.25)
+    opts.update(kw)
+    return train_segmentation([p.image for p in cells], [p.labels for p in cells], **opts)
+
+
+def test_train_segmentation_trains_resumes_and_fine_tunes_by_model_type(cells, tmp_path, user_models, one_torch_thread):
+    """Issue #20: the task trains a U-Net + watershed model (loss falls), a time-limited run resumes
+    from its checkpoint to the same end as a straight run, and a base model's type picks the method."""
+    from ijtorch.models.store import read_config
+
+    straight = _task_train(cells, tmp_path / "straight")
+    losses = [h["train_loss"] for h in straight["history"]]
+    assert straight["method"] == "unet_watershed" and straight["epochs_run"] == 4
+    assert losses[-1] < losses[0], losses
+    cfg = read_config(tmp_path / "straight")
+    assert cfg["model_type"] == "unet_watershed" and cfg["metrics"]["n_images"] == 1
+    assert set(straight["thresholds"]) >= {"fg_threshold", "seed_threshold"}
+
+    polls = iter([False])  # cancel is polled before each epoch: one epoch, then stop (as a time limit does)
+    first = _task_train(cells, tmp_path / "chunked", cancel=lambda: next(polls, True))
+    assert first["cancelled"] and len(first["history"]) == 1
+    assert (tmp_path / "chunked_checkpoints" / "last.safetensors").is_file()
+    resumed = _task_train(cells, tmp_path / "chunked", resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]], losses, rtol=1e-4)
+
+    # fine-tuning: no method given, the base model's type decides; a star-convex base is refused
+    tuned = _task_train(cells, tmp_path / "tuned", method=None, base_model=str(tmp_path / "straight"), epochs=1,
+                        steps_per_epoch=1)
+    assert tuned["method"] == "unet_watershed" and tuned["base_model"] == str(tmp_path / "straight")
+    runs = read_config(tmp_path / "tuned")["training"]["runs"]
+    assert len(runs) == 2 and runs[-1]["fine_tuned_from"] == str(tmp_path / "straight")
+    with pytest.raises(ValueError, match="fine-tunes only unet_watershed"):
+        _task_train(cells, tmp_path / "bad", base_model="nuclei", epochs=1)
+
+
+def test_segment_runs_a_unet_watershed_model_plane_by_plane(cells, tmp_path, user_models, one_torch_thread):
+    """segment() picks the method from the model type: same SegmentationResult as for star-convex
+    models, Z/T plane by plane with unique labels, per-object confidence = peak interior probability."""
+    from ijtorch.tasks.segment import object_confidence, segment
+
+    _task_train(cells, tmp_path / "m", epochs=2)
+    img = cells[0].image[:160, :192]
+    model = uw.load_model(tmp_path / "m")
+    probs = uw.predict(model, img)
+    expected = uw.postprocess(probs, config=model.postprocess)
+
+    r = segment(img, "YX", model=str(tmp_path / "m"), device="cpu")
+    np.testing.assert_array_equal(r.labels, expected)
+    assert r.labels.dtype == np.uint16 and r.n_objects == int(expected.max()) == len(r.confidence)
+    np.testing.assert_allclose(r.confidence, object_confidence(expected, probs.interior), atol=1e-6)
+    assert r.prob_threshold == model.postprocess.fg_threshold and r.nms_threshold == model.postprocess.seed_threshold
+    assert "no dataset-shift reference" in r.shift_message
+
+    stack = segment(np.stack([img, img[::-1]]), "TYX", model=str(tmp_path / "m"), device="cpu")
+    n = r.n_objects
+    assert stack.objects_per_plane == (n, n) and stack.n_objects == 2 * n
+    np.testing.assert_array_equal(stack.labels[0], r.labels)
+    if n:
+        assert stack.labels[1].max() == 2 * n and stack.labels[1][stack.labels[1] > 0].min() == n + 1
+
+    # thresholds from the surfaces: prob_threshold = foreground, nms_threshold = seed
+    low = segment(img, "YX", model=str(tmp_path / "m"), device="cpu", prob_threshold=0.2, nms_threshold=0.9)
+    assert (low.prob_threshold, low.nms_threshold) == (0.2, 0.9)
+    if n:
+        strict = segment(img, "YX", model=str(tmp_path / "m"), device="cpu",
+                         min_confidence=float(np.median(r.confidence)) + 1e-6)
+        assert strict.n_objects < n and (strict.confidence >= np.median(r.confidence)).all()
+    with pytest.raises(ValueError, match="test-time augmentation is not available"):
+        segment(img, "YX", model=str(tmp_path / "m"), test_time_augmentation=True)
+    with pytest.raises(ValueError, match="scale=2"):
+        segment(img, "YX", model=str(tmp_path / "m"), scale=2.0)

@@ -470,12 +470,16 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("images", help="folder of images")
     p.add_argument("labels", help="folder of label maps with the same file names")
     p.add_argument("--output", required=True, help="model folder to write")
-    p.add_argument("--method", default=METHODS[0], choices=METHODS, help="model family (default %(default)s)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="model family: stardist (star-convex, nuclei) or unet_watershed (U-Net + seeded watershed: "
+                        "touching whole cells, bacteria); default: that of --base-model, else stardist")
     p.add_argument("--base-model", default=None, help="fine-tune from this model (name or folder)")
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--steps", type=positive_int, default=100, help="steps per epoch")
-    p.add_argument("--patch-size", type=positive_int, default=None, help="training patch edge (default: 128 in 2D, 96 in 3D)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (default: 8 in 2D, 2 in 3D)")
+    p.add_argument("--patch-size", type=positive_int, default=None,
+                   help="training patch edge (default: 128 in 2D, 96 in 3D; unet_watershed 256)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="patches per step (default: 8 in 2D, 2 in 3D; unet_watershed 4)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")

@@ -123,6 +123,12 @@ class TrainSource(str, Enum):
     folders = "folders"
 
 
+class TrainMethod(str, Enum):
+    auto = "auto"
+    stardist = "stardist"
+    unet_watershed = "unet_watershed"
+
+
 class TrainSegmentationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: TrainSource = Field(TrainSource.image, description="annotations from the ROI Manager on the current image, or folders of image/label TIFFs")
@@ -130,14 +136,18 @@ class TrainSegmentationParams(BaseModel):
     labels: str = Field("", description="folder of label maps with the same names (source=folders)")
     name: str = Field("my-model", description="name of the new model (saved in the user model folder)")
     base_model: str = Field("", description="fine-tune from this model (e.g. nuclei); empty = from scratch")
+    method: TrainMethod = Field(TrainMethod.auto, description="auto = that of the base model (star-convex without one); "
+                                "stardist: star-convex (nuclei); unet_watershed: U-Net + seeded watershed (touching "
+                                "whole cells, bacteria)")
     epochs: int = Field(10, ge=1, description="training epochs")
     steps: int = Field(50, ge=1, description="steps per epoch")
-    patch_size: int = Field(0, ge=0, description="training patch size in pixels (0 = the method's default: 128 in 2D, 96 in 3D)")
+    patch_size: int = Field(0, ge=0, description="training patch size in pixels (0 = the method's default: 128 in 2D, "
+                            "96 in 3D, 256 for unet_watershed)")
 
 
 @command("ijtorch Train Segmentation", TrainSegmentationParams, needs_image=False, rois=True)
 def train_segmentation_command(inputs: CommandInputs, p: TrainSegmentationParams) -> CommandOutputs:
-    """Train or fine-tune a star-convex model; the new model is immediately selectable by name."""
+    """Train or fine-tune a star-convex or U-Net + watershed model; the new model is immediately selectable by name."""
     from ..models.store import new_user_model_dir
     from ..tasks.rasterize import polygons_to_labels
     from ..tasks.segment import train_segmentation
@@ -155,7 +165,8 @@ def train_segmentation_command(inputs: CommandInputs, p: TrainSegmentationParams
             raise IjtorchError("source=folders needs images=[folder] and labels=[folder]")
         images_arg, labels_arg, val_fraction = p.images, p.labels, 0.15
     output = new_user_model_dir(p.name)
-    summary = train_segmentation(images_arg, labels_arg, output=output, base_model=p.base_model or None,
+    method = None if p.method == TrainMethod.auto else p.method.value
+    summary = train_segmentation(images_arg, labels_arg, output=output, base_model=p.base_model or None, method=method,
                                  epochs=p.epochs, steps_per_epoch=p.steps, patch_size=p.patch_size or None,
                                  val_fraction=val_fraction, progress=inputs.progress)
     return CommandOutputs(log=(f"{name}: model '{p.name}' saved to {summary.get('output', output)}",))

@@ -1,4 +1,6 @@
-"""Instance segmentation task: label maps from images with a star-convex (StarDist) model.
+"""Instance segmentation task: label maps from images with a star-convex (StarDist) model or a
+U-Net + seeded watershed model (``unet_watershed``: touching whole cells, bacteria), chosen by the
+model's type.
 
 :func:`segment` takes a numpy array with an explicit axes string and returns a frozen
 :class:`SegmentationResult`; :func:`train_segmentation` trains or fine-tunes a model and returns a
@@ -62,7 +64,7 @@ __all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS", "RG
 
 log = logging.getLogger(__name__)
 
-METHODS = ("stardist",)
+METHODS = ("stardist", "unet_watershed")
 RGB_CONVERSIONS = ("luminance", "inverted", "hematoxylin")
 
 
@@ -292,6 +294,14 @@ def segment(
             if isinstance(r, SegmentationResult) else r
     data, axes = _pick_channel(data, axes, channel)
     net = load_model(model, device=device)
+    from ijtorch.models.unet_watershed import UNetWatershed
+
+    if isinstance(net, UNetWatershed):  # U-Net + watershed (whole cells, bacteria): 2D, plane by plane
+        return _unet_watershed_result(net, data, axes, name=name, prob_threshold=prob_threshold,
+                                      nms_threshold=nms_threshold, tile_size=tile_size, overlap=overlap,
+                                      test_time_augmentation=test_time_augmentation, scale=scale,
+                                      min_confidence=float(min_confidence), rgb_used=rgb_used,
+                                      progress=progress, cancel=cancel, t0=t0)
     model_axes = net.config.get("axes", "YX")
     if model_axes not in ("YX", "ZYX"):
         raise ValueError(f"model={str(model)!r} expects axes {model_axes!r}; supported are 2D (YX) and 3D (ZYX) models")
@@ -399,6 +409,78 @@ def _pixel_model_result(data: np.ndarray, axes: str, *, model: Any, channel: int
                               objects_per_plane=(len(present),))
 
 
+def _unet_watershed_result(net: Any, data: np.ndarray, axes: str, *, name: str, prob_threshold: float | None,
+                           nms_threshold: float | None, tile_size: int | None, overlap: int | None,
+                           test_time_augmentation: bool, scale: float, min_confidence: float, rgb_used: str | None,
+                           progress: ProgressCallback | None, cancel: Callable[[], bool] | None,
+                           t0: float) -> SegmentationResult:
+    """:func:`segment` for a ``unet_watershed`` model (:mod:`ijtorch.models.unet_watershed`).
+
+    2D: ``YX`` planes one by one (``Z``/``T`` plane by plane, labels unique over the output).
+    ``prob_threshold`` is the model's foreground threshold (``1 - p_background``), ``nms_threshold``
+    its seed threshold (``p_interior``; higher splits touching objects less readily into seeds
+    that survive, lower merges seeds); 0/None keep the model's tuned values. The probability maps
+    are stitched before the watershed, so objects are never cut at tile seams. Confidence of an
+    object: its peak interior probability.
+    """
+    from ijtorch.models import unet_watershed as uw
+    from ijtorch.models.shift import no_reference
+
+    if test_time_augmentation:
+        raise ValueError(f"model={name!r} is a U-Net + watershed model: test-time augmentation is not available for it")
+    if float(scale) != 1.0:
+        raise ValueError(f"model={name!r} is a U-Net + watershed model: scale={scale!r} is not available for it "
+                         "(resize the image, or train at this pixel size)")
+    clamp = lambda v: min(max(float(v), 1e-3), 1 - 1e-3)  # noqa: E731 - PostprocessConfig wants (0, 1)
+    fg = net.postprocess.fg_threshold if not prob_threshold else clamp(prob_threshold)
+    seed = net.postprocess.seed_threshold if not nms_threshold else clamp(nms_threshold)
+    cfg = uw.PostprocessConfig(**{**net.postprocess.model_dump(), "fg_threshold": fg, "seed_threshold": seed})
+    tile = int(tile_size) if tile_size is not None else 512
+    ov = int(overlap) if overlap is not None else 64
+    outer = "".join(a for a in "TZ" if a in axes)
+    perm = [axes.index(a) for a in outer + "YX"]
+    stack = np.transpose(data, perm)
+    outer_shape = stack.shape[: len(outer)]
+    planes = stack.reshape((-1,) + stack.shape[len(outer):])
+    results, counts, confidences = [], [], []
+    offset = 0
+    for k, plane in enumerate(planes):
+        if cancel is not None and cancel():
+            raise InterruptedError("segmentation cancelled")
+        emit(progress, ProgressEvent("plane", k, len(planes), f"plane {k + 1}/{len(planes)}"))
+        probs = uw.predict(net, plane, "YX", tile_size=tile, overlap=ov, device=_net_device(net),
+                           progress=progress, cancel=cancel)
+        emit(progress, ProgressEvent("watershed", 0, 1, "seeded watershed"))
+        lab = uw.postprocess(probs, config=cfg).astype(np.int64)
+        conf = object_confidence(lab, probs.interior)
+        if min_confidence > 0:
+            lab, conf = _drop_uncertain(lab, conf, min_confidence)
+        n = int(lab.max())
+        lab[lab > 0] += offset
+        offset += n
+        counts.append(n)
+        confidences.append(conf)
+        results.append(lab)
+    emit(progress, ProgressEvent("plane", len(planes), len(planes), "done"))
+    dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
+    labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
+    labels = np.transpose(labels, np.argsort(perm))
+    seconds = time.monotonic() - t0
+    log.info("segmented %s image with U-Net + watershed model %s: %d objects in %.2f s", axes, name, offset, seconds)
+    return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=fg,
+                              nms_threshold=seed, seconds=seconds, device=_net_device(net),
+                              objects_per_plane=tuple(counts), shift_message=no_reference(name).message,
+                              confidence=np.concatenate(confidences) if confidences else np.zeros(0, np.float32),
+                              rgb=rgb_used)
+
+
+def _net_device(net: Any) -> str:
+    try:
+        return str(next(net.net.parameters()).device)
+    except StopIteration:  # pragma: no cover - a network without parameters
+        return "cpu"
+
+
 def _as_pairs(images: Any, labels: Any, axes: str) -> list:
     from ijtorch.train.data import Pair, load_pairs
 
@@ -425,11 +507,20 @@ def _as_pairs(images: Any, labels: Any, axes: str) -> list:
     return pairs
 
 
+def _method_of(base_model: str | os.PathLike) -> str:
+    """The training method of a base model's type (``unet_watershed`` or star-convex)."""
+    from ijtorch.models.folder import read_config
+    from ijtorch.models.store import resolve_model
+
+    mtype = read_config(resolve_model(base_model)).get("model_type")
+    return "unet_watershed" if mtype == "unet_watershed" else "stardist"
+
+
 def train_segmentation(
     images: Sequence[np.ndarray] | str | os.PathLike,
     labels: Sequence[np.ndarray] | str | os.PathLike | None,
     *,
-    method: str = "stardist",
+    method: str | None = None,
     output: str | os.PathLike,
     axes: str = "YX",
     base_model: str | os.PathLike | None = None,
@@ -456,8 +547,11 @@ def train_segmentation(
         2D items train a 2D model; 3D items (z-stacks; 3D TIFFs in folders are taken as ``ZYX``)
         train a 3D star-convex polyhedron model
         (:func:`ijtorch.train.stardist3d_train.train_stardist3d`).
-    method : {"stardist"}
-        Model family.
+    method : {"stardist", "unet_watershed"}, optional
+        Model family; default: that of ``base_model``, else ``"stardist"``. ``"unet_watershed"``
+        (boundary/interior U-Net + seeded watershed, 2D; touching whole cells, bacteria) runs
+        :func:`ijtorch.train.unet_watershed_train.train_unet_watershed` (``batch_size`` and
+        ``patch_size`` default to 4 and 256; ``base_channels``, ``depth``, ``lr``... in ``**options``).
     output : path
         Model directory to write (e.g. in :func:`ijtorch.models.store.user_models_dir`).
     base_model : name or path, optional
@@ -472,12 +566,22 @@ def train_segmentation(
     dict
         Summary (output path, epochs, seconds, thresholds, validation metrics).
     """
+    if method is None:
+        method = _method_of(base_model) if base_model is not None else "stardist"
     if method not in METHODS:
         raise ValueError(f"method={method!r}: accepted values are {METHODS}")
     from ijtorch.train.stardist3d_train import train_stardist3d
     from ijtorch.train.stardist_train import train_stardist
 
     pairs = _as_pairs(images, labels, axes)
+    if method == "unet_watershed":
+        from ijtorch.train.unet_watershed_train import train_unet_watershed
+
+        sizes = {k: v for k, v in (("batch_size", batch_size), ("patch_size", patch_size)) if v is not None}
+        return train_unet_watershed(pairs, output=output, base_model=base_model, epochs=epochs,
+                                    steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, seed=seed,
+                                    device=device, resume=resume, time_limit_s=time_limit_s, progress=progress,
+                                    cancel=cancel, **sizes, **options)
     ndims = sorted({p.image.ndim for p in pairs})
     if ndims not in ([2], [3]):
         raise ValueError(f"training items have {ndims} dimensions; give all 2D (YX) images or all 3D (ZYX) z-stacks")

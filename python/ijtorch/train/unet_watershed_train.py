@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ijtorch.core.progress import ProgressEvent
     from ijtorch.train.trainer import TrainResult
 
-__all__ = ["WatershedTrainResult", "train"]
+__all__ = ["WatershedTrainResult", "train", "tune_thresholds", "train_unet_watershed"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,131 @@ def train(
     return WatershedTrainResult(model=model, result=result, model_dir=str(model_dir) if model_dir else None,
                                 train_names=tuple(names[i] for i in tr_idx),
                                 val_names=tuple(names[i] for i in val_idx))
+
+
+# ------------------------------------------------------------------------ thresholds, task
+FG_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def tune_thresholds(model: UNetWatershed, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                    device: str | None = "cpu") -> dict[str, Any]:
+    """Grid search of ``fg_threshold`` x ``seed_threshold`` (:data:`FG_GRID` x :data:`SEED_GRID`)
+    maximising the mean of AP@0.5 and AP@0.75 pooled over ``images``; sets ``model.postprocess``
+    and returns ``{"fg_threshold", "seed_threshold", "ap@0.50", "ap@0.75", "splits", "merges", "n_images"}``.
+    The probabilities are predicted once per image; only the watershed runs per grid point."""
+    from ijtorch.metrics.instance import evaluate_pair
+    from ijtorch.models.unet_watershed import postprocess, predict
+
+    probs = [predict(model, im, "YX", device=device) for im in images]
+    best: dict[str, Any] | None = None
+    for fg in FG_GRID:
+        for seed in SEED_GRID:
+            cfg = PostprocessConfig(**{**model.postprocess.model_dump(), "fg_threshold": fg, "seed_threshold": seed})
+            rows = [evaluate_pair(np.asarray(lab), postprocess(p, config=cfg), thresholds=(0.5, 0.75))
+                    for p, lab in zip(probs, labels)]
+            pooled = {}
+            for t in ("0.50", "0.75"):
+                tp, fp, fn = (sum(r[f"_{k}@{t}"] for r in rows) for k in ("tp", "fp", "fn"))
+                pooled[f"ap@{t}"] = round(tp / max(tp + fp + fn, 1), 4)
+            score = (pooled["ap@0.50"] + pooled["ap@0.75"]) / 2
+            if best is None or score > best["_score"]:
+                best = {"_score": score, "fg_threshold": fg, "seed_threshold": seed, **pooled,
+                        "splits": int(sum(r["splits"] for r in rows)), "merges": int(sum(r["merges"] for r in rows)),
+                        "n_images": len(rows)}
+    assert best is not None
+    best.pop("_score")
+    model.postprocess = PostprocessConfig(**{**model.postprocess.model_dump(), "fg_threshold": best["fg_threshold"],
+                                             "seed_threshold": best["seed_threshold"]})
+    return best
+
+
+def train_unet_watershed(
+    pairs: Sequence[Any],
+    *,
+    output: str | os.PathLike,
+    base_model: str | os.PathLike | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    epochs: int = 20,
+    steps_per_epoch: int = 100,
+    batch_size: int = 4,
+    patch_size: int = 256,
+    base_channels: int = 32,
+    depth: int = 4,
+    boundary_width: int = 1,
+    lr: float = 1e-3,
+    patience: int | None = 20,
+    augment: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | None = "auto",
+    time_limit_s: float | None = None,
+    optimize_thresholds: bool = True,
+    description: str = "",
+    progress: "Callable[[ProgressEvent], None] | None" = None,
+    progress_bar: bool | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """What :func:`ijtorch.tasks.segment.train_segmentation` runs for ``method="unet_watershed"``.
+
+    ``pairs`` are :class:`ijtorch.train.data.Pair` items (2D). ``base_model`` (a registered name or
+    folder of type ``unet_watershed``) is fine-tuned; checkpoints go to ``checkpoint_dir`` (default
+    ``<output>_checkpoints``) every epoch, so ``resume=True`` continues a killed or time-limited run
+    (``time_limit_s``: stop after the epoch that passes it; the model is saved all the same).
+    Thresholds are then tuned on the validation images (the training images when there are none)
+    and the model folder written to ``output``. Returns a summary dict (``output``, ``method``,
+    ``epochs_run``, ``best_epoch``, ``cancelled``, ``seconds``, ``history``, ``thresholds``,
+    ``metrics``, ``base_model``, ``train_names``, ``val_names``).
+    """
+    import time
+
+    del progress_bar  # the Trainer runs without its text bar here; progress events go to ``progress``
+    pairs = list(pairs)
+    if any(np.asarray(p.image).ndim != 2 for p in pairs):
+        raise ValueError("method='unet_watershed' trains 2D models: give YX images (z-stacks: use method='stardist')")
+    init = None
+    if base_model is not None:
+        from ijtorch.models.folder import read_config
+        from ijtorch.models.store import resolve_model
+
+        init = resolve_model(base_model)
+        mtype = read_config(init).get("model_type")
+        if mtype != "unet_watershed":
+            raise ValueError(f"base_model={str(base_model)!r} is a {mtype!r} model; method='unet_watershed' "
+                             "fine-tunes only unet_watershed models")
+    output = Path(output)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else output.with_name(output.name + "_checkpoints")
+    stop = cancel
+    if time_limit_s is not None:
+        deadline = time.monotonic() + float(time_limit_s)
+        stop = lambda: (cancel is not None and bool(cancel())) or time.monotonic() > deadline  # noqa: E731
+    t0 = time.monotonic()
+    r = train([np.asarray(p.image) for p in pairs], [np.asarray(p.labels) for p in pairs],
+              names=[p.name for p in pairs], model_dir=None, checkpoint_dir=ckpt, init=init, epochs=int(epochs),
+              steps_per_epoch=int(steps_per_epoch), batch_size=int(batch_size), patch_size=int(patch_size), lr=lr,
+              val_fraction=val_fraction, base_channels=base_channels, depth=depth, boundary_width=boundary_width,
+              augment=augment, patience=patience, seed=seed, device=device, resume=resume, progress=progress,
+              cancel=stop)
+    model = r.model
+    by_name = {p.name: p for p in pairs}
+    tune = [by_name[n] for n in (r.val_names or r.train_names)]
+    metrics: dict[str, Any] = {}
+    if optimize_thresholds:
+        metrics = tune_thresholds(model, [np.asarray(p.image) for p in tune], [np.asarray(p.labels) for p in tune])
+        metrics["split"] = "validation" if r.val_names else "training"
+    model.meta = {**(model.meta or {}), "metrics": metrics,
+                  **({"description": description} if description else {})}
+    save_model(model, output)
+    log.info("trained U-Net + watershed model saved to %s (%d epochs, thresholds %s)", output,
+             r.result.epochs_run, model.postprocess.model_dump())
+    return {"output": str(output), "method": "unet_watershed", "epochs_run": r.result.epochs_run,
+            "best_epoch": r.result.best_epoch, "cancelled": bool(getattr(r.result, "cancelled", False)),
+            "seconds": round(time.monotonic() - t0, 1),
+            "history": [{k: round(float(v), 5) for k, v in h.items()} for h in r.result.history],
+            "thresholds": model.postprocess.model_dump(), "metrics": metrics,
+            "base_model": str(base_model) if base_model is not None else None,
+            "train_names": list(r.train_names), "val_names": list(r.val_names)}
 
 
 # ---------------------------------------------------------------------------- save / load
