@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from ijtorch.io.ctc import read_ctc_tracks, write_ctc, write_ctc_ground_truth
+from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
 from ijtorch.simulate.movies import simulate_colony, simulate_movie
 from ijtorch.tasks import linking as T
 
@@ -110,11 +109,11 @@ def movies(quick: bool):
         yield "real: tracking_bacteria (shared)", lab, lambda d: shutil.copytree(SHARED / "01_GT", d)
     else:
         print(f"(shared movie not found at {SHARED}: skipped)")
-    sims = [("colony doubling 8, seed 1", dict(doubling_time=8, seed=1, shape=(320, 320)))]
+    sims = [("colony doubling 8, seed 1", {"doubling_time": 8, "seed": 1, "shape": (320, 320)})]
     if not quick:
-        sims += [("colony doubling 8, seed 2", dict(doubling_time=8, seed=2, shape=(320, 320))),
-                 ("colony doubling 7, seed 3", dict(doubling_time=7, seed=3, shape=(360, 360))),
-                 ("colony doubling 6, seed 4", dict(doubling_time=6, seed=4, shape=(400, 400)))]
+        sims += [("colony doubling 8, seed 2", {"doubling_time": 8, "seed": 2, "shape": (320, 320)}),
+                 ("colony doubling 7, seed 3", {"doubling_time": 7, "seed": 3, "shape": (360, 360)}),
+                 ("colony doubling 6, seed 4", {"doubling_time": 6, "seed": 4, "shape": (400, 400)})]
     for name, kw in sims:
         m = simulate_colony(n_frames=30, n_cells=30, **kw)
         yield (name, m.labels, lambda d, m=m: write_ctc_ground_truth(d, m.truth, m.lineage))
@@ -143,7 +142,7 @@ def accuracy(quick: bool, tmp: Path) -> dict:
             try:
                 e, secs = laptrack_overlap(det, lab)
                 rows["laptrack overlap"] = (T._assemble(det, T.TrackingParams(), e, np.zeros(len(e)), np.zeros(len(e), np.int8)), secs)
-            except Exception as exc:  # report, do not stop the benchmark
+            except Exception as exc:  # noqa: BLE001  (a peer's failure is reported, the benchmark goes on)
                 print(f"  laptrack overlap failed: {type(exc).__name__}: {exc}")
         print(f"  laptrack gate = ijtorch's estimated max_distance {gate:.3g}; ijtorch estimated: " + ", ".join(f"{key} {v:.3g}" for key, v in ours.estimated.items()
                                                    if isinstance(v, float)))

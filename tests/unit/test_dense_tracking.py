@@ -13,11 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ijtorch.io.ctc import read_ctc_tracks, write_ctc, write_ctc_ground_truth
 from ijtorch.io.trackmate import write_trackmate_xml
 from ijtorch.simulate.movies import simulate_colony
-from ijtorch.tasks.linking import EDGE_MERGE, EDGE_SPLIT, detect_points, track, track_labels
+from ijtorch.tasks.linking import (
+    EDGE_MERGE,
+    EDGE_SPLIT,
+    detect_points,
+    track,
+    track_labels,
+)
 from ijtorch.tasks.track import linking_summary
 
 DATA = Path(os.environ.get("IJTORCH_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "tracking_bacteria"
@@ -206,7 +211,7 @@ def test_3d_rods_divide_along_their_axis():
     zz = np.arange(shape[0])[:, None, None]
     for t in range(5):
         length = 20 * 1.1 ** t
-        plane = lambda c, ln: _capsule(shape, c, 0.3, ln, 6)  # noqa: E731
+        plane = lambda c, ln: _capsule(shape, c, 0.3, ln, 6)
         slab = np.abs(zz - 6) <= 2
         if t < 2:
             lab[t][slab & plane((32, 20), length)[None]] = 1
@@ -274,7 +279,7 @@ def bacteria():
 
 
 def test_bacteria_movie_with_defaults_scored_by_py_ctcmetrics(bacteria, tmp_path):
-    lab, gt = bacteria
+    lab, _ = bacteria
     tr = track_labels(lab, "TYX")  # no gate given: everything estimated from the movie
     gt_dir = tmp_path / "01_GT"
     shutil.copytree(DATA / "01_GT", gt_dir)

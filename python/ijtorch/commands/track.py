@@ -63,7 +63,7 @@ def track_options(p: TrackParams, axes: str) -> dict:
     ``axes`` (``is_labels``, ``model``, 0-based ``channel``, ``params``): every surface translates here."""
     from ..tasks.linking import TrackingParams
 
-    auto = lambda v: v or None  # noqa: E731  (0 = estimated from the movie)
+    auto = lambda v: v or None  # 0 = estimated from the movie
     growth = p.size_growth if p.size_growth is not None and p.size_growth == p.size_growth else None  # NaN = estimated
     params = TrackingParams(linking=p.linking.value, max_distance=auto(p.max_distance), max_gap=p.max_gap,
                             allow_splitting=p.divisions, allow_merging=p.merges, fill_gaps=p.fill_gaps,
@@ -71,8 +71,8 @@ def track_options(p: TrackParams, axes: str) -> dict:
                             displacement_sigma=auto(p.displacement_sigma), size_growth=growth,
                             size_sigma=auto(p.size_sigma), overlap_sigma=auto(p.overlap_sigma),
                             orientation_sigma=auto(p.orientation_sigma), max_cost=auto(p.max_cost))
-    return dict(is_labels=p.labels, model=p.model, channel=None if p.labels else task_channel(p.channel, axes),
-                params=params)
+    return {"is_labels": p.labels, "model": p.model,
+            "channel": None if p.labels else task_channel(p.channel, axes), "params": params}
 
 
 @command("ijtorch Track", TrackParams, verb="track", remote=True, model=lambda p: None if p.labels else p.model)

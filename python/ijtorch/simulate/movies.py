@@ -287,7 +287,7 @@ def _relax(pos, ang, half, width, iterations, tol=0.0):
         np.add.at(dpos, i, push)
         np.add.at(dpos, j, -push)
         # Torque of the push about each rod's centre turns it (moment of inertia of a rod ~ h^2 / 3).
-        cross = lambda a, b: a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]  # noqa: E731
+        cross = lambda a, b: a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
         ti = cross(P - pos[i], push)
         tj = cross(Q - pos[j], -push)
         dang = np.zeros_like(ang)

@@ -160,7 +160,7 @@ def _global_shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         crop = tuple(slice(0, (n // f) * f) for n in a.shape)
         new = [n // f for n in a.shape]
         axes = tuple(range(1, 2 * len(new), 2))
-        blocks = lambda x: (x[crop] > 0).reshape([v for n in new for v in (n, f)]).sum(axis=axes, dtype=np.int32)  # noqa: E731
+        blocks = lambda x: (x[crop] > 0).reshape([v for n in new for v in (n, f)]).sum(axis=axes, dtype=np.int32)
         fa, fb = blocks(a).astype(np.float32), blocks(b).astype(np.float32)
     else:
         fa = (a > 0).astype(np.float32)
@@ -316,7 +316,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
         # candidates: overlapping after the shift, or within max_distance of the predicted position
         ki, kj, _ = _near(pred, pb, max_d)
         ci = np.concatenate([i, ki]); cj = np.concatenate([j, kj])
-        key, first = np.unique(ci * nb + cj, return_index=True)
+        key = np.unique(ci * nb + cj)
         ci, cj = key // nb, key % nb
         ov = np.zeros(key.size)
         pos_o = np.searchsorted(key, i * nb + j)
@@ -406,7 +406,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
     n_merge = int(m.sum())
     for d in (D_x, D_y):
         src.append(d[m]); dst.append(D_one[m]); cost.append(D_c[m] / 2); kind.append(np.full(n_merge, 3, np.int8))
-    cat_i = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)  # noqa: E731
+    cat_i = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
     est["n_divisions"] = n_div
     est["n_merges"] = n_merge
     log.info("mask linking: %d confident links; sigma_d %.3g, growth %.3g, sigma_a %.3g, sigma_o %.3g, "

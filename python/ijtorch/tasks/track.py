@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..image import Calibration, check_axes
-from .linking import Tracks, TrackingParams, track_labels
+from .linking import TrackingParams, Tracks, track_labels
 
 __all__ = ["linking_summary", "track_movie", "track_statistics", "write_track_outputs"]
 
