@@ -180,3 +180,39 @@ def test_segment_macro_on_rgb_he_warns_and_reports_confidence(ij, shared_data):
     assert int(values["n"]) > 0 and 0.5 < float(values["c"]) <= 1
     assert float(values["s"]) > 1.75 and values["w"].startswith("dataset shift")
     assert int(values["n95"]) < int(values["n"])
+
+
+def test_unet_watershed_model_trains_and_segments_from_macros(ij, shared_data, tmp_path, monkeypatch):
+    """Issue #20: Train Segmentation with method=unet_watershed (folders) makes a selectable model;
+    ijtorch Segment runs it from a macro (the method follows the model type) and matches Python."""
+    import tifffile
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy
+    from ijtorch.models.store import clear_model_cache, read_config
+    from ijtorch.tasks.segment import segment
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path / "models"))
+    clear_model_cache()
+    src = shared_data / "cells_usiigaci_phase" / "train"
+    for kind in ("images", "labels"):
+        (tmp_path / kind).mkdir()
+        for name in ("set15", "set24", "set26"):
+            tifffile.imwrite(tmp_path / kind / f"{name}.tif", tifffile.imread(src / kind / f"{name}.tif")[:128, :160])
+    log = bridge.run_macro(
+        f'run("ijtorch Train Segmentation", "source=folders images=[{tmp_path / "images"}] '
+        f'labels=[{tmp_path / "labels"}] name=unet-cells method=unet_watershed epochs=1 steps=2 patch_size=64");').log
+    assert log.splitlines()[0].startswith("ijtorch Train Segmentation: model 'unet-cells' saved to")
+    assert read_config(tmp_path / "models" / "unet-cells")["model_type"] == "unet_watershed"
+
+    image = tmp_path / "cell.tif"
+    tifffile.imwrite(image, tifffile.imread(src / "images" / "set41.tif")[:192, :192])
+    expected = segment(tifffile.imread(image), "YX", model="unet-cells")
+    log = bridge.run_macro(
+        f'open("{image}"); run("ijtorch Segment", "model=unet-cells output=all");'
+        'print(getTitle()); print(roiManager("count")); run("ijtorch Macro Functions"); Ext.ijtorchObjectCount(n); '
+        'print(n);').log.splitlines()
+    assert log == ["cell-labels", str(expected.n_objects), str(expected.n_objects)]
+    labels = imageplus_to_numpy(JClass("ij.WindowManager").getImage("cell-labels")).data
+    np.testing.assert_array_equal(labels, expected.labels)
+    clear_model_cache()
