@@ -105,7 +105,7 @@ CONTRACT: dict[str, Contract] = {
                                           "--fill-gaps"),
               "test_track_segments_the_chosen_channel": ("--output", "--model", "--channel", "--axes"),
               "test_track_overlap_linking_options": (
-                  "--output", "--labels", "--linking", "--merges", "--no-motion-compensation", "--displacement-sigma",
+                  "--output", "--labels", "--linking", "--merges", "--motion", "--displacement-sigma",
                   "--size-growth", "--size-sigma", "--overlap-sigma", "--orientation-sigma", "--max-cost")},
         bad_input=("test_track_refuses_a_movie_without_time",),
     ),
@@ -589,10 +589,11 @@ def test_track_overlap_linking_options(tmp_path, shared_data):
     for path in sorted(tra.glob("man_track*.tif"))[:4]:
         shutil.copy(path, frames / path.name)
     out = _cli(tmp_path, "track", frames, "--labels", "--output", tmp_path / "tracks", "--linking", "overlap",
-               "--merges", "--no-motion-compensation", "--displacement-sigma", 3, "--size-growth", 0,
+               "--merges", "--motion", "none", "--displacement-sigma", 3, "--size-growth", 0,
                "--size-sigma", 0.3, "--overlap-sigma", 0.3, "--orientation-sigma", 20, "--max-cost", 40)
     assert out.returncode == 0, out.stderr
     assert int(re.search(r"frames: (\d+) detections", out.stdout).group(1)) > 0
+    assert "overlap linking" in out.stdout  # the gates and cost scales used, in the summary
     assert (tmp_path / "tracks" / "frames.xml").is_file()
     out = _cli(tmp_path, "track", frames, "--labels", "--output", tmp_path / "t2", "--linking", "nearest")
     _clean_failure(out, 2, "argument --linking: invalid choice: 'nearest'")

@@ -184,7 +184,7 @@ def _track(args: argparse.Namespace) -> int:
     from ..commands.track import TrackParams, track_options
     from ..image import check_axes
     from ..io.tiff import read_tiff
-    from ..tasks.track import n_tracklets, n_tracks, track_movie, write_track_outputs
+    from ..tasks.track import linking_summary, n_tracklets, n_tracks, track_movie, write_track_outputs
 
     p = params_from_args(TrackParams, args)
     source = Path(args.input)
@@ -220,7 +220,8 @@ def _track(args: argparse.Namespace) -> int:
         paths = write_track_outputs(staging, source.stem, tracks, image_path=source if source.is_file() else None)
         # tracks as TrackMate counts them (a dividing cell and its daughters are one track)
         lines = [f"{source.name}: {len(tracks.spots['id'])} detections, {n_tracks(tracks)} tracks "
-                 f"({n_tracklets(tracks)} CTC tracklets), {tracks.n_divisions} divisions"]
+                 f"({n_tracklets(tracks)} CTC tracklets), {tracks.n_divisions} divisions",
+                 f"  {linking_summary(tracks)}"]
         lines += [f"  {kind}: {out / Path(path).relative_to(staging)}" for kind, path in paths.items()]
         return "\n".join(lines)
 
