@@ -250,8 +250,8 @@ class Batch:
         the item, anything else to fail it. Returns the items that went through. ``final=False``
         is a first pass (e.g. reading every input before training on all of them): its failures and
         skips count, its successes do not yet. Under ``--dask`` a final pass runs on the cluster
-        (:func:`ijtorch.scale.runner.run_batch`): ``step`` must pickle, and what it adds to dicts and
-        lists of its closure comes back.
+        (:func:`ijtorch.scale.runner.run_batch`): ``step`` must pickle, and what it adds to dicts,
+        lists and sets of its closure comes back.
         """
         if self.dask is not None and final:
             from ..scale.runner import run_batch

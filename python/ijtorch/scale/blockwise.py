@@ -136,7 +136,15 @@ def open_source(path: str | os.PathLike, *, channel: int | None = None) -> Sourc
 
 def read_region(src: Source, y0: int, y1: int, x0: int, x1: int, *, array: Any = None) -> np.ndarray:
     """The ``[y0:y1, x0:x1]`` region of the source's plane (reads only that region)."""
-    arr = src.array() if array is None else array
+    if array is None:
+        array = src.array()
+        try:
+            return read_region(src, y0, y1, x0, x1, array=array)
+        finally:
+            close = getattr(getattr(array, "store", None), "close", None)
+            if callable(close):
+                close()
+    arr = array
     idx = []
     for a, i in zip(src.axes, src.index):
         if a == "Y":
@@ -161,9 +169,15 @@ def _extended(core: tuple[int, int, int, int], shape: tuple[int, int], halo: int
 
 
 # ----------------------------------------------------------------------------- tasks (run on workers)
+def _exact_histogram(dtype: Any) -> bool:
+    """8- and 16-bit integer images: percentiles from an exact histogram (others: a strided sample)."""
+    dtype = np.dtype(dtype)
+    return bool(np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2)
+
+
 def _histogram_task(src: Source, core: tuple[int, int, int, int]) -> Any:
     data = read_region(src, *core)
-    if np.issubdtype(data.dtype, np.integer):
+    if _exact_histogram(data.dtype):
         data = data.astype(np.int64).ravel()
         lo = int(data.min())
         return ("int", lo, np.bincount(data - lo))
@@ -190,7 +204,7 @@ def _percentiles(parts: Sequence[Any], low: float, high: float) -> tuple[float, 
             a, b = order_stat(k), order_stat(min(k + 1, n - 1))
             out.append(a + (b - a) * (r - k))
         return out[0], out[1]
-    sample = np.concatenate([p[1] if p[0] == "float" else np.repeat(np.arange(len(p[2])) + p[1], p[2]) for p in parts])
+    sample = np.concatenate([p[1] for p in parts])  # every part is a sample: the dtype decides, not the block
     return float(np.percentile(sample, low)), float(np.percentile(sample, high))
 
 

@@ -14,7 +14,7 @@ task leaves none of its files. On the client:
   hashes, and a rerun of the same command skips the inputs already finished, and says so.
 
 A step runs in another process: it is sent with cloudpickle and gets a copy of what it refers to.
-The entries it adds to dicts and lists of its closure (e.g. a per-file object count) are sent back
+The entries it adds to dicts, lists and sets of its closure (e.g. a per-file object count) are sent back
 and merged into the originals, and what it says through the batch (``batch.warn`` / ``batch.say``)
 is printed here.
 """
@@ -68,6 +68,8 @@ def _snapshot(step: Callable) -> dict[int, Any]:
             snap[i] = dict(v)
         elif isinstance(v, list):
             snap[i] = len(v)
+        elif isinstance(v, set):
+            snap[i] = set(v)
     return snap
 
 
@@ -82,6 +84,8 @@ def _updates(step: Callable, before: Mapping[int, Any]) -> dict[int, Any]:
                 out[i] = new
         elif isinstance(now, list) and len(now) > old:
             out[i] = now[old:]
+        elif isinstance(now, set) and now - old:
+            out[i] = now - old
     return out
 
 
@@ -93,6 +97,8 @@ def _merge(step: Callable, updates: Mapping[int, Any]) -> None:
             target.update(new)
         elif isinstance(target, list):
             target.extend(new)
+        elif isinstance(target, set):
+            target.update(new)
 
 
 def _run_item(step: Callable, item: Any, output: str, item_inputs: Sequence[str], staged: Callable) -> dict[str, Any]:
