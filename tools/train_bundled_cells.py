@@ -220,7 +220,11 @@ def main() -> int:
     test_items = [p for p in pairs if p.name in TEST]
     data_text = (f"`shared/data/cells_usiigaci_phase/train` (Usiigaci training crops, 512×512 phase contrast, "
                  f"uint16, manual outlines; MIT): {len(train_items)} crops for training/validation.")
-    failures = ("Trained on four 512×512 crops of one microscope and cell line (Usiigaci): expect it to need "
+    failures = ("A weak model: three training crops (~90 cells) limit it more than the epochs; on the held-out "
+                "crop it finds about twice as many objects as there are (fragments of flat cells, halo pieces) and "
+                "its outlines are loose (low AP@0.75). Use it as a base for fine-tuning "
+                "(`ijtorch train images/ labels/ --base-model cells_phase --output my-cells`). "
+                "Trained on four 512×512 crops of one microscope and cell line (Usiigaci): expect it to need "
                 "fine-tuning for other magnifications, cell types and phase optics. Flat, faint cell edges "
                 "(lamellipodia) are cut off or merged into a neighbour where the boundary is not visible; "
                 "clusters of touching rounded (mitotic) cells with bright halos can merge; debris and halo "
