@@ -24,6 +24,13 @@ seconds per volume. Run it under ``nice``: ``nice -n 10 python benchmarks/bench_
 The learning rate (1e-2, constant under the time limit) is ten times the training default: on one
 held-out volume of this simulation, 150 steps at 3e-3 left the distances under-fitted (3 of 30
 nuclei matched at IoU 0.5), 150 steps at 1e-2 matched 30 of 30.
+
+``--cells`` scores the bundled U-Net + watershed models on the held-out parts of the shared data
+recorded in their ``config.json`` (``held_out``): ``cells_phase`` on the held-out Usiigaci crop,
+``bacteria_phase`` on the held-out frames of the bacteria movie; next to the classical pipeline with
+its parameters chosen on the same model's training images (``tools/train_bundled_cells.py``
+``classical_tuned``). AP@0.5/0.75 pooled, splits, merges (``ijtorch evaluate`` rules), seconds per
+megapixel. No Cellpose row yet (see the README).
 """
 
 from __future__ import annotations
@@ -265,6 +272,67 @@ def pixel_size_rows(pairs: list[Any], model: str) -> list[dict[str, Any]]:
     return rows
 
 
+def tile_seams(model: str, images: list[np.ndarray], tile: int = 256, overlap: int = 64) -> dict[str, Any]:
+    """Objects split or merged by tiling: a 2x2 mosaic of the held-out images segmented in ``tile``-px
+    tiles vs as one tile, counted with the ``ijtorch evaluate`` split/merge rules (whole = truth)."""
+    from ijtorch.metrics.instance import split_merge_counts
+    from ijtorch.tasks.segment import segment
+
+    h, w = min(im.shape[0] for im in images), min(im.shape[1] for im in images)
+    crops = [im[:h, :w] for im in (images * 4)[:4]]
+    mosaic = np.block([[crops[0], crops[1][:, ::-1]], [crops[2][::-1], crops[3][::-1, ::-1]]])
+    whole = segment(mosaic, "YX", model=model, device="cpu", tile_size=int(max(mosaic.shape)) + 64, overlap=0).labels
+    tiled = segment(mosaic, "YX", model=model, device="cpu", tile_size=tile, overlap=overlap).labels
+    splits, merges = split_merge_counts(whole, tiled)
+    n = int(len(np.unique(whole)) - 1)
+    return {"seams": f"{splits} split, {merges} merged of {n}"}
+
+
+def bench_cells(args: argparse.Namespace) -> int:
+    """``--cells``: the bundled phase-contrast models on their held-out data vs the classical pipeline."""
+    import importlib.util
+
+    from ijtorch.models.store import read_config, resolve_model
+    from ijtorch.train.data import load_pairs
+
+    def tool(name: str) -> Any:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return mod
+
+    cells, bacteria = tool("train_bundled_cells"), tool("train_bundled_bacteria")
+    shared = ROOT.parent / "shared" / "data"
+    data = {"cells_phase": lambda: load_pairs(shared / "cells_usiigaci_phase" / "train"),
+            "bacteria_phase": lambda: bacteria.load_frames(shared / "tracking_bacteria")}
+    rows: list[dict[str, Any]] = []
+    for model, load in data.items():
+        try:
+            cfg = read_config(resolve_model(model))
+        except Exception as e:  # noqa: BLE001 - a benchmark reports, it does not fail
+            rows.append({"method": model, "note": f"skipped: {e}"})
+            continue
+        held = set(cfg.get("held_out") or [])
+        pairs = load()
+        test = [p for p in pairs if p.name in held]
+        train = [p for p in pairs if p.name not in held]
+        if not test:
+            rows.append({"method": model, "note": "skipped: no held_out names in its config.json"})
+            continue
+        ev = cells.evaluate(resolve_model(model), [p.image for p in test], [p.labels for p in test],
+                            [p.image for p in train], [p.labels for p in train])
+        seams = tile_seams(str(resolve_model(model)), [p.image for p in test])
+        for method, r in ((model, ev["model"]), (f"classical ({model} training images)", ev["classical"])):
+            rows.append({"method": method, "held out": f"{len(test)} img / {r['n_true']} obj",
+                         "AP@0.50": r["ap@0.50"], "AP@0.75": r["ap@0.75"], "splits": r["splits"],
+                         "merges": r["merges"], "found": r["n_pred"], "s/Mpx": r["s_per_mpx"],
+                         **(seams if method == model else {})})
+    print_table(rows, "Bundled phase-contrast U-Net + watershed models on held-out shared data (CPU)")
+    print("AP@T = tp/(tp+fp+fn) pooled over the held-out objects; classical = tasks/classical.py with parameters "
+          "chosen on the model's training images; s/Mpx = seconds per megapixel (segment(), model loaded)")
+    return 0
+
+
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     cols = ["method"] + sorted({k for r in rows for k in r if k != "method"}, key=_col_order)
     width = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols}
@@ -294,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="nuclei", help="bundled/registered star-convex model name")
     ap.add_argument("--size", type=int, default=2048, help="side of the timing image")
     ap.add_argument("--skip-pixel-size", action="store_true", help="leave out the resized-image (scale=) rows")
+    ap.add_argument("--cells", action="store_true",
+                    help="bundled phase-contrast cell and bacteria models on their held-out data vs classical")
     ap.add_argument("--3d", dest="three_d", action="store_true",
                     help="3D check on synthetic nuclei volumes: train a small 3D model, compare with classical 3D")
     ap.add_argument("--minutes", type=float, default=5.0, help="--3d: training time limit in minutes")
@@ -307,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.three_d:
         return bench_3d(args)
+    if args.cells:
+        return bench_cells(args)
 
     from ijtorch.train.data import load_pairs
 
