@@ -1,7 +1,7 @@
 """Label map → ROI Manager: 10 000 objects in a 4096×4096 label map.
 
 Times (a) outline tracing (:func:`ijtorch.tasks.outlines.outlines`), (b) the bulk add into the
-visible ROI Manager (:func:`ijtorch.bridge._results.add_rois_to_manager`) and (c) both, and
+visible ROI Manager (:func:`ijtorch.bridge.apply.add_rois_to_manager`) and (c) both, and
 compares with the naive path measured in the same run: a Python loop building one PolygonRoi
 and calling ``RoiManager.addRoi`` per object. By default the naive loop adds all objects (it
 gets slower per ROI as the list grows, so timing the first 1 000 and extrapolating flatters it);
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args([] if argv is None else argv)
 
     from ijtorch import bridge
-    from ijtorch.bridge._results import add_rois_to_manager, roi_manager
+    from ijtorch.bridge.apply import add_rois_to_manager, roi_manager
     from ijtorch.tasks.outlines import outlines
 
     lab = synthetic_labels(args.size, args.per_side)

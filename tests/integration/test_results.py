@@ -10,7 +10,7 @@ import roifile
 import tifffile
 
 from ijtorch.bridge._convert import imageplus_to_numpy
-from ijtorch.bridge._results import add_rois_to_manager, labels_to_imageplus, results_table, roi_manager
+from ijtorch.bridge.apply import add_rois_to_manager, labels_to_imageplus, results_table, roi_manager
 from ijtorch.image import Calibration
 from ijtorch.io.roiset import default_names, read_roiset, write_roiset
 from ijtorch.io.tiff import read_tiff, write_imagej_tiff

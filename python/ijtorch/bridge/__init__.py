@@ -16,7 +16,7 @@ from ._imgplus import like_input, to_image
 from ._jython import run_jython
 from ._convert import imageplus_to_numpy, imglib2_to_numpy, numpy_to_imageplus, numpy_to_imglib2
 from ._macro import MacroResult, run_command, run_macro
-from ._results import add_rois_to_manager, labels_to_imageplus, results_table
+from .apply import add_rois_to_manager, labels_to_imageplus, results_table
 from ._runtime import Runtime, is_started, runtime, start
 
 __all__ = [
