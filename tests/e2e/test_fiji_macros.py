@@ -189,7 +189,8 @@ def test_segment_recorder_line_replays_to_the_same_label_map(ij, small_images, s
         IJ.doCommand("ijtorch Segment")
         dialog = _find_dialog("ijtorch Segment")
         dialog.getStringFields().get(0).setText(segmentation_model)
-        dialog.getChoices().get(0).select("label map")
+        output = [c for c in dialog.getChoices() if "label map" in [c.getItem(i) for i in range(c.getItemCount())]]
+        output[0].select("label map")  # the output choice (other choices, e.g. rgb, come before it)
         ok = dialog.getButtons()[0]
         dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
         title = f"{NAMES[0]}-labels"
