@@ -227,3 +227,17 @@ def segmentation_model(tmp_path_factory) -> str:
     train_segmentation(images, labels, output=models / "tiny", epochs=1, steps_per_epoch=2, patch_size=64,
                        batch_size=2, val_fraction=0.0, device="cpu", seed=0)
     return "tiny"
+
+
+@pytest.fixture(scope="session")
+def bacteria():
+    """The shared bacteria movie's ground truth: CTC TRA label masks (T, Y, X) and its lineage table."""
+    import tifffile
+
+    from ijtorch.io.ctc import read_ctc_tracks
+
+    tra = SHARED_DATA / "tracking_bacteria" / "01_GT" / "TRA"
+    if not tra.is_dir():
+        pytest.skip(f"real data not found at {tra}")
+    lab = np.stack([tifffile.imread(p) for p in sorted(tra.glob("man_track*.tif"))])
+    return lab, read_ctc_tracks(tra / "man_track.txt")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ijtorch.io.ctc import read_ctc_tracks, write_ctc, write_ctc_ground_truth
+from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
 from ijtorch.io.trackmate import write_trackmate_xml
 from ijtorch.simulate.movies import simulate_colony
 from ijtorch.tasks.linking import (
@@ -267,16 +267,6 @@ def test_track_command_translates_every_linking_field():
 
 
 # ------------------------------------------------------------------------------ the real movie
-
-@pytest.fixture(scope="module")
-def bacteria():
-    tifffile = pytest.importorskip("tifffile")
-    tra = DATA / "01_GT" / "TRA"
-    if not tra.is_dir():
-        pytest.skip(f"real data not found at {tra}")
-    lab = np.stack([tifffile.imread(p) for p in sorted(tra.glob("man_track*.tif"))])
-    return lab, read_ctc_tracks(tra / "man_track.txt")
-
 
 def test_bacteria_movie_with_defaults_scored_by_py_ctcmetrics(bacteria, tmp_path):
     lab, _ = bacteria

@@ -37,16 +37,6 @@ def sim_tracks(sim):
 
 
 @pytest.fixture(scope="module")
-def bacteria():
-    tifffile = pytest.importorskip("tifffile")
-    tra = DATA / "01_GT" / "TRA"
-    if not tra.is_dir():
-        pytest.skip(f"real data not found at {tra}")
-    lab = np.stack([tifffile.imread(p) for p in sorted(tra.glob("man_track*.tif"))])
-    return lab, read_ctc_tracks(tra / "man_track.txt")
-
-
-@pytest.fixture(scope="module")
 def bacteria_tracks(bacteria):
     return track_labels(bacteria[0], "TYX", params={"max_distance": 60})
 

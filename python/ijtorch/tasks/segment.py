@@ -312,15 +312,8 @@ def segment(
     nt = net.thresholds["nms"] if nms_threshold is None else float(nms_threshold)
     tiling = {k: int(v) for k, v in (("tile_size", tile_size), ("overlap", overlap)) if v is not None}
 
-    outer = "".join(a for a in "TZ" if a in axes and a not in model_axes)
-    canonical = outer + model_axes
-    perm = [axes.index(a) for a in canonical]
-    stack = np.transpose(data, perm)
-    outer_shape = stack.shape[: len(outer)]
-    planes = stack.reshape((-1,) + stack.shape[len(outer):])
+    planes, perm, outer_shape = _split_planes(data, axes, model_axes)
     results = []
-    offset = 0
-    counts = []
     confidences: list[np.ndarray] = []
     shifts: list[tuple[float, dict]] = []
     unit = "volume" if model_axes == "ZYX" else "plane"
@@ -341,15 +334,10 @@ def segment(
             confidences.append(conf)
         elif min_confidence > 0:
             raise ValueError(f"min_confidence={min_confidence!r}: model={str(model)!r} gives no per-object confidence")
-        n = int(lab.max())
-        lab[lab > 0] += offset
-        offset += n
-        counts.append(n)
         results.append(lab)
     emit(progress, ProgressEvent("plane", len(planes), len(planes), "done"))
-    dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
-    labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
-    labels = np.transpose(labels, np.argsort(perm))
+    labels, counts = _join_planes(results, outer_shape, perm)
+    offset = sum(counts)
     report = shift_report(net, shifts, name, len(planes))
     if report.warning and rgb_used == "luminance":
         hint = (f"{report.warning}. This RGB image was converted to grey by luminance; for H&E-stained tissue "
@@ -364,6 +352,30 @@ def segment(
                               nms_threshold=nt, seconds=seconds, device=net.device, objects_per_plane=tuple(counts),
                               shift_score=report.score, shift_threshold=report.threshold, shift_warning=report.warning,
                               shift_message=report.message, confidence=conf, rgb=rgb_used)
+
+
+
+def _split_planes(data: np.ndarray, axes: str, model_axes: str) -> tuple[np.ndarray, list[int], tuple[int, ...]]:
+    """The images a model of ``model_axes`` (``YX`` or ``ZYX``) sees, one per T/Z position it does not
+    take itself, with the axis order and outer shape :func:`_join_planes` needs to put them back."""
+    outer = "".join(a for a in "TZ" if a in axes and a not in model_axes)
+    perm = [axes.index(a) for a in outer + model_axes]
+    stack = np.transpose(data, perm)
+    return stack.reshape((-1,) + stack.shape[len(outer):]), perm, stack.shape[: len(outer)]
+
+
+def _join_planes(results: list[np.ndarray], outer_shape: tuple[int, ...], perm: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Per-plane label maps (each ``1..n``, changed in place) as one label map in the input's axis order,
+    labels unique over planes (uint16, uint32 beyond 65535), and the object count of each plane."""
+    counts, offset = [], 0
+    for lab in results:
+        n = int(lab.max()) if lab.size else 0
+        lab[lab > 0] += offset
+        offset += n
+        counts.append(n)
+    dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
+    labels = np.stack(results).astype(dtype).reshape(tuple(outer_shape) + results[0].shape)
+    return np.transpose(labels, np.argsort(perm)), counts
 
 
 def shift_report(net: Any, shifts: list, name: str, n_planes: int) -> Any:
@@ -437,13 +449,8 @@ def _unet_watershed_result(net: Any, data: np.ndarray, axes: str, *, name: str, 
     cfg = uw.PostprocessConfig(**{**net.postprocess.model_dump(), "fg_threshold": fg, "seed_threshold": seed})
     tile = int(tile_size) if tile_size is not None else 512
     ov = int(overlap) if overlap is not None else 64
-    outer = "".join(a for a in "TZ" if a in axes)
-    perm = [axes.index(a) for a in outer + "YX"]
-    stack = np.transpose(data, perm)
-    outer_shape = stack.shape[: len(outer)]
-    planes = stack.reshape((-1,) + stack.shape[len(outer):])
-    results, counts, confidences = [], [], []
-    offset = 0
+    planes, perm, outer_shape = _split_planes(data, axes, "YX")
+    results, confidences = [], []
     for k, plane in enumerate(planes):
         if cancel is not None and cancel():
             raise InterruptedError("segmentation cancelled")
@@ -455,16 +462,11 @@ def _unet_watershed_result(net: Any, data: np.ndarray, axes: str, *, name: str, 
         conf = object_confidence(lab, probs.interior)
         if min_confidence > 0:
             lab, conf = _drop_uncertain(lab, conf, min_confidence)
-        n = int(lab.max())
-        lab[lab > 0] += offset
-        offset += n
-        counts.append(n)
         confidences.append(conf)
         results.append(lab)
     emit(progress, ProgressEvent("plane", len(planes), len(planes), "done"))
-    dtype = np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32
-    labels = np.stack(results).astype(dtype).reshape(outer_shape + planes.shape[1:])
-    labels = np.transpose(labels, np.argsort(perm))
+    labels, counts = _join_planes(results, outer_shape, perm)
+    offset = sum(counts)
     seconds = time.monotonic() - t0
     log.info("segmented %s image with U-Net + watershed model %s: %d objects in %.2f s", axes, name, offset, seconds)
     return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=fg,
