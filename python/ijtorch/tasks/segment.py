@@ -258,14 +258,10 @@ def segment(
     axes = check_axes(axes, data.ndim)
     if not 0 <= float(min_confidence) <= 1:
         raise ValueError(f"min_confidence={min_confidence!r}: expected a float in [0, 1]")
-    rgb_used = None
-    if "S" in axes:
-        if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-            raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
-        data, axes = rgb_to_grey(data, axes, rgb)
-        rgb_used = rgb
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+    rgb_used = rgb if "S" in axes else None
+    data, axes = rgb_to_grey(data, axes, rgb)  # float32 grey; unchanged without an S axis
     for arg, v in (("prob_threshold", prob_threshold), ("nms_threshold", nms_threshold)):
         if v is not None and not 0 <= float(v) <= 1:
             raise ValueError(f"{arg}={v!r}: expected None or a float in [0, 1]")
@@ -293,7 +289,7 @@ def segment(
         return replace(r, shift_message=no_reference(name).message, rgb=rgb_used) \
             if isinstance(r, SegmentationResult) else r
     data, axes = _pick_channel(data, axes, channel)
-    net = load_model(model, device=device)
+    net = imported
     from ijtorch.models.unet_watershed import UNetWatershed
 
     if isinstance(net, UNetWatershed):  # U-Net + watershed (whole cells, bacteria): 2D, plane by plane
