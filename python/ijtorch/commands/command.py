@@ -26,7 +26,7 @@ __all__ = ["Command", "command", "register", "all_commands", "get_command", "sur
 SURFACES = ("imagej", "cli", "server")
 
 #: The modules that register the built-in commands (imported by :func:`all_commands`).
-BUILTIN_MODULES = ("segment", "track", "classify", "pixels", "restore", "normalize", "bioimageio", "info")
+BUILTIN_MODULES = ("segment", "track", "classify", "pixels", "restore", "normalize", "bioimageio", "info", "scale")
 
 
 def _model_name(params: BaseModel) -> str | None:

@@ -21,8 +21,11 @@ is printed here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -42,8 +45,6 @@ def worker_say(kind: str, text: str) -> None:
     """Called on a worker for ``batch.say``/``batch.warn`` inside a step: the line is sent back."""
     lines = getattr(_local, "lines", None)
     if lines is None:
-        import sys
-
         print(text, file=sys.stderr if kind == "warn" else sys.stdout)
     else:
         lines.append((kind, text))
@@ -101,18 +102,62 @@ def _merge(step: Callable, updates: Mapping[int, Any]) -> None:
             target.update(new)
 
 
+class _CapturedLines(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a worker while a step runs: what the step prints (e.g. a
+    dataset-shift warning) is sent back with its input's result, so the client prints it next to that
+    input's line, in input order (not when the worker happened to run it, and not lost on a remote
+    worker). Text written by other threads of the worker goes to the worker's own stream."""
+
+    def __init__(self, kind: str, lines: list, original: Any) -> None:
+        self.kind, self.lines, self.original, self.owner = kind, lines, original, threading.get_ident()
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() != self.owner:
+            return self.original.write(text)
+        self.pending += text
+        *complete, self.pending = self.pending.split("\n")
+        self.lines.extend((self.kind, line) for line in complete)
+        return len(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() != self.owner:
+            self.original.flush()
+
+    def finish(self) -> None:
+        if self.pending:
+            self.lines.append((self.kind, self.pending))
+            self.pending = ""
+
+
+@contextlib.contextmanager
+def _capture_prints(lines: list) -> Any:
+    out = _CapturedLines("say", lines, sys.stdout)
+    err = _CapturedLines("warn", lines, sys.stderr)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        out.finish()
+        err.finish()
+
+
 def _run_item(step: Callable, item: Any, output: str, item_inputs: Sequence[str], staged: Callable) -> dict[str, Any]:
     """On a worker: the step inside the batch's staging; its line, output hashes, closure updates."""
     _local.lines = []
     try:
         before = _snapshot(step)
         outputs: dict[str, Any] = {}
-        if staged is None:
-            line = step(item)
-        else:
-            with staged(output, inputs=[Path(p) for p in item_inputs]) as staging:
-                line = step(item, staging)
-                outputs = hash_tree(staging)
+        with _capture_prints(_local.lines):
+            if staged is None:
+                line = step(item)
+            else:
+                with staged(output, inputs=[Path(p) for p in item_inputs]) as staging:
+                    line = step(item, staging)
+                    outputs = hash_tree(staging)
         return {"line": line, "outputs": outputs, "updates": _updates(step, before), "lines": list(_local.lines),
                 "worker": os.getpid()}
     except Exception as exc:  # noqa: BLE001 - sent back as a result: the client reports it, the worker stays quiet
@@ -143,12 +188,14 @@ def _stale_staging(output: Path) -> set[Path]:
 
 def run_batch(batch: Any, items: Iterable[Any], step: Callable, *, name: Callable[[Any], str],
               output: str | os.PathLike | None, inputs: Callable[[Any], Sequence[Path]], staged: Callable | None,
-              skip: type[BaseException], options: DaskOptions, params: Mapping[str, Any]) -> list[Any]:
+              skip: type[BaseException], options: DaskOptions, params: Mapping[str, Any],
+              client: Any = None) -> list[Any]:
     """Run ``step`` for each item on the cluster; report into ``batch`` as :meth:`Batch.run` does.
 
     ``staged`` is the batch's staging context manager (``staged(output, inputs=...)``), ``skip``
     its Skip exception, ``params`` the verb's options (the manifest keeps a hash of those that
-    change the outputs). Returns the items that were done (not those skipped by the manifest).
+    change the outputs), ``client`` a connected ``distributed.Client`` to use (else ``options`` says
+    which cluster to open). Returns the items that were done (not those skipped by the manifest).
     """
     from distributed import as_completed
 
@@ -177,7 +224,8 @@ def run_batch(batch: Any, items: Iterable[Any], step: Callable, *, name: Callabl
         return ok
     stale_before = _stale_staging(out) if out is not None else set()
     run_id = uuid.uuid4().hex[:8]
-    with open_client(options) as client:
+    with (contextlib.nullcontext(client) if client is not None else open_client(options)) as connected:
+        client = connected
         batch.warn(describe_client(client))
         futures = [client.submit(_run_item, step, item, str(out) if out is not None else "",
                                  [str(p) for p in inputs(item)], staged if out is not None else None,
