@@ -51,8 +51,11 @@ class Maps:
 
 
 def batchable(model: Any, shape: tuple[int, ...], tile_size: int) -> bool:
-    """Whether a ``YX`` image of ``shape`` is one tile for ``model`` (then it can join a batch)."""
-    if len(shape) != 2 or not hasattr(model, "net") or not hasattr(model, "normalize"):
+    """Whether a ``YX`` image of ``shape`` is one tile for a star-convex ``model`` (then it can join a
+    batch). Other model types (U-Net + watershed) go through ``segment`` itself."""
+    from ijtorch.models.stardist.model import StarDistModel
+
+    if len(shape) != 2 or not isinstance(model, StarDistModel):
         return False
     mult = model.net.size_multiple()
     padded = [max(int(np.ceil(s / m) * m), 1) for s, m in zip(shape, mult)]
