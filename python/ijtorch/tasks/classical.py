@@ -14,6 +14,20 @@ and a no-training fallback for well-separated, bright (fluorescent) objects. Ste
 
 Intensities are not rescaled: Otsu is invariant to affine intensity changes, so no normalisation
 parameter is needed.
+
+Phase contrast defeats a global threshold: cells are dark *and* bright (halos), on a background of
+the same mean. :func:`segment_phase_contrast` is the classical peer for it (the baseline of
+``benchmarks/bench_segment_cells.py``), with every threshold taken from the image itself:
+
+- ``objects="dark"`` (bacteria, small compact cells: dark bodies inside bright halos): three-class
+  Otsu of the smoothed image, the darkest class is foreground — the halos between touching cells
+  stay background and separate them;
+- ``objects="textured"`` (spread whole cells: dark and bright detail on a flat background): local
+  standard deviation in a ``window``, Otsu threshold, holes filled, then eroded by the window radius
+  (the filter widens every object by that much);
+
+then, for both, a distance-transform watershed seeded by h-maxima with ``h`` a fraction of the
+median object half-width measured on that foreground (so the seed rule follows the object size).
 """
 
 from __future__ import annotations
@@ -25,7 +39,10 @@ import numpy as np
 
 from ijtorch.image import check_axes
 
-__all__ = ["segment_classical"]
+__all__ = ["PHASE_OBJECTS", "segment_classical", "segment_phase_contrast"]
+
+#: What :func:`segment_phase_contrast` segments: dark bodies in bright halos, or textured cells.
+PHASE_OBJECTS = ("dark", "textured")
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +102,7 @@ def segment_classical(
     >>> int(segment_classical(img, "YX").max())
     2
     """
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
-    axes = check_axes(axes, image.ndim)
-    if axes != "YX":
-        raise ValueError(f"axes={axes!r}: segment_classical accepts only 'YX' (a single 2D plane)")
-    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating) or image.dtype == bool):
-        raise ValueError(f"image has dtype {image.dtype}; expected an integer, float or bool grayscale image")
-    _positive("sigma", sigma)
-    _positive("min_size", min_size, integer=True)
+    img = _checked_float_image(image, axes, "segment_classical", sigma=sigma, min_size=min_size)
     _positive("min_distance", min_distance, integer=True, allow_zero=False)
     _positive("h", h)
 
@@ -102,9 +111,6 @@ def segment_classical(
     from skimage.morphology import h_maxima
     from skimage.segmentation import relabel_sequential, watershed
 
-    img = image.astype(np.float32)
-    if not np.all(np.isfinite(img)):
-        raise ValueError("image contains NaN or infinite values")
     if sigma > 0:
         img = gaussian(img, sigma=float(sigma), preserve_range=True)
     if invert:
@@ -139,6 +145,122 @@ def segment_classical(
     labels, _, _ = relabel_sequential(labels)
     log.debug("segment_classical: %d seeds, %d objects", n_seeds, int(labels.max()))
     return labels.astype(np.int32)
+
+
+def segment_phase_contrast(
+    image: np.ndarray,
+    axes: str = "YX",
+    *,
+    objects: str = "textured",
+    window: int = 7,
+    sigma: float = 1.0,
+    h_fraction: float = 0.5,
+    min_size: int = 50,
+) -> np.ndarray:
+    """Segment cells in a phase-contrast image: image-derived threshold + seeded watershed.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D grayscale phase-contrast image (any real dtype; not rescaled).
+    axes : str, default "YX"
+        Axes of ``image``; only ``"YX"``.
+    objects : {"textured", "dark"}, default "textured"
+        ``"textured"``: spread whole cells (foreground = high local standard deviation);
+        ``"dark"``: dark bodies in bright halos, such as bacteria (darkest of three Otsu classes).
+    window : int, default 7
+        Side of the local standard deviation window in pixels (``"textured"`` only; odd, >= 3).
+    sigma : float, default 1.0
+        Gaussian smoothing in pixels before either foreground rule (0 disables it).
+    h_fraction : float, default 0.5
+        Seed rule: a distance maximum must rise ``h_fraction`` x the median object half-width
+        (measured on this image's foreground) above its saddle to start its own object.
+    min_size : int, default 50
+        Foreground components and objects with fewer pixels are removed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` label map of the input's shape, 0 = background, objects 1..N.
+
+    Raises
+    ------
+    ValueError
+        Same input checks as :func:`segment_classical`; an unknown ``objects`` or an even/too small
+        ``window`` is named.
+    """
+    if objects not in PHASE_OBJECTS:
+        raise ValueError(f"objects={objects!r}: expected one of {', '.join(PHASE_OBJECTS)}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 3 or window % 2 == 0:
+        raise ValueError(f"window={window!r}: expected an odd integer >= 3")
+    _positive("h_fraction", h_fraction)
+    img = _checked_float_image(image, axes, "segment_phase_contrast", sigma=sigma, min_size=min_size)
+
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian, threshold_multiotsu, threshold_otsu
+    from skimage.morphology import closing, disk, erosion, opening
+
+    if sigma > 0:
+        img = gaussian(img, sigma=float(sigma), preserve_range=True)
+    if float(img.max()) == float(img.min()):
+        return np.zeros(image.shape, np.int32)
+    if objects == "dark":
+        if len(np.unique(img[:: max(1, img.size // 65536)])) < 3:  # multi-Otsu needs 3 grey levels
+            fg = img < threshold_otsu(img)
+        else:
+            fg = img < threshold_multiotsu(img, classes=3)[0]
+        fg = opening(ndi.binary_fill_holes(closing(fg, disk(1))), disk(1))
+    else:
+        mean = ndi.uniform_filter(img, window)
+        std = np.sqrt(np.maximum(ndi.uniform_filter(img * img, window) - mean * mean, 0))
+        fg = ndi.binary_fill_holes(closing(std > threshold_otsu(std), disk(2)))
+        fg = opening(erosion(fg, disk(window // 2)), disk(2))
+    if min_size > 0:
+        comp, _ = ndi.label(fg)
+        fg = _remove_small(comp, int(min_size)) > 0
+    return _distance_watershed(fg, h_fraction, min_size)
+
+
+def _checked_float_image(image: Any, axes: str, who: str, *, sigma: float, min_size: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+    axes = check_axes(axes, image.ndim)
+    if axes != "YX":
+        raise ValueError(f"axes={axes!r}: {who} accepts only 'YX' (a single 2D plane)")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating) or image.dtype == bool):
+        raise ValueError(f"image has dtype {image.dtype}; expected an integer, float or bool grayscale image")
+    _positive("sigma", sigma)
+    _positive("min_size", min_size, integer=True)
+    img = image.astype(np.float32)
+    if not np.all(np.isfinite(img)):
+        raise ValueError("image contains NaN or infinite values")
+    return img
+
+
+def _distance_watershed(fg: np.ndarray, h_fraction: float, min_size: int) -> np.ndarray:
+    """Watershed of the foreground's distance transform, seeded by h-maxima with ``h`` =
+    ``h_fraction`` x the median component half-width (its largest distance value)."""
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import relabel_sequential, watershed
+
+    comp, n = ndi.label(fg)
+    if n == 0:
+        return np.zeros(fg.shape, np.int32)
+    dist = ndi.distance_transform_edt(fg)
+    half_width = float(np.median(ndi.maximum(dist, comp, np.arange(1, n + 1))))
+    # a lightly smoothed distance: pixel-grid ridges along elongated objects are not seeds
+    smooth = gaussian(dist, sigma=1.0, preserve_range=True)
+    seeds = h_maxima(smooth, max(1.0, h_fraction * half_width)).astype(bool) & fg
+    markers, _ = ndi.label(seeds)
+    labels = watershed(-dist, markers, mask=fg)
+    orphan, _ = ndi.label(fg & (labels == 0))  # components whose maximum fell to the smoothing
+    if orphan.max():
+        labels = np.where(orphan > 0, orphan + labels.max(), labels)
+    if min_size > 0:
+        labels = _remove_small(labels, int(min_size))
+    return relabel_sequential(labels)[0].astype(np.int32)
 
 
 def _merge_close_markers(markers: np.ndarray, min_distance: int) -> np.ndarray:
