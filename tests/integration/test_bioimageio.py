@@ -268,6 +268,30 @@ def test_spec_built_package_imports_and_runs_like_bioimageio_core(tmp_path):
     np.testing.assert_allclose(stack[0], core, atol=1e-5, rtol=0)
 
 
+def test_architecture_names_match_the_wrappers():
+    from ijtorch.bioimageio._wrappers import WRAPPERS
+    from ijtorch.bioimageio.architecture import ARCHITECTURE_CALLABLES
+
+    assert set(ARCHITECTURE_CALLABLES) == set(WRAPPERS)
+
+
+def test_import_of_a_torchscript_package_imports_neither_torch_nor_bioimageio(tmp_path):
+    """The cold-start path (issue 22: import + first prediction < 5 s): a 0.5 package is read with
+    PyYAML, and torch is imported only when the model runs."""
+    import json
+    import subprocess
+    import sys
+
+    pkg = _spec_built_package(tmp_path / "tiny")
+    code = ("import json, sys; from ijtorch.bioimageio.package_import import import_bioimageio; "
+            "r = import_bioimageio(sys.argv[1], name='cold'); "
+            "print(json.dumps([r.weights_format] + sorted(m for m in ('torch', 'scipy', 'bioimageio.spec') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, IJTORCH_MODELS=str(tmp_path / "cold-models")))
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["torchscript"]
+
+
 def test_large_image_is_tiled_like_whole(tmp_path):
     from ijtorch.bioimageio.package_import import import_bioimageio
     from ijtorch.models.store import load_model

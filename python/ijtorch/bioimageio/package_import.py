@@ -165,9 +165,9 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         cfg_ij = (dj.get("config") or {}).get("ijtorch")
         weights = dj.get("weights") or {}
         sd_w, ts_w = weights.get("pytorch_state_dict"), weights.get("torchscript")
-        from ._wrappers import WRAPPERS
+        from .architecture import ARCHITECTURE_CALLABLES
 
-        known_arch = bool(sd_w) and str((sd_w.get("architecture") or {}).get("callable")) in WRAPPERS
+        known_arch = bool(sd_w) and str((sd_w.get("architecture") or {}).get("callable")) in ARCHITECTURE_CALLABLES
         build = tmp_root / "model"
         build.mkdir()
         if isinstance(cfg_ij, dict) and cfg_ij.get("model_type") in _NATIVE and known_arch and task is None:
@@ -301,12 +301,11 @@ def _import_generic(folder: Path, dj: dict[str, Any], sd_w: Any, ts_w: Any, buil
         raise ModelError(f"the package has weights {formats}; ijtorch runs TorchScript weights, or pytorch_state_dict "
                          "weights of ijtorch's own architectures (it does not execute a package's architecture code). "
                          "Add TorchScript weights, e.g. with bioimageio.core's add_weights")
-    bin_thr = [s["kwargs"].get("threshold") for s in dj["outputs"][0].get("postprocessing") or []
-               if s["id"] == "binarize" and isinstance((s.get("kwargs") or {}).get("threshold"), (int, float))]
+    # a declared ``binarize`` already gives 0/1 outputs, which 0.5 separates as well
     spatial = "".join(a["id"].upper() for a in dj["inputs"][0]["axes"] if a["type"] == "space")
     cfg = {"schema_version": SCHEMA_VERSION, "ijtorch_version": ijtorch.__version__, "model_type": MODEL_TYPE,
            "name": model_name, "description": str(dj.get("description", ""))[:500], "task": task, "axes": spatial,
-           "threshold": float(threshold if threshold is not None else (0.5 if not bin_thr else 0.5)),
+           "threshold": float(threshold if threshold is not None else 0.5),
            "weights": weights, "bioimageio": summary,
            "license": dj.get("license"), "authors": [a.get("name") for a in dj.get("authors") or []],
            "cite": [c.get("text") for c in dj.get("cite") or []]}

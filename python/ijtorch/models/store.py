@@ -48,13 +48,16 @@ def new_user_model_dir(name: str) -> Path:
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ModelError(f"name={name!r}: give a plain model name (letters, digits, - and _)")
+    if name == "auto":  # model=auto chooses among the registered models (ijtorch.models.auto)
+        raise ModelError("name='auto' is reserved (model=auto chooses a model per image); give another name")
     root = user_models_dir()
     root.mkdir(parents=True, exist_ok=True)
     return root / name
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Registered models: ``name``, ``path``, ``source`` (``bundled``/``user``), ``model_type``.
+    """Registered models: ``name``, ``path``, ``source`` (``bundled``/``user``), ``model_type``,
+    ``description`` and ``auto`` (the config's ``model=auto`` entry, e.g. ``{"family": "nuclei"}``, or None).
 
     User models shadow bundled ones of the same name.
     """
@@ -70,7 +73,8 @@ def list_models() -> list[dict[str, Any]]:
                     log.warning("ignoring unreadable model config %s", d / CONFIG_NAME)
                     continue
                 found[d.name] = {"name": d.name, "path": str(d), "source": source,
-                                 "model_type": cfg.get("model_type"), "description": cfg.get("description", "")}
+                                 "model_type": cfg.get("model_type"), "description": cfg.get("description", ""),
+                                 "auto": cfg.get("auto")}
     return sorted(found.values(), key=lambda m: m["name"])
 
 
@@ -99,32 +103,32 @@ def register_model_type(model_type: str, builder: Callable[[ModelDir, str], Any]
     _BUILDERS[model_type] = builder
 
 
+def _lazy_builder(module: str, attribute: str) -> Callable[[ModelDir, str], Any]:
+    """A builder that imports its model module when a model of that type first loads: importing
+    every model module up front (scipy, scikit-image, the networks) cost a cold start about a
+    second for a model that needs none of them."""
+
+    def build(md: ModelDir, device: str) -> Any:
+        target: Any = importlib.import_module(module, __package__)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target(md, device=device)
+
+    return build
+
+
 def _builtin_builders() -> None:
-    if "stardist2d" not in _BUILDERS:
-        from .stardist.model import StarDistModel
+    from .restoration import MODEL_TYPES  # a light module (numpy only at import)
 
-        register_model_type("stardist2d", lambda md, dev: StarDistModel.from_model_dir(md, device=dev))
-    if "stardist3d" not in _BUILDERS:
-        from .stardist.model3d import StarDist3DModel
-
-        register_model_type("stardist3d", lambda md, dev: StarDist3DModel.from_model_dir(md, device=dev))
-    if "unet_watershed" not in _BUILDERS:
-        from .unet_watershed import from_model_dir
-
-        register_model_type("unet_watershed", lambda md, dev: from_model_dir(md, device=dev))
-    if "classifier" not in _BUILDERS:
-        from .classifier import ClassifierModel
-
-        register_model_type("classifier", lambda md, dev: ClassifierModel.from_model_dir(md, device=dev))
-    if "pixel_classifier" not in _BUILDERS:
-        from .pixel_classifier import PixelClassifierModel
-
-        register_model_type("pixel_classifier", lambda md, dev: PixelClassifierModel.from_model_dir(md, device=dev))
-    if "care" not in _BUILDERS:
-        from .restoration import MODEL_TYPES, RestorationModel
-
-        for mtype in MODEL_TYPES:
-            register_model_type(mtype, lambda md, dev: RestorationModel.from_model_dir(md, device=dev))
+    builtin = {"stardist2d": (".stardist.model", "StarDistModel.from_model_dir"),
+               "stardist3d": (".stardist.model3d", "StarDist3DModel.from_model_dir"),
+               "unet_watershed": (".unet_watershed", "from_model_dir"),
+               "classifier": (".classifier", "ClassifierModel.from_model_dir"),
+               "pixel_classifier": (".pixel_classifier", "PixelClassifierModel.from_model_dir")}
+    builtin.update({mtype: (".restoration", "RestorationModel.from_model_dir") for mtype in MODEL_TYPES})
+    for mtype, (module, attribute) in builtin.items():
+        if mtype not in _BUILDERS:
+            register_model_type(mtype, _lazy_builder(module, attribute))
     if "bioimageio" not in _BUILDERS:
         # an imported bioimage.io package runs on ijtorch.bioimageio.runtime, which sits above the
         # models (it returns the tasks' result types): named here, resolved when such a model loads
