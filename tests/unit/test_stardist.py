@@ -346,6 +346,59 @@ def test_bundled_model_tiles_do_not_split_objects_on_a_big_image(shared_data):
     assert merges / n < 0.005, f"{merges} tiled objects merge two whole-image objects"
 
 
+def test_balanced_tiles_cover_with_the_fewest_tiles_and_keep_the_overlap():
+    from ijtorch.core.tiling import balanced_tile, tile_starts
+
+    assert balanced_tile(256, 512, 96, 8) == 256 and balanced_tile(603, 512, 96, 8) == 608  # one tile
+    assert balanced_tile(1024, 512, 96, 8) == 560  # 2 tiles of 560 instead of 3 of 512
+    for size in (700, 1024, 1500, 2048, 4096):
+        tile = balanced_tile(size, 512, 96, 8)
+        starts = tile_starts(size, tile, 96)
+        assert tile % 8 == 0 and tile <= 640 and starts[-1] + tile == size
+        assert all(b - a <= tile - 96 for a, b in zip(starts, starts[1:]))  # overlap kept
+        assert len(starts) == len(tile_starts(size, 640, 96))  # no more tiles than 1.25x tiles need
+
+
+def _bundled_model():
+    from ijtorch.models.stardist.model import StarDistModel
+    from ijtorch.models.store import bundled_dir
+
+    path = bundled_dir() / "nuclei"
+    if not (path / "config.json").exists():
+        pytest.skip("bundled nuclei model not trained yet (tools/train_bundled_nuclei.py)")
+    return StarDistModel.load(path)  # uncached: the test changes its weights
+
+
+def test_fast_inference_network_gives_the_trained_networks_labels(shared_data):
+    """Batch norms folded, merged heads, channels-last (network.inference_copy) vs the network as
+    trained, on real nuclei: maps equal to float rounding, the same objects; changed weights are seen."""
+    import torch
+
+    model = _bundled_model()
+    root = shared_data / "nuclei_dsb2018" / "train" / "images"
+    img = model.normalize(tifffile.imread(root / "07fb37aafa662660.tif")[:256, :384])  # 520 x 696 crop, ~80 nuclei
+    batch = img[None, None].astype(np.float32)
+
+    def trained(b):
+        with torch.inference_mode():
+            out = model.net(torch.from_numpy(b)).numpy()
+        out[:, :1] = 1 / (1 + np.exp(-out[:, :1]))
+        return out
+
+    fast, ref = model._forward_numpy(batch), trained(batch)
+    assert model._inference_net() is not model.net
+    np.testing.assert_allclose(fast, ref, atol=2e-3)
+    kw = dict(prob_threshold=model.thresholds["prob"], nms_threshold=model.thresholds["nms"], grid=2)
+    lab_fast, _ = sd.instances_from_maps(fast[0, 0], np.moveaxis(fast[0, 1:], 0, -1), **kw)
+    lab_ref, _ = sd.instances_from_maps(ref[0, 0], np.moveaxis(ref[0, 1:], 0, -1), **kw)
+    n = int(lab_ref.max())
+    assert n > 30 and int(lab_fast.max()) == n
+    assert sd.match_counts(lab_ref, lab_fast, (0.99,))[0.99] == (n, 0, 0)
+    with torch.no_grad():  # an optimizer step or load_state_dict changes weights in place
+        model.net.dist.bias.add_(1.0)
+    np.testing.assert_allclose(model._forward_numpy(batch), trained(batch), atol=2e-3)
+
+
 def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path, monkeypatch):
     from ijtorch.errors import ModelError
     from ijtorch.models.store import new_user_model_dir

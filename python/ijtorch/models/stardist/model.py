@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 from ijtorch.errors import ModelError
 from ijtorch.core.normalize import percentile_normalize
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
-from ijtorch.core.tiling import predict_tiled
+from ijtorch.core.tiling import balanced_tile, predict_tiled
 
 from . import geometry as sd
 from . import network
@@ -74,6 +75,8 @@ class StarDistModel:
         self.config["architecture"] = dict(net.config)
         self.device = device
         self._shift_hook: Any = None
+        self._fast: tuple[tuple, Any] | None = None  # (weights_key of net, network.inference_copy of net)
+        self._fast_lock = threading.Lock()
 
     # ------------------------------------------------------------- dataset shift
     @property
@@ -84,9 +87,23 @@ class StarDistModel:
     def collecting(self, collector: Any) -> Any:
         """Context in which the bottleneck features of this thread's forward passes go to
         ``collector`` (a :class:`~ijtorch.models.shift.FeatureCollector` or ``MomentCollector``)."""
-        if self._shift_hook is None:
-            self._shift_hook = _shift.ShiftHook(self.net.unet.bottleneck)
-        return self._shift_hook.active(collector)
+        net = self._inference_net()
+        with self._fast_lock:
+            if self._shift_hook is None or self._shift_hook[0] is not net:
+                self._shift_hook = (net, _shift.ShiftHook(net.unet.bottleneck))
+            return self._shift_hook[1].active(collector)
+
+    def _inference_net(self) -> Any:
+        """The network that prediction runs: :func:`network.inference_copy` of :attr:`net` (batch
+        norms folded, channels-last), rebuilt when the weights of :attr:`net` change; :attr:`net`
+        itself while it is in training mode."""
+        if self.net.training:
+            return self.net
+        key = network.weights_key(self.net)
+        with self._fast_lock:
+            if self._fast is None or self._fast[0] != key:
+                self._fast = (key, network.inference_copy(self.net))
+            return self._fast[1]
 
     # ------------------------------------------------------------------ store
     @classmethod
@@ -134,11 +151,14 @@ class StarDistModel:
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        net = self._inference_net()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            if x.ndim == 4 and not net.training:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", enabled=self.device.startswith("cuda")):
-                out = self.net(x).float()
-            out[:, :1] = torch.sigmoid(out[:, :1])
+                out = net(x).float()
+            out[:, :1].sigmoid_()
             return out.cpu().numpy()
 
     def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] = 512,
@@ -147,6 +167,8 @@ class StarDistModel:
                      cancel: Callable[[], bool] | None = None, features: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Probability ``(Y, X)`` and distances ``(Y, X, n_rays)`` of a 2D image, predicted in tiles.
 
+        Tiles are at most 1.25 × ``tile_size`` per axis: the fewest such tiles that cover the image,
+        shrunk to the smallest length that keeps ``overlap`` (:func:`~ijtorch.core.tiling.balanced_tile`).
         ``overlap`` should exceed the diameter of the largest object plus the network's effective
         receptive field so that stitched maps equal whole-image maps around every object.
         ``test_time_augmentation`` averages the maps predicted on the 8 flips/90° rotations of the
@@ -163,11 +185,14 @@ class StarDistModel:
             raise ValueError(f"image has shape {image.shape}; predict_maps needs a 2D (YX) image")
         x = self.normalize(image) if normalize else image.astype(np.float32)
         tiles = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)  # type: ignore[arg-type]
+        multiple = self.net.size_multiple()
 
         def maps(view: np.ndarray) -> np.ndarray:
-            return predict_tiled(self._forward_numpy, np.ascontiguousarray(view)[None],
-                                 tile_shape=tiles if view.shape == x.shape else tiles[::-1], overlap=overlap,
-                                 out_channels=1 + self.n_rays, size_multiple=self.net.size_multiple(),
+            # tiles of up to 1.25x tile_size, shrunk to the fewest that cover the image: less overlap to compute
+            shape = [balanced_tile(s, t, overlap, m) for s, t, m in
+                     zip(view.shape, tiles if view.shape == x.shape else tiles[::-1], multiple)]
+            return predict_tiled(self._forward_numpy, np.ascontiguousarray(view)[None], tile_shape=shape,
+                                 overlap=overlap, out_channels=1 + self.n_rays, size_multiple=multiple,
                                  batch_size=batch_size, blend="crop", progress=progress, cancel=cancel)
 
         if not test_time_augmentation:

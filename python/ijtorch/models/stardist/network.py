@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 from .geometry import ray_angles
 
-__all__ = ["StarDistNet", "stardist_loss"]
+__all__ = ["StarDistNet", "inference_copy", "stardist_loss", "weights_key"]
 
 # ------------------------------------------------------------------------------------- network
 @functools.lru_cache(maxsize=None)
@@ -53,7 +54,65 @@ def _torch_parts() -> Any:
             f = self.features(self.unet(x))
             return torch.cat([self.prob(f), self.dist(f)], dim=1)
 
+    class FusedStarDistNet(nn.Module):
+        """A 2D :class:`StarDistNet` for inference only: the probability and distance heads in one
+        ``1×1`` convolution (no concatenation of the two outputs); same ``unet`` and ``features``."""
+
+        def __init__(self, net: StarDistNet) -> None:
+            super().__init__()
+            self.config, self.n_rays = dict(net.config), net.n_rays
+            self.unet, self.features = net.unet, net.features
+            self.head = nn.Conv2d(net.prob.in_channels, 1 + net.n_rays, 1)
+            with torch.no_grad():
+                self.head.weight.copy_(torch.cat([net.prob.weight, net.dist.weight]))
+                self.head.bias.copy_(torch.cat([net.prob.bias, net.dist.bias]))
+
+        def size_multiple(self) -> tuple[int, ...]:
+            return self.unet.size_multiple()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(self.unet(x)))
+
+    StarDistNet.Fused = FusedStarDistNet
     return StarDistNet
+
+
+def weights_key(net: Any) -> tuple:
+    """Changes whenever a parameter or buffer of ``net`` is replaced, moved or modified in place
+    (an optimizer step, ``load_state_dict``, ``.to(device)``): when to rebuild an :func:`inference_copy`."""
+    return tuple((t.data_ptr(), t._version, str(t.device)) for t in (*net.parameters(), *net.buffers()))
+
+
+def inference_copy(net: Any) -> Any:
+    """A copy of ``net`` (2D or 3D star-convex network) for fast evaluation-mode prediction.
+
+    Each batch normalisation is folded into the convolution before it
+    (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the same function of the input up to float
+    rounding), ReLUs run in place, a 2D :class:`StarDistNet` gets its two heads merged into one
+    convolution, and 2D networks use the channels-last memory layout (oneDNN's fast convolutions
+    on CPU; 1.5–2× faster than the default layout here). ``net`` itself is left untouched.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fast = copy.deepcopy(net).eval()
+    for module in list(fast.modules()):
+        if isinstance(module, nn.Sequential):
+            layers = list(module)
+            for i, (conv, norm) in enumerate(itertools.pairwise(layers)):
+                if isinstance(conv, (nn.Conv2d, nn.Conv3d)) and isinstance(norm, (nn.BatchNorm2d, nn.BatchNorm3d)) \
+                        and norm.track_running_stats:
+                    module[i], module[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
+        elif isinstance(module, nn.ReLU):
+            module.inplace = True  # every ReLU here follows a convolution whose output nothing else reads
+    if isinstance(fast, _torch_parts()):
+        fast = _torch_parts().Fused(fast).eval()
+        fast = fast.to(memory_format=torch.channels_last)
+    fast.requires_grad_(False)
+    return fast
 
 
 def __getattr__(name: str) -> Any:  # lazy torch import (house rule 11)
