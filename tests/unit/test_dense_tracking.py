@@ -154,6 +154,23 @@ def test_stage_jump_is_followed(colony):
     assert sum(a == b for a, b in across) >= 0.97 * len(across) - 2 * len(_divisions(tr)), across
 
 
+
+def test_stage_jump_in_a_3d_stack_with_few_planes(colony):
+    # 3-D movies with a handful of z planes: the block grid of the global shift keeps every plane
+    # (it used to divide z into 0 blocks and raise in the FFT)
+    lab2 = colony.labels[:8].copy()
+    shifted = np.zeros_like(lab2)
+    shifted[:4] = lab2[:4]
+    shifted[4:, :-20, 35:] = lab2[4:, 20:, :-35]
+    shifted[4:][~np.isin(shifted[4:], np.unique(lab2[4:, 20:, :-35]))] = 0
+    lab = np.repeat(shifted[:, None], 2, axis=1)  # T, Z=2, Y, X
+    tr = track_labels(lab, "TZYX")
+    s = tr.spots
+    across = [(int(s["label"][a]), int(s["label"][b])) for a, b in tr.edges if s["frame"][a] == 3]
+    assert len(across) > 20
+    assert sum(a == b for a, b in across) >= 0.97 * len(across) - 2 * len(_divisions(tr)), across
+
+
 # ------------------------------------------------------------------------------ small cases
 
 def _capsule(shape, centre, angle, length, width):
