@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ._mask_assign import _assign, _pair_groups, _used
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MaskLinks", "link_masks", "object_shapes"]
@@ -264,12 +266,11 @@ def _angle(u, v):
     return np.arccos(np.clip(c, 0.0, 1.0))
 
 
-def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
+def link_masks(det, params, progress=None) -> MaskLinks:
     """Link consecutive frames of a label movie (see the module docstring).
 
     ``det`` is a :class:`~ijtorch.tasks.linking.Detections` with ``labels``; ``params`` a
-    :class:`~ijtorch.tasks.linking.TrackingParams`; ``solve_lap`` the sparse LAP solver
-    (:func:`~ijtorch.tasks.linking.solve_sparse_lap`, passed in: that module imports this one).
+    :class:`~ijtorch.tasks.linking.TrackingParams`.
     """
     from ..core.progress import ProgressEvent, emit
 
@@ -428,7 +429,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
              for k, v in G.items()}
     L_i, L_j, L_c = cat_g["li"], cat_g["lj"], cat_g["lc"]
     D_one, D_x, D_y, D_c, D_split = cat_g["one"], cat_g["x"], cat_g["y"], cat_g["dc"], cat_g["split"]
-    sel_l, sel_d = _assign(solve_lap, n, n, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt)
+    sel_l, sel_d = _assign(n, n, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt)
     # Second chance for what is left on both sides (fast cells at a colony's edge, the tail of the
     # cost distribution): the same choice among the leftovers only, with a 4x wider gate.
     used_a, used_b = _used(n, n, L_i[sel_l], L_j[sel_l], D_one[sel_d], D_x[sel_d], D_y[sel_d], D_split[sel_d])
@@ -438,7 +439,7 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
         a_first = np.where(D_split, D_one, D_x); a_second = np.where(D_split, D_one, D_y)
         b_first = np.where(D_split, D_x, D_one); b_second = np.where(D_split, D_y, D_one)
         dw = ~sel_d & ~used_a[a_first] & ~used_a[a_second] & ~used_b[b_first] & ~used_b[b_second]
-        s2_l, s2_d = _assign(solve_lap, n, n, ci[lw], cj[lw], cc[lw], D_one[dw], D_x[dw], D_y[dw], D_c[dw],
+        s2_l, s2_d = _assign(n, n, ci[lw], cj[lw], cc[lw], D_one[dw], D_x[dw], D_y[dw], D_c[dw],
                              D_split[dw], 4 * alt)
         L_i = np.concatenate([L_i[sel_l], ci[lw][s2_l]]); L_j = np.concatenate([L_j[sel_l], cj[lw][s2_l]])
         L_c = np.concatenate([L_c[sel_l], cc[lw][s2_l]]); sel_l = np.ones(L_i.size, bool)
@@ -461,15 +462,6 @@ def link_masks(det, params, solve_lap, progress=None) -> MaskLinks:
     return MaskLinks(cat_i(src, np.int64), cat_i(dst, np.int64), cat_i(cost, np.float64), cat_i(kind, np.int8), est)
 
 
-def _used(na, nb, li, lj, one, x, y, split):
-    """Objects of t (rows) and t+1 (columns) taken by links (li, lj) and divisions/merges (one, x, y, split)."""
-    ua = np.zeros(na, bool); ub = np.zeros(nb, bool)
-    ua[np.asarray(li, np.int64)] = True; ub[np.asarray(lj, np.int64)] = True
-    ua[np.where(split, one, x)] = True; ua[np.where(split, one, y)] = True
-    ub[np.where(split, x, one)] = True; ub[np.where(split, y, one)] = True
-    return ua, ub
-
-
 def _robust(z2: np.ndarray, c: float = 9.0) -> np.ndarray:
     """Cauchy loss of a squared standardised residual: z² near 0, c·log(1 + z²/c) beyond ~3σ, so one
     outlying feature (an occluded or mis-segmented mask) does not veto a link on its own."""
@@ -481,66 +473,6 @@ def _near(pa, pb, r):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     rec = cKDTree(pa).sparse_distance_matrix(cKDTree(pb), r, output_type="ndarray")
     return rec["i"].astype(np.int64), rec["j"].astype(np.int64), rec["v"]
-
-
-def _pair_groups(one, other, ov, top: int = 8):
-    """All unordered pairs (x, y) of ``other`` objects sharing the same ``one`` object (at most the
-    ``top`` most-overlapping candidates of each ``one``): (one, x, y, overlap x, overlap y)."""
-    z = np.zeros(0, np.int64)
-    if one.size < 2:
-        return z, z, z, np.zeros(0), np.zeros(0)
-    order = np.lexsort((-ov, one))
-    one, other, ov = one[order], other[order], ov[order]
-    start = np.r_[0, np.flatnonzero(np.diff(one)) + 1]
-    rank = np.arange(one.size) - np.repeat(start, np.diff(np.r_[start, one.size]))
-    keep = rank < top
-    one, other, ov = one[keep], other[keep], ov[keep]
-    A, X, Y, OX, OY = [], [], [], [], []
-    for r in range(1, top):
-        p = np.flatnonzero(one[r:] == one[:-r]) if one.size > r else z
-        if p.size == 0:
-            break
-        q = p + r
-        A.append(one[p]); X.append(other[p]); Y.append(other[q]); OX.append(ov[p]); OY.append(ov[q])
-    if not A:
-        return z, z, z, np.zeros(0), np.zeros(0)
-    return (np.concatenate(A), np.concatenate(X), np.concatenate(Y), np.concatenate(OX), np.concatenate(OY))
-
-
-def _assign(solve_sparse_lap, na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
-    """Choose links and divisions/merges: each object of t and of t+1 used at most once, minimum total
-    cost where leaving an object unlinked costs ``alt``. Returns boolean selections."""
-    if D_one.size == 0:
-        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
-        sel = match[L_i] == L_j
-        return sel, np.zeros(0, bool)
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_matrix
-
-    nl, nd = L_i.size, D_one.size
-    # gain of each variable relative to leaving its objects unlinked
-    obj = np.concatenate([L_c - 2 * alt, D_c - 3 * alt])
-    useful = obj < 0
-    # rows 0..na-1: objects at t; na..na+nb-1: objects at t+1
-    r_l = np.concatenate([L_i, na + L_j])
-    c_l = np.concatenate([np.arange(nl), np.arange(nl)])
-    a_side = np.where(D_split, D_one, D_x)
-    b1 = np.where(D_split, na + D_x, na + D_one)
-    b2 = np.where(D_split, na + D_y, D_y)  # split: second daughter at t+1; merge: second parent at t
-    r_d = np.concatenate([a_side, b1, b2])
-    c_d = nl + np.concatenate([np.arange(nd)] * 3)
-    rows = np.concatenate([r_l, r_d]); cols = np.concatenate([c_l, c_d])
-    A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
-    A = A[:, np.flatnonzero(useful)]
-    res = milp(obj[useful], constraints=LinearConstraint(A, -np.inf, 1.0), integrality=np.ones(int(useful.sum())),
-               bounds=Bounds(0, 1), options={"time_limit": 60.0})
-    x = np.zeros(nl + nd, bool)
-    if res.x is None:  # no solution in time: fall back to the plain LAP on links
-        log.warning("division assignment did not finish (%s); linking without divisions in this frame pair", res.message)
-        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
-        return match[L_i] == L_j, np.zeros(nd, bool)
-    x[np.flatnonzero(useful)] = res.x > 0.5
-    return x[:nl], x[nl:]
 
 
 def _estimate(params, cat, ndim, radius, px) -> dict:

@@ -94,12 +94,12 @@ def linking_summary(tracks: Tracks) -> str:
 def n_tracks(tracks: Tracks) -> int:
     """Tracks as TrackMate counts them: connected components of the track graph with at least one
     link, a dividing cell and its daughters being one track (``Model.getTrackModel().nTracks``)."""
-    return int(len(tracks.track_ids))
+    return len(tracks.track_ids)
 
 
 def n_tracklets(tracks: Tracks) -> int:
     """CTC tracklets: division-free segments (one CTC label each, including single-spot ones)."""
-    return int(len(tracks.ctc))
+    return len(tracks.ctc)
 
 
 def track_summary(tracks: Tracks) -> dict[str, np.ndarray]:
@@ -137,7 +137,7 @@ def track_statistics(tracks: Tracks) -> dict[str, np.ndarray]:
     rows: dict[str, list[Any]] = {k: [] for k in ("tracklet", "track", "parent", "start_frame", "end_frame",
                                                   "n_spots", "duration", "displacement", "total_distance",
                                                   "mean_speed", "divides")}
-    parents = set(int(p) for p in ctc[:, 3] if p > 0) if len(ctc) else set()
+    parents = {int(p) for p in ctc[:, 3] if p > 0} if len(ctc) else set()
     label_col = spots["ctc_label"]
     for label, begin, end, parent in ctc:
         idx = np.flatnonzero(label_col == label)

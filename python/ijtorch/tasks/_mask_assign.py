@@ -1,0 +1,84 @@
+"""Choosing among mask links, divisions and merges (:mod:`ijtorch.tasks._mask_linking`): candidate
+pairs of daughters (or parents) per object, and one integer program over the whole movie in which each
+object is used at most once as a source and once as a target."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ._linking_lap import solve_sparse_lap
+
+log = logging.getLogger(__name__)
+
+
+def _used(na, nb, li, lj, one, x, y, split):
+    """Objects of t (rows) and t+1 (columns) taken by links (li, lj) and divisions/merges (one, x, y, split)."""
+    ua = np.zeros(na, bool); ub = np.zeros(nb, bool)
+    ua[np.asarray(li, np.int64)] = True; ub[np.asarray(lj, np.int64)] = True
+    ua[np.where(split, one, x)] = True; ua[np.where(split, one, y)] = True
+    ub[np.where(split, x, one)] = True; ub[np.where(split, y, one)] = True
+    return ua, ub
+
+
+def _pair_groups(one, other, ov, top: int = 8):
+    """All unordered pairs (x, y) of ``other`` objects sharing the same ``one`` object (at most the
+    ``top`` most-overlapping candidates of each ``one``): (one, x, y, overlap x, overlap y)."""
+    z = np.zeros(0, np.int64)
+    if one.size < 2:
+        return z, z, z, np.zeros(0), np.zeros(0)
+    order = np.lexsort((-ov, one))
+    one, other, ov = one[order], other[order], ov[order]
+    start = np.r_[0, np.flatnonzero(np.diff(one)) + 1]
+    rank = np.arange(one.size) - np.repeat(start, np.diff(np.r_[start, one.size]))
+    keep = rank < top
+    one, other, ov = one[keep], other[keep], ov[keep]
+    A, X, Y, OX, OY = [], [], [], [], []
+    for r in range(1, top):
+        p = np.flatnonzero(one[r:] == one[:-r]) if one.size > r else z
+        if p.size == 0:
+            break
+        q = p + r
+        A.append(one[p]); X.append(other[p]); Y.append(other[q]); OX.append(ov[p]); OY.append(ov[q])
+    if not A:
+        return z, z, z, np.zeros(0), np.zeros(0)
+    return (np.concatenate(A), np.concatenate(X), np.concatenate(Y), np.concatenate(OX), np.concatenate(OY))
+
+
+def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
+    """Choose links and divisions/merges: each object of t and of t+1 used at most once, minimum total
+    cost where leaving an object unlinked costs ``alt``. Returns boolean selections."""
+    if D_one.size == 0:
+        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
+        sel = match[L_i] == L_j
+        return sel, np.zeros(0, bool)
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    nl, nd = L_i.size, D_one.size
+    # gain of each variable relative to leaving its objects unlinked
+    obj = np.concatenate([L_c - 2 * alt, D_c - 3 * alt])
+    useful = obj < 0
+    # rows 0..na-1: objects at t; na..na+nb-1: objects at t+1
+    r_l = np.concatenate([L_i, na + L_j])
+    c_l = np.concatenate([np.arange(nl), np.arange(nl)])
+    a_side = np.where(D_split, D_one, D_x)
+    b1 = np.where(D_split, na + D_x, na + D_one)
+    b2 = np.where(D_split, na + D_y, D_y)  # split: second daughter at t+1; merge: second parent at t
+    r_d = np.concatenate([a_side, b1, b2])
+    c_d = nl + np.concatenate([np.arange(nd)] * 3)
+    rows = np.concatenate([r_l, r_d]); cols = np.concatenate([c_l, c_d])
+    A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
+    A = A[:, np.flatnonzero(useful)]
+    res = milp(obj[useful], constraints=LinearConstraint(A, -np.inf, 1.0), integrality=np.ones(int(useful.sum())),
+               bounds=Bounds(0, 1), options={"time_limit": 60.0})
+    x = np.zeros(nl + nd, bool)
+    if res.x is None:  # no solution in time: fall back to the plain LAP on links
+        log.warning("division assignment did not finish (%s); linking without divisions in this frame pair", res.message)
+        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
+        return match[L_i] == L_j, np.zeros(nd, bool)
+    x[np.flatnonzero(useful)] = res.x > 0.5
+    return x[:nl], x[nl:]
+
+
