@@ -206,3 +206,86 @@ def test_training_stores_a_calibrated_reference(shared_data, tmp_path):
     assert len(ref["features"]["mean"]) == 16  # the bottleneck of base_channels=4, depth=2
     r = segment(pairs[0].image, "YX", model=tmp_path / "m", device="cpu")
     assert r.shift_score is not None and r.shift_threshold == ref["threshold"]
+
+
+# ---------------------------------------------- every other model type (U-Net + watershed, 3D, pixels, classifier)
+BACTERIA_HELD_OUT = ("t020", "t024")  # frames the bundled bacteria_phase model never saw
+
+
+def test_unet_watershed_bundled_references_warn_on_other_kinds(shared_data, transmitted):
+    from ijtorch.models.store import load_model
+    from ijtorch.tasks.segment import rgb_to_grey, shift_report
+
+    bacteria = load_model("bacteria_phase", device="cpu")
+    ref = bacteria.shift_reference
+    assert ref["false_alarm_rate"] == 0.05 and ref["calibration"]["files"] == ["t020", "t021", "t022", "t023", "t024"]
+    assert not set(ref["calibration"]["files"]) & {f"t{i:03d}" for i in range(20)}  # held out from training
+    for name in BACTERIA_HELD_OUT:
+        labels, details = bacteria.predict_instances(_tif(shared_data / "tracking_bacteria" / "01" / f"{name}.tif"))
+        report = shift_report(bacteria, [(details["shift_score"], details["shift_inputs"])], "bacteria_phase", 1)
+        assert labels.max() > 5 and not report.warned and "phase-contrast bacteria" in report.message
+        assert details["prob_map"].shape == labels.shape
+    he = rgb_to_grey(_tif(transmitted / "images" / f"{HISTOLOGY[0]}.tif"), "YXS")[0]
+    cells = load_model("cells_phase", device="cpu")
+    for model in (bacteria, cells):
+        _, details = model.predict_instances(he)
+        assert details["shift_score"] > model.shift_reference["threshold"]
+    _, details = cells.predict_instances(_tif(shared_data / "nuclei_dsb2018" / "train" / "images" / f"{VALIDATION[0]}.tif"))
+    report = shift_report(cells, [(details["shift_score"], details["shift_inputs"])], "cells_phase", 1)
+    assert report.warned and "dark background" in report.warning
+    _, details = cells.predict_instances(_tif(shared_data / "cells_usiigaci_phase" / "train" / "images" / "set41.tif"))
+    assert details["shift_score"] < cells.shift_reference["threshold"]
+
+
+def test_unet_watershed_training_stores_a_reference_and_no_reference_says_so(tmp_path, shared_data):
+    from ijtorch.models import unet_watershed as uw
+    from ijtorch.train.data import load_pairs
+    from ijtorch.train.unet_watershed_train import train_unet_watershed
+
+    pairs = [p for p in load_pairs(shared_data / "nuclei_dsb2018" / "train")[:12] if min(p.image.shape) >= 128][:6]
+    sims = [type("Item", (), {"image": p.image[:128, :128]}) for p in pairs]
+    train_unet_watershed(pairs, output=tmp_path / "m", epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64,
+                         base_channels=4, depth=2, val_fraction=0.34, device="cpu", optimize_thresholds=False)
+    model = uw.load_model(tmp_path / "m")
+    ref = model.shift_reference
+    assert ref["n_images"] == 4 and ref["calibration"]["images"] == 2 and ref["threshold"] > 0
+    assert len(ref["features"]["mean"]) == 16 and len(ref["input_model"]["mean"]) == 5
+    _, details = model.predict_instances(sims[0].image)
+    assert details["shift_score"] is not None and "median" in details["shift_inputs"]
+    _, details = model.predict_instances(sims[0].image.max() - sims[0].image)  # bright background, dark objects
+    assert details["shift_score"] > ref["threshold"]
+    model.meta.pop("shift")
+    uw.save_model(model, tmp_path / "plain")
+    plain = uw.load_model(tmp_path / "plain")
+    _, details = plain.predict_instances(sims[0].image)
+    assert plain.shift_reference is None and "shift_score" not in details
+    from ijtorch.tasks.segment import shift_report
+
+    assert "no dataset-shift reference" in shift_report(plain, [], "plain", 1).message
+
+
+def test_3d_star_convex_model_stores_a_reference_and_warns_on_foreign_volumes(tmp_path):
+    from ijtorch.models.shift import fit_reference
+    from ijtorch.models.stardist.model3d import StarDist3DModel
+    from ijtorch.simulate.nuclei import simulate_nuclei_3d
+    from ijtorch.tasks.segment import segment, train_segmentation
+
+    vols = [simulate_nuclei_3d((16, 48, 48), n_nuclei=10, radius=(4.0, 7.0), anisotropy=2.0, seed=s) for s in range(6)]
+    train_segmentation([v.image for v in vols[:4]], [v.labels for v in vols[:4]], axes="ZYX", output=tmp_path / "m",
+                       epochs=1, steps_per_epoch=2, batch_size=2, patch_size=(16, 32, 32), n_rays=16, base_channels=4,
+                       head_channels=4, device="cpu", progress_bar=False, optimize_thresholds=False, evaluate=False,
+                       seed=0, val_fraction=0.5, workers=0)
+    model = StarDist3DModel.load(tmp_path / "m")
+    ref = model.shift_reference
+    assert ref["n_images"] == 2 and ref["calibration"]["images"] == 2 and len(ref["features"]["mean"]) == 16
+    r = segment(vols[4].image, "ZYX", model=tmp_path / "m", device="cpu")
+    assert r.shift_score is not None and r.shift_threshold == ref["threshold"]
+    # a threshold from more held-out volumes of the kind: new volumes of it pass, inverted ones warn
+    calib = [simulate_nuclei_3d((16, 48, 48), n_nuclei=10, radius=(4.0, 7.0), anisotropy=2.0, seed=s).image
+             for s in range(10, 29)]
+    fit_reference(model, [v.image for v in vols[:4]], calib)
+    model.save(tmp_path / "m19")
+    fine = segment(vols[5].image, "ZYX", model=tmp_path / "m19", device="cpu")
+    foreign = segment(vols[5].image.max() - vols[5].image, "ZYX", model=tmp_path / "m19", device="cpu")
+    assert fine.shift_warning is None and fine.shift_score <= fine.shift_threshold
+    assert foreign.shift_warning and "bright background with dark objects" in foreign.shift_warning

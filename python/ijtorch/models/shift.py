@@ -27,13 +27,13 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["ShiftReport", "FeatureCollector", "MomentCollector", "ShiftHook", "reference_from_moments",
-           "calibrate_threshold", "assess", "no_reference", "input_summary", "fit_reference", "FALSE_ALARM_RATE",
-           "CONFIG_KEY"]
+           "calibrate_threshold", "assess", "assess_items", "no_reference", "input_summary", "fit_reference",
+           "fit_reference_with", "tiles_of", "input_quantiles", "image_score", "FALSE_ALARM_RATE", "CONFIG_KEY"]
 
 CONFIG_KEY = "shift"
 FALSE_ALARM_RATE = 0.05
@@ -168,8 +168,8 @@ class MomentCollector:
 
 
 def reference_from_moments(collectors: Iterable[MomentCollector], input_stats: Sequence[dict[str, float]], *,
-                           components: int = _COMPONENTS, kind: str = "", images: int | None = None
-                           ) -> dict[str, Any]:
+                           components: int = _COMPONENTS, kind: str = "", images: int | None = None,
+                           layer: str = "unet.bottleneck") -> dict[str, Any]:
     """The reference (without threshold) from per-image :class:`MomentCollector` s and
     :func:`input_summary` s of the training images. Each image weighs by its feature positions."""
     cols = list(collectors)
@@ -190,7 +190,7 @@ def reference_from_moments(collectors: Iterable[MomentCollector], input_stats: S
               for key in keys}
     return {
         "method": "bottleneck-features-ppca",
-        "features": {"layer": "unet.bottleneck", "mean": _rounded(mean), "components": [_rounded(c) for c in v[:, :k].T],
+        "features": {"layer": layer, "mean": _rounded(mean), "components": [_rounded(c) for c in v[:, :k].T],
                      "variances": _rounded(np.maximum(w[:k], floor)), "residual": float(f"{residual:.6g}")},
         "inputs": ranges, "kind": kind, "n_images": int(images if images is not None else len(cols)),
     }
@@ -263,38 +263,160 @@ def assess(reference: dict[str, Any] | None, score: float | None, inputs: dict[s
     return ShiftReport(score, thr, warning, warning, {"inputs": inputs})
 
 
-def fit_reference(model: Any, train_images: Sequence[np.ndarray], calibration_images: Sequence[np.ndarray], *,
-                  kind: str = "training", rate: float = FALSE_ALARM_RATE, max_images: int = 200) -> dict[str, Any]:
-    """Build the reference of a 2D star-convex ``model`` from its training images, calibrate its
-    threshold on held-out ``calibration_images`` of the same kind (none: no threshold, so no
-    warnings) and store it in ``model.config["shift"]``. Images are ``YX`` arrays, raw (the model
-    normalises them). At most ``max_images`` of each (evenly spaced) are used."""
-    def spread(items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        items = list(items)
-        if len(items) <= max_images:
-            return items
-        return [items[int(i)] for i in np.linspace(0, len(items) - 1, max_images)]
+INPUT_PERCENTILES = (5.0, 25.0, 50.0, 75.0, 95.0)
+_INPUT_STD_FLOOR = 0.1  # 10 % of the normalised intensity range: images of one kind drift that much
 
-    model.config.pop(CONFIG_KEY, None)
-    moments, stats = [], []
-    for image in spread(train_images):
-        x = model.normalize(image)
+
+def input_quantiles(normalized: np.ndarray) -> list[float]:
+    """The :data:`INPUT_PERCENTILES` of a normalised input (subsampled for speed): where its
+    background and objects lie in the intensity range."""
+    x = np.asarray(normalized, np.float32).ravel()
+    step = max(1, x.size // 262144)
+    return [float(v) for v in np.percentile(x[::step], INPUT_PERCENTILES)]
+
+
+def _input_model(quantiles: Sequence[Sequence[float]]) -> dict[str, Any]:
+    q = np.asarray(quantiles, np.float64)
+    return {"percentiles": list(INPUT_PERCENTILES), "mean": _rounded(q.mean(0)),
+            "std": _rounded(np.maximum(q.std(0), _INPUT_STD_FLOOR)), "std_floor": _INPUT_STD_FLOOR}
+
+
+def image_score(reference: dict[str, Any], feature_score: float | None, summary: dict[str, Any]) -> float | None:
+    """The shift score of one image: the feature score plus, for references with an ``input_model``
+    (the normalised input's :func:`input_quantiles` over the training images: mean and standard
+    deviation per percentile, floored at 10 % of the range), the mean squared z-score of the
+    image's quantiles. Both terms are about 1 on training images; the second one rises fast when
+    the background or the objects lie elsewhere in the intensity range (fluorescence vs phase
+    contrast vs brightfield). References without it (the bundled nuclei model) score features only."""
+    if feature_score is None:
+        return None
+    model = reference.get("input_model")
+    if not model or summary.get("quantiles") is None:
+        return float(feature_score)
+    z = (np.asarray(summary["quantiles"]) - np.asarray(model["mean"])) / np.asarray(model["std"])
+    return float(feature_score) + float(np.mean(z * z))
+
+
+def _spread(items: Sequence[Any], max_images: int) -> list[Any]:
+    """At most ``max_images`` of ``items``, evenly spaced."""
+    items = list(items)
+    if len(items) <= max_images:
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, max_images)]
+
+
+def fit_reference_with(collect: Callable[[Any, Any], dict[str, float]], train_images: Sequence[Any],
+                       calibration_images: Sequence[Any], *, kind: str = "training", rate: float = FALSE_ALARM_RATE,
+                       max_images: int = 200, layer: str = "unet.bottleneck",
+                       calibration_folder: str = "validation split") -> dict[str, Any]:
+    """The reference of any model from ``collect(image, collector)``, which runs the model's forward
+    pass on one image with ``collector`` receiving the features (a :class:`MomentCollector` for the
+    training images, a :class:`FeatureCollector` for the calibration images) and returns that
+    image's :func:`input_summary`, with ``"quantiles"`` (:func:`input_quantiles`) for a reference
+    that also models the normalised input (see :func:`image_score`). The threshold is calibrated on ``calibration_images`` (none: no
+    threshold, so no warnings). At most ``max_images`` of each (evenly spaced) are used."""
+    moments, stats, quantiles = [], [], []
+    for image in _spread(train_images, max_images):
         col = MomentCollector()
-        prob, _ = model.predict_maps(x, normalize=False, features=col)
+        summary = dict(collect(image, col))
+        if "quantiles" in summary:
+            quantiles.append(summary.pop("quantiles"))
+        stats.append(summary)
         moments.append(col)
-        stats.append(input_summary(x, prob))
-    reference = reference_from_moments(moments, stats, kind=kind, images=len(moments))
-    calib = spread(calibration_images)
+    reference = reference_from_moments(moments, stats, kind=kind, images=len(moments), layer=layer)
+    if quantiles and len(quantiles) == len(stats):
+        reference["input_model"] = _input_model(quantiles)
+    calib = _spread(calibration_images, max_images)
     if calib:
         scores = []
         for image in calib:
             col = FeatureCollector(reference)
-            model.predict_maps(image, features=col)
-            scores.append(col.score)
+            summary = collect(image, col)
+            scores.append(image_score(reference, col.score, summary))
         reference.update({"threshold": float(f"{calibrate_threshold(scores, rate):.4g}"), "false_alarm_rate": rate,
-                          "calibration": {"images": len(calib), "folder": "validation split",
+                          "calibration": {"images": len(calib), "folder": calibration_folder,
                                           "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of the "
                                                   "validation images (held out from training)",
                                           "score_median": float(f"{np.median(scores):.4g}")}})
+    return reference
+
+
+def fit_reference(model: Any, train_images: Sequence[np.ndarray], calibration_images: Sequence[np.ndarray], *,
+                  kind: str = "training", rate: float = FALSE_ALARM_RATE, max_images: int = 200) -> dict[str, Any]:
+    """Build the reference of a star-convex ``model`` (2D ``YX`` images or 3D ``ZYX`` volumes) from
+    its training images, calibrate its threshold on held-out ``calibration_images`` of the same
+    kind (none: no threshold, so no warnings) and store it in ``model.config["shift"]``. Images
+    are raw (the model normalises them). At most ``max_images`` of each (evenly spaced) are used."""
+    model.config.pop(CONFIG_KEY, None)
+
+    def collect(image: np.ndarray, col: Any) -> dict[str, float]:
+        x = model.normalize(image)
+        prob, _ = model.predict_maps(x, normalize=False, features=col)
+        return input_summary(x, prob)
+
+    reference = fit_reference_with(collect, train_images, calibration_images, kind=kind, rate=rate,
+                                   max_images=max_images)
     model.config[CONFIG_KEY] = reference
     return reference
+
+
+def tiles_of(image: np.ndarray, tile: int) -> list[np.ndarray]:
+    """The non-overlapping ``tile``-sized ``YX`` blocks of a 2D image (edge blocks dropped, at least
+    the whole image): more calibration scores from few held-out images. A tile's score varies more
+    than a whole image's, so a threshold calibrated on tiles errs towards fewer false alarms on
+    whole images."""
+    h, w = image.shape[:2]
+    if h < tile or w < tile:
+        return [image]
+    return [image[y:y + tile, x:x + tile] for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+
+
+def assess_items(reference: dict[str, Any] | None, scores: Sequence[float], *, model_name: str,
+                 unit: str = "items", inputs: dict[str, float] | None = None) -> ShiftReport:
+    """The report of a batch of items scored one by one (a classifier's crops): each item's score
+    against the per-item threshold; a warning when more items exceed it than a batch of the
+    training kind would at the calibrated false-alarm rate (more than the binomial 95th percentile
+    of ``n`` items at ``rate``: one item of one, 2 of 10, 9 of 100), so a batch warns about as
+    rarely as one item does. ``score`` is the batch's median item score; ``details["flagged"]``
+    the items above the threshold."""
+    if not reference:
+        return no_reference(model_name)
+    s = np.asarray(list(scores), np.float64)
+    thr = reference.get("threshold")
+    if s.size == 0:
+        return ShiftReport(None, None if thr is None else float(thr), None, f"no {unit} to check for dataset shift")
+    median = float(np.median(s))
+    if thr is None:
+        return ShiftReport(median, None, None, f"shift score {median:.2f} (model {model_name} has no calibrated "
+                                               "threshold)", {"item_scores": s})
+    from scipy.stats import binom
+
+    thr = float(thr)
+    rate = float(reference.get("false_alarm_rate", FALSE_ALARM_RATE))
+    flagged = s > thr
+    n_flag, n = int(flagged.sum()), int(s.size)
+    allowed = int(binom.ppf(0.95, n, rate))
+    kind = reference.get("kind") or "training"
+    details = {"item_scores": s, "flagged": flagged, "inputs": inputs or {}}
+    if n_flag <= allowed:
+        return ShiftReport(median, thr, None, f"shift score {median:.2f} (median of {n} {unit}), {n_flag} of {n} "
+                                              f"above the threshold {thr:.2f}: the {unit} resemble the {kind} "
+                                              f"{unit} model {model_name} was trained on", details)
+    reasons = []
+    ranges = reference.get("inputs", {})
+    med = (inputs or {}).get("median")
+    if med is not None and "median" in ranges:
+        lo, hi = ranges["median"]
+        if med > hi + 0.1:
+            reasons.append(f"they are brighter (median at {100 * med:.0f} % of the training intensity range; training "
+                           f"{unit}: {100 * lo:.0f}-{100 * hi:.0f} %)")
+        elif med < lo - 0.1:
+            reasons.append(f"they are darker (median at {100 * med:.0f} % of the training intensity range; training "
+                           f"{unit}: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    if not reasons:
+        reasons.append("their textures, contrast or sizes differ from those of the training " + unit)
+    warning = (f"dataset shift: {n_flag} of {n} {unit} have a shift score above the threshold {thr:.2f} (median "
+               f"{median:.2f}; {allowed} expected at most for {unit} like the training ones): {'; '.join(reasons)}, "
+               f"unlike the {kind} {unit} model {model_name} was trained on: results are unreliable (check them, or "
+               f"train a model for {unit} like these)")
+    return ShiftReport(median, thr, warning, warning, details)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch stays a lazy import (house rule 11)
 __all__ = [
     "MODEL_TYPE", "CLASSES", "PostprocessConfig", "NormalizeConfig", "UNetWatershed", "ProbabilityMaps",
     "targets_from_labels", "class_weights_from_targets", "class_weighted_loss",
-    "postprocess", "predict", "predict_instances", "save_model", "load_model", "from_model_dir",
+    "postprocess", "predict", "predict_instances", "save_model", "load_model", "from_model_dir", "fit_shift_reference",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,80 @@ class UNetWatershed:
     normalize: NormalizeConfig
     boundary_width: int = 1
     meta: dict | None = None
+    _shift_hook: Any = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------- dataset shift
+    # The interface of :class:`ijtorch.models.stardist.model.StarDistModel` that ``segment()`` uses
+    # (``config``, ``thresholds``, ``device``, ``shift_reference``, ``predict_instances``), so a
+    # U-Net model reports its shift score the same way.
+    @property
+    def shift_reference(self) -> dict | None:
+        """The dataset-shift reference stored with the model (config key ``shift``), if any."""
+        from ijtorch.models import shift
+
+        return (self.meta or {}).get(shift.CONFIG_KEY) or None
+
+    def collecting(self, collector: Any) -> Any:
+        """Context in which this thread's forward passes send the U-Net's bottleneck features to
+        ``collector`` (see :mod:`ijtorch.models.shift`)."""
+        from ijtorch.models import shift
+
+        if self._shift_hook is None:
+            self._shift_hook = shift.ShiftHook(self.net.bottleneck)
+        return self._shift_hook.active(collector)
+
+    @property
+    def config(self) -> dict:
+        """The model's config as saved (a copy)."""
+        return {**(self.meta or {}), "model_type": MODEL_TYPE, "axes": "YX", "classes": list(CLASSES),
+                "thresholds": self.postprocess.model_dump(), "boundary_width": int(self.boundary_width)}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """``prob`` = the foreground threshold, ``nms`` = the seed threshold (the names ``segment()`` uses)."""
+        return {"prob": float(self.postprocess.fg_threshold), "nms": float(self.postprocess.seed_threshold)}
+
+    @property
+    def device(self) -> str:
+        try:
+            return str(next(self.net.parameters()).device)
+        except StopIteration:  # pragma: no cover - a network without parameters
+            return "cpu"
+
+    def predict_instances(self, image: np.ndarray, *, prob_threshold: float | None = None,
+                          nms_threshold: float | None = None, tile_size: int = 512, overlap: int = 64,
+                          test_time_augmentation: bool = False, scale: float = 1.0,
+                          progress: Callable[[ProgressEvent], None] | None = None,
+                          cancel: Callable[[], bool] | None = None, dtype: Any = np.int32,
+                          **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """Labels of a ``YX`` plane and ``details`` as the star-convex model gives them:
+        ``prob_map`` (the interior probability: an object's confidence is its peak) and, with a
+        reference, ``shift_score`` and ``shift_inputs``. ``prob_threshold``/``nms_threshold`` are
+        the foreground/seed thresholds (``None`` or 0: the tuned ones)."""
+        from ijtorch.models import shift
+
+        if test_time_augmentation:
+            raise ValueError("test-time augmentation is not available for U-Net + watershed models")
+        if float(scale) != 1.0:
+            raise ValueError(f"scale={scale!r} is not available for U-Net + watershed models (resize the image, "
+                             "or train at this pixel size)")
+        def clamp(v: float) -> float:  # PostprocessConfig wants (0, 1)
+            return min(max(float(v), 1e-3), 1 - 1e-3)
+
+        fg = self.postprocess.fg_threshold if not prob_threshold else clamp(prob_threshold)
+        seed = self.postprocess.seed_threshold if not nms_threshold else clamp(nms_threshold)
+        cfg = PostprocessConfig(**{**self.postprocess.model_dump(), "fg_threshold": fg, "seed_threshold": seed})
+        reference = self.shift_reference
+        collector = shift.FeatureCollector(reference) if reference else None
+        probs = predict(self, image, "YX", tile_size=int(tile_size), overlap=int(overlap), device=self.device,
+                        progress=progress, cancel=cancel, features=collector)
+        labels = postprocess(probs, config=cfg).astype(dtype)
+        details: dict[str, Any] = {"prob_map": probs.interior}
+        if collector is not None:
+            summary = _shift_summary(_normalize(image, self.normalize), probs)
+            details["shift_score"] = shift.image_score(reference, collector.score, summary)
+            details["shift_inputs"] = {k: v for k, v in summary.items() if k != "quantiles"}
+        return labels, details
 
 
 @dataclass(frozen=True)
@@ -274,6 +348,7 @@ def predict(
     device: str | None = "cpu",
     progress: "Callable[[ProgressEvent], None] | None" = None,
     cancel: Callable[[], bool] | None = None,
+    features: Any = None,
 ) -> ProbabilityMaps:
     """Class probabilities of a 2D image.
 
@@ -296,6 +371,9 @@ def predict(
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``None``/``"auto"`` for the best available.
     progress, cancel : callable, optional
         Progress listener (phase ``"tile"``) and cancel check polled between tiles.
+    features : collector, optional
+        Receives the bottleneck features of every tile (:meth:`UNetWatershed.collecting`; the
+        dataset-shift check of :mod:`ijtorch.models.shift`).
 
     Returns
     -------
@@ -313,8 +391,13 @@ def predict(
         if np.issubdtype(image.dtype, np.integer):
             log.warning("predict: normalize=False with %s input; did you forget to normalise?", image.dtype)
         x = image.astype(np.float32)
-    p = _forward_tiled(model.net, x, tile=int(tile_size), overlap=int(overlap), device=dev,
-                       progress=progress, cancel=cancel)
+    if features is not None:
+        with model.collecting(features):
+            p = _forward_tiled(model.net, x, tile=int(tile_size), overlap=int(overlap), device=dev,
+                               progress=progress, cancel=cancel)
+    else:
+        p = _forward_tiled(model.net, x, tile=int(tile_size), overlap=int(overlap), device=dev,
+                           progress=progress, cancel=cancel)
     return ProbabilityMaps(background=p[0], boundary=p[1], interior=p[2])
 
 
@@ -356,6 +439,35 @@ def predict_instances(
     labels = postprocess(probs, config=cfg)
     emit(progress, ProgressEvent("watershed", 1, 1, f"{int(labels.max())} objects"))
     return labels
+
+
+def _shift_summary(x: np.ndarray, probs: ProbabilityMaps) -> dict[str, Any]:
+    from ijtorch.models import shift
+
+    return {**shift.input_summary(x, 1.0 - probs.background), "quantiles": shift.input_quantiles(x)}
+
+
+def fit_shift_reference(model: UNetWatershed, train_images: Sequence[np.ndarray],
+                        calibration_images: Sequence[np.ndarray], *, kind: str = "training",
+                        calibration_folder: str = "validation split", max_images: int = 200) -> dict:
+    """The dataset-shift reference of a U-Net + watershed model (:func:`ijtorch.models.shift.fit_reference_with`:
+    bottleneck features and normalised-input quantiles of the raw ``YX`` ``train_images``, threshold
+    calibrated on held-out ``calibration_images`` of the same kind), stored in ``model.meta["shift"]``
+    (saved with the model)."""
+    from ijtorch.models import shift
+
+    meta = dict(model.meta or {})
+    meta.pop(shift.CONFIG_KEY, None)
+    model.meta = meta
+
+    def collect(image: np.ndarray, col: Any) -> dict[str, Any]:
+        probs = predict(model, image, "YX", device=model.device, features=col)
+        return _shift_summary(_normalize(image, model.normalize), probs)
+
+    reference = shift.fit_reference_with(collect, train_images, calibration_images, kind=kind,
+                                         calibration_folder=calibration_folder, max_images=max_images)
+    model.meta = {**meta, shift.CONFIG_KEY: reference}
+    return reference
 
 
 # -------------------------------------------------------------------------------- training

@@ -219,5 +219,21 @@ def train_stardist3d(
     summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist3d",
                           optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress,
                           extra={"anisotropy": list(aniso), "grid": list(g), "patch_shape": list(patch)})
+    _fit_shift_reference(model, setup, output)
     log.info("trained 3D StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
     return summary
+
+
+def _fit_shift_reference(model: Any, setup: Any, output: Path) -> None:
+    """The dataset-shift reference (:mod:`ijtorch.models.shift`: bottleneck features of the training
+    volumes, threshold calibrated on the validation volumes), saved with the model; a model without
+    one still works (it says so)."""
+    from ijtorch.models.shift import CONFIG_KEY, fit_reference
+
+    try:
+        fit_reference(model, [setup.pairs[i].image for i in setup.train_idx],
+                      [setup.pairs[i].image for i in setup.val_idx])
+    except Exception as exc:  # noqa: BLE001 - a fine-tuned base model's old reference must not survive
+        log.warning("no dataset-shift reference for %s: %s", output, exc)
+        model.config.pop(CONFIG_KEY, None)
+    model.save(output)

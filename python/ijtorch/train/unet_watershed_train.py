@@ -321,6 +321,8 @@ def train_unet_watershed(
         metrics["split"] = "validation" if r.val_names else "training"
     model.meta = {**(model.meta or {}), "metrics": metrics,
                   **({"description": description} if description else {})}
+    _fit_shift_reference(model, [np.asarray(by_name[n].image) for n in r.train_names],
+                         [np.asarray(by_name[n].image) for n in r.val_names], output)
     save_model(model, output)
     log.info("trained U-Net + watershed model saved to %s (%d epochs, thresholds %s)", output,
              r.result.epochs_run, model.postprocess.model_dump())
@@ -331,6 +333,18 @@ def train_unet_watershed(
             "thresholds": model.postprocess.model_dump(), "metrics": metrics,
             "base_model": str(base_model) if base_model is not None else None,
             "train_names": list(r.train_names), "val_names": list(r.val_names)}
+
+
+def _fit_shift_reference(model: UNetWatershed, train_images: list, val_images: list, output: Path) -> None:
+    """The dataset-shift reference (:mod:`ijtorch.models.shift`) from the training images, its threshold
+    calibrated on the validation images; a model without one still works (it says so)."""
+    from ijtorch.models.unet_watershed import fit_shift_reference
+
+    try:
+        fit_shift_reference(model, train_images, val_images)
+    except Exception as exc:  # noqa: BLE001 - a fine-tuned base model's old reference must not survive
+        log.warning("no dataset-shift reference for %s: %s", output, exc)
+        model.meta = {k: v for k, v in (model.meta or {}).items() if k != "shift"}
 
 
 # ---------------------------------------------------------------------------- save / load

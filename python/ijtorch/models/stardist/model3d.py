@@ -102,14 +102,21 @@ class StarDist3DModel(StarDistModel):
     def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] | None = None,
                      overlap: int | Sequence[int] | None = None, batch_size: int = 1,
                      test_time_augmentation: bool = False, progress: ProgressCallback | None = None,
-                     cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     cancel: Callable[[], bool] | None = None, features: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Probability ``(Zg, Yg, Xg)`` and distances ``(Zg, Yg, Xg, n_rays)`` on the grid, predicted in tiles.
 
         ``tile_size`` and ``overlap`` are voxels (one number for all axes or ``(z, y, x)``;
         default: the model's ``tiling``). The overlap should exceed the largest object's extent
         so that stitched maps equal whole-volume maps around every object. Test-time augmentation
         is not implemented in 3D (the Fibonacci rays do not map onto each other under flips).
+        ``features``: a collector that receives the U-Net bottleneck features of every tile (the
+        dataset-shift check, :mod:`ijtorch.models.shift`; see :meth:`collecting`).
         """
+        if features is not None:
+            with self.collecting(features):
+                return self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
+                                         batch_size=batch_size, test_time_augmentation=test_time_augmentation,
+                                         progress=progress, cancel=cancel)
         if test_time_augmentation:
             raise ValueError("test_time_augmentation=True is available for 2D (YX) models; this is a 3D (ZYX) model")
         if image.ndim != 3:
@@ -146,7 +153,9 @@ class StarDist3DModel(StarDistModel):
                           progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
                           dtype: Any = np.int32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Label volume of a ``ZYX`` image; thresholds default to the tuned ones in the config.
-        ``test_time_augmentation`` and ``scale`` other than 1 are refused (2D only)."""
+        ``test_time_augmentation`` and ``scale`` other than 1 are refused (2D only). With a
+        dataset-shift reference, ``details`` holds ``shift_score`` and ``shift_inputs`` as in 2D
+        (bottleneck features of the 3D U-Net, pooled over the volume's tiles)."""
         return super().predict_instances(image, prob_threshold=prob_threshold, nms_threshold=nms_threshold,
                                          normalize=normalize, tile_size=tile_size, overlap=overlap,  # type: ignore[arg-type]
                                          batch_size=batch_size, test_time_augmentation=test_time_augmentation,
