@@ -101,6 +101,7 @@ def test_export_validate_test_import_equal_outputs(kind, tmp_path):
     assert "torchscript" in rdf and "pytorch_state_dict" in rdf and "Jane Doe" in rdf
     if pixel:
         assert "micrometer" in rdf
+    _check_java_consumer_fields(res.path, tmp_path / "java")
 
     imp = import_bioimageio(res.path, name=f"back-{kind}")
     assert imp.model_type == kind
@@ -330,14 +331,67 @@ def test_refusals(tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
-def test_bundled_nuclei_exports_and_passes_bioimageio_core(tmp_path):
-    from ijtorch.bioimageio.export import export_bioimageio
+@pytest.mark.slow
+def test_export_tool_reproduces_a_bundled_package_that_passes_bioimageio_core(tmp_path):
+    """``tools/export_bundled_bioimageio.py`` (the one command that reproduces the bundled
+    packages): bioimageio.core's test passes, and a second run gives the same bytes."""
+    import subprocess
+    import sys
 
-    res = export_bioimageio("nuclei", tmp_path / "nuclei.zip")
-    assert (res.format_status, res.test_status) == ("valid-format", "passed"), res.details
-    with zipfile.ZipFile(res.path) as zf:
+    tool = Path(__file__).resolve().parents[2] / "tools" / "export_bundled_bioimageio.py"
+    runs = []
+    for k, extra in enumerate(([], ["--no-test"])):
+        out = subprocess.run([sys.executable, str(tool), str(tmp_path / f"run{k}"), "--model", "nuclei"] + extra,
+                             capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(out.stdout)
+    assert "valid-format; bioimageio.core test_model passed" in runs[0], runs[0]
+    first, second = (tmp_path / f"run{k}" / "nuclei.zip" for k in (0, 1))
+    assert first.read_bytes() == second.read_bytes()
+    _check_java_consumer_fields(first, tmp_path / "java")
+    with zipfile.ZipFile(first) as zf:
         readme = zf.read("README.md").decode()
     assert "How to finish" in readme and "non-maximum suppression" in readme and "# Validation" in readme
+
+
+def _check_java_consumer_fields(package: Path, folder: Path) -> None:
+    """What deepImageJ / JDLL read from a package (their Java readers, checked against JDLL's
+    source; no deepImageJ jar runs here): rdf.yaml as YAML 1.1 (SnakeYAML) with plain-string
+    documentation and covers, numeric axis sizes, scales and halos, named space axes, named
+    channels, .npy test tensors, the nickname, and TorchScript weights that ``torch.jit.load``
+    runs to the test output."""
+    import yaml
+
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(folder)
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())  # YAML 1.1, as SnakeYAML reads it
+    assert str(rdf["format_version"]).startswith("0.5.")
+    assert isinstance(rdf["documentation"], str) and (folder / rdf["documentation"]).is_file()
+    assert rdf["covers"] and all(isinstance(c, str) and (folder / c).is_file() for c in rdf["covers"])
+    assert rdf["config"]["bioimageio"]["nickname"]
+    for tensor in rdf["inputs"] + rdf["outputs"]:
+        assert tensor["test_tensor"]["source"].endswith(".npy")
+        for axis in tensor["axes"]:
+            if axis["type"] == "channel":
+                assert axis["channel_names"]
+            if axis["type"] == "space":
+                assert axis["id"] in ("z", "y", "x")
+                assert isinstance(axis.get("scale", 1.0), float) and isinstance(axis.get("halo", 0), int)
+                size = axis["size"]
+                assert isinstance(size, int) or all(isinstance(v, int) for k, v in size.items()
+                                                    if k in ("min", "step"))
+        for step in tensor.get("preprocessing", []) + tensor.get("postprocessing", []):
+            for key in ("eps", "min_percentile", "max_percentile"):
+                assert not isinstance(step.get("kwargs", {}).get(key), str), (step, key)
+    ts = torch.jit.load(str(folder / rdf["weights"]["torchscript"]["source"]), map_location="cpu")
+    from ijtorch.bioimageio.runtime import apply_processing
+
+    x = np.load(folder / rdf["inputs"][0]["test_tensor"]["source"])
+    in_axes = [a.get("id", a["type"]) for a in rdf["inputs"][0]["axes"]]
+    xn = apply_processing(x, in_axes, rdf["inputs"][0].get("preprocessing", []))
+    with torch.no_grad():
+        y = ts(torch.from_numpy(np.ascontiguousarray(xn, np.float32))).numpy()
+    np.testing.assert_allclose(y, np.load(folder / rdf["outputs"][0]["test_tensor"]["source"]), atol=1e-4, rtol=1e-4)
 
 
 def test_fiji_commands_export_and_import(tmp_path):

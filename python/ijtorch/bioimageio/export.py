@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,11 +397,12 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, te
 
         descr = _describe(spec, plan, cfg, work, model_name, authors, license, pixel_size, y, torch.__version__)
         tmp_zip = work / "package.zip"
-        # bioimageio.spec 0.5.12 requires documentation/covers as {source, sha256} mappings (plain strings,
-        # which JDLL's reader expects, are invalid there), so the package keeps the spec's form.
+        # bioimageio.spec writes documentation/covers as {source, sha256} mappings (format 0.5.11+);
+        # _deterministic_zip rewrites them as the plain names JDLL reads (format 0.5.10)
         save_bioimageio_package(descr, output_path=tmp_zip)
+        _deterministic_zip(tmp_zip, work / "package-fixed.zip")
         output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_zip, output)
+        os.replace(work / "package-fixed.zip", output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = ExportResult(output, mtype, "not checked", None)
@@ -415,6 +417,47 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, te
     result.seconds = time.monotonic() - t0
     log.info("exported %s (%s) to %s in %.1f s", path.name, mtype, output, result.seconds)
     return result
+
+
+# The last 0.5 format version whose documentation and covers are plain file names. JDLL (the
+# engine of deepImageJ 3) reads ``documentation`` as a string and ``covers`` as a list of strings:
+# the ``{source, sha256}`` mappings of format 0.5.11+ make it fail on the whole model. bioimageio.spec
+# reads 0.5.10 and upgrades it on load (its only 0.5.x conversion), so both accept the package.
+JDLL_FORMAT_VERSION = "0.5.10"
+
+
+def _jdll_compatible_rdf(text: str) -> str:
+    """``rdf.yaml`` text with plain-string documentation and covers, format 0.5.10 (see above).
+
+    Read as YAML 1.2 (ruyaml, as bioimageio.spec writes it) and written by PyYAML, whose floats
+    always have a dot (``eps: 1.0e-20``): YAML 1.1 readers such as JDLL's SnakeYAML would read
+    ``1e-20`` as a string.
+    """
+    import ruyaml
+    import yaml
+
+    rdf = ruyaml.YAML(typ="safe", pure=True).load(text)
+    doc = rdf.get("documentation")
+    if isinstance(doc, dict):
+        rdf["documentation"] = doc["source"]
+    rdf["covers"] = [c["source"] if isinstance(c, dict) else c for c in rdf.get("covers") or []]
+    rdf["format_version"] = JDLL_FORMAT_VERSION
+    return yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _deterministic_zip(src: Path, dst: Path) -> None:
+    """Copy the package zip ``src`` to ``dst`` with ``rdf.yaml`` made JDLL-compatible and fixed
+    entry times and permissions, so that exporting the same model again gives the same bytes
+    (bioimageio.spec stamps ``rdf.yaml`` with the time it wrote it). Entry order is kept."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "rdf.yaml":
+                data = _jdll_compatible_rdf(data.decode("utf-8")).encode("utf-8")
+            entry = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16
+            zout.writestr(entry, data)
 
 
 def _validation_section(mtype: str) -> str:
