@@ -14,6 +14,10 @@ Trackers on the same ground-truth masks:
   (``max_distance``; splitting on, same gate), as ``ijtorch track`` did before issue #17,
 - ``laptrack overlap``: ``OverLapTrack`` (IoU costs, its documented defaults with cutoffs 0.9; it
   computes overlaps pair by pair in Python, so it runs on the small movies only).
+From raw frames (issue #17 item 5): ``track_movie`` on the phase-contrast frames 20-24 of the shared
+movie (held out from the training of the bundled ``bacteria_phase`` model: U-Net + watershed per frame,
+then overlap linking) next to tracking the ground-truth masks of the same frames, scored against the
+ground truth of those frames.
 Throughput (detections/s), each ratio measured in the same run:
 - masks: linking the dense colony (ijtorch's mask linking, everything included) vs laptrack;
 - points: 200 frames x ~2 000 points, ijtorch's centroid LAP vs laptrack on the first
@@ -31,12 +35,14 @@ import os
 import shutil
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from ijtorch.io.ctc import write_ctc, write_ctc_ground_truth
+from ijtorch.io.ctc import read_ctc_tracks, write_ctc, write_ctc_ground_truth
 from ijtorch.simulate.movies import simulate_colony, simulate_movie
 from ijtorch.tasks import linking as T
+from ijtorch.tasks.track import track_movie
 
 SHARED = Path(os.environ.get("IJTORCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "tracking_bacteria"
 METRICS = ("DET", "TRA", "BC(0)", "BC(1)", "BC(2)", "BC(3)", "CHOTA")
@@ -55,7 +61,7 @@ def laptrack_centroids(det, gate: float, max_gap: int = 2):
 
     frame = det.spots["frame"]
     starts = np.searchsorted(frame, np.arange(det.n_frames + 1))
-    coords = [np.stack([det.spots["y"][a:b], det.spots["x"][a:b]], 1) for a, b in zip(starts[:-1], starts[1:])]
+    coords = [np.stack([det.spots["y"][a:b], det.spots["x"][a:b]], 1) for a, b in pairwise(starts)]
     lt = LapTrack(cutoff=gate ** 2, gap_closing_cutoff=gate ** 2, gap_closing_max_frame_count=max_gap + 1,
                   splitting_cutoff=gate ** 2, merging_cutoff=False)
     t0 = time.perf_counter()
@@ -157,6 +163,39 @@ def accuracy(quick: bool, tmp: Path) -> dict:
     return out
 
 
+HELD_OUT = slice(20, 25)  # frames never seen in training by bacteria_phase (its README)
+
+
+def raw_frames(tmp: Path) -> dict:
+    """Segment + link the held-out raw frames vs link their ground-truth masks; CTC scores of both."""
+    import tifffile
+
+    if not (SHARED / "01").is_dir():
+        print(f"(shared movie not found at {SHARED}: raw-frame pipeline skipped)")
+        return {}
+    frames = sorted((SHARED / "01").glob("t*.tif"))[HELD_OUT]
+    masks = sorted((SHARED / "01_GT" / "TRA").glob("man_track*.tif"))[HELD_OUT]
+    raw = np.stack([tifffile.imread(f) for f in frames])
+    truth = np.stack([tifffile.imread(f) for f in masks])
+    gt = write_ctc_ground_truth(tmp / "held_out_GT", truth, read_ctc_tracks(SHARED / "01_GT" / "TRA" / "man_track.txt"))
+    t0 = time.perf_counter()
+    pipeline = track_movie(raw, "TYX", model="bacteria_phase")
+    t_raw = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    on_masks = track_movie(truth, "TYX", is_labels=True)
+    t_masks = time.perf_counter() - t0
+    print(f"\nraw frames: held-out frames {frames[0].stem}-{frames[-1].stem} of the shared movie ({raw.shape[1]}x{raw.shape[2]}, "
+          f"{len(np.unique(truth)) - 1} cells), never seen by bacteria_phase in training")
+    print(f"  {'pipeline':34s} " + " ".join(f"{m:>6s}" for m in METRICS) + "  divisions found/false (of GT)   time")
+    out = {}
+    for label, tr, secs in (("segment (bacteria_phase) + link", pipeline, t_raw), ("link ground-truth masks", on_masks, t_masks)):
+        r = scores(tr, gt, tmp, f"held_out_{len(out)}")
+        out[label] = r
+        print(f"  {label:34s} " + " ".join(f"{r[m]:6.4f}" for m in METRICS)
+              + f"  {r['div_tp']:4d}/{r['div_fp']:<4d} (of {r['div_gt']})  {secs:7.2f}s  ({len(tr.spots['id'])} detections)")
+    return out
+
+
 def speed(lt_frames: int) -> None:
     m = simulate_movie(n_frames=200, shape=(2000, 2000), n_cells=2000, radius=5, speed=2.0, division_prob=0.005,
                        min_division_age=5, appear_rate=2.0, disappear_prob=0.002, miss_prob=0.02, render=False, seed=7)
@@ -202,6 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if not a.speed_only:
             res = accuracy(a.quick, Path(d))
+            raw_frames(Path(d))
     sims = [r for n, r in res.items() if n.startswith("colony doubling 8")]
     if sims:
         print("\nsummary (colonies with doubling 8, mean): " + ", ".join(

@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import IjtorchError
 from .command import command, task_channel
-from .outputs import CommandInputs, CommandOutputs, FileOutput, ImageOutput, RoiOutput, TableOutput
+from .outputs import (
+    CommandInputs,
+    CommandOutputs,
+    FileOutput,
+    ImageOutput,
+    RoiOutput,
+    TableOutput,
+)
 from .segment import plain_image
 
 __all__ = ["TrackParams", "track_options"]
@@ -31,7 +38,7 @@ class Motion(str, Enum):
 class TrackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: bool = Field(False, description="the image already holds label masks (skip segmentation)")
-    model: str = Field("nuclei", description="segmentation model used when the image is not a label stack")
+    model: str = Field("nuclei", description="segmentation model used when the image is not a label stack: nuclei (fluorescent nuclei), bacteria_phase (phase-contrast bacteria), cells_phase (phase-contrast cells) or a model of yours")
     channel: int = Field(1, ge=1, description="channel to segment in multi-channel movies (1 = first)")
     linking: LinkingCost = Field(LinkingCost.auto, description="frame-to-frame cost: overlap (masks: overlap, neighbours' motion, size, orientation; divisions from masks), distance (centroids) or auto (overlap for masks)")
     max_distance: float = Field(0.0, ge=0, description="largest frame-to-frame displacement (calibrated units; overlap linking: from the position the neighbours' motion predicts); 0 = estimated from the movie")
@@ -83,8 +90,15 @@ def track_command(inputs: CommandInputs, p: TrackParams) -> CommandOutputs:
     nowhere; in a Fiji with TrackMate the tracks also open there (``CommandOutputs.tracks``).
     """
     from ..tasks.outlines import outlines
-    from ..tasks.track import (linking_summary, n_tracklets, n_tracks, track_movie, track_statistics, track_summary,
-                               write_track_outputs)
+    from ..tasks.track import (
+        linking_summary,
+        n_tracklets,
+        n_tracks,
+        track_movie,
+        track_statistics,
+        track_summary,
+        write_track_outputs,
+    )
     command = "ijtorch Track"
     image = plain_image(command, inputs)
     if "T" not in image.axes:
