@@ -31,6 +31,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -197,6 +198,16 @@ class _Plan:
     task: str = "segment"
 
 
+_MODALITIES = {"fluorescen": "fluorescence", "brightfield": "brightfield", "transmitted": "brightfield",
+               "h&e": "histology", "histolog": "histology", "phase": "phase-contrast"}
+
+
+def _modality_tags(cfg: dict[str, Any]) -> list[str]:
+    """Imaging-modality tags named in the model's description (the bundled models name theirs)."""
+    text = f"{cfg.get('name', '')} {cfg.get('description', '')}".lower()
+    return sorted({tag for word, tag in _MODALITIES.items() if word in text})
+
+
 def _percentile_pre(spec: Any, norm: dict[str, Any], axes: list[str], eps: float) -> Any:
     return spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
         axes=[spec.AxisId(a) for a in axes], min_percentile=float(norm.get("low", 1.0)),
@@ -213,7 +224,7 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
         plan = _Plan("StarDistMaps", {"architecture": dict(model.net.config)}, model.net, "yx", ["raw"], "maps",
                      ["prob"] + [f"dist_{k}" for k in range(model.n_rays)], img[None],
                      model.normalize(img)[None], size_min=tuple(max(64, m) for m in mult), size_step=mult,
-                     halo=(32, 32), tags=["stardist", "instance-segmentation", "nuclei", "2d", "fluorescence"],
+                     halo=(32, 32), tags=["stardist", "instance-segmentation", "nuclei", "2d"] + _modality_tags(cfg),
                      cite=["stardist", "unet"])
         plan.finish = _FINISH["stardist2d"].format(n_rays=model.n_rays, grid=cfg.get("grid", 1), prob=thr["prob"],
                                                    nms=thr["nms"])
@@ -242,7 +253,8 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
         plan = _Plan("ClassProbabilities", {"architecture": dict(model.net.config)}, model.net, "yx", ["raw"],
                      "probabilities", list(CLASSES), img[None], _normalize(img, model.normalize)[None],
                      size_min=tuple(max(32, m) for m in mult), size_step=mult, halo=(16, 16),
-                     tags=["unet", "instance-segmentation", "semantic-segmentation", "watershed", "2d"], cite=["unet"])
+                     tags=["unet", "instance-segmentation", "semantic-segmentation", "watershed", "2d"]
+                     + _modality_tags(cfg), cite=["unet"])
         plan.finish = _FINISH["unet_watershed"].format(**model.postprocess.model_dump())
         norm = {"low": model.normalize.low, "high": model.normalize.high}
         plan.preprocessing = [_percentile_pre(spec, norm, ["y", "x"], 1e-20)]
@@ -442,7 +454,20 @@ def _jdll_compatible_rdf(text: str) -> str:
         rdf["documentation"] = doc["source"]
     rdf["covers"] = [c["source"] if isinstance(c, dict) else c for c in rdf.get("covers") or []]
     rdf["format_version"] = JDLL_FORMAT_VERSION
-    return yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True, width=100)
+
+    class Dumper(yaml.SafeDumper):
+        """PyYAML quotes strings that YAML 1.1 would take for numbers; this also quotes those
+        that only YAML 1.2 would (``1e5``; e.g. a SHA-256 of digits and one ``e``)."""
+
+    def represent_str(dumper: yaml.SafeDumper, value: str) -> Any:
+        style = "'" if _YAML12_NUMBER.fullmatch(value) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, represent_str)
+    return yaml.dump(rdf, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+_YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 def _deterministic_zip(src: Path, dst: Path) -> None:
