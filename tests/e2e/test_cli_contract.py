@@ -649,9 +649,12 @@ def test_restore_bad_inputs(tmp_path, noisy, n2v_model):
     shutil.copytree(noisy, folder)
     _rgb_and_broken(folder)
     out = _cli(tmp_path, "restore", folder, "--model", n2v_model, "--output", tmp_path / "out")
-    _clean_failure(out, 1, "colour.tif: RGB images are not supported", "broken.tif: ")
-    assert "2 done, 2 failed, 0 skipped" in out.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["noisy0.tif", "noisy1.tif"]
+    _clean_failure(out, 1, "broken.tif: ")
+    assert "colour.tif -> " in out.stdout  # RGB: each channel restored alone, as three float channels
+    assert "3 done, 1 failed, 0 skipped" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["colour.tif", "noisy0.tif", "noisy1.tif"]
+    colour = tifffile.imread(tmp_path / "out" / "colour.tif")
+    assert colour.dtype == np.float32 and colour.shape == (3, 64, 64)
     out = _cli(tmp_path, "restore", folder, "--output", tmp_path / "o2")
     _clean_failure(out, 2, "--model")
     out = _cli(tmp_path, "restore", folder, "--model", "nope", "--output", tmp_path / "o3")
@@ -705,18 +708,20 @@ def test_denoise_folder_trains_one_model_for_all_inputs(tmp_path, noisy):
     _rgb_and_broken(folder)
     out = _cli(tmp_path, "denoise", folder, "--output", tmp_path / "out", "--epochs", 1, "--steps", 2,
                "--save-model", tmp_path / "model", "--device", "cpu")
-    _clean_failure(out, 1, "colour.tif: RGB", "broken.tif: ")
-    assert f"one Noise2Void model trained on 2 image(s) (2 planes), 1 epoch(s) x 2 steps" in out.stdout
+    _clean_failure(out, 1, "broken.tif: ")
+    # the RGB image's three channels are training planes too, and it is denoised per channel
+    assert f"one Noise2Void model trained on 3 image(s) (5 planes), 1 epoch(s) x 2 steps" in out.stdout
     assert f"saved to {tmp_path / 'model'}" in out.stdout
-    assert out.stdout.count("(the Noise2Void model trained on all 2 input(s))") == 2
-    assert "ijtorch denoise: 2 done, 2 failed, 0 skipped" in out.stdout
+    assert out.stdout.count("(the Noise2Void model trained on all 3 input(s))") == 3
+    assert "ijtorch denoise: 3 done, 1 failed, 0 skipped" in out.stdout
     assert "denoise: epoch 1/1" in out.stderr  # training progress
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["model_type"] == "n2v" and config["training"]["items"] == 2
+    assert config["model_type"] == "n2v" and config["training"]["items"] == 5
     for name in ("noisy0", "noisy1"):
         data = tifffile.imread(tmp_path / "out" / f"{name}.tif")
         assert data.dtype == np.float32 and data.shape == (96, 96)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["noisy0.tif", "noisy1.tif"]
+    assert tifffile.imread(tmp_path / "out" / "colour.tif").shape == (3, 64, 64)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["colour.tif", "noisy0.tif", "noisy1.tif"]
 
 
 @pytest.mark.slow

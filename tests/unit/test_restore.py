@@ -233,3 +233,34 @@ def test_metrics_match_closed_form_and_scikit_image_on_known_noise():
         peak_signal_noise_ratio(gt, pred_n, data_range=gt.max() - gt.min()), rel=1e-9)
     with pytest.raises(ValueError, match="shape"):
         psnr(gt, gt[:10])
+
+
+def test_rgb_is_restored_per_channel_through_the_commands(trained, data, tmp_path):
+    """Restore and Denoise (Noise2Void) take RGB images: R, G and B restored each alone by the same
+    model, back as a three-channel float32 image; a model that takes one grey channel refuses RGB."""
+    from ijtorch.commands.outputs import CommandInputs
+    from ijtorch.commands.restore import (ArtificialLabellingParams, DenoiseN2VParams, RestoreParams,
+                                          artificial_labelling_command, denoise_n2v_command, restore_command)
+    from ijtorch.image import Image
+
+    bands = [data["noisy"][6], data["noisy"][5], data["noisy"][4]]
+    rgb = np.stack([np.clip(b / b.max() * 255, 0, 255) for b in bands], -1).astype(np.uint8)  # (Y, X, 3)
+    inputs = CommandInputs(image=Image(rgb, "YXS", title="rgb.tif"))
+    out = restore_command(inputs, RestoreParams(model=str(trained["care"][0]))).images[0]
+    assert out.axes == "CYX" and out.data.shape == (3, 96, 96) and out.data.dtype == np.float32
+    for c in range(3):  # each channel exactly as that channel restored alone
+        alone = restore(rgb[..., c], "YX", model=trained["care"][0], tile_size=512, overlap=48, device="cpu").restored
+        np.testing.assert_allclose(out.data[c], alone, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(out.data[0], out.data[1])
+
+    fast = dict(epochs=1, steps=2)
+    den = denoise_n2v_command(inputs, DenoiseN2VParams(**fast)).images[0]
+    assert den.axes == "CYX" and den.data.shape == (3, 96, 96) and np.isfinite(den.data).all()
+    series = np.stack([rgb, rgb[::-1]])  # T, Y, X, S
+    res = restore(series, "TYXS", model=trained["n2v"][0], device="cpu")
+    assert res.axes == "TCYX" and res.restored.shape == (2, 3, 96, 96)
+
+    with pytest.raises(Exception, match="is an RGB image"):
+        artificial_labelling_command(inputs, ArtificialLabellingParams(model=str(trained["artificial_labelling"][0])))
+    with pytest.raises(ValueError, match="one grey channel, not RGB"):
+        restore(rgb, "YXS", model=trained["artificial_labelling"][0], device="cpu")

@@ -262,7 +262,7 @@ def _restore(args: argparse.Namespace) -> int:
     from ..commands.command import task_channel
     from ..commands.restore import DenoiseN2VParams, N2VMode, RestoreParams, restore_options
     from ..io.tiff import write_imagej_tiff
-    from ..tasks.restore import _pick_channel, restore
+    from ..tasks.restore import denoise_training_items, restore
 
     if args.verb == "restore":
         p: Any = params_from_args(RestoreParams, args)
@@ -285,16 +285,14 @@ def _restore(args: argparse.Namespace) -> int:
     def read(path: Path):
         image = _read_image(path)
         _check_channel(image.data.shape, image.axes, p.channel)
-        if "S" in image.axes:
-            raise ValueError(f"RGB images are not supported (axes {image.axes}); save one channel as a grey image")
-        return image
+        return image  # RGB: each channel restored alone (tasks.restore.restore)
 
     def load(path: Path) -> None:  # shared model: every input is read before training on all of them
         images[path] = read(path)
 
     def planes_of(image) -> list:
-        data, axes = _pick_channel(image.data, image.axes, task_channel(p.channel, image.axes))
-        return _yx_planes(data, axes)
+        items, axes = denoise_training_items(image.data, image.axes, task_channel(p.channel, image.axes))
+        return [plane for item in items for plane in _yx_planes(item, axes)]
 
     def one(path: Path, staging: Path) -> str:
         image = images.pop(path) if path in images else read(path)

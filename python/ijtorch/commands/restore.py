@@ -2,7 +2,9 @@
 ``ijtorch Train Restoration`` and ``ijtorch Artificial Labelling``.
 
 Each calls :mod:`ijtorch.tasks.restore` (the same functions the CLI calls) and hands back new 32-bit
-images with the input's calibration and hyperstack axes (minus C: one channel is restored).
+images with the input's calibration and hyperstack axes (minus C: one channel is restored). Restore
+and Denoise take RGB images too: R, G and B are restored each alone by the same model and come back
+as a three-channel 32-bit image (Artificial Labelling, which maps one channel to another, refuses RGB).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from .segment import plain_image, refuse_rgb
 __all__ = ["restore_options", "RestoreParams", "DenoiseN2VParams", "TrainRestorationParams", "ArtificialLabellingParams"]
 
 
-def _checked(command: str, inputs: CommandInputs):
+def _checked(command: str, inputs: CommandInputs, *, rgb: bool = False):
+    """The current image; RGB is refused unless the command restores it per channel (``rgb``)."""
     image = plain_image(command, inputs)
-    refuse_rgb(command, image)
+    if not rgb:
+        refuse_rgb(command, image)
     return image
 
 
@@ -51,7 +55,7 @@ def _channel(image, channel: int) -> int | None:
 class RestoreParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="restoration model name (care, n2v, n2n or artificial labelling) or model folder")
-    channel: int = Field(1, ge=1, description="channel to restore in multi-channel images (1 = first)")
+    channel: int = Field(1, ge=1, description="channel to restore in multi-channel images (1 = first); RGB images: all three, each alone")
     uncertainty: bool = Field(False, description="also show the per-pixel std over 8 flips/rotations (8x slower)")
     error_map: bool = Field(False, description="also show |input - re-degraded result| (SQUIRREL-style error map)")
     tile_size: int = Field(512, ge=16, description="tile size in pixels for tiled prediction")
@@ -70,7 +74,7 @@ def restore_command(inputs: CommandInputs, p: RestoreParams) -> CommandOutputs:
     from ..tasks.restore import restore
 
     command = "ijtorch Restore"
-    image = _checked(command, inputs)
+    image = _checked(command, inputs, rgb=True)
     result = restore(image.data, image.axes, **restore_options(p, image.axes), progress=inputs.progress,
                      cancel=inputs.cancel)
     return _result_outputs(command, image, result, "restored")
@@ -87,7 +91,7 @@ class DenoiseN2VParams(BaseModel):
     mode: N2VMode = Field(N2VMode.train, description="train Noise2Void on the current image and apply it, or apply a saved n2v model",
                           json_schema_extra={"surfaces": ["imagej"]})  # the CLI: --model given or not
     model: str = Field("", description="saved n2v model name or folder, when a saved model is applied (mode=apply saved model)")
-    channel: int = Field(1, ge=1, description="channel to denoise in multi-channel images (1 = first)")
+    channel: int = Field(1, ge=1, description="channel to denoise in multi-channel images (1 = first); RGB images: all three, each alone")
     epochs: int = Field(10, ge=1, description="Noise2Void training epochs, when it is trained here")
     steps: int = Field(50, ge=1, description="Noise2Void training steps per epoch")
     save_as: str = Field("", description="keep the trained model under this name in the user model folder; empty = discard",
@@ -108,10 +112,10 @@ def denoise_n2v_command(inputs: CommandInputs, p: DenoiseN2VParams) -> CommandOu
     With ``save_as`` the trained model is written to this machine's user model folder.
     """
     from ..models.store import new_user_model_dir
-    from ..tasks.restore import denoise_n2v
+    from ..tasks.restore import denoise_n2v, restored_axes
 
     command = "ijtorch Denoise (Noise2Void)"
-    image = _checked(command, inputs)
+    image = _checked(command, inputs, rgb=True)
     save_to = None
     if p.mode == N2VMode.apply:
         if not p.model:
@@ -121,7 +125,7 @@ def denoise_n2v_command(inputs: CommandInputs, p: DenoiseN2VParams) -> CommandOu
     out = denoise_n2v(image.data, image.axes, epochs=p.epochs, steps_per_epoch=p.steps,
                       model=p.model if p.mode == N2VMode.apply else None, save_to=save_to,
                       channel=_channel(image, p.channel), progress=inputs.progress)
-    axes = image.axes.replace("C", "")
+    axes = restored_axes(image.axes)
     log = (f"{command}: model '{p.save_as}' saved to {save_to}",) if save_to is not None else ()
     return CommandOutputs(images=(_float_image(out, axes, f"{Path(image.title).stem}-n2v", image.calibration),),
                           log=log)

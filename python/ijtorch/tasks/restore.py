@@ -47,7 +47,8 @@ from ijtorch.image import check_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["KINDS", "TRAINING_DEFAULTS", "RestorationResult", "train_restoration", "restore", "denoise_n2v",
-           "degradation_error_map", "intensity_stats", "check_dataset_shift"]
+           "degradation_error_map", "intensity_stats", "check_dataset_shift", "rgb_as_channels", "restored_axes",
+           "denoise_training_items"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,37 @@ def _pick_channel(data: np.ndarray, axes: str, channel: int | None) -> tuple[np.
     from .segment import _pick_channel as pick
 
     return pick(data, axes, channel)
+
+
+def rgb_as_channels(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """An RGB image's samples (``S``, last) as a ``C`` axis in ``TZCYX`` order (R, G, B = channels
+    0, 1, 2), for per-channel restoration; other images are returned unchanged."""
+    if "S" not in axes:
+        return data, axes
+    if "C" in axes:
+        raise ValueError(f"axes={axes!r}: an image has channels (C) or RGB samples (S), not both")
+    from ijtorch.image import to_axes
+
+    named = axes.replace("S", "C")
+    target = "".join(a for a in "TZCYX" if a in named)
+    return to_axes(data, named, target), target
+
+
+def restored_axes(axes: str) -> str:
+    """Axes of what :func:`restore` and :func:`denoise_n2v` return for an input with ``axes``: one
+    restored channel (``C`` dropped), or the three restored channels of an RGB image as ``C``."""
+    return rgb_as_channels(np.empty((1,) * len(axes)), axes)[1] if "S" in axes else axes.replace("C", "")
+
+
+def denoise_training_items(data: np.ndarray, axes: str, channel: int | None) -> tuple[list[np.ndarray], str]:
+    """The channel-free images Noise2Void trains on for an input: the picked channel, or each of the
+    three channels of an RGB image (one model for all three), and their axes."""
+    if "S" in axes:
+        data, axes = rgb_as_channels(data, axes)
+        ci = axes.index("C")
+        return [np.take(data, c, axis=ci) for c in range(data.shape[ci])], axes.replace("C", "")
+    picked, picked_axes = _pick_channel(data, axes, channel)
+    return [picked], picked_axes
 
 
 def _spatial_items(data: np.ndarray, axes: str, ndim: int) -> tuple[list[np.ndarray], str, tuple[int, ...], list[int]]:
@@ -523,6 +555,8 @@ def train_restoration(
         "target_range": target_range,
         "output_intensity": "target_range" if kind == "artificial_labelling" else "input_percentiles",
         "n2v": n2v_cfg,
+        # restore() averages the 8 flips/rotations of the YX plane for models trained with this set
+        "prediction": {"test_time_augmentation": bool(defaults.get("test_time_augmentation", False)) and ndim == 2},
         "training": {
             "items": len(items), **split, "val_overlaps_train": val_overlaps,
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "steps_per_epoch": steps_per_epoch,
@@ -613,8 +647,12 @@ def restore(
     data : ndarray
         Image of any real dtype.
     axes : str
-        Axes of ``data`` from ``TZCYX``. 2D models restore every ``YX`` plane; 3D models every
-        ``ZYX`` volume. ``C`` needs ``channel=`` unless it has length 1.
+        Axes of ``data`` from ``TZCYX``, or ``TZYXS`` for RGB. 2D models restore every ``YX`` plane;
+        3D models every ``ZYX`` volume. ``C`` needs ``channel=`` unless it has length 1. RGB
+        (``S``) images are restored per channel: R, G and B each alone by the same model, returned
+        as three float32 channels (axes with ``C`` in place of ``S``, see :func:`restored_axes`);
+        ``channel`` is then ignored. Models that take one grey channel only (artificial labelling,
+        imported bioimage.io packages) refuse RGB with a ``ValueError``.
     model : str, path or RestorationModel
         Registered model name, model directory, or a loaded model.
     channel : int, optional
@@ -638,14 +676,12 @@ def restore(
     Returns
     -------
     RestorationResult
-        Float32 arrays in ``axes`` minus ``C``.
+        Float32 arrays in ``axes`` minus ``C`` (RGB: ``C`` in place of ``S``).
     """
     t0 = time.monotonic()
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     axes = check_axes(axes, data.ndim)
-    if "S" in axes:
-        raise ValueError(f"axes={axes!r}: RGB (S) images are not supported; convert to one channel first")
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
     if not isinstance(tile_size, (int, np.integer)) or tile_size < 16:
@@ -653,6 +689,10 @@ def restore(
     if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:
         raise ValueError(f"overlap={overlap!r}: expected an integer in [0, tile_size)")
     net = _load(model, device)
+    if "S" in axes:
+        return _restore_rgb(data, axes, net, model=model, uncertainty=uncertainty, error_map=error_map,
+                            tile_size=tile_size, overlap=overlap, tiled=tiled, device=device, progress=progress,
+                            cancel=cancel, t0=t0)
     if getattr(net, "is_bioimageio", False):  # an imported bioimage.io package (ijtorch.bioimageio.runtime)
         return net.restore(data, axes, channel=channel, tile_size=tile_size, overlap=overlap, tiled=tiled,
                            model=model, progress=progress, cancel=cancel, t0=t0)
@@ -665,7 +705,7 @@ def restore(
     high = net.config["normalization"].get("high", 99.8)
     shift = check_dataset_shift(items, net.config.get("input_stats"), low=low, high=high)
     transforms = None
-    if uncertainty:
+    if uncertainty or (net.config.get("prediction") or {}).get("test_time_augmentation"):
         from ijtorch.models.dihedral import dihedral_transforms
 
         transforms = dihedral_transforms()
@@ -685,7 +725,7 @@ def restore(
         stack = np.stack(preds).astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
         out = stack.mean(0)
         restored.append(out)
-        if transforms is not None:
+        if uncertainty:
             stds.append(stack.std(0))
         if error_map:
             emap, fit = degradation_error_map(item.astype(np.float32), out)
@@ -704,6 +744,31 @@ def restore(
     return RestorationResult(restored=back(restored), axes=axes, uncertainty=back(stds) if stds else None,
                              error_map=back(errs) if errs else None, shift_warning=shift, model=name,
                              model_type=net.model_type, error_fit=tuple(fits), seconds=seconds, device=net.device)
+
+
+def _restore_rgb(data: np.ndarray, axes: str, net: Any, *, model: Any, t0: float, **kw: Any) -> RestorationResult:
+    """RGB input: each of R, G and B restored alone by the (single-channel) model, returned as a
+    three-channel float32 image (``C`` axis) — a restored RGB image is not 8-bit any more."""
+    label = _model_label(model)
+    if getattr(net, "is_bioimageio", False) or net.model_type == "artificial_labelling":
+        kind = "an imported bioimage.io" if getattr(net, "is_bioimageio", False) else "an artificial labelling"
+        raise ValueError(f"model={label!r} is {kind} model, which takes one grey channel, not RGB: convert the "
+                         "image to grey (Image > Type > 8-bit) or split its channels first")
+    data, axes = rgb_as_channels(data, axes)
+    parts = [restore(data, axes, model=net, channel=c, **kw) for c in range(data.shape[axes.index("C")])]
+    ci = axes.index("C")
+
+    def stacked(name: str) -> np.ndarray | None:
+        arrays = [getattr(r, name) for r in parts]
+        return None if arrays[0] is None else np.stack(arrays, axis=ci)
+
+    warnings = [f"{band}: {r.shift_warning}" for band, r in zip("RGB", parts) if r.shift_warning]
+    return RestorationResult(restored=stacked("restored"), axes=axes, uncertainty=stacked("uncertainty"),
+                             error_map=stacked("error_map"),
+                             shift_warning=" ".join(warnings) or None,
+                             model=parts[0].model or str(label or ""), model_type=parts[0].model_type,
+                             error_fit=tuple(f for r in parts for f in r.error_fit),
+                             seconds=time.monotonic() - t0, device=parts[0].device)
 
 
 def denoise_n2v(
@@ -732,7 +797,9 @@ def denoise_n2v(
     data : ndarray
         Noisy image (any real dtype); every ``YX`` plane is a training item.
     axes : str
-        Axes from ``TZCYX``; ``C`` needs ``channel`` unless it has length 1.
+        Axes from ``TZCYX``; ``C`` needs ``channel`` unless it has length 1. RGB (``TZYXS``): one
+        model is trained on the planes of all three channels and restores each alone (as in
+        :func:`restore`).
     channel : int, optional
         0-based numpy index along the ``C`` axis (the first channel is 0); the CLI's 1-based
         ``--channel`` subtracts 1.
@@ -751,7 +818,7 @@ def denoise_n2v(
     Returns
     -------
     ndarray of float32
-        Denoised image in ``axes`` minus ``C``, in the input's intensity range.
+        Denoised image in :func:`restored_axes` of ``axes``, in the input's intensity range.
     """
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
@@ -762,11 +829,11 @@ def denoise_n2v(
             raise ValueError(f"model={str(model)!r} has model_type {net.model_type!r}; expected 'n2v'")
         return restore(data, axes, model=net, channel=channel, tile_size=tile_size, device=device,
                        progress=progress, cancel=cancel).restored
-    plane_data, plane_axes = _pick_channel(data, axes, channel)
+    items, item_axes = denoise_training_items(data, axes, channel)
     with tempfile.TemporaryDirectory(prefix="ijtorch-n2v-") as tmp:
         out = Path(save_to) if save_to is not None else Path(tmp) / "n2v"
         ckpt = Path(tmp) / "checkpoints"
-        train_restoration("n2v", plane_data, None, output=out, axes=plane_axes.replace("C", ""), epochs=epochs,
+        train_restoration("n2v", items, None, output=out, axes=item_axes, epochs=epochs,
                           steps_per_epoch=steps_per_epoch, patch_size=patch_size, batch_size=batch_size,
                           base_channels=base_channels, seed=seed, device=device, checkpoint_dir=ckpt,
                           time_limit_s=time_limit_s, progress=progress, progress_bar=False, cancel=cancel)
@@ -774,5 +841,5 @@ def denoise_n2v(
         from ijtorch.models.device import resolve_device
 
         net = RestorationModel.load(out, device=resolve_device(device))
-        return restore(plane_data, plane_axes, model=net, tile_size=tile_size, device=device, progress=progress,
-                       cancel=cancel).restored
+        return restore(data, axes, model=net, channel=channel, tile_size=tile_size, device=device,
+                       progress=progress, cancel=cancel).restored
