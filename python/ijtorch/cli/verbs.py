@@ -93,16 +93,23 @@ def _training_progress(desc: str, steps_per_epoch: int | None = None):
 
 # ----------------------------------------------------------------------------- segment / train / evaluate
 def _segment(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from ..commands.segment import SegmentParams, segment_options
+    from ..models.auto import candidates, is_auto
     from ..tasks.segmentation_files import write_segmentation_outputs
     from ..tasks.segment import segment
 
     p = params_from_args(SegmentParams, args)
     files = _input_files(args.inputs)
-    _resolve_model(p.model)
+    if is_auto(p.model):
+        candidates("nuclei")  # fails before the batch when there is none
+    else:
+        _resolve_model(p.model)
     out = Path(args.output)
     batch = Batch("segment", len(files), fail_fast=args.fail_fast, verbose=args.verbose, options=args)
     objects: dict[str, int] = {}  # per input; summed over the inputs that were done
+    used: dict[str, str] = {}  # per input: the model model=auto chose
     warned: set[str] = set()  # inputs with a dataset-shift warning
 
     def one(path: Path, staging: Path) -> str:
@@ -116,12 +123,19 @@ def _segment(args: argparse.Namespace) -> int:
         if getattr(result, "shift_warning", None):
             warned.add(str(path))
             print(f"WARNING {path.name}: {result.shift_warning}", file=sys.stderr, flush=True)
-        return (f"{path.name}: {result.n_objects} objects in {time.perf_counter() - started:.2f} s "
+        chosen = ""
+        if result.model_choice:
+            used[str(path)] = result.model
+            score = "" if result.shift_score is None else f", shift score {result.shift_score:.2f}"
+            chosen = f" (model {result.model}{score})"
+        return (f"{path.name}: {result.n_objects} objects{chosen} in {time.perf_counter() - started:.2f} s "
                 f"-> {out / (path.stem + '.tif')}")
 
     batch.run(files, one, output=out, inputs=lambda path: [path])
     shifted = sum(name in warned for name in batch.done)
-    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, model {p.model}"
+    counts = Counter(used[name] for name in batch.done if name in used)
+    models = f"model {p.model}" + (f" ({', '.join(f'{m}: {n}' for m, n in sorted(counts.items()))})" if counts else "")
+    batch.say(f"{len(batch.done)} image(s), {sum(objects[name] for name in batch.done)} objects, {models}"
               + (f"; {shifted} image(s) with a dataset-shift warning (results unreliable, see above)" if shifted else ""))
     return batch.finish()
 

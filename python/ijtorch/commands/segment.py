@@ -47,7 +47,8 @@ class SegmentOutput(str, Enum):
 
 class SegmentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field("nuclei", description="model name (see Ext.ijtorchListModels) or model folder")
+    model: str = Field("auto", description="auto (per image, the nuclei model that fits it best: fluorescence or "
+                       "transmitted light) or a model name (see Ext.ijtorchListModels) or model folder")
     prob_threshold: float = Field(0.0, ge=0, le=1, description="object probability threshold; 0 = the model's tuned value")
     nms_threshold: float = Field(0.0, ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")
     channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
@@ -100,12 +101,15 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
         intensity = data if channel is None else np.take(data, channel, axis=axes.index("C"))
         tables.append(TableOutput(measure(result.labels, result.axes, intensity=intensity,
                                           calibration=image.calibration, confidence=result.confidence)))
-    status = f"{command}: {result.n_objects} objects ({result.model}, {result.seconds:.2f} s)"
+    chosen = " chosen by model=auto" if result.model_choice else ""
+    status = f"{command}: {result.n_objects} objects ({result.model}{chosen}, {result.seconds:.2f} s)"
     if result.shift_warning:
         status += " - WARNING: dataset shift, results unreliable (see the Log)"
     if result.rgb:
         status += f" (RGB converted to grey: {result.rgb})"
-    log = [f"{command} {image.title}: WARNING {result.shift_warning}"] if result.shift_warning else []
+    log = [f"{command} {image.title}: {result.model_choice}"] if result.model_choice else []
+    if result.shift_warning:
+        log.append(f"{command} {image.title}: WARNING {result.shift_warning}")
     values = {"n_objects": result.n_objects,
               "shift_score": -1.0 if result.shift_score is None else round(float(result.shift_score), 4),
               "shift_warning": result.shift_warning or ""}

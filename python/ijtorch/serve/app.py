@@ -302,8 +302,10 @@ class Server:
         cannot run."""
         from ..commands.segment import segment_options
 
+        from ..models.auto import is_auto
+
         options = segment_options(p, axes)
-        options["model"] = self.model_path(p.model)
+        options["model"] = p.model if is_auto(p.model) else self.model_path(p.model)
         tile = options["tile_size"] or 512
         if options["overlap"] is not None and options["overlap"] >= tile:
             raise HTTPError(422, f"overlap={p.overlap} must be smaller than tile_size={tile}")
@@ -311,20 +313,30 @@ class Server:
         return options
 
     async def segment(self, ctx: Ctx, data: np.ndarray, axes: str, p: Any) -> Any:
-        from ..tasks.segment import _pick_channel, segment
+        from dataclasses import replace
+
+        from ..models.auto import is_auto
+        from ..tasks.segment import _pick_channel, choose_auto_model, segment
         from ._batched import batchable, instances
 
         options = self.segment_options(data, axes, p)
+        choice = None
+        if is_auto(options["model"]):  # chosen first, so that the chosen model's requests still share batches
+            choice = await self.run(ctx, lambda: choose_auto_model(
+                data, axes, channel=options["channel"], rgb=options["rgb"], device=self.config.device, scale=p.scale))
+            options["model"] = choice.path
         path = options["model"]
         plane, plane_axes = _pick_channel(data, axes, options["channel"])
         model = await self.load_async(path)
         if (plane_axes == "YX" and not p.test_time_augmentation and p.scale == 1
                 and batchable(model, plane.shape, options["tile_size"] or 512)):
             key = ("segment", path, plane.shape, str(plane.dtype))
-            return await self.batcher.submit(key, plane, finish=lambda maps: instances(
+            result = await self.batcher.submit(key, plane, finish=lambda maps: instances(
                 model, maps, options["prob_threshold"], options["nms_threshold"], path, options["min_confidence"]))
-        return await self.run(ctx, lambda: segment(data, axes, **options, device=self.config.device,
-                                                   cancel=ctx.cancelled))
+        else:
+            result = await self.run(ctx, lambda: segment(data, axes, **options, device=self.config.device,
+                                                         cancel=ctx.cancelled))
+        return replace(result, model_choice=choice.message) if choice is not None else result
 
     # ---- classification
     async def classify(self, ctx: Ctx, images: np.ndarray, model: str) -> dict[str, Any]:
@@ -361,6 +373,7 @@ def _segment_reply(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
              "objects_per_plane": list(result.objects_per_plane),
              "shift_score": getattr(result, "shift_score", None), "shift_threshold": getattr(result, "shift_threshold", None),
              "shift_warning": getattr(result, "shift_warning", None), "shift_message": getattr(result, "shift_message", ""),
+             "model_choice": getattr(result, "model_choice", ""),
              "confidence": None if getattr(result, "confidence", None) is None else
              [round(float(c), 4) for c in result.confidence]}, {"labels": result.labels})
 

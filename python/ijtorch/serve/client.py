@@ -108,7 +108,7 @@ class Client:
         cal = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
         return {"axes": axes, "calibration": cal, **{k: v for k, v in options.items() if v is not None}}
 
-    def segment(self, data: np.ndarray, axes: str, *, model: str = "nuclei", channel: int = 1,
+    def segment(self, data: np.ndarray, axes: str, *, model: str = "auto", channel: int = 1,
                 prob_threshold: float = 0.0, nms_threshold: float = 0.0, tile_size: int = 0, overlap: int = 0,
                 test_time_augmentation: bool = False, scale: float = 1.0, min_confidence: float = 0.0,
                 rgb: str = "luminance", calibration: Calibration | dict | None = None) -> Any:
@@ -207,5 +207,6 @@ def _segmentation_result(header: dict[str, Any], arrays: dict[str, np.ndarray]) 
                               device=header["device"], objects_per_plane=tuple(header["objects_per_plane"]),
                               shift_score=header.get("shift_score"), shift_threshold=header.get("shift_threshold"),
                               shift_warning=header.get("shift_warning"), shift_message=header.get("shift_message", ""),
+                              model_choice=header.get("model_choice", ""),
                               confidence=None if header.get("confidence") is None
                               else np.asarray(header["confidence"], np.float32))

@@ -37,6 +37,18 @@ training images; the result carries the highest plane score, the model's calibra
 centre probability, the object's score; label ``k`` at index ``k - 1``); ``min_confidence`` drops
 objects below it (labels renumbered).
 
+Model choice
+------------
+``model="auto"`` (the default) uses, per image, the registered ``nuclei`` model whose dataset-shift
+reference fits the image best (:mod:`ijtorch.models.auto`: the bundled ``nuclei`` for
+fluorescence, ``nuclei-transmitted`` for brightfield and H&E, and any user model marked as a
+candidate in its config). One model segments the whole image, so a stack's planes or a
+time-lapse's frames share one model and their labels stay comparable; it is chosen on the middle
+plane (middle T, middle Z) of the selected channel, after the RGB conversion, from one encoder pass
+on a central crop per candidate tried (usually one). ``SegmentationResult.model`` names the model
+used and ``model_choice`` says why; the chosen model's own shift check then runs on every plane as
+for a model chosen by name.
+
 Tiling
 ------
 Probability and distance maps are predicted in overlapping tiles that are stitched before
@@ -60,7 +72,7 @@ from ijtorch.image import check_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS", "RGB_CONVERSIONS", "rgb_to_grey",
-           "object_confidence", "shift_report"]
+           "object_confidence", "shift_report", "choose_auto_model"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +114,9 @@ class SegmentationResult:
         object), label ``k`` at index ``k - 1``; ``None`` for models that give none.
     rgb : str or None
         The RGB conversion used (``None`` for grey input).
+    model_choice : str
+        With ``model="auto"``: which model was chosen and why (one line; see the module
+        docstring); empty for a model chosen by name.
     """
 
     labels: np.ndarray
@@ -119,6 +134,7 @@ class SegmentationResult:
     shift_message: str = ""
     confidence: np.ndarray | None = None
     rgb: str | None = None
+    model_choice: str = ""
 
 
 def rgb_to_grey(data: np.ndarray, axes: str, how: str = "luminance") -> tuple[np.ndarray, str]:
@@ -169,6 +185,27 @@ def _drop_uncertain(labels: np.ndarray, conf: np.ndarray, min_confidence: float)
     return lut[labels], conf[keep]
 
 
+def choose_auto_model(data: np.ndarray, axes: str, *, channel: int | None = None, rgb: str = "luminance",
+                      device: str = "auto", scale: float = 1.0) -> Any:
+    """The :class:`ijtorch.models.auto.AutoChoice` of ``model="auto"`` for an image (``segment``'s
+    arguments; see the module docstring): the nuclei model that fits its middle plane best."""
+    from ijtorch.models.auto import choose_model
+
+    data, axes = rgb_to_grey(data, check_axes(axes, data.ndim), rgb)
+    choice = choose_model(_middle_plane(data, axes, channel), device=device, scale=float(scale))
+    log.info("%s", choice.message)
+    return choice
+
+
+def _middle_plane(data: np.ndarray, axes: str, channel: int | None) -> np.ndarray:
+    """The ``YX`` plane ``model=auto`` decides on: the middle T and Z position of ``channel``."""
+    for a in "TZ":
+        if a in axes:
+            i = axes.index(a)
+            data, axes = np.take(data, data.shape[i] // 2, axis=i), axes.replace(a, "")
+    return _pick_channel(data, axes, channel)[0]
+
+
 def _pick_channel(data: np.ndarray, axes: str, channel: int | None) -> tuple[np.ndarray, str]:
     if "C" not in axes:
         if channel not in (None, 0):
@@ -189,7 +226,7 @@ def segment(
     data: np.ndarray,
     axes: str,
     *,
-    model: str | os.PathLike = "nuclei",
+    model: str | os.PathLike = "auto",
     channel: int | None = None,
     prob_threshold: float | None = None,
     nms_threshold: float | None = None,
@@ -213,7 +250,8 @@ def segment(
         Axes of ``data`` from ``TZCYXS`` (e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"TZCYX"``,
         ``"YXS"``); an ``S`` (RGB) axis is converted to grey as ``rgb`` says.
     model : str or path
-        Registered model name (see :func:`ijtorch.models.store.list_models`) or a model directory.
+        ``"auto"`` (the registered nuclei model that fits the image best; see the module docstring),
+        a registered model name (see :func:`ijtorch.models.store.list_models`) or a model directory.
     channel : int, optional
         0-based numpy index along the ``C`` axis (the first channel is 0), needed when ``axes``
         contains ``C`` with more than one channel. The CLI's ``--channel`` and ImageJ's channel
@@ -269,8 +307,18 @@ def segment(
         raise ValueError(f"tile_size={tile_size!r}: expected None or an integer >= 32")
     if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 512)):
         raise ValueError(f"overlap={overlap!r}: expected None or an integer in [0, tile_size)")
-    imported = load_model(model, device=device)
     from dataclasses import replace
+
+    from ijtorch.models.auto import is_auto
+
+    if is_auto(model):
+        choice = choose_auto_model(data, axes, channel=channel, device=device, scale=scale)
+        r = segment(data, axes, model=choice.path, channel=channel, prob_threshold=prob_threshold,
+                    nms_threshold=nms_threshold, tile_size=tile_size, overlap=overlap, device=device,
+                    test_time_augmentation=test_time_augmentation, scale=scale, min_confidence=min_confidence,
+                    rgb=rgb, progress=progress, cancel=cancel)
+        return replace(r, rgb=rgb_used, model_choice=choice.message, seconds=time.monotonic() - t0)
+    imported = load_model(model, device=device)
 
     from ijtorch.models.shift import no_reference
 
