@@ -289,3 +289,151 @@ def test_3d_star_convex_model_stores_a_reference_and_warns_on_foreign_volumes(tm
     foreign = segment(vols[5].image.max() - vols[5].image, "ZYX", model=tmp_path / "m19", device="cpu")
     assert fine.shift_warning is None and fine.shift_score <= fine.shift_threshold
     assert foreign.shift_warning and "bright background with dark objects" in foreign.shift_warning
+
+
+def _shapes_scene(seed: int, *, background: float = 25.0, contrast: float = 150.0, n: int = 12):
+    """A YX uint8 image of disks (class 0) and squares (class 1), its label map and the classes."""
+    rng = np.random.default_rng(seed)
+    cols = 4
+    h, w = 32 * -(-n // cols), 32 * cols
+    yy, xx = np.mgrid[:h, :w]
+    image = background + rng.normal(0, 5, (h, w))
+    labels = np.zeros((h, w), np.uint16)
+    truth = []
+    for i in range(n):
+        cy, cx = 16 + 32 * (i // cols) + rng.uniform(-2, 2), 16 + 32 * (i % cols) + rng.uniform(-2, 2)
+        r = rng.uniform(6, 9)
+        k = int(rng.integers(2)) if i > 1 else i
+        m = np.hypot(yy - cy, xx - cx) < r if k == 0 else (np.abs(yy - cy) < 0.85 * r) & (np.abs(xx - cx) < 0.85 * r)
+        labels[m] = i + 1
+        image[m] += contrast
+        truth.append(k)
+    return image.clip(0, 255).astype(np.uint8), labels, np.asarray(truth)
+
+
+@pytest.fixture(scope="module")
+def shapes_classifier(tmp_path_factory):
+    from ijtorch.tasks.classify import object_crops, train_classifier
+
+    crops, truth = [], []
+    for seed in range(8):
+        image, labels, t = _shapes_scene(100 + seed)
+        crops.append(object_crops(image, "YX", labels, size=24))
+        truth.append(t)
+    out = tmp_path_factory.mktemp("models") / "shapes"
+    train_classifier(np.concatenate(crops), np.concatenate(truth), classes=["round", "square"], output=out,
+                     epochs=15, lr=5e-3, batch_size=16, widths=(8, 16, 32), device="cpu", val_fraction=0.3,
+                     extra_config={"crops": {"size": 24, "scale_by_object": False, "mask_channel": False}})
+    return out
+
+
+def test_classifier_shift_per_item_and_per_batch(shapes_classifier):
+    from ijtorch.models.classifier import ClassifierModel
+    from ijtorch.tasks.classify import classify, object_crops
+
+    model = ClassifierModel.load(shapes_classifier)
+    ref = model.shift_reference
+    assert ref["calibration"]["images"] >= 20 and ref["threshold"] > 0 and ref["features"]["layer"] == "embedding"
+    image, labels, _ = _shapes_scene(7, n=24)  # new items of the training kind
+    same = classify(object_crops(image, "YX", labels, size=24), model=shapes_classifier, device="cpu")
+    assert same["shift_score"].shape == (24,) and not same["shift"].warned
+    assert "resemble the training items" in same["shift"].message
+    # dark objects on a bright background: the same shapes, another kind of image
+    image, labels, _ = _shapes_scene(8, n=24, background=175.0, contrast=-150.0)
+    other = classify(object_crops(image, "YX", labels, size=24), model=shapes_classifier, device="cpu")
+    assert other["shift"].warned and "dataset shift" in other["shift"].warning
+    assert np.median(other["shift_score"]) > other["shift"].threshold
+    model.config.pop("shift")
+    plain = classify(object_crops(image, "YX", labels, size=24), model=model, device="cpu")
+    assert "shift_score" not in plain and "no dataset-shift reference" in plain["shift"].message
+
+
+def test_classify_command_takes_rgb_and_reports_the_shift(shapes_classifier, tmp_path):
+    """Through the command layer (what the menu, macros and a remote Fiji's server run): RGB images
+    become grey for a 1-channel classifier, R/G/B channels for a 3-channel one; a shift score per
+    item in the Results, the warning in the Log, the values for Ext. functions."""
+    from ijtorch.commands.command import get_command
+    from ijtorch.commands.options import params_from_options
+    from ijtorch.errors import IjtorchError
+    from ijtorch.image import Image
+    from ijtorch.commands.outputs import CommandInputs
+    from ijtorch.tasks.classify import load_class_folders
+
+    spec = get_command("ijtorch Classify")
+    p = params_from_options(spec.params, f"model=[{shapes_classifier}] source=[label image] label_image=labels")
+    image, labels, truth = _shapes_scene(5, n=16)
+    rgb = np.stack([image, image, image], -1)  # luminance of a grey RGB image = the grey image
+
+    def inputs(data, axes):
+        return CommandInputs(image=Image(data, axes, title="cells.tif"),
+                             open_image=lambda t: Image(labels, "YX", title="labels") if t == "labels" else None)
+
+    from_rgb = spec.compute(inputs(rgb, "YXS"), p)
+    from_grey = spec.compute(inputs(rgb[..., 0], "YX"), p)
+    table = from_rgb.tables[0].columns
+    assert list(table["class"]) == list(from_grey.tables[0].columns["class"])
+    assert np.mean(table["class"] == np.array(["round", "square"])[truth]) > 0.8
+    assert table["shift_score"].shape == (16,) and from_rgb.values["shift_warning"] == "" and not from_rgb.log
+    dark = (255 - rgb).astype(np.uint8)  # dark objects on a bright background: shift
+    shifted = spec.compute(inputs(dark, "YXS"), p)
+    assert shifted.values["shift_score"] > 0 and "dataset shift" in shifted.values["shift_warning"]
+    assert "WARNING dataset shift" in shifted.log[0] and "WARNING" in shifted.status
+    four = np.zeros(rgb.shape[:2] + (4,), np.uint8)
+    with pytest.raises(IjtorchError, match="RGB"):
+        from ijtorch.commands.classify import rgb_for_model
+        from ijtorch.models.classifier import ClassifierModel
+
+        model = ClassifierModel.load(shapes_classifier)
+        model.config["input_shape"] = [2, 24, 24]
+        rgb_for_model("ijtorch Classify", Image(four[..., :3], "YXS", title="x"), model)
+    # class folders of RGB crops (the CLI's input) are three channels
+    import tifffile
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        tifffile.imwrite(tmp_path / c / "1.tif", rgb[:24, :24], photometric="rgb")
+    items, _, classes, _ = load_class_folders(tmp_path)
+    assert items.shape == (2, 3, 24, 24) and np.array_equal(items[0, 1], rgb[:24, :24, 1]) and classes == ["a", "b"]
+
+
+def test_classify_shift_on_the_cli_and_the_server(shapes_classifier, tmp_path, monkeypatch):
+    import asyncio
+    import shutil
+
+    import httpx
+
+    from ijtorch.serve import ServerConfig, create_app
+    from ijtorch.serve._wire import MEDIA_TYPE, decode, encode
+    from ijtorch.tasks.classify import object_crops
+
+    image, labels, _ = _shapes_scene(9, n=16)
+    fine = object_crops(image, "YX", labels, size=24)
+    image, labels, _ = _shapes_scene(9, n=16, background=175.0, contrast=-150.0)
+    foreign = object_crops(image, "YX", labels, size=24)
+    np.savez(tmp_path / "fine.npz", images=fine)
+    np.savez(tmp_path / "foreign.npz", images=foreign)
+    for name in ("fine", "foreign"):
+        out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "classify", str(tmp_path / f"{name}.npz"),
+                              "--model", str(shapes_classifier), "--output", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        with open(tmp_path / name / "classes.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 16 and all(float(r["shift_score"]) > 0 for r in rows)
+        assert ("WARNING foreign.npz: dataset shift" in out.stderr) == (name == "foreign"), out.stderr
+    models = tmp_path / "models"
+    shutil.copytree(shapes_classifier, models / "shapes")
+    monkeypatch.setenv("IJTORCH_MODELS", str(models))
+
+    async def post(items):
+        transport = httpx.ASGITransport(app=create_app(ServerConfig()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ac:
+            return await ac.post("/classify", content=encode({"model": "shapes"}, {"images": items}),
+                                 headers={"Content-Type": MEDIA_TYPE}, timeout=120)
+
+    for items, warned in ((fine, False), (foreign, True)):
+        reply = asyncio.run(post(items))
+        assert reply.status_code == 200, reply.text
+        header, arrays = decode(reply.content)
+        assert arrays["shift_score"].shape == (16,) and header["shift_threshold"] > 0
+        assert bool(header["shift_warning"]) == warned and header["shift_message"]

@@ -414,7 +414,13 @@ def _classify(args: argparse.Namespace) -> int:
                    "confidence": np.asarray(result["confidence"])}
         for i, name in enumerate(result["classes"]):
             columns[f"p_{name}"] = np.asarray(result["probabilities"])[:, i]
+        if "shift_score" in result:  # per item, against the model's calibrated threshold
+            columns["shift_score"] = np.asarray(result["shift_score"])
         write_table_csv(staging / "classes.csv", columns)
+        if result["shift"].warning:
+            print(f"WARNING {source.name}: {result['shift'].warning}", file=sys.stderr, flush=True)
+            return (f"{len(images)} items classified -> {out / 'classes.csv'}; dataset-shift warning (results "
+                    "unreliable, see above)")
         return f"{len(images)} items classified -> {out / 'classes.csv'}"
 
     batch.run([source], one, output=out, inputs=lambda s: [s])

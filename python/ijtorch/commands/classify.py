@@ -108,16 +108,38 @@ def class_colours(n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _single_plane(command: str, image) -> Any:
+def _single_plane(command: str, image, model=None) -> Any:
+    """The current image as one ``YX``/``CYX`` plane; an RGB image (``S`` axis) as the model needs it
+    (:func:`rgb_for_model`)."""
     if image is None:
         raise IjtorchError(f"{command} needs an open image (open one or select its window)")
     if "S" in image.axes:
-        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to a stack of channels "
-                           "(Image > Color > Make Composite) first")
+        image = rgb_for_model(command, image, model)
     if set(image.axes) - set("CYX"):
         raise IjtorchError(f"{command}: needs a 2-D image (YX or CYX), got axes {image.axes}; duplicate one "
                            "slice/frame first")
     return image
+
+
+def rgb_for_model(command: str, image, model=None) -> Any:
+    """An RGB image (``S`` axis) for a classifier: its red, green and blue as three channels for a
+    model trained on 3 channels (or for training, ``model=None``: a model trained on RGB crops);
+    one grey channel for a 1-channel model, by luminance ``0.299 R + 0.587 G + 0.114 B`` (ImageJ's
+    weighted RGB conversion, :func:`ijtorch.tasks.segment.rgb_to_grey`); any other channel count
+    is a one-line error."""
+    wanted = None if model is None else int(model.input_shape[0])
+    if "C" in image.axes:
+        raise IjtorchError(f"{command}: {image.title} has both channels and RGB samples; split it first")
+    if wanted == 1:
+        from ..tasks.segment import rgb_to_grey
+
+        grey, axes = rgb_to_grey(image.data, image.axes, "luminance")
+        return image.with_data(grey, axes)
+    if wanted not in (None, 3) or image.data.shape[image.axes.index("S")] != 3:
+        raise IjtorchError(f"{command}: {image.title} is an RGB image but the classifier was trained on {wanted} "
+                           "channels; RGB images go to 1-channel (as grey) or 3-channel (as R, G, B) classifiers")
+    si = image.axes.index("S")
+    return image.with_data(np.moveaxis(image.data, si, 0), "C" + image.axes.replace("S", ""))
 
 
 def _crop_settings(model) -> dict[str, Any]:
@@ -190,16 +212,19 @@ def classify_command(inputs: CommandInputs, p: ClassifyParams) -> CommandOutputs
     from ..tasks.outlines import outlines
 
     command = "ijtorch Classify"
-    _single_plane(command, inputs.image)
     model = _load_classifier(command, p.model)
+    inputs = _with_image(inputs, _single_plane(command, inputs.image, model))
     items, names, indices, labels = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
     result = classify(items, model=model)
+    report = result["shift"]
     classes = result["classes"]
     columns: dict[str, Any] = {"object": np.asarray(names, dtype=object),
                                "class": np.asarray(result["class"], dtype=object),
                                "probability": result["confidence"].astype(np.float64)}
     for k, c in enumerate(classes):
         columns[f"p_{c}"] = result["probabilities"][:, k].astype(np.float64)
+    if "shift_score" in result:  # per item; above shift_threshold: unlike the training items
+        columns["shift_score"] = np.asarray(result["shift_score"], np.float64)
     rois = None
     if p.source == ObjectSource.labels and labels is not None and len(names):
         out = outlines(labels, "YX")
@@ -212,8 +237,21 @@ def classify_command(inputs: CommandInputs, p: ClassifyParams) -> CommandOutputs
         style = RoiStyle(np.asarray(indices, dtype=np.int64), class_colours(len(classes))[index],
                          {"class": [classes[int(k)] for k in index]})
     counts = ", ".join(f"{c}: {int((result['class_index'] == k).sum())}" for k, c in enumerate(classes))
-    return CommandOutputs(rois=rois, roi_style=style, tables=(TableOutput(columns),),
-                          status=f"{command}: {len(items)} items ({counts})", values={"n_items": len(items)})
+    status = f"{command}: {len(items)} items ({counts})"
+    if report.warning:
+        status += " - WARNING: dataset shift, results unreliable (see the Log)"
+    values = {"n_items": len(items), "shift_score": -1.0 if report.score is None else round(float(report.score), 4),
+              "shift_warning": report.warning or ""}
+    log = (f"{command} {inputs.image.title}: WARNING {report.warning}",) if report.warning else ()
+    return CommandOutputs(rois=rois, roi_style=style, tables=(TableOutput(columns),), status=status, values=values,
+                          log=log)
+
+
+def _with_image(inputs: CommandInputs, image) -> CommandInputs:
+    """``inputs`` with its image replaced (an RGB image converted for the model)."""
+    from dataclasses import replace
+
+    return inputs if image is inputs.image else replace(inputs, image=image)
 
 
 @command("ijtorch Train Classifier", TrainClassifierParams, needs_image=False, rois=True)
@@ -234,7 +272,7 @@ def train_classifier_command(inputs: CommandInputs, p: TrainClassifierParams) ->
             raise IjtorchError(f"{command}: source=folder needs folder=[a folder with class sub-folders], got {p.folder!r}")
         summary = train_classifier(p.folder, **common)
     else:
-        image = _single_plane(command, inputs.image)
+        image = _single_plane(command, inputs.image)  # RGB: trains a 3-channel (R, G, B) classifier
         try:
             ann = inputs.rois()
         except ValueError as e:
@@ -272,8 +310,8 @@ def embed_command(inputs: CommandInputs, p: EmbedParams) -> CommandOutputs:
     from ..tasks.classify import cluster_embeddings, embed, write_features
 
     command = "ijtorch Embed"
-    _single_plane(command, inputs.image)
     model = _load_classifier(command, p.model)
+    inputs = _with_image(inputs, _single_plane(command, inputs.image, model))
     items, names, _, _ = _objects(command, inputs, p.source, p.label_image, _crop_settings(model))
     features = embed(items, model=model)
     extra: dict[str, Any] = {"object": np.asarray(names, dtype=object)}

@@ -251,20 +251,75 @@ class ClassifierModel:
         return self.config.get("inference", {}).get("tta") == "dihedral" and shape[-1] == shape[-2]
 
     def _run(self, x: np.ndarray, what: str, batch_size: int) -> np.ndarray:
-        out = []
+        logits, emb = self.logits_and_embeddings(x, batch_size=batch_size)
+        return emb if what == "features" else logits
+
+    def logits_and_embeddings(self, x: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(N, K)`` and embeddings ``(N, D)`` of prepared items from one forward pass (with
+        test-time augmentation both are averaged over the views; the head is linear, so the logits
+        are the head of the averaged embedding)."""
+        logits, feats = [], []
         tta = self.test_time_augmentation
         self.net.eval()
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 t = torch.from_numpy(x[i:i + batch_size]).to(self.device)
                 views = _dihedral_views(t) if tta else [t]
-                fn = self.net.features if what == "features" else self.net
-                y = torch.stack([fn(v) for v in views]).mean(0)
-                out.append(y.float().cpu().numpy())
-        if not out:
-            n_out = self.embedding_dim if what == "features" else len(self.classes)
-            return np.zeros((0, n_out), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32)
+                f = torch.stack([self.net.features(v) for v in views]).mean(0)
+                logits.append(self.net.head(f).float().cpu().numpy())
+                feats.append(f.float().cpu().numpy())
+        if not logits:
+            return (np.zeros((0, len(self.classes)), np.float32), np.zeros((0, self.embedding_dim), np.float32))
+        return np.concatenate(logits).astype(np.float32), np.concatenate(feats).astype(np.float32)
+
+    # ------------------------------------------------------------- dataset shift
+    @property
+    def shift_reference(self) -> dict[str, Any] | None:
+        """The dataset-shift reference stored with the model (config key ``shift``), if any."""
+        from . import shift
+
+        return self.config.get(shift.CONFIG_KEY) or None
+
+    def shift_scores(self, prepared: np.ndarray, embeddings: np.ndarray) -> np.ndarray | None:
+        """One dataset-shift score per item (:func:`ijtorch.models.shift.image_score`: the
+        embedding's Mahalanobis distance to the training items' embeddings per dimension plus the
+        squared z-scores of the item's normalised-input percentiles), ``None`` without a reference."""
+        reference = self.shift_reference
+        if not reference:
+            return None
+        return np.asarray(_item_scores(reference, prepared, embeddings), np.float64)
+
+    def fit_shift_reference(self, train_items: np.ndarray, calibration_items: np.ndarray, *, kind: str = "training",
+                            batch_size: int = 64) -> dict[str, Any]:
+        """Build the reference from prepared training items (their embeddings: PPCA with at most one
+        component per 5 items; their normalised-input percentiles), calibrate the per-item threshold
+        on prepared held-out items of the same kind (none: no threshold, no warnings) and store it
+        in ``config["shift"]``."""
+        from . import shift
+
+        self.config.pop(shift.CONFIG_KEY, None)
+        if len(train_items) < 2:
+            raise ValueError("a dataset-shift reference needs at least 2 training items")
+        _, emb = self.logits_and_embeddings(train_items, batch_size=batch_size)
+        col = shift.MomentCollector()
+        col.add(torch.from_numpy(emb))
+        quantiles = [shift.input_quantiles(item) for item in train_items]
+        reference = shift.reference_from_moments([col], [{"median": q[2]} for q in quantiles], kind=kind,
+                                                 images=len(train_items), layer="embedding",
+                                                 components=max(1, min(32, len(train_items) // 5)))
+        reference["input_model"] = shift._input_model(quantiles)
+        reference["unit"] = "items"
+        if len(calibration_items):
+            _, cal = self.logits_and_embeddings(calibration_items, batch_size=batch_size)
+            scores = _item_scores(reference, calibration_items, cal)
+            reference.update({"threshold": float(f"{shift.calibrate_threshold(scores):.4g}"),
+                              "false_alarm_rate": shift.FALSE_ALARM_RATE,
+                              "calibration": {"images": len(calibration_items), "folder": "validation split",
+                                              "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of the "
+                                                      "held-out items (per item)",
+                                              "score_median": float(f"{np.median(scores):.4g}")}})
+        self.config[shift.CONFIG_KEY] = reference
+        return reference
 
     def logits(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
         """Raw logits ``(N, K)`` (``prepared=True``: ``images`` already went through :meth:`prepare`)."""
@@ -280,3 +335,12 @@ class ClassifierModel:
         return self._run(images if prepared else self.prepare(images), "features", batch_size)
 
 
+
+
+def _item_scores(reference: dict[str, Any], prepared: np.ndarray, embeddings: np.ndarray) -> list[float]:
+    from . import shift
+
+    col = shift.FeatureCollector(reference)
+    col.add(torch.from_numpy(np.ascontiguousarray(embeddings)))
+    return [float(shift.image_score(reference, s, {"quantiles": shift.input_quantiles(item)}))
+            for s, item in zip(col.sample_scores(), prepared)]

@@ -346,7 +346,13 @@ class Server:
 
         path = self.model_path(model)
         if 1 <= len(images) <= CLASSIFY_BATCHABLE_ITEMS:
-            return await self.batcher.submit(("classify", path, images.shape[1:], images.dtype.str), images)
+            out = await self.batcher.submit(("classify", path, images.shape[1:], images.dtype.str), images)
+            if "shift_score" in out:  # the joint call's shift report covered the other requests' items too
+                from ..tasks.classify import shift_of_items
+
+                out = {**out, "shift": shift_of_items(await self.load_async(path), out["shift_score"],
+                                                      name=os.path.basename(path))}
+            return out
         return await self.run(ctx, lambda: classify(images, model=path, device=self.config.device))
 
 
@@ -570,9 +576,13 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         ticket = srv.admit(ctx, estimate("classify", images.shape, "", images.dtype.itemsize), images.shape)
         try:
             out = await srv.classify(ctx, images, req.to_params().model)
-            return held(ticket, _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]]},
+            shift = out["shift"]  # the items' dataset-shift report; per item scores in 'shift_score'
+            scores = {"shift_score": np.asarray(out["shift_score"], np.float64)} if "shift_score" in out else {}
+            return held(ticket, _binary({"classes": list(out["classes"]), "class": [str(c) for c in out["class"]],
+                                         "shift_score": shift.score, "shift_threshold": shift.threshold,
+                                         "shift_warning": shift.warning, "shift_message": shift.message},
                                         {"class_index": out["class_index"], "probabilities": out["probabilities"],
-                                         "confidence": np.asarray(out["confidence"])}))
+                                         "confidence": np.asarray(out["confidence"]), **scores}))
         except BaseException:
             ticket.release()
             raise

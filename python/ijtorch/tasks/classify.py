@@ -44,7 +44,9 @@ def load_class_folders(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     """Load ``folder/<class>/*.tif`` as ``(images (N, C, Y, X), labels (N,), classes, names)``.
 
     Sub-folder names (sorted) are the classes. Each TIFF is read with its ImageJ axes and must be
-    ``YX`` or ``CYX`` (one channel is added to ``YX``); all must share one shape. Items are
+    ``YX``, ``CYX`` (one channel is added to ``YX``) or RGB (its red, green and blue become three
+    channels, as the ImageJ Classify command gives them to a 3-channel classifier); all must share
+    one shape. Items are
     ordered by class, then file name; ``names`` are ``class/file``.
     """
     from ..io.tiff import read_tiff
@@ -63,9 +65,12 @@ def load_class_folders(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
             raise ValueError(f"class folder {str(d)!r} holds no .tif/.tiff files")
         for f in files:
             im = read_tiff(f)
-            if set(im.axes) - set("CYX"):
-                raise ValueError(f"{f}: axes {im.axes!r}; class-folder items must be YX or CYX images")
-            images.append(to_axes(im.data, im.axes, "CYX"))
+            data, axes = im.data, im.axes
+            if "S" in axes and "C" not in axes:  # RGB: red, green and blue are the item's three channels
+                data, axes = np.moveaxis(data, axes.index("S"), 0), "C" + axes.replace("S", "")
+            if set(axes) - set("CYX"):
+                raise ValueError(f"{f}: axes {im.axes!r}; class-folder items must be YX, CYX or RGB (YXS) images")
+            images.append(to_axes(data, axes, "CYX"))
             labels.append(ci)
             names.append(f"{d.name}/{f.name}")
     shapes = {a.shape for a in images}
@@ -360,6 +365,11 @@ def train_classifier(
         metrics["ece_uncalibrated"] = classification_report(y[va_idx], logits.argmax(1), classes=class_names,
                                                             probabilities=p_raw)["ece"]
     config["calibration"] = {"temperature": temperature, "method": "temperature scaling on held-out items"}
+    try:  # the dataset-shift reference (ijtorch.models.shift): training items, threshold on the held-out ones
+        model.fit_shift_reference(x[tr_idx], x[va_idx])
+    except ValueError as exc:  # too few items: the model works without one (and says so)
+        log.warning("no dataset-shift reference for %s: %s", output, exc)
+        config.pop("shift", None)
     config["training"] = {
         "n_items": int(len(y)), "class_counts": counts.tolist(), "train_indices": tr_idx.tolist(),
         "val_indices": va_idx.tolist(), "val_fraction": val_fraction, "split": "stratified per class",
@@ -413,15 +423,44 @@ def classify(images: np.ndarray, *, model: Any, device: str = "auto", batch_size
     -------
     dict
         ``class`` (N,) class names, ``class_index`` (N,) int64, ``probabilities`` (N, K) float32
-        (temperature-calibrated), ``confidence`` (N,) top probability, ``classes`` list of names.
+        (temperature-calibrated), ``confidence`` (N,) top probability, ``classes`` list of names,
+        ``shift`` the dataset-shift report of the items (:func:`shift_of_items`; "no reference"
+        for models without one) and, with a reference, ``shift_score`` (N,) per item.
     """
+    from ..models.classifier import ClassifierModel, _softmax
+
     m = _as_model(model, device)
-    p = m.predict_proba(images, batch_size=batch_size)
+    scores = None
+    if isinstance(m, ClassifierModel):
+        x = m.prepare(images)
+        logits, emb = m.logits_and_embeddings(x, batch_size=batch_size)
+        p = _softmax(logits.astype(np.float64) / m.temperature).astype(np.float32)
+        scores = m.shift_scores(x, emb)
+    else:  # an imported bioimage.io package
+        p = m.predict_proba(images, batch_size=batch_size)
     idx = p.argmax(axis=1).astype(np.int64)
     classes = m.classes
-    return {"class": np.asarray([classes[i] for i in idx], dtype=object), "class_index": idx,
-            "probabilities": p, "confidence": p.max(axis=1) if len(p) else np.zeros(0, np.float32),
-            "classes": classes}
+    out = {"class": np.asarray([classes[i] for i in idx], dtype=object), "class_index": idx,
+           "probabilities": p, "confidence": p.max(axis=1) if len(p) else np.zeros(0, np.float32),
+           "classes": classes}
+    name = Path(str(model)).name if isinstance(model, (str, os.PathLike)) else "classifier"
+    if scores is not None:
+        out["shift_score"] = scores
+    out["shift"] = shift_of_items(m, scores, name=name)
+    return out
+
+
+def shift_of_items(model: Any, scores: np.ndarray | None, *, name: str) -> Any:
+    """The dataset-shift report (:class:`ijtorch.models.shift.ShiftReport`) of items a classifier
+    scored one by one (``classify(...)["shift_score"]``, or a slice of it): per item above the
+    threshold calibrated on held-out items, and a warning when more items exceed it than items of
+    the training kind would (:func:`ijtorch.models.shift.assess_items`)."""
+    from ..models.shift import assess_items, no_reference
+
+    reference = getattr(model, "shift_reference", None)
+    if not reference or scores is None:
+        return no_reference(name)
+    return assess_items(reference, scores, model_name=name, unit="items")
 
 
 def embed(images: np.ndarray, *, model: Any, device: str = "auto", batch_size: int = 64) -> np.ndarray:
