@@ -25,7 +25,12 @@ The learning rate (1e-2, constant under the time limit) is ten times the trainin
 held-out volume of this simulation, 150 steps at 3e-3 left the distances under-fitted (3 of 30
 nuclei matched at IoU 0.5), 150 steps at 1e-2 matched 30 of 30.
 
-``--cells`` scores the bundled U-Net + watershed models on the held-out parts of the shared data
+``--vs-stardist`` times ``segment()`` against StarDist's ``predict_instances`` side by side on the
+same images (validation images and 1024²/2048² mosaics) at 1 and 2 threads, forward and NMS in
+seconds per megapixel; StarDist runs in its own interpreter (``--stardist-python`` or
+``$IJTORCH_STARDIST_PYTHON``): see ``benchmarks/segment_speed.py``.
+
+``--cells`` runs ``benchmarks/bench_segment_cells.py``'s ``main()`` when that file exists; otherwise it scores the bundled U-Net + watershed models on the held-out parts of the shared data
 recorded in their ``config.json`` (``held_out``): ``cells_phase`` on the held-out Usiigaci crop,
 ``bacteria_phase`` on the held-out frames of the bacteria movie; next to the classical pipeline with
 its parameters chosen on the same model's training images (``tools/train_bundled_cells.py``
@@ -45,6 +50,9 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import segment_speed  # noqa: E402 - benchmarks/segment_speed.py, also when this file is loaded by path
+
 DATA = ROOT.parent / "shared" / "data" / "nuclei_dsb2018" / "train"
 THRESHOLDS = (0.5, 0.75)
 
@@ -367,9 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--3d", dest="three_d", action="store_true",
                     help="3D check on synthetic nuclei volumes: train a small 3D model, compare with classical 3D")
     ap.add_argument("--minutes", type=float, default=5.0, help="--3d: training time limit in minutes")
+    segment_speed.add_arguments(ap)
     ap.add_argument("--train-volumes", type=int, default=8, help="--3d: simulated training volumes")
     ap.add_argument("--test-volumes", type=int, default=4, help="--3d: simulated held-out volumes")
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    cells_module = ROOT / "benchmarks" / "bench_segment_cells.py"
+    if args.cells and cells_module.exists():  # the phase-contrast benchmark lives in its own file
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_segment_cells", cells_module)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return int(module.main(rest) or 0)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         import torch
@@ -387,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pairs = load_pairs(DATA)
     val_names, why = bundled_val_names(args.model)
+    if args.vs_stardist:
+        from ijtorch.models.store import read_config, resolve_model
+
+        train_names = (read_config(resolve_model(args.model)).get("training") or {}).get("train_names")
+        return segment_speed.main(args, pairs, val_names, train_names, print_table, big_image)
     if val_names is None:
         print(f"note: {why}; scoring the classical baseline on every image instead")
         eval_pairs = pairs

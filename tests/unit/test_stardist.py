@@ -99,6 +99,36 @@ def test_nms_removes_duplicates_and_keeps_separate_objects():
         sd.polygon_nms(pts, d, scores, nms_threshold=1.5)
 
 
+def test_batched_nms_keeps_what_one_candidate_at_a_time_keeps(shared_data, rng):
+    """Real nuclei (ground-truth maps, distances jittered): the IoUs of several candidates computed
+    together give the same kept polygons as visiting the candidates one by one (batch=1)."""
+    lab = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "labels" / "07fb37aafa662660.tif")[:256, :320]
+    prob, dist = sd.object_probabilities(lab), sd.star_distances(lab, 32)
+    yy, xx = np.nonzero(prob[::2, ::2] > 0.3)
+    pts = np.stack([yy * 2, xx * 2], axis=1)
+    dists = np.maximum(dist[pts[:, 0], pts[:, 1]] * rng.uniform(0.8, 1.25, (len(pts), 32)), 1e-3)
+    scores = prob[pts[:, 0], pts[:, 1]] + rng.uniform(0, 1e-3, len(pts))
+    assert len(pts) > 1000
+    for t in (0.1, 0.3, 0.5):
+        one_by_one = sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=1)
+        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t), one_by_one)
+        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=7), one_by_one)
+    n_objects = len(np.unique(lab)) - 1
+    assert 0.5 * n_objects < len(one_by_one) < 3 * n_objects
+
+
+def test_star_polygon_inside_test_measures_the_exact_area(rng):
+    d = rng.uniform(3, 12, (3, 32))
+    inner2, outer2 = sd._radii(d)
+    s = 0.05
+    axis = np.arange(-13, 13, s) + s / 2
+    gy, gx = np.repeat(axis, axis.size), np.tile(axis, axis.size)
+    for j in range(3):
+        inside = sd._inside_star(gy, gx, np.full(gy.size, j), d, inner2, outer2)
+        assert inside.sum() * s * s == pytest.approx(sd.polygon_areas(d[j]), rel=5e-3)
+        assert np.all(inside[gy**2 + gx**2 <= inner2[j]]) and not np.any(inside[gy**2 + gx**2 > outer2[j]])
+
+
 def test_polygon_area_is_exact_for_a_regular_polygon():
     n, r = 32, 10.0
     assert sd.polygon_areas(np.full((1, n), r))[0] == pytest.approx(0.5 * n * r * r * np.sin(2 * np.pi / n))

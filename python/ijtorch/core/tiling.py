@@ -94,7 +94,7 @@ def _axis_weights(starts: list[int], tile: int, size: int, blend: str) -> list[n
 def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, tile_shape: Sequence[int],
                   overlap: int | Sequence[int], out_channels: int, size_multiple: Sequence[int] | None = None,
                   batch_size: int = 4, blend: str = "crop", progress: ProgressCallback | None = None,
-                  cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                  cancel: Callable[[], bool] | None = None, channels_last: bool = False) -> np.ndarray:
     """Apply ``fn`` to overlapping tiles of ``image`` and stitch the results.
 
     Parameters
@@ -120,6 +120,10 @@ def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, 
         Receives ``ProgressEvent("tile", i, n)`` after each batch.
     cancel : callable, optional
         Polled between batches; raises ``InterruptedError`` when it returns true.
+    channels_last : bool
+        Keep the output's channels as its last axis in memory (returned as a ``(C, *spatial)``
+        view): no transposing copy when ``fn`` returns channels-last arrays, as the star-convex
+        models' fast networks do, and their distances come out as contiguous ``(*spatial, C)``.
 
     Returns
     -------
@@ -151,7 +155,10 @@ def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, 
         weights = [_axis_weights(st, t, p, blend) for st, t, p in zip(starts, tiles, padded_size)]
         wsum = np.zeros(padded_size, np.float32)
     grid = np.stack(np.meshgrid(*[np.arange(len(s)) for s in starts], indexing="ij"), -1).reshape(-1, nd)
-    out = np.zeros((out_channels, *padded_size), np.float32)
+    if channels_last:
+        out = np.moveaxis(np.zeros((*padded_size, out_channels), np.float32), -1, 0)
+    else:
+        out = np.zeros((out_channels, *padded_size), np.float32)
     n = len(grid)
     log.debug("tiled prediction: %d tiles of %s over %s", n, tiles, padded_size)
     for b0 in range(0, n, batch_size):

@@ -193,11 +193,12 @@ class StarDistModel:
                      zip(view.shape, tiles if view.shape == x.shape else tiles[::-1], multiple)]
             return predict_tiled(self._forward_numpy, np.ascontiguousarray(view)[None], tile_shape=shape,
                                  overlap=overlap, out_channels=1 + self.n_rays, size_multiple=multiple,
-                                 batch_size=batch_size, blend="crop", progress=progress, cancel=cancel)
+                                 batch_size=batch_size, blend="crop", progress=progress, cancel=cancel,
+                                 channels_last=True)
 
         if not test_time_augmentation:
             out = maps(x)
-            return out[0], np.moveaxis(out[1:], 0, -1)
+            return np.ascontiguousarray(out[0]), np.moveaxis(out[1:], 0, -1)
         prob = np.zeros(x.shape, np.float32)
         dist = np.zeros(x.shape + (self.n_rays,), np.float32)
         transforms = dihedral_transforms()
