@@ -437,3 +437,34 @@ def test_classify_shift_on_the_cli_and_the_server(shapes_classifier, tmp_path, m
         header, arrays = decode(reply.content)
         assert arrays["shift_score"].shape == (16,) and header["shift_threshold"] > 0
         assert bool(header["shift_warning"]) == warned and header["shift_message"]
+
+
+def test_pixel_classifier_shift(tmp_path):
+    from ijtorch.models.pixel_classifier import PixelClassifierModel
+    from ijtorch.tasks.pixels import classify_pixels, scribbles_from_classes, train_pixels
+
+    def blobs(seed, shape=(256, 256), fg=160.0, bg=40.0):
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        classes = np.ones(shape, np.uint8)
+        for _ in range(30):
+            cy, cx, r = rng.integers(12, shape[0] - 12), rng.integers(12, shape[1] - 12), rng.integers(6, 11)
+            classes[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 2
+        return (np.where(classes == 2, fg, bg) + rng.normal(0, 25, shape)).astype(np.float32), classes
+
+    image, truth = blobs(0)
+    ann = scribbles_from_classes(truth, strokes_per_class=4, length=40, width=1, seed=0)
+    train_pixels([image], [ann], output=tmp_path / "m", classes=["background", "disk"], steps=60, seed=0, device="cpu")
+    ref = PixelClassifierModel.load(tmp_path / "m").shift_reference
+    assert ref["calibration"]["images"] == 8 and ref["threshold"] > 0 and len(ref["features"]["mean"]) == 21
+    same = classify_pixels(blobs(1)[0], "YX", model=tmp_path / "m", device="cpu")
+    assert same.shift_score is not None and same.shift_warning is None and "resembles" in same.shift_message
+    dark = classify_pixels(blobs(2, fg=40.0, bg=160.0)[0], "YX", model=tmp_path / "m", device="cpu")
+    assert dark.shift_score > dark.shift_threshold and "bright background" in dark.shift_warning
+    stack = classify_pixels(np.stack([blobs(1)[0], blobs(2, fg=40.0, bg=160.0)[0]]), "ZYX", model=tmp_path / "m",
+                            device="cpu")
+    assert "[1 of 2 planes above the threshold]" in stack.shift_warning
+    model = PixelClassifierModel.load(tmp_path / "m")
+    model.config.pop("shift")
+    plain = classify_pixels(blobs(1)[0], "YX", model=model, device="cpu")
+    assert plain.shift_score is None and "no dataset-shift reference" in plain.shift_message

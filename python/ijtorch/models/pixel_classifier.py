@@ -232,6 +232,97 @@ class PixelClassifierModel:
         self.context_network = None if context_net is None else context_net.to(device).eval()
         self.config = config
         self.device = device
+        self._shift_local = threading.local()  # the collector of this thread's prediction, if any
+
+    # ------------------------------------------------------------- dataset shift
+    # The first stage's standardised filter responses are the features the check models (a
+    # Gaussian per pixel, :mod:`ijtorch.models.shift`): they are what the head sees, and the
+    # context stage only adds smoothed probabilities of that stage.
+    @property
+    def shift_reference(self) -> dict[str, Any] | None:
+        """The dataset-shift reference stored with the model (config key ``shift``), if any."""
+        from . import shift
+
+        return self.config.get(shift.CONFIG_KEY) or None
+
+    def collecting(self, collector: Any) -> Any:
+        """Context in which this thread's predictions send the standardised pixel features of every
+        tile to ``collector`` (a :class:`~ijtorch.models.shift.FeatureCollector` or ``MomentCollector``)."""
+        from . import shift
+
+        return shift._Active(self._shift_local, collector)
+
+    def _standardised(self, feats: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (feats.ndim - 2)
+        return (feats - self.network.mean.reshape(shape)) / self.network.std.reshape(shape)
+
+    def fit_shift_reference(self, planes: Sequence[np.ndarray], *, block: int = 64, kind: str = "training",
+                            stride: int = 2) -> dict[str, Any]:
+        """Build the reference from raw training ``planes`` (``(Y, X)`` or ``(C, Y, X)``) and store it in
+        ``config["shift"]``. Pixel models learn from strokes on one or a few images, so held-out
+        images are rare: each plane is cut into ``block``-px blocks in a checkerboard, the features
+        of the "black" blocks (every ``stride``-th pixel) are the reference and the "white" blocks,
+        scored one by one, calibrate the threshold (5 % false alarms per block). The features are
+        computed on the whole plane, so blocks have no edges of their own. A block's score varies
+        more than an image's (fewer pixels), so on whole images the threshold errs towards fewer
+        false alarms."""
+        from . import shift
+
+        self.config.pop(shift.CONFIG_KEY, None)
+        train_cols, train_q, held = [], [], []
+        for plane in planes:
+            x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
+                                self.config.get("normalization", {}))
+            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas)))[None])  # a copy: cached arrays are read-only
+            h, w = x.shape[1:]
+            for i, y0 in enumerate(range(0, max(h - block, 0) + 1, block)):
+                for j, x0 in enumerate(range(0, max(w - block, 0) + 1, block)):
+                    sl = (slice(y0, y0 + block), slice(x0, x0 + block))
+                    fb, xb = f[(..., *sl)], x[(slice(None), *sl)]
+                    if (i + j) % 2 == 0:
+                        col = shift.MomentCollector()
+                        col.add(fb[..., ::stride, ::stride])
+                        train_cols.append(col)
+                        train_q.append(shift.input_quantiles(xb))
+                    else:
+                        held.append((fb, xb))
+        if len(train_cols) < 2:
+            raise ValueError(f"the training images are too small for a dataset-shift reference (blocks of {block} px)")
+        reference = shift.reference_from_moments(train_cols, [{"median": q[2]} for q in train_q], kind=kind,
+                                                 images=len(planes), layer="standardised pixel features",
+                                                 components=16)
+        reference["input_model"] = shift._input_model(train_q)
+        if held:
+            scores = []
+            for fb, xb in held:
+                col = shift.FeatureCollector(reference)
+                col.add(fb)
+                scores.append(shift.image_score(reference, col.score, {"quantiles": shift.input_quantiles(xb)}))
+            reference.update({"threshold": float(f"{shift.calibrate_threshold(scores):.4g}"),
+                              "false_alarm_rate": shift.FALSE_ALARM_RATE,
+                              "calibration": {"images": len(held), "folder": f"held-out {block}-px blocks of the "
+                                                                             "training images (checkerboard)",
+                                              "rule": "conformal: the ceil((n+1)(1-rate))-th smallest score of the "
+                                                      "held-out blocks",
+                                              "score_median": float(f"{np.median(scores):.4g}")}})
+        self.config[shift.CONFIG_KEY] = reference
+        return reference
+
+    def shift_check(self, plane: np.ndarray, **kwargs: Any) -> tuple[tuple[np.ndarray, np.ndarray], float | None, dict]:
+        """:meth:`predict` of one raw plane with the dataset-shift score of its features (``None``
+        without a reference) and the input summary that explains a warning."""
+        from . import shift
+
+        reference = self.shift_reference
+        if not reference:
+            return self.predict(plane, **kwargs), None, {}
+        col = shift.FeatureCollector(reference)
+        with self.collecting(col):
+            out = self.predict(plane, **kwargs)
+        x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
+                            self.config.get("normalization", {}))
+        summary = {**shift.input_summary(x[0] if x.shape[0] == 1 else x, None), "quantiles": shift.input_quantiles(x)}
+        return out, shift.image_score(reference, col.score, summary), {"median": summary.get("median")}
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -302,6 +393,9 @@ class PixelClassifierModel:
         feats = np.stack([pixel_features(t, self.sigmas) for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
+            collector = getattr(self._shift_local, "collector", None)
+            if collector is not None:
+                collector.add(self._standardised(t))
             return torch.softmax(self.network.forward_maps(t), dim=1).float().cpu().numpy()
 
     def _forward_context(self, batch: np.ndarray) -> np.ndarray:

@@ -49,6 +49,11 @@ class PixelResult:
         ``(C, ...)`` float32 probabilities when asked for (axes ``"C" + axes``).
     model, device : str
     seconds : float
+    shift_score, shift_threshold, shift_warning, shift_message
+        The dataset-shift check (:mod:`ijtorch.models.shift`; the highest plane score against the
+        model's calibrated threshold, a plain-words warning above it, one log line either way) as
+        :class:`ijtorch.tasks.segment.SegmentationResult` has it; scores are ``None`` for models
+        without a reference.
     """
 
     classes: np.ndarray
@@ -58,6 +63,10 @@ class PixelResult:
     model: str
     device: str
     seconds: float
+    shift_score: float | None = None
+    shift_threshold: float | None = None
+    shift_warning: str | None = None
+    shift_message: str = ""
 
 
 def is_pixel_model(model: str | os.PathLike | Any) -> bool:
@@ -144,12 +153,15 @@ def classify_pixels(
     outer_shape = stack.shape[: len(outer)]
     planes = stack.reshape((-1,) + stack.shape[len(outer):])
     out_axes = outer + "YX"
-    cls_planes, prob_planes = [], []
+    cls_planes, prob_planes, shifts = [], [], []
     for k, plane in enumerate(planes):
         if cancel is not None and cancel():
             raise InterruptedError("pixel classification cancelled")
         emit(progress, ProgressEvent("plane", k, len(planes), f"plane {k + 1}/{len(planes)}"))
-        cls, prob = net.predict(plane, tile_size=tile_size, overlap=overlap, progress=progress, cancel=cancel)
+        (cls, prob), score, inputs = net.shift_check(plane, tile_size=tile_size, overlap=overlap, progress=progress,
+                                                     cancel=cancel)
+        if score is not None:
+            shifts.append((score, inputs))
         cls_planes.append(cls)
         if probabilities:
             prob_planes.append(prob)
@@ -164,10 +176,27 @@ def classify_pixels(
     if probs is not None:
         probs = to_axes(probs, "C" + out_axes, "C" + "".join(order))
     name = Path(str(model)).name if isinstance(model, (str, os.PathLike)) else "model"
+    report = _shift_report(net, shifts, name, len(planes))
     seconds = time.monotonic() - t0
     log.info("classified pixels of a %s image with %s in %.2f s", axes, name, seconds)
     return PixelResult(classes=classes, axes="".join(order), class_names=tuple(net.classes), probabilities=probs,
-                       model=name, device=net.device, seconds=seconds)
+                       model=name, device=net.device, seconds=seconds, shift_score=report.score,
+                       shift_threshold=report.threshold, shift_warning=report.warning, shift_message=report.message)
+
+
+def _shift_report(net: Any, shifts: list, name: str, n_planes: int) -> Any:
+    """The plane with the highest shift score speaks (as in segmentation)."""
+    from ijtorch.models.shift import assess, no_reference
+
+    if not shifts or len(shifts) != n_planes:
+        return no_reference(name)
+    score, inputs = max(shifts, key=lambda s: s[0])
+    report = assess(net.shift_reference, score, inputs, model_name=name)
+    if n_planes > 1 and report.warning:
+        flagged = sum(s > report.threshold for s, _ in shifts)
+        text = f"{report.warning} [{flagged} of {n_planes} planes above the threshold]"
+        report = type(report)(report.score, report.threshold, text, text, report.details)
+    return report
 
 
 def train_pixels(

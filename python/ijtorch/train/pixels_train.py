@@ -474,6 +474,10 @@ def train_pixel_classifier(
     correct, total = int((pred == y).sum()), len(y)
     metrics = {"train_accuracy": correct / max(total, 1), "loss": float(np.mean(losses[-20:])) if losses else None}
     config["metrics"] = metrics
+    try:  # the dataset-shift reference (ijtorch.models.shift): blocks of the training images
+        model.fit_shift_reference(planes)
+    except ValueError as exc:  # images too small: the model works without one (and says so)
+        log.warning("no dataset-shift reference for the pixel classifier: %s", exc)
     if output is not None:
         model.save(output)
     emit(progress, ProgressEvent("train", total_steps, total_steps, "done", metrics))
