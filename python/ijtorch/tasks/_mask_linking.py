@@ -47,12 +47,12 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ._mask_assign import _assign, _pair_groups, _used
+from ._mask_motion import MoviePixels, motion
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MaskLinks", "link_masks", "object_shapes"]
 
-_CONF_IOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -101,96 +101,6 @@ def object_shapes(lab: np.ndarray, labels: np.ndarray, scale: np.ndarray, *,
     return axis, np.sqrt(12 * lam1), 1.0 - np.sqrt(lam2 / lam1)
 
 
-class _Frame:
-    """Pixels of one frame grouped by object (index into that frame's detections)."""
-
-    def __init__(self, lab: np.ndarray, labels: np.ndarray):
-        self.lab = lab
-        self.labels = labels
-        idx = np.flatnonzero(lab)
-        lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
-        lut[labels] = np.arange(labels.size)
-        self.lut = lut  # label value -> object index
-        self.flat = idx  # flat pixel index into lab
-        self.obj = lut[lab.ravel()[idx]]
-        self.coords = np.unravel_index(idx, lab.shape)  # per axis, (z,) y, x
-        n = labels.size  # bounding box per object: a shift that keeps it inside needs no per-pixel test
-        self.lo = np.stack([_group_min(self.obj, c, n) for c in self.coords], 1)
-        self.hi = np.stack([_group_max(self.obj, c, n) for c in self.coords], 1)
-
-
-def _group_min(obj, values, n):
-    out = np.full(n, np.iinfo(np.int64).max); np.minimum.at(out, obj, values); return out
-
-
-def _group_max(obj, values, n):
-    out = np.full(n, -1, np.int64); np.maximum.at(out, obj, values); return out
-
-
-def _overlaps(fa: _Frame, fb: _Frame, shift_px: np.ndarray, objects: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, overlap in pixels) of frame a's objects shifted by ``shift_px`` (per object, axis order of
-    the label array) with frame b's objects, sorted by (i, j); only the ``objects`` of a (boolean mask)
-    if given."""
-    flat, obj = fa.flat, fa.obj
-    if objects is not None:
-        pick = objects[obj]
-        flat, obj = flat[pick], obj[pick]
-    shape = np.asarray(fb.lab.shape)
-    if not np.any(shift_px):
-        tgt = fb.lab.ravel()[flat]
-    else:
-        strides = np.r_[np.cumprod(shape[:0:-1])[::-1], 1]  # flat elements per step along each axis
-        offset = shift_px @ strides  # per object, in flat pixels
-        inside = np.all((fa.lo + shift_px >= 0) & (fa.hi + shift_px < shape), axis=1)
-        if inside[obj].all():  # the usual case: one gather, no per-pixel bounds test
-            tgt = fb.lab.ravel()[flat + offset[obj]]
-        else:
-            coords = np.unravel_index(flat, fa.lab.shape)
-            ok = np.ones(obj.size, bool)
-            for ax in range(shape.size):
-                c = coords[ax] + shift_px[obj, ax]
-                ok &= (c >= 0) & (c < shape[ax])
-            tgt = np.zeros(obj.size, fb.lab.dtype)
-            tgt[ok] = fb.lab.ravel()[flat[ok] + offset[obj[ok]]]
-    hit = tgt > 0
-    i = obj[hit]
-    j = fb.lut[tgt[hit]]
-    m = max(fb.labels.size, 1)
-    if fa.labels.size * m <= 4_000_000:  # dense count table: no sort
-        cnt = np.bincount(i * m + j, minlength=fa.labels.size * m)
-        key = np.flatnonzero(cnt)
-        return key // m, key % m, cnt[key].astype(np.float64)
-    key, cnt = np.unique(i * m + j, return_counts=True)
-    return key // m, key % m, cnt.astype(np.float64)
-
-
-def _update_overlaps(fa: _Frame, fb: _Frame, shift_px: np.ndarray, last: tuple | None) -> tuple:
-    """:func:`_overlaps` for ``shift_px``, recomputing only the objects whose shift changed since
-    ``last`` = (shift, i, j, overlap) of the previous round (an object's overlaps depend on its own
-    shift only). Returns (shift, i, j, overlap)."""
-    if last is None:
-        return (shift_px, *_overlaps(fa, fb, shift_px))
-    prev, i, j, o = last
-    changed = np.any(shift_px != prev, axis=1)
-    if not changed.any():
-        return (shift_px, i, j, o)
-    ni, nj, no = _overlaps(fa, fb, shift_px, changed)
-    keep = ~changed[i]
-    i, j, o = np.concatenate([i[keep], ni]), np.concatenate([j[keep], nj]), np.concatenate([o[keep], no])
-    order = np.argsort(i * max(fb.labels.size, 1) + j, kind="stable")
-    return (shift_px, i[order], j[order], o[order])
-
-
-def _mutual_best(i, j, score, na, nb):
-    """Pairs that are each other's best by ``score`` (higher is better)."""
-    if i.size == 0:
-        return np.zeros(0, bool)
-    best_a = np.full(na, -np.inf); np.maximum.at(best_a, i, score)
-    best_b = np.full(nb, -np.inf); np.maximum.at(best_b, j, score)
-    return (score >= best_a[i]) & (score >= best_b[j])
-
-
 def _global_shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer shift (per axis of the arrays) that best aligns the foreground of ``a`` onto ``b``
     (peak of the FFT cross-correlation, zero-padded so that shifts do not wrap)."""
@@ -219,46 +129,6 @@ def _global_shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (fs * np.where(peak > shape // 2, peak - shape, peak)).astype(np.int64)
 
 
-def _neighbours(pos_a, conf_i, k):
-    """Indices (into the confident links) of the k nearest confident neighbours of every object,
-    the object itself left out."""
-    n = pos_a.shape[0]
-    kk = min(k + 1, conf_i.size)
-    _, nb = cKDTree(pos_a[conf_i]).query(pos_a, k=kk)
-    nb = nb.reshape(n, kk)
-    own = conf_i[nb] == np.arange(n)[:, None]
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), kk - 1)  # itself, else the farthest
-    keep = np.ones((n, kk), bool)
-    keep[np.arange(n), drop] = False
-    return nb[keep].reshape(n, kk - 1)
-
-
-def _predict(pos_a, conf_i, conf_disp, k):
-    """Two predictions of every object's displacement from its confident neighbours (not itself):
-    their median, and a local affine motion (ridge-regularised least squares, centred on the object,
-    so that an expanding colony is extrapolated to its edge)."""
-    nb2 = _neighbours(pos_a, conf_i, 2 * k)  # nearest first
-    med = np.median(conf_disp[nb2[:, :k]], axis=1)
-    # inputs: the spatial axes that vary (z only in 3-D: a constant input has no effect on the fit)
-    d = 3 if np.ptp(pos_a[:, 2]) > 0 else 2
-    X = pos_a[conf_i][nb2][..., :d] - pos_a[:, None, :d]  # (n, k, d)
-    Y = conf_disp[nb2]
-    Z = np.concatenate([np.ones(X.shape[:2] + (1,)), X], axis=2)  # (n, k, d + 1)
-    Zt = Z.transpose(0, 2, 1)
-    ZtZ = Zt @ Z  # batched matmul: several times faster than the equivalent einsum
-    lam = 0.5 * np.sum(X * X, axis=(1, 2)) / max(X.shape[1], 1)  # ridge ~ half the mean squared spread
-    reg = np.zeros((1, d + 1, d + 1))
-    reg[0, 1:, 1:] = np.eye(d)
-    ZtZ = ZtZ + reg * (lam[:, None, None] + 1e-9)
-    ZtY = Zt @ Y
-    try:
-        beta = np.linalg.solve(ZtZ, ZtY)
-        aff = beta[:, 0, :]
-    except np.linalg.LinAlgError:
-        aff = med
-    return med, aff
-
-
 def _angle(u, v):
     """Angle between undirected axes, in [0, π/2]."""
     nu = np.linalg.norm(u, axis=-1); nv = np.linalg.norm(v, axis=-1)
@@ -283,66 +153,26 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     pos = np.stack([s["x"], s["y"], s["z"]], axis=1)
     nf = det.n_frames
     starts = np.searchsorted(frame, np.arange(nf + 1))
-    axis = np.zeros((len(frame), 3)); length = np.zeros(len(frame)); elong = np.zeros(len(frame))
-    frames = []
-    for t in range(nf):
-        a0, a1 = starts[t], starts[t + 1]
-        labels_t = s["label"][a0:a1]
-        frames.append(_Frame(lab[t], labels_t))
-        if a1 > a0:
-            axis[a0:a1], length[a0:a1], elong[a0:a1] = object_shapes(lab[t], labels_t, scale,
-                                                                      pixels=(frames[t].obj, frames[t].coords))
+    mp = MoviePixels(lab, frame, s["label"], starts)
+    axis, length, elong = object_shapes(None, np.arange(len(frame)), scale, pixels=(mp.obj, mp.coords))
     radius = float(np.median(s["radius"])) if len(frame) else 1.0
     px = float(scale.max())
-    # ---- pass over all frame pairs: motion prediction and the pairs' geometry
+    # ---- all frame pairs at once: overlaps after the predicted motion, confident links
+    mo = motion(mp, pos, area, ndim, scale, params, lambda t: _global_shift(lab[t], lab[t + 1]), progress)
+    ci, cj = mo.i[mo.conf], mo.j[mo.conf]
+    r = pos[cj] - pos[ci] - mo.v[ci]
+    el = np.minimum(elong[ci], elong[cj]) > 0.3
+    cat = {"r": np.sum(r * r, axis=1), "raw": np.linalg.norm(pos[cj] - pos[ci], axis=1),
+           "dlog": np.log(mo.ratio[mo.conf]), "iou": mo.iou[mo.conf], "dth": _angle(axis[ci], axis[cj])[el]}
+    bounds = np.searchsorted(mo.i, starts)  # overlaps are sorted by object: one slice per frame pair
     pairs = []
-    conf_stats = {"r": [], "dlog": [], "iou": [], "dth": [], "raw": []}
     for t in range(nf - 1):
         a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
-        na, nb = a1 - a0, b1 - a1
-        if na == 0 or nb == 0:
+        if a1 == a0 or b1 == a1:
             pairs.append(None)
             continue
-        fa, fb = frames[t], frames[t + 1]
-        pa, pb = pos[a0:a1], pos[a1:b1]
-        v = np.zeros((na, 3))
-        if params.motion_compensation and np.count_nonzero(fb.lab.ravel()[fa.flat]) < 0.5 * fa.obj.size:
-            # the foregrounds hardly overlap: a stage jump or drift; one global shift first
-            g_shift = _global_shift(fa.lab, fb.lab)
-            v[:, :ndim] = (g_shift * scale)[::-1]
-        v_global = v.copy()
-        rounds = 3 if params.motion_compensation else 1
-        last = None
-        for it in range(rounds):
-            shift = np.rint(v[:, :ndim][:, ::-1] / scale).astype(np.int64)  # (z,) y, x pixels
-            last = _update_overlaps(fa, fb, shift, last)
-            _, i, j, o = last
-            iou = o / (area[a0 + i] + area[a1 + j] - o)
-            ratio = area[a1 + j] / area[a0 + i]
-            conf = _mutual_best(i, j, iou, na, nb) & (iou >= _CONF_IOU) & (ratio > 0.7) & (ratio < 1.4)
-            if it < rounds - 1:
-                ci, cj = i[conf], j[conf]
-                if ci.size < 3:
-                    break
-                d = pb[cj] - pa[ci]
-                med, aff = _predict(pa, ci, d, params.motion_neighbours)
-                # neighbours' motion predicts only where motion is shared (a colony, a flow), not for
-                # independent random walkers: keep the prediction (median or local affine motion)
-                # that does best on the confident links, each predicted without itself
-                cands = (v_global, med, aff) if ci.size >= 30 else (v_global, med)  # affine: enough links only
-                err = [np.median(np.sum((d - cand[ci]) ** 2, 1)) for cand in cands]
-                v = cands[int(np.argmin(err))]  # the last round's overlaps are computed with it
-        ci, cj = i[conf], j[conf]
-        r = pb[cj] - pa[ci] - v[ci]
-        conf_stats["r"].append(np.sum(r * r, axis=1))
-        conf_stats["raw"].append(np.linalg.norm(pb[cj] - pa[ci], axis=1))
-        conf_stats["dlog"].append(np.log(ratio[conf]))
-        conf_stats["iou"].append(iou[conf])
-        el = np.minimum(elong[a0 + ci], elong[a1 + cj]) > 0.3
-        conf_stats["dth"].append(_angle(axis[a0 + ci], axis[a1 + cj])[el])
-        pairs.append((i, j, o, iou, v))
-        emit(progress, ProgressEvent("link", t + 1, 2 * (nf - 1)))
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in conf_stats.items()}
+        sl = slice(bounds[t], bounds[t + 1])
+        pairs.append((mo.i[sl] - a0, mo.j[sl] - a1, mo.o[sl], mo.v[a0:a1]))
     n_conf = int(cat["r"].size)
     est = _estimate(params, cat, ndim, radius, px)
     est["n_confident_links"] = n_conf
@@ -355,9 +185,9 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     for t in range(nf - 1):
         if pairs[t] is None:
             continue
-        i, j, o, iou, v = pairs[t]
+        i, j, o, v = pairs[t]
         a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
-        na, nb = a1 - a0, b1 - a1
+        nb = b1 - a1
         pa, pb = pos[a0:a1], pos[a1:b1]
         pred = pa + v
         # candidates: overlapping after the shift, or within max_distance of the predicted position

@@ -1,0 +1,246 @@
+"""Step 1 of mask linking (:mod:`ijtorch.tasks._mask_linking`) for all frame pairs of a movie at once:
+the overlaps of every object with the objects of the next frame after shifting it by its predicted
+motion, the confident links, and the motion predicted from the confident neighbours, refined twice.
+
+Every array here is indexed by the movie's detections (their global index), so each round is a
+handful of numpy calls for the whole movie instead of a few hundred per frame pair (the calls, not
+the pixels, were most of the time on dense colonies). Object i of frame t is only ever compared with
+frame t + 1, so the movie's pairs stay independent problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+_CONF_IOU = 0.3
+
+
+class MoviePixels:
+    """The foreground pixels of a label movie, grouped by detection (global index)."""
+
+    def __init__(self, lab: np.ndarray, frame: np.ndarray, labels: np.ndarray, starts: np.ndarray):
+        nf = lab.shape[0]
+        self.shape = np.asarray(lab.shape[1:])
+        self.plane = int(np.prod(self.shape))
+        # the stack painted with each object's index within its frame + 1 (0 = background)
+        self.index = np.zeros(lab.shape, np.int32)
+        flat, obj = [], []
+        for t in range(nf):
+            a0, a1 = starts[t], starts[t + 1]
+            if a1 == a0:
+                continue
+            idx = np.flatnonzero(lab[t])
+            lut = np.zeros(int(labels[a0:a1].max()) + 1, np.int64)
+            lut[labels[a0:a1]] = np.arange(1, a1 - a0 + 1)
+            o = lut[lab[t].ravel()[idx]]  # index within the frame + 1
+            self.index[t].ravel()[idx] = o
+            flat.append(idx + t * self.plane)
+            obj.append(o + (a0 - 1))
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)  # flat index into the stack
+        self.obj = np.concatenate(obj) if obj else np.zeros(0, np.int64)
+        self.coords = np.unravel_index(self.flat % self.plane, tuple(self.shape))  # within the frame
+        n = len(frame)
+        # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test
+        self.lo = np.stack([_group(np.minimum, self.obj, c, n, np.iinfo(np.int64).max) for c in self.coords], 1)
+        self.hi = np.stack([_group(np.maximum, self.obj, c, n, -1) for c in self.coords], 1)
+        self.frame, self.starts = frame, starts
+        self.width = max(int(np.max(np.diff(starts))), 1) if len(starts) > 1 else 1  # most objects in a frame
+
+    def overlaps(self, shift_px: np.ndarray, objects: np.ndarray | None = None):
+        """(i, j, overlap in pixels), sorted by (i, j): object i (of frame t, shifted by ``shift_px[i]``,
+        axis order of the stack) overlapping object j of frame t + 1; only ``objects`` if given."""
+        flat, obj = self.flat, self.obj
+        if objects is not None:
+            pick = objects[obj]
+            flat, obj = flat[pick], obj[pick]
+        strides = np.r_[np.cumprod(self.shape[:0:-1])[::-1], 1]
+        offset = shift_px @ strides + self.plane  # per object, in flat pixels of the stack: the next frame
+        inside = np.all((self.lo + shift_px >= 0) & (self.hi + shift_px < self.shape), axis=1)
+        inside &= self.frame < len(self.starts) - 2  # the last frame has no next one
+        ok = inside[obj]
+        if not ok.all():  # objects leaving the frame: test their pixels
+            part = ~ok
+            sub = tuple(c[part] if objects is None else c[pick][part] for c in self.coords)
+            good = self.frame[obj[part]] < len(self.starts) - 2
+            for ax in range(self.shape.size):
+                c = sub[ax] + shift_px[obj[part], ax]
+                good &= (c >= 0) & (c < self.shape[ax])
+            ok[np.flatnonzero(part)[good]] = True
+            flat, obj = flat[ok], obj[ok]
+        tgt = self.index.ravel()[flat + offset[obj]]
+        # count (object, object of the next frame + 1) pairs in one pass; column 0 = background
+        m = self.width + 1
+        n = len(self.frame)
+        key = obj * m + tgt
+        if n * m <= 4_000_000:  # dense count table: no sort
+            cnt = np.bincount(key, minlength=n * m)
+            key = np.flatnonzero(cnt)
+            cnt = cnt[key]
+        else:
+            key, cnt = np.unique(key, return_counts=True)
+        jl = key % m
+        hit = jl > 0
+        i = key[hit] // m
+        return i, self.starts[self.frame[i] + 1] + jl[hit] - 1, cnt[hit].astype(np.float64)
+
+
+def _group(ufunc, obj, values, n, fill):
+    out = np.full(n, fill, np.int64)
+    ufunc.at(out, obj, values)
+    return out
+
+
+@dataclass
+class Motion:
+    """Result of :func:`motion`: overlaps (global indices, sorted), IoU, area ratio, the confident
+    links and each object's predicted displacement ``v`` (n, 3; x, y, z)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    o: np.ndarray
+    iou: np.ndarray
+    ratio: np.ndarray
+    conf: np.ndarray
+    v: np.ndarray
+
+
+def motion(mp: MoviePixels, pos: np.ndarray, area: np.ndarray, ndim: int, scale: np.ndarray, params,
+           global_shift, progress=None) -> Motion:
+    """Overlaps, confident links and predicted motion of every frame pair (see the module docstring of
+    :mod:`ijtorch.tasks._mask_linking`); ``global_shift(t)`` gives the stage shift of pair t."""
+    from ..core.progress import ProgressEvent, emit
+
+    frame, starts = mp.frame, mp.starts
+    n = len(frame)
+    nf = len(starts) - 1
+    n_pairs = max(nf - 1, 0)
+    count = np.diff(starts)
+    valid = (count[:-1] > 0) & (count[1:] > 0) if n_pairs else np.zeros(0, bool)
+    zero = np.zeros((n, ndim), np.int64)
+    last = (zero, *mp.overlaps(zero))
+    v = np.zeros((n, 3))
+    if params.motion_compensation and n_pairs:
+        # the foregrounds hardly overlap (a stage jump or drift): one global shift for the pair first
+        covered = np.bincount(frame[last[1]], weights=last[3], minlength=nf)[:n_pairs]
+        jumps = np.flatnonzero(valid & (covered < 0.5 * np.bincount(frame[mp.obj], minlength=nf)[:n_pairs]))
+        for t in jumps:
+            v[starts[t]:starts[t + 1], :ndim] = (global_shift(t) * scale)[::-1]
+    v_global = v.copy()
+    active = valid.copy()  # pairs still refining their prediction
+    rounds = 3 if params.motion_compensation else 1
+    for it in range(rounds):
+        shift = np.rint(v[:, :ndim][:, ::-1] / scale).astype(np.int64)  # (z,) y, x pixels
+        last = _update(mp, shift, last)
+        _, i, j, o = last
+        iou = o / (area[i] + area[j] - o)
+        ratio = area[j] / area[i]
+        conf = _mutual_best(i, j, iou, n) & (iou >= _CONF_IOU) & (ratio > 0.7) & (ratio < 1.4)
+        emit(progress, ProgressEvent("link", (it + 1) * n_pairs // rounds, 2 * n_pairs))
+        if it == rounds - 1:
+            break
+        ci, cj = i[conf], j[conf]
+        n_conf = np.bincount(frame[ci], minlength=nf)[:n_pairs]
+        active &= n_conf >= 3
+        if not active.any():
+            break
+        keep = active[frame[ci]]
+        ci, cj = ci[keep], cj[keep]
+        d = pos[cj] - pos[ci]
+        objects = np.flatnonzero(active[np.minimum(frame, n_pairs - 1)] & (frame < n_pairs))
+        med, aff = _predict(pos, frame, objects, ci, d, n_conf, params.motion_neighbours)
+        # neighbours' motion predicts only where motion is shared (a colony, a flow), not for
+        # independent random walkers: per pair, keep the prediction (median or local affine motion)
+        # that does best on its confident links, each predicted without itself
+        grp = frame[ci]
+        err = np.full((n_pairs, 3), np.inf)
+        for c, cand in enumerate((v_global, med, aff)):
+            err[:, c] = _group_median(np.sum((d - cand[ci]) ** 2, 1), grp, n_pairs)
+        err[n_conf < 30, 2] = np.inf  # affine: enough links only
+        choice = np.argmin(err, axis=1)[np.minimum(frame, n_pairs - 1)]
+        moving = np.isin(np.arange(n), objects)
+        v = np.where((moving & (choice == 0))[:, None], v_global,
+                     np.where((moving & (choice == 1))[:, None], med, np.where(moving[:, None], aff, v)))
+    return Motion(i, j, o, iou, ratio, conf, v)
+
+
+def _update(mp: MoviePixels, shift: np.ndarray, last: tuple) -> tuple:
+    """Overlaps for ``shift``, recomputing only objects whose shift changed since ``last`` = (shift,
+    i, j, overlap) (an object's overlaps depend on its own shift only)."""
+    prev, i, j, o = last
+    changed = np.any(shift != prev, axis=1)
+    if not changed.any():
+        return (shift, i, j, o)
+    ni, nj, no = mp.overlaps(shift, changed)
+    keep = ~changed[i]
+    i, j, o = np.concatenate([i[keep], ni]), np.concatenate([j[keep], nj]), np.concatenate([o[keep], no])
+    order = np.lexsort((j, i))
+    return (shift, i[order], j[order], o[order])
+
+
+def _mutual_best(i, j, score, n):
+    """Pairs that are each other's best by ``score`` (higher is better)."""
+    if i.size == 0:
+        return np.zeros(0, bool)
+    best_a = np.full(n, -np.inf); np.maximum.at(best_a, i, score)
+    best_b = np.full(n, -np.inf); np.maximum.at(best_b, j, score)
+    return (score >= best_a[i]) & (score >= best_b[j])
+
+
+def _group_median(values, grp, n_groups):
+    """np.median of ``values`` per group (NaN for an empty group)."""
+    out = np.full(n_groups, np.nan)
+    if values.size == 0:
+        return out
+    order = np.lexsort((values, grp))
+    v, g = values[order], grp[order]
+    first = np.searchsorted(g, np.arange(n_groups))
+    cnt = np.bincount(g, minlength=n_groups)
+    has = cnt > 0
+    lo = first[has] + (cnt[has] - 1) // 2
+    hi = first[has] + cnt[has] // 2
+    out[has] = (v[lo] + v[hi]) / 2
+    return out
+
+
+def _predict(pos, frame, objects, conf_i, conf_disp, n_conf, k):
+    """Two predictions of the displacement of ``objects`` from their confident neighbours in the same
+    frame (not themselves): their median, and a local affine motion (ridge-regularised least squares,
+    centred on the object, so that an expanding colony is extrapolated to its edge). Returns (n, 3)
+    arrays (zero outside ``objects``)."""
+    n = len(frame)
+    med = np.zeros((n, 3)); aff = np.zeros((n, 3))
+    kk_pair = np.minimum(2 * k + 1, n_conf)  # neighbours asked for in each pair (itself included)
+    # one tree for the movie: frames far apart along a fourth axis, so neighbours come from one frame
+    sep = 4.0 * (np.ptp(pos, axis=0).max() + 1.0)
+    pts = np.c_[pos, frame * sep]
+    kmax = int(kk_pair[frame[objects]].max())
+    _, nb = cKDTree(pts[conf_i]).query(pts[objects], k=kmax)
+    nb = nb.reshape(objects.size, kmax)
+    kk = kk_pair[frame[objects]]
+    for size in np.unique(kk):  # objects whose frame has the same number of confident neighbours
+        rows = np.flatnonzero(kk == size)
+        obj = objects[rows]
+        nbr = nb[rows, :size]
+        own = conf_i[nbr] == obj[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), size - 1)  # itself, else the farthest
+        keep = np.ones(nbr.shape, bool)
+        keep[np.arange(rows.size), drop] = False
+        nb2 = nbr[keep].reshape(rows.size, size - 1)  # nearest first
+        med[obj] = np.median(conf_disp[nb2[:, :k]], axis=1)
+        # inputs: the spatial axes that vary (z only in 3-D: a constant input has no effect on the fit)
+        d = 3 if np.ptp(pos[:, 2]) > 0 else 2
+        X = pos[conf_i][nb2][..., :d] - pos[obj][:, None, :d]
+        Y = conf_disp[nb2]
+        Z = np.concatenate([np.ones(X.shape[:2] + (1,)), X], axis=2)
+        Zt = Z.transpose(0, 2, 1)
+        lam = 0.5 * np.sum(X * X, axis=(1, 2)) / max(X.shape[1], 1)  # ridge ~ half the mean squared spread
+        reg = np.zeros((1, d + 1, d + 1))
+        reg[0, 1:, 1:] = np.eye(d)
+        try:
+            aff[obj] = np.linalg.solve(Zt @ Z + reg * (lam[:, None, None] + 1e-9), Zt @ Y)[:, 0, :]
+        except np.linalg.LinAlgError:
+            aff[obj] = med[obj]
+    return med, aff
