@@ -468,3 +468,30 @@ def test_pixel_classifier_shift(tmp_path):
     model.config.pop("shift")
     plain = classify_pixels(blobs(1)[0], "YX", model=model, device="cpu")
     assert plain.shift_score is None and "no dataset-shift reference" in plain.shift_message
+
+
+# ------------------------------------------------------------------ confidence as a ROI property
+def test_roiset_carries_each_objects_confidence(tmp_path, fluo):
+    import roifile
+
+    from ijtorch.commands.outputs import CommandInputs
+    from ijtorch.commands.segment import SegmentParams, segment_compute
+    from ijtorch.image import Image
+    from ijtorch.io.roiset import read_roiset
+    from ijtorch.tasks.segmentation_files import write_segmentation_outputs
+
+    im = _tif(fluo / "images" / f"{VALIDATION[2]}.tif")
+    result, outputs = segment_compute(CommandInputs(image=Image(im, "YX", title="n.tif")),
+                                      SegmentParams(model="nuclei", output="all"))
+    ol = outputs.rois.outlines
+    conf = outputs.rois.properties["confidence"]
+    assert len(conf) == len(ol) == result.n_objects
+    assert [float(c) for c in conf] == pytest.approx(result.confidence[ol.labels - 1], abs=5e-4)
+    paths = write_segmentation_outputs(tmp_path, "n", Image(im, "YX"), result.labels, result.axes,
+                                       confidence=result.confidence)
+    rois = roifile.roiread(paths["rois"])  # an independent reader: ImageJ's properties field
+    assert len(rois) == result.n_objects and rois[0].name == "label_0001"  # names unchanged
+    assert [r.properties["confidence"] for r in rois] == pytest.approx([float(c) for c in conf], abs=1e-9)
+    assert read_roiset(paths["rois"]).properties[3] == {"confidence": conf[3]}
+    no_conf = write_segmentation_outputs(tmp_path / "plain", "n", Image(im, "YX"), result.labels, result.axes)
+    assert read_roiset(no_conf["rois"]).properties[0] == {}

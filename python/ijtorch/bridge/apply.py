@@ -83,7 +83,7 @@ def apply_outputs(outputs: CommandOutputs, source: Any = None) -> list[Any]:
         _rois_headless(outputs.rois, shown[-1] if shown else JClass("ij.WindowManager").getCurrentImage(), folder)
     elif outputs.rois is not None:
         add_rois_to_manager(outputs.rois.outlines, names=list(outputs.rois.names) if outputs.rois.names else None,
-                            reset=outputs.rois.reset)
+                            reset=outputs.rois.reset, properties=getattr(outputs.rois, "properties", None))
     if outputs.roi_style is not None and not headless:
         style, rm, Color = outputs.roi_style, roi_manager(), JClass("java.awt.Color")
         for k, i in enumerate(np.asarray(style.indices).tolist()):
@@ -156,6 +156,8 @@ def _rois_headless(rois, target, folder: Path | None) -> None:
         JArray(JFloat)(np.ascontiguousarray(coords[:, 1], dtype=np.float32)),
         JArray(JInt)(ol.offsets.astype(np.int32)), JArray(JString)(names),
         *(JArray(JInt)(np.ascontiguousarray(pos[:, k], dtype=np.int32)) for k in range(3)), integer)
+    properties = dict(getattr(rois, "properties", None) or {})
+    _set_properties(list(polygons), properties)
     if target is not None:
         overlay = JClass("ij.gui.Overlay")()
         for roi in polygons:
@@ -163,7 +165,17 @@ def _rois_headless(rois, target, folder: Path | None) -> None:
         target.setOverlay(overlay)
     if folder is not None:
         stem = Path(str(target.getTitle())).stem if target is not None else "rois"
-        write_roiset(folder / f"{stem}_RoiSet.zip", ol.polygons, names=names, positions=pos)
+        write_roiset(folder / f"{stem}_RoiSet.zip", ol.polygons, names=names, positions=pos, properties=properties)
+
+
+def _set_properties(rois: Sequence[Any], properties: Mapping[str, Sequence[str]] | None) -> None:
+    """``Roi.setProperty(key, values[k])`` on ``rois[k]`` (what ``Roi.getProperty(key)`` reads in a
+    macro and the RoiEncoder saves), e.g. each segmented object's ``confidence``."""
+    for key, values in (properties or {}).items():
+        if len(values) != len(rois):
+            raise ValueError(f"properties[{key!r}]: {len(values)} values for {len(rois)} ROIs")
+        for roi, value in zip(rois, values):
+            roi.setProperty(key, str(value))
 
 
 def rois_from_manager(manager=None) -> Annotations:
@@ -329,7 +341,7 @@ def roi_manager() -> Any:
 
 def add_rois_to_manager(outlines: Outlines, *, names: Sequence[str] | None = None,
                         positions: np.ndarray | None = None, reset: bool = False,
-                        manager: Any = None) -> Any:
+                        manager: Any = None, properties: Mapping[str, Sequence[str]] | None = None) -> Any:
     """Add one POLYGON roi per outline to the ROI Manager, in bulk.
 
     Parameters
@@ -346,6 +358,9 @@ def add_rois_to_manager(outlines: Outlines, *, names: Sequence[str] | None = Non
         Empty the manager first.
     manager
         A ``RoiManager`` to fill; default :func:`roi_manager` (the visible one).
+    properties
+        ``{key: one string per ROI}`` set with ``Roi.setProperty`` (e.g. ``confidence``, see
+        :func:`ijtorch.io.roiset.confidence_properties`); macros read them with ``Roi.getProperty``.
 
     Returns
     -------
@@ -374,6 +389,8 @@ def add_rois_to_manager(outlines: Outlines, *, names: Sequence[str] | None = Non
     after = int(JClass("ijtorch.IjtorchRois").addPolygons(rm, xs, ys, offsets, jnames, c, z, t, integer, reset))
     if after != before + n:
         raise RuntimeError(f"ROI Manager holds {after} ROIs after adding {n} to {before}")
+    if properties:
+        _set_properties([rm.getRoi(i) for i in range(before, after)], properties)
     log.debug("added %d polygon ROIs to the ROI Manager (%d in total)", n, after)
     return rm
 

@@ -77,6 +77,7 @@ class RoiOutput:
     outlines: Any
     names: tuple[str, ...] | None = None
     reset: bool = True
+    properties: Mapping[str, Sequence[str]] = field(default_factory=dict)  # per ROI: Roi.setProperty(key, value)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,10 @@ def segment_compute(inputs: CommandInputs, p: SegmentParams, *, command: str = "
         images.append(ImageOutput(result.labels, result.axes, f"{Path(image.title).stem}-labels",
                                   image.calibration, labels=True))
     if want in (SegmentOutput.rois, SegmentOutput.all):
-        rois = RoiOutput(outlines(result.labels, result.axes), reset=True)
+        from ..io.roiset import confidence_properties
+
+        ol = outlines(result.labels, result.axes)
+        rois = RoiOutput(ol, reset=True, properties=confidence_properties(ol.labels, result.confidence))
     if want in (SegmentOutput.results, SegmentOutput.all):
         data, axes = rgb_to_grey(image.data, image.axes, options["rgb"])
         intensity = data if channel is None else np.take(data, channel, axis=axes.index("C"))

@@ -13,6 +13,10 @@ Conventions (see ``shared/docs/formats.md`` section 2):
   appended to the entry name only, as ImageJ does when it saves.
 - The header's right/bottom are written as ImageJ's encoder does (``x + width`` of the polygon
   bounds), so ``right - left`` equals ImageJ's ``getBounds().width``.
+- Properties (``Roi.setProperty(key, value)``, read in macros with ``Roi.getProperty(key)``) go
+  into header2's properties field as ImageJ's encoder writes them: ``key: value`` lines. Segmentation
+  stores each object's ``confidence`` there (three decimals); names stay ``label_0001`` so macros
+  that parse ROI names keep working.
 - The zip is written to a temporary file in the target folder and moved into place, so a
   reader never sees a half-written file.
 """
@@ -24,11 +28,11 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["RoiSet", "write_roiset", "read_roiset", "default_names"]
+__all__ = ["RoiSet", "write_roiset", "read_roiset", "default_names", "confidence_properties"]
 
 from .atomic import atomic_path
 
@@ -53,6 +57,8 @@ class RoiSet:
         C, Z, T positions, 1-based, 0 = unset.
     roitypes : tuple of str
         roifile ``ROI_TYPE`` names (``"POLYGON"``, ``"FREEHAND"``, …).
+    properties : tuple of dict
+        Each ROI's properties (``Roi.getProperty(key)``), ``{}`` where it has none.
     """
 
     entries: tuple[str, ...]
@@ -61,6 +67,7 @@ class RoiSet:
     bboxes: np.ndarray
     positions: np.ndarray
     roitypes: tuple[str, ...]
+    properties: tuple[dict[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -91,6 +98,38 @@ def default_names(labels: np.ndarray, positions: np.ndarray | None = None, axes:
         for i in range(len(names)):
             names[i] += "".join(f"_{a.lower()}{int(positions[i, k]):03d}" for k, a in plane_axes)
     return names
+
+
+def confidence_properties(labels: np.ndarray, confidence: np.ndarray | None) -> dict[str, list[str]]:
+    """``{"confidence": [...]}``: the confidence of each ROI's object (label ``k`` at index ``k - 1``
+    of ``confidence``, as :class:`ijtorch.tasks.segment.SegmentationResult` gives it), three
+    decimals, one per ROI in the order of ``labels`` (an ``Outlines``' labels); ``{}`` when there is
+    no confidence."""
+    if confidence is None:
+        return {}
+    conf = np.asarray(confidence, np.float64)
+    lab = np.asarray(labels, np.int64)
+    if lab.size and (lab.min() < 1 or lab.max() > conf.size):
+        raise ValueError(f"confidence has {conf.size} values; ROI labels run from {lab.min()} to {lab.max()}")
+    return {"confidence": [f"{v:.3f}" for v in conf[lab - 1]]}
+
+
+def _properties_text(properties: Mapping[str, Sequence[str]], i: int) -> str | None:
+    if not properties:
+        return None
+    for key in properties:
+        if not key or any(c in key for c in ":=\n ") or any(c in str(properties[key][i]) for c in "\n\r"):
+            raise ValueError(f"properties: key {key!r} or its value {properties[key][i]!r} cannot be stored")
+    return "".join(f"{key}: {properties[key][i]}\n" for key in properties)
+
+
+def _parse_properties(text: str | None) -> dict[str, str]:
+    out = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def _check_names(names: Sequence[str], n: int) -> list[str]:
@@ -136,7 +175,7 @@ def _unique_entries(names: list[str]) -> list[str]:
     return out
 
 
-def _to_roi(xy: np.ndarray, name: str, c: int, z: int, t: int):
+def _to_roi(xy: np.ndarray, name: str, c: int, z: int, t: int, properties: str | None = None):
     from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
 
     xy = np.asarray(xy, dtype=np.float64)
@@ -153,11 +192,13 @@ def _to_roi(xy: np.ndarray, name: str, c: int, z: int, t: int):
     # ImageJ's encoder writes right = x + width of the polygon bounds (no +1 as frompoints does).
     roi.right = int(np.floor(xy[:, 0].max())) if whole else roi.right
     roi.bottom = int(np.floor(xy[:, 1].max())) if whole else roi.bottom
+    if properties:
+        roi.props = properties  # roifile writes this text as the properties field
     return roi
 
 
 def write_roiset(path: str | os.PathLike, polygons, *, names: Sequence[str] | None = None,
-                 positions: np.ndarray | None = None) -> Path:
+                 positions: np.ndarray | None = None, properties: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Write polygons to an ImageJ RoiSet.zip atomically.
 
     Parameters
@@ -173,6 +214,9 @@ def write_roiset(path: str | os.PathLike, polygons, *, names: Sequence[str] | No
     positions
         ``(n, 3)`` C, Z, T positions (1-based, 0 = unset). Default for ``Outlines``: its
         ``positions``; for plain polygons: unset.
+    properties
+        ``{key: one string per ROI}``: ROI properties (``Roi.getProperty(key)`` in a macro), e.g.
+        :func:`confidence_properties`. Keys without spaces, ``:`` or ``=``; values on one line.
 
     Returns
     -------
@@ -199,7 +243,12 @@ def write_roiset(path: str | os.PathLike, polygons, *, names: Sequence[str] | No
     pos = _check_positions(positions, n)
     if not path.parent.is_dir():
         raise ValueError(f"path: folder {str(path.parent)!r} does not exist")
-    rois = [_to_roi(xy, name, *map(int, p)) for xy, name, p in zip(polys, names, pos)]
+    properties = dict(properties or {})
+    for key, values in properties.items():
+        if len(values) != n:
+            raise ValueError(f"properties[{key!r}]: expected {n} values (one per ROI), got {len(values)}")
+    rois = [_to_roi(xy, name, *map(int, p), _properties_text(properties, i))
+            for i, (xy, name, p) in enumerate(zip(polys, names, pos))]
     entries = _unique_entries(names)
     with atomic_path(path) as tmp:
         roiwrite(tmp, rois, name=entries, mode="w")
@@ -229,8 +278,9 @@ def read_roiset(path: str | os.PathLike) -> RoiSet:
                     items.append((info.filename[:-4], ImagejRoi.frombytes(zf.read(info))))
     else:
         items.append((path.stem, ImagejRoi.fromfile(path)))
-    polygons, bboxes, positions, names, types = [], [], [], [], []
+    polygons, bboxes, positions, names, types, props = [], [], [], [], [], []
     for entry, roi in items:
+        props.append(_parse_properties(roi.props))
         polygons.append(np.asarray(roi.coordinates(), dtype=np.float64))
         bboxes.append((roi.left, roi.top, roi.right - roi.left, roi.bottom - roi.top))
         positions.append((roi.c_position, roi.z_position, roi.t_position))
@@ -238,4 +288,5 @@ def read_roiset(path: str | os.PathLike) -> RoiSet:
         types.append(roi.roitype.name)
     return RoiSet(entries=tuple(e for e, _ in items), names=tuple(names), polygons=tuple(polygons),
                   bboxes=np.asarray(bboxes, np.int64).reshape(-1, 4),
-                  positions=np.asarray(positions, np.int64).reshape(-1, 3), roitypes=tuple(types))
+                  positions=np.asarray(positions, np.int64).reshape(-1, 3), roitypes=tuple(types),
+                  properties=tuple(props))

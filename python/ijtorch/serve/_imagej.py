@@ -502,7 +502,8 @@ def outputs_to_files(outputs: Any, props_in: dict[str, str] | None = None) -> by
             ol = outputs.rois.outlines
             names = list(outputs.rois.names) if outputs.rois.names else default_names(ol.labels, ol.positions, ol.axes)
             with tempfile.TemporaryDirectory(prefix="ijtorch-rois-") as tmp:
-                zf.writestr("rois.zip", write_roiset(Path(tmp) / "rois.zip", ol, names=names).read_bytes())
+                zf.writestr("rois.zip", write_roiset(Path(tmp) / "rois.zip", ol, names=names,
+                                                     properties=outputs.rois.properties).read_bytes())
             props["rois.reset"] = str(bool(outputs.rois.reset)).lower()
             if headless and outputs.files is not None and outputs.files.folder:  # the title of the target image
                 title = outputs.images[-1].title if outputs.images else (props_in or {}).get("image.title", "rois")

@@ -26,9 +26,10 @@ def write_segmentation_outputs(output_dir: str | os.PathLike, name: str, image: 
     """Write label TIFF, RoiSet.zip, measurements CSV and overlay PNG; return their paths.
 
     ``inputs`` are the source files: an output that would overwrite one is refused. ``confidence``
-    (``SegmentationResult.confidence``) adds the per-object ``confidence`` column to the CSV.
+    (``SegmentationResult.confidence``) adds the per-object ``confidence`` column to the CSV and the
+    ``confidence`` property to each ROI.
     """
-    from ..io.roiset import write_roiset
+    from ..io.roiset import confidence_properties, write_roiset
     from ..io.tiff import write_imagej_tiff
     from .measure import measure
     from .outlines import outlines
@@ -44,7 +45,8 @@ def write_segmentation_outputs(output_dir: str | os.PathLike, name: str, image: 
     for p in paths.values():
         refuse_overwrite(p, list(inputs))
     write_imagej_tiff(paths["labels"], labels, labels_axes, calibration=image.calibration)
-    write_roiset(paths["rois"], outlines(labels, labels_axes))
+    ol = outlines(labels, labels_axes)
+    write_roiset(paths["rois"], ol, properties=confidence_properties(ol.labels, confidence))
     intensity = image.data if image.axes == labels_axes else None
     write_table_csv(paths["measurements"], measure(labels, labels_axes, intensity=intensity,
                                                    calibration=image.calibration, confidence=confidence))
