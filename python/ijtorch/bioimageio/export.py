@@ -306,7 +306,7 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
             hi = np.asarray(norm["hi"], np.float64)
             gain = 1.0 / (hi - lo + 1e-6)
             plan.preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearAlongAxisKwargs(
-                axis=spec.AxisId("channel"), gain=[float(g) for g in gain], offset=[float(-l * g) for l, g in
+                axis=spec.AxisId("channel"), gain=[float(g) for g in gain], offset=[float(-low * g) for low, g in
                                                                                    zip(lo, gain)]))]
         elif norm.get("method") != "none":
             raise ModelError(f"classifier normalization {norm.get('method')!r} cannot be exported")
