@@ -33,6 +33,8 @@ BUNDLED = ROOT / "python" / "ijtorch" / "models" / "bundled"
 SHARED = ROOT.parent / "shared" / "data"
 
 CLASSICAL_GRID = dict(invert=(False, True), sigma=(1.0, 2.0, 4.0), min_distance=(4, 8, 16), h=(1.0, 3.0))
+#: The phase-contrast pipeline's one choice per bundled model (by the kind of cell, not tuned).
+PHASE_OBJECTS = {"cells_phase": "textured", "bacteria_phase": "dark"}
 
 
 def pooled(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -65,11 +67,13 @@ def classical_tuned(train_images: Sequence[np.ndarray], train_labels: Sequence[n
 
 
 def evaluate(model_dir: Path, test_images: Sequence[np.ndarray], test_labels: Sequence[np.ndarray],
-             train_images: Sequence[np.ndarray], train_labels: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Held-out figures of the model (through :func:`ijtorch.tasks.segment.segment`, as users run it)
-    and of the classical pipeline tuned on the training images; seconds per megapixel of both."""
+             train_images: Sequence[np.ndarray], train_labels: Sequence[np.ndarray],
+             phase_objects: str = "textured") -> dict[str, Any]:
+    """Held-out figures of the model (through :func:`ijtorch.tasks.segment.segment`, as users run it),
+    of Otsu + watershed tuned on the training images and of the phase-contrast pipeline
+    (``segment_phase_contrast(objects=phase_objects)``); seconds per megapixel of each."""
     from ijtorch.models.store import clear_model_cache
-    from ijtorch.tasks.classical import segment_classical
+    from ijtorch.tasks.classical import segment_classical, segment_phase_contrast
     from ijtorch.tasks.segment import segment
 
     clear_model_cache()
@@ -82,8 +86,13 @@ def evaluate(model_dir: Path, test_images: Sequence[np.ndarray], test_labels: Se
     t0 = time.perf_counter()
     cpreds = [segment_classical(im, **params) for im in test_images]
     classical_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ppreds = [segment_phase_contrast(im, objects=phase_objects) for im in test_images]
+    phase_s = time.perf_counter() - t0
     return {"model": {**pooled(test_labels, preds), "s_per_mpx": round(model_s / mpx, 3)},
             "classical": {**pooled(test_labels, cpreds), "s_per_mpx": round(classical_s / mpx, 3), "params": params},
+            "classical_phase": {**pooled(test_labels, ppreds), "s_per_mpx": round(phase_s / mpx, 3),
+                                "params": {"objects": phase_objects}},
             "megapixels": round(mpx, 3)}
 
 
@@ -93,7 +102,7 @@ def card(name: str, title: str, data_text: str, summary: dict, ev: dict, cfg: di
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
     planned = cfg["epochs"]
     under = summary["epochs_total"] < planned or (len(hist) > 3 and hist[-1].get("val_loss", 0) < hist[-3].get("val_loss", 0))
-    m, c = ev["model"], ev["classical"]
+    m, c, ph = ev["model"], ev["classical"], ev.get("classical_phase")
     lines = [
         f"# {name}: {title}", "",
         f"U-Net (boundary / interior / background) + seeded watershed (`model_type` `unet_watershed`, 2D, "
@@ -125,7 +134,10 @@ def card(name: str, title: str, data_text: str, summary: dict, ev: dict, cfg: di
         f"| {name} | {m['ap@0.50']:.3f} | {m['ap@0.75']:.3f} | {m['splits']} | {m['merges']} | {m['n_pred']} | {m['s_per_mpx']} |",
         f"| classical (Otsu + distance watershed, `tasks/classical.py`, tuned on the training images: "
         f"{', '.join(f'{k}={v}' for k, v in c['params'].items())}) | {c['ap@0.50']:.3f} | {c['ap@0.75']:.3f} | "
-        f"{c['splits']} | {c['merges']} | {c['n_pred']} | {c['s_per_mpx']} |", "",
+        f"{c['splits']} | {c['merges']} | {c['n_pred']} | {c['s_per_mpx']} |",
+        *([f"| classical phase contrast (`segment_phase_contrast`, objects={ph['params']['objects']}, thresholds "
+           f"from the image) | {ph['ap@0.50']:.3f} | {ph['ap@0.75']:.3f} | {ph['splits']} | {ph['merges']} | "
+           f"{ph['n_pred']} | {ph['s_per_mpx']} |"] if ph else []), "",
         "AP = tp / (tp + fp + fn) pooled over the held-out objects (DSB 2018 definition); a split is a true "
         "object covered by two or more predictions, a merge a prediction covering two or more true objects "
         "(`ijtorch evaluate`). Small held-out sets: differences of a few objects move these figures.", "",
@@ -175,7 +187,8 @@ def run(name: str, title: str, data_text: str, train_items: list, test_items: li
         print(f"chunk {state['chunks']}: {state['epochs_total']}/{args.epochs} epochs, "
               f"last {summary['history'][-1] if summary['history'] else {}}", flush=True)
     ev = evaluate(out, [p.image for p in test_items], [p.labels for p in test_items],
-                  [p.image for p in train_items], [p.labels for p in train_items])
+                  [p.image for p in train_items], [p.labels for p in train_items],
+                  phase_objects=PHASE_OBJECTS.get(name, "textured"))
     print(json.dumps(ev, indent=1), flush=True)
     model = uw.load_model(out)
     model.meta = {**(model.meta or {}), "held_out": cfg["test"], "held_out_metrics": ev,
