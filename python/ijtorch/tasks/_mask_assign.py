@@ -70,15 +70,30 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
     c_d = nl + np.concatenate([np.arange(nd)] * 3)
     rows = np.concatenate([r_l, r_d]); cols = np.concatenate([c_l, c_d])
     A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
-    A = A[:, np.flatnonzero(useful)]
-    res = milp(obj[useful], constraints=LinearConstraint(A, -np.inf, 1.0), integrality=np.ones(int(useful.sum())),
-               bounds=Bounds(0, 1), options={"time_limit": 60.0})
+    u = np.flatnonzero(useful)
+    A = A[:, u]
+    # independent groups (connected components of objects and the variables using them): a group
+    # without a division or merge is a plain assignment, solved as a sparse LAP; the integer program
+    # gets the groups with one only (most of a dense colony's links are the former)
+    from scipy.sparse import bmat
+    from scipy.sparse.csgraph import connected_components
+
+    _, comp = connected_components(bmat([[None, A], [A.T, None]]).tocsr(), directed=False)
+    comp_var = comp[na + nb:]
+    has_div = np.zeros(int(comp.max(initial=-1)) + 1, bool)
+    has_div[comp_var[u >= nl]] = True
+    hard = has_div[comp_var]
     x = np.zeros(nl + nd, bool)
-    if res.x is None:  # no solution in time: fall back to the plain LAP on links
-        log.warning("division assignment did not finish (%s); linking without divisions in this frame pair", res.message)
-        match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
-        return match[L_i] == L_j, np.zeros(nd, bool)
-    x[np.flatnonzero(useful)] = res.x > 0.5
+    easy = u[~hard]  # link variables only
+    if easy.size:
+        match = solve_sparse_lap(L_i[easy], L_j[easy], L_c[easy], na, nb, row_alt=alt, col_alt=alt)
+        x[easy[match[L_i[easy]] == L_j[easy]]] = True
+    if hard.any():
+        res = milp(obj[u[hard]], constraints=LinearConstraint(A[:, np.flatnonzero(hard)], -np.inf, 1.0),
+                   integrality=np.ones(int(hard.sum())), bounds=Bounds(0, 1), options={"time_limit": 60.0})
+        if res.x is None:  # no solution in time: fall back to the plain LAP on links
+            log.warning("division assignment did not finish (%s); linking without divisions", res.message)
+            match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
+            return match[L_i] == L_j, np.zeros(nd, bool)
+        x[u[hard]] = res.x > 0.5
     return x[:nl], x[nl:]
-
-
