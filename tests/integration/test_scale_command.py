@@ -153,3 +153,59 @@ def test_through_the_server_with_the_site_scheduler(folder, tmp_path, cluster):
             with pytest.raises(ServerError, match=why) as err:
                 client.imagej_command(COMMAND, options, image.data, image.axes)
             assert err.value.status == 422 and "Traceback" not in err.value.message
+
+
+def test_a_z_stack_block_by_block_equals_the_in_memory_segmentation(tmp_path, cluster):
+    """A ZYX stack of 3 planes (a 2D model: plane by plane, as segment() runs it) in 4 blocks per plane:
+    the labels of the in-memory run, numbered plane after plane; ROIs on their slice."""
+    import tifffile
+    import zarr
+    from distributed import Client
+    from roifile import roiread
+
+    from ijtorch.scale.blockwise import segment_blockwise
+    from ijtorch.scale.synthetic import mosaic_tile
+    from ijtorch.tasks.segment import segment
+
+    planes = [mosaic_tile(0, 0, (256, 256), seed=s)[0] for s in (1, 2, 3)]
+    volume = np.stack([p.astype(np.uint16) * (1 + k) for k, p in enumerate(planes)])  # other ranges per plane
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, volume, metadata={"axes": "ZYX"}, tile=(128, 128))
+    whole = segment(volume, "ZYX", model="nuclei")
+    with Client(cluster) as client:
+        result = segment_blockwise(path, tmp_path / "out", block=128, client=client)
+    labels = np.asarray(zarr.open_group(str(result.labels), mode="r")["0"][:])
+    assert labels.shape == volume.shape and result.n_blocks == 12 and result.near_seams > 0
+    assert result.n_objects == whole.n_objects and labels.max() == whole.labels.max()
+    for z in range(3):  # each plane numbered after the planes before it, as segment() joins them
+        assert set(np.unique(labels[z])) - {0} == set(np.unique(whole.labels[z])) - {0}
+        assert (labels[z] == whole.labels[z]).mean() > 0.995
+    rois = roiread(tmp_path / "out" / "stack_RoiSet.zip")
+    assert len(rois) == result.n_objects and {r.z_position for r in rois} == {1, 2, 3}
+    rows = (tmp_path / "out" / "stack_measurements.csv").read_text().splitlines()
+    assert rows[0].startswith("label,z,area") and len(rows) == result.n_objects + 1
+
+
+def test_a_server_takes_folders_only_under_its_shared_folder(tmp_path, monkeypatch):
+    from ijtorch.commands.command import get_command
+    from ijtorch.commands.options import params_from_options
+    from ijtorch.errors import IjtorchError
+
+    cmd = get_command(COMMAND)
+
+    def check(options: str) -> None:
+        cmd.check_remote(params_from_options(cmd.params, options, command=COMMAND))
+
+    monkeypatch.delenv("IJTORCH_SCALE_ROOT", raising=False)
+    with pytest.raises(IjtorchError, match="takes no folders from clients"):
+        check(f"input=[{tmp_path}]")
+    monkeypatch.setenv("IJTORCH_SCALE_ROOT", str(tmp_path / "shared"))
+    check(f"input=[{tmp_path / 'shared' / 'plate'}] output=[{tmp_path / 'shared' / 'out'}]")
+    for options in (f"input=[{tmp_path / 'shared' / '..' / 'elsewhere'}]", "input=[shared/plate]",
+                    f"input=[{tmp_path / 'shared'}] output=[/tmp]"):
+        with pytest.raises(IjtorchError, match="inside the server's shared folder"):
+            check(options)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "link").symlink_to(tmp_path)  # a link out of the shared folder is outside it
+    with pytest.raises(IjtorchError, match="inside the server's shared folder"):
+        check(f"input=[{tmp_path / 'shared' / 'link' / 'plate'}]")

@@ -134,10 +134,11 @@ def _current_results(inputs: CommandInputs, run) -> tuple[tuple[ImageOutput, ...
 
         labels_image = read_tiff(path)
         data, axes = labels_image.data, labels_image.axes
-    else:  # a big image's OME-Zarr: the current image is open, so its labels fit in memory too
+    else:  # a big image's OME-Zarr (YX, or ZYX for a z-stack): the current image is open, so its labels fit too
         import zarr
 
-        data, axes = np.asarray(zarr.open_group(str(path), mode="r")["0"][:]), "YX"
+        data = np.asarray(zarr.open_group(str(path), mode="r")["0"][:])
+        axes = "ZYX"[-data.ndim:]
     title = f"{mine.stem}-labels"
     return ((ImageOutput(data, axes, title, inputs.image.calibration, labels=True),),
             RoiOutput(outlines(data, axes), reset=True))

@@ -23,7 +23,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ijtorch.scale", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    p = sub.add_parser("segment-big", help="segment one 2D image larger than memory, block by block, to OME-Zarr")
+    p = sub.add_parser("segment-big", help="segment one 2D image or z-stack (plane by plane) larger than memory, block "
+                                           "by block, to OME-Zarr")
     p.add_argument("image", help="a big TIFF (read lazily) or an OME-Zarr folder")
     p.add_argument("--output", required=True, help="folder for <name>.ome.zarr, <name>_measurements.csv, <name>_RoiSet.zip")
     p.add_argument("--model", default="nuclei", help="a 2D star-convex model (name or folder); default nuclei")

@@ -1,4 +1,5 @@
-"""Star-convex segmentation of a 2D image larger than memory, block by block on a Dask cluster.
+"""Star-convex segmentation of an image larger than memory (2D, or a z-stack plane by plane), block by
+block on a Dask cluster.
 
 The image is read lazily, a block at a time: a big TIFF through tifffile's zarr store (only the
 strips/tiles a block needs are read), an OME-Zarr through its multiscales metadata (level 0). The
@@ -21,7 +22,11 @@ measurements CSV and an ImageJ RoiSet.zip of the objects. No process ever holds 
    measurements, merged here; objects hidden entirely under others are dropped and the rest
    renumbered, as in the whole-image run.
 
-Only 2D (``YX``, or one channel of ``CYX``) images with a 2D star-convex model are handled.
+A **z-stack** (``ZYX``, one channel of ``CZYX``) is segmented as :func:`ijtorch.tasks.segment.segment`
+runs a 2D model on one: plane by plane (each plane normalised with its own percentiles), labels
+numbered plane after plane and unique over the stack, written as a ``ZYX`` OME-Zarr (one chunk per
+block of a plane; measurements with the plane ``z``; ROIs on their slice). Blocks never split a
+plane's objects across Z, so there are no seams in Z. A 3D (``ZYX``) model is not handled blockwise.
 """
 
 from __future__ import annotations
@@ -37,124 +42,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .sources import (  # re-exported: part of this module's API
+    Source,
+    open_source,
+    read_region,
+)
+
 __all__ = ["Source", "open_source", "read_region", "segment_blockwise", "BlockwiseResult", "block_grid"]
 
 log = logging.getLogger(__name__)
-
-OME_ZARR_SUFFIXES = (".zarr",)
-
-
-# ----------------------------------------------------------------------------- lazy sources
-@dataclass(frozen=True)
-class Source:
-    """Where a big 2D image is and how to pick its ``YX`` plane (picklable; opened in each task)."""
-
-    kind: str                 # "tiff" or "zarr"
-    path: str
-    dataset: str              # zarr: the level-0 array's path in the group; tiff: "" (level 0)
-    axes: str                 # axes of the stored array, upper case (e.g. "YX", "CYX", "TCZYX")
-    index: tuple               # fixed index of every non-YX axis
-    shape: tuple[int, int]    # (Y, X)
-    dtype: str
-
-    def array(self) -> Any:
-        import zarr
-
-        if self.kind == "tiff":
-            import tifffile
-
-            store = tifffile.imread(self.path, aszarr=True, level=0)
-            node = zarr.open(store, mode="r")
-        else:
-            node = zarr.open(self.path, mode="r")
-            if self.dataset:
-                node = node[self.dataset]
-        if hasattr(node, "shape"):
-            return node
-        return node["0"]
-
-
-def _multiscales(attrs: dict) -> list:
-    ome = attrs.get("ome", attrs)
-    return ome.get("multiscales") or attrs.get("multiscales") or []
-
-
-def open_source(path: str | os.PathLike, *, channel: int | None = None) -> Source:
-    """Inspect a big TIFF or OME-Zarr (metadata only) and say how to read its ``YX`` plane.
-
-    ``channel`` is the 0-based channel index when the image has a channel axis of more than one.
-    Other axes (T, Z) must have length 1: one plane is segmented.
-    """
-    p = Path(path)
-    if p.is_dir() or p.suffix.lower() in OME_ZARR_SUFFIXES:
-        import zarr
-
-        group = zarr.open_group(str(p), mode="r")
-        ms = _multiscales(dict(group.attrs))
-        if not ms:
-            raise ValueError(f"{p}: no OME-Zarr multiscales metadata")
-        axes = "".join(a["name"] if isinstance(a, dict) else str(a) for a in ms[0]["axes"]).upper()
-        dataset = ms[0]["datasets"][0]["path"]
-        arr = group[dataset]
-        kind = "zarr"
-    else:
-        import tifffile
-
-        with tifffile.TiffFile(p) as tf:
-            series = tf.series[0]
-            axes = series.axes.upper().replace("Q", "")
-            shape, dtype = tuple(series.shape), series.dtype
-        dataset = ""
-        arr = None
-        kind = "tiff"
-    shape = tuple(arr.shape) if arr is not None else shape
-    dtype = arr.dtype if arr is not None else dtype
-    if len(axes) != len(shape):
-        raise ValueError(f"{p}: axes {axes!r} do not match the shape {shape}")
-    if "Y" not in axes or "X" not in axes:
-        raise ValueError(f"{p}: axes {axes!r}: expected Y and X axes")
-    index = []
-    for a, n in zip(axes, shape):
-        if a in "YX":
-            index.append(slice(None))
-        elif a == "C" and n > 1:
-            if channel is None:
-                raise ValueError(f"{p} has {n} channels: choose one (channel 1..{n})")
-            if not 0 <= channel < n:
-                raise ValueError(f"channel {channel + 1}: {p} has {n} channel(s)")
-            index.append(int(channel))
-        elif n == 1:
-            index.append(0)
-        else:
-            raise ValueError(f"{p}: axis {a} has {n} planes; blockwise segmentation takes one 2D (YX) plane")
-    if axes.index("Y") > axes.index("X"):
-        raise ValueError(f"{p}: axes {axes!r}: Y must come before X")
-    yx = (shape[axes.index("Y")], shape[axes.index("X")])
-    return Source(kind, str(p), dataset, axes, tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i
-                                                     for i in index), yx, np.dtype(dtype).str)
-
-
-def read_region(src: Source, y0: int, y1: int, x0: int, x1: int, *, array: Any = None) -> np.ndarray:
-    """The ``[y0:y1, x0:x1]`` region of the source's plane (reads only that region)."""
-    if array is None:
-        array = src.array()
-        try:
-            return read_region(src, y0, y1, x0, x1, array=array)
-        finally:
-            close = getattr(getattr(array, "store", None), "close", None)
-            if callable(close):
-                close()
-    arr = array
-    idx = []
-    for a, i in zip(src.axes, src.index):
-        if a == "Y":
-            idx.append(slice(y0, y1))
-        elif a == "X":
-            idx.append(slice(x0, x1))
-        else:
-            idx.append(i if isinstance(i, int) else slice(*i))
-    return np.asarray(arr[tuple(idx)])
-
 
 # ----------------------------------------------------------------------------- the grid
 def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int, int, int]]:
@@ -251,8 +147,9 @@ def _detect_task(src: Source, core: tuple[int, int, int, int], *, model: Any, de
 
 
 def _render_task(src: Source, out_path: str, core: tuple[int, int, int, int], ids: np.ndarray, points: np.ndarray,
-                 dists: np.ndarray, dtype: str, lut: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Draw the polygons reaching into one block (lowest score first) and write the block; per-label sums."""
+                 dists: np.ndarray, dtype: str, plane: int | None = None) -> dict[str, np.ndarray]:
+    """Draw the polygons reaching into one block (lowest score first) and write the block (of Z plane
+    ``plane`` of a z-stack's labels); per-label sums."""
     import zarr
     from skimage.draw import polygon as draw_polygon
 
@@ -265,19 +162,22 @@ def _render_task(src: Source, out_path: str, core: tuple[int, int, int, int], id
         for k in np.argsort(-ids, kind="stable"):  # largest id (lowest score) first: the best drawn last wins
             rr, cc = draw_polygon(verts[k, 0] - y0, verts[k, 1] - x0, out.shape)
             out[rr, cc] = ids[k]
-    if lut is not None:
-        out = lut[out].astype(out.dtype)
     arr = zarr.open_array(out_path, mode="r+")
-    arr[y0:y1, x0:x1] = out
+    arr[_where(plane, core)] = out
     return _block_stats(out, read_region(src, y0, y1, x0, x1), y0, x0)
 
 
-def _relabel_task(out_path: str, core: tuple[int, int, int, int], lut: np.ndarray) -> None:
+def _where(plane: int | None, core: tuple[int, int, int, int]) -> tuple:
+    y0, y1, x0, x1 = core
+    return (slice(y0, y1), slice(x0, x1)) if plane is None else (plane, slice(y0, y1), slice(x0, x1))
+
+
+def _relabel_task(out_path: str, core: tuple[int, int, int, int], lut: np.ndarray, plane: int | None = None) -> None:
     import zarr
 
-    y0, y1, x0, x1 = core
     arr = zarr.open_array(out_path, mode="r+")
-    arr[y0:y1, x0:x1] = lut[np.asarray(arr[y0:y1, x0:x1])].astype(arr.dtype)
+    where = _where(plane, core)
+    arr[where] = lut[np.asarray(arr[where])].astype(arr.dtype)
 
 
 def _block_stats(labels: np.ndarray, image: np.ndarray, y0: int, x0: int) -> dict[str, np.ndarray]:
@@ -336,7 +236,7 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
                       tile_size: int = 512, overlap: int = 96, device: str = "cpu", rois: bool = True,
                       client: Any = None, dask: Any = None,
                       progress: Callable[[str, int, int], None] | None = None) -> BlockwiseResult:
-    """Segment a 2D image larger than memory block by block; write ``<name>.ome.zarr`` (labels),
+    """Segment a 2D image or a z-stack larger than memory block by block; write ``<name>.ome.zarr`` (labels),
     ``<name>_measurements.csv`` and ``<name>_RoiSet.zip`` into ``output`` (staged: all or none).
 
     Parameters
@@ -378,6 +278,10 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
         if progress is not None:
             progress(phase, i, n)
 
+    planes = [src.plane(z) for z in range(src.planes)]
+    stack = src.planes > 1  # a z-stack: each plane a 2D image, as segment() runs a 2D model on one
+    jobs = [(z, core) for z in range(len(planes)) for core in cores]
+
     def run(client: Any) -> BlockwiseResult:
         from distributed import as_completed
 
@@ -391,33 +295,22 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
                 report(phase, done, len(futures))
             return results
 
-        parts = gather(client.map(_histogram_task, [src] * len(cores), cores, pure=False), "normalise")
-        lo, hi = _percentiles(parts, float(norm.get("low", 1.0)), float(norm.get("high", 99.8)))
-        found = gather(client.map(_detect_task, [src] * len(cores), cores, model=str(model), device=device, lo=lo,
-                                  hi=hi, halo=halo, margin=margin, prob_threshold=pt, nms_threshold=nt,
-                                  tile_size=tile_size, overlap=overlap, pure=False), "detect")
-        n_rays = net.n_rays
-        points = np.concatenate([f["points"] for f in found]) if found else np.zeros((0, 2), np.int64)
-        dists = np.concatenate([f["dists"] for f in found]) if found else np.zeros((0, n_rays))
-        scores = np.concatenate([f["prob"] for f in found]) if found else np.zeros(0, np.float32)
-        # seams: polygons reaching across a seam, found by two blocks -> one more NMS among them
-        rmax = dists.max(axis=1) if len(dists) else np.zeros(0)
-        reach = _seam_distance(points, src.shape, block) <= (rmax + (rmax.max() if len(rmax) else 0))
-        near = np.flatnonzero(reach)
-        merged = 0
-        if len(near):
-            from ijtorch.models.stardist.geometry import polygon_nms
-
-            kept = polygon_nms(points[near], dists[near], scores[near], nms_threshold=nt)
-            drop = np.setdiff1d(near, near[kept])
-            merged = len(drop)
-            keep = np.ones(len(points), bool)
-            keep[drop] = False
-            points, dists, scores, rmax = points[keep], dists[keep], scores[keep], rmax[keep]
-        near_seams = int(np.count_nonzero(_seam_distance(points, src.shape, block) <= rmax))
-        # labels 1..N by decreasing score (ties: raster order), as the whole-image run numbers them
-        order = np.lexsort((points[:, 1], points[:, 0], -scores.astype(np.float64)))
-        points, dists, scores, rmax = points[order], dists[order], scores[order], rmax[order]
+        parts = gather(client.map(_histogram_task, [planes[z] for z, _ in jobs], [c for _, c in jobs], pure=False),
+                       "normalise")
+        bounds = [_percentiles(parts[z * len(cores):(z + 1) * len(cores)], float(norm.get("low", 1.0)),
+                               float(norm.get("high", 99.8))) for z in range(len(planes))]  # per plane, as segment()
+        found = gather([client.submit(_detect_task, planes[z], c, model=str(model), device=device, lo=bounds[z][0],
+                                      hi=bounds[z][1], halo=halo, margin=margin, prob_threshold=pt, nms_threshold=nt,
+                                      tile_size=tile_size, overlap=overlap, pure=False) for z, c in jobs], "detect")
+        objects = [_plane_objects(found[z * len(cores):(z + 1) * len(cores)], src.shape, block, nt, net.n_rays)
+                   for z in range(len(planes))]
+        merged = sum(o["merged"] for o in objects)
+        near_seams = sum(o["near_seams"] for o in objects)
+        # labels: plane by plane (as segment() joins a z-stack's planes), 1..N by decreasing score in each
+        plane_of = np.concatenate([np.full(len(o["points"]), z, np.int64) for z, o in enumerate(objects)])
+        points = np.concatenate([o["points"] for o in objects])
+        dists = np.concatenate([o["dists"] for o in objects])
+        rmax = np.concatenate([o["rmax"] for o in objects])
         n = len(points)
         dtype = np.dtype(np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32)
         ids = np.arange(1, n + 1, dtype=np.int64)
@@ -426,22 +319,21 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
         staging = Path(tempfile.mkdtemp(prefix=".ijtorch-partial-", dir=out))
         try:
             zpath = staging / f"{name}.ome.zarr"
-            arr_path = _create_labels_zarr(zpath, src.shape, block, dtype)
+            arr_path = _create_labels_zarr(zpath, ((src.planes,) if stack else ()) + src.shape, block, dtype)
             lo_y, hi_y = points[:, 0] - rmax - 1, points[:, 0] + rmax + 1
             lo_x, hi_x = points[:, 1] - rmax - 1, points[:, 1] + rmax + 1
-            args = []
-            for (y0, y1, x0, x1) in cores:
-                sel = np.flatnonzero((hi_y >= y0) & (lo_y < y1) & (hi_x >= x0) & (lo_x < x1))
-                args.append(((y0, y1, x0, x1), ids[sel], points[sel], dists[sel]))
-            stats = gather([client.submit(_render_task, src, str(arr_path), c, i, p, d, dtype.str, pure=False)
-                            for c, i, p, d in args], "render")
-            merged_stats = _merge_stats(stats, n)
+            futures = []
+            for z, (y0, y1, x0, x1) in jobs:
+                sel = np.flatnonzero((plane_of == z) & (hi_y >= y0) & (lo_y < y1) & (hi_x >= x0) & (lo_x < x1))
+                futures.append(client.submit(_render_task, planes[z], str(arr_path), (y0, y1, x0, x1), ids[sel],
+                                             points[sel], dists[sel], dtype.str, z if stack else None, pure=False))
+            merged_stats = _merge_stats(gather(futures, "render"), n)
             present = merged_stats["area"] > 0
             if not present.all():  # objects hidden under more probable ones: drop, renumber 1..M
                 lut = np.zeros(n + 1, np.int64)
                 lut[1:][present] = np.arange(1, int(present.sum()) + 1)
-                gather([client.submit(_relabel_task, str(arr_path), c, lut.astype(dtype), pure=False) for c in cores],
-                       "renumber")
+                gather([client.submit(_relabel_task, str(arr_path), c, lut.astype(dtype), z if stack else None,
+                                      pure=False) for z, c in jobs], "renumber")
                 merged_stats = {k: v[present] for k, v in merged_stats.items()}
                 merged_stats["label"] = np.arange(1, int(present.sum()) + 1)
                 keep_rois = np.flatnonzero(present)
@@ -451,7 +343,8 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
             from ijtorch.io.outputs import write_table_csv
 
             area = merged_stats["area"].astype(np.float64)
-            table = {"label": merged_stats["label"], "area": merged_stats["area"],
+            table = {"label": merged_stats["label"], **({"z": plane_of[keep_rois]} if stack else {}),
+                     "area": merged_stats["area"],
                      "centroid_y": merged_stats["sum_y"] / np.maximum(area, 1),
                      "centroid_x": merged_stats["sum_x"] / np.maximum(area, 1),
                      "mean_intensity": merged_stats["sum_i"] / np.maximum(area, 1),
@@ -463,10 +356,15 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
                 from ijtorch.io.roiset import write_roiset
                 from ijtorch.models.stardist.geometry import polygon_vertices
 
-                verts = polygon_vertices(points[keep_rois], dists[keep_rois]) if len(keep_rois) else np.zeros((0, 2, n_rays))
+                verts = polygon_vertices(points[keep_rois], dists[keep_rois]) if len(keep_rois) else \
+                    np.zeros((0, 2, net.n_rays))
                 polygons = [np.stack([v[1], v[0]], axis=1) for v in verts]
+                positions = None  # a z-stack's ROI sits on its slice (ImageJ's C, Z, T position, 1-based)
+                if stack:
+                    positions = np.zeros((len(keep_rois), 3), np.int64)
+                    positions[:, 1] = plane_of[keep_rois] + 1
                 write_roiset(staging / f"{name}_RoiSet.zip", polygons,
-                             names=[f"label_{int(lab):04d}" for lab in merged_stats["label"]])
+                             names=[f"label_{int(lab):04d}" for lab in merged_stats["label"]], positions=positions)
                 files["rois"] = out / f"{name}_RoiSet.zip"
             for entry in sorted(staging.iterdir()):  # all of them written: move into place
                 target = out / entry.name
@@ -477,9 +375,10 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
             shutil.rmtree(staging, ignore_errors=True)
         n_final = len(merged_stats["label"])
         return BlockwiseResult(labels=out / f"{name}.ome.zarr", files=files, n_objects=n_final, dtype=dtype.name,
-                               shape=src.shape, n_blocks=len(cores), near_seams=near_seams, merged_at_seams=merged,
-                               seconds=time.monotonic() - t0, stats={"percentiles": (lo, hi), "prob_threshold": pt,
-                                                                      "nms_threshold": nt})
+                               shape=((src.planes,) if stack else ()) + src.shape, n_blocks=len(jobs),
+                               near_seams=near_seams, merged_at_seams=merged, seconds=time.monotonic() - t0,
+                               stats={"percentiles": bounds[0] if not stack else bounds, "prob_threshold": pt,
+                                      "nms_threshold": nt})
 
     if client is not None:
         return run(client)
@@ -487,6 +386,33 @@ def segment_blockwise(source: str | os.PathLike | Source, output: str | os.PathL
 
     with open_client(dask or DaskOptions()) as own:
         return run(own)
+
+
+def _plane_objects(found: Sequence[dict[str, np.ndarray]], shape: tuple[int, int], block: int, nms_threshold: float,
+                   n_rays: int) -> dict[str, Any]:
+    """One plane's objects from its blocks: those on a seam found by two blocks kept once, ordered by
+    decreasing score (ties: raster order), as the whole-image run numbers them."""
+    from ijtorch.models.stardist.geometry import polygon_nms
+
+    points = np.concatenate([f["points"] for f in found]) if found else np.zeros((0, 2), np.int64)
+    dists = np.concatenate([f["dists"] for f in found]) if found else np.zeros((0, n_rays))
+    scores = np.concatenate([f["prob"] for f in found]) if found else np.zeros(0, np.float32)
+    # seams: polygons reaching across a seam, found by two blocks -> one more NMS among them
+    rmax = dists.max(axis=1) if len(dists) else np.zeros(0)
+    reach = _seam_distance(points, shape, block) <= (rmax + (rmax.max() if len(rmax) else 0))
+    near = np.flatnonzero(reach)
+    merged = 0
+    if len(near):
+        kept = polygon_nms(points[near], dists[near], scores[near], nms_threshold=nms_threshold)
+        drop = np.setdiff1d(near, near[kept])
+        merged = len(drop)
+        keep = np.ones(len(points), bool)
+        keep[drop] = False
+        points, dists, scores, rmax = points[keep], dists[keep], scores[keep], rmax[keep]
+    near_seams = int(np.count_nonzero(_seam_distance(points, shape, block) <= rmax))
+    order = np.lexsort((points[:, 1], points[:, 0], -scores.astype(np.float64)))
+    return {"points": points[order], "dists": dists[order], "scores": scores[order], "rmax": rmax[order],
+            "merged": merged, "near_seams": near_seams}
 
 
 def _merge_stats(parts: Sequence[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
@@ -505,18 +431,21 @@ def _merge_stats(parts: Sequence[dict[str, np.ndarray]], n: int) -> dict[str, np
     return m
 
 
-def _create_labels_zarr(path: Path, shape: tuple[int, int], block: int, dtype: np.dtype) -> Path:
-    """An empty OME-Zarr label image (one chunk per block; NGFF metadata written by ome-zarr)."""
+def _create_labels_zarr(path: Path, shape: tuple[int, ...], block: int, dtype: np.dtype) -> Path:
+    """An empty OME-Zarr label image, ``YX`` or ``ZYX`` (one chunk per block of a plane; NGFF metadata
+    written by ome-zarr)."""
     import warnings
 
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
-    group.create_array("0", shape=shape, chunks=(block, block), dtype=dtype, fill_value=0)
+    chunks = (1,) * (len(shape) - 2) + (block, block)
+    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from ome_zarr.writer import write_multiscales_metadata
 
+    axes = ["z", "y", "x"][-len(shape):]
     write_multiscales_metadata(group, datasets=[{"path": "0", "coordinateTransformations": [
-        {"type": "scale", "scale": [1.0, 1.0]}]}], axes=["y", "x"], name="labels")
+        {"type": "scale", "scale": [1.0] * len(shape)}]}], axes=axes, name="labels")
     return path / "0"
