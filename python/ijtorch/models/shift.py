@@ -271,7 +271,7 @@ def input_quantiles(normalized: np.ndarray) -> list[float]:
     """The :data:`INPUT_PERCENTILES` of a normalised input (subsampled for speed): where its
     background and objects lie in the intensity range."""
     x = np.asarray(normalized, np.float32).ravel()
-    step = max(1, x.size // 262144)
+    step = max(1, x.size // 65536)
     return [float(v) for v in np.percentile(x[::step], INPUT_PERCENTILES)]
 
 
