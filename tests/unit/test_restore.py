@@ -264,3 +264,22 @@ def test_rgb_is_restored_per_channel_through_the_commands(trained, data, tmp_pat
         artificial_labelling_command(inputs, ArtificialLabellingParams(model=str(trained["artificial_labelling"][0])))
     with pytest.raises(ValueError, match="one grey channel, not RGB"):
         restore(rgb, "YXS", model=trained["artificial_labelling"][0], device="cpu")
+
+
+def test_n2v_models_predict_with_test_time_augmentation(trained, data):
+    """Noise2Void's default recipe records 8-fold test-time augmentation in the model and restore()
+    honours it on every call (CARE models predict in one pass)."""
+    import json
+
+    from ijtorch.models.restoration import RestorationModel
+
+    n2v, care = trained["n2v"][0], trained["care"][0]
+    assert json.loads((n2v / "config.json").read_text())["prediction"] == {"test_time_augmentation": True}
+    assert json.loads((care / "config.json").read_text())["prediction"] == {"test_time_augmentation": False}
+    x = data["noisy"][6]
+    plain = restore(x, "YX", model=n2v, device="cpu").restored
+    np.testing.assert_allclose(plain, restore(x, "YX", model=n2v, uncertainty=True, device="cpu").restored,
+                               atol=1e-5)
+    single = RestorationModel.load(n2v)
+    single.config["prediction"] = {"test_time_augmentation": False}
+    assert np.abs(restore(x, "YX", model=single, device="cpu").restored - plain).max() > 1e-4
