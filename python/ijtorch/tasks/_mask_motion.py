@@ -47,30 +47,37 @@ class MoviePixels:
         self.lo = np.stack([_group(np.minimum, self.obj, c, n, np.iinfo(np.int64).max) for c in self.coords], 1)
         self.hi = np.stack([_group(np.maximum, self.obj, c, n, -1) for c in self.coords], 1)
         self.frame, self.starts = frame, starts
+        # pixels of the frames that have a next frame (all but the last: the lists are in frame order)
+        self.n_src = int(np.searchsorted(self.flat, (nf - 1) * self.plane))
         self.width = max(int(np.max(np.diff(starts))), 1) if len(starts) > 1 else 1  # most objects in a frame
 
     def overlaps(self, shift_px: np.ndarray, objects: np.ndarray | None = None):
         """(i, j, overlap in pixels), sorted by (i, j): object i (of frame t, shifted by ``shift_px[i]``,
         axis order of the stack) overlapping object j of frame t + 1; only ``objects`` if given."""
-        flat, obj = self.flat, self.obj
+        flat, obj = self.flat[:self.n_src], self.obj[:self.n_src]
+        coords = tuple(c[:self.n_src] for c in self.coords)
         if objects is not None:
             pick = objects[obj]
             flat, obj = flat[pick], obj[pick]
-        strides = np.r_[np.cumprod(self.shape[:0:-1])[::-1], 1]
-        offset = shift_px @ strides + self.plane  # per object, in flat pixels of the stack: the next frame
-        inside = np.all((self.lo + shift_px >= 0) & (self.hi + shift_px < self.shape), axis=1)
-        inside &= self.frame < len(self.starts) - 2  # the last frame has no next one
-        ok = inside[obj]
-        if not ok.all():  # objects leaving the frame: test their pixels
-            part = ~ok
-            sub = tuple(c[part] if objects is None else c[pick][part] for c in self.coords)
-            good = self.frame[obj[part]] < len(self.starts) - 2
-            for ax in range(self.shape.size):
-                c = sub[ax] + shift_px[obj[part], ax]
-                good &= (c >= 0) & (c < self.shape[ax])
-            ok[np.flatnonzero(part)[good]] = True
-            flat, obj = flat[ok], obj[ok]
-        tgt = self.index.ravel()[flat + offset[obj]]
+            coords = None
+        if not shift_px.any():
+            tgt = self.index.ravel()[flat + self.plane]
+        else:
+            strides = np.r_[np.cumprod(self.shape[:0:-1])[::-1], 1]
+            offset = shift_px @ strides + self.plane  # per object, in flat pixels of the stack: the next frame
+            inside = np.all((self.lo + shift_px >= 0) & (self.hi + shift_px < self.shape), axis=1)
+            ok = inside[obj]
+            if not ok.all():  # objects leaving the frame: test their pixels
+                part = np.flatnonzero(~ok)
+                sub = (tuple(c[part] for c in coords) if coords is not None
+                       else np.unravel_index(flat[part] % self.plane, tuple(self.shape)))
+                good = np.ones(part.size, bool)
+                for ax in range(self.shape.size):
+                    c = sub[ax] + shift_px[obj[part], ax]
+                    good &= (c >= 0) & (c < self.shape[ax])
+                ok[part[good]] = True
+                flat, obj = flat[ok], obj[ok]
+            tgt = self.index.ravel()[flat + offset[obj]]
         # count (object, object of the next frame + 1) pairs in one pass; column 0 = background
         m = self.width + 1
         n = len(self.frame)
@@ -131,6 +138,7 @@ def motion(mp: MoviePixels, pos: np.ndarray, area: np.ndarray, ndim: int, scale:
     v_global = v.copy()
     active = valid.copy()  # pairs still refining their prediction
     rounds = 3 if params.motion_compensation else 1
+    last_keys, last_n_conf = np.zeros(0, np.int64), np.zeros(n_pairs, np.int64)
     for it in range(rounds):
         shift = np.rint(v[:, :ndim][:, ::-1] / scale).astype(np.int64)  # (z,) y, x pixels
         last = _update(mp, shift, last)
@@ -144,6 +152,11 @@ def motion(mp: MoviePixels, pos: np.ndarray, area: np.ndarray, ndim: int, scale:
         ci, cj = i[conf], j[conf]
         n_conf = np.bincount(frame[ci], minlength=nf)[:n_pairs]
         active &= n_conf >= 3
+        keys = ci * n + cj
+        if it > 0:  # a pair whose confident links did not change would predict the same motion again
+            new_link = np.bincount(frame[ci[~np.isin(keys, last_keys)]], minlength=nf)[:n_pairs]
+            active &= (n_conf != last_n_conf) | (new_link > 0)
+        last_keys, last_n_conf = keys, n_conf
         if not active.any():
             break
         keep = active[frame[ci]]
