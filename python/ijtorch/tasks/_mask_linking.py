@@ -3,8 +3,9 @@ merges from masks, every scale estimated from the movie (used by :func:`ijtorch.
 
 For each pair of consecutive frames:
 
-1. **Motion.** Masks of frame t are compared with frame t+1 after shifting each object by the
-   displacement predicted from its neighbours (the median displacement of the ``motion_neighbours``
+1. **Motion** (all frame pairs at once, :mod:`._mask_motion`). Masks of frame t are compared with
+   frame t+1 after shifting each object by the displacement predicted from its neighbours (the
+   median displacement of the ``motion_neighbours``
    nearest *confident* links, the object itself left out). Confident links are mutual best
    overlaps (IoU ≥ 0.3, area ratio 0.7–1.4); the prediction is refined twice, so a colony that
    expands (cells at its edge moving furthest) is followed. A local affine motion fitted to the
@@ -28,8 +29,8 @@ For each pair of consecutive frames:
    at t against one at t+1, when enabled.
 4. **Assignment.** Leaving an object unlinked costs ``max_cost / 2``; links, divisions and merges
    with a cost below their alternatives are chosen jointly by one integer program (HiGHS, through
-   ``scipy.optimize.milp``; each object used at most once as a source and once as a target; a sparse
-   LAP when there is no division or merge candidate). Objects left over on both sides get a second
+   ``scipy.optimize.milp``; each object used at most once as a source and once as a target; groups of
+   objects without a division or merge candidate are one sparse LAP, :mod:`._mask_assign`). Objects left over on both sides get a second
    chance among themselves with a 4× wider gate (the tail of the cost distribution: the fastest
    cells at a colony's edge).
 
