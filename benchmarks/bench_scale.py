@@ -15,7 +15,10 @@
    20 % of it. For the smallest mosaic, the blockwise labels are also matched against the
    whole-image segmentation.
 
-Run: ``python3 benchmarks/bench_scale.py [--files 8] [--sizes 2048,4096,8192,16384] [--block 1024]``.
+4. **Z-stack** (``--zstack PLANES:SIZE``): a stack of mosaics segmented block by block, plane by plane.
+
+Run: ``python3 benchmarks/bench_scale.py [--files 8] [--sizes 2048,4096,8192,16384] [--block 1024]
+[--zstack 8:2048]``.
 State the machine's load when you report figures (the script prints the load average).
 """
 
@@ -170,6 +173,22 @@ def _worker_peak() -> float:
     return float("nan")
 
 
+def _phase_printer(client, size: int):
+    """Progress lines with the workers' peak RSS so far (a long run killed early still says something)."""
+    t0 = time.perf_counter()
+    last = {"t": -1e9}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last["t"] >= 60 or done == total:
+            last["t"] = now
+            peaks = " / ".join(f"{v:.0f}" for v in sorted(client.run(_worker_peak).values()))
+            print(f"  {size}²: {phase} {done}/{total} blocks, {now - t0:.0f} s, worker peak RSS {peaks} MB, "
+                  f"load {_load()}", flush=True)
+
+    return progress
+
+
 def blockwise(sizes: list[int], block: int, work: Path, whole_check: bool = True) -> list[dict]:
     from distributed import Client, LocalCluster
 
@@ -189,7 +208,8 @@ def blockwise(sizes: list[int], block: int, work: Path, whole_check: bool = True
             written = time.perf_counter() - t0
             _reset_peak_rss()  # the driver's own peak during this run (not the mosaic writer's or an earlier size's)
             t0 = time.perf_counter()
-            res = segment_blockwise(big, work / f"bw{size}", block=block, client=client, rois=size <= 8192)
+            res = segment_blockwise(big, work / f"bw{size}", block=block, client=client, rois=size <= 8192,
+                                    progress=_phase_printer(client, size))
             seconds = time.perf_counter() - t0
             peaks = client.run(_worker_peak)
             driver = _peak_rss_mb()
@@ -198,7 +218,7 @@ def blockwise(sizes: list[int], block: int, work: Path, whole_check: bool = True
                    "worker_peak_rss_mb": sorted(peaks.values()), "driver_peak_rss_mb": driver,
                    "near_seams": res.near_seams, "merged_at_seams": res.merged_at_seams, "load": _load(),
                    **seam_split(gt, res.labels, (size, size), block)}
-            if whole_check and size == min(sizes):
+            if whole_check and size == min(sizes) and size <= 4096:  # the whole image must fit in memory here
                 import tifffile
                 import zarr
 
@@ -218,6 +238,54 @@ def blockwise(sizes: list[int], block: int, work: Path, whole_check: bool = True
     return rows
 
 
+def zstack(planes: int, size: int, block: int, work: Path) -> dict:
+    """A ``planes`` x ``size``² z-stack segmented block by block (plane by plane, a 2D model) on 2
+    workers: seconds, peak RSS per worker, objects, nuclei split at block seams (summed over planes)."""
+    import tifffile
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from ijtorch.scale._plugin import TorchThreads
+    from ijtorch.scale.blockwise import segment_blockwise
+    from ijtorch.scale.synthetic import write_mosaic_tiff
+
+    big, gt = work / f"zstack{planes}x{size}.tif", work / f"zstack{planes}x{size}_gt.tif"
+    write_mosaic_tiff(big, (size, size), seed=11, labels_path=gt, planes=planes)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(TorchThreads(1))
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        res = segment_blockwise(big, work / "zs", block=block, client=client,
+                                progress=_phase_printer(client, size))
+        seconds = time.perf_counter() - t0
+        peaks = client.run(_worker_peak)
+    crossing = split = 0
+    labels = zarr.open_group(str(res.labels), mode="r")["0"]
+    truth = zarr.open(tifffile.imread(gt, aszarr=True), mode="r")
+    for z in range(planes):
+        for axis in (0, 1):
+            for seam in range(block, size, block):
+                c, s_ = _band_split(_Plane(truth, z), _Plane(labels, z), axis, seam, (size, size))
+                crossing, split = crossing + c, split + s_
+    row = {"planes": planes, "size": size, "block": block, "objects": res.n_objects, "dtype": res.dtype,
+           "blocks": res.n_blocks, "seconds": seconds, "mpx_per_s": planes * size * size / 1e6 / seconds,
+           "worker_peak_rss_mb": sorted(peaks.values()), "driver_peak_rss_mb": _peak_rss_mb(),
+           "gt_crossing_seams": crossing, "split": split, "split_fraction": split / max(crossing, 1), "load": _load()}
+    print(row, flush=True)
+    return row
+
+
+class _Plane:
+    """Plane ``z`` of a lazily read ``ZYX`` array, indexed as a 2D one."""
+
+    def __init__(self, array, z: int) -> None:
+        self.array, self.z = array, z
+
+    def __getitem__(self, index):
+        return self.array[(self.z, *index)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=8)
@@ -228,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-blockwise", action="store_true")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--zstack", default="", metavar="PLANES:SIZE", help="also a z-stack of PLANES mosaics of SIZE²")
     args = ap.parse_args(argv)
     import logging
 
@@ -251,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['mpx_per_s']:.2f} | {' / '.join(f'{v:.0f}' for v in r['worker_peak_rss_mb'])} | "
                       f"{r['driver_peak_rss_mb']:.0f} | {r['gt_crossing_seams']} | {r['split']} "
                       f"({100 * r['split_fraction']:.2f} %) | {r['load']} |")
+        if args.zstack:
+            planes, size = (int(v) for v in args.zstack.split(":"))
+            r = zstack(planes, size, args.block, work)
+            print(f"| {planes} × {size}² z-stack | {r['objects']} ({r['dtype']}) | {r['blocks']} | {r['seconds']:.0f} | "
+                  f"{r['mpx_per_s']:.2f} | {' / '.join(f'{v:.0f}' for v in r['worker_peak_rss_mb'])} | "
+                  f"{r['driver_peak_rss_mb']:.0f} | {r['gt_crossing_seams']} | {r['split']} "
+                  f"({100 * r['split_fraction']:.2f} %) | {r['load']} |")
     return 0
 
 

@@ -83,22 +83,25 @@ def mosaic_tile(ty: int, tx: int, shape: tuple[int, int], *, seed: int = 0, spac
 
 
 def write_mosaic_tiff(path: str | os.PathLike, shape: tuple[int, int], *, seed: int = 0,
-                      labels_path: str | os.PathLike | None = None, **kwargs) -> None:
-    """Write the mosaic as a tiled TIFF (256² tiles, written one at a time); ``labels_path``: the ground truth too."""
+                      labels_path: str | os.PathLike | None = None, planes: int = 1, **kwargs) -> None:
+    """Write the mosaic as a tiled TIFF (256² tiles, written one at a time); ``labels_path``: the ground
+    truth too. ``planes`` > 1: a ``ZYX`` z-stack whose plane ``z`` is the mosaic of seed ``seed + z``."""
     import tifffile
 
     nty, ntx = -(-shape[0] // TILE), -(-shape[1] // TILE)
 
     def tiles(which: int) -> Iterator[np.ndarray]:
-        for ty in range(nty):
-            for tx in range(ntx):
-                out = np.zeros((TILE, TILE), np.uint16 if which == 0 else np.uint32)
-                part = mosaic_tile(ty, tx, shape, seed=seed, **kwargs)[which]
-                out[:part.shape[0], :part.shape[1]] = part
-                yield out
+        for z in range(planes):
+            for ty in range(nty):
+                for tx in range(ntx):
+                    out = np.zeros((TILE, TILE), np.uint16 if which == 0 else np.uint32)
+                    part = mosaic_tile(ty, tx, shape, seed=seed + z, **kwargs)[which]
+                    out[:part.shape[0], :part.shape[1]] = part
+                    yield out
 
-    tifffile.imwrite(path, tiles(0), shape=shape, dtype=np.uint16, tile=(TILE, TILE), metadata={"axes": "YX"},
+    full, axes = ((planes, *shape), "ZYX") if planes > 1 else (tuple(shape), "YX")
+    tifffile.imwrite(path, tiles(0), shape=full, dtype=np.uint16, tile=(TILE, TILE), metadata={"axes": axes},
                      bigtiff=True)
     if labels_path is not None:
-        tifffile.imwrite(labels_path, tiles(1), shape=shape, dtype=np.uint32, tile=(TILE, TILE),
-                         metadata={"axes": "YX"}, bigtiff=True, compression="zlib")
+        tifffile.imwrite(labels_path, tiles(1), shape=full, dtype=np.uint32, tile=(TILE, TILE),
+                         metadata={"axes": axes}, bigtiff=True, compression="zlib")
