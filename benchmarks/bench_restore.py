@@ -1,71 +1,67 @@
-"""Restoration benchmark: PSNR/SSIM on real clean images with simulated Poisson-Gaussian noise.
+"""Restoration benchmark: ijtorch Noise2Void vs CAREamics N2V, BM3D and TV, side by side in one run.
 
-Clean references are real images from ``shared/data``: DSB 2018 fluorescence nuclei and Usiigaci
-phase-contrast cells, intensities scaled to [0, 1] by their 0.1/99.9 percentiles. At each noise level
-an image ``c`` becomes ``poisson(c * peak) / peak + normal(0, read)``. Scored on the test images
-(256x256 centre crops of DSB images spread over the whole set and of two cells images), in one run:
+The protocol of issue 23: real DSB 2018 fluorescence nuclei (``shared/data/nuclei_dsb2018/train``),
+256x256 centre crops scaled to [0, 1] by their 0.1/99.9 percentiles, are the clean ground truth; each
+becomes ``poisson(c * 20) / 20 + normal(0, 0.03)`` (seeded). The images are split in two alternating
+halves: ``tune`` (where ijtorch's default recipe was chosen) and ``report`` (the default here, never
+used to choose anything). On the ``--n`` images of the split, in one run, one after the other, with
+the same number of torch threads:
 
-- the noisy input;
-- scikit-image's ``denoise_nl_means`` (fast mode, 5x5 patches, 6 px search, ``sigma`` from
-  ``estimate_sigma``), ``denoise_wavelet`` (BayesShrink, soft, ``rescale_sigma``) and
-  ``denoise_tv_chambolle``. Their strength (``h``, ``sigma``, ``weight``) is chosen per image,
-  without the ground truth, by scikit-image's J-invariance calibration (``calibrate_denoiser``, as in
-  its "Calibrating denoisers using J-invariance" tutorial) over multiples of the ``estimate_sigma``
-  noise estimate; the plain denoiser is then run with the best value. This is the same information
-  Noise2Void gets (the noisy image alone), so the comparison is fair;
-- ijtorch Noise2Void, trained on the noisy test images themselves with the default recipe of
-  ``ijtorch denoise`` / ``ijtorch Denoise (Noise2Void)`` (:func:`ijtorch.tasks.restore.denoise_n2v`),
-  as a user would;
-- ijtorch CARE with the default recipe of ``ijtorch train-restoration care``, trained on noisy/clean
-  pairs of *other* images (held out from the test set) at the same noise level.
+- **ijtorch N2V**: the default recipe of ``ijtorch denoise`` / ``ijtorch Denoise (Noise2Void)`` /
+  the server (``DenoiseN2VParams`` epochs and steps, ``TRAINING_DEFAULTS['n2v']``), one model trained
+  on all the noisy images, as N2V is used, then applied to each (``denoise_n2v`` with that model);
+- **CAREamics N2V** (``careamics`` from PyPI, ``restore_peers.py``): its default N2V configuration,
+  patch 64, batch 16, ``--careamics-epochs`` (20) epochs, on the same noisy images;
+- **BM3D** (``bm3d`` from PyPI) after the generalized Anscombe transform with the exact unbiased
+  inverse (Makitalo & Foi 2013), given the true noise parameters (an oracle advantage);
+- **TV** (scikit-image ``denoise_tv_chambolle``), its weight chosen per image without the ground
+  truth by J-invariance (``calibrate_denoiser``, 12 weights from 0.01 to 0.5);
+- with ``--care``: ijtorch CARE (``train_restoration('care')`` defaults) and CAREamics CARE (its
+  default CARE configuration, same patch, batch and epochs) trained on noisy/clean pairs of the
+  ``tune`` images, applied to the ``report`` ones.
 
 PSNR/SSIM use CSBDeep's scale-and-shift-invariant normalisation (:mod:`ijtorch.metrics.restoration`).
+Times: wall and CPU seconds (this process's, or the peer process's, all threads) for training and for
+processing all images. The peers run in their own processes while this one trains ijtorch's model
+(CAREamics N2V is started just before it, so the two trainings overlap and share the machine's load);
+on a shared machine wall time depends on the other jobs, CPU time much less: compare CPU seconds.
 
-Training is bounded: ``--minutes`` is the whole run's budget; before each training the remaining
-budget is shared among the models still to train (the default level's, where the targets are judged,
-get twice the share) and, when the recipe's steps would not fit (speed measured on the spot), fewer
-steps per epoch are used (printed). On a quiet 2-core machine the full recipes fit in 12 minutes.
-Trained models are cached in ``$TMPDIR/ijtorch-bench-restore/<key>`` (key: every setting, the image
-names and the source of the restoration code), never in the repository; ``--no-cache`` retrains.
+CAREamics pins its own torch, so the peers run in their own environment::
 
-Then the CPU time to restore a 2048x2048 image with the default level's N2V model: tiled with 256 and
-512 px tiles (48 px overlap, linearly blended; ``restore``'s default is 256) and untiled, best of two
-rounds, with the tiled-vs-untiled difference checked against the tolerance of
-``tests/unit/test_restore.py``. Nothing is asserted; not part of ``make test``.
+    python3 -m venv --system-site-packages /tmp/peers-venv-restore
+    /tmp/peers-venv-restore/bin/pip install careamics==0.3.5 bm3d
 
-Run: ``nice -n 10 python3 benchmarks/bench_restore.py [--minutes 12] [--levels default,strong,mild]
-[--threads 2] [--no-cache]``.
+Run: ``python3 benchmarks/bench_restore.py [--n 10] [--split report] [--threads 1] [--care]
+[--skip n2v,careamics,bm3d,tv] [--peers-python /tmp/peers-venv-restore/bin/python]`` (CARE alone:
+``--care --skip n2v,bm3d,tv``). Nothing is asserted; not part of ``make test``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
-import json
-import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-# name -> (photons at the brightest pixel, read noise std in units of the clean range)
-LEVELS = {"default": (10.0, 0.05), "strong": (3.0, 0.1), "mild": (30.0, 0.02)}
+PEAK, READ = 20.0, 0.03  # photons at the brightest pixel; read noise std in units of the clean range
 CROP = 256
-N_TEST_DSB, N_TEST_CELLS = 6, 2
-N_TRAIN_DSB = 16
-CALIBRATION_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # x estimate_sigma
+TV_WEIGHTS = tuple(np.geomspace(0.01, 0.5, 12))  # J-invariance picks one per image (clean range: 0..1)
 # tests/unit/test_restore.py::test_tiled_prediction_agrees_with_whole_image (fractions of the 1..99.8 % span)
 TILE_TOL_MAX, TILE_TOL_MEAN = 0.02, 0.002
 
 
 # ----------------------------------------------------------------------------- data
-def _scaled(a: np.ndarray) -> np.ndarray | None:
+def _scaled(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32)
     lo, hi = np.percentile(a, [0.1, 99.9])
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
@@ -76,268 +72,214 @@ def _centre(a: np.ndarray, size: int = CROP) -> np.ndarray:
     return a[y0:y0 + size, x0:x0 + size]
 
 
-def load_images() -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
-    """``(test, train)`` lists of ``(name, clean image in [0, 1])``; no image is in both."""
+def load_split(split: str, n: int) -> list[tuple[str, np.ndarray]]:
+    """``(name, clean crop in [0, 1])`` of the ``tune`` (odd) or ``report`` (even) half of the DSB images
+    large enough for a crop and not nearly empty; the halves never share an image."""
     import tifffile
 
-    dsb = []
+    usable = []
     for f in sorted((DATA / "nuclei_dsb2018" / "train" / "images").glob("*.tif")):
         a = tifffile.imread(f)
-        lo, hi = np.percentile(_centre(a), [0.1, 99.9])
-        if min(a.shape) >= CROP and hi - lo >= 20:  # skip nearly empty (dim, mostly background) crops
-            dsb.append((f.stem, a))
-    cells = [(f.stem, tifffile.imread(f)) for f in sorted((DATA / "cells_usiigaci_phase" / "train" / "images").glob("*.tif"))]
-    if len(dsb) < N_TEST_DSB + 2 or len(cells) < N_TEST_CELLS + 1:
-        raise SystemExit(f"need the DSB nuclei and Usiigaci cells images under {DATA}")
-    step = len(dsb) // N_TEST_DSB
-    test_dsb = dsb[::step][:N_TEST_DSB]
-    names = {n for n, _ in test_dsb}
-    rest = [x for x in dsb if x[0] not in names]
-    train_dsb = rest[:: max(1, len(rest) // N_TRAIN_DSB)][:N_TRAIN_DSB]
-    test = [(n, _scaled(_centre(a))) for n, a in test_dsb + cells[:N_TEST_CELLS]]
-    train = [(n, _scaled(a)) for n, a in train_dsb + cells[N_TEST_CELLS:]]  # whole images: more to learn from
-    return test, train
+        if a.ndim == 2 and min(a.shape) >= CROP and np.ptp(np.percentile(_centre(a), [0.1, 99.9])) >= 20:
+            usable.append((f.stem, a))
+    half = usable[0::2] if split == "report" else usable[1::2]
+    if len(half) < n:
+        raise SystemExit(f"need {n} usable DSB nuclei images in the {split} half under {DATA}; found {len(half)}")
+    return [(name, _scaled(_centre(a))) for name, a in half[:n]]
 
 
-def degrade(c: np.ndarray, peak: float, read: float, rng: np.random.Generator) -> np.ndarray:
-    return (rng.poisson(c * peak) / peak + rng.normal(0, read, c.shape)).astype(np.float32)
+def degrade(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return (rng.poisson(c * PEAK) / PEAK + rng.normal(0, READ, c.shape)).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- classical
-def classical_methods() -> dict[str, Callable[[np.ndarray], tuple[np.ndarray, float]]]:
-    """``name -> fn(noisy) -> (denoised, chosen strength / estimated sigma)``; {} without PyWavelets."""
+# ----------------------------------------------------------------------------- methods
+def tv(noisy: list[np.ndarray]) -> list[np.ndarray]:
+    from skimage.restoration import calibrate_denoiser, denoise_tv_chambolle
+
+    out = []
+    for x in noisy:
+        grid = {"weight": list(TV_WEIGHTS)}
+        _, (tested, losses) = calibrate_denoiser(x, denoise_tv_chambolle, grid, extra_output=True)
+        out.append(denoise_tv_chambolle(x, **tested[int(np.argmin(losses))]).astype(np.float32))
+    return out
+
+
+def n2v_recipe() -> dict[str, Any]:
+    """The Denoise command's defaults (epochs, steps) and ``train_restoration``'s for the rest."""
+    from ijtorch.commands.restore import DenoiseN2VParams
+    from ijtorch.tasks.restore import TRAINING_DEFAULTS, train_restoration
+
+    p = DenoiseN2VParams()
+    sig = inspect.signature(train_restoration).parameters
+    return {"epochs": p.epochs, "steps_per_epoch": p.steps, "patch_size": sig["patch_size"].default,
+            **TRAINING_DEFAULTS["n2v"], "mask_fraction": sig["mask_fraction"].default}
+
+
+def ijtorch_n2v(noisy: list[np.ndarray], work: Path) -> tuple[list[np.ndarray], list[float]]:
+    """Train as ``denoise_n2v`` does (one model on every noisy image, the command's epochs and steps),
+    then apply it with ``denoise_n2v(model=...)``; returns outputs and [train wall, CPU, apply wall, CPU]."""
+    from ijtorch.commands.restore import DenoiseN2VParams
+    from ijtorch.tasks.restore import denoise_n2v, train_restoration
+
+    p = DenoiseN2VParams()
+    t, c = time.perf_counter(), time.process_time()
+    train_restoration("n2v", noisy, None, output=work / "n2v", axes="YX", epochs=p.epochs, steps_per_epoch=p.steps,
+                      seed=0, device="cpu", checkpoint_dir=work / "n2v-checkpoints", progress_bar=False)
+    train = [time.perf_counter() - t, time.process_time() - c]
+    t, c = time.perf_counter(), time.process_time()
+    out = denoise_n2v(np.stack(noisy), "ZYX", model=work / "n2v", device="cpu")
+    return list(out), train + [time.perf_counter() - t, time.process_time() - c]
+
+
+def ijtorch_care(train_in: list[np.ndarray], train_gt: list[np.ndarray], noisy: list[np.ndarray],
+                 work: Path) -> tuple[list[np.ndarray], list[float]]:
+    from ijtorch.tasks.restore import restore, train_restoration
+
+    t, c = time.perf_counter(), time.process_time()
+    train_restoration("care", train_in, train_gt, output=work / "care", seed=0, device="cpu",
+                      checkpoint_dir=work / "care-checkpoints", progress_bar=False)
+    train = [time.perf_counter() - t, time.process_time() - c]
+    t, c = time.perf_counter(), time.process_time()
+    out = [restore(x, "YX", model=work / "care", device="cpu").restored for x in noisy]
+    return out, train + [time.perf_counter() - t, time.process_time() - c]
+
+
+def start_peer(method: str, arrays: dict[str, np.ndarray], args: argparse.Namespace,
+               work: Path) -> Callable[[], tuple[list[np.ndarray], list[float]] | str]:
+    """Start ``restore_peers.py METHOD`` with the peers' Python (it runs while this process goes on);
+    the returned function waits for it and gives its outputs and times, or why there are none."""
+    src, dst = work / f"{method}-in.npz", work / f"{method}-out.npz"
+    np.savez(src, **arrays)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CUDA_VISIBLE_DEVICES="")
+    cmd = [args.peers_python, str(ROOT / "benchmarks" / "restore_peers.py"), method, str(src), str(dst),
+           "--threads", str(args.threads), "--epochs", str(args.careamics_epochs), "--peak", str(PEAK),
+           "--read", str(READ)]
+    log = work / f"{method}.log"
     try:
-        import pywt  # noqa: F401  (denoise_wavelet needs PyWavelets)
-    except ImportError:
-        print("(PyWavelets not installed: skipping the scikit-image baselines; pip install PyWavelets)")
-        return {}
-    from skimage.restoration import (calibrate_denoiser, denoise_nl_means, denoise_tv_chambolle, denoise_wavelet,
-                                     estimate_sigma)
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    except OSError as e:
+        why = f"not run: {e}"
+        return lambda: why
 
-    def calibrated(fn: Callable[..., np.ndarray], key: str, with_sigma: bool = False, **fixed: Any):
-        def run(x: np.ndarray) -> tuple[np.ndarray, float]:
-            sigma = float(estimate_sigma(x))
-            kw = dict(fixed, sigma=sigma) if with_sigma else dict(fixed)
-            grid = {key: [f * sigma for f in CALIBRATION_FACTORS]}
-            _, (tested, losses) = calibrate_denoiser(x, lambda im, **p: fn(im, **kw, **p), grid, extra_output=True)
-            best = tested[int(np.argmin(losses))]
-            return fn(x, **kw, **best).astype(np.float32), best[key] / sigma
+    def result() -> tuple[list[np.ndarray], list[float]] | str:
+        code = proc.wait()
+        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        if code != 0 or not dst.exists():
+            return f"failed: {tail[0][:160]}"
+        res = np.load(dst)
+        return list(res["restored"]), [float(s) for s in res["seconds"]]
 
-        return run
-
-    return {
-        "NL-means": calibrated(denoise_nl_means, "h", with_sigma=True, fast_mode=True, patch_size=5, patch_distance=6),
-        "wavelet": calibrated(denoise_wavelet, "sigma", method="BayesShrink", mode="soft", rescale_sigma=True),
-        "TV": calibrated(denoise_tv_chambolle, "weight"),
-    }
+    return result
 
 
-# ----------------------------------------------------------------------------- training budget
-def recipes() -> dict[str, dict[str, Any]]:
-    """Default training settings: N2V's are ``denoise_n2v``'s (the Denoise command's and CLI's recipe),
-    CARE's are ``train_restoration``'s (``ijtorch train-restoration care``)."""
-    from ijtorch.tasks.restore import TRAINING_DEFAULTS, denoise_n2v, train_restoration
-
-    def defaults(fn: Callable[..., Any], keys: tuple[str, ...]) -> dict[str, Any]:
-        return {k: inspect.signature(fn).parameters[k].default for k in keys}
-
-    n2v = {**defaults(denoise_n2v, ("epochs", "steps_per_epoch", "patch_size")), **TRAINING_DEFAULTS["n2v"],
-           **defaults(train_restoration, ("mask_fraction", "mask_radius"))}
-    care = {**defaults(train_restoration, ("epochs", "steps_per_epoch", "patch_size")), **TRAINING_DEFAULTS["care"]}
-    return {"n2v": n2v, "care": care}
-
-
-def describe(r: dict[str, Any]) -> str:
-    text = (f"{r['epochs']} epochs x {r['steps_per_epoch']} steps, batch {r['batch_size']} of {r['patch_size']} px, "
-            f"U-Net base {r['base_channels']} depth {r['depth']}, lr {r['lr']:g}")
-    if "mask_fraction" in r:
-        text += f", {100 * r['mask_fraction']:g} % blind-spot pixels (radius {r['mask_radius']})"
-    return text
-
-
-def seconds_per_step(r: dict[str, Any]) -> float:
-    """Measured time of one training step (forward, backward, update) of recipe ``r``'s U-Net."""
-    import torch
-
-    from ijtorch.models.unet import UNet
-
-    net = UNet(1, 1, ndim=2, base_channels=r["base_channels"], depth=r["depth"], norm="none")
-    opt = torch.optim.AdamW(net.parameters(), 1e-4)
-    x = torch.rand(r["batch_size"], 1, r["patch_size"], r["patch_size"])
-    times = []
-    for _ in range(4):
-        t = time.perf_counter()
-        opt.zero_grad()
-        ((net(x) - x) ** 2).mean().backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times[1:])) * 1.15  # + masking, batching and validation
-
-
-def cache_key(**settings: Any) -> str:
-    src = ROOT / "python" / "ijtorch"
-    code = b"".join((src / p).read_bytes() for p in ("tasks/restore.py", "models/restoration.py", "models/unet.py"))
-    blob = json.dumps(settings, sort_keys=True, default=str).encode() + hashlib.sha256(code).digest()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def timed(fn: Callable[[], list[np.ndarray]]) -> tuple[list[np.ndarray], list[float]]:
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, [0.0, 0.0, time.perf_counter() - t, time.process_time() - c]
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=12.0, help="budget for the whole run (training is bounded by it)")
-    ap.add_argument("--levels", default="default,strong,mild", help=f"comma-separated, from {','.join(LEVELS)}")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--size", type=int, default=2048, help="edge of the image for the CPU timing (0: skip)")
-    ap.add_argument("--no-cache", action="store_true", help="retrain even when a cached model matches")
+    ap.add_argument("--n", type=int, default=10, help="images of 256x256 to denoise (issue 23 used 20)")
+    ap.add_argument("--split", choices=("report", "tune"), default="report")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every method")
+    ap.add_argument("--careamics-epochs", type=int, default=20)
+    ap.add_argument("--peers-python", default="/tmp/peers-venv-restore/bin/python",
+                    help="Python of the environment with careamics and bm3d")
+    ap.add_argument("--care", action="store_true", help="also CARE vs CAREamics CARE (pairs of the tune images)")
+    ap.add_argument("--skip", default="", help="comma-separated methods to leave out: n2v (both), careamics, bm3d, tv")
+    ap.add_argument("--size", type=int, default=0, help="also time restoring a SIZE x SIZE image with the N2V model")
     args = ap.parse_args(argv)
-    levels = [s.strip() for s in args.levels.split(",") if s.strip()]
-    bad = [s for s in levels if s not in LEVELS]
-    if bad or not levels:
-        ap.error(f"--levels {args.levels!r}: choose from {', '.join(LEVELS)}")
-    t_run = time.monotonic()
-    deadline = t_run + 60 * args.minutes
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     import torch
 
     torch.set_num_threads(args.threads)
+    import logging
+
     logging.basicConfig(level=logging.ERROR)  # dataset-shift warnings are expected across images
     from ijtorch.metrics.restoration import psnr, ssim
-    from ijtorch.tasks.restore import denoise_n2v, restore, train_restoration
 
-    test, train = load_images()
-    test_c = [c for _, c in test]
-    rec = recipes()
-    cache_root = Path(tempfile.gettempdir()) / "ijtorch-bench-restore"
-    print(f"ijtorch restoration benchmark — torch {torch.__version__}, {args.threads} CPU threads, budget "
-          f"{args.minutes:g} min")
-    print(f"test: {len(test)} crops {CROP}x{CROP} ({N_TEST_DSB} DSB nuclei, {N_TEST_CELLS} phase-contrast cells: "
-          f"{', '.join(n for n, _ in test)}); CARE trains on {len(train)} other images")
-    print(f"N2V (denoise_n2v defaults): {describe(rec['n2v'])}")
-    print(f"CARE (train_restoration defaults): {describe(rec['care'])}")
-    rng = np.random.default_rng(2024)
-    methods = classical_methods()
-    rows: dict[str, dict[str, tuple[float, float, float]]] = {}
-    # the targets are judged at the default level: its two models get twice the share of the others
-    weights = [2.0 if name == "default" else 1.0 for name in levels for _ in ("n2v", "care")]
-    timing_reserve = 120.0 if args.size else 0.0
-    n2v_default_model: Path | None = None
-    header = f"{'level':<24} {'method':<14} {'PSNR dB':>8} {'SSIM':>6} {'dPSNR':>7} {'s/img':>7}  notes"
-    print("\n" + header + "\n" + "-" * (len(header) + 20))
+    t_run = time.monotonic()
+    images = load_split(args.split, args.n)
+    clean = [c for _, c in images]
+    rng = np.random.default_rng(2023)
+    noisy = [degrade(c, rng) for c in clean]
+    r = n2v_recipe()
+    print(f"ijtorch restoration benchmark (issue 23 protocol) — torch {torch.__version__}, {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{len(images)} {args.split} images, {CROP}x{CROP} DSB nuclei crops, Poisson peak {PEAK:g} + Gaussian "
+          f"{READ:g}: {', '.join(n[:8] for n, _ in images)}")
+    print(f"ijtorch N2V recipe (the Denoise defaults): {r['epochs']} epochs x {r['steps_per_epoch']} steps, batch "
+          f"{r['batch_size']} of {r['patch_size']} px, U-Net base {r['base_channels']} depth {r['depth']}, lr "
+          f"{r['lr']:g}, {100 * r['mask_fraction']:g} % blind-spot pixels, "
+          f"{'8-fold test-time augmentation' if r.get('test_time_augmentation') else 'one pass'} when applied")
+    results: dict[str, tuple[list[np.ndarray], list[float]] | str] = {"noisy input": (noisy, [0.0] * 4)}
+    with tempfile.TemporaryDirectory(prefix="ijtorch-bench-restore-") as tmp:
+        work = Path(tmp)
+        peers: dict[str, Callable[[], Any]] = {}
+        if "n2v" not in skip:
+            if "careamics" not in skip:  # started first: the N2V trainings overlap and see the same load
+                peers["CAREamics N2V"] = start_peer("careamics-n2v", {"noisy": np.stack(noisy)}, args, work)
+            results["ijtorch N2V"] = ijtorch_n2v(noisy, work)
+        if "bm3d" not in skip:
+            peers["BM3D + GAT"] = start_peer("bm3d", {"noisy": np.stack(noisy)}, args, work)
+        if "tv" not in skip:
+            results["TV (J-inv.)"] = timed(lambda: tv(noisy))
+        if args.care:
+            pairs = load_split("tune" if args.split == "report" else "report", args.n)
+            train_gt = [c for _, c in pairs]
+            train_in = [degrade(c, rng) for c in train_gt]
+            if "careamics" not in skip:
+                peers["CAREamics CARE"] = start_peer("careamics-care", {
+                    "noisy": np.stack(noisy), "train_input": np.stack(train_in), "train_target": np.stack(train_gt)},
+                    args, work)
+            results["ijtorch CARE"] = ijtorch_care(train_in, train_gt, noisy, work)
+        results.update({name: wait() for name, wait in peers.items()})
+        if args.size and "ijtorch N2V" in results:
+            timing(work / "n2v", clean, args.size, rng)
 
-    def train_steps(kind: str) -> tuple[int, float]:
-        """Steps per epoch that fit this model's share of the remaining budget (the recipe's at most),
-        and a hard time limit (1.5 x the share: the speed can drop while it trains)."""
-        left = deadline - time.monotonic() - timing_reserve - 15 * len(weights)  # baselines, scoring
-        share = left * weights[0] / sum(weights)
-        weights.pop(0)
-        r = rec[kind]
-        fit = int(share / (r["epochs"] * seconds_per_step(r)))
-        return int(np.clip(fit, 5, r["steps_per_epoch"])), max(30.0, 1.5 * share)
+    header = f"{'method':<16} {'PSNR dB':>8} {'SSIM':>6} {'train s (CPU s)':>17} {'apply s (CPU s)':>17}"
+    print("\n" + header + "\n" + "-" * len(header))
+    scores: dict[str, float] = {}
+    for name, res in results.items():
+        if isinstance(res, str):
+            print(f"{name:<16} {res}")
+            continue
+        outs, (tw, tc, pw, pc) = res
+        scores[name] = float(np.mean([psnr(c, o) for c, o in zip(clean, outs)]))
+        s = float(np.mean([ssim(c, o) for c, o in zip(clean, outs)]))
+        train = f"{tw:7.1f} ({tc:6.1f})" if tw else ""
+        apply = f"{pw:7.1f} ({pc:6.1f})" if pw else ""
+        print(f"{name:<16} {scores[name]:8.2f} {s:6.3f} {train:>17} {apply:>17}")
 
-    def steps_note(path: Path, kind: str) -> str:
-        cfg = json.loads((path / "config.json").read_text())["training"]
-        done, full = cfg["epochs_run"] * cfg["steps_per_epoch"], rec[kind]["epochs"] * rec[kind]["steps_per_epoch"]
-        return f", {done} steps" + ("" if done >= full else f" (recipe: {full}; time-bounded)")
-
-    for name in levels:
-        peak, read = LEVELS[name]
-        label = f"{name} (peak {peak:g}, read {read:g})"
-        noisy = [degrade(c, peak, read, rng) for c in test_c]
-        noisy_train = [degrade(c, peak, read, rng) for _, c in train]
-        outputs: dict[str, tuple[list[np.ndarray], float, str]] = {"noisy input": (noisy, 0.0, "")}
-        for key, fn in methods.items():
-            t = time.perf_counter()
-            res = [fn(x) for x in noisy]
-            strengths = [s for _, s in res]
-            outputs[key] = ([o for o, _ in res], (time.perf_counter() - t) / len(noisy),
-                            f"calibrated {min(strengths):g}..{max(strengths):g} x sigma")
-
-        # Noise2Void: the Denoise command's function on the stack of noisy test images
-        steps, limit = train_steps("n2v")
-        key = cache_key(kind="n2v", level=(peak, read), steps=steps, recipe=rec["n2v"], names=[n for n, _ in test])
-        path = cache_root / f"n2v-{key}"
-        stack = np.stack(noisy)
-        t = time.perf_counter()
-        if (path / "config.json").exists() and not args.no_cache:
-            note = "cached model"
-        else:
-            denoise_n2v(stack, "ZYX", steps_per_epoch=steps, save_to=path, device="cpu", time_limit_s=limit)
-            note = f"trained {time.perf_counter() - t:.0f} s"
-        note += steps_note(path, "n2v")
-        t = time.perf_counter()
-        out = denoise_n2v(stack, "ZYX", model=path, device="cpu")
-        outputs["ijtorch N2V"] = (list(out), (time.perf_counter() - t) / len(noisy), note)
-        if name == "default":
-            n2v_default_model = path
-
-        # CARE, default recipe: supervised on noisy/clean pairs of the other images
-        steps, limit = train_steps("care")
-        key = cache_key(kind="care", level=(peak, read), steps=steps, recipe=rec["care"], names=[n for n, _ in train])
-        path = cache_root / f"care-{key}"
-        t = time.perf_counter()
-        if (path / "config.json").exists() and not args.no_cache:
-            note = "cached model"
-        else:
-            with tempfile.TemporaryDirectory(prefix="ijtorch-care-") as ckpt:
-                train_restoration("care", noisy_train, [c for _, c in train], output=path, steps_per_epoch=steps,
-                                  seed=0, device="cpu", progress_bar=False, checkpoint_dir=ckpt, time_limit_s=limit)
-            note = f"trained {time.perf_counter() - t:.0f} s"
-        note += steps_note(path, "care")
-        t = time.perf_counter()
-        care = [restore(x, "YX", model=path, device="cpu").restored for x in noisy]
-        outputs["ijtorch CARE"] = (care, (time.perf_counter() - t) / len(noisy), note)
-
-        base = float(np.mean([psnr(c, x) for c, x in zip(test_c, noisy)]))
-        rows[name] = {}
-        for i, (key, (outs, sec, note)) in enumerate(outputs.items()):
-            p = float(np.mean([psnr(c, o) for c, o in zip(test_c, outs)]))
-            s = float(np.mean([ssim(c, o) for c, o in zip(test_c, outs)]))
-            rows[name][key] = (p, s, sec)
-            print(f"{label if i == 0 else '':<24} {key:<14} {p:8.2f} {s:6.3f} {p - base:+7.2f} {sec:7.2f}  {note}")
-        sys.stdout.flush()
-
-    # ------------------------------------------------------------------ targets
     print()
-    if "default" in rows:
-        d = rows["default"]
-        gain = d["ijtorch N2V"][0] - d["noisy input"][0]
-        classical = {k: v for k, v in d.items() if k in methods}
-        best_k = max(classical, key=lambda k: classical[k][0]) if classical else None
-        t1 = gain >= 6.0
-        t2 = best_k is not None and d["ijtorch N2V"][0] > classical[best_k][0]
-        t3 = d["ijtorch CARE"][0] >= d["ijtorch N2V"][0]
-        mark = {True: "met", False: "NOT met"}
-        print(f"targets at the default level: N2V {gain:+.2f} dB over the input (>= +6 dB: {mark[t1]}); "
-              + (f"N2V {d['ijtorch N2V'][0]:.2f} vs best classical {best_k} {classical[best_k][0]:.2f} dB "
-                 f"(above every classical baseline: {mark[t2]}); " if best_k else "no classical baselines; ")
-              + f"CARE {d['ijtorch CARE'][0]:.2f} >= N2V {d['ijtorch N2V'][0]:.2f} dB: {mark[t3]}")
-    else:
-        print("targets are defined at the default level (not run: add it to --levels)")
-    for name in rows:
-        if name != "default":
-            d = rows[name]
-            best = max((k for k in d if k in methods), key=lambda k: d[k][0], default=None)
-            if best:
-                print(f"  {name}: N2V {d['ijtorch N2V'][0] - d[best][0]:+.2f} dB vs best classical ({best}), "
-                      f"CARE {d['ijtorch CARE'][0] - d['ijtorch N2V'][0]:+.2f} dB vs N2V")
-
-    # ------------------------------------------------------------------ 2048 x 2048 on CPU
-    if args.size and n2v_default_model is not None:
-        timing(n2v_default_model, test_c, args.size, args.threads, rng)
-    elif args.size:
-        print("\n(2048x2048 timing uses the default level's N2V model: add 'default' to --levels)")
-    print(f"\ntotal {time.monotonic() - t_run:.0f} s (budget {60 * args.minutes:.0f} s)")
+    mine = results.get("ijtorch N2V")
+    if "BM3D + GAT" in scores and "ijtorch N2V" in scores:
+        d = scores["ijtorch N2V"] - scores["BM3D + GAT"]
+        print(f"target N2V >= BM3D + 0.5 dB: {d:+.2f} dB ({'met' if d >= 0.5 else 'NOT met'})")
+    theirs = results.get("CAREamics N2V")
+    if isinstance(theirs, tuple) and isinstance(mine, tuple):
+        wall, cpu = mine[1][0] / theirs[1][0], mine[1][1] / theirs[1][1]
+        print(f"target N2V training time <= 1.0x CAREamics: {wall:.2f}x wall, {cpu:.2f}x CPU "
+              f"({'met' if max(wall, cpu) <= 1.0 else 'NOT met'}; wall time on a shared machine is noisy)")
+    if "ijtorch CARE" in scores and "CAREamics CARE" in scores:
+        d = scores["ijtorch CARE"] - scores["CAREamics CARE"]
+        print(f"target CARE >= CAREamics CARE: {d:+.2f} dB ({'met' if d >= 0 else 'NOT met'})")
+    print(f"total {time.monotonic() - t_run:.0f} s")
     return 0
 
 
-def timing(model_path: Path, test_c: list[np.ndarray], size: int, threads: int, rng: np.random.Generator) -> None:
+def timing(model_path: Path, clean: list[np.ndarray], size: int, rng: np.random.Generator) -> None:
     """Seconds to restore a ``size`` x ``size`` image: tiled (256, 512, the default) and untiled, best of
     two interleaved rounds (other jobs on the machine slow single runs down)."""
     from ijtorch.models.restoration import RestorationModel
     from ijtorch.tasks.restore import restore
 
-    mosaic = np.concatenate([np.concatenate(test_c[i:i + 2], 1) for i in (0, 2)], 0)  # 512 x 512 of real nuclei
+    mosaic = np.concatenate([np.concatenate(clean[i:i + 2], 1) for i in (0, 2)], 0)  # 512 x 512 of real nuclei
     reps = -(-size // mosaic.shape[0])
-    big = degrade(np.tile(mosaic, (reps, reps))[:size, :size], *LEVELS["default"], rng)
+    big = degrade(np.tile(mosaic, (reps, reps))[:size, :size], rng)
     model = RestorationModel.load(model_path, device="cpu")
     restore(big[:256, :256], "YX", model=model, device="cpu")  # warm-up
     default_tile = inspect.signature(restore).parameters["tile_size"].default
@@ -352,9 +294,7 @@ def timing(model_path: Path, test_c: list[np.ndarray], size: int, threads: int, 
             seconds[tile] = min(seconds.get(tile, np.inf), time.perf_counter() - t)
     whole = outputs[None]
     span = float(np.percentile(whole, 99.8) - np.percentile(whole, 1))
-    n_par = sum(p.numel() for p in model.net.parameters())
-    print(f"\n{size}x{size} N2V restore on CPU ({threads} threads, U-Net base {model.net.config['base_channels']} "
-          f"depth {model.net.config['depth']}, {n_par} parameters), best of 2; tiles overlap 48 px, linear blending:")
+    print(f"\n{size}x{size} N2V restore on CPU, best of 2; tiles overlap 48 px, linear blending:")
     for tile in runs:
         name = "untiled (one pass)" if tile is None else f"tiles {tile}" + (" (default)" if tile == default_tile else "")
         line = f"  {name:<20} {seconds[tile]:6.2f} s   {seconds[tile] / seconds[default_tile]:5.2f} x the default"
