@@ -303,7 +303,7 @@ class ClassifierModel:
         _, emb = self.logits_and_embeddings(train_items, batch_size=batch_size)
         col = shift.MomentCollector()
         col.add(torch.from_numpy(emb))
-        quantiles = [shift.input_quantiles(item) for item in train_items]
+        quantiles = _item_quantiles(train_items).tolist()
         reference = shift.reference_from_moments([col], [{"median": q[2]} for q in quantiles], kind=kind,
                                                  images=len(train_items), layer="embedding",
                                                  components=max(1, min(32, len(train_items) // 5)))
@@ -337,10 +337,24 @@ class ClassifierModel:
 
 
 
+def _item_quantiles(prepared: np.ndarray) -> np.ndarray:
+    """The :data:`ijtorch.models.shift.INPUT_PERCENTILES` of every item at once, ``(N, 5)``, from
+    at most ~1 000 evenly strided values per item (percentiles along an axis cost ~50 µs per
+    thousand values; training and prediction use the same samples)."""
+    from . import shift
+
+    flat = np.asarray(prepared, np.float32).reshape(len(prepared), -1)
+    flat = flat[:, :: max(1, flat.shape[1] // 1024)]
+    if not flat.size:
+        return np.zeros((len(prepared), len(shift.INPUT_PERCENTILES)))
+    kth = [int(round(q / 100 * (flat.shape[1] - 1))) for q in shift.INPUT_PERCENTILES]  # nearest rank
+    return np.partition(flat, kth, axis=1)[:, kth].astype(np.float64)
+
+
 def _item_scores(reference: dict[str, Any], prepared: np.ndarray, embeddings: np.ndarray) -> list[float]:
     from . import shift
 
     col = shift.FeatureCollector(reference)
     col.add(torch.from_numpy(np.ascontiguousarray(embeddings)))
-    return [float(shift.image_score(reference, s, {"quantiles": shift.input_quantiles(item)}))
-            for s, item in zip(col.sample_scores(), prepared)]
+    return [float(shift.image_score(reference, s, {"quantiles": q}))
+            for s, q in zip(col.sample_scores(), _item_quantiles(prepared))]
