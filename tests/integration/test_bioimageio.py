@@ -371,6 +371,9 @@ def _check_java_consumer_fields(package: Path, folder: Path) -> None:
     assert rdf["config"]["bioimageio"]["nickname"]
     for tensor in rdf["inputs"] + rdf["outputs"]:
         assert tensor["test_tensor"]["source"].endswith(".npy")
+        if tensor in rdf["inputs"]:  # the example image deepImageJ shows
+            sample = tensor["sample_tensor"]["source"]
+            assert sample.endswith(".tif") and (folder / sample).is_file()
         for axis in tensor["axes"]:
             if axis["type"] == "channel":
                 assert axis["channel_names"]

@@ -163,6 +163,21 @@ def _cover(path: Path, left: np.ndarray, right: np.ndarray) -> None:
     out.save(path)
 
 
+SAMPLE_INPUT, SAMPLE_OUTPUT = "sample_input.tif", "sample_output.tif"
+
+
+def _sample_tiffs(work: Path, test_input: np.ndarray, test_output: np.ndarray | None) -> None:
+    """The test tensors as TIFF sample tensors (what deepImageJ shows as the example image; the
+    spec allows no .npy there): batch axis dropped, a single channel dropped. A classifier's output
+    (class probabilities, no image) gets none."""
+    import tifffile
+
+    for name, tensor in ((SAMPLE_INPUT, test_input), (SAMPLE_OUTPUT, test_output)):
+        if tensor is not None:
+            image = tensor[0, 0] if tensor.shape[1] == 1 else tensor[0]
+            tifffile.imwrite(work / name, np.ascontiguousarray(image, np.float32))
+
+
 def _config_for_package(cfg: dict[str, Any]) -> dict[str, Any]:
     """The ijtorch config without bulky entries (training history), JSON-clean."""
     out = json.loads(json.dumps(cfg))
@@ -401,6 +416,7 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, te
         raw_in = np.ascontiguousarray(plan.test_input[None]).astype(np.float32)
         np.save(work / "test_input.npy", raw_in)
         np.save(work / "test_output.npy", y.astype(np.float32))
+        _sample_tiffs(work, raw_in, y if plan.spatial else None)
         _cover(work / "cover.png", plan.test_input[0], y[0, 0] if plan.spatial else plan.test_input[0])
         card = path / "README.md"
         doc = card.read_text() if card.is_file() else f"# {model_name}\n\n{cfg.get('description', '')}\n"
@@ -520,13 +536,18 @@ def _describe(spec: Any, plan: _Plan, cfg: dict[str, Any], work: Path, model_nam
         for a, s in zip("zyx"[-len(plan.fixed_size):], plan.fixed_size):
             in_axes.append(spec.SpaceInputAxis(id=spec.AxisId(a), size=int(s)))
 
+    def sample(name: str) -> Any:
+        return spec.FileDescr(source=work / name) if (work / name).is_file() else None
+
     inputs = [spec.InputTensorDescr(id=in_id, axes=in_axes, test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+                                    sample_tensor=sample(SAMPLE_INPUT),
                                     data=spec.IntervalOrRatioDataDescr(type="float32"),
                                     preprocessing=plan.preprocessing,
                                     description="raw image (any intensity range; normalised by the declared "
                                                 "preprocessing)")]
     outputs = [spec.OutputTensorDescr(id=spec.TensorId(plan.out_id), axes=out_axes,
                                       test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+                                      sample_tensor=sample(SAMPLE_OUTPUT),
                                       data=spec.IntervalOrRatioDataDescr(type="float32"),
                                       postprocessing=plan.postprocessing,
                                       description=f"{plan.out_id} ({', '.join(plan.out_channels[:4])}"
