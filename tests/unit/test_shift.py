@@ -464,6 +464,13 @@ def test_pixel_classifier_shift(tmp_path):
     stack = classify_pixels(np.stack([blobs(1)[0], blobs(2, fg=40.0, bg=160.0)[0]]), "ZYX", model=tmp_path / "m",
                             device="cpu")
     assert "[1 of 2 planes above the threshold]" in stack.shift_warning
+    from ijtorch.commands.pixels import ClassifyPixelsParams, classify_pixels_outputs
+    from ijtorch.image import Image
+
+    _, outputs = classify_pixels_outputs(Image(blobs(2, fg=40.0, bg=160.0)[0], "YX", title="dark.tif"),
+                                         ClassifyPixelsParams(model=str(tmp_path / "m")))
+    assert "WARNING dataset shift" in outputs.log[0] and outputs.values["shift_score"] > 0
+    assert outputs.values["shift_warning"].startswith("dataset shift") and "WARNING" in outputs.status
     model = PixelClassifierModel.load(tmp_path / "m")
     model.config.pop("shift")
     plain = classify_pixels(blobs(1)[0], "YX", model=model, device="cpu")

@@ -207,7 +207,12 @@ def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "i
     tables = (TableOutput(class_areas(r.classes, r.class_names, calibration=image.calibration)),)
     present = int(len(np.unique(r.classes)))
     status = f"{command}: {present} of {len(r.class_names)} classes ({r.model}, {r.seconds:.2f} s)"
-    return r, CommandOutputs(tuple(images), None, tables, status, {"n_classes": len(r.class_names)})
+    if r.shift_warning:  # the dataset-shift check, as Segment shows it (Log, status, Ext. values)
+        status += " - WARNING: dataset shift, results unreliable (see the Log)"
+    log = (f"{command} {image.title}: WARNING {r.shift_warning}",) if r.shift_warning else ()
+    values = {"n_classes": len(r.class_names), "shift_warning": r.shift_warning or "",
+              "shift_score": -1.0 if r.shift_score is None else round(float(r.shift_score), 4)}
+    return r, CommandOutputs(tuple(images), None, tables, status, values, log=log)
 
 
 @command("ijtorch Classify Pixels", ClassifyPixelsParams)
