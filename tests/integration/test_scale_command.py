@@ -209,3 +209,27 @@ def test_a_server_takes_folders_only_under_its_shared_folder(tmp_path, monkeypat
     (tmp_path / "shared" / "link").symlink_to(tmp_path)  # a link out of the shared folder is outside it
     with pytest.raises(IjtorchError, match="inside the server's shared folder"):
         check(f"input=[{tmp_path / 'shared' / 'link' / 'plate'}]")
+
+
+def test_esc_cancels_the_clusters_tasks(folder, tmp_path, cluster):
+    """The cancel check (Esc in ImageJ) is asked as tasks finish: the run stops with the tasks not yet done
+    cancelled, and the finished inputs' files are whole (each moved into place complete)."""
+    from ijtorch.scale.cluster import DaskOptions
+    from ijtorch.scale.submit import segment_on_cluster
+
+    (folder / "broken.tif").unlink()
+    for k in range(3):  # more inputs than workers: some are still waiting when Esc is pressed
+        shutil.copy(SAMPLES / SMALL[k], folder / f"more{k}.tif")
+    asked: list[bool] = []
+
+    def cancel() -> bool:
+        asked.append(True)
+        return True
+
+    out = tmp_path / "out"
+    with pytest.raises(InterruptedError, match="cancelled"):
+        segment_on_cluster(folder, out, options=lambda axes: {"model": "nuclei"}, model="nuclei",
+                           dask=DaskOptions(cluster.scheduler_address), cancel=cancel)
+    assert asked == [True]  # asked once, when the first task finished; the run stopped there
+    done = sorted(p.stem for p in out.glob("*.tif"))
+    assert 1 <= len(done) < 6
