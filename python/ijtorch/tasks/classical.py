@@ -168,6 +168,8 @@ def segment_phase_contrast(
     objects : {"textured", "dark"}, default "textured"
         ``"textured"``: spread whole cells (foreground = high local standard deviation);
         ``"dark"``: dark bodies in bright halos, such as bacteria (darkest of three Otsu classes).
+        That class must be the dark bodies: in a sparse field whose background has dark patches
+        (the first frames of the shared bacteria movie, 2-10 cells) it takes the background.
     window : int, default 7
         Side of the local standard deviation window in pixels (``"textured"`` only; odd, >= 3).
     sigma : float, default 1.0
