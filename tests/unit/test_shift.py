@@ -412,7 +412,7 @@ def test_classify_shift_on_the_cli_and_the_server(shapes_classifier, tmp_path, m
     foreign = object_crops(image, "YX", labels, size=24)
     np.savez(tmp_path / "fine.npz", images=fine)
     np.savez(tmp_path / "foreign.npz", images=foreign)
-    for name in ("fine", "foreign"):
+    for name in ("foreign",):  # the CLI once (a process start); items like the training ones on the server below
         out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "classify", str(tmp_path / f"{name}.npz"),
                               "--model", str(shapes_classifier), "--output", str(tmp_path / name)],
                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
