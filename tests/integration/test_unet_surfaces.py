@@ -1,6 +1,7 @@
 """Issue #20: a bundled U-Net + watershed model (``bacteria_phase``) on every surface, checked pixel
 for pixel against ``segment()`` in Python on held-out frames of the shared bacteria movie: the Segment
-command from a macro in the embedded ImageJ, the Segment_Folder Jython script, the server's
+command from a macro in the embedded ImageJ (in process and, as a Fiji without Python, through the
+server), the Segment_Folder Jython script, the server's
 ``/segment`` route; ``ijtorch models`` lists both bundled U-Net models; fine-tuning from the bundled
 model trains (loss falls) and resumes to the same end as a straight run."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,34 @@ def test_fine_tuning_the_bundled_unet_model_trains_and_resumes(shared_data, tmp_
     r = segment(images[0][:128, :128], "YX", model=str(tmp_path / "chunked"), device="cpu")
     assert r.labels.shape == (128, 128) and r.labels.dtype == np.uint16
     clear_model_cache()
+
+
+@pytest.mark.jvm
+def test_remote_segment_from_a_fiji_without_python_runs_the_bundled_unet_model(ij, frames, expected, tmp_path):
+    """A Fiji without Python sends ``run("ijtorch Segment", "model=bacteria_phase")`` to the server
+    (``/imagej/command``): the label image and ROIs it gets back equal the in-process answer."""
+    pytest.importorskip("httpx", reason="the server tests need httpx (pip install 'ijtorch[serve]')")
+    pytest.importorskip("uvicorn", reason="the server tests need uvicorn (pip install 'ijtorch[serve]')")
+    from jpype import JClass
+
+    from ijtorch import bridge
+    from ijtorch.bridge import imageplus_to_numpy
+    from ijtorch.bridge.registry import _install, registered_commands
+
+    name, command = FRAMES[0], "ijtorch Segment"
+    registry, prefs = JClass("ijtorch.IjtorchRegistry"), JClass("ij.Prefs")
+    with ServerProcess(tmp_path, "--threads", "1") as srv:
+        prefs.set("ijtorch.server", srv.url)
+        registry.unregisterCommand(command)  # no Python handler: the shim goes to the server
+        try:
+            log = bridge.run_macro(f'open("{frames[name]}"); run("{command}", "model={MODEL} output=all");'
+                                   'print(getTitle()); print(roiManager("count"));').log.splitlines()
+        finally:
+            _install(registered_commands()[command])
+            prefs.set("ijtorch.server", "")
+        time.sleep(0.3)  # the access line is written after the reply
+        assert '"POST /imagej/command" 200' in srv.log(), srv.log()[-2000:]
+    n = int(expected[name].max())
+    assert log[-2:] == [f"{name}-labels", str(n)]
+    labels = imageplus_to_numpy(JClass("ij.WindowManager").getImage(f"{name}-labels")).data
+    np.testing.assert_array_equal(labels, expected[name])
