@@ -41,3 +41,21 @@ def test_segment_rois_carry_confidence_readable_from_a_macro(ij, shared_data, tm
         'roiManager("select", 2); print(Roi.getProperty("confidence"));').log.splitlines()
     assert log == [str(len(ol)), want[2]]
     assert np.isfinite(float(log[1]))
+
+
+def test_headless_rois_carry_confidence_on_the_overlay_and_in_the_roiset(ij, tmp_path):
+    """What a headless Fiji gets (no ROI Manager): the overlay's ROIs and <title>_RoiSet.zip."""
+    from ijtorch.bridge import numpy_to_imageplus
+    from ijtorch.bridge.apply import _rois_headless
+    from ijtorch.commands.outputs import RoiOutput
+    from ijtorch.io.roiset import read_roiset
+    from ijtorch.tasks.outlines import outlines
+
+    labels = np.zeros((40, 50), np.uint16)
+    labels[2:12, 3:13], labels[20:30, 25:40] = 1, 2
+    ol = outlines(labels, "YX")
+    target = numpy_to_imageplus(labels.astype(np.uint8), "YX", title="cells.tif")
+    _rois_headless(RoiOutput(ol, properties={"confidence": ["0.910", "0.420"]}), target, tmp_path)
+    overlay = target.getOverlay()
+    assert [str(overlay.get(i).getProperty("confidence")) for i in range(overlay.size())] == ["0.910", "0.420"]
+    assert [p["confidence"] for p in read_roiset(tmp_path / "cells_RoiSet.zip").properties] == ["0.910", "0.420"]
