@@ -129,6 +129,32 @@ def test_star_polygon_inside_test_measures_the_exact_area(rng):
         assert np.all(inside[gy**2 + gx**2 <= inner2[j]]) and not np.any(inside[gy**2 + gx**2 > outer2[j]])
 
 
+def test_polygon_rendering_paints_the_pixels_skimage_paints(rng):
+    """All polygons rasterised at once (pixel centres inside, the best score wins overlaps) vs
+    skimage.draw.polygon painted from the lowest score up: the same label map, pixel for pixel."""
+    from skimage.draw import polygon as draw_polygon
+
+    shape = (90, 110)
+    pts = rng.uniform(-5, 115, (60, 2)) * [0.8, 1.0]  # some centres outside, overlaps, non-integer
+    dists = rng.uniform(2, 14, (60, 32))
+    scores = rng.permutation(60) / 60
+    pts[:3] = [[45.3, 55.1], [45.0, 55.6], [-60.0, 40.0]]  # a big polygon covering a small one; one outside
+    dists[:3] = [[18.0] * 32, [3.0] * 32, [10.0] * 32]
+    scores[:3] = [2.0, -1.0, 0.5]
+    lab = sd.polygons_to_labels(pts, dists, shape, scores=scores, chunk=5000)
+    order = np.argsort(-scores, kind="stable")
+    verts = sd.polygon_vertices(pts[order], dists[order])
+    ref = np.zeros(shape, np.int32)
+    for k in range(59, -1, -1):
+        rr, cc = draw_polygon(verts[k, 0], verts[k, 1], shape)
+        ref[rr, cc] = k + 1
+    present = np.unique(ref)[1:]
+    lut = np.zeros(61, np.int32)
+    lut[present] = np.arange(1, present.size + 1)
+    np.testing.assert_array_equal(lab, lut[ref])
+    assert 10 < lab.max() <= 58  # covered or outside polygons leave no label: the rest renumbered
+
+
 def test_polygon_area_is_exact_for_a_regular_polygon():
     n, r = 32, 10.0
     assert sd.polygon_areas(np.full((1, n), r))[0] == pytest.approx(0.5 * n * r * r * np.sin(2 * np.pi / n))

@@ -275,31 +275,47 @@ def _candidate_ious(cand: np.ndarray, pts: np.ndarray, d: np.ndarray, areas: np.
 
 
 def polygons_to_labels(points: np.ndarray, dists: np.ndarray, shape: tuple[int, int], *,
-                       scores: np.ndarray | None = None, dtype: Any = np.int32) -> np.ndarray:
+                       scores: np.ndarray | None = None, dtype: Any = np.int32, chunk: int = 1 << 22) -> np.ndarray:
     """Render star polygons into a label map.
 
-    Polygons are drawn from the lowest to the highest score so that the most probable object wins
-    overlaps; labels are 1..N in order of decreasing score (labels of fully covered polygons are
-    dropped and the rest renumbered consecutively).
+    A pixel belongs to a polygon when its centre lies inside it (as :func:`skimage.draw.polygon`
+    decides). Where polygons overlap the most probable object wins; labels are 1..N in order of
+    decreasing score (labels of fully covered polygons are dropped and the rest renumbered
+    consecutively). All polygons are tested at once, ``chunk`` (pixel, polygon) pairs at a time.
     """
-    from skimage.draw import polygon as draw_polygon
-
-    out = np.zeros(shape, dtype)
+    h, w = shape
     n = len(points)
     if n == 0:
-        return out
+        return np.zeros(shape, dtype)
     order = np.arange(n) if scores is None else np.argsort(-np.asarray(scores), kind="stable")
-    verts = polygon_vertices(np.asarray(points)[order], np.asarray(dists)[order])
-    for lab in range(n, 0, -1):
-        rr, cc = draw_polygon(verts[lab - 1, 0], verts[lab - 1, 1], shape)
-        out[rr, cc] = lab
-    present = np.unique(out)
-    present = present[present > 0]
-    if present.size != n:
-        lut = np.zeros(n + 1, dtype)
-        lut[present] = np.arange(1, present.size + 1)
-        out = lut[out]
-    return out
+    pts = np.asarray(points, np.float64)[order]
+    d = np.asarray(dists, np.float64)[order]
+    inner2, outer2 = _radii(d)
+    verts = polygon_vertices(pts, d)
+    r0 = np.clip(np.ceil(verts[:, 0].min(axis=1)), 0, h).astype(np.intp)  # pixel rows/columns whose centre
+    r1 = np.clip(np.floor(verts[:, 0].max(axis=1)) + 1, 0, h).astype(np.intp)  # can be inside
+    c0 = np.clip(np.ceil(verts[:, 1].min(axis=1)), 0, w).astype(np.intp)
+    c1 = np.clip(np.floor(verts[:, 1].max(axis=1)) + 1, 0, w).astype(np.intp)
+    rows, cols = np.maximum(r1 - r0, 0), np.maximum(c1 - c0, 0)
+    winner = np.full(h * w, n + 1, np.intp)  # the smallest label (highest score) covering each pixel
+    sizes = rows * cols
+    ends = np.cumsum(sizes)
+    lo = 0
+    while lo < n:  # polygons lo..hi-1: about `chunk` pixels of their bounding boxes
+        hi = max(lo + 1, int(np.searchsorted(ends, ends[lo] - sizes[lo] + chunk, side="right")))
+        poly = np.arange(lo, hi)
+        owner, pos = _segments(sizes[poly])
+        j = poly[owner]
+        y = r0[j] + pos // np.maximum(cols[j], 1)
+        x = c0[j] + pos % np.maximum(cols[j], 1)
+        hit = _inside_star(y - pts[j, 0], x - pts[j, 1], j, d, inner2, outer2)
+        np.minimum.at(winner, y[hit] * w + x[hit], j[hit] + 1)
+        lo = hi
+    winner[winner > n] = 0
+    present = np.flatnonzero(np.bincount(winner, minlength=n + 1)[1:]) + 1
+    lut = np.zeros(n + 1, dtype)
+    lut[present] = np.arange(1, present.size + 1)
+    return lut[winner].reshape(shape)
 
 
 def instances_from_maps(prob: np.ndarray, dist: np.ndarray, *, prob_threshold: float = 0.5,
