@@ -201,8 +201,10 @@ def test_a_server_takes_folders_only_under_its_shared_folder(tmp_path, monkeypat
         check(f"input=[{tmp_path}]")
     monkeypatch.setenv("IJTORCH_SCALE_ROOT", str(tmp_path / "shared"))
     check(f"input=[{tmp_path / 'shared' / 'plate'}] output=[{tmp_path / 'shared' / 'out'}]")
+    check(f"input=[{tmp_path / 'shared' / 'plate'}]")  # the default output, plate-labels, is beside it
     for options in (f"input=[{tmp_path / 'shared' / '..' / 'elsewhere'}]", "input=[shared/plate]",
-                    f"input=[{tmp_path / 'shared'}] output=[/tmp]"):
+                    f"input=[{tmp_path / 'shared'}] output=[/tmp]",
+                    f"input=[{tmp_path / 'shared'}]"):  # its default output would be beside the shared folder
         with pytest.raises(IjtorchError, match="inside the server's shared folder"):
             check(options)
     (tmp_path / "shared").mkdir()

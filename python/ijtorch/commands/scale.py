@@ -76,8 +76,9 @@ def _check_remote(p: ClusterSegmentParams) -> None:
         raise IjtorchError(f"{COMMAND}: a remote Fiji uses the server's cluster; leave scheduler empty")
     if not p.input:
         raise IjtorchError(f"{COMMAND}: give input=[folder or big image] under the server's shared folder")
-    for name, given in (("input", p.input), ("output", p.output)):
-        if given and (not os.path.isabs(given) or not _inside(Path(given), Path(root))):
+    output = p.output or (str(default_output(Path(p.input))) if os.path.isabs(p.input) else "")
+    for name, given in (("input", p.input), ("output", output)):  # the default output too: beside the input
+        if not os.path.isabs(given) or not _inside(Path(given), Path(root)):
             raise IjtorchError(f"{COMMAND}: {name} must be an absolute path inside the server's shared folder "
                                f"{SCALE_ROOT_ENV}")
 
