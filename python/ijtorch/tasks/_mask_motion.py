@@ -173,7 +173,8 @@ def motion(mp: MoviePixels, pos: np.ndarray, area: np.ndarray, ndim: int, scale:
             err[:, c] = _group_median(np.sum((d - cand[ci]) ** 2, 1), grp, n_pairs)
         err[n_conf < 30, 2] = np.inf  # affine: enough links only
         choice = np.argmin(err, axis=1)[np.minimum(frame, n_pairs - 1)]
-        moving = np.isin(np.arange(n), objects)
+        moving = np.zeros(n, bool)
+        moving[objects] = True
         v = np.where((moving & (choice == 0))[:, None], v_global,
                      np.where((moving & (choice == 1))[:, None], med, np.where(moving[:, None], aff, v)))
     return Motion(i, j, o, iou, ratio, conf, v)
