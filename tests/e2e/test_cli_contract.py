@@ -190,6 +190,12 @@ CONTRACT: dict[str, Contract] = {
             "--name", "--task", "--threshold", "--overwrite")},
         bad_input=("tests/e2e/test_cli_bioimageio.py::test_import_refuses_a_bad_package",),
         needs="bioimageio.core (the test extra; skips without)"),
+    "segment-cluster": Contract(
+        runs={"tests/integration/test_scale_cli.py::test_segment_cluster_folder_equals_segment": (
+            "--input", "--output", "--model", "--channel", "--prob-threshold", "--nms-threshold", "--block", "--halo",
+            "--scheduler", "--workers", "--threads")},
+        bad_input=("tests/integration/test_scale_cli.py::test_segment_cluster_refuses_a_missing_input_in_one_line",),
+        needs="dask and distributed (the dask extra; skips without)"),
     "serve": Contract(runs={"test_serve_answers_on_a_free_loopback_port": SERVE_OPTIONS,
                             "test_serve_refuses_a_public_address_without_a_token": ("--host", "--port", "--token")},
                       bad_input=("test_serve_refuses_a_public_address_without_a_token",)),

@@ -287,6 +287,7 @@ def test_command_verbs_are_added_for_new_commands_only():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     sub.add_parser("segment")  # written by hand elsewhere: kept
+    sub.add_parser("segment-cluster")  # cli/scale.py (its command's fields include output)
     add_command_verbs(sub)
     assert "_ijtorch_command" not in sub.choices["segment"].__dict__
     assert sub.choices["normalize"].__dict__["_ijtorch_command"] == "ijtorch Percentile Normalize"

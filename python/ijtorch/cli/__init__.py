@@ -76,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji", help="use this Fiji.app's jars (default: $IJTORCH_FIJI, else embedded)")
     p.set_defaults(func=_macro)
 
-    from . import bioimageio, fiji, pixels, verbs
+    from . import bioimageio, fiji, pixels, scale, verbs
     from ..serve import _main as serve_main
 
     # Each verb module adds its own sub-parsers; a new family of verbs adds its module here.
-    for verb_module in (verbs, fiji, bioimageio, pixels):
+    for verb_module in (verbs, fiji, bioimageio, pixels, scale):
         verb_module.add_verbs(sub)
     from . import command_verbs
 

@@ -93,7 +93,8 @@ def _options(p: SegmentParams, axes: str) -> dict:
     return segment_options(p, axes)
 
 
-@command(COMMAND, ClusterSegmentParams, needs_image=False, remote=True, check_remote=_check_remote)
+@command(COMMAND, ClusterSegmentParams, needs_image=False, remote=True, check_remote=_check_remote,
+         verb="segment-cluster")
 def cluster_segment_command(inputs: CommandInputs, p: ClusterSegmentParams) -> CommandOutputs:
     """Segment a folder of images or an image larger than memory on a Dask cluster; results to disk."""
     from ..scale.cluster import DaskOptions
