@@ -177,9 +177,8 @@ def test_a_z_stack_block_by_block_equals_the_in_memory_segmentation(tmp_path, cl
     labels = np.asarray(zarr.open_group(str(result.labels), mode="r")["0"][:])
     assert labels.shape == volume.shape and result.n_blocks == 12 and result.near_seams > 0
     assert result.n_objects == whole.n_objects and labels.max() == whole.labels.max()
-    for z in range(3):  # each plane numbered after the planes before it, as segment() joins them
-        assert set(np.unique(labels[z])) - {0} == set(np.unique(whole.labels[z])) - {0}
-        assert (labels[z] == whole.labels[z]).mean() > 0.995
+    # pixel for pixel and label for label: each plane numbered after the planes before it, as segment() joins them
+    np.testing.assert_array_equal(labels, whole.labels)
     rois = roiread(tmp_path / "out" / "stack_RoiSet.zip")
     assert len(rois) == result.n_objects and {r.z_position for r in rois} == {1, 2, 3}
     rows = (tmp_path / "out" / "stack_measurements.csv").read_text().splitlines()
