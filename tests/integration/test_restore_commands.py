@@ -139,3 +139,30 @@ def test_train_restoration_from_two_open_images_then_artificial_labelling(ij, re
     _check_calibration(imp)
     with pytest.raises(MacroError, match="model_type"):
         bridge.run_macro('selectImage("low"); run("ijtorch Artificial Labelling", "model=care-test");')
+
+
+def test_restore_and_denoise_take_rgb_images_per_channel(ij, registered, models, clean_noisy):
+    """An RGB image (ImageJ's 24-bit colour) from a macro: each of R, G and B restored alone by the same
+    model, shown as a three-channel 32-bit image that matches restore() on each channel in Python."""
+    from ijtorch.errors import MacroError
+    from ijtorch.tasks.restore import restore
+
+    _, noisy = clean_noisy
+    bands = [noisy, noisy[::-1], noisy[:, ::-1]]
+    rgb = np.stack([np.clip(b / b.max() * 255, 0, 255) for b in bands], -1).astype(np.uint8)
+    imp = _show(rgb, "YXS", "colour")
+    assert imp.getBitDepth() == 24
+    bridge.run_macro(f'selectImage("colour"); run("ijtorch Restore", "model=[{models / "care"}] tile_size=64");')
+    out_imp, out = _image("colour-restored")
+    assert out_imp.getBitDepth() == 32 and out_imp.getNChannels() == 3
+    assert out.axes == "CYX" and out.data.shape == (3, *noisy.shape)
+    _check_calibration(out_imp)
+    for c in range(3):
+        want = restore(rgb[..., c], "YX", model=models / "care", tile_size=64, overlap=16, device="cpu").restored
+        np.testing.assert_allclose(out.data[c], want, rtol=1e-4, atol=1e-3 * float(np.abs(want).max()))
+    bridge.run_macro('selectImage("colour"); run("ijtorch Denoise (Noise2Void)", '
+                     '"mode=[train on this image] epochs=1 steps=2");')
+    den_imp, den = _image("colour-n2v")
+    assert den_imp.getNChannels() == 3 and den.data.shape == (3, *noisy.shape) and np.isfinite(den.data).all()
+    with pytest.raises(MacroError, match="RGB"):
+        bridge.run_macro(f'selectImage("colour"); run("ijtorch Artificial Labelling", "model=[{models / "al"}]");')
