@@ -283,3 +283,36 @@ def test_n2v_models_predict_with_test_time_augmentation(trained, data):
     single = RestorationModel.load(n2v)
     single.config["prediction"] = {"test_time_augmentation": False}
     assert np.abs(restore(x, "YX", model=single, device="cpu").restored - plain).max() > 1e-4
+
+
+def test_server_restores_rgb_per_channel_and_refuses_it_for_artificial_labelling(trained, data, tmp_path,
+                                                                                  monkeypatch):
+    import asyncio
+    import shutil
+
+    httpx = pytest.importorskip("httpx")
+    from ijtorch.serve import ServerConfig
+    from ijtorch.serve._wire import MEDIA_TYPE, decode, encode
+    from ijtorch.serve.app import create_app
+
+    models = tmp_path / "models"
+    for kind in ("care", "artificial_labelling"):
+        shutil.copytree(trained[kind][0], models / kind)
+    monkeypatch.setenv("IJTORCH_MODELS", str(models))
+    bands = [data["noisy"][6], data["noisy"][5], data["noisy"][4]]
+    rgb = np.stack([np.clip(b / b.max() * 255, 0, 255) for b in bands], -1).astype(np.uint8)
+
+    async def post(model):
+        transport = httpx.ASGITransport(app=create_app(ServerConfig()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ac:
+            return await ac.post("/restore", content=encode({"model": model, "axes": "YXS"}, {"image": rgb}),
+                                 headers={"Content-Type": MEDIA_TYPE}, timeout=120)
+
+    reply = asyncio.run(post("care"))
+    assert reply.status_code == 200, reply.text
+    header, arrays = decode(reply.content)
+    assert header["axes"] == "CYX" and arrays["restored"].shape == (3, 96, 96)
+    want = restore(rgb[..., 1], "YX", model=trained["care"][0], tile_size=512, overlap=48, device="cpu").restored
+    np.testing.assert_allclose(arrays["restored"][1], want, rtol=1e-5, atol=1e-4)
+    reply = asyncio.run(post("artificial_labelling"))
+    assert 400 <= reply.status_code < 500 and "one grey channel, not RGB" in reply.text
