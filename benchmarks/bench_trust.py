@@ -12,9 +12,25 @@ fluorescence images vs transmitted-light (brightfield, H&E) images, and what the
 - Overhead: the wall time of :meth:`StarDistModel.predict_instances` with the reference vs the same
   model without it, on the validation images (best of ``--repeats`` rounds, one torch thread).
 
-Nothing is asserted; not part of ``make test``. Run (about 5 minutes on one quiet core)::
+``--auto`` (issue #15 items 4-5) adds, for every bundled nuclei model that ``model=auto`` chooses
+from (``nuclei``: fluorescence; ``nuclei-transmitted``: brightfield and H&E):
+
+- the shift score on held-out images of its own kind vs the other kind: false-alarm rate (own kind
+  warned), detection rate (other kind warned), AUROC. Held out = each model's validation split
+  (``training.val_names``), never trained on: 14 fluorescence images of ``nuclei_dsb2018/train`` and
+  17 transmitted-light images (14 H&E, 3 brightfield) of ``nuclei_dsb2018_brightfield_histology/train``.
+  The transmitted model's threshold was calibrated on these 17 images (no other transmitted-light
+  images exist here), so its false-alarm rate on them is optimistic by construction;
+- AP@0.5 (pooled ``TP/(TP+FP+FN)``) of ``model=auto`` on the mixed held-out images vs each single
+  model, per kind, which model auto chose, and the wall time of auto vs the chosen model by name
+  (the cost of the choice).
+
+Nothing is asserted; not part of ``make test``. Run (about 5 minutes on one quiet core; ``--auto``
+about 10 more, most of it the fluorescence model on 1024² brightfield images, which it fills with
+thousands of false objects)::
 
     python3 benchmarks/bench_trust.py [--data ../shared/data] [--repeats 3] [--split-half] [--json out.json]
+    python3 benchmarks/bench_trust.py --auto --auto-only [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,10 +65,126 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-half", action="store_true",
                     help="also: false alarms on held-out 'more' fluorescence images with a threshold calibrated on "
                          "the other half (both ways; network forward passes only, a few minutes)")
+    ap.add_argument("--auto", action="store_true", help="also: model=auto and the shift check of every bundled "
+                                                              "nuclei model (see the module docstring)")
+    ap.add_argument("--auto-only", action="store_true", help="only the --auto part")
     args = ap.parse_args(argv)
 
-    import tifffile
     import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger("ijtorch").setLevel(logging.ERROR)  # the warnings are counted, not printed
+    out: dict = {}
+    if args.auto or args.auto_only:
+        out["auto"] = bench_auto(args.data)
+    if not args.auto_only:
+        out.update(bench_fluorescence_model(args))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _held_out(data: Path) -> list[tuple[str, str, Path, Path]]:
+    """(kind, name, image, labels) of the bundled nuclei models' validation images."""
+    from ijtorch.models.store import read_config, resolve_model
+
+    fl_dir = data / "nuclei_dsb2018" / "train"
+    tl_dir = data / "nuclei_dsb2018_brightfield_histology" / "train"
+    kinds = {it["id"]: it["kind"] for it in json.loads((tl_dir / "index.json").read_text())["items"]}
+    items = [("fluorescence", n, fl_dir / "images" / f"{n}.tif", fl_dir / "labels" / f"{n}.tif")
+             for n in read_config(resolve_model("nuclei"))["training"]["val_names"]]
+    items += [(kinds[n], n, tl_dir / "images" / f"{n}.tif", tl_dir / "labels" / f"{n}.tif")
+              for n in read_config(resolve_model("nuclei-transmitted"))["training"]["val_names"]]
+    return items
+
+
+def bench_auto(data: Path) -> dict:
+    """Shift check of each bundled nuclei model (own kind vs other) and AP of model=auto vs each model."""
+    import tifffile
+
+    from ijtorch.models.shift import FeatureCollector
+    from ijtorch.models.stardist import geometry as sd
+    from ijtorch.models.store import load_model, resolve_model
+    from ijtorch.tasks.segment import rgb_to_grey, segment
+
+    own = {"nuclei": ("fluorescence",), "nuclei-transmitted": ("histology", "brightfield")}
+    items = _held_out(data)
+    images = {}
+    for kind, name, ip, lp in items:
+        im = tifffile.imread(ip)
+        images[name] = (im, "YXS" if im.ndim == 3 else "YX", tifffile.imread(lp))
+    out: dict = {"shift": {}, "ap": {}, "chosen": {}, "seconds": {}}
+    print("held-out images: " + ", ".join(f"{k} {sum(i[0] == k for i in items)}"
+                                           for k in ("fluorescence", "histology", "brightfield")))
+    for model_name, kinds_own in own.items():  # shift scores from the forward pass only (no NMS)
+        model = load_model(resolve_model(model_name), device="cpu")
+        ref = model.shift_reference
+        thr = float(ref["threshold"])
+        scores: dict[str, list[float]] = {"own": [], "other": []}
+        for kind, name, _, _ in items:
+            im, axes, _ = images[name]
+            grey = rgb_to_grey(im, axes)[0] if "S" in axes else im
+            col = FeatureCollector(ref)
+            model.predict_maps(grey, features=col)
+            scores["own" if kind in kinds_own else "other"].append(col.score)
+        res = {"threshold": thr, "n_own": len(scores["own"]), "n_other": len(scores["other"]),
+               "false_alarm_rate": float(np.mean(np.asarray(scores["own"]) > thr)),
+               "detection_rate": float(np.mean(np.asarray(scores["other"]) > thr)),
+               "auroc": auroc(scores["own"], scores["other"]),
+               "own_score_max": float(np.max(scores["own"])), "other_score_min": float(np.min(scores["other"]))}
+        out["shift"][model_name] = res
+        print(f"{model_name:<20} threshold {thr:.3f}: false alarms {100 * res['false_alarm_rate']:.1f} % of "
+              f"{res['n_own']} own-kind images, detection {100 * res['detection_rate']:.1f} % of {res['n_other']} "
+              f"other-kind images, AUROC {res['auroc']:.3f} (own max {res['own_score_max']:.2f}, other min "
+              f"{res['other_score_min']:.2f})", flush=True)
+
+    # the cost of the choice: auto vs the model it chose, by name, on the fluorescence images (same run)
+    fl = [images[name] for kind, name, _, _ in items if kind == "fluorescence"]
+    best = {"auto": np.inf, "nuclei": np.inf}
+    for _ in range(3):
+        for choice in best:
+            t = time.perf_counter()
+            for im, axes, _ in fl:
+                segment(im, axes, model=choice, device="cpu")
+            best[choice] = min(best[choice], time.perf_counter() - t)
+    out["auto_overhead"] = {"images": len(fl), "seconds_auto": best["auto"], "seconds_nuclei": best["nuclei"],
+                            "fraction": best["auto"] / best["nuclei"] - 1}
+    print(f"model=auto costs {100 * out['auto_overhead']['fraction']:+.1f} % wall time over model=nuclei on the "
+          f"{len(fl)} fluorescence images ({best['auto']:.2f} s vs {best['nuclei']:.2f} s, best of 3, 1 torch thread)",
+          flush=True)
+
+    def ap(cs: list[list[int]]) -> float:
+        tp, fp, fn = (sum(c[i] for c in cs) for i in range(3))
+        return tp / max(tp + fp + fn, 1)
+
+    kinds = ("fluorescence", "histology", "brightfield")
+    print(f"{'AP@0.5 (pooled)':<26}" + "".join(f"{k:>14}" for k in kinds) + f"{'transmitted':>14}{'all':>8}{'s':>8}")
+    # the fluorescence model last: on 1024² brightfield images it makes thousands of false objects (slow)
+    for choice in ("auto", "nuclei-transmitted", "nuclei"):
+        per: dict[str, list[int]] = {k: [0, 0, 0] for k in kinds}
+        t = time.perf_counter()
+        for kind, name, _, _ in items:
+            im, axes, gt = images[name]
+            r = segment(im, axes, model=choice, device="cpu")
+            tp, fp, fn = sd.match_counts(gt, r.labels, (0.5,))[0.5]
+            per[kind] = [per[kind][0] + tp, per[kind][1] + fp, per[kind][2] + fn]
+            if choice == "auto":
+                out["chosen"].setdefault(kind, {}).setdefault(r.model, 0)
+                out["chosen"][kind][r.model] += 1
+        out["seconds"][choice] = time.perf_counter() - t
+        row = {k: ap([per[k]]) for k in kinds}
+        row["transmitted"] = ap([per["histology"], per["brightfield"]])
+        row["all"] = ap(list(per.values()))
+        out["ap"][choice] = row
+        print(f"{'model=' + choice:<26}" + "".join(f"{row[k]:>14.3f}" for k in kinds)
+              + f"{row['transmitted']:>14.3f}{row['all']:>8.3f}{out['seconds'][choice]:>8.0f}", flush=True)
+    print("model=auto chose: " + "; ".join(f"{k}: {v}" for k, v in out["chosen"].items()), flush=True)
+    return out
+
+
+def bench_fluorescence_model(args: argparse.Namespace) -> dict:
+    """The bundled fluorescence model's warning on its validation images vs transmitted-light images."""
+    import tifffile
 
     from ijtorch.models.shift import CONFIG_KEY
     from ijtorch.models.stardist import geometry as sd
@@ -59,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     from ijtorch.models.store import resolve_model
     from ijtorch.tasks.segment import rgb_to_grey, segment
 
-    torch.set_num_threads(1)
-    logging.getLogger("ijtorch").setLevel(logging.ERROR)  # the warnings are counted, not printed
     path = resolve_model("nuclei")
     model = StarDistModel.load(path, device="cpu")
     ref = model.shift_reference
@@ -97,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         tp, fp, fn = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn"))
         return tp / max(tp + fp + fn, 1)
 
-    out: dict = {"threshold": thr, "false_alarm_rate_calibrated": ref.get("false_alarm_rate"),
+    out: dict[str, Any] = {"threshold": thr, "false_alarm_rate_calibrated": ref.get("false_alarm_rate"),
                  "calibration": ref.get("calibration"), "sets": {}}
     print(f"bundled nuclei model, threshold {thr:.3f} (calibrated for {100 * ref['false_alarm_rate']:.0f} % false "
           f"alarms on {ref['calibration']['images']} held-out fluorescence images)")
@@ -190,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                              "bundled_threshold_exceeded": float(np.mean(scores > thr))}
         print(f"split-half on {len(scores)} held-out 'more' fluorescence images (20 random halvings): false alarms "
               f"{100 * np.mean(rates):.1f} % on average ({100 * np.min(rates):.1f}-{100 * np.max(rates):.1f} %)")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
