@@ -51,7 +51,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import segment_speed  # noqa: E402 - benchmarks/segment_speed.py, also when this file is loaded by path
+import segment_speed  # benchmarks/segment_speed.py, also when this file is loaded by path
 
 DATA = ROOT.parent / "shared" / "data" / "nuclei_dsb2018" / "train"
 THRESHOLDS = (0.5, 0.75)

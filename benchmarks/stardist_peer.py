@@ -104,12 +104,12 @@ def main(argv: list[str]) -> int:
         model.predict(normalize(images[0][:128, :128], 1, 99.8))  # warm-up: graph building, allocator
         for k, img in enumerate(images):
             t_norm, x = best_of(lambda img=img: normalize(img, 1, 99.8).astype(np.float32), settings["repeats"])
-            t_fwd, (prob, dist) = best_of(lambda x=x: model.predict(x), settings["repeats"])
+            t_fwd, (prob, dist) = best_of(lambda m=model, x=x: m.predict(x), settings["repeats"])
             pt = prob_threshold_for(prob, 2, int(data[f"candidates_{k}"]))
             nt = float(settings["nms"])
-            t_nms, (labels, _) = best_of(lambda: model._instances_from_prediction(
-                x.shape, prob, dist, prob_thresh=pt, nms_thresh=nt), settings["repeats"])
-            t_inst, (labels_pi, _) = best_of(lambda x=x: model.predict_instances(
+            t_nms, _ = best_of(lambda m=model, x=x, p=prob, d=dist, pt=pt, nt=nt: m._instances_from_prediction(
+                x.shape, p, d, prob_thresh=pt, nms_thresh=nt), settings["repeats"])
+            t_inst, (labels_pi, _) = best_of(lambda m=model, x=x, pt=pt, nt=nt: m.predict_instances(
                 x, prob_thresh=pt, nms_thresh=nt, show_tile_progress=False), settings["repeats"])
             rows.append({"shape": list(img.shape), "normalize_s": t_norm, "forward_s": t_fwd, "nms_s": t_nms,
                          "predict_instances_s": t_inst, "prob_thresh": pt,
