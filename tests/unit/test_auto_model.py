@@ -101,12 +101,22 @@ def test_a_fitting_first_candidate_decides_alone(user_models, shared_data):
 
 
 def test_when_the_first_candidate_does_not_fit_the_lowest_ratio_wins(user_models, shared_data):
-    _stand_in(user_models, "bright-none", threshold=1e-3, median=(0.6, 1.0))  # fits nothing
-    inverted = 255 - _fluorescence(shared_data)
-    choice = auto.choose_model(inverted, device="cpu")
-    assert list(choice.ratios)[0] == "bright-none"  # tried first (bright background) ...
-    assert choice.name == "nuclei" and choice.ratios["nuclei"] < choice.ratios["bright-none"]  # ... but worse
-    assert "nuclei" in choice.message and "bright-none" in choice.message
+    _stand_in(user_models, "any-none", threshold=1e-3, median=(0.0, 1.0))  # any background, fits no features
+    choice = auto.choose_model(_fluorescence(shared_data), device="cpu")
+    assert list(choice.ratios) == ["any-none", "nuclei"]  # same background distance: tried by name ...
+    assert choice.name == "nuclei" and choice.ratios["nuclei"] < choice.ratios["any-none"]  # ... the better wins
+    assert "nuclei" in choice.message and "any-none" in choice.message
+
+
+def test_a_candidate_whose_background_misses_is_not_chosen_for_its_features(user_models, shared_data, monkeypatch):
+    """Features alone can mislead (a transmitted-light model scores fluorescence images low): a
+    candidate trained on bright backgrounds loses on a dark image even with the better ratio."""
+    _stand_in(user_models, "bright-any", threshold=1e6, median=(0.6, 1.0))
+    ratios = {1e6: 0.2}  # forced: the stand-in fits the features best, nuclei not at all
+    monkeypatch.setattr(auto, "fit_ratio", lambda model, x, scale=1.0: ratios.get(model.shift_reference["threshold"], 1.5))
+    choice = auto.choose_model(_fluorescence(shared_data), device="cpu")
+    assert {"nuclei", "bright-any"} <= set(choice.ratios) and choice.name == "nuclei"
+    assert "fits no candidate's training images well" in choice.message
 
 
 def test_segment_auto_names_the_model_and_explicit_choice_is_unchanged(user_models, shared_data):

@@ -11,12 +11,19 @@ most ``CHECK_SIZE``² pixels (no decoder, no non-maximum suppression):
 1. cheap order: each candidate's reference holds the range of its training images' background
    level (the normalised input's median); candidates are tried nearest range first, so a bright
    background (brightfield, H&E as luminance) tries the transmitted-light model first and a dark
-   one the fluorescence model;
+   one the fluorescence model. A candidate whose range the image's background misses by more
+   than ``BACKGROUND_MARGIN`` does not fit (the margin the shift warning uses to say "bright
+   background");
 2. confirmation: the candidate's shift score of the crop's bottleneck features is divided by its
-   calibrated threshold; the first candidate at or below 1 (the image resembles its training
-   images) is chosen, so usually one encoder pass decides;
-3. when no candidate is at or below 1, every candidate has been scored and the lowest ratio wins
-   (the segmentation's own shift check then warns, as for an explicitly chosen model).
+   calibrated threshold; the first candidate whose background fits and whose ratio is at most 1
+   (the image resembles its training images) is chosen, so usually one encoder pass decides;
+3. otherwise every candidate has been scored and the lowest ratio among those whose background
+   fits wins (among all when none fits); the segmentation's own shift check then warns, as for an
+   explicitly chosen model.
+
+The background rule matters: bottleneck features alone do not separate every pair of kinds — the
+transmitted-light model's features of fluorescence images (mostly empty dark background) lie
+*closer* to its reference than its own validation images do (``benchmarks/bench_trust.py --auto``).
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ from ijtorch.errors import ModelError
 
 from . import shift as _shift
 
-__all__ = ["AUTO", "CHECK_SIZE", "AutoChoice", "is_auto", "candidates", "fit_ratio", "choose_model"]
+__all__ = ["AUTO", "BACKGROUND_MARGIN", "CHECK_SIZE", "AutoChoice", "is_auto", "candidates", "fit_ratio", "choose_model"]
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 CHECK_SIZE = 128
+BACKGROUND_MARGIN = 0.1
 
 
 def is_auto(model: Any) -> bool:
@@ -136,13 +144,16 @@ def choose_model(plane: np.ndarray, *, family: str = "nuclei", device: str = "au
         _, name, path, _, _ = usable[0]
         return AutoChoice(name, path, {}, f"model=auto: {name} (the only {family} candidate)")
     ratios: dict[str, float] = {}
-    for _, name, path, model, key in usable:
+    for distance, name, path, model, key in usable:
         ratios[name] = fit_ratio(model, normalized[key], scale=scale)
-        if ratios[name] <= 1.0:
+        if ratios[name] <= 1.0 and distance <= BACKGROUND_MARGIN:
             break
-    name = min(ratios, key=ratios.get)  # the first <= 1 when there is one (the loop stopped there)
+    background_fits = {u[1] for u in usable if u[0] <= BACKGROUND_MARGIN and u[1] in ratios}
+    pool = background_fits or set(ratios)
+    name = min(pool, key=ratios.__getitem__)  # the fitting one the loop stopped at, when there is one
     path = next(u[2] for u in usable if u[1] == name)
     scored = ", ".join(f"{n} {r:.2f}" for n, r in ratios.items())
-    verdict = "fits its training images" if ratios[name] <= 1.0 else "fits no candidate's training images well"
+    fits = ratios[name] <= 1.0 and name in background_fits
+    verdict = "fits its training images" if fits else "fits no candidate's training images well"
     return AutoChoice(name, path, ratios, f"model=auto: {name} (shift score / threshold on a central crop: {scored}; "
                                           f"the image {verdict})")
