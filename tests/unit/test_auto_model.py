@@ -89,15 +89,16 @@ def test_auto_is_a_reserved_model_name(user_models):
 
 
 def test_a_fitting_first_candidate_decides_alone(user_models, shared_data):
-    """A dark-background fluorescence image tries the fluorescence model first; it fits, so the
-    bright-background stand-in (which would fit anything: huge threshold) is never scored."""
-    _stand_in(user_models, "bright-any", threshold=1e6, median=(0.6, 1.0))
+    """Two candidates with the fluorescence background: the one tried first (by name) fits, so the
+    other is never scored."""
+    _stand_in(user_models, "dark-any", threshold=1e6, median=(0.0, 0.1))  # fits any features
     choice = auto.choose_model(_fluorescence(shared_data), device="cpu")
-    assert choice.name == "nuclei" and list(choice.ratios) == ["nuclei"] and choice.ratios["nuclei"] <= 1
-    # the same image inverted (bright background) tries the stand-in first, which fits at once
-    inverted = 255 - _fluorescence(shared_data)
-    choice = auto.choose_model(inverted, device="cpu")
-    assert choice.name == "bright-any" and list(choice.ratios) == ["bright-any"]
+    assert choice.name == "dark-any" and list(choice.ratios) == ["dark-any"] and choice.ratios["dark-any"] <= 1
+
+
+def test_the_only_candidate_with_the_image_background_needs_no_encoder_pass(user_models, shared_data):
+    choice = auto.choose_model(_fluorescence(shared_data), device="cpu")
+    assert choice.name == "nuclei" and choice.ratios == {} and "background level" in choice.message
 
 
 def test_when_the_first_candidate_does_not_fit_the_lowest_ratio_wins(user_models, shared_data):
@@ -112,10 +113,11 @@ def test_a_candidate_whose_background_misses_is_not_chosen_for_its_features(user
     """Features alone can mislead (a transmitted-light model scores fluorescence images low): a
     candidate trained on bright backgrounds loses on a dark image even with the better ratio."""
     _stand_in(user_models, "bright-any", threshold=1e6, median=(0.6, 1.0))
-    ratios = {1e6: 0.2}  # forced: the stand-in fits the features best, nuclei not at all
+    _stand_in(user_models, "dark-none", threshold=1e-3, median=(0.0, 0.1))
+    ratios = {1e6: 0.2, 1e-3: 1.8}  # forced: bright-any fits the features best, nuclei (1.5) better than dark-none
     monkeypatch.setattr(auto, "fit_ratio", lambda model, x, scale=1.0: ratios.get(model.shift_reference["threshold"], 1.5))
     choice = auto.choose_model(_fluorescence(shared_data), device="cpu")
-    assert {"nuclei", "bright-any"} <= set(choice.ratios) and choice.name == "nuclei"
+    assert {"nuclei", "dark-none", "bright-any"} <= set(choice.ratios) and choice.name == "nuclei"
     assert "fits no candidate's training images well" in choice.message
 
 

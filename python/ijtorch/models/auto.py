@@ -5,8 +5,8 @@ Candidates are the registered models (bundled or user) whose ``config.json`` say
 (:mod:`ijtorch.models.shift`); a user's own model joins by adding that key. The bundled ``nuclei``
 (fluorescence) and ``nuclei-transmitted`` (brightfield, H&E) models are the ``nuclei`` family.
 
-The choice for one 2D plane costs one encoder pass at most per candidate, on a central crop of at
-most ``CHECK_SIZE``² pixels (no decoder, no non-maximum suppression):
+The choice for one 2D plane costs the normalisation and at most one encoder pass per candidate, on
+a central crop of at most ``CHECK_SIZE``² pixels (no decoder, no non-maximum suppression):
 
 1. cheap order: each candidate's reference holds the range of its training images' background
    level (the normalised input's median); candidates are tried nearest range first, so a bright
@@ -14,9 +14,12 @@ most ``CHECK_SIZE``² pixels (no decoder, no non-maximum suppression):
    one the fluorescence model. A candidate whose range the image's background misses by more
    than ``BACKGROUND_MARGIN`` does not fit (the margin the shift warning uses to say "bright
    background");
-2. confirmation: the candidate's shift score of the crop's bottleneck features is divided by its
-   calibrated threshold; the first candidate whose background fits and whose ratio is at most 1
-   (the image resembles its training images) is chosen, so usually one encoder pass decides;
+2. when exactly one candidate's background fits, it is chosen without an encoder pass (the rule
+   below would choose it whatever the scores); its own shift check on the whole prediction then
+   confirms it or warns. Otherwise each candidate's shift score of the crop's bottleneck features
+   is divided by its calibrated threshold; the first candidate whose background fits and whose
+   ratio is at most 1 (the image resembles its training images) is chosen, so usually one encoder
+   pass decides;
 3. otherwise every candidate has been scored and the lowest ratio among those whose background
    fits wins (among all when none fits); the segmentation's own shift check then warns, as for an
    explicitly chosen model.
@@ -143,6 +146,11 @@ def choose_model(plane: np.ndarray, *, family: str = "nuclei", device: str = "au
     if len(usable) == 1:
         _, name, path, _, _ = usable[0]
         return AutoChoice(name, path, {}, f"model=auto: {name} (the only {family} candidate)")
+    fitting = [u for u in usable if u[0] <= BACKGROUND_MARGIN]
+    if len(fitting) == 1:  # the rule below would choose it whatever the scores: no encoder pass needed
+        _, name, path, _, _ = fitting[0]
+        return AutoChoice(name, path, {}, f"model=auto: {name} (the only {family} candidate trained on images with "
+                                          "this background level; its shift check runs on the prediction)")
     ratios: dict[str, float] = {}
     for distance, name, path, model, key in usable:
         ratios[name] = fit_ratio(model, normalized[key], scale=scale)

@@ -44,8 +44,9 @@ reference fits the image best (:mod:`ijtorch.models.auto`: the bundled ``nuclei`
 fluorescence, ``nuclei-transmitted`` for brightfield and H&E, and any user model marked as a
 candidate in its config). One model segments the whole image, so a stack's planes or a
 time-lapse's frames share one model and their labels stay comparable; it is chosen on the middle
-plane (middle T, middle Z) of the selected channel, after the RGB conversion, from one encoder pass
-on a central crop per candidate tried (usually one). ``SegmentationResult.model`` names the model
+plane (middle T, middle Z) of the selected channel, after the RGB conversion, by the background
+level each candidate was trained on and, when several fit it, one encoder pass on a central crop
+per candidate tried (usually one). ``SegmentationResult.model`` names the model
 used and ``model_choice`` says why; the chosen model's own shift check then runs on every plane as
 for a model chosen by name.
 
