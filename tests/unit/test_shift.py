@@ -159,7 +159,7 @@ def test_cli_segments_rgb_warns_and_writes_confidence(tmp_path, transmitted, flu
     tifffile.imwrite(folder / "he.tif", rgb, photometric="rgb")
     shutil.copy(fluo / "images" / f"{VALIDATION[2]}.tif", folder / "fluo.tif")
     out = subprocess.run([sys.executable, "-m", "ijtorch.cli", "segment", str(folder), "--output", str(tmp_path / "out"),
-                          "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          "--device", "cpu", "--model", "nuclei"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "WARNING he.tif: dataset shift" in out.stderr and "WARNING fluo.tif" not in out.stderr
     assert "1 image(s) with a dataset-shift warning" in out.stdout

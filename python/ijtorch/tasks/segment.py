@@ -28,13 +28,14 @@ the model was trained on.
 
 Trust
 -----
-``shift_score``/``shift_threshold``/``shift_warning``: a 2D star-convex model with a stored
-reference (:mod:`ijtorch.models.shift`) scores each plane's bottleneck features against its
-training images; the result carries the highest plane score, the model's calibrated threshold
+``shift_score``/``shift_threshold``/``shift_warning``: a model with a stored reference
+(:mod:`ijtorch.models.shift`; star-convex 2D/3D, U-Net + watershed and pixel models) scores each
+plane's bottleneck features against its training images; the result carries the highest plane score, the model's calibrated threshold
 (5 % false alarms on held-out images of the training kind) and, above it, a plain-words warning.
 ``shift_message`` is one log line in every case (models without a reference say so).
 ``confidence``: each object's peak predicted object probability (for a star-convex model its
-centre probability, the object's score; label ``k`` at index ``k - 1``); ``min_confidence`` drops
+centre probability, the object's score; for a U-Net + watershed model its peak interior
+probability; label ``k`` at index ``k - 1``); ``min_confidence`` drops
 objects below it (labels renumbered).
 
 Model choice
@@ -276,7 +277,7 @@ def segment(
         are about half the size of those the model was trained on, 0.5 when twice); objects are
         drawn back at the image's own size. In [0.1, 10]; not available for 3D models.
     min_confidence : float
-        2D star-convex models: drop objects whose confidence (peak object probability, see
+        Star-convex and U-Net + watershed models: drop objects whose confidence (peak object probability, see
         ``SegmentationResult.confidence``) is below this; 0 keeps all. In [0, 1].
     rgb : {"luminance", "inverted", "hematoxylin"}
         Conversion of RGB (``S`` axis) images to grey; see the module docstring.
@@ -335,18 +336,9 @@ def segment(
         r = _pixel_model_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
                                 device=device, test_time_augmentation=test_time_augmentation, scale=scale,
                                 progress=progress, cancel=cancel)
-        return replace(r, shift_message=no_reference(name).message, rgb=rgb_used) \
-            if isinstance(r, SegmentationResult) else r
+        return replace(r, rgb=rgb_used) if isinstance(r, SegmentationResult) else r
     data, axes = _pick_channel(data, axes, channel)
-    net = imported
-    from ijtorch.models.unet_watershed import UNetWatershed
-
-    if isinstance(net, UNetWatershed):  # U-Net + watershed (whole cells, bacteria): 2D, plane by plane
-        return _unet_watershed_result(net, data, axes, name=name, prob_threshold=prob_threshold,
-                                      nms_threshold=nms_threshold, tile_size=tile_size, overlap=overlap,
-                                      test_time_augmentation=test_time_augmentation, scale=scale,
-                                      min_confidence=float(min_confidence), rgb_used=rgb_used,
-                                      progress=progress, cancel=cancel, t0=t0)
+    net = imported  # a star-convex (2D/3D) or U-Net + watershed model: the same interface
     model_axes = net.config.get("axes", "YX")
     if model_axes not in ("YX", "ZYX"):
         raise ValueError(f"model={str(model)!r} expects axes {model_axes!r}; supported are 2D (YX) and 3D (ZYX) models")
@@ -463,70 +455,9 @@ def _pixel_model_result(data: np.ndarray, axes: str, *, model: Any, channel: int
     present = tuple(int(v) for v in np.unique(labels) if v)
     return SegmentationResult(labels=labels, axes=r.axes, n_objects=len(present), model=r.model, prob_threshold=0.0,
                               nms_threshold=0.0, seconds=r.seconds, device=r.device,
-                              objects_per_plane=(len(present),))
-
-
-def _unet_watershed_result(net: Any, data: np.ndarray, axes: str, *, name: str, prob_threshold: float | None,
-                           nms_threshold: float | None, tile_size: int | None, overlap: int | None,
-                           test_time_augmentation: bool, scale: float, min_confidence: float, rgb_used: str | None,
-                           progress: ProgressCallback | None, cancel: Callable[[], bool] | None,
-                           t0: float) -> SegmentationResult:
-    """:func:`segment` for a ``unet_watershed`` model (:mod:`ijtorch.models.unet_watershed`).
-
-    2D: ``YX`` planes one by one (``Z``/``T`` plane by plane, labels unique over the output).
-    ``prob_threshold`` is the model's foreground threshold (``1 - p_background``), ``nms_threshold``
-    its seed threshold (``p_interior``; higher splits touching objects less readily into seeds
-    that survive, lower merges seeds); 0/None keep the model's tuned values. The probability maps
-    are stitched before the watershed, so objects are never cut at tile seams. Confidence of an
-    object: its peak interior probability.
-    """
-    from ijtorch.models import unet_watershed as uw
-    from ijtorch.models.shift import no_reference
-
-    if test_time_augmentation:
-        raise ValueError(f"model={name!r} is a U-Net + watershed model: test-time augmentation is not available for it")
-    if float(scale) != 1.0:
-        raise ValueError(f"model={name!r} is a U-Net + watershed model: scale={scale!r} is not available for it "
-                         "(resize the image, or train at this pixel size)")
-    clamp = lambda v: min(max(float(v), 1e-3), 1 - 1e-3)  # noqa: E731 - PostprocessConfig wants (0, 1)
-    fg = net.postprocess.fg_threshold if not prob_threshold else clamp(prob_threshold)
-    seed = net.postprocess.seed_threshold if not nms_threshold else clamp(nms_threshold)
-    cfg = uw.PostprocessConfig(**{**net.postprocess.model_dump(), "fg_threshold": fg, "seed_threshold": seed})
-    tile = int(tile_size) if tile_size is not None else 512
-    ov = int(overlap) if overlap is not None else 64
-    planes, perm, outer_shape = _split_planes(data, axes, "YX")
-    results, confidences = [], []
-    for k, plane in enumerate(planes):
-        if cancel is not None and cancel():
-            raise InterruptedError("segmentation cancelled")
-        emit(progress, ProgressEvent("plane", k, len(planes), f"plane {k + 1}/{len(planes)}"))
-        probs = uw.predict(net, plane, "YX", tile_size=tile, overlap=ov, device=_net_device(net),
-                           progress=progress, cancel=cancel)
-        emit(progress, ProgressEvent("watershed", 0, 1, "seeded watershed"))
-        lab = uw.postprocess(probs, config=cfg).astype(np.int64)
-        conf = object_confidence(lab, probs.interior)
-        if min_confidence > 0:
-            lab, conf = _drop_uncertain(lab, conf, min_confidence)
-        confidences.append(conf)
-        results.append(lab)
-    emit(progress, ProgressEvent("plane", len(planes), len(planes), "done"))
-    labels, counts = _join_planes(results, outer_shape, perm)
-    offset = sum(counts)
-    seconds = time.monotonic() - t0
-    log.info("segmented %s image with U-Net + watershed model %s: %d objects in %.2f s", axes, name, offset, seconds)
-    return SegmentationResult(labels=labels, axes=axes, n_objects=offset, model=name, prob_threshold=fg,
-                              nms_threshold=seed, seconds=seconds, device=_net_device(net),
-                              objects_per_plane=tuple(counts), shift_message=no_reference(name).message,
-                              confidence=np.concatenate(confidences) if confidences else np.zeros(0, np.float32),
-                              rgb=rgb_used)
-
-
-def _net_device(net: Any) -> str:
-    try:
-        return str(next(net.net.parameters()).device)
-    except StopIteration:  # pragma: no cover - a network without parameters
-        return "cpu"
-
+                              objects_per_plane=(len(present),), shift_score=r.shift_score,
+                              shift_threshold=r.shift_threshold, shift_warning=r.shift_warning,
+                              shift_message=r.shift_message)
 
 def _as_pairs(images: Any, labels: Any, axes: str) -> list:
     from ijtorch.train.data import Pair, load_pairs
