@@ -474,6 +474,9 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
+    from ..commands.classify import TrainClassifierParams
+    from ..commands.restore import TrainRestorationParams
+    from ..commands.segment import TrainSegmentationParams
     from ..tasks.restore import KINDS
     from ..tasks.segment import METHODS
 
@@ -493,8 +496,12 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
                    help="model family: stardist (star-convex, nuclei) or unet_watershed (U-Net + seeded watershed: "
                         "touching whole cells, bacteria); default: that of --base-model, else stardist")
     p.add_argument("--base-model", default=None, help="fine-tune from this model (name or folder)")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--steps", type=positive_int, default=100, help="steps per epoch")
+    # the same defaults as ijtorch Train Segmentation (one declaration, in the command's model)
+    train_fields = TrainSegmentationParams.model_fields
+    p.add_argument("--epochs", type=positive_int, default=train_fields["epochs"].default,
+                   help=train_fields["epochs"].description)
+    p.add_argument("--steps", type=positive_int, default=train_fields["steps"].default,
+                   help=train_fields["steps"].description)
     p.add_argument("--patch-size", type=positive_int, default=None,
                    help="training patch edge (default: 128 in 2D, 96 in 3D; unet_watershed 256)")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -545,8 +552,11 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--base-model", default=None,
                    help="fine-tune this restoration model (name or folder) of the same kind instead of starting afresh")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--steps", type=positive_int, default=50, help="steps per epoch")
+    restoration_fields = TrainRestorationParams.model_fields  # the defaults of ijtorch Train Restoration
+    p.add_argument("--epochs", type=positive_int, default=restoration_fields["epochs"].default,
+                   help=restoration_fields["epochs"].description)
+    p.add_argument("--steps", type=positive_int, default=restoration_fields["steps"].default,
+                   help=restoration_fields["steps"].description)
     p.set_defaults(func=_train_restoration)
 
     for verb, text in (("classify", "classify images/crops (.npz with 'images', or class folders) with a classifier"),
@@ -560,7 +570,8 @@ def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("input", help=".npz with images, labels (and classes), or a folder of class sub-folders")
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--base-model", default=None, help="fine-tune: reuse this model's backbone with a new head")
-    p.add_argument("--epochs", type=positive_int, default=100)
+    classifier_epochs = TrainClassifierParams.model_fields["epochs"]  # the default of ijtorch Train Classifier
+    p.add_argument("--epochs", type=positive_int, default=classifier_epochs.default, help=classifier_epochs.description)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_classifier)
 
