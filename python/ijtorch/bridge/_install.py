@@ -74,7 +74,9 @@ _MENU_ORDER = ("Segment", "Track", "Classif", "Restore", "Denoise", "Artificial"
 
 
 def _menu_rank(line: str) -> tuple[int, str]:
-    name = re.sub(r'^[^"]*"(?:ijtorch )?', "", line)
+    # the quoted command name alone, as Java's compareTo sees it ("Segment" before "Segment on Cluster")
+    found = re.search(r'"(?:ijtorch )?([^"]*)"', line)
+    name = found.group(1) if found else line
     return next((i for i, prefix in enumerate(_MENU_ORDER) if name.startswith(prefix)), len(_MENU_ORDER)), name
 
 
