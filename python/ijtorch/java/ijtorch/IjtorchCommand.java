@@ -3,6 +3,9 @@ package ijtorch;
 import ij.Macro;
 import ij.gui.GenericDialog;
 import ij.plugin.PlugIn;
+import ij.plugin.frame.Recorder;
+import java.awt.Checkbox;
+import java.awt.Choice;
 import java.awt.TextField;
 import java.util.Arrays;
 
@@ -10,7 +13,7 @@ import java.util.Arrays;
  * The PlugIn behind every "ijtorch ..." menu command. ImageJ instantiates it with the command
  * name as argument. Macro options can only be read on ImageJ's macro thread, so they are read
  * here and handed to Python explicitly; without options a dialog built from the Python
- * parameter model asks for them (and GenericDialog records them for the Macro Recorder).
+ * parameter model asks for them (and they are recorded for the Macro Recorder).
  */
 public class IjtorchCommand implements PlugIn {
 
@@ -87,22 +90,36 @@ public class IjtorchCommand implements PlugIn {
         if (gd.wasCanceled()) {
             return null;
         }
+        // Read the components, not gd.getNext*(): OK's dispose() sets GenericDialog's own "record this"
+        // flag and resets its counters on the thread that pressed OK, which races with this thread
+        // (seen as a recorded line without options). So record the options here, as GenericDialog would.
+        boolean record = Recorder.record;
         StringBuilder options = new StringBuilder();
-        int text = 0;
+        int text = 0, choice = 0, checkbox = 0;
         for (String[] f : fields) {
             if (f[0].equals("checkbox")) {
-                options.append(gd.getNextBoolean() ? f[1] + " " : "");
+                if (((Checkbox) gd.getCheckboxes().get(checkbox++)).getState()) {
+                    options.append(f[1]).append(' ');
+                    if (record) {
+                        Recorder.recordOption(f[1]);
+                    }
+                }
                 continue;
             }
-            if (!f[0].equals("choice")) {
-                TextField field = (TextField) gd.getStringFields().get(text++);
-                if (f[0].equals("number") && !f[3].isEmpty() && field.getText().trim().isEmpty()) {
-                    field.setText("0");  // read (and recorded) as 0: the tuned value
+            String value;
+            if (f[0].equals("choice")) {
+                value = ((Choice) gd.getChoices().get(choice++)).getSelectedItem();
+            } else {
+                value = ((TextField) gd.getStringFields().get(text++)).getText();
+                if (f[0].equals("number") && !f[3].isEmpty() && value.trim().isEmpty()) {
+                    value = "0";  // read (and recorded) as 0: the tuned value
                 }
             }
-            String value = f[0].equals("choice") ? gd.getNextChoice() : gd.getNextString();
             options.append(f[1]).append('=').append(value.contains(" ") || value.isEmpty() ? "[" + value + "]" : value)
                     .append(' ');
+            if (record) {
+                Recorder.recordOption(f[1], value.isEmpty() ? "[]" : value);
+            }
         }
         return options.toString();
     }
