@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from ijtorch.models import shift  # noqa: E402
-from ijtorch.models.folder import CONFIG_NAME, read_config  # noqa: E402
+from ijtorch.models.folder import CONFIG_NAME, config_text, read_config  # noqa: E402
 
 
 def read_grey(path: Path) -> np.ndarray:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(cfg_path.read_text())
     cfg[shift.CONFIG_KEY] = reference
     tmp = cfg_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(config_text(cfg))
     tmp.replace(cfg_path)
     print(f"written: {cfg_path}")
     return 0

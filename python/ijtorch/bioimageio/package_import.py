@@ -137,6 +137,7 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         Foreground threshold for one-channel segmentation outputs (default 0.5, or the package's
         ``binarize`` threshold).
     """
+    from ijtorch.models.folder import config_text
     from ijtorch.models.store import (CONFIG_NAME, clear_model_cache, new_user_model_dir, publish_model_folder,
                                       sha256_file)
 
@@ -185,7 +186,7 @@ def import_bioimageio(source: str | os.PathLike, *, name: str | None = None, tas
         cfg = json.loads((build / CONFIG_NAME).read_text())
         cfg["weights"]["sha256"] = sha256_file(build / cfg["weights"]["file"])
         cfg["weights"]["bytes"] = (build / cfg["weights"]["file"]).stat().st_size
-        (build / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (build / CONFIG_NAME).write_text(config_text(cfg))
         publish_model_folder(build, target)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,8 +23,18 @@ from typing import Any
 
 from ijtorch.errors import ModelError
 
-__all__ = ["SCHEMA_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "ModelDir", "save_model_dir", "load_model_dir",
-           "read_config", "sha256_file", "publish_model_folder"]
+__all__ = [
+    "CONFIG_NAME",
+    "SCHEMA_VERSION",
+    "WEIGHTS_NAME",
+    "ModelDir",
+    "config_text",
+    "load_model_dir",
+    "publish_model_folder",
+    "read_config",
+    "save_model_dir",
+    "sha256_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,16 @@ SCHEMA_VERSION = 1
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.json"
 _SUPPORTED_SCHEMAS = (1,)
+
+_NUMBER_LIST = re.compile(r"\[\s*(-?[0-9][-0-9.eE+]*(?:,\s*-?[0-9][-0-9.eE+]*)*)\s*\]")
+
+
+def config_text(config: dict) -> str:
+    """A config as indented JSON with every list of numbers on one line (a shift reference holds
+    thousands of numbers: one per line made config.json 5 000 lines long)."""
+    text = json.dumps(config, indent=2, sort_keys=True)
+    return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
+
 
 #: Called after a model folder was (re)written.
 SAVED_HOOKS: list = []
@@ -102,7 +123,7 @@ def save_model_dir(path: str | os.PathLike, state_dict: dict[str, Any], config: 
         cfg["ijtorch_version"] = ijtorch.__version__
         cfg["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_file(tmp / WEIGHTS_NAME),
                           "bytes": (tmp / WEIGHTS_NAME).stat().st_size}
-        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG_NAME).write_text(config_text(cfg))
         for extra in ("README.md",):
             if (path / extra).exists() and not (tmp / extra).exists():
                 shutil.copy2(path / extra, tmp / extra)
