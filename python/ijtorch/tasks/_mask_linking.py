@@ -165,15 +165,6 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     el = np.minimum(elong[ci], elong[cj]) > 0.3
     cat = {"r": np.sum(r * r, axis=1), "raw": np.linalg.norm(pos[cj] - pos[ci], axis=1),
            "dlog": np.log(mo.ratio[mo.conf]), "iou": mo.iou[mo.conf], "dth": _angle(axis[ci], axis[cj])[el]}
-    bounds = np.searchsorted(mo.i, starts)  # overlaps are sorted by object: one slice per frame pair
-    pairs = []
-    for t in range(nf - 1):
-        a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
-        if a1 == a0 or b1 == a1:
-            pairs.append(None)
-            continue
-        sl = slice(bounds[t], bounds[t + 1])
-        pairs.append((mo.i[sl] - a0, mo.j[sl] - a1, mo.o[sl], mo.v[a0:a1]))
     n_conf = int(cat["r"].size)
     est = _estimate(params, cat, ndim, radius, px)
     est["n_confident_links"] = n_conf
@@ -182,89 +173,47 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     max_cost = est["max_cost"]
     alt = max_cost / 2
     max_d = est["max_distance"]
-    G: dict[str, list] = {k: [] for k in ("li", "lj", "lc", "ci", "cj", "cc", "one", "x", "y", "dc", "split")}
-    for t in range(nf - 1):
-        if pairs[t] is None:
-            continue
-        i, j, o, v = pairs[t]
-        a0, a1, b1 = starts[t], starts[t + 1], starts[t + 2]
-        nb = b1 - a1
-        pa, pb = pos[a0:a1], pos[a1:b1]
-        pred = pa + v
-        # candidates: overlapping after the shift, or within max_distance of the predicted position
-        ki, kj, _ = _near(pred, pb, max_d)
-        ci = np.concatenate([i, ki]); cj = np.concatenate([j, kj])
-        key = np.unique(ci * nb + cj)
-        ci, cj = key // nb, key % nb
-        ov = np.zeros(key.size)
-        pos_o = np.searchsorted(key, i * nb + j)
-        ov[pos_o] = o
-        A, B = a0 + ci, a1 + cj
-        u_iou = ov / (area[A] + area[B] - ov)
-        r = pb[cj] - pred[ci]
-        c = (np.sum(r * r, axis=1) / sd ** 2 + _robust(((np.log(area[B] / area[A]) - g) / sa) ** 2)
-             + _robust(((1 - u_iou) / so) ** 2)
-             + np.minimum(elong[A], elong[B]) * _robust((_angle(axis[A], axis[B]) / sth) ** 2))
-        ok = c < max_cost
-        L_i, L_j, L_c = ci[ok], cj[ok], c[ok]
-        # ---- divisions / merges: groups of two on one side
-        frac_b = ov / area[B]  # share of j covered by shifted i
-        frac_a = ov / area[A]
-        groups = []
-        if params.allow_splitting:
-            near = (frac_b >= 0.2) | (np.linalg.norm(r, axis=1) <= length[A] / 2 + 2 * sd)
-            groups.append(("split", _pair_groups(ci[near], cj[near], ov[near]), True))
-        if params.allow_merging:
-            near = (frac_a >= 0.2) | (np.linalg.norm(r, axis=1) <= length[B] / 2 + 2 * sd)
-            groups.append(("merge", _pair_groups(cj[near], ci[near], ov[near]), False))
-        D_one, D_two1, D_two2, D_c, D_split = [], [], [], [], []
-        for name, (one, two1, two2, o1, o2), split in groups:
-            if one.size == 0:
-                continue
-            if split:
-                M, X, Y = a0 + one, a1 + two1, a1 + two2
-                aU = area[X] + area[Y]
-                cU = (area[X, None] * pos[X] + area[Y, None] * pos[Y]) / aU[:, None]
-                rr = cU - pred[one]
-                dl = np.log(aU / area[M]) - g
-                iouU = (o1 + o2) / (area[M] + aU - o1 - o2)
-                th = _angle(axis[M], pos[Y] - pos[X])
-            else:
-                M, X, Y = a1 + one, a0 + two1, a0 + two2
-                aU = area[X] + area[Y]
-                cU = (area[X, None] * pred[two1] + area[Y, None] * pred[two2]) / aU[:, None]
-                rr = pos[M] - cU
-                dl = np.log(area[M] / aU) - g
-                iouU = (o1 + o2) / (area[M] + aU - o1 - o2)
-                th = _angle(axis[M], pos[Y] - pos[X])
-            # the area sum is what tells a division from a link plus a neighbour: kept quadratic
-            cd = (np.sum(rr * rr, axis=1) / sd ** 2 + (dl / sa) ** 2 + _robust(((1 - iouU) / so) ** 2)
-                  + elong[M] * _robust((th / sth) ** 2))
-            keep = cd < max_cost
-            D_one.append(one[keep]); D_two1.append(two1[keep]); D_two2.append(two2[keep]); D_c.append(cd[keep])
-            D_split.append(np.full(int(keep.sum()), split))
-        if D_one:
-            D_one, D_two1, D_two2, D_c, D_split = (np.concatenate(x) for x in (D_one, D_two1, D_two2, D_c, D_split))
-        else:
-            D_one = D_two1 = D_two2 = np.zeros(0, np.int64); D_c = np.zeros(0); D_split = np.zeros(0, bool)
-        # global spot indices: one assignment problem for the whole movie (independent blocks)
-        G["li"].append(a0 + L_i); G["lj"].append(a1 + L_j); G["lc"].append(L_c)
-        wide = c < 4 * max_cost
-        G["ci"].append(a0 + ci[wide]); G["cj"].append(a1 + cj[wide]); G["cc"].append(c[wide])
-        G["one"].append(np.where(D_split, a0, a1) + D_one)
-        G["x"].append(np.where(D_split, a1, a0) + D_two1); G["y"].append(np.where(D_split, a1, a0) + D_two2)
-        G["dc"].append(D_c); G["split"].append(D_split)
-        emit(progress, ProgressEvent("link", nf - 1 + t + 1, 2 * (nf - 1)))
+    # ---- all frame pairs at once (global spot indices; object i of frame t only meets frame t + 1)
     n = len(frame)
-    cat_g = {k: np.concatenate(v) if v else np.zeros(0, np.bool_ if k == "split" else np.float64 if k in ("lc", "cc", "dc") else np.int64)
-             for k, v in G.items()}
-    L_i, L_j, L_c = cat_g["li"], cat_g["lj"], cat_g["lc"]
-    D_one, D_x, D_y, D_c, D_split = cat_g["one"], cat_g["x"], cat_g["y"], cat_g["dc"], cat_g["split"]
+    pred = pos + mo.v
+    # candidates: overlapping after the shift, or within max_distance of the predicted position
+    ki, kj = _near(pred, pos, frame, starts, max_d)
+    key = np.unique(np.concatenate([mo.i * n + mo.j, ki * n + kj]))
+    ci, cj = key // n, key % n
+    ov = np.zeros(key.size)
+    ov[np.searchsorted(key, mo.i * n + mo.j)] = mo.o
+    u_iou = ov / (area[ci] + area[cj] - ov)
+    r = pos[cj] - pred[ci]
+    c = (np.sum(r * r, axis=1) / sd ** 2 + _robust(((np.log(area[cj] / area[ci]) - g) / sa) ** 2)
+         + _robust(((1 - u_iou) / so) ** 2)
+         + np.minimum(elong[ci], elong[cj]) * _robust((_angle(axis[ci], axis[cj]) / sth) ** 2))
+    ok = c < max_cost
+    L_i, L_j, L_c = ci[ok], cj[ok], c[ok]
+    # ---- divisions / merges: groups of two on one side
+    shape = (pos, pred, area, axis, elong, g, sd, sa, so, sth)
+    dist = np.linalg.norm(r, axis=1)
+    D = []
+    if params.allow_splitting:  # j partly covered by the shifted mother or near her predicted centre
+        near = (ov / area[cj] >= 0.2) | (dist <= length[ci] / 2 + 2 * sd)
+        D.append(_groups_cost(*_pair_groups(ci[near], cj[near], ov[near]), True, *shape))
+    if params.allow_merging:
+        near = (ov / area[ci] >= 0.2) | (dist <= length[cj] / 2 + 2 * sd)
+        D.append(_groups_cost(*_pair_groups(cj[near], ci[near], ov[near]), False, *shape))
+    D_one, D_x, D_y, D_c, D_split = (np.concatenate([d[k] for d in D]) if D else
+                                     np.zeros(0, (np.int64, np.int64, np.int64, np.float64, bool)[k]) for k in range(5))
+    keep = D_c < max_cost
+    # frame pair by frame pair, divisions before merges (the order of the variables of the integer program)
+    t_side = np.where(D_split, D_one, D_x)
+    order = np.lexsort((~D_split, frame[t_side]))
+    order = order[keep[order]]
+    D_one, D_x, D_y, D_c, D_split = D_one[order], D_x[order], D_y[order], D_c[order], D_split[order]
+    emit(progress, ProgressEvent("link", 2 * (nf - 1), 2 * (nf - 1)))
+    wide = c < 4 * max_cost
+    ci, cj, cc = ci[wide], cj[wide], c[wide]
     sel_l, sel_d = _assign(n, n, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt)
     # Second chance for what is left on both sides (fast cells at a colony's edge, the tail of the
     # cost distribution): the same choice among the leftovers only, with a 4x wider gate.
     used_a, used_b = _used(n, n, L_i[sel_l], L_j[sel_l], D_one[sel_d], D_x[sel_d], D_y[sel_d], D_split[sel_d])
-    ci, cj, cc = cat_g["ci"], cat_g["cj"], cat_g["cc"]
     lw = ~used_a[ci] & ~used_b[cj]
     if lw.any():
         a_first = np.where(D_split, D_one, D_x); a_second = np.where(D_split, D_one, D_y)
@@ -299,11 +248,39 @@ def _robust(z2: np.ndarray, c: float = 9.0) -> np.ndarray:
     return c * np.log1p(z2 / c)
 
 
-def _near(pa, pb, r):
-    if pa.shape[0] == 0 or pb.shape[0] == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    rec = cKDTree(pa).sparse_distance_matrix(cKDTree(pb), r, output_type="ndarray")
-    return rec["i"].astype(np.int64), rec["j"].astype(np.int64), rec["v"]
+def _near(pred, pos, frame, starts, r):
+    """Pairs (i, j) with object j of frame t + 1 within ``r`` of the predicted position of object i of
+    frame t, for all frame pairs at once: one tree per side, frames far apart along a fourth axis."""
+    src = np.arange(starts[max(len(starts) - 2, 0)])  # objects of the frames that have a next frame
+    dst = np.arange(starts[1] if len(starts) > 1 else 0, len(frame))
+    if src.size == 0 or dst.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    both = np.concatenate([pred[src], pos[dst]])
+    sep = 2.0 * (np.ptp(both, axis=0).max() + r + 1.0)
+    rec = cKDTree(np.c_[pred[src], (frame[src] + 1) * sep]).sparse_distance_matrix(
+        cKDTree(np.c_[pos[dst], frame[dst] * sep]), r, output_type="ndarray")
+    return src[rec["i"]], dst[rec["j"]]
+
+
+def _groups_cost(one, two1, two2, o1, o2, split, pos, pred, area, axis, elong, g, sd, sa, so, sth) -> tuple:
+    """Cost of each division (``split``: mother ``one`` at t, daughters ``two1``, ``two2`` at t+1) or
+    merge (parents ``two1``, ``two2`` at t, child ``one`` at t+1): the link terms of the mother (child)
+    against the union of the pair. Returns (one, two1, two2, cost, split)."""
+    aU = area[two1] + area[two2]
+    if split:
+        cU = (area[two1, None] * pos[two1] + area[two2, None] * pos[two2]) / aU[:, None]
+        rr = cU - pred[one]
+        dl = np.log(aU / area[one]) - g
+    else:
+        cU = (area[two1, None] * pred[two1] + area[two2, None] * pred[two2]) / aU[:, None]
+        rr = pos[one] - cU
+        dl = np.log(area[one] / aU) - g
+    iouU = (o1 + o2) / (area[one] + aU - o1 - o2)
+    th = _angle(axis[one], pos[two2] - pos[two1])
+    # the area sum is what tells a division from a link plus a neighbour: kept quadratic
+    cd = (np.sum(rr * rr, axis=1) / sd ** 2 + (dl / sa) ** 2 + _robust(((1 - iouU) / so) ** 2)
+          + elong[one] * _robust((th / sth) ** 2))
+    return one, two1, two2, cd, np.full(one.size, split)
 
 
 def _estimate(params, cat, ndim, radius, px) -> dict:

@@ -23,43 +23,48 @@ class MoviePixels:
 
     def __init__(self, lab: np.ndarray, frame: np.ndarray, labels: np.ndarray, starts: np.ndarray):
         nf = lab.shape[0]
+        n = len(frame)
         self.shape = np.asarray(lab.shape[1:])
         self.plane = int(np.prod(self.shape))
+        # the whole stack at once (frame-major, so the pixels come in frame order)
+        self.flat = np.flatnonzero(lab)  # flat index into the stack
+        pix_starts = np.searchsorted(self.flat, np.arange(nf + 1) * self.plane)
+        self.frame_pixels = np.diff(pix_starts)  # foreground pixels per frame
+        pix_frame = np.repeat(np.arange(nf, dtype=np.int64), self.frame_pixels)
+        value = lab.ravel()[self.flat].astype(np.int64)
+        width = int(labels.max()) + 1 if n else 1
+        if nf * width <= 4 * max(self.flat.size, n, 1):  # a lookup table (frame, label) -> detection
+            lut = np.full(nf * width, -1, np.int64)
+            lut[frame * width + labels] = np.arange(n)
+            self.obj = lut[pix_frame * width + value]
+        else:  # labels sorted within each frame (detect_labels): (frame, label) keys are sorted
+            self.obj = np.searchsorted(frame * width + labels.astype(np.int64), pix_frame * width + value)
         # the stack painted with each object's index within its frame + 1 (0 = background)
         self.index = np.zeros(lab.shape, np.int32)
-        flat, obj = [], []
-        for t in range(nf):
-            a0, a1 = starts[t], starts[t + 1]
-            if a1 == a0:
-                continue
-            idx = np.flatnonzero(lab[t])
-            lut = np.zeros(int(labels[a0:a1].max()) + 1, np.int64)
-            lut[labels[a0:a1]] = np.arange(1, a1 - a0 + 1)
-            o = lut[lab[t].ravel()[idx]]  # index within the frame + 1
-            self.index[t].ravel()[idx] = o
-            flat.append(idx + t * self.plane)
-            obj.append(o + (a0 - 1))
-        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)  # flat index into the stack
-        self.obj = np.concatenate(obj) if obj else np.zeros(0, np.int64)
-        self.coords = np.unravel_index(self.flat % self.plane, tuple(self.shape))  # within the frame
-        n = len(frame)
+        self.index.ravel()[self.flat] = self.obj - starts[pix_frame] + 1
+        self.coords = _unravel(self.flat - pix_frame * self.plane, self.shape)  # within the frame
         # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test
         self.lo = np.stack([_group(np.minimum, self.obj, c, n, np.iinfo(np.int64).max) for c in self.coords], 1)
         self.hi = np.stack([_group(np.maximum, self.obj, c, n, -1) for c in self.coords], 1)
         self.frame, self.starts = frame, starts
         # pixels of the frames that have a next frame (all but the last: the lists are in frame order)
-        self.n_src = int(np.searchsorted(self.flat, (nf - 1) * self.plane))
-        self.width = max(int(np.max(np.diff(starts))), 1) if len(starts) > 1 else 1  # most objects in a frame
+        self.n_src = int(pix_starts[max(nf - 1, 0)])
+        # (object of t, object of t+1 or background) pairs numbered compactly, pair after pair, so that
+        # one bincount counts the overlaps of the movie: object i of frame t owns the keys
+        # base[i] .. base[i] + count[t+1] (0 = background)
+        count = np.diff(starts)
+        per_obj = np.append(count[1:], 0)[frame] + 1
+        self.base = np.concatenate([[0], np.cumsum(per_obj)[:-1]]).astype(np.int64)
+        self.n_keys = int(per_obj.sum())
 
     def overlaps(self, shift_px: np.ndarray, objects: np.ndarray | None = None):
         """(i, j, overlap in pixels), sorted by (i, j): object i (of frame t, shifted by ``shift_px[i]``,
         axis order of the stack) overlapping object j of frame t + 1; only ``objects`` if given."""
         flat, obj = self.flat[:self.n_src], self.obj[:self.n_src]
-        coords = tuple(c[:self.n_src] for c in self.coords)
+        picked = None  # which of the pixels, if not all
         if objects is not None:
-            pick = objects[obj]
-            flat, obj = flat[pick], obj[pick]
-            coords = None
+            picked = np.flatnonzero(objects[obj])
+            flat, obj = flat[picked], obj[picked]
         if not shift_px.any():
             tgt = self.index.ravel()[flat + self.plane]
         else:
@@ -69,29 +74,40 @@ class MoviePixels:
             ok = inside[obj]
             if not ok.all():  # objects leaving the frame: test their pixels
                 part = np.flatnonzero(~ok)
-                sub = (tuple(c[part] for c in coords) if coords is not None
-                       else np.unravel_index(flat[part] % self.plane, tuple(self.shape)))
+                at = part if picked is None else picked[part]
                 good = np.ones(part.size, bool)
                 for ax in range(self.shape.size):
-                    c = sub[ax] + shift_px[obj[part], ax]
+                    c = self.coords[ax][at] + shift_px[obj[part], ax]
                     good &= (c >= 0) & (c < self.shape[ax])
                 ok[part[good]] = True
                 flat, obj = flat[ok], obj[ok]
             tgt = self.index.ravel()[flat + offset[obj]]
-        # count (object, object of the next frame + 1) pairs in one pass; column 0 = background
-        m = self.width + 1
-        n = len(self.frame)
-        key = obj * m + tgt
-        if n * m <= 4_000_000:  # dense count table: no sort
-            cnt = np.bincount(key, minlength=n * m)
+        # count the (object, object of the next frame + 1) pairs in one pass; 0 = background
+        key = self.base[obj] + tgt
+        if self.n_keys <= max(8 * key.size, 1 << 20):  # a dense count table: no sort
+            cnt = np.bincount(key, minlength=self.n_keys)
             key = np.flatnonzero(cnt)
             cnt = cnt[key]
         else:
             key, cnt = np.unique(key, return_counts=True)
-        jl = key % m
+        i = np.searchsorted(self.base, key, side="right") - 1
+        jl = key - self.base[i]
         hit = jl > 0
-        i = key[hit] // m
+        i = i[hit]
         return i, self.starts[self.frame[i] + 1] + jl[hit] - 1, cnt[hit].astype(np.float64)
+
+
+def _unravel(flat: np.ndarray, shape: np.ndarray) -> tuple:
+    """np.unravel_index for indices within one frame (integer division in 32 bits where it fits: faster)."""
+    dt = np.int32 if int(np.prod(shape)) < 2 ** 31 else np.int64
+    rest = flat.astype(dt)
+    out = []
+    for size in shape[:0:-1]:
+        q = rest // dt(size)
+        out.append(rest - q * dt(size))
+        rest = q
+    out.append(rest)
+    return tuple(c.astype(np.int64) for c in out[::-1])
 
 
 def _group(ufunc, obj, values, n, fill):
@@ -132,7 +148,7 @@ def motion(mp: MoviePixels, pos: np.ndarray, area: np.ndarray, ndim: int, scale:
     if params.motion_compensation and n_pairs:
         # the foregrounds hardly overlap (a stage jump or drift): one global shift for the pair first
         covered = np.bincount(frame[last[1]], weights=last[3], minlength=nf)[:n_pairs]
-        jumps = np.flatnonzero(valid & (covered < 0.5 * np.bincount(frame[mp.obj], minlength=nf)[:n_pairs]))
+        jumps = np.flatnonzero(valid & (covered < 0.5 * mp.frame_pixels[:n_pairs]))
         for t in jumps:
             v[starts[t]:starts[t + 1], :ndim] = (global_shift(t) * scale)[::-1]
     v_global = v.copy()
