@@ -16,6 +16,7 @@ Conventions: ray ``k`` has angle ``phi_k = 2*pi*k/n_rays``; its vertex is
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from typing import Any
 
@@ -236,18 +237,18 @@ def _candidate_ious(cand: np.ndarray, pts: np.ndarray, d: np.ndarray, areas: np.
     neighbour that can overlap it: ``(pair_i, pair_j, iou)``, ordered by ``pair_i``."""
     empty = np.zeros(0, np.intp)
     cand = cand[areas[cand] > 0]  # a degenerate polygon suppresses nothing
-    pair_c, pair_j = [], []
-    for c, nb in zip(cand, tree.query_ball_point(pts[cand], rmax[cand] + big)):
-        nb = np.asarray(nb, np.intp)
-        nb = nb[nb > c]
-        nb = nb[~suppressed[nb]]
-        off = pts[nb] - pts[c]
-        nb = nb[np.hypot(off[:, 0], off[:, 1]) < rmax[c] + rmax[nb]]
-        pair_c.append(np.full(nb.size, c, np.intp))
-        pair_j.append(nb)
-    if not pair_c:
-        return empty, empty, np.zeros(0)
-    pc, pj = np.concatenate(pair_c), np.concatenate(pair_j)
+    # every neighbour within reach, flattened in one pass (no numpy call per candidate)
+    near = tree.query_ball_point(pts[cand], rmax[cand] + big, return_sorted=False)
+    sizes = np.fromiter(map(len, near), np.intp, cand.size)
+    pj = np.fromiter(itertools.chain.from_iterable(near), np.intp, int(sizes.sum()))
+    pc = np.repeat(cand, sizes)
+    later = pj > pc
+    pc, pj = pc[later], pj[later]
+    alive = ~suppressed[pj]
+    pc, pj = pc[alive], pj[alive]
+    off = pts[pj] - pts[pc]
+    close = np.hypot(off[:, 0], off[:, 1]) < rmax[pc] + rmax[pj]
+    pc, pj = pc[close], pj[close]
     if pc.size == 0:
         return empty, empty, np.zeros(0)
     owners = np.unique(pc)  # candidates with neighbours: sample their polygons on a grid
