@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import IjtorchError
 from .command import command
 from .outputs import CommandInputs, CommandOutputs, ImageOutput, RoiOutput
-from .segment import SegmentParams, segment_options
+from .segment import NmsThreshold, ProbThreshold, SegmentChannel, SegmentParams, segment_options
 
 __all__ = ["ClusterSegmentParams", "SCALE_ROOT_ENV", "default_output"]
 
@@ -34,9 +34,9 @@ class ClusterSegmentParams(BaseModel):
                                         "empty = <input>-labels beside the input")
     model: str = Field("nuclei", description="model name (see Ext.ijtorchListModels) or model folder; a big image "
                                              "needs a 2D star-convex model")
-    channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
-    prob_threshold: float = Field(0.0, ge=0, le=1, description="object probability threshold; 0 = the model's tuned value")
-    nms_threshold: float = Field(0.0, ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")
+    channel: SegmentChannel = 1
+    prob_threshold: ProbThreshold = 0.0
+    nms_threshold: NmsThreshold = 0.0
     block: int = Field(1024, ge=64, le=8192, description="big image: block edge in pixels, a multiple of 16 (sets "
                                                         "the memory a worker needs)")
     halo: int = Field(128, ge=64, le=1024, description="big image: context around each block in pixels, a multiple "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,7 +16,7 @@ from .command import command, task_channel
 from .functions import macro_function
 from .outputs import CommandInputs, CommandOutputs, ImageOutput, RoiOutput, TableOutput, session_value
 
-__all__ = ["SegmentParams", "TrainSegmentationParams", "EvaluateParams", "segment_compute", "segment_options", "refuse_rgb",
+__all__ = ["SegmentParams", "ProbThreshold", "NmsThreshold", "SegmentChannel", "TrainSegmentationParams", "EvaluateParams", "segment_compute", "segment_options", "refuse_rgb",
            "plain_image"]
 
 
@@ -38,6 +39,13 @@ def plain_image(command: str, inputs: CommandInputs):
     return inputs.image
 
 
+#: The object-detection fields every segmenting command shares (Segment, Segment on Cluster): one
+#: description and one range, so that the dialogs, macro keys and CLI options agree.
+ProbThreshold = Annotated[float, Field(ge=0, le=1, description="object probability threshold; 0 = the model's tuned value")]
+NmsThreshold = Annotated[float, Field(ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")]
+SegmentChannel = Annotated[int, Field(ge=1, description="channel to segment in multi-channel images (1 = first)")]
+
+
 class SegmentOutput(str, Enum):
     labels = "label map"
     rois = "ROI Manager"
@@ -49,9 +57,9 @@ class SegmentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field("auto", description="auto (per image, the nuclei model that fits it best: fluorescence or "
                        "transmitted light) or a model name (see Ext.ijtorchListModels) or model folder")
-    prob_threshold: float = Field(0.0, ge=0, le=1, description="object probability threshold; 0 = the model's tuned value")
-    nms_threshold: float = Field(0.0, ge=0, le=1, description="overlap threshold for suppressing duplicates; 0 = tuned value")
-    channel: int = Field(1, ge=1, description="channel to segment in multi-channel images (1 = first)")
+    prob_threshold: ProbThreshold = 0.0
+    nms_threshold: NmsThreshold = 0.0
+    channel: SegmentChannel = 1
     test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
     scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2 = objects half the training size; 2D)")
     tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (512 in 2D)")
