@@ -102,6 +102,8 @@ def fit_ratio(model: Any, normalized: np.ndarray, *, scale: float = 1.0) -> floa
     import torch
 
     reference = model.shift_reference
+    # Crop before resizing (resizing the whole plane would cost more than the check), then crop the
+    # resized patch again to the network's size multiple.
     crop = _central_crop(normalized, int(np.ceil(CHECK_SIZE / max(scale, 1e-3))), 1)
     if scale != 1.0:
         from scipy import ndimage as ndi
