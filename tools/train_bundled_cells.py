@@ -172,6 +172,7 @@ def run(name: str, title: str, data_text: str, train_items: list, test_items: li
             val_fraction=args.val_fraction, seed=args.seed, device="cpu", resume=args.resume,
             time_limit_s=args.minutes * 60, checkpoint_dir=ckpt, lr=args.lr, base_channels=args.base_channels,
             depth=args.depth, boundary_width=args.boundary_width, patience=None,
+            base_model=str(args.base_model) if args.base_model else None,
             description=f"{title} (bundled; see README.md)")
         # item names are item0000...: map them back to the files
         names = {f"item{i:04d}": p.name for i, p in enumerate(train_items)}
@@ -213,6 +214,8 @@ def add_arguments(ap: argparse.ArgumentParser, *, name: str, epochs: int, steps:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=30.0, help="time limit of this chunk")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--base-model", type=Path, default=None,
+                    help="fine-tune this unet_watershed model folder (network and thresholds) instead of a new network")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoints of earlier chunks")
     ap.add_argument("--evaluate-only", action="store_true", help="no training: held-out figures and card again")
 

@@ -77,6 +77,42 @@ def test_postprocess_keeps_seedless_components_and_drops_small_objects():
     assert match_labels(lab, pred).tp == 2
 
 
+def _dumbbell_probabilities() -> uw.ProbabilityMaps:
+    """One foreground region whose interior is two 12-px discs joined by a 3-px neck (two cells
+    touching where their boundary is not seen), and a 20 px disc with a 3 px background hole."""
+    yy, xx = np.mgrid[:60, :100]
+    interior = ((yy - 30) ** 2 + (xx - 20) ** 2 < 12 ** 2) | ((yy - 30) ** 2 + (xx - 50) ** 2 < 12 ** 2)
+    interior |= (abs(yy - 30) <= 1) & (xx > 20) & (xx < 50)
+    ring = ((yy - 30) ** 2 + (xx - 80) ** 2 < 10 ** 2) & ~((yy - 30) ** 2 + (xx - 80) ** 2 < 3 ** 2)
+    interior |= ring
+    fg = ndi.binary_dilation(interior, iterations=2)
+    p_int = interior.astype(np.float32)
+    p_bg = (~fg).astype(np.float32)
+    return uw.ProbabilityMaps(background=p_bg, boundary=1 - p_bg - p_int, interior=p_int)
+
+
+def test_distance_seeds_split_a_neck_that_threshold_seeds_keep_whole():
+    probs = _dumbbell_probabilities()
+    whole = uw.postprocess(probs)  # the default rule: one connected interior region, one seed
+    assert whole[30, 20] == whole[30, 50] != 0
+    cfg = uw.PostprocessConfig(seed_method="distance", seed_h=3.0, seed_sigma=1.0)
+    split = uw.postprocess(probs, config=cfg)
+    assert split[30, 20] != split[30, 50] and split[30, 20] and split[30, 50]
+    assert len(np.unique(split[:, :65])) == 3  # background + the 2 discs: the neck makes no fragment
+    # a required height above the discs' radius: only the higher peak seeds, the two stay one object
+    merged = uw.postprocess(probs, config=cfg.model_copy(update={"seed_h": 20.0}))
+    assert merged[30, 20] == merged[30, 50] != 0
+
+
+def test_fill_holes_puts_the_hole_into_its_cell():
+    probs = _dumbbell_probabilities()
+    assert uw.postprocess(probs)[30, 80] == 0  # the hole is background by default
+    filled = uw.postprocess(probs, config=uw.PostprocessConfig(fill_holes=True))
+    assert filled[30, 80] == filled[30, 72] != 0
+    with pytest.raises(ValueError, match="seed_method"):
+        uw.PostprocessConfig(seed_method="peaks")
+
+
 def _tiny_train(cells, tmp_path, **kw):
     return uwt.train([p.image for p in cells], [p.labels for p in cells], names=[p.name for p in cells],
                     model_dir=tmp_path / "model", epochs=4, steps_per_epoch=3, batch_size=2, patch_size=64,

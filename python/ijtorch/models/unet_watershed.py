@@ -10,11 +10,15 @@ predicts three classes per pixel (background, boundary, interior) and turns them
 2. **Loss** (:func:`class_weighted_loss`): class-weighted cross-entropy, weights from the training
    set's class frequencies (``freq ** -0.5``, normalised so that the expected weight is 1), which
    keeps the thin boundary class from being ignored.
-3. **Post-processing** (:func:`postprocess`): foreground = ``1 - p_background > fg_threshold``;
-   seeds = connected components of ``p_interior > seed_threshold`` with at least ``min_seed_size``
-   pixels; ``skimage.segmentation.watershed`` of ``1 - p_interior`` from the seeds inside the
+3. **Post-processing** (:func:`postprocess`): foreground = ``1 - p_background > fg_threshold``
+   (holes filled with ``fill_holes``); seeds (``seed_method``): ``"threshold"`` = connected
+   components of ``p_interior > seed_threshold`` with at least ``min_seed_size`` pixels, or
+   ``"distance"`` = h-maxima (height ``seed_h`` pixels) of the smoothed distance transform of that
+   region, one seed per cell body even where a thin neck or a flat protrusion joins two interior
+   blobs; ``skimage.segmentation.watershed`` of ``1 - p_interior`` from the seeds inside the
    foreground; foreground components without a seed become objects of their own; objects below
-   ``min_size`` pixels are removed and labels renumbered 1..N.
+   ``min_size`` pixels are removed and labels renumbered 1..N. The defaults are the original
+   rule; each model's ``config.json`` carries its own choice.
 
 Models are saved as a model folder of type ``"unet_watershed"`` (weights as safetensors, config
 with architecture, normalisation and post-processing thresholds). See :func:`train`,
@@ -27,7 +31,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,8 +62,17 @@ class PostprocessConfig(BaseModel):
 
     fg_threshold: float = Field(0.5, gt=0, lt=1, description="a pixel is foreground if 1 - p_background exceeds this")
     seed_threshold: float = Field(0.5, gt=0, lt=1, description="seeds are components of p_interior above this")
-    min_seed_size: int = Field(5, ge=1, description="seeds with fewer pixels are discarded")
+    min_seed_size: int = Field(5, ge=1, description="'threshold' seeds with fewer pixels are discarded")
     min_size: int = Field(15, ge=0, description="objects with fewer pixels are removed")
+    seed_method: Literal["threshold", "distance"] = Field(
+        "threshold", description="seeds: components of the thresholded interior ('threshold') or h-maxima of its "
+                                 "distance transform ('distance', which splits fewer flat cells into fragments)")
+    seed_h: float = Field(3.0, gt=0, description="'distance' seeds: a peak must rise this many pixels of distance "
+                                                 "above the saddle to a higher one")
+    seed_sigma: float = Field(2.0, ge=0, description="'distance' seeds: Gaussian smoothing (pixels) of the distance "
+                                                     "transform before the h-maxima")
+    fill_holes: bool = Field(False, description="fill holes of the foreground before the watershed (bright "
+                                                "nuclei or vacuoles predicted as background inside a cell)")
 
 
 class NormalizeConfig(BaseModel):
@@ -247,6 +260,20 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
+def _distance_seeds(core: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """Seeds at the h-maxima of the (smoothed) distance transform of the interior region ``core``:
+    a flat cell whose interior probability has several blobs joined by lower ground gets one seed
+    unless its blobs are separated by a neck ``seed_h`` pixels narrower than both."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    dist = ndi.distance_transform_edt(core)
+    if cfg.seed_sigma > 0:
+        dist = ndi.gaussian_filter(dist, cfg.seed_sigma)
+    peaks = h_maxima(dist, cfg.seed_h).astype(bool) & core
+    return ndi.label(peaks)[0]
+
+
 def postprocess(probs: ProbabilityMaps, *, config: PostprocessConfig | None = None) -> np.ndarray:
     """Seeded watershed of class probabilities into an instance label map.
 
@@ -272,8 +299,13 @@ def postprocess(probs: ProbabilityMaps, *, config: PostprocessConfig | None = No
     if p_bg.shape != p_int.shape or p_bg.ndim != 2:
         raise ValueError(f"probs: background {p_bg.shape} and interior {p_int.shape} must be equal 2D shapes")
     fg = (1.0 - p_bg) > cfg.fg_threshold
-    seeds, _ = ndi.label((p_int > cfg.seed_threshold) & fg)
-    seeds = _remove_small(seeds, cfg.min_seed_size)
+    if cfg.fill_holes:
+        fg = ndi.binary_fill_holes(fg)
+    core = (p_int > cfg.seed_threshold) & fg
+    if cfg.seed_method == "distance":  # h-maxima are often single pixels: min_seed_size does not apply
+        seeds = _distance_seeds(core, cfg)
+    else:
+        seeds = _remove_small(ndi.label(core)[0], cfg.min_seed_size)
     labels = watershed(1.0 - p_int, seeds, mask=fg)
     orphan, n_orphan = ndi.label(fg & (labels == 0))
     if n_orphan:
