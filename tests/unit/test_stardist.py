@@ -430,7 +430,7 @@ def test_fast_inference_network_gives_the_trained_networks_labels(shared_data, m
     trained, on real nuclei: maps equal to float rounding, the same objects; changed weights are seen."""
     import torch
 
-    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "0")  # float32 here; bfloat16: the next test
+    monkeypatch.delenv(network.CPU_BFLOAT16_ENV, raising=False)  # the default: float32; bfloat16: the next test
     model = _bundled_model()
     root = shared_data / "nuclei_dsb2018" / "train" / "images"
     img = model.normalize(tifffile.imread(root / "07fb37aafa662660.tif")[:256, :384])  # 520 x 696 crop, ~80 nuclei
@@ -457,16 +457,16 @@ def test_fast_inference_network_gives_the_trained_networks_labels(shared_data, m
 
 
 def test_bfloat16_inference_finds_the_float32_objects(shared_data, monkeypatch):
-    """bfloat16 convolutions (forced here; the default only on CPUs with native bfloat16): maps
+    """bfloat16 convolutions (opt-in; forced here, also where the CPU emulates bfloat16): maps
     within bfloat16 rounding of float32, and the same nuclei at IoU 0.8 on a real crop."""
     model = _bundled_model()
     root = shared_data / "nuclei_dsb2018" / "train" / "images"
     img = model.normalize(tifffile.imread(root / "07fb37aafa662660.tif")[:256, :384])
     batch = img[None, None].astype(np.float32)
-    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "0")
+    monkeypatch.delenv(network.CPU_BFLOAT16_ENV, raising=False)
     assert not network.cpu_bfloat16_enabled()
     ref = model._forward_numpy(batch)
-    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "1")
+    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "force")
     assert network.cpu_bfloat16_enabled()
     model._fast = None  # the switch is read when the inference copy is made
     low = model._forward_numpy(batch)
@@ -479,6 +479,22 @@ def test_bfloat16_inference_finds_the_float32_objects(shared_data, monkeypatch):
     n = int(lab_ref.max())
     tp, fp, fn = sd.match_counts(lab_ref, lab_low, (0.8,))[0.8]
     assert n > 30 and tp >= n - 1 and fp + fn <= 2
+
+
+def test_bfloat16_is_opt_in_and_only_where_the_cpu_has_it(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(network.CPU_BFLOAT16_ENV, raising=False)
+    assert not network.cpu_bfloat16_enabled()
+    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "1")
+    for amx, avx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        assert network.cpu_bfloat16_enabled() == (amx or avx)
+    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "force")
+    assert network.cpu_bfloat16_enabled()
+    monkeypatch.setenv(network.CPU_BFLOAT16_ENV, "0")
+    assert not network.cpu_bfloat16_enabled()
 
 
 def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path, monkeypatch):

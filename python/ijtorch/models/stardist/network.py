@@ -81,29 +81,32 @@ def _torch_parts() -> Any:
     return StarDistNet
 
 
-#: ``0`` keeps 2D star-convex prediction on CPU in float32, ``1`` forces bfloat16 (see :func:`cpu_bfloat16_enabled`).
+#: ``1`` runs 2D star-convex prediction on CPU in bfloat16 where the CPU has it natively (see
+#: :func:`cpu_bfloat16_enabled`); unset or ``0``: float32.
 CPU_BFLOAT16_ENV = "IJTORCH_CPU_BFLOAT16"
 
 
 def cpu_bfloat16_enabled() -> bool:
-    """Whether 2D star-convex prediction on CPU runs its convolutions in bfloat16 (float32 sums).
+    """Whether 2D star-convex prediction on CPU runs its convolutions in bfloat16 (float32 sums):
+    only when ``$IJTORCH_CPU_BFLOAT16`` is ``1`` and the CPU multiplies bfloat16 natively (AMX
+    tiles or AVX512-BF16; ``force`` also without, where it is emulated and slower than float32).
 
-    Only where the CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16): there oneDNN's
-    bfloat16 convolutions are 2.5× faster than float32 (nuclei model, one core), elsewhere they
-    are emulated and slower. Maps differ from float32 by rounding (probability ≤ 0.02, distances
-    ≤ 1 px): on 114 held-out DSB images (4 455 nuclei) pooled AP@0.5 0.805 → 0.804, AP@0.75
-    0.534 → 0.533, one matched nucleus fewer (``benchmarks/bench_segment.py --precision``).
-    ``$IJTORCH_CPU_BFLOAT16`` = ``0`` / ``1`` overrides the detection.
+    Opt-in, not the default: on such a CPU the forward pass is 2.5× faster (nuclei model, one core)
+    and on 114 held-out DSB images (4 455 nuclei) pooled AP@0.5 went 0.805 → 0.804 and AP@0.75
+    0.534 → 0.533 (``benchmarks/bench_segment.py --vs-stardist --precision``), but bfloat16
+    rounding turns float-level differences into visible ones: a z-stack segmented block by block
+    on a Dask cluster then differs from the in-memory labels in a few pixels (28 of 196 608),
+    where float32 gives the same labels.
     """
     import os
 
     import torch
 
     setting = os.environ.get(CPU_BFLOAT16_ENV, "").strip().lower()
-    if setting in ("0", "false", "no", "off"):
-        return False
-    if setting in ("1", "true", "yes", "on"):
+    if setting == "force":
         return True
+    if setting not in ("1", "true", "yes", "on"):
+        return False
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(check is not None and bool(check()) for check in checks)
@@ -122,8 +125,8 @@ def inference_copy(net: Any) -> Any:
     (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the same function of the input up to float
     rounding), ReLUs run in place, a 2D :class:`StarDistNet` gets its two heads merged into one
     convolution, and 2D networks use the channels-last memory layout (oneDNN's fast convolutions
-    on CPU; 1.5–2× faster than the default layout here) and, on CPUs with native bfloat16, bfloat16
-    convolutions (:func:`cpu_bfloat16_enabled`). ``net`` itself is left untouched.
+    on CPU; 1.5–2× faster than the default layout here) and, when :func:`cpu_bfloat16_enabled`,
+    bfloat16 convolutions. ``net`` itself is left untouched.
     """
     import copy
 
