@@ -96,12 +96,38 @@ def evaluate(model_dir: Path, test_images: Sequence[np.ndarray], test_labels: Se
             "megapixels": round(mpx, 3)}
 
 
+def postprocess_text(t: dict) -> str:
+    """The post-processing rule of a model's ``thresholds`` in words."""
+    if t.get("seed_method") == "distance":
+        seeds = (f"seeds at h-maxima (h {t['seed_h']} px, smoothing {t['seed_sigma']} px) of the distance transform "
+                 f"of p_interior > {t['seed_threshold']}")
+    else:
+        seeds = f"seeds = components of p_interior > {t['seed_threshold']} (≥ {t.get('min_seed_size', 5)} px)"
+    return (f"foreground 1 - p_background > {t['fg_threshold']}{' (holes filled)' if t.get('fill_holes') else ''}; "
+            f"{seeds}; min size {t['min_size']} px")
+
+
+GENERATED_SECTIONS = ("## Training", "## Held-out figures", "## Where it fails")
+
+
+def kept_sections(readme: Path) -> str:
+    """The sections of an existing model card that :func:`card` does not write (e.g. the dataset-shift
+    check, measured by ``tools/shift_reference.py`` and written by hand), to append to the new card."""
+    if not readme.is_file():
+        return ""
+    parts = readme.read_text().split("\n## ")[1:]
+    kept = ["## " + p.rstrip() for p in parts if not ("## " + p).startswith(GENERATED_SECTIONS)]
+    return "".join("\n" + k + "\n" for k in kept)
+
+
 def card(name: str, title: str, data_text: str, summary: dict, ev: dict, cfg: dict, command: str,
-         failures: str) -> str:
+         failures: str, thresholds: dict | None = None) -> str:
+    thresholds = thresholds or summary["thresholds"]
     hist = summary.get("history") or []
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
     planned = cfg["epochs"]
-    under = summary["epochs_total"] < planned or (len(hist) > 3 and hist[-1].get("val_loss", 0) < hist[-3].get("val_loss", 0))
+    vals = [h["val_loss"] for h in hist if "val_loss" in h]  # still making new lows at the end: more would help
+    under = summary["epochs_total"] < planned or (len(vals) > 3 and vals[-1] < min(vals[:-1]))
     m, c, ph = ev["model"], ev["classical"], ev.get("classical_phase")
     lines = [
         f"# {name}: {title}", "",
@@ -120,8 +146,12 @@ def card(name: str, title: str, data_text: str, summary: dict, ev: dict, cfg: di
         f"({summary['chunks']} chunk(s), {summary['train_seconds']:.0f} s of training).",
         f"- Loss: train {first.get('train_loss', float('nan')):.3f} → {last.get('train_loss', float('nan')):.3f}, "
         f"validation {first.get('val_loss', float('nan')):.3f} → {last.get('val_loss', float('nan')):.3f}.",
-        f"- Tuned thresholds (validation): foreground {summary['thresholds']['fg_threshold']}, "
-        f"seed {summary['thresholds']['seed_threshold']}, min size {summary['thresholds']['min_size']} px.",
+        *([f"- Fine-tuned from: {cfg['base_model']} (its network, normalisation and split record)."]
+          if cfg.get("base_model") else []),
+        f"- Post-processing: {postprocess_text(thresholds)}"
+        + (f" (set by `--postprocess`, chosen on the validation crop; the foreground/seed thresholds tuned "
+           f"in training were {summary['thresholds']['fg_threshold']}/{summary['thresholds']['seed_threshold']})."
+           if cfg.get("postprocess") else " (foreground and seed thresholds tuned on the validation images)."),
         f"- Reproduce: `{command}`.", "",
     ]
     if under:
@@ -157,10 +187,13 @@ def run(name: str, title: str, data_text: str, train_items: list, test_items: li
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.output)
+    kept = kept_sections(out / "README.md")  # read now: training replaces the folder
     ckpt = Path(args.checkpoints)
     cfg = dict(epochs=args.epochs, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
                base_channels=args.base_channels, depth=args.depth, boundary_width=args.boundary_width,
-               seed=args.seed, test=[p.name for p in test_items])
+               seed=args.seed, test=[p.name for p in test_items],
+               **({"base_model": str(args.base_model)} if args.base_model else {}),
+               **({"postprocess": args.postprocess} if args.postprocess else {}))
     state_file = ckpt / "chunks.json"
     state = json.loads(state_file.read_text()) if (args.resume or args.evaluate_only) and state_file.is_file() \
         else {"chunks": 0, "train_seconds": 0.0, "history": []}
@@ -187,6 +220,10 @@ def run(name: str, title: str, data_text: str, train_items: list, test_items: li
         state_file.write_text(json.dumps(state, indent=1))
         print(f"chunk {state['chunks']}: {state['epochs_total']}/{args.epochs} epochs, "
               f"last {summary['history'][-1] if summary['history'] else {}}", flush=True)
+    if args.postprocess:  # a rule chosen on the validation images, applied over the tuned thresholds
+        model = uw.load_model(out)
+        model.postprocess = uw.PostprocessConfig(**{**model.postprocess.model_dump(), **args.postprocess})
+        uw.save_model(model, out)
     ev = evaluate(out, [p.image for p in test_items], [p.labels for p in test_items],
                   [p.image for p in train_items], [p.labels for p in train_items],
                   phase_objects=PHASE_OBJECTS.get(name, "textured"))
@@ -195,11 +232,13 @@ def run(name: str, title: str, data_text: str, train_items: list, test_items: li
     model.meta = {**(model.meta or {}), "held_out": cfg["test"], "held_out_metrics": ev,
                   "bundled": {"script": command, **{k: v for k, v in cfg.items() if k != "test"}}}
     uw.save_model(model, out)  # replaces the folder: the card is written after
-    (out / "README.md").write_text(card(name, title, data_text, state, ev, cfg, command, failures))
+    (out / "README.md").write_text(card(name, title, data_text, state, ev, cfg, command, failures,
+                                        thresholds=model.postprocess.model_dump()) + kept)
     return 0
 
 
-def add_arguments(ap: argparse.ArgumentParser, *, name: str, epochs: int, steps: int, patch: int) -> None:
+def add_arguments(ap: argparse.ArgumentParser, *, name: str, epochs: int, steps: int, patch: int,
+                  postprocess: dict | None = None) -> None:
     ap.add_argument("--output", type=Path, default=BUNDLED / name)
     ap.add_argument("--checkpoints", type=Path, default=Path(f"/tmp/ijtorch_{name}_ckpt"))
     ap.add_argument("--epochs", type=int, default=epochs, help="total epochs over all chunks")
@@ -216,11 +255,19 @@ def add_arguments(ap: argparse.ArgumentParser, *, name: str, epochs: int, steps:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--base-model", type=Path, default=None,
                     help="fine-tune this unet_watershed model folder (network and thresholds) instead of a new network")
+    ap.add_argument("--postprocess", type=json.loads, default=postprocess,
+                    help="JSON of post-processing keys (unet_watershed PostprocessConfig) set after training")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoints of earlier chunks")
     ap.add_argument("--evaluate-only", action="store_true", help="no training: held-out figures and card again")
 
 
 TEST = ("set41",)
+#: Post-processing of cells_phase, chosen on the validation crop set26 with the 3-crop network (grid over
+#: seed rule, foreground/seed thresholds, h and min size): distance-transform seeds split fewer flat cells
+#: into fragments than thresholded-interior seeds; min size ~ the 5th percentile of the training cells'
+#: areas (149 px); a high foreground threshold tightens the loose outlines.
+CELLS_POSTPROCESS = {"seed_method": "distance", "seed_h": 3.0, "seed_sigma": 2.0, "fill_holes": True,
+                     "fg_threshold": 0.8, "seed_threshold": 0.7, "min_size": 150}
 
 
 def main() -> int:
@@ -228,7 +275,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SHARED / "cells_usiigaci_phase" / "train")
-    add_arguments(ap, name="cells_phase", epochs=60, steps=20, patch=256)
+    add_arguments(ap, name="cells_phase", epochs=60, steps=20, patch=256, postprocess=CELLS_POSTPROCESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     pairs = load_pairs(args.data)
