@@ -53,7 +53,6 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
         match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
         sel = match[L_i] == L_j
         return sel, np.zeros(0, bool)
-    from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
     nl, nd = L_i.size, D_one.size
@@ -89,11 +88,42 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
         match = solve_sparse_lap(L_i[easy], L_j[easy], L_c[easy], na, nb, row_alt=alt, col_alt=alt)
         x[easy[match[L_i[easy]] == L_j[easy]]] = True
     if hard.any():
-        res = milp(obj[u[hard]], constraints=LinearConstraint(A[:, np.flatnonzero(hard)], -np.inf, 1.0),
-                   integrality=np.ones(int(hard.sum())), bounds=Bounds(0, 1), options={"time_limit": 60.0})
-        if res.x is None:  # no solution in time: fall back to the plain LAP on links
-            log.warning("division assignment did not finish (%s); linking without divisions", res.message)
+        h = u[hard]
+        sel = _solve_packing(obj[h], A[:, np.flatnonzero(hard)].tocsr(), comp_var[hard])
+        if sel is None:  # no solution in time: fall back to the plain LAP on links
             match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
             return match[L_i] == L_j, np.zeros(nd, bool)
-        x[u[hard]] = res.x > 0.5
+        x[h] = sel
     return x[:nl], x[nl:]
+
+
+def _solve_packing(cost: np.ndarray, A, group: np.ndarray) -> np.ndarray | None:
+    """Minimise ``cost · x`` over binary ``x`` with ``A x ≤ 1`` (A: objects × variables, 0/1).
+
+    The linear relaxation first (one LP, about half the time of the integer program): in a group of
+    variables (a connected component) where its optimum is integral it is the integer optimum too;
+    only the groups with a fractional value (a few) go to the integer program. None if that does
+    not finish in time."""
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+    A = A[np.flatnonzero(np.diff(A.indptr) > 0)]  # objects no variable uses
+    lp = linprog(cost, A_ub=A, b_ub=np.ones(A.shape[0]), bounds=(0, 1), method="highs-ds")
+    if lp.status == 0:
+        x = lp.x
+        frac = np.isin(group, group[(x > 1e-6) & (x < 1 - 1e-6)])
+        sel = x > 0.5
+        if not frac.any():
+            return sel
+        f = np.flatnonzero(frac)
+    else:  # the relaxation failed (numerically): the integer program on everything
+        sel = np.zeros(cost.size, bool)
+        f = np.arange(cost.size)
+    Af = A[:, f].tocsr()
+    Af = Af[np.flatnonzero(np.diff(Af.indptr) > 0)]
+    res = milp(cost[f], constraints=LinearConstraint(Af, -np.inf, 1.0), integrality=np.ones(f.size),
+               bounds=Bounds(0, 1), options={"time_limit": 60.0})
+    if res.x is None:
+        log.warning("division assignment did not finish (%s); linking without divisions", res.message)
+        return None
+    sel[f] = res.x > 0.5
+    return sel

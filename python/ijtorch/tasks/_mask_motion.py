@@ -43,28 +43,33 @@ class MoviePixels:
         self.index = np.zeros(lab.shape, np.int32)
         self.index.ravel()[self.flat] = self.obj - starts[pix_frame] + 1
         self.coords = _unravel(self.flat - pix_frame * self.plane, self.shape)  # within the frame
-        # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test
-        self.lo = np.stack([_group(np.minimum, self.obj, c, n, np.iinfo(np.int64).max) for c in self.coords], 1)
-        self.hi = np.stack([_group(np.maximum, self.obj, c, n, -1) for c in self.coords], 1)
+        # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test; from
+        # the ends of the runs of an object's pixels along a row (a few times fewer than its pixels)
+        first = np.ones(self.flat.size, bool)
+        first[1:] = (self.obj[1:] != self.obj[:-1]) | (np.diff(self.flat) != 1) | (self.coords[-1][1:] == 0)
+        run_first = np.flatnonzero(first)
+        run_last = np.append(run_first[1:], self.flat.size) - 1
+        run_obj = self.obj[run_first]
+        self.lo = np.stack([_group(np.minimum, run_obj, c[run_first], n, np.iinfo(np.int64).max) for c in self.coords], 1)
+        self.hi = np.stack([_group(np.maximum, run_obj, c[run_last], n, -1) for c in self.coords], 1)
         self.frame, self.starts = frame, starts
         # pixels of the frames that have a next frame (all but the last: the lists are in frame order)
         self.n_src = int(pix_starts[max(nf - 1, 0)])
-        # (object of t, object of t+1 or background) pairs numbered compactly, pair after pair, so that
-        # one bincount counts the overlaps of the movie: object i of frame t owns the keys
-        # base[i] .. base[i] + count[t+1] (0 = background)
+        # (object of t, object of t+1 or background) pairs numbered compactly, pair after pair (small
+        # keys sort faster): object i of frame t owns the keys base[i] .. base[i] + count[t+1]
         count = np.diff(starts)
         per_obj = np.append(count[1:], 0)[frame] + 1
-        self.base = np.concatenate([[0], np.cumsum(per_obj)[:-1]]).astype(np.int64)
-        self.n_keys = int(per_obj.sum())
+        self.base = np.concatenate([[0], np.cumsum(per_obj)[:-1]]).astype(
+            np.int32 if per_obj.sum() < 2 ** 31 else np.int64)
 
     def overlaps(self, shift_px: np.ndarray, objects: np.ndarray | None = None):
         """(i, j, overlap in pixels), sorted by (i, j): object i (of frame t, shifted by ``shift_px[i]``,
         axis order of the stack) overlapping object j of frame t + 1; only ``objects`` if given."""
         flat, obj = self.flat[:self.n_src], self.obj[:self.n_src]
-        picked = None  # which of the pixels, if not all
+        pick = None  # which of the pixels, if not all
         if objects is not None:
-            picked = np.flatnonzero(objects[obj])
-            flat, obj = flat[picked], obj[picked]
+            pick = objects[obj]
+            flat, obj = flat[pick], obj[pick]
         if not shift_px.any():
             tgt = self.index.ravel()[flat + self.plane]
         else:
@@ -74,7 +79,7 @@ class MoviePixels:
             ok = inside[obj]
             if not ok.all():  # objects leaving the frame: test their pixels
                 part = np.flatnonzero(~ok)
-                at = part if picked is None else picked[part]
+                at = part if pick is None else np.flatnonzero(pick)[part]
                 good = np.ones(part.size, bool)
                 for ax in range(self.shape.size):
                     c = self.coords[ax][at] + shift_px[obj[part], ax]
@@ -82,14 +87,12 @@ class MoviePixels:
                 ok[part[good]] = True
                 flat, obj = flat[ok], obj[ok]
             tgt = self.index.ravel()[flat + offset[obj]]
-        # count the (object, object of the next frame + 1) pairs in one pass; 0 = background
-        key = self.base[obj] + tgt
-        if self.n_keys <= max(8 * key.size, 1 << 20):  # a dense count table: no sort
-            cnt = np.bincount(key, minlength=self.n_keys)
-            key = np.flatnonzero(cnt)
-            cnt = cnt[key]
-        else:
-            key, cnt = np.unique(key, return_counts=True)
+        # count the (object, object of the next frame + 1) pairs in one pass (0 = background): one sort,
+        # in 32 bits where the keys fit (about twice as fast as 64)
+        key = np.sort(self.base[obj] + tgt)
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        cnt = np.diff(np.append(first, key.size))
+        key = key[first].astype(np.int64)
         i = np.searchsorted(self.base, key, side="right") - 1
         jl = key - self.base[i]
         hit = jl > 0
@@ -247,7 +250,7 @@ def _predict(pos, frame, objects, conf_i, conf_disp, n_conf, k):
     sep = 4.0 * (np.ptp(pos, axis=0).max() + 1.0)
     pts = np.c_[pos, frame * sep]
     kmax = int(kk_pair[frame[objects]].max())
-    _, nb = cKDTree(pts[conf_i]).query(pts[objects], k=kmax)
+    _, nb = cKDTree(pts[conf_i], balanced_tree=False, compact_nodes=False).query(pts[objects], k=kmax)  # faster to build and query here
     nb = nb.reshape(objects.size, kmax)
     kk = kk_pair[frame[objects]]
     for size in np.unique(kk):  # objects whose frame has the same number of confident neighbours
