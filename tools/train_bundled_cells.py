@@ -283,15 +283,15 @@ def main() -> int:
     test_items = [p for p in pairs if p.name in TEST]
     data_text = (f"`shared/data/cells_usiigaci_phase/train` (Usiigaci training crops, 512×512 phase contrast, "
                  f"uint16, manual outlines; MIT): {len(train_items)} crops for training/validation.")
-    failures = ("A weak model: three training crops (~90 cells) limit it more than the epochs; on the held-out "
-                "crop it finds about twice as many objects as there are (fragments of flat cells, halo pieces) and "
-                "its outlines are loose (low AP@0.75). Use it as a base for fine-tuning "
-                "(`ijtorch train images/ labels/ --base-model cells_phase --output my-cells`). "
-                "Trained on four 512×512 crops of one microscope and cell line (Usiigaci): expect it to need "
-                "fine-tuning for other magnifications, cell types and phase optics. Flat, faint cell edges "
-                "(lamellipodia) are cut off or merged into a neighbour where the boundary is not visible; "
-                "clusters of touching rounded (mitotic) cells with bright halos can merge; debris and halo "
-                "fragments can appear as small objects. Held-out evaluation is on one crop only.")
+    failures = ("A small model from a tiny training set (the 512×512 crops above, about 100 cells, of one microscope "
+                "and cell line, Usiigaci): use it as a base for fine-tuning on a few annotated images of your own cells "
+                "(`ijtorch train images/ labels/ --base-model cells_phase --output my-cells`); expect other "
+                "magnifications, cell types and phase optics to need it. On the held-out crop most errors are "
+                "extra objects where nobody annotated a cell: faint, out-of-focus or detached cells and the halo "
+                "region around them are segmented as cells. Flat, faint cell edges (lamellipodia) are cut off or "
+                "given to a neighbour where no boundary is visible, so outlines are loose (AP@0.75 far below "
+                "AP@0.5); clusters of touching rounded (mitotic) cells with bright halos can merge. Held-out "
+                "evaluation is on one crop only: a few objects move the figures.")
     return run("cells_phase", "phase-contrast whole cells", data_text, train_items, test_items, args,
                "nice -n 10 python tools/train_bundled_cells.py --minutes 30 [--resume]", failures)
 
