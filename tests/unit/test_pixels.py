@@ -187,10 +187,52 @@ def test_strokes_become_class_masks():
 
 def test_features_are_rotation_consistent_and_shaped():
     x = np.random.default_rng(0).random((40, 40)).astype(np.float32)
-    f = pixel_features(x)
-    assert f.shape == (21, 40, 40) and f.dtype == np.float32
+    f = pixel_features(x)  # 4 scales x (smoothed, gradient, LoG, 2 Hessian eigenvalues, local std) + the image
+    assert f.shape == (25, 40, 40) and f.dtype == np.float32
+    assert pixel_features(x, (1.0, 2.0, 4.0, 8.0), local_std=False).shape == (21, 40, 40)  # the earlier features
     g = pixel_features(np.rot90(x).copy())
-    np.testing.assert_allclose(np.rot90(f[[0, 1, 2, 3]], axes=(1, 2)), g[[0, 1, 2, 3]], atol=1e-5)
+    rotation_invariant = [0, 1, 2, 3, 6, 12]  # image, smoothed, gradient magnitude, LoG, local std (0.5, 1)
+    np.testing.assert_allclose(np.rot90(f[rotation_invariant], axes=(1, 2)), g[rotation_invariant], atol=1e-5)
+
+
+def test_local_std_is_the_texture_of_the_neighbourhood():
+    """Grainy and flat regions of the same mean: the local standard deviation tells them apart
+    (the smoothed image does not), and a gain scales it without an offset."""
+    rng = np.random.default_rng(1)
+    x = np.full((64, 128), 0.5, np.float32)
+    x[:, 64:] += rng.choice([-0.3, 0.3], size=(64, 64)).astype(np.float32)
+    f = pixel_features(x)
+    std_1 = f[1 + 6 + 5]  # scale 1's local std (scale 0.5 comes first, 6 features each)
+    assert std_1[:, 8:56].max() < 1e-3 and std_1[:, 72:120].min() > 0.08 and std_1[:, 72:120].mean() > 0.25
+    np.testing.assert_allclose(pixel_features(2 * x + 1)[1 + 6 + 5], 2 * std_1, rtol=1e-3, atol=1e-4)
+
+
+def test_folders_without_local_std_keep_their_features(trained, tmp_path):
+    """A model saved before the local standard deviation existed (config features without
+    ``local_std``: scales 1-8, 21 features) loads and predicts with exactly those features."""
+    import json
+
+    from ijtorch.models.pixel_classifier import LEGACY_SIGMAS, build_net, normalize_plane
+    from ijtorch.models.store import save_model_dir
+
+    out, _ = trained
+    model = PixelClassifierModel.load(out)
+    assert model.local_std and model.config["features"]["local_std"] is True
+    config = json.loads(json.dumps({k: v for k, v in model.config.items() if k != "shift"}))
+    config["features"] = {"kind": "multiscale"}  # neither sigmas nor local_std
+    config["architecture"]["n_features"] = 21
+    torch.manual_seed(0)
+    net = build_net(config["architecture"])
+    save_model_dir(tmp_path / "legacy", net.state_dict(), config)
+    legacy = PixelClassifierModel.load(tmp_path / "legacy")
+    assert legacy.sigmas == LEGACY_SIGMAS and not legacy.local_std
+    image, _ = _blobs(3)
+    normalized = normalize_plane(image[None], legacy.config["normalization"])
+    feats = torch.from_numpy(np.array(pixel_features(normalized, LEGACY_SIGMAS, local_std=False)))
+    assert feats.shape[0] == 21
+    with torch.inference_mode():
+        expected = torch.softmax(net.forward_maps(feats[None]), 1)[0].numpy()
+    np.testing.assert_allclose(legacy.predict_proba(image), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------ the auto-context stage
@@ -241,7 +283,7 @@ def test_two_stage_folder_round_trip_tiling_and_warm_start(two_stage):
     out, summary = two_stage
     cfg = read_config(out)
     assert cfg["context"]["sigmas"] == [0.0, 2.0, 4.0, 8.0, 16.0]
-    assert cfg["context"]["architecture"]["n_features"] == 21 + 2 * 5
+    assert cfg["context"]["architecture"]["n_features"] == 25 + 2 * 5
     md = load_model_dir(out)
     assert any(k.startswith("context.") for k in md.state_dict)
     loaded = PixelClassifierModel.load(out)
@@ -266,7 +308,7 @@ def test_two_stage_folder_round_trip_tiling_and_warm_start(two_stage):
     ann3 = ann.copy()
     ann3[:2, :2] = 3
     s3 = train_pixels([img], [ann3], output=None, base_model=out, classes=["a", "b", "c"], steps=2, device="cpu")
-    assert s3["model"].config["context"]["architecture"]["n_features"] == 21 + 3 * 5
+    assert s3["model"].config["context"]["architecture"]["n_features"] == 25 + 3 * 5
     assert s3["model"].predict_proba(image).shape == (3, 150, 254)
 
 

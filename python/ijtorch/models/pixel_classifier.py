@@ -2,8 +2,9 @@
 
 The model sees an image through a fixed stack of multiscale filter responses
 (:func:`pixel_features`: the image, and at each of several scales the smoothed image, gradient
-magnitude, Laplacian of Gaussian and the two Hessian eigenvalues: the features Trainable Weka
-Segmentation, Labkit and ilastik use), standardised, and a small multilayer perceptron
+magnitude, Laplacian of Gaussian and the two Hessian eigenvalues, the features Trainable Weka
+Segmentation, Labkit and ilastik use, plus the local standard deviation), standardised, and a small
+multilayer perceptron
 (:class:`PixelHead`) maps them to ``C`` class logits per pixel. Training therefore only needs the
 features of the annotated pixels, and a few hundred steps take about a second on a CPU core.
 A small U-Net (base 16, depth 2) on the same features, trained on 64² patches around the
@@ -12,6 +13,19 @@ strokes, was measured too (phase-contrast cells, seed 0): mean Dice 0.578 vs the
 per-pixel head is the model. Training adds feature-space intensity augmentation
 (:mod:`ijtorch.train.pixels_train`), which is what lifts it above the random forest on held-out
 images.
+
+Feature choice, measured on ``benchmarks/bench_pixels.py`` (seeds 0 and 1, mean per-class Dice on
+held-out images minus the random forest's, nuclei / cells): scales 1, 2, 4, 8 without local standard
+deviation (the earlier default) +0.002 / +0.035; adding it +0.017 / +0.040; scales 0.5, 1, 2, 4 with
+it +0.029 / +0.043 (with the class-weight change in :mod:`ijtorch.train.pixels_train` +0.032 /
++0.041): the default. Scale 16 (or 8 and 16 beside 0.5) lost 0.03-0.06 on nuclei: strokes on two
+images teach a wide context that does not carry over. Structure-tensor eigenvalues, differences of
+Gaussians, the second derivative along the gradient, scales √2 apart, a wider head (64×64), twice the
+steps, label smoothing, feature dropout, stroke-centre weighting and self-training on confident
+unannotated pixels each moved the mean by < 0.01 (within the seed-to-seed noise). The same head
+trained on dense labels of the same two images scores +0.087 / +0.080: what limits it is how few and
+how unrepresentative the strokes are (none in the background right next to an object), not the
+features.
 
 Auto-context stage (optional, ``train_pixels(..., context=True)``; ilastik's autocontext and Weka's
 iterative approach): a second head (:class:`PixelHead`, ``context_network``) takes the pixel's
@@ -32,12 +46,13 @@ folders without them (every pixel model saved before it existed) load and predic
 Class label maps use ``1..C`` for the classes (``0`` is "unannotated" in training annotations and
 never predicted). :class:`PixelClassifierModel` is saved as a model directory of
 ``model_type="pixel_classifier"`` (config: ``classes``, ``channels``, ``features``,
-``architecture``, ``normalization``, ``tiling``, optional ``context``); the builder is registered when this module is
-imported, and :func:`ijtorch.models.store.load_model` imports it for that model type.
+``architecture``, ``normalization``, ``tiling``, optional ``context``; ``features``: ``sigmas`` and
+``local_std``, absent in folders saved before it: those get the earlier features, scales 1-8
+without it); the builder is registered when this module is imported, and :func:`ijtorch.models.store.load_model` imports it for that model type.
 
 Tiled inference: the image is normalised as a whole, then features and head run on overlapping
 tiles stitched with ``blend="crop"`` (each pixel from the tile whose core holds it). The largest
-filter reaches ``3 * max(sigmas)`` = 24 px and the head is per pixel, so with the 64-px overlap a
+filter reaches ``3 * max(sigmas)`` = 12 px (24 px for models with the earlier scales) and the head is per pixel, so with the 64-px overlap a
 tiled prediction equals the whole-image one. With the context stage, the first stage's
 probabilities are stitched over the whole plane, smoothed there, and passed to the tiled context
 stage as extra input channels, so it too equals the whole-image prediction.
@@ -59,43 +74,51 @@ from ijtorch.errors import ModelError
 
 from .folder import ModelDir, load_model_dir, save_model_dir
 
-__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
+__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "features_per_sigma", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
            "n_context_features", "PixelClassifierModel", "PixelHead", "build_net"]
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "pixel_classifier"
-DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-FEATURES_PER_SIGMA = 5  # smoothed, gradient magnitude, LoG, two Hessian eigenvalues
+DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+LEGACY_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # models saved before local_std (config without it)
+FEATURES_PER_SIGMA = 5  # smoothed, gradient magnitude, LoG, two Hessian eigenvalues (+1 with local_std)
 DEFAULT_CONTEXT_SIGMAS: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)
 CONTEXT_PREFIX = "context."  # state-dict keys of the context stage's head
 
 
-def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
+def features_per_sigma(local_std: bool = True) -> int:
+    """Feature channels per scale and image channel."""
+    return FEATURES_PER_SIGMA + int(bool(local_std))
+
+
+def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True) -> int:
     """Feature channels for an image of ``n_channels`` channels."""
-    return n_channels * (1 + FEATURES_PER_SIGMA * len(sigmas))
+    return n_channels * (1 + features_per_sigma(local_std) * len(sigmas))
 
 
-def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS) -> np.ndarray:
+def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True) -> np.ndarray:
     """Multiscale filter responses of a normalised ``(C, Y, X)`` (or ``(Y, X)``) plane.
 
     Per channel: the image itself, then for each ``sigma``: Gaussian smoothing ``G`` (borders
     reflected, truncated at 3 sigma), its gradient magnitude and the ``sigma²``-scaled Laplacian and
     two Hessian eigenvalues (ridges and blobs), the derivatives taken by central differences of
-    ``G``. Returns float32 ``(n_features(C), Y, X)``. The last result is cached (keyed by the
-    data's hash), so training and predicting on the same image compute it once.
+    ``G``, and with ``local_std`` the local standard deviation ``sqrt(G(I²) - G(I)²)`` (texture: it
+    tells a grainy region from a flat one of the same mean). Returns float32
+    ``(n_features(C, sigmas, local_std), Y, X)``. The last result is cached (keyed by the data's
+    hash), so training and predicting on the same image compute it once.
     """
     x = np.ascontiguousarray(image, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"image has shape {np.shape(image)}; expected (Y, X) or (C, Y, X)")
-    key = (hashlib.sha1(x.data).hexdigest(), x.shape, tuple(float(s) for s in sigmas))
+    key = (hashlib.sha1(x.data).hexdigest(), x.shape, tuple(float(s) for s in sigmas), bool(local_std))
     with _CACHE_LOCK:
         hit = _FEATURE_CACHE.get(key)
     if hit is not None:
         return hit
-    out = _compute_features(x, sigmas)
+    out = _compute_features(x, sigmas, bool(local_std))
     out.setflags(write=False)
     if out.nbytes <= _CACHE_MAX_BYTES:
         with _CACHE_LOCK:
@@ -109,10 +132,11 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_MAX_BYTES = 512 << 20
 
 
-def _compute_features(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
+def _compute_features(x: np.ndarray, sigmas: Sequence[float], local_std: bool) -> np.ndarray:
     from scipy import ndimage as ndi
 
-    out = np.empty((n_features(x.shape[0], sigmas),) + x.shape[1:], np.float32)
+    per_sigma = features_per_sigma(local_std)
+    out = np.empty((n_features(x.shape[0], sigmas, local_std),) + x.shape[1:], np.float32)
     k = 0
     small = min(x.shape[1:]) < 2
     for plane in x:
@@ -122,9 +146,12 @@ def _compute_features(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
             s = float(s)
             g = ndi.gaussian_filter(plane, s, mode="reflect", truncate=3.0)
             out[k] = g
+            if local_std:
+                second = ndi.gaussian_filter(plane * plane, s, mode="reflect", truncate=3.0)
+                out[k + FEATURES_PER_SIGMA] = np.sqrt(np.maximum(second - g * g, 0.0))
             if small:
                 out[k + 1:k + FEATURES_PER_SIGMA] = 0
-                k += FEATURES_PER_SIGMA
+                k += per_sigma
                 continue
             gy, gx = np.gradient(g)
             gyy, gyx = np.gradient(gy)
@@ -136,7 +163,7 @@ def _compute_features(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
             out[k + 2] = tr
             out[k + 3] = tr * 0.5 + root
             out[k + 4] = tr * 0.5 - root
-            k += FEATURES_PER_SIGMA
+            k += per_sigma
     return out
 
 
@@ -273,7 +300,7 @@ class PixelClassifierModel:
         for plane in planes:
             x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
                                 self.config.get("normalization", {}))
-            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas)))[None])  # a copy: cached arrays are read-only
+            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas, self.local_std)))[None])  # a copy: cached arrays are read-only
             h, w = x.shape[1:]
             for i, y0 in enumerate(range(0, max(h - block, 0) + 1, block)):
                 for j, x0 in enumerate(range(0, max(w - block, 0) + 1, block)):
@@ -369,7 +396,14 @@ class PixelClassifierModel:
 
     @property
     def sigmas(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in self.config.get("features", {}).get("sigmas", DEFAULT_SIGMAS))
+        features = self.config.get("features", {})
+        default = DEFAULT_SIGMAS if features.get("local_std") else LEGACY_SIGMAS
+        return tuple(float(s) for s in features.get("sigmas", default))
+
+    @property
+    def local_std(self) -> bool:
+        """Whether the features include the local standard deviation (models saved before it: no)."""
+        return bool(self.config.get("features", {}).get("local_std", False))
 
     @property
     def context_sigmas(self) -> tuple[float, ...] | None:
@@ -385,11 +419,11 @@ class PixelClassifierModel:
             x = x[None]
         if x.ndim != 3 or x.shape[0] != self.n_channels:
             raise ValueError(f"the model expects {self.n_channels} channel(s) (Y, X) / (C, Y, X); got shape {np.shape(plane)}")
-        return pixel_features(normalize_plane(x, self.config.get("normalization", {})), self.sigmas)
+        return pixel_features(normalize_plane(x, self.config.get("normalization", {})), self.sigmas, self.local_std)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Normalised ``(B, C, Y, X)`` tiles → class probabilities ``(B, n_classes, Y, X)``."""
-        feats = np.stack([pixel_features(t, self.sigmas) for t in batch])
+        feats = np.stack([pixel_features(t, self.sigmas, self.local_std) for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
             collector = getattr(self._shift_local, "collector", None)
@@ -400,7 +434,7 @@ class PixelClassifierModel:
     def _forward_context(self, batch: np.ndarray) -> np.ndarray:
         """Tiles of the normalised image with the context features appended as channels → probabilities."""
         nc = self.n_channels
-        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas), t[nc:]])
+        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas, self.local_std), t[nc:]])
                           for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
