@@ -49,7 +49,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ._mask_assign import _assign, _pair_groups, _used
-from ._mask_motion import MoviePixels, motion
+from ._mask_motion import MoviePixels, motion, pixel_runs
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +68,38 @@ class MaskLinks:
     estimated: dict
 
 
-def object_shapes(lab: np.ndarray, labels: np.ndarray, scale: np.ndarray, *,
-                  pixels: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def object_shapes(lab: np.ndarray | None, labels: np.ndarray, scale: np.ndarray, *,
+                  runs: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Long axis (unit vector, x y z), length (√12·σ along the axis) and elongation of each object.
 
     ``lab`` is one frame (YX or ZYX), ``labels`` the sorted object labels of that frame, ``scale``
-    the pixel size per axis of ``lab`` (physical units); ``pixels`` = (object index, coordinates per
-    axis) of the foreground pixels if already known.
+    the pixel size per axis of ``lab`` (physical units); ``runs`` = the objects' runs of pixels
+    (:func:`~ijtorch.tasks._mask_motion.pixel_runs`, object = index into ``labels``) if already known.
     """
     n = labels.size
-    if pixels is None:
+    if runs is None:
         idx = np.flatnonzero(lab)
-        pixels = (np.searchsorted(labels, lab.ravel()[idx]), np.unravel_index(idx, lab.shape))
-    obj = pixels[0]
-    coords = [c * s for c, s in zip(pixels[1], scale)]
-    cnt = np.maximum(np.bincount(obj, minlength=n), 1).astype(np.float64)
-    mean = [np.bincount(obj, c, minlength=n) / cnt for c in coords]
-    d = len(coords)
+        runs = pixel_runs(idx, np.searchsorted(labels, lab.ravel()[idx]), (1, *lab.shape))
+    obj, first, length = runs
+    d = len(first)
+    # moments in pixel units summed run by run in closed form (exact integers): a run along the last
+    # axis from x0 to x1 has Σx = (x0 + x1)·len / 2 and Σx² = S(x1) − S(x0 − 1), S(k) = k(k+1)(2k+1)/6
+    x0 = first[-1]
+    x1 = x0 + length - 1
+    sq = lambda k: k * (k + 1) * (2 * k + 1) // 6
+    run_sum = [c * length for c in first[:-1]] + [(x0 + x1) * length // 2]
+    cnt = np.maximum(np.bincount(obj, length, minlength=n), 1)
+    mean = [np.bincount(obj, v, minlength=n) / cnt for v in run_sum]
     cov = np.zeros((n, 3, 3))
     for a in range(d):
         for b in range(a, d):
-            v = np.bincount(obj, coords[a] * coords[b], minlength=n) / cnt - mean[a] * mean[b]
+            if b < d - 1:
+                prod = first[a] * first[b] * length
+            elif a < d - 1:
+                prod = first[a] * run_sum[-1]
+            else:
+                prod = sq(x1) - sq(x0 - 1)
+            v = (np.bincount(obj, prod, minlength=n) / cnt - mean[a] * mean[b]) * (scale[a] * scale[b])
             # axes of lab are (z,) y, x; store the matrix in x, y, z order
             ia, ib = d - 1 - a, d - 1 - b
             cov[:, ia, ib] = cov[:, ib, ia] = v
@@ -156,7 +167,7 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     nf = det.n_frames
     starts = np.searchsorted(frame, np.arange(nf + 1))
     mp = MoviePixels(lab, frame, s["label"], starts)
-    axis, length, elong = object_shapes(None, np.arange(len(frame)), scale, pixels=(mp.obj, mp.coords))
+    axis, length, elong = object_shapes(None, np.arange(len(frame)), scale, runs=mp.runs)
     radius = float(np.median(s["radius"])) if len(frame) else 1.0
     px = float(scale.max())
     # ---- all frame pairs at once: overlaps after the predicted motion, confident links

@@ -31,34 +31,31 @@ class MoviePixels:
         pix_starts = np.searchsorted(self.flat, np.arange(nf + 1) * self.plane)
         self.frame_pixels = np.diff(pix_starts)  # foreground pixels per frame
         pix_frame = np.repeat(np.arange(nf, dtype=np.int64), self.frame_pixels)
-        value = lab.ravel()[self.flat].astype(np.int64)
-        width = int(labels.max()) + 1 if n else 1
+        self.labels = lab.ravel()  # the overlaps look the objects of the next frame up by label
+        value = self.labels[self.flat].astype(np.int64)
+        self.width = width = int(labels.max()) + 1 if n else 1
+        # labels sorted within each frame (detect_labels): (frame, label) keys are sorted
+        self.frame_label = frame * width + labels.astype(np.int64)
         if nf * width <= 4 * max(self.flat.size, n, 1):  # a lookup table (frame, label) -> detection
             lut = np.full(nf * width, -1, np.int64)
-            lut[frame * width + labels] = np.arange(n)
+            lut[self.frame_label] = np.arange(n)
             self.obj = lut[pix_frame * width + value]
-        else:  # labels sorted within each frame (detect_labels): (frame, label) keys are sorted
-            self.obj = np.searchsorted(frame * width + labels.astype(np.int64), pix_frame * width + value)
-        # the stack painted with each object's index within its frame + 1 (0 = background)
-        self.index = np.zeros(lab.shape, np.int32)
-        self.index.ravel()[self.flat] = self.obj - starts[pix_frame] + 1
-        self.coords = _unravel(self.flat - pix_frame * self.plane, self.shape)  # within the frame
-        # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test; from
-        # the ends of the runs of an object's pixels along a row (a few times fewer than its pixels)
-        first = np.ones(self.flat.size, bool)
-        first[1:] = (self.obj[1:] != self.obj[:-1]) | (np.diff(self.flat) != 1) | (self.coords[-1][1:] == 0)
-        run_first = np.flatnonzero(first)
-        run_last = np.append(run_first[1:], self.flat.size) - 1
-        run_obj = self.obj[run_first]
-        self.lo = np.stack([_group(np.minimum, run_obj, c[run_first], n, np.iinfo(np.int64).max) for c in self.coords], 1)
-        self.hi = np.stack([_group(np.maximum, run_obj, c[run_last], n, -1) for c in self.coords], 1)
+        else:
+            self.obj = np.searchsorted(self.frame_label, pix_frame * width + value)
+        # runs of an object's pixels along a row: the shapes and bounding boxes come from their ends
+        self.runs = pixel_runs(self.flat, self.obj, lab.shape)
+        run_obj, first, length = self.runs
+        last = first[:-1] + (first[-1] + length - 1,)
+        # bounding box per object: a shift that keeps it inside its frame needs no per-pixel test
+        self.lo = np.stack([_group(np.minimum, run_obj, c, n, np.iinfo(np.int64).max) for c in first], 1)
+        self.hi = np.stack([_group(np.maximum, run_obj, c, n, -1) for c in last], 1)
         self.frame, self.starts = frame, starts
         # pixels of the frames that have a next frame (all but the last: the lists are in frame order)
         self.n_src = int(pix_starts[max(nf - 1, 0)])
-        # (object of t, object of t+1 or background) pairs numbered compactly, pair after pair (small
-        # keys sort faster): object i of frame t owns the keys base[i] .. base[i] + count[t+1]
-        count = np.diff(starts)
-        per_obj = np.append(count[1:], 0)[frame] + 1
+        # (object of t, label at t+1 or background) pairs numbered compactly, pair after pair (small
+        # keys sort faster): object i of frame t owns the keys base[i] .. base[i] + the top label at t+1
+        top = np.where(np.diff(starts) > 0, labels[np.maximum(starts[1:] - 1, 0)], 0) if n else np.zeros(nf, np.int64)
+        per_obj = np.append(top[1:], 0)[frame] + 1
         self.base = np.concatenate([[0], np.cumsum(per_obj)[:-1]]).astype(
             np.int32 if per_obj.sum() < 2 ** 31 else np.int64)
 
@@ -71,7 +68,7 @@ class MoviePixels:
             pick = objects[obj]
             flat, obj = flat[pick], obj[pick]
         if not shift_px.any():
-            tgt = self.index.ravel()[flat + self.plane]
+            tgt = self.labels[flat + self.plane]
         else:
             strides = np.r_[np.cumprod(self.shape[:0:-1])[::-1], 1]
             offset = shift_px @ strides + self.plane  # per object, in flat pixels of the stack: the next frame
@@ -80,24 +77,40 @@ class MoviePixels:
             if not ok.all():  # objects leaving the frame: test their pixels
                 part = np.flatnonzero(~ok)
                 at = part if pick is None else np.flatnonzero(pick)[part]
+                coords = _unravel(self.flat[at] % self.plane, self.shape)
                 good = np.ones(part.size, bool)
                 for ax in range(self.shape.size):
-                    c = self.coords[ax][at] + shift_px[obj[part], ax]
+                    c = coords[ax] + shift_px[obj[part], ax]
                     good &= (c >= 0) & (c < self.shape[ax])
                 ok[part[good]] = True
                 flat, obj = flat[ok], obj[ok]
-            tgt = self.index.ravel()[flat + offset[obj]]
-        # count the (object, object of the next frame + 1) pairs in one pass (0 = background): one sort,
+            tgt = self.labels[flat + offset[obj]]
+        # count the (object, label at the next frame) pairs in one pass (0 = background): one sort,
         # in 32 bits where the keys fit (about twice as fast as 64)
         key = np.sort(self.base[obj] + tgt)
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         cnt = np.diff(np.append(first, key.size))
         key = key[first].astype(np.int64)
         i = np.searchsorted(self.base, key, side="right") - 1
-        jl = key - self.base[i]
-        hit = jl > 0
+        label = key - self.base[i]
+        hit = label > 0
         i = i[hit]
-        return i, self.starts[self.frame[i] + 1] + jl[hit] - 1, cnt[hit].astype(np.float64)
+        j = np.searchsorted(self.frame_label, (self.frame[i] + 1) * self.width + label[hit])
+        return i, j, cnt[hit].astype(np.float64)
+
+
+def pixel_runs(flat: np.ndarray, obj: np.ndarray, shape: tuple) -> tuple:
+    """Runs of consecutive pixels of one object along the last axis: (object, coordinates of the first
+    pixel per axis of ``shape`` except the first, length). ``flat``: sorted flat indices of the
+    foreground pixels of an array of ``shape`` (a movie or one frame), ``obj`` their objects."""
+    plane = int(np.prod(shape[1:]))
+    if flat.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, tuple(z for _ in shape[1:]), z
+    cont = (obj[1:] == obj[:-1]) & (np.diff(flat) == 1) & (flat[1:] % shape[-1] != 0)
+    start = np.flatnonzero(np.r_[True, ~cont])
+    length = np.diff(np.append(start, flat.size))
+    return obj[start], _unravel(flat[start] % plane, np.asarray(shape[1:])), length
 
 
 def _unravel(flat: np.ndarray, shape: np.ndarray) -> tuple:
