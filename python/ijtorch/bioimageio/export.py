@@ -92,8 +92,7 @@ or import this package into ijtorch and run `ijtorch segment`.
     "unet_watershed": """## How to finish: seeded watershed (not expressible in the spec)
 
 Output `probabilities` has channels background, boundary, interior (softmax). Foreground =
-`1 - p_background > {fg_threshold}`; seeds = connected components of `p_interior > {seed_threshold}` with at
-least {min_seed_size} pixels; watershed of `1 - p_interior` from the seeds inside the foreground
+`1 - p_background > {fg_threshold}`{fill}; seeds = {seeds}; watershed of `1 - p_interior` from the seeds inside the foreground
 (scikit-image `segmentation.watershed`); foreground components without a seed become objects; objects
 under {min_size} pixels are removed. In ijtorch: `ijtorch.models.unet_watershed.postprocess`, or
 import this package and run `ijtorch segment`.
@@ -270,7 +269,13 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
                      size_min=tuple(max(32, m) for m in mult), size_step=mult, halo=(16, 16),
                      tags=["unet", "instance-segmentation", "semantic-segmentation", "watershed", "2d"]
                      + _modality_tags(cfg), cite=["unet"])
-        plan.finish = _FINISH["unet_watershed"].format(**model.postprocess.model_dump())
+        pp = model.postprocess.model_dump()
+        seeds = (f"h-maxima (height {pp['seed_h']} px) of the distance transform, Gaussian-smoothed by "
+                 f"{pp['seed_sigma']} px, of `p_interior > {pp['seed_threshold']}`" if pp["seed_method"] == "distance"
+                 else f"connected components of `p_interior > {pp['seed_threshold']}` with at least "
+                      f"{pp['min_seed_size']} pixels")
+        plan.finish = _FINISH["unet_watershed"].format(
+            **pp, seeds=seeds, fill=" with its holes filled" if pp["fill_holes"] else "")
         norm = {"low": model.normalize.low, "high": model.normalize.high}
         plan.preprocessing = [_percentile_pre(spec, norm, ["y", "x"], 1e-20)]
         return plan
