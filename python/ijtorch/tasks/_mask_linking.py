@@ -49,7 +49,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ._mask_assign import _assign, _pair_groups, _used
-from ._mask_motion import MoviePixels, motion, pixel_runs
+from ._mask_motion import MoviePixels, _unravel, label_runs, motion
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,14 @@ def object_shapes(lab: np.ndarray | None, labels: np.ndarray, scale: np.ndarray,
     """Long axis (unit vector, x y z), length (√12·σ along the axis) and elongation of each object.
 
     ``lab`` is one frame (YX or ZYX), ``labels`` the sorted object labels of that frame, ``scale``
-    the pixel size per axis of ``lab`` (physical units); ``runs`` = the objects' runs of pixels
-    (:func:`~ijtorch.tasks._mask_motion.pixel_runs`, object = index into ``labels``) if already known.
+    the pixel size per axis of ``lab`` (physical units); ``runs`` = the objects' runs of pixels along
+    the last axis if already known: (object = index into ``labels``, coordinates of the first pixel
+    per axis, length).
     """
     n = labels.size
     if runs is None:
-        idx = np.flatnonzero(lab)
-        runs = pixel_runs(idx, np.searchsorted(labels, lab.ravel()[idx]), (1, *lab.shape))
+        first, last, value = label_runs(lab)
+        runs = (np.searchsorted(labels, value), _unravel(first, np.asarray(lab.shape)), last - first + 1)
     obj, first, length = runs
     d = len(first)
     # moments in pixel units summed run by run in closed form (exact integers): a run along the last
