@@ -195,6 +195,16 @@ def test_features_are_rotation_consistent_and_shaped():
     np.testing.assert_allclose(np.rot90(f[rotation_invariant], axes=(1, 2)), g[rotation_invariant], atol=1e-5)
 
 
+def test_feature_cache_keeps_several_images():
+    """Training on two images, then the shift reference and prediction on the same images, reuse
+    the features of both (a one-entry cache made them evict each other)."""
+    rng = np.random.default_rng(2)
+    a, b = rng.random((2, 48, 48)).astype(np.float32)
+    fa, fb = pixel_features(a), pixel_features(b)
+    assert pixel_features(a.copy()) is fa and pixel_features(b) is fb
+    assert pixel_features(a, local_std=False) is not fa and not fa.flags.writeable
+
+
 def test_local_std_is_the_texture_of_the_neighbourhood():
     """Grainy and flat regions of the same mean: the local standard deviation tells them apart
     (the smoothed image does not), and a gain scales it without an offset."""

@@ -105,8 +105,10 @@ def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, 
     two Hessian eigenvalues (ridges and blobs), the derivatives taken by central differences of
     ``G``, and with ``local_std`` the local standard deviation ``sqrt(G(I²) - G(I)²)`` (texture: it
     tells a grainy region from a flat one of the same mean). Returns float32
-    ``(n_features(C, sigmas, local_std), Y, X)``. The last result is cached (keyed by the data's
-    hash), so training and predicting on the same image compute it once.
+    ``(n_features(C, sigmas, local_std), Y, X)``. The latest results (up to ``_CACHE_MAX_BYTES``
+    together) are cached, keyed by the data's hash, so training, the dataset-shift reference and
+    predicting on the same images compute them once (with one entry, two training images evicted
+    each other and the reference computed both again: ~0.3 s of a ~2.5 s training).
     """
     x = np.ascontiguousarray(image, dtype=np.float32)
     if x.ndim == 2:
@@ -115,15 +117,18 @@ def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, 
         raise ValueError(f"image has shape {np.shape(image)}; expected (Y, X) or (C, Y, X)")
     key = (hashlib.sha1(x.data).hexdigest(), x.shape, tuple(float(s) for s in sigmas), bool(local_std))
     with _CACHE_LOCK:
-        hit = _FEATURE_CACHE.get(key)
+        hit = _FEATURE_CACHE.pop(key, None)
+        if hit is not None:
+            _FEATURE_CACHE[key] = hit  # now the newest
     if hit is not None:
         return hit
     out = _compute_features(x, sigmas, bool(local_std))
     out.setflags(write=False)
     if out.nbytes <= _CACHE_MAX_BYTES:
         with _CACHE_LOCK:
-            _FEATURE_CACHE.clear()
             _FEATURE_CACHE[key] = out
+            while sum(v.nbytes for v in _FEATURE_CACHE.values()) > _CACHE_MAX_BYTES:
+                _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))  # the oldest first (dicts keep insertion order)
     return out
 
 
