@@ -262,7 +262,7 @@ def segment(
         Override the model's tuned thresholds (in [0, 1]).
     tile_size : int, optional
         Tile edge in pixels (voxels along every axis for a 3D model) for tiled prediction (bigger is
-        faster, needs more memory); default: 512 for 2D models, the model's stored tiling for 3D.
+        faster, needs more memory); default: 1024 for 2D models, the model's stored tiling for 3D.
     overlap : int, optional
         Tile overlap in pixels; must exceed the largest object's diameter; default: 96 for 2D
         models, the model's stored overlap for 3D.
