@@ -248,7 +248,7 @@ def train_pixel_classifier(
         Optimisation: Adam on minibatches of ``batch_size`` annotated pixels, learning rate decayed by
         a cosine to 5 % over ``steps``. Learning rate 1e-2 rather than 3e-3 (seeds 0-1 of the
         benchmark: mean Dice on held-out images nuclei +0.000, cells +0.009; 1e-3 under-fits in 300
-        steps: -0.032 / -0.013; 2e-2 -0.005 / +0.000; 500 steps at 1e-2 -0.006 / +0.002).
+        steps: -0.032 / -0.022; 2e-2 -0.005 / +0.000; 500 steps at 1e-2 -0.006 / +0.002).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     augment : bool
