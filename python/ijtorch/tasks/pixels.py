@@ -207,14 +207,16 @@ def train_pixels(
     axes: str = "YX",
     classes: Sequence[str] | None = None,
     base_model: str | os.PathLike | Any | None = None,
-    steps: int = 200,
+    steps: int = 300,
     **options: Any,
 ) -> dict[str, Any]:
     """Train (or warm-start with ``base_model``) a pixel classifier.
 
     ``images``/``annotations``: equal-length sequences of arrays, or two folders of same-named
     TIFFs (annotation TIFFs: class values, 0 = unannotated). Other options: see
-    :func:`ijtorch.train.pixels_train.train_pixel_classifier`. Returns its summary dict.
+    :func:`ijtorch.train.pixels_train.train_pixel_classifier`. Returns its summary dict. ``steps``
+    defaults to 300 as there and in the ``ijtorch Train Pixel Classifier`` command (the
+    benchmarked recipe).
     """
     from ijtorch.train.pixels_train import train_pixel_classifier
 
