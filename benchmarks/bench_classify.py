@@ -10,6 +10,8 @@ split, for model selection and temperature scaling, out of the training fold onl
 Compared in the same run:
 (a) ``ijtorch.tasks.classify.train_classifier`` with its default recipe (what the CLI
 ``train-classifier`` and the Fiji command use), predictions by ``ijtorch.tasks.classify.classify``;
+when the recipe is an ensemble, also its first member alone (the same network trained with the
+same seed as a 1-member model, i.e. the single-network recipe; its time is that member's training);
 (b) scikit-learn on per-cell hand-crafted features: per channel intensity statistics (mean,
 std, min, max, 10/50/90th percentiles, mean gradient magnitude) and regionprops of the Otsu mask
 of the DNA channel (area, perimeter, eccentricity, solidity, axis lengths, per-channel mean and
@@ -41,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "classify_jurkat_cellcycle" / "train.npz"
 CNN = "ijtorch CNN"
+FIRST = "ijtorch CNN, first member alone"
 
 
 def handcrafted_features(images: np.ndarray) -> np.ndarray:
@@ -95,6 +98,21 @@ def baselines(seed: int, threads: int) -> dict:
     }
 
 
+def first_member_logits(model_dir: str, images: np.ndarray) -> np.ndarray | None:
+    """Test-time-augmented logits of the first member of an ensemble classifier (None: one network)."""
+    import torch
+
+    from ijtorch.models.classifier import ClassifierModel
+
+    model = ClassifierModel.load(model_dir)
+    if model.net.members is None:
+        return None
+    first = model.net.members[0]
+    with torch.inference_mode():
+        t = torch.from_numpy(model.prepare(images))
+        return first.logits_from_features(first.features(t, dihedral=True)).numpy()
+
+
 def print_confusion(classes: list[str], cm: np.ndarray) -> None:
     width = max(len(c) for c in classes)
     print(" " * (width + 2) + " ".join(f"{c[:5]:>5}" for c in classes) + "   recall")
@@ -132,11 +150,11 @@ def main() -> None:
     feats = handcrafted_features(x)
     t_feat = time.perf_counter() - t0
     extra = {} if args.epochs is None else {"epochs": args.epochs}
-    names = [CNN, *baselines(args.seed, args.threads)]
+    names = [CNN, FIRST, *baselines(args.seed, args.threads)]
     pred = {n: np.full(len(y), -1) for n in names}
     proba: dict[str, np.ndarray | None] = {n: np.zeros((len(y), len(classes))) for n in names}
     fold_ba: dict[str, list[float]] = {n: [] for n in names}
-    seconds = {n: (0.0 if n == CNN else t_feat) for n in names}
+    seconds = {n: (0.0 if n in (CNN, FIRST) else t_feat) for n in names}
     for k, (train, test) in enumerate(folds):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -144,7 +162,13 @@ def main() -> None:
                                        device="cpu", **extra)
             out = classify(x[test], model=summary["output"], device="cpu")
             seconds[CNN] += time.perf_counter() - t0
+            first = first_member_logits(summary["output"], x[test])
         pred[CNN][test], proba[CNN][test] = out["class_index"], out["probabilities"]
+        if first is None:  # a single network: no member row
+            names = [n for n in names if n != FIRST]
+        else:  # calibrated with the ensemble's temperature: no ECE of its own
+            pred[FIRST][test], proba[FIRST] = first.argmax(1), None
+            seconds[FIRST] += summary["member_seconds"][0]
         info = {CNN: f"{summary['epochs_run']} epochs, T={summary['temperature']:.2f}"}
         for name, clf in baselines(args.seed, args.threads).items():
             t0 = time.perf_counter()
@@ -161,7 +185,8 @@ def main() -> None:
         for name in names:
             rep = classification_report(y[test], pred[name][test], classes=classes)
             fold_ba[name].append(rep["balanced_accuracy"])
-            line.append(f"{name.split(' ')[0] if name != CNN else 'ijtorch'} {rep['balanced_accuracy']:.3f}")
+            short = {CNN: "ijtorch", FIRST: "ijtorch-1st"}.get(name, name.split(" ")[0])
+            line.append(f"{short} {rep['balanced_accuracy']:.3f}")
         print(f"fold {k + 1}: test {len(test)} cells (Anaphase {int((y[test] == 0).sum())}): " + ", ".join(line)
               + f"  [{info[CNN]}]", flush=True)
 
@@ -181,7 +206,7 @@ def main() -> None:
     for name in names:
         print(f"\n-- pooled confusion matrix, {name} (rows true, columns predicted)")
         print_confusion(classes, np.asarray(results[name][1]["confusion"]))
-    best = max((n for n in names if n != CNN), key=lambda n: results[n][0])
+    best = max((n for n in names if n not in (CNN, FIRST)), key=lambda n: results[n][0])
     print(f"\nratio ijtorch / best baseline ({best}): balanced accuracy "
           f"{results[CNN][0] / results[best][0]:.3f}x ({results[CNN][0]:.3f} vs {results[best][0]:.3f}), "
           f"training time {seconds[CNN] / seconds[best]:.1f}x")

@@ -176,10 +176,62 @@ def test_fine_tune_reuses_backbone_with_new_head(trained, tmp_path):
                                output=tmp_path / "ft", base_model=str(out), epochs=1, batch_size=16, seed=1,
                                device="cpu")
     base, ft = ClassifierModel.load(out), ClassifierModel.load(tmp_path / "ft")
-    assert ft.net.head.out_features == 2 and base.net.head.out_features == 3
+    assert len(base.net.members) == len(ft.net.members) == 2  # the default recipe is an ensemble
+    assert all(m.head.out_features == 2 for m in ft.net.members) and base.net.members[0].head.out_features == 3
+    # one epoch at a small learning rate: each member's backbone starts from its base member's
+    for m_ft, m_base in zip(ft.net.members, base.net.members):
+        assert torch.allclose(m_ft.stem[0].weight, m_base.stem[0].weight, atol=0.05)
+    assert not torch.allclose(ft.net.members[0].stem[0].weight, ft.net.members[1].stem[0].weight, atol=0.05)
     assert ft.config["architecture"]["widths"] == [8, 16, 32]
     assert ft.config["training"]["base_model"] == str(out)
     assert summary["classes"] == ["other", "round"]
+
+
+def test_ensemble_averages_member_logits_and_concatenates_embeddings():
+    from ijtorch.models.classifier import ClassifierNet
+
+    net = ClassifierNet(2, 3, widths=(4, 8), stem_stride=2, members=3).eval()
+    x = torch.rand(5, 2, 16, 16)
+    with torch.no_grad():
+        member_logits = torch.stack([m(x) for m in net.members])
+        np.testing.assert_allclose(net(x).numpy(), member_logits.mean(0).numpy(), atol=1e-6)
+        assert net.features(x).shape == (5, 3 * 8) and net.embedding_dim == 24
+        np.testing.assert_allclose(net.features(x)[:, 8:16].numpy(), net.members[1].features(x).numpy())
+    assert "members.2.head.weight" in net.state_dict()
+    assert "head.weight" in ClassifierNet(2, 3, widths=(4, 8)).state_dict()  # one network: the layout as before
+    with pytest.raises(ValueError, match="members=0"):
+        ClassifierNet(2, 3, members=0)
+
+
+def test_ensemble_member_is_the_one_network_model_of_its_seed(tmp_path):
+    from ijtorch.models.classifier import ClassifierModel
+
+    x, y = shapes([6, 6], size=16)
+    common = {"classes": CLASSES[:2], "epochs": 2, "batch_size": 4, "widths": (4, 8), "device": "cpu", "val_fraction": 0}
+    train_classifier(x, y, output=tmp_path / "ens", members=2, seed=3, **common)
+    train_classifier(x, y, output=tmp_path / "one", members=1, seed=1003, **common)
+    ens, one = ClassifierModel.load(tmp_path / "ens"), ClassifierModel.load(tmp_path / "one")
+    assert one.net.members is None and one.config["architecture"]["members"] == 1
+    second = ens.net.members[1].state_dict()
+    for k, v in one.net.state_dict().items():
+        torch.testing.assert_close(second[k], v)
+
+
+def test_cancelled_ensemble_keeps_the_members_trained_to_the_end(tmp_path):
+    from ijtorch.models.classifier import ClassifierModel
+
+    x, y = shapes([6, 6], size=16)
+    polls = []
+
+    def cancel():  # polled before every epoch: members 1 and 2 train their one epoch, member 3 is cancelled
+        polls.append(1)
+        return len(polls) > 2
+
+    s = train_classifier(x, y, classes=CLASSES[:2], output=tmp_path / "m", epochs=1, batch_size=4, widths=(4, 8),
+                         members=3, device="cpu", val_fraction=0.25, cancel=cancel)
+    model = ClassifierModel.load(s["output"])
+    assert s["cancelled"] and model.config["architecture"]["members"] == 2 and len(model.net.members) == 2
+    assert classify(x, model=model, device="cpu")["probabilities"].shape == (12, 2)
 
 
 def test_train_from_class_folders(tmp_path):
@@ -196,6 +248,8 @@ def test_train_from_class_folders(tmp_path):
 
 def test_train_rejects_bad_arguments(tmp_path):
     x, y = shapes([3, 3], size=16)
+    with pytest.raises(ValueError, match="members=0"):
+        train_classifier(x, y, output=tmp_path / "m", members=0)
     with pytest.raises(ValueError, match="class_weighting='weird'"):
         train_classifier(x, y, output=tmp_path / "m", class_weighting="weird")
     with pytest.raises(ValueError, match=r"\(N, C, Y, X\)"):
@@ -317,7 +371,7 @@ def test_embeddings_cluster_and_export(trained, tmp_path):
     _, x, y, out = trained
     sel = np.concatenate([np.flatnonzero(y == "disk")[:15], np.flatnonzero(y == "ring")[:15]])
     f = embed(x[sel], model=str(out), device="cpu")
-    assert f.shape == (30, 32) and f.dtype == np.float32
+    assert f.shape == (30, 2 * 32) and f.dtype == np.float32  # the 2 members' embeddings side by side
     cl = cluster_embeddings(f, k=2, seed=0)
     assert cl.projection.shape == (30, 2) and cl.labels.shape == (30,)
     truth = (y[sel] == "ring").astype(int)
@@ -326,7 +380,7 @@ def test_embeddings_cluster_and_export(trained, tmp_path):
     path = write_features(tmp_path / "features.csv", f, columns={"object": np.arange(30), "cluster": cl.labels})
     table = pd.read_csv(path)
     assert list(table.columns[:3]) == ["object", "cluster", "f0"] and len(table) == 30
-    np.testing.assert_allclose(table[[f"f{i}" for i in range(32)]].to_numpy(), f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table[[f"f{i}" for i in range(64)]].to_numpy(), f, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"k=31"):
         cluster_embeddings(f, k=31)
     with pytest.raises(ValueError, match=".csv and .parquet"):

@@ -74,11 +74,25 @@ class ClassifierNet(nn.Module):
         Dropout before the linear head.
     stem_stride : {1, 2}
         Stride of the stem convolution in YX; 2 quarters the cost, enough for small crops of cells.
+    members : int
+        Networks in an ensemble (each a ``ClassifierNet`` with the arguments above, in
+        ``self.members``, trained separately): the logits are the mean of the members' logits
+        and the embedding is the concatenation of theirs. 1: a single network (no ``members``).
     """
 
     def __init__(self, in_channels: int, n_classes: int, *, widths: Sequence[int] = (32, 64, 128), ndim: int = 2,
-                 norm: str = "batch", activation: str = "relu", dropout: float = 0.2, stem_stride: int = 1) -> None:
+                 norm: str = "batch", activation: str = "relu", dropout: float = 0.2, stem_stride: int = 1,
+                 members: int = 1) -> None:
         super().__init__()
+        if not isinstance(members, int) or members < 1:
+            raise ValueError(f"members={members!r}: expected a positive integer")
+        self.members = None  # an ensemble's nn.ModuleList (no annotation: the bioimage.io export inlines this class)
+        if members > 1:
+            self.members = nn.ModuleList(
+                ClassifierNet(in_channels, n_classes, widths=widths, ndim=ndim, norm=norm, activation=activation,
+                              dropout=dropout, stem_stride=stem_stride) for _ in range(members))
+            self.embedding_dim = sum(m.embedding_dim for m in self.members)
+            return
         if ndim not in (2, 3):
             raise ValueError(f"ndim={ndim!r}: accepted values are 2 and 3")
         if in_channels < 1:
@@ -104,12 +118,23 @@ class ClassifierNet(nn.Module):
         self.head = nn.Linear(widths[-1], n_classes)
         self.embedding_dim = widths[-1]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features ``(N, widths[-1])`` (the embedding)."""
-        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
+    def features(self, x: torch.Tensor, *, dihedral: bool = False) -> torch.Tensor:
+        """Penultimate features ``(N, embedding_dim)`` (the embedding; an ensemble's members' one
+        after the other). ``dihedral``: averaged over the 8 rotations/reflections of each item."""
+        if self.members is not None:
+            return torch.cat([m.features(x, dihedral=dihedral) for m in self.members], 1)
+        views = _dihedral_views(x) if dihedral else [x]
+        return torch.stack([torch.flatten(self.pool(self.stages(self.stem(v))), 1) for v in views]).mean(0)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of :meth:`features` (an ensemble: the mean of its members' logits)."""
+        if self.members is None:
+            return self.head(self.dropout(features))
+        parts = torch.split(features, [m.embedding_dim for m in self.members], 1)
+        return torch.stack([m.logits_from_features(f) for m, f in zip(self.members, parts)]).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.logits_from_features(self.features(x))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -257,16 +282,15 @@ class ClassifierModel:
     def logits_and_embeddings(self, x: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``(N, K)`` and embeddings ``(N, D)`` of prepared items from one forward pass (with
         test-time augmentation both are averaged over the views; the head is linear, so the logits
-        are the head of the averaged embedding)."""
+        are the head of the averaged embedding; an ensemble's logits are the mean of its members')."""
         logits, feats = [], []
         tta = self.test_time_augmentation
         self.net.eval()
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 t = torch.from_numpy(x[i:i + batch_size]).to(self.device)
-                views = _dihedral_views(t) if tta else [t]
-                f = torch.stack([self.net.features(v) for v in views]).mean(0)
-                logits.append(self.net.head(f).float().cpu().numpy())
+                f = self.net.features(t, dihedral=tta)
+                logits.append(self.net.logits_from_features(f).float().cpu().numpy())
                 feats.append(f.float().cpu().numpy())
         if not logits:
             return (np.zeros((0, len(self.classes)), np.float32), np.zeros((0, self.embedding_dim), np.float32))

@@ -144,6 +144,31 @@ def _augment(x: np.ndarray, rng: np.random.Generator, *, max_shift: int = 3) -> 
 
 # ----------------------------------------------------------------------------- training
 
+def _member_progress(progress: ProgressCallback | None, member: int, n_members: int,
+                     epochs: int) -> ProgressCallback | None:
+    """Progress of ensemble member ``member``: its epochs counted among all members' epochs."""
+    if progress is None or n_members == 1:
+        return progress
+
+    def forward(event: ProgressEvent) -> None:
+        if event.phase == "epoch":
+            event = ProgressEvent("epoch", member * epochs + event.i, n_members * epochs,
+                                  f"member {member + 1}/{n_members}: {event.message}", event.metrics)
+        emit(progress, event)
+
+    return forward
+
+
+def _merge_results(results: list) -> Any:
+    """One training result for an ensemble: epochs and history of all members (each history entry
+    says its ``member``), cancelled when the last member was."""
+    from dataclasses import replace
+
+    history = [dict(h, member=j) for j, r in enumerate(results) for h in r.history]
+    return replace(results[-1], epochs_run=sum(r.epochs_run for r in results), history=history,
+                   best_epoch=results[0].best_epoch)
+
+
 def train_classifier(
     images: np.ndarray | str | os.PathLike,
     labels: Any = None,
@@ -157,6 +182,7 @@ def train_classifier(
     widths: Sequence[int] = (16, 32, 64),
     class_weighting: str = "sampling",
     augment: bool = True,
+    members: int = 2,
     normalization: str = "dataset",
     val_fraction: float = 0.15,
     patience: int | None = None,
@@ -200,6 +226,10 @@ def train_classifier(
         ``N / (K * n_class)``; ``none``.
     augment : bool
         Random flips, 90° rotations and shifts of up to 3 pixels (no intensity changes).
+    members : int
+        Networks in the ensemble, trained one after the other on the same items (member ``j``
+        initialised and batched with seed ``seed + 1000 * j``); predictions average their logits.
+        Training time grows linearly. Fine-tuning keeps the base model's number of members.
     normalization : {"dataset", "item"}
         ``dataset``: each channel maps its 1st/99.8th percentiles over the training items to 0/1
         (values stored in the model; absolute intensity, e.g. DNA content, stays informative);
@@ -225,7 +255,8 @@ def train_classifier(
         ``metrics`` (report on the held-out items, see
         :func:`ijtorch.metrics.classification.classification_report`, with ``ece_uncalibrated``),
         ``temperature``, ``epochs_run``, ``best_epoch`` (the epoch with the best held-out balanced
-        accuracy, for information: the saved model has the last epoch's weights), ``seconds``.
+        accuracy, for information: the saved model has the last epoch's weights), ``seconds``,
+        ``member_seconds`` (the training time of each ensemble member).
     """
     import torch
 
@@ -250,6 +281,8 @@ def train_classifier(
         raise ValueError(f"class_weighting={class_weighting!r}: accepted values are {CLASS_WEIGHTING}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r}: expected a positive integer")
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ValueError(f"members={members!r}: expected a positive integer")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
     if len(class_names) < 2:
@@ -287,18 +320,31 @@ def train_classifier(
             raise ValueError(f"base_model={str(base_model)!r} expects items of shape {list(base.input_shape)}; "
                              f"images have {list(data.shape[1:])}")
         arch = dict(base.config["architecture"], n_classes=len(class_names))
+        if arch.get("members", 1) != members:
+            log.info("fine-tuning keeps the %d member(s) of %s", arch.get("members", 1), base_model)
     else:
         arch = {"in_channels": int(data.shape[1]), "n_classes": len(class_names), "widths": [int(w) for w in widths],
-                "ndim": ndim, "norm": "batch", "activation": "relu", "dropout": 0.2, "stem_stride": 2}
+                "ndim": ndim, "norm": "batch", "activation": "relu", "dropout": 0.2, "stem_stride": 2,
+                "members": members}
     config["architecture"] = arch
     config["inference"] = {"tta": "dihedral"}
     from ..train.trainer import seed_everything
 
+    n_members = int(arch.get("members", 1))
+    member_seeds = [seed + 1000 * j for j in range(n_members)]
     seed_everything(seed)
     net = ClassifierNet(**arch)
+    nets = list(net.members) if net.members is not None else [net]
+    if n_members > 1:  # member j starts from seed + 1000 j: the same network as a 1-member model of that seed
+        single = {k: v for k, v in arch.items() if k != "members"}
+        for j, member_seed in enumerate(member_seeds):
+            seed_everything(member_seed)
+            nets[j] = net.members[j] = ClassifierNet(**single)
     if base_model is not None:
-        backbone = {k: v for k, v in base.net.state_dict().items() if not k.startswith("head.")}
-        net.load_state_dict(backbone, strict=False)
+        base_members = list(base.net.members) if base.net.members is not None else [base.net]
+        for member, base_member in zip(nets, base_members):
+            backbone = {k: v for k, v in base_member.state_dict().items() if not k.startswith("head.")}
+            member.load_state_dict(backbone, strict=False)
         log.info("fine-tuning from %s (backbone reused, new head for %d classes)", base_model, len(class_names))
     helper = ClassifierModel(net, config, device="cpu")
     x = helper.prepare(data)  # normalised once; augmentation works on normalised items
@@ -342,15 +388,28 @@ def train_classifier(
         return {"val_balanced_accuracy": balanced_accuracy(confusion_matrix(y[va_idx], pred, n_classes=len(class_names)))}
 
     has_val = len(va_idx) > 0
-    trainer = Trainer(net, loss_fn, train_batches, val_data=val_batches if has_val else None,
-                      metric_fn=metric_fn if has_val else None,
-                      monitor="val_balanced_accuracy" if has_val else "train_loss", mode="max" if has_val else "min",
-                      epochs=epochs, lr=lr, scheduler="cosine", patience=patience, seed=seed, device=device,
-                      progress=progress, progress_bar=False, cancel=cancel,
-                      # keep the last epoch: the cosine schedule ends gently, and the best epoch by the
-                      # held-out score was measured to be a noisy pick when the held-out split is small
-                      restore_best=False)
-    result = trainer.fit()
+    results = []
+    for j, (member, member_seed) in enumerate(zip(nets, member_seeds)):
+        trainer = Trainer(member, loss_fn, train_batches, val_data=val_batches if has_val else None,
+                          metric_fn=metric_fn if has_val else None,
+                          monitor="val_balanced_accuracy" if has_val else "train_loss",
+                          mode="max" if has_val else "min", epochs=epochs, lr=lr, scheduler="cosine",
+                          patience=patience, seed=member_seed, device=device,
+                          progress=_member_progress(progress, j, n_members, epochs), progress_bar=False, cancel=cancel,
+                          # keep the last epoch: the cosine schedule ends gently, and the best epoch by the
+                          # held-out score was measured to be a noisy pick when the held-out split is small
+                          restore_best=False)
+        results.append(trainer.fit())
+        if results[-1].cancelled and n_members > 1:  # keep the members trained to the end (at least the first)
+            keep = max(j, 1)
+            log.warning("training cancelled: the model keeps %d of %d members", keep, n_members)
+            net = nets[0] if keep == 1 else net
+            if keep > 1:
+                net.members = torch.nn.ModuleList(nets[:keep])
+            config["architecture"] = arch = dict(arch, members=keep)
+        if results[-1].cancelled:
+            break
+    result = results[0] if len(results) == 1 else _merge_results(results)
     dev = trainer.device
     model = ClassifierModel(net, config, device=dev)
     temperature, metrics = 1.0, None
@@ -392,6 +451,7 @@ def train_classifier(
         "val_indices": va_idx.tolist(), "class_counts": counts.tolist(), "metrics": metrics,
         "temperature": temperature, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "cancelled": result.cancelled, "seconds": time.monotonic() - t0,
+        "member_seconds": [float(r.seconds) for r in results],
     }
 
 
