@@ -14,10 +14,18 @@ configuration (32 rays, grid 2, depth 3; 16 base filters like ijtorch's and 32, 
 for reference), briefly trained on the shared training images so its maps look like a nuclei
 model's, with its probability threshold set per image to leave as many NMS candidates as ijtorch's
 model had (see the peer's docstring). Every time is the best of ``--repeats`` runs.
+
+``--bfloat16`` adds a ``segment()`` row with the opt-in bfloat16 convolutions
+(``$IJTORCH_CPU_BFLOAT16=1``, CPUs with native bfloat16; see
+:func:`ijtorch.models.stardist.network.cpu_bfloat16_enabled`); ``--precision`` first scores float32
+and bfloat16 ``segment()`` on held-out images (the bundled model's validation images plus
+``--precision-extra`` images of ``nuclei_dsb2018/more``, which it was not trained on): pooled AP, the
+images whose labels differ at all, seconds per megapixel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -51,12 +59,39 @@ def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
     return best, out
 
 
-def time_ijtorch(model_name: str, images: list[np.ndarray], repeats: int) -> list[dict[str, float]]:
-    """Per image: segment() total and its parts (normalize, forward, NMS), candidates and objects."""
+@contextlib.contextmanager
+def cpu_precision(model: Any, bfloat16: bool) -> Iterator[None]:
+    """Run ``model`` (a loaded star-convex model) in bfloat16 (``$IJTORCH_CPU_BFLOAT16=1``) or the
+    float32 default inside the block; its inference copy is rebuilt on entry and on exit."""
+    from ijtorch.models.stardist.network import CPU_BFLOAT16_ENV
+
+    before = os.environ.get(CPU_BFLOAT16_ENV)
+    os.environ[CPU_BFLOAT16_ENV] = "1" if bfloat16 else "0"
+    model._fast = None
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CPU_BFLOAT16_ENV, None)
+        else:
+            os.environ[CPU_BFLOAT16_ENV] = before
+        model._fast = None
+
+
+def time_ijtorch(model_name: str, images: list[np.ndarray], repeats: int, *, bfloat16: bool = False,
+                 ) -> list[dict[str, float]]:
+    """Per image: segment() total and its parts (normalize, forward, NMS), candidates and objects;
+    ``bfloat16``: with the opt-in bfloat16 convolutions."""
     from ijtorch.models.store import load_model
-    from ijtorch.tasks.segment import segment
 
     model = load_model(model_name, device="cpu")
+    with cpu_precision(model, bfloat16):
+        return _time_ijtorch(model, model_name, images, repeats)
+
+
+def _time_ijtorch(model: Any, model_name: str, images: list[np.ndarray], repeats: int) -> list[dict[str, float]]:
+    from ijtorch.tasks.segment import segment
+
     pt, nt, grid = model.thresholds["prob"], model.thresholds["nms"], int(model.config.get("grid", 1))
     segment(images[0][:128, :128], "YX", model=model_name, device="cpu")  # warm-up: load, allocator
     rows = []
@@ -101,27 +136,80 @@ def _sum(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def speed_rows(groups: list[tuple[str, list[np.ndarray]]], ij: list[dict], peer: dict | None, threads: int,
-               ) -> list[dict[str, Any]]:
-    """Table rows: per image group, ijtorch then each StarDist model; s/MP of forward and NMS."""
+               ij_bf16: list[dict] | None = None) -> list[dict[str, Any]]:
+    """Table rows: per image group, ijtorch (float32, then bfloat16 when timed) then each StarDist
+    model; s/MP of forward and NMS; ``ijtorch/StarDist`` compares each ijtorch row with StarDist 16."""
     rows: list[dict[str, Any]] = []
     start = 0
     for name, ims in groups:
         n = len(ims)
         mp = sum(im.size for im in ims) / 1e6
-        mine = ij[start:start + n]
-        total_ij = _sum(mine, "segment_s")
-        rows.append({"method": f"{name}, {threads} thr: ijtorch segment()", "MP": mp,
-                     "forward s/MP": _sum(mine, "forward_s") / mp, "NMS s/MP": _sum(mine, "nms_s") / mp,
-                     "s/image": total_ij / n, "candidates": int(_sum(mine, "candidates")),
-                     "objects": int(_sum(mine, "objects"))})
-        for model in (peer or {}).get("models", []):
-            theirs = model["images"][start:start + n]
+        mine_rows = [("ijtorch segment()", ij[start:start + n])]
+        if ij_bf16:
+            mine_rows.append(("ijtorch segment() bfloat16 (opt-in)", ij_bf16[start:start + n]))
+        peers = [(m, m["images"][start:start + n]) for m in (peer or {}).get("models", [])]
+        sd16 = next((_sum(t, "normalize_s") + _sum(t, "predict_instances_s") for m, t in peers if m["filters"] == 16),
+                    None)
+        for label, mine in mine_rows:
+            total_ij = _sum(mine, "segment_s")
+            rows.append({"method": f"{name}, {threads} thr: {label}", "MP": mp,
+                         "forward s/MP": _sum(mine, "forward_s") / mp, "NMS s/MP": _sum(mine, "nms_s") / mp,
+                         "s/image": total_ij / n, "candidates": int(_sum(mine, "candidates")),
+                         "objects": int(_sum(mine, "objects")),
+                         **({"ijtorch/StarDist-16": total_ij / sd16} if sd16 else {})})
+        for model, theirs in peers:
             total_sd = _sum(theirs, "normalize_s") + _sum(theirs, "predict_instances_s")
             rows.append({"method": f"{name}, {threads} thr: StarDist {model['filters']} filters", "MP": mp,
                          "forward s/MP": _sum(theirs, "forward_s") / mp, "NMS s/MP": _sum(theirs, "nms_s") / mp,
                          "s/image": total_sd / n, "candidates": int(_sum(theirs, "candidates")),
-                         "objects": int(_sum(theirs, "objects")), "ijtorch/StarDist": total_ij / total_sd})
+                         "objects": int(_sum(theirs, "objects")),
+                         "ijtorch/StarDist": _sum(ij[start:start + n], "segment_s") / total_sd})
         start += n
+    return rows
+
+
+def held_out_pairs(pairs: list[Any], val_names: list[str] | None, extra: int, seed: int = 0) -> list[Any]:
+    """The bundled model's validation images plus ``extra`` images of ``nuclei_dsb2018/more`` (it was
+    trained on ``train`` only), chosen with ``seed``."""
+    from ijtorch.train.data import load_pairs
+
+    held = [p for p in pairs if val_names is None or p.name in set(val_names)]
+    more_dir = HERE.parent.parent / "shared" / "data" / "nuclei_dsb2018" / "more"
+    if extra > 0 and more_dir.is_dir():
+        more = load_pairs(more_dir)
+        pick = np.random.default_rng(seed).choice(len(more), min(extra, len(more)), replace=False)
+        held += [more[i] for i in sorted(pick)]
+    return held
+
+
+def precision_rows(model_name: str, pairs: list[Any]) -> list[dict[str, Any]]:
+    """``segment()`` in float32 and in bfloat16 on the same held-out images: pooled AP@0.5/0.75,
+    images whose labels differ, seconds per megapixel (whole ``segment()``, this run)."""
+    from ijtorch.metrics.instance import match_labels
+    from ijtorch.models.store import load_model
+    from ijtorch.tasks.segment import segment
+
+    model = load_model(model_name, device="cpu")
+    mp = sum(p.image.size for p in pairs) / 1e6
+    labels: dict[bool, list[np.ndarray]] = {}
+    rows = []
+    for bfloat16 in (False, True):
+        with cpu_precision(model, bfloat16):
+            t0 = time.perf_counter()
+            labels[bfloat16] = [segment(p.image, "YX", model=model_name, device="cpu").labels for p in pairs]
+            seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {"method": f"segment() {'bfloat16 (opt-in)' if bfloat16 else 'float32'}",
+                               "images": len(pairs), "nuclei": int(sum(int(p.labels.max()) for p in pairs))}
+        for t in (0.5, 0.75):
+            counts = np.zeros(3, np.int64)
+            for p, lab in zip(pairs, labels[bfloat16]):
+                m = match_labels(p.labels, lab, iou_threshold=t)
+                counts += (m.tp, m.fp, m.fn)
+            row[f"AP@{t:g}"] = float(counts[0] / max(counts.sum(), 1))
+            row[f"tp/fp/fn@{t:g}"] = "/".join(str(int(c)) for c in counts)
+        row["s/MP"] = seconds / mp
+        rows.append(row)
+    rows[1]["images changed"] = sum(not np.array_equal(a, b) for a, b in zip(labels[False], labels[True]))
     return rows
 
 
@@ -147,9 +235,17 @@ def main(args: Any, pairs: list[Any], val_names: list[str] | None, train_names: 
     from ijtorch.models.store import load_model
 
     nms = float(load_model(args.model, device="cpu").thresholds["nms"])
+    if args.precision:
+        held = held_out_pairs(pairs, val_names, args.precision_extra)
+        print_table(precision_rows(args.model, held),
+                    f"float32 vs bfloat16 on {len(held)} held-out DSB images (the bundled model's validation "
+                    f"images + {len(held) - len([p for p in held if p.name in set(val_names or [])])} of "
+                    "nuclei_dsb2018/more), CPU, same run")
     for threads in threads_list:
         torch.set_num_threads(threads)
-        ij = time_ijtorch(args.model, [im for _, ims in groups for im in ims], args.repeats)
+        all_images = [im for _, ims in groups for im in ims]
+        ij = time_ijtorch(args.model, all_images, args.repeats)
+        ij_bf16 = time_ijtorch(args.model, all_images, args.repeats, bfloat16=True) if args.bfloat16 else None
         peer, note = None, ""
         if python is None:
             note = (f"StarDist skipped: no peer interpreter (--stardist-python or ${PEER_ENV}; "
@@ -163,7 +259,7 @@ def main(args: Any, pairs: list[Any], val_names: list[str] | None, train_names: 
                         + ", ".join(f"{m['filters']} filters {m['weights']}" for m in peer["models"]))
             except (OSError, RuntimeError, ValueError) as e:
                 note = f"StarDist failed: {e}"
-        print_table(speed_rows(groups, ij, peer, threads),
+        print_table(speed_rows(groups, ij, peer, threads, ij_bf16),
                     f"Prediction speed, CPU, {threads} thread(s), model '{args.model}' vs StarDist (same images, "
                     f"same run; best of {args.repeats})")
         print(note)
@@ -187,6 +283,13 @@ def add_arguments(ap: Any) -> None:
     ap.add_argument("--speed-threads", default="1,2", help="thread counts for both (comma list)")
     ap.add_argument("--mosaics", default="1024,2048", help="sides of the mosaic images (comma list)")
     ap.add_argument("--repeats", type=int, default=2, help="timing: best of this many runs")
+    ap.add_argument("--bfloat16", action="store_true",
+                    help="--vs-stardist: also time segment() with the opt-in bfloat16 convolutions "
+                         "($IJTORCH_CPU_BFLOAT16=1; CPUs with native bfloat16)")
+    ap.add_argument("--precision", action="store_true",
+                    help="--vs-stardist: first compare float32 and bfloat16 segment() on held-out images (AP, labels)")
+    ap.add_argument("--precision-extra", type=int, default=100,
+                    help="--precision: images of nuclei_dsb2018/more added to the validation images")
 
 
 if __name__ == "__main__":  # pragma: no cover - run through bench_segment.py
