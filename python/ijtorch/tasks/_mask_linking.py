@@ -189,8 +189,12 @@ def link_masks(det, params, progress=None) -> MaskLinks:
     # ---- all frame pairs at once (global spot indices; object i of frame t only meets frame t + 1)
     n = len(frame)
     pred = pos + mo.v
-    # candidates: overlapping after the shift, or within max_distance of the predicted position
-    ki, kj = _near(pred, pos, frame, starts, max_d)
+    # candidates: overlapping after the shift, or within max_distance of the predicted position. A
+    # pair that does not overlap can only matter within the reach of the wide gate (its cost is at
+    # least (r/σ_d)², the other terms are ≥ 0) or of a division/merge group (half the longest object
+    # + 2σ_d): the search stops there (the same candidates that matter, fewer that do not)
+    reach = max(2 * np.sqrt(max_cost) * sd, (float(length.max(initial=0)) / 2 + 2 * sd))
+    ki, kj = _near(pred, pos, frame, starts, min(max_d, reach * (1 + 1e-6)))
     key = _unique(np.concatenate([mo.i * n + mo.j, ki * n + kj]))
     ci, cj = key // n, key % n
     ov = np.zeros(key.size)

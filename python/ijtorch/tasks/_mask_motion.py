@@ -52,17 +52,15 @@ class MoviePixels:
     def overlaps(self, shift_px: np.ndarray, objects: np.ndarray | None = None):
         """(i, j, overlap in pixels), sorted by (i, j): object i (of frame t, shifted by ``shift_px[i]``,
         axis order of the stack) overlapping object j of frame t + 1; only ``objects`` if given."""
-        obj = self.run_obj[:self.n_src]
-        sel = np.arange(obj.size) if objects is None else np.flatnonzero(objects[obj])
-        obj = obj[sel]
-        shift = shift_px[obj]
+        sel = slice(0, self.n_src) if objects is None else np.flatnonzero(objects[self.run_obj[:self.n_src]])
+        obj = self.run_obj[sel]
         # the shifted run in the next frame, clipped to it: row (counted through the stack) and x range
-        x0 = self.run_coords[-1][sel] + shift[:, -1]
+        x0 = self.run_coords[-1][sel] + shift_px[:, -1][obj]
         x1 = x0 + (self.run_end[sel] - self.run_start[sel])
         ok = (x1 >= 0) & (x0 < self.row_len)
         row = self.frame[obj] + 1
         for ax in range(self.shape.size - 1):
-            c = self.run_coords[ax][sel] + shift[:, ax]
+            c = self.run_coords[ax][sel] + shift_px[:, ax][obj]
             ok &= (c >= 0) & (c < self.shape[ax])
             row = row * self.shape[ax] + c
         obj, row = obj[ok], row[ok]
@@ -93,15 +91,18 @@ class MoviePixels:
 def label_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of equal non-zero labels along the last axis of ``lab``: flat index of the first and of the
     last pixel of each run (sorted) and its label."""
-    rows = lab.reshape(-1, lab.shape[-1]) if lab.size else np.zeros((0, 1), lab.dtype)
-    fg = rows != 0
-    change = rows[:, 1:] != rows[:, :-1]
-    start = fg.copy()
-    start[:, 1:] &= change
-    end = fg  # fg is not needed any more
-    end[:, :-1] &= change
-    run_start = np.flatnonzero(start)
-    return run_start, np.flatnonzero(end), rows.ravel()[run_start]
+    flat = lab.ravel()
+    if flat.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(0, lab.dtype)
+    # a run starts where the label changes along the raveled array or a row starts; one pass
+    change = flat[1:] != flat[:-1]  # change[k]: a run starts at k + 1
+    change[lab.shape[-1] - 1::lab.shape[-1]] = True
+    start = np.r_[0, np.flatnonzero(change) + 1]
+    end = np.append(start[1:], flat.size) - 1
+    value = flat[start]
+    fg = value != 0
+    return start[fg], end[fg], value[fg]
 
 
 def _unravel(flat: np.ndarray, shape: np.ndarray) -> tuple:
@@ -260,12 +261,16 @@ def _predict(pos, frame, objects, conf_i, conf_disp, n_conf, k):
         keep = np.ones(nbr.shape, bool)
         keep[np.arange(rows.size), drop] = False
         nb2 = nbr[keep].reshape(rows.size, size - 1)  # nearest first
-        med[obj] = np.median(conf_disp[nb2[:, :k]], axis=1)
+        # the median of k values: the middle one(s) after a partition (as np.median, ~3x faster here)
+        m = min(k, size - 1)
+        near = np.partition(conf_disp[nb2[:, :k]], ((m - 1) // 2, m // 2), axis=1)[:, [(m - 1) // 2, m // 2]]
+        med[obj] = (near[:, 0] + near[:, -1]) / 2
         # inputs: the spatial axes that vary (z only in 3-D: a constant input has no effect on the fit)
         d = 3 if np.ptp(pos[:, 2]) > 0 else 2
-        X = pos[conf_i][nb2][..., :d] - pos[obj][:, None, :d]
+        X = pos[conf_i[nb2], :d] - pos[obj][:, None, :d]
         Y = conf_disp[nb2]
-        Z = np.concatenate([np.ones(X.shape[:2] + (1,)), X], axis=2)
+        Z = np.ones(X.shape[:2] + (d + 1,))
+        Z[..., 1:] = X
         Zt = Z.transpose(0, 2, 1)
         lam = 0.5 * np.sum(X * X, axis=(1, 2)) / max(X.shape[1], 1)  # ridge ~ half the mean squared spread
         reg = np.zeros((1, d + 1, d + 1))
