@@ -71,7 +71,7 @@ class MoviePixels:
         lo = np.searchsorted(self.run_end, first)
         n_hit = np.maximum(np.searchsorted(self.run_start, last, side="right") - lo, 0)
         src = np.repeat(np.arange(obj.size), n_hit)
-        tgt = lo[src] + (np.arange(src.size) - np.repeat(np.cumsum(n_hit) - n_hit, n_hit))
+        tgt = np.arange(src.size) - np.repeat(np.cumsum(n_hit) - n_hit - lo, n_hit)
         length = np.minimum(self.run_end[tgt], last[src]) - np.maximum(self.run_start[tgt], first[src]) + 1
         # sum the lengths per (object, object of the next frame): one sort of the keys with the length
         # packed into their low bits (a plain sort is ~10x faster than a stable argsort)
