@@ -33,8 +33,9 @@ features plus the first stage's class probabilities smoothed at ``DEFAULT_CONTEX
 8, 16 px; :func:`context_features`), trained on the same strokes from out-of-fold first-stage
 probabilities (:mod:`ijtorch.train.pixels_train`). Where one pixel's neighbourhood is ambiguous but
 the region around it decides (``tests/unit/test_pixels.py``: dotted vs plain regions) it raises mean
-Dice from ~0.76 to ~0.94. On ``benchmarks/bench_pixels.py`` (seeds 0-2, same strokes and splits) it
-did not beat the one-stage head: mean per-class Dice on held-out images, nuclei 0.717 (one-stage
+Dice from ~0.76 to ~0.94. On ``benchmarks/bench_pixels.py`` (seeds 0-2, same strokes and splits; with the earlier
+features and training recipe) it did not beat the one-stage head: mean per-class Dice on held-out
+images, nuclei 0.717 (one-stage
 0.785, random forest 0.772), cells 0.551 (0.557, 0.528), and 8-9x the forest's time to the first
 prediction (in-sample first-stage probabilities instead of out-of-fold ones: nuclei -0.004, cells
 +0.017 vs the forest). The random strokes sample class interiors and background far from objects, and a context
