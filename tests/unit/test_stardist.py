@@ -507,3 +507,25 @@ def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path,
     for bad in ("", "../x", "a/b", "a\\b", ".hidden"):
         with pytest.raises(ModelError, match="give a plain model name"):
             new_user_model_dir(bad)
+
+
+def test_distances_read_at_points_equal_the_dense_distance_map(shared_data, monkeypatch):
+    """predict_maps(lazy_distances=True) keeps the distance head's input features and applies the head
+    only where NMS reads: the probability map and the distances at any pixels equal the dense maps',
+    and segment() finds the same objects either way."""
+    monkeypatch.delenv(network.CPU_BFLOAT16_ENV, raising=False)
+    model = _bundled_model()
+    root = shared_data / "nuclei_dsb2018" / "train" / "images"
+    img = tifffile.imread(root / "07fb37aafa662660.tif")[:256, :384]
+    prob, dense = model.predict_maps(img)
+    prob_lazy, lazy = model.predict_maps(img, lazy_distances=True)
+    assert not isinstance(lazy, np.ndarray) and lazy.shape == dense.shape
+    np.testing.assert_array_equal(prob_lazy, prob)
+    rows, cols = np.nonzero(prob > 0.3)
+    assert rows.size > 100
+    np.testing.assert_allclose(lazy[rows, cols], dense[rows, cols], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(lazy[7], dense[7], rtol=1e-5, atol=1e-4)  # a whole row of pixels
+    with pytest.raises(IndexError):  # one pixel's vector: index with arrays of rows and columns
+        lazy[5, 7]
+    with pytest.raises(ValueError, match="test_time_augmentation"):
+        model.predict_maps(img, lazy_distances=True, test_time_augmentation=True)

@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..dihedral import dihedral_transforms
 from ..folder import ModelDir, load_model_dir, save_model_dir
 from .. import shift as _shift
 
-__all__ = ["StarDistModel", "MODEL_TYPE"]
+__all__ = ["DistancesAtPoints", "StarDistModel", "MODEL_TYPE"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,31 @@ def check_scale(scale: float) -> float:
     if not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:
         raise ValueError(f"scale={scale!r}: expected a number in [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]")
     return value
+
+
+class DistancesAtPoints:
+    """The ``(Y, X, n_rays)`` distance map of a prediction, computed only where it is read.
+
+    NMS reads the distances at its candidates (a few thousand grid points per megapixel), so
+    prediction keeps the features the distance head reads (``forward_sparse`` of the inference
+    network) and applies the head to the rows indexed: ``dist[rows, cols]`` gives ``(M, n_rays)``
+    float32, the values the dense head gives at those pixels (the same products and sums).
+    """
+
+    def __init__(self, net: Any, features: np.ndarray) -> None:
+        self.net, self.features = net, features  # features: (Y, X, F)
+        self.shape = (*features.shape[:2], int(net.n_rays))
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        import torch
+
+        rows = np.ascontiguousarray(self.features[index], dtype=np.float32)
+        if rows.ndim != 2:
+            raise IndexError("DistancesAtPoints reads whole distance vectors: index it as dist[rows, cols]")
+        weight = next(self.net.parameters())
+        with torch.inference_mode():
+            return self.net.distances(torch.from_numpy(rows).to(weight.device)).float().cpu().numpy()
 
 
 class StarDistModel:
@@ -148,7 +174,9 @@ class StarDistModel:
         raise ModelError(f"normalization method {norm.get('method')!r} is unknown")
 
     # -------------------------------------------------------------- predict
-    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
+    def _forward_numpy(self, batch: np.ndarray, *, sparse: bool = False) -> np.ndarray:
+        """Probability then distances per pixel; ``sparse``: probability then the distance head's
+        input features (``forward_sparse`` of the inference network, see :class:`DistancesAtPoints`)."""
         import torch
 
         net = self._inference_net()
@@ -157,14 +185,20 @@ class StarDistModel:
             if x.ndim == 4 and not net.training:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", enabled=self.device.startswith("cuda")):
-                out = net(x).float()
+                out = (net.forward_sparse(x) if sparse else net(x)).float()
             out[:, :1].sigmoid_()
             return out.cpu().numpy()
+
+    def _sparse_ready(self) -> bool:
+        """Whether prediction can read the distances at candidate points only (the inference network;
+        a network in training mode gives dense maps)."""
+        return hasattr(self._inference_net(), "forward_sparse")
 
     def predict_maps(self, image: np.ndarray, *, normalize: bool = True, tile_size: int | Sequence[int] = 1024,
                      overlap: int = 96, batch_size: int = 2, test_time_augmentation: bool = False,
                      progress: ProgressCallback | None = None,
-                     cancel: Callable[[], bool] | None = None, features: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                     cancel: Callable[[], bool] | None = None, features: Any = None,
+                     lazy_distances: bool = False) -> tuple[np.ndarray, Any]:
         """Probability ``(Y, X)`` and distances ``(Y, X, n_rays)`` of a 2D image, predicted in tiles.
 
         Tiles are at most 1.25 × ``tile_size`` per axis: the fewest such tiles that cover the image,
@@ -178,31 +212,39 @@ class StarDistModel:
         ``test_time_augmentation`` averages the maps predicted on the 8 flips/90° rotations of the
         image (each brought back, rays renumbered to where they point): 8× the time, smoother maps.
         ``features``: a collector that receives the bottleneck features of every tile (see
-        :meth:`collecting`).
+        :meth:`collecting`). ``lazy_distances`` (not with test-time augmentation): the distances as
+        a :class:`DistancesAtPoints`, computed where they are read.
         """
         if features is not None:
             with self.collecting(features):
                 return self.predict_maps(image, normalize=normalize, tile_size=tile_size, overlap=overlap,
                                          batch_size=batch_size, test_time_augmentation=test_time_augmentation,
-                                         progress=progress, cancel=cancel)
+                                         progress=progress, cancel=cancel, lazy_distances=lazy_distances)
+        if lazy_distances and test_time_augmentation:
+            raise ValueError("lazy_distances: not with test_time_augmentation (its maps are averaged per pixel)")
         if image.ndim != 2:
             raise ValueError(f"image has shape {image.shape}; predict_maps needs a 2D (YX) image")
         x = self.normalize(image) if normalize else image.astype(np.float32)
         tiles = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)  # type: ignore[arg-type]
         multiple = self.net.size_multiple()
 
+        sparse = lazy_distances and self._sparse_ready()
+        fn = functools.partial(self._forward_numpy, sparse=sparse)
+        channels = 1 + (self._inference_net().head.in_channels if sparse else self.n_rays)
+
         def maps(view: np.ndarray) -> np.ndarray:
             # tiles of up to 1.25x tile_size, shrunk to the fewest that cover the image: less overlap to compute
             shape = [balanced_tile(s, t, overlap, m) for s, t, m in
                      zip(view.shape, tiles if view.shape == x.shape else tiles[::-1], multiple)]
-            return predict_tiled(self._forward_numpy, np.ascontiguousarray(view)[None], tile_shape=shape,
-                                 overlap=overlap, out_channels=1 + self.n_rays, size_multiple=multiple,
+            return predict_tiled(fn, np.ascontiguousarray(view)[None], tile_shape=shape,
+                                 overlap=overlap, out_channels=channels, size_multiple=multiple,
                                  batch_size=batch_size, blend="crop", progress=progress, cancel=cancel,
                                  channels_last=True)
 
         if not test_time_augmentation:
             out = maps(x)
-            return np.ascontiguousarray(out[0]), np.moveaxis(out[1:], 0, -1)
+            rest = np.moveaxis(out[1:], 0, -1)
+            return np.ascontiguousarray(out[0]), DistancesAtPoints(self._inference_net(), rest) if sparse else rest
         prob = np.zeros(x.shape, np.float32)
         dist = np.zeros(x.shape + (self.n_rays,), np.float32)
         transforms = dihedral_transforms()
@@ -248,7 +290,9 @@ class StarDistModel:
             x = ndi.zoom(x, scale, order=1)
         reference = self.shift_reference
         collector = _shift.FeatureCollector(reference) if reference else None
-        hook = {"features": collector} if collector is not None else {}  # 3D maps have no feature hook yet
+        hook: dict[str, Any] = {"features": collector} if collector is not None else {}
+        if self.model_type == MODEL_TYPE and not test_time_augmentation:  # 2D: distances read at the candidates
+            hook["lazy_distances"] = True
         prob, dist = self.predict_maps(x, normalize=False, tile_size=tile_size, overlap=overlap,
                                        batch_size=batch_size, test_time_augmentation=test_time_augmentation,
                                        progress=progress, cancel=cancel, **hook)

@@ -77,6 +77,20 @@ def _torch_parts() -> Any:
                     return self.head(self.features(self.unet(x))).float()
             return self.head(self.features(self.unet(x)))
 
+        def forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
+            """``(N, C, Y, X)`` → ``(N, 1 + F, Y, X)`` (channels-last): the probability logit, then the
+            ``F`` features the distance head reads, for :meth:`distances` at the few points NMS reads
+            instead of the head's 32 distances at every pixel (the head is ~10 % of the forward pass)."""
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bfloat16 and x.device.type == "cpu"):
+                f = self.features(self.unet(x)).permute(0, 2, 3, 1)  # (N, Y, X, F), contiguous in memory
+                # two rows of the head, not one: the matrix product then rounds as the whole head does
+                logit = torch.nn.functional.linear(f, self.head.weight[:2, :, 0, 0], self.head.bias[:2])[..., :1]
+                return torch.cat([logit, f], dim=-1).float().permute(0, 3, 1, 2)
+
+        def distances(self, features: torch.Tensor) -> torch.Tensor:
+            """The distance head on ``(M, F)`` features (rows of :meth:`forward_sparse`'s output)."""
+            return torch.nn.functional.linear(features, self.head.weight[1:, :, 0, 0], self.head.bias[1:])
+
     StarDistNet.Fused = FusedStarDistNet
     return StarDistNet
 
