@@ -71,14 +71,16 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
     A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
     u = np.flatnonzero(useful)
     A = A[:, u]
-    # independent groups (connected components of objects and the variables using them): a group
-    # without a division or merge is a plain assignment, solved as a sparse LAP; the integer program
-    # gets the groups with one only (most of a dense colony's links are the former)
-    from scipy.sparse import bmat
+    # independent groups (connected components of the objects, joined by the variables using them):
+    # a group without a division or merge is a plain assignment, solved as a sparse LAP; the integer
+    # program gets the groups with one only (most of a dense colony's links are the former)
     from scipy.sparse.csgraph import connected_components
 
-    _, comp = connected_components(bmat([[None, A], [A.T, None]]).tocsr(), directed=False)
-    comp_var = comp[na + nb:]
+    first_obj = np.concatenate([L_i, a_side])[u]  # every variable joins its first object to the others
+    other = [np.concatenate([na + L_j, b1])[u], np.concatenate([na + L_j, b2])[u]]
+    joins = coo_matrix((np.ones(2 * u.size), (np.tile(first_obj, 2), np.concatenate(other))), shape=(na + nb,) * 2)
+    _, comp = connected_components(joins, directed=False)
+    comp_var = comp[first_obj]
     has_div = np.zeros(int(comp.max(initial=-1)) + 1, bool)
     has_div[comp_var[u >= nl]] = True
     hard = has_div[comp_var]
