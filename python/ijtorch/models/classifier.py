@@ -11,6 +11,8 @@ Probabilities are ``softmax(logits / T)`` with the temperature ``T`` fitted on h
 (:func:`fit_temperature`, Guo et al. 2017), which leaves the predicted class unchanged. Models
 trained with test-time augmentation average the logits of the 8 dihedral transforms of an item
 (cells have no orientation), so predictions do not change when an item is rotated or flipped.
+An ensemble (``members > 1``) holds that many networks, trained separately; its logits are the
+mean of theirs and its embedding is their embeddings side by side.
 """
 
 from __future__ import annotations
