@@ -7,6 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from _dialogs import find_dialog
 from ijtorch import bridge
 from ijtorch.commands.outputs import CommandOutputs
 from ijtorch.errors import MacroError
@@ -144,21 +145,6 @@ def test_python_error_inside_a_loop_or_block_is_the_macros_error(ij, code, line)
         bridge.run_macro("y = undefinedThing + 1;")
 
 
-def _find_dialog(title: str, timeout: float = 20.0):
-    import time
-
-    from jpype import JClass
-
-    Window = JClass("java.awt.Window")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for w in Window.getWindows():
-            if isinstance(w, JClass("ij.gui.GenericDialog")) and str(w.getTitle()) == title and w.isVisible():
-                return w
-        time.sleep(0.05)
-    raise AssertionError(f"no dialog titled {title!r} appeared")
-
-
 def test_menu_dialog_runs_command_and_macro_recorder_line_replays(ij):
     """Run from the menu (dialog filled and OK pressed), record it, replay the recorded line."""
     import time
@@ -173,7 +159,7 @@ def test_menu_dialog_runs_command_and_macro_recorder_line_replays(ij):
     try:
         CALLS.clear()
         IJ.doCommand("ijtorch Test Scale")  # what a menu click does: runs on a new thread
-        dialog = _find_dialog("ijtorch Test Scale")
+        dialog = find_dialog("ijtorch Test Scale")
         fields = dialog.getStringFields()
         fields.get(0).setText("4.25")
         fields.get(1).setText("from the dialog")

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from _dialogs import find_dialog
 from ijtorch import bridge
 
 pytestmark = [pytest.mark.jvm, pytest.mark.usefixtures("one_torch_thread")]
@@ -145,19 +146,6 @@ def test_classify_pixels_outputs_from_a_class_label_image_trained_model(ij, cell
         bridge.run_macro('selectImage("cells"); run("ijtorch Classify Pixels", "model=no-such-model");')
 
 
-def _find_dialog(title: str, timeout: float = 20.0):
-    from jpype import JClass
-
-    Window = JClass("java.awt.Window")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for w in Window.getWindows():
-            if isinstance(w, JClass("ij.gui.GenericDialog")) and str(w.getTitle()) == title and w.isVisible():
-                return w
-        time.sleep(0.05)
-    raise AssertionError(f"no dialog titled {title!r} appeared")
-
-
 def test_classify_pixels_dialog_is_recorded_and_the_line_replays(ij, cells, tmp_path, monkeypatch):
     from jpype import JClass
 
@@ -173,7 +161,7 @@ def test_classify_pixels_dialog_is_recorded_and_the_line_replays(ij, cells, tmp_
     flag.setBoolean(None, True)
     try:
         IJ.doCommand("ijtorch Classify Pixels")
-        dialog = _find_dialog("ijtorch Classify Pixels")
+        dialog = find_dialog("ijtorch Classify Pixels")
         dialog.getStringFields().get(0).setText("rec-px")
         dialog.getCheckboxes().get(0).setState(True)  # probabilities
         ok = dialog.getButtons()[0]
