@@ -15,8 +15,8 @@ from scipy import ndimage as ndi
 
 from ijtorch.metrics.restoration import normalize_minmse, nrmse, psnr, ssim
 from ijtorch.models.restoration import n2v_mask
-from ijtorch.tasks.restore import (check_dataset_shift, degradation_error_map, denoise_n2v, intensity_stats, restore,
-                                   train_restoration)
+from ijtorch.tasks.restore import (N2V_METHODS, TRAINING_DEFAULTS, check_dataset_shift, degradation_error_map,
+                                   denoise_n2v, intensity_stats, restore, train_restoration)
 
 torch.set_num_threads(1)
 KINDS = ("care", "n2v", "n2n", "artificial_labelling")
@@ -58,6 +58,74 @@ def trained(data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def n2v_models(trained, data, tmp_path_factory):
+    """Noise2Void model and training summary per method: the default one from ``trained``, the other trained here."""
+    default = TRAINING_DEFAULTS["n2v"].get("method", "mask")
+    out = {default: trained["n2v"]}
+    for method in N2V_METHODS:
+        if method != default:
+            path = tmp_path_factory.mktemp("n2v") / method
+            out[method] = (path, train_restoration("n2v", data["noisy"][:6], None, output=path, seed=1,
+                                                   n2v_method=method, **TRAIN))
+    return out
+
+
+@pytest.mark.parametrize("method", N2V_METHODS)
+def test_both_n2v_methods_denoise_and_keep_their_trust_maps(method, n2v_models, data):
+    import json
+
+    from ijtorch.models.restoration import RestorationModel
+
+    path, summary = n2v_models[method]
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["n2v"]["method"] == method and cfg["prediction"] == {"test_time_augmentation": True}
+    assert (cfg["architecture"].get("type") == "blindspot") == (method == "blindspot")
+    assert summary["last_train_loss"] < summary["first_train_loss"]
+    gt, x = data["clean"][6], data["noisy"][6]  # never trained on
+    r = restore(x, "YX", model=path, uncertainty=True, error_map=True, device="cpu")
+    assert psnr(gt, r.restored) > psnr(gt, x) + 2.0, f"{method}: {psnr(gt, x):.2f} -> {psnr(gt, r.restored):.2f} dB"
+    assert r.uncertainty.shape == r.error_map.shape == x.shape and r.uncertainty.max() > 0 and r.shift_warning is None
+    again = restore(x, "YX", model=RestorationModel.load(path), device="cpu").restored  # reloaded: the same
+    np.testing.assert_allclose(again, r.restored, rtol=1e-5, atol=1e-6)
+    shifted = restore(x * 40 + 5000, "YX", model=path, device="cpu")
+    assert shifted.shift_warning and "dataset shift" in shifted.shift_warning
+
+
+def test_blindspot_noise_model_is_estimated_in_the_units_the_network_sees(n2v_models, data, monkeypatch):
+    """The posterior mean needs the noise model of the normalised image, as in training (not raw units)."""
+    from ijtorch.core.normalize import percentile_normalize
+    from ijtorch.models import blindspot
+
+    seen = []
+    real = blindspot.estimate_noise_model
+    monkeypatch.setattr(blindspot, "estimate_noise_model", lambda im, **kw: seen.append(real(im, **kw)) or seen[-1])
+    x = data["noisy"][6] * 1000 + 300
+    restore(x, "YX", model=n2v_models["blindspot"][0], device="cpu")
+    expected = real(percentile_normalize(x, 1.0, 99.8))
+    assert len(seen) == 8  # one per test-time augmentation view; the dihedral views share one noise model
+    for got in seen:
+        np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+def test_n2v_method_is_checked_and_kept_when_fine_tuning(n2v_models, data, tmp_path):
+    import json
+
+    small = dict(TRAIN, epochs=1, steps_per_epoch=2)
+    with pytest.raises(ValueError, match="n2v_method='swap'"):
+        train_restoration("n2v", data["noisy"][:2], output=tmp_path / "x", n2v_method="swap", **small)
+    with pytest.raises(ValueError, match="2D only"):
+        train_restoration("n2v", np.stack(data["noisy"][:2]), output=tmp_path / "x", axes="ZYX", ndim=3,
+                          n2v_method="blindspot", **small)
+    base = n2v_models["blindspot"][0]
+    with pytest.raises(ValueError, match="fine-tuning keeps the network"):
+        train_restoration("n2v", data["noisy"][:2], output=tmp_path / "x", base_model=base, n2v_method="mask",
+                          **{k: v for k, v in small.items() if k != "base_channels"})
+    train_restoration("n2v", data["noisy"][:2], output=tmp_path / "tuned", base_model=base,
+                      **{k: v for k, v in small.items() if k != "base_channels"})
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["n2v"] == {"method": "blindspot"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_lowers_loss_and_improves_psnr_on_held_out_image(kind, trained, data):
     path, summary = trained[kind]
@@ -82,8 +150,10 @@ def test_model_directory_records_type_normalization_and_training_statistics(trai
     assert cfg["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
     assert set(cfg["input_stats"]) >= {"percentiles", "min", "max", "noise"}
     assert len(cfg["weights"]["sha256"]) == 64
-    assert json.loads((trained["n2v"][0] / "config.json").read_text())["n2v"] == {"mask_fraction": 0.01,
-                                                                                   "mask_radius": 2}
+    method = TRAINING_DEFAULTS["n2v"].get("method", "mask")
+    expected = {"method": "blindspot"} if method == "blindspot" else {"method": "mask", "mask_fraction": 0.01,
+                                                                      "mask_radius": 2}
+    assert json.loads((trained["n2v"][0] / "config.json").read_text())["n2v"] == expected
 
 
 def test_n2v_keeps_the_last_epoch_and_care_the_best_validated_epoch(trained):

@@ -46,10 +46,16 @@ RESIDUAL_TYPES = ("care", "n2n")
 
 
 def build_net(architecture: dict[str, Any]) -> Any:
-    """The :class:`~ijtorch.models.unet.UNet` described by a config's ``architecture`` entry."""
+    """The network described by a config's ``architecture`` entry: a
+    :class:`~ijtorch.models.blindspot.BlindSpotNet` for ``type: blindspot``, else a
+    :class:`~ijtorch.models.unet.UNet`."""
+    if architecture.get("type") == "blindspot":
+        from .blindspot import BlindSpotNet
+
+        return BlindSpotNet(**architecture)
     from .unet import UNet
 
-    return UNet(**architecture)
+    return UNet(**{k: v for k, v in architecture.items() if k != "type"})
 
 
 def forward(net: Any, x: Any, residual: bool) -> Any:
@@ -154,6 +160,10 @@ class RestorationModel:
         else:
             tiles = tuple(int(s) for s in tile_size)  # type: ignore[union-attr]
         ov = [min(int(overlap), t // 2) for t in tiles]
+        if hasattr(self.net, "set_noise"):  # blind-spot network: the posterior mean needs this image's noise
+            from .blindspot import estimate_noise_model
+
+            self.net.set_noise(*estimate_noise_model(x))
         out = predict_tiled(self._forward_numpy, x[None].astype(np.float32, copy=False), tile_shape=tiles,
                             overlap=ov, out_channels=1, size_multiple=self.net.size_multiple(),
                             batch_size=batch_size, blend="linear", progress=progress, cancel=cancel)

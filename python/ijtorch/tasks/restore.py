@@ -53,6 +53,7 @@ __all__ = ["KINDS", "TRAINING_DEFAULTS", "RestorationResult", "train_restoration
 log = logging.getLogger(__name__)
 
 KINDS = ("care", "n2v", "n2n", "artificial_labelling")
+N2V_METHODS = ("blindspot", "mask")
 #: Batch size, U-Net size and learning rate that :func:`train_restoration` (and so :func:`denoise_n2v`,
 #: the CLI and the ImageJ commands) use when not given. Noise2Void's recipe comes from
 #: ``benchmarks/bench_restore.py`` (real nuclei and cells, simulated Poisson-Gaussian noise): its
@@ -315,8 +316,10 @@ def _crop(a: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarra
 
 
 def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_batches: int, batch_size: int,
-                  patch: tuple[int, ...], augment: bool, n2v: dict[str, Any] | None) -> Any:
-    """Callable ``rng -> batches`` of random (augmented) patch pairs; N2V batches are masked."""
+                  patch: tuple[int, ...], augment: bool, n2v: dict[str, Any] | None,
+                  noise: Sequence[tuple[float, float]] | None = None) -> Any:
+    """Callable ``rng -> batches`` of random (augmented) patch pairs; N2V batches are masked; with
+    ``noise`` (the blind-spot network: each item's noise model) batches are ``(patches, noise rows)``."""
     from ijtorch.models.restoration import n2v_mask
 
     weights = np.array([x.size for x, _ in items], np.float64)
@@ -325,9 +328,10 @@ def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_ba
 
     def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         for _ in range(n_batches):
-            xs, ys = [], []
+            xs, ys, picked = [], [], []
             for _ in range(batch_size):
-                x, y = items[int(rng.choice(len(items), p=weights))]
+                picked.append(int(rng.choice(len(items), p=weights)))
+                x, y = items[picked[-1]]
                 start = [int(rng.integers(0, max(d - n, 0) + 1)) for n, d in zip(patch, x.shape)]
                 px = _crop(x, start, patch)
                 py = _crop(y, start, patch) if y is not None else px
@@ -341,7 +345,9 @@ def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_ba
                 xs.append(np.ascontiguousarray(px, np.float32)[None])
                 ys.append(np.ascontiguousarray(py, np.float32)[None])
             bx, by = np.stack(xs), np.stack(ys)
-            if n2v is not None:
+            if noise is not None:
+                yield bx, np.asarray([noise[i] for i in picked], np.float32)
+            elif n2v is not None:
                 masked, mask = n2v_mask(bx, rng, fraction=n2v["mask_fraction"], radius=n2v["mask_radius"])
                 yield masked, bx, mask
             else:
@@ -376,6 +382,7 @@ def train_restoration(
     patience: int | None = None,
     mask_fraction: float = 0.01,
     mask_radius: int = 2,
+    n2v_method: str | None = None,
     normalization: tuple[float, float] = (1.0, 99.8),
     augment: bool = True,
     seed: int = 0,
@@ -420,7 +427,13 @@ def train_restoration(
         early-stopping patience on the validation loss. ``n2v`` keeps the weights of the last epoch
         (see :data:`TRAINING_DEFAULTS`), the other kinds those of the epoch with the lowest validation loss.
     mask_fraction, mask_radius
-        Noise2Void: fraction of blind-spot pixels per patch and neighbourhood radius.
+        Noise2Void with ``n2v_method="mask"``: fraction of blind-spot pixels per patch and
+        neighbourhood radius.
+    n2v_method : {"blindspot", "mask"}, optional
+        Noise2Void's training: ``"blindspot"`` (2D only) a blind-spot network with a Gaussian prior
+        and the posterior mean under a noise model estimated from each image
+        (:mod:`ijtorch.models.blindspot`); ``"mask"`` the original pixel masking (:func:`n2v_mask`).
+        ``None``: :data:`TRAINING_DEFAULTS` for 2D, ``"mask"`` for 3D.
     normalization : (low, high)
         Percentiles mapped to 0 and 1 (per image, inputs and targets separately).
     seed, device, resume, checkpoint_dir, time_limit_s, progress, progress_bar, cancel
@@ -453,7 +466,13 @@ def train_restoration(
         norm = base.config["normalization"]
         normalization = (norm.get("low", 1.0), norm.get("high", 99.8))
         if kind == "n2v" and base.config.get("n2v"):
-            mask_fraction, mask_radius = base.config["n2v"]["mask_fraction"], base.config["n2v"]["mask_radius"]
+            mask_fraction = base.config["n2v"].get("mask_fraction", mask_fraction)
+            mask_radius = base.config["n2v"].get("mask_radius", mask_radius)
+            base_method = base.config["n2v"].get("method", "mask")
+            if n2v_method is not None and n2v_method != base_method:
+                raise ValueError(f"n2v_method={n2v_method!r} differs from base_model={_model_label(base_model)!r}'s "
+                                 f"{base_method!r}; fine-tuning keeps the network: leave n2v_method out")
+            n2v_method = base_method
     defaults = TRAINING_DEFAULTS[kind]
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
     base_channels = defaults["base_channels"] if base_channels is None else base_channels
@@ -472,6 +491,13 @@ def train_restoration(
             raise ValueError(f"{arg}={v!r}: expected a positive integer")
     if not isinstance(patch_size, (int, np.integer)) or patch_size < 16 or patch_size % 2**depth:
         raise ValueError(f"patch_size={patch_size!r}: expected an integer >= 16 divisible by 2**depth={2**depth}")
+    if n2v_method is None:
+        n2v_method = defaults.get("method", "mask") if ndim == 2 else "mask"
+    if kind == "n2v" and n2v_method not in N2V_METHODS:
+        raise ValueError(f"n2v_method={n2v_method!r}: accepted values are {N2V_METHODS}")
+    blindspot = kind == "n2v" and n2v_method == "blindspot"
+    if blindspot and ndim != 2:
+        raise ValueError("n2v_method='blindspot' is 2D only: use n2v_method='mask' for ndim=3")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction!r}: expected a float in [0, 1)")
     low, high = float(normalization[0]), float(normalization[1])
@@ -511,21 +537,38 @@ def train_restoration(
     else:
         train_items, val_items, split = items, [], {"names": names}
 
-    n2v_cfg = {"mask_fraction": float(mask_fraction), "mask_radius": int(mask_radius)} if kind == "n2v" else None
+    n2v_cfg = None
+    if blindspot:
+        n2v_cfg = {"method": "blindspot"}
+    elif kind == "n2v":
+        n2v_cfg = {"method": "mask", "mask_fraction": float(mask_fraction), "mask_radius": int(mask_radius)}
+    train_noise = val_noise = None
+    if blindspot:  # each image's own noise model, in its normalised units
+        from ijtorch.models.blindspot import estimate_noise_model
+
+        train_noise = [estimate_noise_model(x) for x, _ in train_items]
+        val_noise = [estimate_noise_model(x) for x, _ in val_items]
     train_data = _pair_batches(train_items, n_batches=steps_per_epoch, batch_size=batch_size, patch=patch,
-                               augment=augment, n2v=n2v_cfg)
+                               augment=augment, n2v=n2v_cfg, noise=train_noise)
     val_data = None
     if val_items:
         vrng = np.random.default_rng([seed, 999])
         val_data = list(_pair_batches(val_items, n_batches=max(2, 32 // batch_size), batch_size=batch_size,
-                                      patch=patch, augment=False, n2v=n2v_cfg)(vrng))
+                                      patch=patch, augment=False, n2v=n2v_cfg, noise=val_noise)(vrng))
     residual = kind in ("care", "n2n")
     torch.manual_seed(seed)
-    net = build_net(dict(in_channels=1, out_channels=1, ndim=ndim, base_channels=int(base_channels),
-                         depth=int(depth), norm="none", activation="relu", dropout=0.0, pool_z=True))
+    arch: dict[str, Any] = dict(in_channels=1, out_channels=1, ndim=ndim, base_channels=int(base_channels),
+                                depth=int(depth))
+    net = build_net({"type": "blindspot", **arch} if blindspot else
+                    dict(arch, norm="none", activation="relu", dropout=0.0, pool_z=True))
     if base is not None:
         net.load_state_dict(base.net.state_dict())
-    loss = masked_mse_loss if kind == "n2v" else mse_loss(residual)
+    if blindspot:
+        from ijtorch.models.blindspot import blindspot_loss
+
+        loss = blindspot_loss
+    else:
+        loss = masked_mse_loss if kind == "n2v" else mse_loss(residual)
     t_start = time.monotonic()
 
     def _cancel() -> bool:
