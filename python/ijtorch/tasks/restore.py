@@ -316,10 +316,9 @@ def _crop(a: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarra
 
 
 def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_batches: int, batch_size: int,
-                  patch: tuple[int, ...], augment: bool, n2v: dict[str, Any] | None,
-                  noise: Sequence[tuple[float, float]] | None = None) -> Any:
-    """Callable ``rng -> batches`` of random (augmented) patch pairs; N2V batches are masked; with
-    ``noise`` (the blind-spot network: each item's noise model) batches are ``(patches, noise rows)``."""
+                  patch: tuple[int, ...], augment: bool, n2v: dict[str, Any] | None) -> Any:
+    """Callable ``rng -> batches`` of random (augmented) patch pairs; N2V batches are masked, or for
+    the blind-spot network (``n2v["method"] == "blindspot"``) the noisy patches alone."""
     from ijtorch.models.restoration import n2v_mask
 
     weights = np.array([x.size for x, _ in items], np.float64)
@@ -328,10 +327,9 @@ def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_ba
 
     def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         for _ in range(n_batches):
-            xs, ys, picked = [], [], []
+            xs, ys = [], []
             for _ in range(batch_size):
-                picked.append(int(rng.choice(len(items), p=weights)))
-                x, y = items[picked[-1]]
+                x, y = items[int(rng.choice(len(items), p=weights))]
                 start = [int(rng.integers(0, max(d - n, 0) + 1)) for n, d in zip(patch, x.shape)]
                 px = _crop(x, start, patch)
                 py = _crop(y, start, patch) if y is not None else px
@@ -345,8 +343,8 @@ def _pair_batches(items: Sequence[tuple[np.ndarray, np.ndarray | None]], *, n_ba
                 xs.append(np.ascontiguousarray(px, np.float32)[None])
                 ys.append(np.ascontiguousarray(py, np.float32)[None])
             bx, by = np.stack(xs), np.stack(ys)
-            if noise is not None:
-                yield bx, np.asarray([noise[i] for i in picked], np.float32)
+            if n2v is not None and n2v["method"] == "blindspot":
+                yield (bx,)
             elif n2v is not None:
                 masked, mask = n2v_mask(bx, rng, fraction=n2v["mask_fraction"], radius=n2v["mask_radius"])
                 yield masked, bx, mask
@@ -430,8 +428,8 @@ def train_restoration(
         Noise2Void with ``n2v_method="mask"``: fraction of blind-spot pixels per patch and
         neighbourhood radius.
     n2v_method : {"blindspot", "mask"}, optional
-        Noise2Void's training: ``"blindspot"`` (2D only) a blind-spot network with a Gaussian prior
-        and the posterior mean under a noise model estimated from each image
+        Noise2Void's training: ``"blindspot"`` (2D only) a blind-spot network trained on every pixel,
+        applied as the posterior mean under a noise model and a prior variance read off each image
         (:mod:`ijtorch.models.blindspot`); ``"mask"`` the original pixel masking (:func:`n2v_mask`).
         ``None``: :data:`TRAINING_DEFAULTS` for 2D, ``"mask"`` for 3D.
     normalization : (low, high)
@@ -542,19 +540,13 @@ def train_restoration(
         n2v_cfg = {"method": "blindspot"}
     elif kind == "n2v":
         n2v_cfg = {"method": "mask", "mask_fraction": float(mask_fraction), "mask_radius": int(mask_radius)}
-    train_noise = val_noise = None
-    if blindspot:  # each image's own noise model, in its normalised units
-        from ijtorch.models.blindspot import estimate_noise_model
-
-        train_noise = [estimate_noise_model(x) for x, _ in train_items]
-        val_noise = [estimate_noise_model(x) for x, _ in val_items]
     train_data = _pair_batches(train_items, n_batches=steps_per_epoch, batch_size=batch_size, patch=patch,
-                               augment=augment, n2v=n2v_cfg, noise=train_noise)
+                               augment=augment, n2v=n2v_cfg)
     val_data = None
     if val_items:
         vrng = np.random.default_rng([seed, 999])
         val_data = list(_pair_batches(val_items, n_batches=max(2, 32 // batch_size), batch_size=batch_size,
-                                      patch=patch, augment=False, n2v=n2v_cfg, noise=val_noise)(vrng))
+                                      patch=patch, augment=False, n2v=n2v_cfg)(vrng))
     residual = kind in ("care", "n2n")
     torch.manual_seed(seed)
     arch: dict[str, Any] = dict(in_channels=1, out_channels=1, ndim=ndim, base_channels=int(base_channels),
