@@ -386,3 +386,12 @@ def test_server_restores_rgb_per_channel_and_refuses_it_for_artificial_labelling
     np.testing.assert_allclose(arrays["restored"][1], want, rtol=1e-5, atol=1e-4)
     reply = asyncio.run(post("artificial_labelling"))
     assert 400 <= reply.status_code < 500 and "one grey channel, not RGB" in reply.text
+
+
+def test_blindspot_models_refuse_bioimageio_export_in_one_line(n2v_models, tmp_path):
+    from ijtorch.bioimageio.export import export_bioimageio
+    from ijtorch.errors import ModelError
+
+    with pytest.raises(ModelError, match="blind-spot Noise2Void model .* cannot be exported"):
+        export_bioimageio(n2v_models["blindspot"][0], tmp_path / "bs.zip")
+    assert not (tmp_path / "bs.zip").exists()

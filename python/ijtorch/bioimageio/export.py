@@ -280,6 +280,10 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
         plan.preprocessing = [_percentile_pre(spec, norm, ["y", "x"], 1e-20)]
         return plan
     if mtype in ("care", "n2v", "n2n", "artificial_labelling"):
+        if model.net.config.get("type") == "blindspot":  # its posterior needs the image's own noise model
+            raise ModelError("a blind-spot Noise2Void model (n2v_method='blindspot') cannot be exported to "
+                             "bioimage.io: its output needs a noise model estimated from each image; train with "
+                             "n2v_method='mask' to export")
         mult = tuple(int(m) for m in model.net.size_multiple())
         shape = (128, 128) if model.ndim == 2 else (16, 64, 64)
         img = test_image if test_image is not None else _synthetic_nuclei(shape)
