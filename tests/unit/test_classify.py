@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     x, y = shapes([40, 40, 16])
     out = tmp_path_factory.mktemp("clf") / "shapes"
     summary = train_classifier(x, y, classes=CLASSES, output=out, epochs=30, lr=5e-3, batch_size=16, widths=(8, 16, 32),
-                               seed=0, device="cpu", val_fraction=0.25)
+                               seed=0, device="cpu", val_fraction=0.25, members=2)
     return summary, x, y, out
 
 
@@ -176,7 +176,7 @@ def test_fine_tune_reuses_backbone_with_new_head(trained, tmp_path):
                                output=tmp_path / "ft", base_model=str(out), epochs=1, batch_size=16, seed=1,
                                device="cpu")
     base, ft = ClassifierModel.load(out), ClassifierModel.load(tmp_path / "ft")
-    assert len(base.net.members) == len(ft.net.members) == 2  # the default recipe is an ensemble
+    assert len(base.net.members) == len(ft.net.members) == 2  # the fixture's model is an ensemble
     assert all(m.head.out_features == 2 for m in ft.net.members) and base.net.members[0].head.out_features == 3
     # one epoch at a small learning rate: each member's backbone starts from its base member's
     for m_ft, m_base in zip(ft.net.members, base.net.members):
