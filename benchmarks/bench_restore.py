@@ -225,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                               if r["method"] == "blindspot" else f"{100 * r['mask_fraction']:g} % blind-spot pixels, ") +
           f"{'8-fold test-time augmentation' if r.get('test_time_augmentation') else 'one pass'} when applied")
     if set(rows.values()) != {"ijtorch N2V"}:
+        from ijtorch.tasks.restore import BLINDSPOT_DEFAULTS
+
         print("'ijtorch N2V' is the default method (" + r["method"] + "); 'ijtorch N2V <method>' the same recipe "
-              "with that training: the blind-spot network (Laine et al. 2019) or 1 % masked pixels (Krull et al. 2019)")
+              "with that training: the blind-spot network (Laine et al. 2019; posterior mean, with "
+              f"{BLINDSPOT_DEFAULTS}) or 1 % masked pixels (Krull et al. 2019)")
     results: dict[str, tuple[list[np.ndarray], list[float]] | str] = {"noisy input": (noisy, [0.0] * 4)}
     with tempfile.TemporaryDirectory(prefix="ijtorch-bench-restore-") as tmp:
         work = Path(tmp)

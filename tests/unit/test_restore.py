@@ -15,8 +15,8 @@ from scipy import ndimage as ndi
 
 from ijtorch.metrics.restoration import normalize_minmse, nrmse, psnr, ssim
 from ijtorch.models.restoration import n2v_mask
-from ijtorch.tasks.restore import (N2V_METHODS, TRAINING_DEFAULTS, check_dataset_shift, degradation_error_map,
-                                   denoise_n2v, intensity_stats, restore, train_restoration)
+from ijtorch.tasks.restore import (BLINDSPOT_DEFAULTS, N2V_METHODS, TRAINING_DEFAULTS, check_dataset_shift,
+                                   degradation_error_map, denoise_n2v, intensity_stats, restore, train_restoration)
 
 torch.set_num_threads(1)
 KINDS = ("care", "n2v", "n2n", "artificial_labelling")
@@ -124,6 +124,12 @@ def test_n2v_method_is_checked_and_kept_when_fine_tuning(n2v_models, data, tmp_p
     train_restoration("n2v", data["noisy"][:2], output=tmp_path / "tuned", base_model=base,
                       **{k: v for k, v in small.items() if k != "base_channels"})
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["n2v"] == {"method": "blindspot"}
+    # the blind-spot network's own batch size and rate when none is given (it diverged at the masked one's)
+    train_restoration("n2v", data["noisy"][:2], output=tmp_path / "bs", n2v_method="blindspot", epochs=1,
+                      steps_per_epoch=1, patch_size=32, base_channels=4, device="cpu", progress_bar=False)
+    training = json.loads((tmp_path / "bs" / "config.json").read_text())["training"]
+    assert (training["batch_size"], training["lr"]) == (BLINDSPOT_DEFAULTS["batch_size"], BLINDSPOT_DEFAULTS["lr"])
+    assert BLINDSPOT_DEFAULTS["lr"] < TRAINING_DEFAULTS["n2v"]["lr"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
