@@ -144,7 +144,7 @@ def test_one_forward_pass_of_a_batch_equals_segment_per_image(models_dir, local,
     model = load_model(models_dir / "tiny", device="cpu")
     inputs = []
     forward = model._forward_numpy
-    monkeypatch.setattr(model, "_forward_numpy", lambda batch: inputs.append(batch.shape) or forward(batch))
+    monkeypatch.setattr(model, "_forward_numpy", lambda batch, **kw: inputs.append(batch.shape) or forward(batch, **kw))
     origins = ((0, 0), (100, 100), (150, 0), (0, 200), (190, 250), (50, 60))
     crops = [image[y:y + shape[0], x:x + shape[1]] for y, x in origins]
     maps = forward_maps(model, crops)

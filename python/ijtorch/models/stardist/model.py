@@ -229,7 +229,7 @@ class StarDistModel:
         multiple = self.net.size_multiple()
 
         sparse = lazy_distances and self._sparse_ready()
-        fn = functools.partial(self._forward_numpy, sparse=sparse)
+        fn = functools.partial(self._forward_numpy, sparse=True) if sparse else self._forward_numpy
         channels = 1 + (self._inference_net().head.in_channels if sparse else self.n_rays)
 
         def maps(view: np.ndarray) -> np.ndarray:
