@@ -91,7 +91,7 @@ def _kind(annotation: Any) -> tuple[str, list[str]]:
 
 def _empty_meaning(kind: str, default: Any, description: str) -> str:
     """For a number whose default 0 stands for a value chosen elsewhere ("0 = the model's tuned value",
-    "0 = the model's default (512 in 2D)"), that meaning: the dialog shows such a field empty."""
+    "0 = the model's default (1024 in 2D)"), that meaning: the dialog shows such a field empty."""
     import re
 
     m = re.search(r"\b0 = ([^;]+)", description)

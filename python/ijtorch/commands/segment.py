@@ -62,7 +62,7 @@ class SegmentParams(BaseModel):
     channel: SegmentChannel = 1
     test_time_augmentation: bool = Field(False, description="average over 8 flips/rotations (2D models; 8x slower)")
     scale: float = Field(1.0, ge=0.1, le=10, description="resize by this factor before the model (2 = objects half the training size; 2D)")
-    tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (512 in 2D)")
+    tile_size: int = Field(0, ge=0, le=4096, description="tile edge in pixels for tiled prediction; 0 = the model's default (1024 in 2D)")
     overlap: int = Field(0, ge=0, description="tile overlap in pixels; 0 = the model's default (96 in 2D)")
     min_confidence: float = Field(0.0, ge=0, le=1, description="drop objects whose confidence (peak object probability) is below this; 0 = keep all")
     rgb: RgbConversion = Field(RgbConversion.luminance, description="RGB images: luminance (0.299R+0.587G+0.114B), inverted luminance (dark objects become bright) or hematoxylin (H&E colour deconvolution)")

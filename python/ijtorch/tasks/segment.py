@@ -307,7 +307,7 @@ def segment(
             raise ValueError(f"{arg}={v!r}: expected None or a float in [0, 1]")
     if tile_size is not None and (not isinstance(tile_size, (int, np.integer)) or tile_size < 32):
         raise ValueError(f"tile_size={tile_size!r}: expected None or an integer >= 32")
-    if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 512)):
+    if overlap is not None and (not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < (tile_size or 1024)):
         raise ValueError(f"overlap={overlap!r}: expected None or an integer in [0, tile_size)")
     from dataclasses import replace
 
