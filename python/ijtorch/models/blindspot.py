@@ -16,7 +16,9 @@ context's estimate with the pixel's own noisy value ``y``, weighted by their var
 read off the image too (empirical Bayes): the local mean of ``(y - mu)^2`` minus that of ``n2``
 (Gaussian window, sigma 4 px). A variance head trained by likelihood, as in the paper, stayed far
 from calibrated in a CPU-length training and made the posterior worse than the prior mean; the
-local estimate gained 0.9-4 dB over the prior mean on the benchmark's tune images.
+local estimate gained 0.6 dB over the prior mean on the benchmark's 10 tune images (33.19 -> 33.76).
+A model predicts in tiles no larger than its training patches (see
+:meth:`ijtorch.models.restoration.RestorationModel.predict_normalized`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ one model object, :class:`RestorationModel`; they differ in their training targe
     patch is replaced by a random neighbour from a ``(2r+1)^d`` window (centre excluded,
     :func:`n2v_mask`) and the loss is the MSE at those pixels only (blind spot), so the network
     cannot learn the identity. No residual connection (it would leak the noisy centre pixel).
+    With ``n2v.method == "blindspot"`` the network is a
+    :class:`~ijtorch.models.blindspot.BlindSpotNet` (``architecture.type``) trained on every pixel.
 ``artificial_labelling``
     Supervised mapping from one channel (e.g. transmitted light) to another (e.g. a fluorescent
     label); no residual connection; MSE loss.

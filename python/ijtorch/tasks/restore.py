@@ -68,7 +68,7 @@ N2V_METHODS = ("blindspot", "mask")
 #: config, honoured by :func:`restore` on every surface): +0.25 dB (34.62 -> 34.87) on the benchmark's
 #: tune images (issue 23 protocol: Poisson peak 20 + Gaussian 0.03), for 8x the prediction time only.
 #: The blind-spot network (``n2v_method="blindspot"``, Laine et al. 2019) trains on every pixel but
-#: reached 33.76 dB against the masked recipe's 34.72 dB on those images in the same CPU time, so
+#: reached 33.78 dB against the masked recipe's 34.72 dB on those images in the same CPU time, so
 #: masking stays the default (see :data:`BLINDSPOT_DEFAULTS`).
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "care": {"batch_size": 8, "base_channels": 32, "depth": 2, "lr": 1e-3},
@@ -77,12 +77,12 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "n2v": {"batch_size": 16, "base_channels": 16, "depth": 3, "lr": 4e-3, "test_time_augmentation": True},
 }
 #: What Noise2Void with ``n2v_method="blindspot"`` (:mod:`ijtorch.models.blindspot`) changes in
-#: ``TRAINING_DEFAULTS["n2v"]``. On the benchmark's tune half (10 images, 350 steps, about the masked
-#: recipe's 71 CPU s): batch 4 at 4e-3 diverged (26.99 dB), at 1e-3 33.18 dB, at 2e-3 33.76 dB; batch 8
-#: at 1e-3 (180 steps) 32.54 dB; batch 16 at 4e-3 (500 steps, 421 CPU s) 30.10 dB. A step costs about
-#: 6x a masked one of the same batch (four rotations of the U-Net), and it stays opt-in: the masked
-#: recipe reached 34.72 dB in 71 CPU s on the same images, in the run where CAREamics took 64 CPU s
-#: (32.46 dB). The CPU seconds were measured on a loaded 2-core machine (ratios within one run count).
+#: ``TRAINING_DEFAULTS["n2v"]``. On the benchmark's tune half (10 images; 350 steps of batch 4, about
+#: the 71 CPU s of the masked recipe's 500 steps of batch 16): at the masked rate 4e-3 training diverged
+#: (27.0 dB), at 1e-3 33.41 dB, at 2e-3 33.78 dB. A step costs about 6x a masked one of the same batch
+#: (four rotations of the U-Net), and it stays opt-in: the masked recipe reached 34.72 dB on the same
+#: images in 71 CPU s, in the run where CAREamics took 64 CPU s (32.46 dB). CPU seconds measured on a
+#: loaded 2-core machine (ratios within one run count).
 BLINDSPOT_DEFAULTS: dict[str, Any] = {"batch_size": 4, "lr": 2e-3}
 _STAT_PERCENTILES = (1.0, 50.0, 99.8)
 _SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
