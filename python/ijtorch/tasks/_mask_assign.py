@@ -59,18 +59,12 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
     # gain of each variable relative to leaving its objects unlinked
     obj = np.concatenate([L_c - 2 * alt, D_c - 3 * alt])
     useful = obj < 0
-    # rows 0..na-1: objects at t; na..na+nb-1: objects at t+1
-    r_l = np.concatenate([L_i, na + L_j])
-    c_l = np.concatenate([np.arange(nl), np.arange(nl)])
+    # objects 0..na-1 at t, na..na+nb-1 at t+1; a link uses L_i and na + L_j, a division or merge
+    # a_side, b1 and b2
     a_side = np.where(D_split, D_one, D_x)
     b1 = np.where(D_split, na + D_x, na + D_one)
     b2 = np.where(D_split, na + D_y, D_y)  # split: second daughter at t+1; merge: second parent at t
-    r_d = np.concatenate([a_side, b1, b2])
-    c_d = nl + np.concatenate([np.arange(nd)] * 3)
-    rows = np.concatenate([r_l, r_d]); cols = np.concatenate([c_l, c_d])
-    A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsr()
     u = np.flatnonzero(useful)
-    A = A[:, u]
     # independent groups (connected components of the objects, joined by the variables using them):
     # a group without a division or merge is a plain assignment, solved as a sparse LAP; the integer
     # program gets the groups with one only (most of a dense colony's links are the former)
@@ -91,7 +85,11 @@ def _assign(na, nb, L_i, L_j, L_c, D_one, D_x, D_y, D_c, D_split, alt):
         x[easy[match[L_i[easy]] == L_j[easy]]] = True
     if hard.any():
         h = u[hard]
-        sel = _solve_packing(obj[h], A[:, np.flatnonzero(hard)].tocsr(), comp_var[hard])
+        # the objects x variables incidence of the hard variables only (links use 2 objects, divisions 3)
+        rows = np.concatenate([L_i, na + L_j, a_side, b1, b2])
+        cols = np.concatenate([np.arange(nl)] * 2 + [nl + np.arange(nd)] * 3)
+        A = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(na + nb, nl + nd)).tocsc()[:, h]
+        sel = _solve_packing(obj[h], A.tocsr(), comp_var[hard])
         if sel is None:  # no solution in time: fall back to the plain LAP on links
             match = solve_sparse_lap(L_i, L_j, L_c, na, nb, row_alt=alt, col_alt=alt)
             return match[L_i] == L_j, np.zeros(nd, bool)
