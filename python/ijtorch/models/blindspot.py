@@ -156,8 +156,8 @@ def estimate_noise_model(image: np.ndarray, *, bins: int = 16) -> tuple[float, f
     """Poisson-Gaussian noise model ``variance = max(a * x + b, floor)`` of a 2D image, from the image alone.
 
     A high-pass residual (Immerkaer's 3x3 kernel, which cancels locally linear signal) gives the
-    noise at every pixel; the pixels are binned by their local (3x3) mean and a robust (MAD)
-    trimmed variance per bin is fitted by a line with non-negative slope (Foi et al. 2008, simplified).
+    noise at every pixel; the pixels are binned by their local (3x3) mean and a trimmed mean square
+    per bin (the top 1 % dropped) is fitted by a line with non-negative slope (Foi et al. 2008, simplified).
     Returns ``(a, b, floor)`` in the image's units; ``floor`` (half the variance of the darkest bin)
     keeps the variance positive where a slightly low mean would take the line below zero.
     """

@@ -442,8 +442,8 @@ def train_restoration(
         Noise2Void's training: ``"blindspot"`` (2D only) a blind-spot network trained on every pixel,
         applied as the posterior mean under a noise model and a prior variance read off each image
         (:mod:`ijtorch.models.blindspot`; batch size and rate from :data:`BLINDSPOT_DEFAULTS` when not
-        given); ``"mask"`` the original pixel masking (:func:`n2v_mask`). ``None``:
-        :data:`TRAINING_DEFAULTS` for 2D, ``"mask"`` for 3D.
+        given); ``"mask"`` the original pixel masking (:func:`n2v_mask`). ``None``: the base model's
+        method when fine-tuning, else ``"mask"``.
     normalization : (low, high)
         Percentiles mapped to 0 and 1 (per image, inputs and targets separately).
     seed, device, resume, checkpoint_dir, time_limit_s, progress, progress_bar, cancel
@@ -485,7 +485,7 @@ def train_restoration(
             n2v_method = base_method
     defaults = TRAINING_DEFAULTS[kind]
     if n2v_method is None:
-        n2v_method = defaults.get("method", "mask") if ndim == 2 else "mask"
+        n2v_method = "mask"
     if kind == "n2v" and n2v_method not in N2V_METHODS:
         raise ValueError(f"n2v_method={n2v_method!r}: accepted values are {N2V_METHODS}")
     blindspot = kind == "n2v" and n2v_method == "blindspot"
