@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fluorescence_folder(data: Path, name: str) -> Path:
-    """The ``nuclei_dsb2018`` folder (``train`` or ``more``) holding image ``name``."""
-    train = data / "nuclei_dsb2018" / "train"
-    return train if (train / "images" / f"{name}.tif").is_file() else data / "nuclei_dsb2018" / "more"
+def _fluorescence_files(data: Path, name: str) -> tuple[Path, Path]:
+    """Image and label paths of ``name`` in ``nuclei_dsb2018`` (its ``train`` or ``more`` folder)."""
+    folder = data / "nuclei_dsb2018" / "train"
+    if not (folder / "images" / f"{name}.tif").is_file():
+        folder = data / "nuclei_dsb2018" / "more"
+    return folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif"
 
 
 def _held_out(data: Path) -> list[tuple[str, str, Path, Path]]:
@@ -97,8 +99,8 @@ def _held_out(data: Path) -> list[tuple[str, str, Path, Path]]:
 
     tl_dir = data / "nuclei_dsb2018_brightfield_histology" / "train"
     kinds = {it["id"]: it["kind"] for it in json.loads((tl_dir / "index.json").read_text())["items"]}
-    items = [("fluorescence", n, _fluorescence_folder(data, n) / "images" / f"{n}.tif",
-              _fluorescence_folder(data, n) / "labels" / f"{n}.tif") for n in read_config(resolve_model("nuclei"))["training"]["val_names"]]
+    items = [("fluorescence", n, *_fluorescence_files(data, n))
+             for n in read_config(resolve_model("nuclei"))["training"]["val_names"]]
     items += [(kinds[n], n, tl_dir / "images" / f"{n}.tif", tl_dir / "labels" / f"{n}.tif")
               for n in read_config(resolve_model("nuclei-transmitted"))["training"]["val_names"]]
     return items
@@ -216,9 +218,9 @@ def bench_fluorescence_model(args: argparse.Namespace) -> dict:
 
     rows: dict[str, list[dict]] = {"fluorescence (validation)": []}
     for name in val:
-        fl_dir = _fluorescence_folder(args.data, name)
-        im = tifffile.imread(fl_dir / "images" / f"{name}.tif")
-        rows["fluorescence (validation)"].append(run(im, "YX", tifffile.imread(fl_dir / "labels" / f"{name}.tif"),
+        image_path, labels_path = _fluorescence_files(args.data, name)
+        im = tifffile.imread(image_path)
+        rows["fluorescence (validation)"].append(run(im, "YX", tifffile.imread(labels_path),
                                                      "luminance"))
     for rgb in ("luminance", "inverted", "hematoxylin"):
         for name, kind in sorted(kinds.items()):
@@ -260,7 +262,7 @@ def bench_fluorescence_model(args: argparse.Namespace) -> dict:
 
     # overhead: the same model with and without its reference
     bare = StarDistModel(copy.deepcopy(model.net), {k: v for k, v in model.config.items() if k != CONFIG_KEY})
-    images = [tifffile.imread(_fluorescence_folder(args.data, n) / "images" / f"{n}.tif") for n in val]
+    images = [tifffile.imread(_fluorescence_files(args.data, n)[0]) for n in val]
     images += [rgb_to_grey(tifffile.imread(tl_dir / "images" / f"{n}.tif"), "YXS")[0]
                for n, k in sorted(kinds.items()) if k == "histology"][:6]
     for m in (model, bare):
@@ -310,7 +312,7 @@ def bench_fluorescence_model(args: argparse.Namespace) -> dict:
 
         seen = set(model.config["training"]["train_names"]) | set(val)
         # held-out fluorescence: the validation images and any 'more' image the model never saw
-        more = [_fluorescence_folder(args.data, n) / "images" / f"{n}.tif" for n in val]
+        more = [_fluorescence_files(args.data, n)[0] for n in val]
         more += sorted(p for p in (args.data / "nuclei_dsb2018" / "more" / "images").glob("*.tif") if p.stem not in seen)
         scores = []
         for p in more:
