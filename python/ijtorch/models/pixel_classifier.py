@@ -12,7 +12,9 @@ strokes, was measured too (phase-contrast cells, seed 0): mean Dice 0.578 vs the
 0.574, but 168 s of training on the shared 2-core machine against ~4 s for this head, so the
 per-pixel head is the model. Training adds feature-space intensity augmentation
 (:mod:`ijtorch.train.pixels_train`), which is what lifts it above the random forest on held-out
-images.
+images, and scale augmentation (:mod:`ijtorch.train.pixels_scale`: the strokes' features also in the
+image zoomed by 0.7 and 1.4), which keeps the interiors of nuclei larger than the annotated ones from
+being classified as background or boundary.
 
 Feature choice, measured on ``benchmarks/bench_pixels.py`` (seeds 0 and 1, mean per-class Dice on
 held-out images minus the random forest's, nuclei / cells): scales 1, 2, 4, 8 without local standard

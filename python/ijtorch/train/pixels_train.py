@@ -14,6 +14,10 @@ default), no weights (0) +0.002 / -0.009 (phase-contrast boundary Dice 0.16 agai
 (with the earlier features) -0.006 / -0.004: full balancing lets the thin class win too many pixels on
 new images, none lets the large classes drown it. 0.25 is the default.
 
+Scale augmentation (``zooms``, :mod:`ijtorch.train.pixels_scale`): the first stage also learns from
+the annotated pixels' features in the plane zoomed by 0.7 and 1.4 (the same pixels, at their zoomed
+positions), so objects of another size on a new image keep their class.
+
 Warm start (``base_model``): the head starts from a pixel model's weights and keeps its feature
 standardisation (a human-in-the-loop round: add strokes, retrain from the current model); when the
 class count differs the last layer is re-initialised and the hidden layers are reused.
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from ijtorch.errors import ModelError
 
 from ..core.progress import ProgressCallback, ProgressEvent, emit
+from .pixels_scale import SCALE_ZOOMS, zoomed_rows
 
 __all__ = ["sparse_loss", "train_pixel_classifier", "class_weights"]
 
@@ -227,6 +232,7 @@ def train_pixel_classifier(
     cancel: Callable[[], bool] | None = None,
     description: str = "",
     augment: bool = True,
+    zooms: Sequence[float] | None = None,
     context: bool | None = None,
 ) -> dict[str, Any]:
     """Train (or warm-start) a pixel classifier and save it to ``output``.
@@ -257,6 +263,11 @@ def train_pixel_classifier(
         Intensity augmentation in feature space (random gain and offset per pixel row, feature
         noise; :func:`_augment`): the strokes come from one or two images, and this keeps the model
         from learning their exact brightness (on the benchmark +0.04-0.06 mean Dice on held-out images).
+    zooms : sequence of float, optional
+        Scale augmentation: the first stage also learns from the annotated pixels' features in each
+        plane zoomed by these factors (:mod:`ijtorch.train.pixels_scale`; default ``SCALE_ZOOMS``,
+        0.7 and 1.4; ``()`` turns it off), so objects of another size on new images keep their
+        class. The context stage learns from the planes as they are.
     context : bool, optional
         Add the auto-context stage (:mod:`ijtorch.models.pixel_classifier`): a second head on the
         features plus the first stage's probabilities smoothed at several scales, trained on the same
@@ -339,14 +350,21 @@ def train_pixel_classifier(
     local_std = base.local_std if base is not None else True  # a warm start keeps the base model's features
     norm = dict(base.config.get("normalization")) if base is not None else {"method": "percentile", "low": 1.0, "high": 99.8}
     # features of the annotated pixels only: (N, F) rows and their classes 1..C
+    zooms = SCALE_ZOOMS if zooms is None else tuple(float(z) for z in zooms)
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise ValueError(f"zooms={zooms!r}: expected positive zoom factors")
     rows, targets, feats = [], [], []
+    zoom_rows: list[list[np.ndarray]] = [[] for _ in zooms]  # per zoom, the planes' rows in the order of ``rows``
     for p, a in zip(planes, anns):
         m = a > 0
-        f = pixel_features(normalize_plane(p, norm), sigmas, local_std)
+        pn = normalize_plane(p, norm)
+        f = pixel_features(pn, sigmas, local_std)
         if context:
             feats.append(f)  # the whole plane's features: the context stage needs the first stage everywhere
         rows.append(f[:, m].T)
         targets.append(a[m])
+        for z, zr in zip(zooms, zoom_rows):
+            zr.append(zoomed_rows(pn, m, z, sigmas, local_std))
     X = np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
     y = np.concatenate(targets).astype(np.int64)
     del rows, targets
@@ -357,6 +375,13 @@ def train_pixel_classifier(
                                        rng.choice(np.flatnonzero(y == c), MAX_PIXELS_PER_CLASS, replace=False)
                                        for c in range(1, n_classes + 1) if counts[c - 1]]))
         X, y = X[keep], y[keep]
+    X1, y1 = X, y  # the first stage's rows: the planes as they are, then zoomed
+    if zooms:  # the same pixels (``keep``) in each zoom
+        Xz = [np.concatenate(zr) if keep is None else np.concatenate(zr)[keep] for zr in zoom_rows]
+        X1 = np.ascontiguousarray(np.concatenate([X, *Xz]), dtype=np.float32)
+        y1 = np.tile(y, 1 + len(zooms))
+        del Xz
+    del zoom_rows
     dev = resolve_device(device)
     torch.manual_seed(seed)
     arch = default_architecture(X.shape[1], n_classes)
@@ -368,14 +393,15 @@ def train_pixel_classifier(
                  if not (k.startswith("head.") and len(base.classes) != n_classes)}
         net.load_state_dict(state, strict=False)
     else:
-        net.mean.copy_(torch.from_numpy(X.mean(0)))
-        net.std.copy_(torch.from_numpy(X.std(0) + 1e-6))
+        net.mean.copy_(torch.from_numpy(X1.mean(0)))
+        net.std.copy_(torch.from_numpy(X1.std(0) + 1e-6))
     init_state = {k: v.clone() for k, v in net.state_dict().items()}  # where each fold's first stage starts
     net.to(dev).train()
     weights = torch.as_tensor(class_weights(counts, power=CLASS_WEIGHT_POWER), device=dev)
     opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=learning_rate * 0.05)
     Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+    Xt1, yt1 = (Xt, yt) if X1 is X else (torch.from_numpy(X1).to(dev), torch.from_numpy(y1).to(dev))
     per_sigma = features_per_sigma(local_std)
     per_channel = 1 + per_sigma * len(sigmas)
     mask = np.zeros(X.shape[1], np.float32)
@@ -383,7 +409,7 @@ def train_pixel_classifier(
         mask[c * per_channel] = 1  # (derivatives and the local standard deviation do not)
         mask[c * per_channel + 1:(c + 1) * per_channel:per_sigma] = 1
     offset = torch.from_numpy(mask).to(dev)
-    noise_std = torch.from_numpy(X.std(0) * NOISE).to(dev)
+    noise_std = torch.from_numpy(X1.std(0) * NOISE).to(dev)
     total_steps = steps * (2 if context else 1)
     emit(progress, ProgressEvent("train", 0, total_steps, "training pixel classifier"))
     t_train = time.monotonic()
@@ -391,12 +417,13 @@ def train_pixel_classifier(
     if dev == "cpu" and threads > 1:  # minibatch matmuls this small run ~5x faster on one thread than on two busy ones
         torch.set_num_threads(1)
     try:
-        done, losses = _fit(net, opt, sched, Xt, yt, weights, steps=steps, batch_size=batch_size, rng=rng,
+        done, losses = _fit(net, opt, sched, Xt1, yt1, weights, steps=steps, batch_size=batch_size, rng=rng,
                             time_limit_s=time_limit_s, progress=progress, cancel=cancel,
                             offset=offset if augment else None, noise_std=noise_std, total=total_steps)
     finally:
         torch.set_num_threads(threads)
     net.eval()
+    del Xt1, yt1, X1, y1
     ctx_net = ctx_config = None
     if context:
         from ijtorch.models.pixel_classifier import DEFAULT_CONTEXT_SIGMAS, context_features
@@ -475,6 +502,7 @@ def train_pixel_classifier(
         "training": {"items": len(planes), "steps": done, "batch_size": int(batch_size),
                      "learning_rate": float(learning_rate), "seed": int(seed),
                      "augmentation": {"gain": GAIN, "noise": NOISE} if augment else None,
+                     "zooms": list(zooms),
                      "class_weight_power": CLASS_WEIGHT_POWER,
                      "annotated_pixels": {c: int(n) for c, n in zip(classes, counts)},
                      "warm_start": base is not None, "seconds": round(train_seconds, 3)},
