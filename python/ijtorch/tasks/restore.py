@@ -569,6 +569,8 @@ def train_restoration(
                     dict(arch, norm="none", activation="relu", dropout=0.0, pool_z=True))
     if base is not None:
         net.load_state_dict(base.net.state_dict())
+    if ndim == 2:  # oneDNN's channels-last convolutions: a training step ~20 % faster on CPU (U-Net 16/3, batch 16)
+        net = net.to(memory_format=torch.channels_last)
     if blindspot:
         from ijtorch.models.blindspot import blindspot_loss
 
