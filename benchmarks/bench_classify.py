@@ -1,4 +1,4 @@
-"""Classification benchmark: ijtorch CNN vs scikit-learn on hand-crafted features (Jurkat cell cycle).
+"""Classification benchmark: ijtorch (network + feature forest) vs scikit-learn on hand-crafted features (Jurkat cell cycle).
 
 Data: ``../shared/data/classify_jurkat_cellcycle/train.npz`` (672 cells, brightfield / DNA /
 darkfield, 40×40, 7 imbalanced phases: Anaphase 9, Telophase 18). A single held-out split
@@ -10,7 +10,8 @@ split, for model selection and temperature scaling, out of the training fold onl
 Compared in the same run:
 (a) ``ijtorch.tasks.classify.train_classifier`` with its default recipe (what the CLI
 ``train-classifier`` and the Fiji command use), predictions by ``ijtorch.tasks.classify.classify``;
-when the recipe is an ensemble, also its first member alone (the same network trained with the
+the same model's network alone (without its feature forest, :mod:`ijtorch.models.feature_forest`:
+the network's calibrated probabilities); when the recipe is an ensemble, also its first member alone (the same network trained with the
 same seed as a 1-member model, i.e. the single-network recipe; its time is that member's training);
 (b) scikit-learn on per-cell hand-crafted features: per channel intensity statistics (mean,
 std, min, max, 10/50/90th percentiles, mean gradient magnitude) and regionprops of the Otsu mask
@@ -42,7 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "classify_jurkat_cellcycle" / "train.npz"
-CNN = "ijtorch CNN"
+CNN = "ijtorch (default recipe)"
+NETWORK = "ijtorch network alone"
 FIRST = "ijtorch CNN, first member alone"
 
 
@@ -113,6 +115,17 @@ def first_member_logits(model_dir: str, images: np.ndarray) -> np.ndarray | None
         return first.logits_from_features(first.features(t, dihedral=True)).numpy()
 
 
+def network_alone_proba(model_dir: str, images: np.ndarray) -> np.ndarray | None:
+    """The model's network's calibrated probabilities, without its feature forest (None: it has none)."""
+    from ijtorch.models.classifier import ClassifierModel
+
+    model = ClassifierModel.load(model_dir)
+    if model.forest is None:
+        return None
+    model.forest = None
+    return model.predict_proba(images)
+
+
 def print_confusion(classes: list[str], cm: np.ndarray) -> None:
     width = max(len(c) for c in classes)
     print(" " * (width + 2) + " ".join(f"{c[:5]:>5}" for c in classes) + "   recall")
@@ -150,11 +163,11 @@ def main() -> None:
     feats = handcrafted_features(x)
     t_feat = time.perf_counter() - t0
     extra = {} if args.epochs is None else {"epochs": args.epochs}
-    names = [CNN, FIRST, *baselines(args.seed, args.threads)]
+    names = [CNN, NETWORK, FIRST, *baselines(args.seed, args.threads)]
     pred = {n: np.full(len(y), -1) for n in names}
     proba: dict[str, np.ndarray | None] = {n: np.zeros((len(y), len(classes))) for n in names}
     fold_ba: dict[str, list[float]] = {n: [] for n in names}
-    seconds = {n: (0.0 if n in (CNN, FIRST) else t_feat) for n in names}
+    seconds = {n: (0.0 if n in (CNN, NETWORK, FIRST) else t_feat) for n in names}
     for k, (train, test) in enumerate(folds):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -163,7 +176,13 @@ def main() -> None:
             out = classify(x[test], model=summary["output"], device="cpu")
             seconds[CNN] += time.perf_counter() - t0
             first = first_member_logits(summary["output"], x[test])
+            alone = network_alone_proba(summary["output"], x[test])
         pred[CNN][test], proba[CNN][test] = out["class_index"], out["probabilities"]
+        if alone is None:  # trained without a forest: the default row is the network
+            names = [n for n in names if n != NETWORK]
+        else:
+            pred[NETWORK][test], proba[NETWORK][test] = alone.argmax(1), alone
+            seconds[NETWORK] = seconds[CNN]
         if first is None:  # a single network: no member row
             names = [n for n in names if n != FIRST]
         else:  # calibrated with the ensemble's temperature: no ECE of its own
@@ -185,7 +204,7 @@ def main() -> None:
         for name in names:
             rep = classification_report(y[test], pred[name][test], classes=classes)
             fold_ba[name].append(rep["balanced_accuracy"])
-            short = {CNN: "ijtorch", FIRST: "ijtorch-1st"}.get(name, name.split(" ")[0])
+            short = {CNN: "ijtorch", NETWORK: "ijtorch-net", FIRST: "ijtorch-1st"}.get(name, name.split(" ")[0])
             line.append(f"{short} {rep['balanced_accuracy']:.3f}")
         print(f"fold {k + 1}: test {len(test)} cells (Anaphase {int((y[test] == 0).sum())}): " + ", ".join(line)
               + f"  [{info[CNN]}]", flush=True)
@@ -206,7 +225,7 @@ def main() -> None:
     for name in names:
         print(f"\n-- pooled confusion matrix, {name} (rows true, columns predicted)")
         print_confusion(classes, np.asarray(results[name][1]["confusion"]))
-    best = max((n for n in names if n not in (CNN, FIRST)), key=lambda n: results[n][0])
+    best = max((n for n in names if n not in (CNN, NETWORK, FIRST)), key=lambda n: results[n][0])
     print(f"\nratio ijtorch / best baseline ({best}): balanced accuracy "
           f"{results[CNN][0] / results[best][0]:.3f}x ({results[CNN][0]:.3f} vs {results[best][0]:.3f}), "
           f"training time {seconds[CNN] / seconds[best]:.1f}x")

@@ -301,6 +301,10 @@ def _plan(model: Any, cfg: dict[str, Any], test_image: np.ndarray | None, spec: 
         plan.preprocessing = [_percentile_pre(spec, norm, list(spatial), 1e-20)]
         return plan
     if mtype == "classifier":
+        if getattr(model, "forest", None) is not None:  # a random forest has no bioimage.io weights format
+            log.warning("the package holds the classifier's network only: its feature forest cannot be exported, "
+                        "so the package's probabilities are the network's alone (train with feature_forest=False "
+                        "for a model that exports exactly)")
         shape = tuple(int(s) for s in cfg["input_shape"])
         spatial = "yx" if len(shape) == 3 else "zyx"
         rng = np.random.default_rng(0)

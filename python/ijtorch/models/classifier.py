@@ -13,6 +13,12 @@ trained with test-time augmentation average the logits of the 8 dihedral transfo
 (cells have no orientation), so predictions do not change when an item is rotated or flipped.
 An ensemble (``members > 1``) holds that many networks, trained separately; its logits are the
 mean of theirs and its embedding is their embeddings side by side.
+
+A 2D model may also hold a random forest on hand-crafted item features
+(:mod:`ijtorch.models.feature_forest`; config ``feature_forest``, arrays under the ``forest.``
+prefix of the weights file); its probabilities (:meth:`ClassifierModel.probabilities`) are then the
+mean of the network's calibrated ones and the forest's, corrected for the training class
+frequencies. Folders without it predict with the network alone, as before.
 """
 
 from __future__ import annotations
@@ -191,10 +197,12 @@ class ClassifierModel:
     averaged over the 8 rotations/reflections of each item, for square YX items; absent: one pass).
     """
 
-    def __init__(self, net: ClassifierNet, config: dict[str, Any], *, device: str = "cpu") -> None:
+    def __init__(self, net: ClassifierNet, config: dict[str, Any], *, device: str = "cpu",
+                 forest: dict[str, np.ndarray] | None = None) -> None:
         self.net = net.to(device).eval()
         self.config = config
         self.device = device
+        self.forest = forest  # feature_forest arrays (with "prior"), or None: the network alone
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -202,9 +210,12 @@ class ClassifierModel:
         """Build from a loaded :class:`~ijtorch.models.store.ModelDir`."""
         if md.config.get("model_type") != MODEL_TYPE:
             raise ModelError(f"{md.path}: model_type={md.config.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        from .feature_forest import forest_from_tensors
+
         net = ClassifierNet(**md.config["architecture"])
-        net.load_state_dict(md.state_dict)
-        return cls(net, md.config, device=device)
+        state, forest = forest_from_tensors(md.state_dict)
+        net.load_state_dict(state)
+        return cls(net, md.config, device=device, forest=forest)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> "ClassifierModel":
@@ -213,7 +224,12 @@ class ClassifierModel:
 
     def save(self, path: str | Path) -> Path:
         """Save as a model directory."""
-        return save_model_dir(path, self.net.state_dict(), self.config)
+        from .feature_forest import forest_tensors
+
+        state = dict(self.net.state_dict())
+        if self.forest is not None:
+            state.update(forest_tensors(self.forest))
+        return save_model_dir(path, state, self.config)
 
     # ----------------------------------------------------------- properties
     @property
@@ -352,9 +368,25 @@ class ClassifierModel:
         return self._run(images if prepared else self.prepare(images), "logits", batch_size)
 
     def predict_proba(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
-        """Calibrated probabilities ``softmax(logits / T)``, ``(N, K)`` float32."""
-        z = self.logits(images, batch_size=batch_size, prepared=prepared).astype(np.float64)
-        return _softmax(z / self.temperature).astype(np.float32)
+        """Class probabilities ``(N, K)`` float32 (:meth:`probabilities`)."""
+        x = images if prepared else self.prepare(images)
+        return self.probabilities(self.logits(x, batch_size=batch_size, prepared=True), x)
+
+    def probabilities(self, logits: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+        """The model's class probabilities from its network's ``logits`` of the ``prepared`` items:
+        ``softmax(logits / T)``, averaged with the feature forest's when the model has one
+        (:func:`ijtorch.models.feature_forest.fuse`) and that mean calibrated again by its own
+        temperature (config ``feature_forest.temperature``, fitted on the held-out items)."""
+        p = _softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
+        if self.forest is None or not len(p):
+            return p.astype(np.float32)
+        from .feature_forest import forest_proba, fuse, item_features
+
+        fused = fuse(p, forest_proba(self.forest, item_features(prepared)), self.forest["prior"])
+        t_fused = float(self.config.get("feature_forest", {}).get("temperature", 1.0))
+        if t_fused == 1.0:
+            return fused
+        return _softmax(np.log(np.maximum(fused.astype(np.float64), 1e-12)) / t_fused).astype(np.float32)
 
     def embed(self, images: np.ndarray, *, batch_size: int = 64, prepared: bool = False) -> np.ndarray:
         """Embeddings ``(N, D)`` float32 (penultimate features)."""

@@ -183,6 +183,7 @@ def train_classifier(
     class_weighting: str = "sampling",
     augment: bool = True,
     members: int = 1,
+    feature_forest: bool = True,
     normalization: str = "dataset",
     val_fraction: float = 0.15,
     patience: int | None = None,
@@ -201,7 +202,8 @@ def train_classifier(
     dataset-normalised channels, random dihedral transforms and shifts, class-balanced batches,
     AdamW with a cosine schedule for 100 epochs keeping the last epoch's weights, predictions
     averaged over the 8 dihedral transforms of each item and temperature-calibrated on the
-    held-out split.
+    held-out split; for 2D items, averaged with a random forest on hand-crafted features
+    (``feature_forest``).
 
     Parameters
     ----------
@@ -233,6 +235,12 @@ def train_classifier(
         One by default: on the Jurkat cell-cycle benchmark (5-fold CV, seed 0) two members scored
         balanced accuracy 0.859 ± 0.036 and the first member alone 0.863 ± 0.038, for 2.2x the
         training time (``benchmarks/bench_classify.py``).
+    feature_forest : bool
+        Also fit a random forest (500 trees, class-balanced) on hand-crafted intensity and shape
+        features of the training items and average its class-frequency-corrected probabilities with
+        the network's, calibrated again by a temperature fitted on the held-out items
+        (:mod:`ijtorch.models.feature_forest`; 2D items only). On the Jurkat cell-cycle benchmark
+        (5-fold CV, seeds 0-2) it raised balanced accuracy by 0.015 / 0.049 / 0.026.
     normalization : {"dataset", "item"}
         ``dataset``: each channel maps its 1st/99.8th percentiles over the training items to 0/1
         (values stored in the model; absolute intensity, e.g. DNA content, stays informative);
@@ -419,14 +427,26 @@ def train_classifier(
     if has_val:
         logits = model.logits(x[va_idx], prepared=True)
         temperature = fit_temperature(logits, y[va_idx])
+    config["calibration"] = {"temperature": temperature, "method": "temperature scaling on held-out items"}
+    if feature_forest and ndim == 2:
+        from ..models import feature_forest as ff
+
+        emit(progress, ProgressEvent("forest", 0, 1, "fitting the feature forest"))
+        model.forest = ff.fit_forest(ff.item_features(x[tr_idx]), y[tr_idx], len(class_names), seed=seed)
+        config["feature_forest"] = {"features": ff.FEATURES, "trees": ff.TREES, "class_weight": "balanced",
+                                    "items": "training split",
+                                    "fusion": "mean of the network's calibrated probabilities and the forest's "
+                                              "divided by the training class frequencies"}
+        if has_val:  # the mean of two calibrated distributions is not calibrated: its own temperature
+            fused = model.probabilities(logits, x[va_idx])
+            config["feature_forest"]["temperature"] = fit_temperature(np.log(np.maximum(fused, 1e-12)), y[va_idx])
+    if has_val:  # the saved model's probabilities (with the forest, if any); ECE before calibration: the network's
         from ..models.classifier import _softmax
 
-        p_raw = _softmax(logits.astype(np.float64))
-        p_cal = _softmax(logits.astype(np.float64) / temperature)
-        metrics = classification_report(y[va_idx], logits.argmax(1), classes=class_names, probabilities=p_cal)
+        p = model.probabilities(logits, x[va_idx])
+        metrics = classification_report(y[va_idx], p.argmax(1), classes=class_names, probabilities=p)
         metrics["ece_uncalibrated"] = classification_report(y[va_idx], logits.argmax(1), classes=class_names,
-                                                            probabilities=p_raw)["ece"]
-    config["calibration"] = {"temperature": temperature, "method": "temperature scaling on held-out items"}
+                                                            probabilities=_softmax(logits.astype(np.float64)))["ece"]
     try:  # the dataset-shift reference (ijtorch.models.shift): training items, threshold on the held-out ones
         model.fit_shift_reference(x[tr_idx], x[va_idx])
     except ValueError as exc:  # too few items: the model works without one (and says so)
@@ -490,14 +510,14 @@ def classify(images: np.ndarray, *, model: Any, device: str = "auto", batch_size
         ``shift`` the dataset-shift report of the items (:func:`shift_of_items`; "no reference"
         for models without one) and, with a reference, ``shift_score`` (N,) per item.
     """
-    from ..models.classifier import ClassifierModel, _softmax
+    from ..models.classifier import ClassifierModel
 
     m = _as_model(model, device)
     scores = None
     if isinstance(m, ClassifierModel):
         x = m.prepare(images)
         logits, emb = m.logits_and_embeddings(x, batch_size=batch_size)
-        p = _softmax(logits.astype(np.float64) / m.temperature).astype(np.float32)
+        p = m.probabilities(logits, x)
         scores = m.shift_scores(x, emb)
     else:  # an imported bioimage.io package
         p = m.predict_proba(images, batch_size=batch_size)
