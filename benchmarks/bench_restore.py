@@ -108,7 +108,8 @@ def n2v_recipe() -> dict[str, Any]:
     """The Denoise command's defaults (epochs, steps) and ``train_restoration``'s for the rest (``method``:
     Noise2Void's default training for 2D images)."""
     from ijtorch.commands.restore import DenoiseN2VParams
-    from ijtorch.tasks.restore import TRAINING_DEFAULTS, train_restoration
+    from ijtorch.tasks.restore import TRAINING_DEFAULTS
+    from ijtorch.tasks.restore_train import train_restoration
 
     p = DenoiseN2VParams()
     sig = inspect.signature(train_restoration).parameters
@@ -121,7 +122,8 @@ def ijtorch_n2v(noisy: list[np.ndarray], work: Path, method: str) -> tuple[list[
     with the N2V ``method``, then apply it with ``denoise_n2v(model=...)``; returns outputs and
     [train wall, CPU, apply wall, CPU]."""
     from ijtorch.commands.restore import DenoiseN2VParams
-    from ijtorch.tasks.restore import denoise_n2v, train_restoration
+    from ijtorch.tasks.restore_train import denoise_n2v
+    from ijtorch.tasks.restore_train import train_restoration
 
     p = DenoiseN2VParams()
     t, c = time.perf_counter(), time.process_time()
@@ -137,7 +139,8 @@ def ijtorch_n2v(noisy: list[np.ndarray], work: Path, method: str) -> tuple[list[
 
 def ijtorch_care(train_in: list[np.ndarray], train_gt: list[np.ndarray], noisy: list[np.ndarray],
                  work: Path) -> tuple[list[np.ndarray], list[float]]:
-    from ijtorch.tasks.restore import restore, train_restoration
+    from ijtorch.tasks.restore import restore
+    from ijtorch.tasks.restore_train import train_restoration
 
     t, c = time.perf_counter(), time.process_time()
     train_restoration("care", train_in, train_gt, output=work / "care", seed=0, device="cpu",

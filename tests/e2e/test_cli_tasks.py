@@ -103,7 +103,7 @@ def _noisy_planes(n: int = 2) -> list[np.ndarray]:
 def test_restoration_fine_tuning_starts_from_the_base_weights(tmp_path, one_torch_thread):
     """Defect 2: train_restoration(base_model=...) fine-tunes (the CLI's --base-model was a TypeError)."""
     from ijtorch.models.restoration import RestorationModel
-    from ijtorch.tasks.restore import train_restoration
+    from ijtorch.tasks.restore_train import train_restoration
 
     planes = _noisy_planes()
     tiny = dict(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, device="cpu", base_channels=8, depth=2)

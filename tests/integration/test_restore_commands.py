@@ -34,7 +34,7 @@ def clean_noisy(shared_data):
 
 @pytest.fixture(scope="module")
 def models(clean_noisy, tmp_path_factory):
-    from ijtorch.tasks.restore import train_restoration
+    from ijtorch.tasks.restore_train import train_restoration
 
     clean, noisy = clean_noisy
     root = tmp_path_factory.mktemp("restore-models")

@@ -53,7 +53,7 @@ def setup(tmp_path_factory, shared_data):
 
     from ijtorch.io.tiff import read_tiff
     from ijtorch.tasks.classify import object_crops, train_classifier
-    from ijtorch.tasks.restore import train_restoration
+    from ijtorch.tasks.restore_train import train_restoration
 
     image = read_tiff(shared_data / CALIBRATION_IMAGE).data
     folder = tmp_path_factory.mktemp("models")

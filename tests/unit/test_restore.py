@@ -16,7 +16,8 @@ from scipy import ndimage as ndi
 from ijtorch.metrics.restoration import normalize_minmse, nrmse, psnr, ssim
 from ijtorch.models.restoration import n2v_mask
 from ijtorch.tasks.restore import (BLINDSPOT_DEFAULTS, N2V_METHODS, TRAINING_DEFAULTS, check_dataset_shift,
-                                   degradation_error_map, denoise_n2v, intensity_stats, restore, train_restoration)
+                                   degradation_error_map, intensity_stats, restore)
+from ijtorch.tasks.restore_train import denoise_n2v, train_restoration
 
 torch.set_num_threads(1)
 KINDS = ("care", "n2v", "n2n", "artificial_labelling")

@@ -259,7 +259,7 @@ def _train_n2v(planes: list, model_dir: Path, args: argparse.Namespace, p: Any, 
 
     from ..models.device import resolve_device
     from ..models.restoration import RestorationModel
-    from ..tasks.restore import train_restoration
+    from ..tasks.restore_train import train_restoration
 
     progress = _training_progress(desc, p.steps)
     with tempfile.TemporaryDirectory(prefix="ijtorch-n2v-checkpoints-") as checkpoints:
@@ -349,7 +349,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _train_restoration(args: argparse.Namespace) -> int:
-    from ..tasks.restore import train_restoration
+    from ..tasks.restore_train import train_restoration
 
     progress = _training_progress("train-restoration", args.steps)
     summary = train_restoration(args.kind, args.inputs, args.targets, output=args.output, epochs=args.epochs,

@@ -112,7 +112,8 @@ def denoise_n2v_command(inputs: CommandInputs, p: DenoiseN2VParams) -> CommandOu
     With ``save_as`` the trained model is written to this machine's user model folder.
     """
     from ..models.store import new_user_model_dir
-    from ..tasks.restore import denoise_n2v, restored_axes
+    from ..tasks.restore import restored_axes
+    from ..tasks.restore_train import denoise_n2v
 
     command = "ijtorch Denoise (Noise2Void)"
     image = _checked(command, inputs, rgb=True)
@@ -160,7 +161,7 @@ class TrainRestorationParams(BaseModel):
 def train_restoration_command(inputs: CommandInputs, p: TrainRestorationParams) -> CommandOutputs:
     """Train a CARE / Noise2Void / Noise2Noise / artificial labelling model; selectable by name afterwards."""
     from ..models.store import new_user_model_dir
-    from ..tasks.restore import train_restoration
+    from ..tasks.restore_train import train_restoration
 
     output = new_user_model_dir(p.name)
     kind = p.kind.name
