@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Calibration", "Image", "check_axes", "to_axes", "CANONICAL_AXES"]
+__all__ = ["Calibration", "Image", "check_axes", "to_axes", "rgb_as_channel_axes", "CANONICAL_AXES"]
 
 CANONICAL_AXES = "TZCYXS"
 
@@ -38,6 +38,18 @@ class Calibration:
         if unknown:
             raise ValueError(f"calibration: unknown keys {sorted(unknown)}; accepted: {sorted(cls.__dataclass_fields__)}")
         return cls(**values)
+
+
+def rgb_as_channel_axes(axes: str) -> str:
+    """Axes with an RGB sample axis ``S`` read as the channel axis ``C`` (red, green, blue: the
+    channels ImageJ's Make Composite gives), in place, so the data need no copy (pixel classifiers
+    learn from colour this way: H&E tissue types, stains). An image with both ``C`` and ``S`` is
+    refused."""
+    if "S" not in axes:
+        return axes
+    if "C" in axes:
+        raise ValueError(f"axes={axes!r}: an image with both channels (C) and RGB samples (S) is not supported")
+    return axes.replace("S", "C")
 
 
 def check_axes(axes: str, ndim: int, *, arg_name: str = "axes") -> str:

@@ -178,3 +178,47 @@ def test_classify_pixels_dialog_is_recorded_and_the_line_replays(ij, cells, tmp_
     assert len(lines) == 1 and "model=rec-px" in lines[0] and " probabilities" in lines[0], text
     bridge.run_macro('while (nImages > 1) { selectImage(nImages); close(); } selectImage("cells"); ' + lines[0])
     assert JClass("ij.WindowManager").getImage("cells-probabilities") is not None
+
+
+def test_rgb_image_trains_and_classifies_by_colour_in_imagej(ij, tmp_path, monkeypatch):
+    """An RGB ImagePlus (red and blue blobs of one brightness): strokes in the ROI Manager train a
+    3-channel model, and Classify Pixels on an RGB image gives what classify_pixels gives."""
+    from jpype import JClass
+
+    from ijtorch.bridge import imageplus_to_numpy
+    from ijtorch.models.store import read_config
+    from ijtorch.tasks.pixels import classify_pixels, dice_per_class, scribbles_from_classes
+
+    monkeypatch.setenv("IJTORCH_MODELS", str(tmp_path))
+    rng = np.random.default_rng(0)
+
+    def colour_blobs(seed: int):
+        r = np.random.default_rng(seed)
+        yy, xx = np.mgrid[:96, :96]
+        truth = np.ones((96, 96), np.uint8)
+        for k in range(10):
+            cy, cx, rad = r.integers(10, 86), r.integers(10, 86), r.integers(5, 9)
+            truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad] = 2 + k % 2
+        colours = np.array([[120, 120, 120], [200, 60, 100], [60, 100, 200]], np.float64)
+        return np.clip(colours[truth - 1] + rng.normal(0, 10, (96, 96, 3)), 0, 255).astype(np.uint8), truth
+
+    (image, truth), (test, test_truth) = colour_blobs(0), colour_blobs(1)
+    ann = scribbles_from_classes(truth, strokes_per_class=3, length=30, width=1, seed=0)
+    _show(ann, "strokes")
+    rgb = _show(image, "colour", axes="YXS")
+    assert int(rgb.getType()) == JClass("ij.ImagePlus").COLOR_RGB
+    bridge.run_macro("""
+        roiManager("reset"); names = newArray("background_1", "red_1", "blue_1");
+        for (k = 1; k <= 3; k++) { selectImage("strokes"); setThreshold(k, k); run("Create Selection");
+            roiManager("add"); roiManager("select", k - 1); roiManager("rename", names[k - 1]); }
+        selectImage("strokes"); close(); selectImage("colour"); run("Select None"); roiManager("deselect");
+        run("ijtorch Train Pixel Classifier", "name=rgb-px steps=150");
+    """)
+    cfg = read_config(tmp_path / "rgb-px")
+    assert cfg["channels"] == 3 and cfg["classes"] == ["background", "red", "blue"]
+    _show(test, "colour-test", axes="YXS")
+    bridge.run_macro('selectImage("colour-test"); run("ijtorch Classify Pixels", "model=rgb-px");')
+    shown = imageplus_to_numpy(JClass("ij.WindowManager").getImage("colour-test-classes")).data
+    expected = classify_pixels(test, "YXS", model="rgb-px")
+    np.testing.assert_array_equal(shown, expected.classes)
+    assert np.all(dice_per_class(expected.classes, test_truth, 3) > 0.8)

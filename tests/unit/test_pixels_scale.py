@@ -1,4 +1,4 @@
-"""Scale augmentation of pixel classifiers: features near the strokes, and of the zoomed plane."""
+"""Pixel classifiers: scale augmentation (features near the strokes, and of the zoomed plane) and RGB input."""
 
 from __future__ import annotations
 
@@ -66,3 +66,51 @@ def test_training_records_its_zooms_and_refuses_bad_ones():
     assert not np.allclose(on["model"].network.mean.numpy(), off["model"].network.mean.numpy())
     with pytest.raises(ValueError, match="zooms"):
         train_pixels([image], [ann], output=None, steps=5, device="cpu", zooms=(0.0,))
+
+
+def _colour_regions(seed: int, shape=(96, 96)) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB (YXS) image of reddish and bluish blobs of the same brightness on a grey background:
+    grey values cannot tell the two blob classes apart, colour can. Classes 1 background, 2 red, 3 blue."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    truth = np.ones(shape, np.uint8)
+    for k in range(10):
+        cy, cx, r = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10), rng.integers(5, 9)
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 2 + k % 2
+    colours = np.array([[120, 120, 120], [200, 60, 100], [60, 100, 200]], np.float64)  # same channel sum
+    rgb = colours[truth - 1] + rng.normal(0, 10, shape + (3,))
+    return np.clip(rgb, 0, 255).astype(np.uint8), truth
+
+
+def test_rgb_images_train_and_classify_by_colour(tmp_path):
+    import tifffile
+
+    from ijtorch.tasks.pixels import classify_pixels, dice_per_class
+
+    image, truth = _colour_regions(0)
+    ann = scribbles_from_classes(truth, strokes_per_class=3, length=30, width=1, seed=0)
+    s = train_pixels([image], [ann], axes="YXS", output=tmp_path / "rgb", steps=150, seed=0, device="cpu",
+                     classes=["background", "red", "blue"])
+    assert s["model"].n_channels == 3
+    test, test_truth = _colour_regions(1)
+    r = classify_pixels(test, "YXS", model=tmp_path / "rgb", device="cpu")
+    assert r.axes == "YX" and r.classes.shape == test_truth.shape
+    assert np.all(dice_per_class(r.classes, test_truth, 3) > 0.8)  # red and blue told apart by colour alone
+    # segment() with a pixel model trained on colour classifies the colour, not the grey (no rgb= conversion)
+    from ijtorch.tasks.segment import segment
+
+    seg = segment(test, "YXS", model=str(tmp_path / "rgb"), device="cpu")
+    np.testing.assert_array_equal(seg.labels, r.classes)
+    assert seg.rgb is None
+    # the same pixels as channels (CYX) give the same classes: S is read as C
+    as_channels = classify_pixels(np.moveaxis(test, -1, 0), "CYX", model=tmp_path / "rgb", device="cpu")
+    np.testing.assert_array_equal(as_channels.classes, r.classes)
+    # folders of RGB TIFFs (as the CLI's train-pixels reads them)
+    (tmp_path / "im").mkdir(), (tmp_path / "ann").mkdir()
+    tifffile.imwrite(tmp_path / "im" / "a.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "ann" / "a.tif", ann)
+    f = train_pixels(tmp_path / "im", tmp_path / "ann", output=tmp_path / "rgb2", steps=150, seed=0, device="cpu",
+                     classes=["background", "red", "blue"])
+    assert f["model"].n_channels == 3
+    with pytest.raises(ValueError, match="both channels"):
+        classify_pixels(np.zeros((2, 8, 8, 3), np.uint8), "CYXS", model=tmp_path / "rgb", device="cpu")

@@ -108,13 +108,10 @@ def annotation_from_strokes(shape: tuple[int, int], strokes: Sequence[Stroke], *
 
 def _plane(command: str, inputs: CommandInputs):
     """The current image as ``(image, YX or CYX plane, axes, 1-based slice)``."""
-    from ..image import to_axes
+    from ..image import rgb_as_channel_axes, to_axes
 
     image = plain_image(command, inputs)
-    if "S" in image.axes:
-        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels "
-                           "(Image > Color > Make Composite) first")
-    data, axes = image.data, image.axes
+    data, axes = image.data, rgb_as_channel_axes(image.axes)  # RGB: red, green and blue are 3 channels
     position = 1
     if set(axes) - set("CYX"):  # a stack: train on the current Z/T plane
         c, z, t = inputs.position
@@ -189,9 +186,7 @@ def classify_pixels_outputs(image, p: ClassifyPixelsParams, *, command: str = "i
     one ``p_<class>`` label per channel."""
     from ..tasks.pixels import class_areas, classify_pixels
 
-    if "S" in image.axes:
-        raise IjtorchError(f"{command}: {image.title} is an RGB image; convert it to 8-bit or to channels first")
-    channel = p.channel - 1 if "C" in image.axes else None
+    channel = p.channel - 1 if ("C" in image.axes or "S" in image.axes) else None
     try:
         r = classify_pixels(image.data, image.axes, model=p.model, channel=channel, probabilities=p.probabilities,
                             progress=progress)

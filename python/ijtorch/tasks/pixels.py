@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ijtorch.image import Calibration, check_axes
+from ijtorch.image import Calibration, check_axes, rgb_as_channel_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["PixelResult", "classify_pixels", "train_pixels", "class_areas", "scribbles_from_classes",
@@ -127,8 +127,7 @@ def classify_pixels(
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     axes = check_axes(axes, data.ndim)
-    if "S" in axes:
-        raise ValueError(f"axes={axes!r}: RGB (S) images are not supported; convert to channels first")
+    axes = rgb_as_channel_axes(axes)  # colour images: red, green and blue are the model's channels
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
     if tile_size is not None and (not isinstance(tile_size, (int, np.integer)) or tile_size < 32):
@@ -253,7 +252,7 @@ def _read_pairs(images: Path, annotations: Path) -> tuple[list, list, str]:
     data, labels, axes_set = [], [], set()
     for fi, fa in zip(ims, anns):
         im, an = read_tiff(fi), read_tiff(fa)
-        ax = im.axes
+        ax = rgb_as_channel_axes(im.axes)
         if set(ax) - set("CYX"):
             raise ValueError(f"{fi.name}: axes {ax}; train-pixels takes 2D images (YX or CYX)")
         a = np.squeeze(an.data)

@@ -301,6 +301,7 @@ def segment(
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
     rgb_used = rgb if "S" in axes else None
+    colour, colour_axes = data, axes  # a pixel model trained on colour classifies the RGB channels themselves
     data, axes = rgb_to_grey(data, axes, rgb)  # float32 grey; unchanged without an S axis
     for arg, v in (("prob_threshold", prob_threshold), ("nms_threshold", nms_threshold)):
         if v is not None and not 0 <= float(v) <= 1:
@@ -333,6 +334,8 @@ def segment(
     from ijtorch.tasks.pixels import is_pixel_model
 
     if is_pixel_model(model):  # semantic segmentation: the class label map is the result's labels
+        if rgb_used is not None and imported.n_channels > 1:  # trained on colour (RGB as 3 channels): no grey
+            data, axes, rgb_used = colour, colour_axes, None
         r = _pixel_model_result(data, axes, model=model, channel=channel, tile_size=tile_size, overlap=overlap,
                                 device=device, test_time_augmentation=test_time_augmentation, scale=scale,
                                 progress=progress, cancel=cancel)

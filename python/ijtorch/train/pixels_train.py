@@ -168,9 +168,9 @@ def class_weights(counts: np.ndarray, *, power: float = 0.5) -> np.ndarray:
 
 
 def _as_cyx(image: np.ndarray, axes: str) -> np.ndarray:
-    from ijtorch.image import check_axes, to_axes
+    from ijtorch.image import check_axes, rgb_as_channel_axes, to_axes
 
-    axes = check_axes(axes, np.ndim(image))
+    axes = rgb_as_channel_axes(check_axes(axes, np.ndim(image)))
     if set(axes) - set("CYX"):
         raise ValueError(f"axes={axes!r}: pixel classifiers train on 2D planes (YX or CYX)")
     return to_axes(np.asarray(image), axes, "CYX") if "C" in axes else np.asarray(image)[None]
