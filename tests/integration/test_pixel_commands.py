@@ -23,6 +23,19 @@ def _show(data: np.ndarray, title: str, axes: str = "YX"):
     return imp
 
 
+def _strokes_to_roi_manager(classes: list[str], image: str, train_options: str) -> None:
+    """Each class's strokes in the open "strokes" image (values 1..C) → one composite (brush-like) ROI
+    in the ROI Manager named ``<class>_1``; then the Train Pixel Classifier command on ``image``."""
+    names = ", ".join(f'"{c}_1"' for c in classes)
+    bridge.run_macro(f"""
+        roiManager("reset"); names = newArray({names});
+        for (k = 1; k <= {len(classes)}; k++) {{ selectImage("strokes"); setThreshold(k, k); run("Create Selection");
+            roiManager("add"); roiManager("select", k - 1); roiManager("rename", names[k - 1]); }}
+        selectImage("strokes"); close(); selectImage("{image}"); run("Select None"); roiManager("deselect");
+        run("ijtorch Train Pixel Classifier", "{train_options}");
+    """)
+
+
 def test_roi_manager_strokes_become_class_masks(ij):
     from jpype import JClass
 
@@ -94,14 +107,7 @@ def test_strokes_in_imagej_train_a_model_that_beats_chance_on_a_real_image(ij, c
     ann = scribbles_from_classes(truth, strokes_per_class=4, length=50, width=3, seed=0)
     _show(ann.astype(np.uint8), "strokes")
     _show(im, "cells")
-    # each class's strokes → one composite (brush-like) ROI in the ROI Manager, named by class
-    bridge.run_macro("""
-        roiManager("reset"); names = newArray("background_1", "cell_1", "boundary_1");
-        for (k = 1; k <= 3; k++) { selectImage("strokes"); setThreshold(k, k); run("Create Selection");
-            roiManager("add"); roiManager("select", k - 1); roiManager("rename", names[k - 1]); }
-        selectImage("strokes"); close(); selectImage("cells"); run("Select None"); roiManager("deselect");
-        run("ijtorch Train Pixel Classifier", "name=cells-px steps=150 show_result");
-    """)
+    _strokes_to_roi_manager(["background", "cell", "boundary"], "cells", "name=cells-px steps=150 show_result")
     cfg = read_config(tmp_path / "cells-px")
     assert cfg["classes"] == ["background", "cell", "boundary"]
     assert cfg["training"]["annotated_pixels"] == {c: int((ann == k).sum()) for k, c in enumerate(cfg["classes"], 1)}
@@ -207,13 +213,7 @@ def test_rgb_image_trains_and_classifies_by_colour_in_imagej(ij, tmp_path, monke
     _show(ann, "strokes")
     rgb = _show(image, "colour", axes="YXS")
     assert int(rgb.getType()) == JClass("ij.ImagePlus").COLOR_RGB
-    bridge.run_macro("""
-        roiManager("reset"); names = newArray("background_1", "red_1", "blue_1");
-        for (k = 1; k <= 3; k++) { selectImage("strokes"); setThreshold(k, k); run("Create Selection");
-            roiManager("add"); roiManager("select", k - 1); roiManager("rename", names[k - 1]); }
-        selectImage("strokes"); close(); selectImage("colour"); run("Select None"); roiManager("deselect");
-        run("ijtorch Train Pixel Classifier", "name=rgb-px steps=150");
-    """)
+    _strokes_to_roi_manager(["background", "red", "blue"], "colour", "name=rgb-px steps=150")
     cfg = read_config(tmp_path / "rgb-px")
     assert cfg["channels"] == 3 and cfg["classes"] == ["background", "red", "blue"]
     _show(test, "colour-test", axes="YXS")
