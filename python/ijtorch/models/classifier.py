@@ -383,6 +383,11 @@ class ClassifierModel:
         from .feature_forest import forest_proba, fuse, item_features
 
         fused = fuse(p, forest_proba(self.forest, item_features(prepared)), self.forest["prior"])
+        return self.recalibrate_fused(fused)
+
+    def recalibrate_fused(self, fused: np.ndarray) -> np.ndarray:
+        """The network + forest mean ``fused`` calibrated by its own temperature (config
+        ``feature_forest.temperature``; 1 until training has fitted it): ``softmax(log(fused) / T)``."""
         t_fused = float(self.config.get("feature_forest", {}).get("temperature", 1.0))
         if t_fused == 1.0:
             return fused

@@ -437,13 +437,13 @@ def train_classifier(
                                     "items": "training split",
                                     "fusion": "mean of the network's calibrated probabilities and the forest's "
                                               "divided by the training class frequencies"}
-        if has_val:  # the mean of two calibrated distributions is not calibrated: its own temperature
-            fused = model.probabilities(logits, x[va_idx])
-            config["feature_forest"]["temperature"] = fit_temperature(np.log(np.maximum(fused, 1e-12)), y[va_idx])
     if has_val:  # the saved model's probabilities (with the forest, if any); ECE before calibration: the network's
         from ..models.classifier import _softmax
 
         p = model.probabilities(logits, x[va_idx])
+        if model.forest is not None:  # the mean of two calibrated distributions is not calibrated: its own temperature
+            config["feature_forest"]["temperature"] = fit_temperature(np.log(np.maximum(p, 1e-12)), y[va_idx])
+            p = model.recalibrate_fused(p)
         metrics = classification_report(y[va_idx], p.argmax(1), classes=class_names, probabilities=p)
         metrics["ece_uncalibrated"] = classification_report(y[va_idx], logits.argmax(1), classes=class_names,
                                                             probabilities=_softmax(logits.astype(np.float64)))["ece"]
