@@ -217,6 +217,25 @@ def test_local_std_is_the_texture_of_the_neighbourhood():
     np.testing.assert_allclose(pixel_features(2 * x + 1)[1 + 6 + 5], 2 * std_1, rtol=1e-3, atol=1e-4)
 
 
+def test_edge_energy_sees_texture_beyond_the_pixel():
+    """A flat pixel 16 px from a grainy region: its own features (scales up to 4) are those of a flat
+    region far away, its edge energy at scale 8 is not; the energy scales with a gain and ignores
+    an offset (so the feature-space intensity augmentation stays exact)."""
+    from ijtorch.models.pixel_classifier import DEFAULT_ENERGY_SIGMAS
+
+    rng = np.random.default_rng(1)
+    x = np.full((64, 192), 0.5, np.float32)
+    x[:, 96:] += rng.choice([-0.3, 0.3], size=(64, 96)).astype(np.float32)
+    f = pixel_features(x, energy_sigmas=DEFAULT_ENERGY_SIGMAS)
+    assert f.shape == (27, 64, 192)
+    np.testing.assert_array_equal(f[:25], pixel_features(x))  # the energy is appended after the channel's features
+    near, far = (32, 80), (32, 20)
+    np.testing.assert_allclose(f[:25, near[0], near[1]], f[:25, far[0], far[1]], atol=1e-6)
+    assert f[26][far] == 0 and f[26][near] > 1e-3 and f[26][32, 150] > 20 * f[26][near]
+    np.testing.assert_allclose(pixel_features(3 * x - 1, energy_sigmas=DEFAULT_ENERGY_SIGMAS)[25:], 3 * f[25:],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_folders_without_local_std_keep_their_features(trained, tmp_path):
     """A model saved before the local standard deviation existed (config features without
     ``local_std``: scales 1-8, 21 features) loads and predicts with exactly those features."""
@@ -243,6 +262,32 @@ def test_folders_without_local_std_keep_their_features(trained, tmp_path):
     with torch.inference_mode():
         expected = torch.softmax(net.forward_maps(feats[None]), 1)[0].numpy()
     np.testing.assert_allclose(legacy.predict_proba(image), expected, atol=1e-5)
+
+
+def test_folders_without_edge_energy_keep_their_features(trained, tmp_path):
+    """A model saved before the edge energy (features: scales and local std, no ``energy_sigmas``;
+    25 features) loads and predicts with exactly those features."""
+    import json
+
+    from ijtorch.models.pixel_classifier import DEFAULT_SIGMAS, build_net, normalize_plane
+    from ijtorch.models.store import save_model_dir
+
+    out, _ = trained
+    model = PixelClassifierModel.load(out)
+    assert model.energy_sigmas == (4.0, 8.0) and model.config["architecture"]["n_features"] == 27
+    config = json.loads(json.dumps({k: v for k, v in model.config.items() if k != "shift"}))
+    config["features"] = {"kind": "multiscale", "sigmas": list(DEFAULT_SIGMAS), "local_std": True}
+    config["architecture"]["n_features"] = 25
+    torch.manual_seed(0)
+    net = build_net(config["architecture"])
+    save_model_dir(tmp_path / "before-energy", net.state_dict(), config)
+    earlier = PixelClassifierModel.load(tmp_path / "before-energy")
+    assert earlier.energy_sigmas == ()
+    image, _ = _blobs(3)
+    feats = torch.from_numpy(np.array(pixel_features(normalize_plane(image[None], config["normalization"]))))
+    with torch.inference_mode():
+        expected = torch.softmax(net.forward_maps(feats[None]), 1)[0].numpy()
+    np.testing.assert_allclose(earlier.predict_proba(image), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------ the auto-context stage
@@ -293,7 +338,7 @@ def test_two_stage_folder_round_trip_tiling_and_warm_start(two_stage):
     out, summary = two_stage
     cfg = read_config(out)
     assert cfg["context"]["sigmas"] == [0.0, 2.0, 4.0, 8.0, 16.0]
-    assert cfg["context"]["architecture"]["n_features"] == 25 + 2 * 5
+    assert cfg["context"]["architecture"]["n_features"] == 27 + 2 * 5
     md = load_model_dir(out)
     assert any(k.startswith("context.") for k in md.state_dict)
     loaded = PixelClassifierModel.load(out)
@@ -318,7 +363,7 @@ def test_two_stage_folder_round_trip_tiling_and_warm_start(two_stage):
     ann3 = ann.copy()
     ann3[:2, :2] = 3
     s3 = train_pixels([img], [ann3], output=None, base_model=out, classes=["a", "b", "c"], steps=2, device="cpu")
-    assert s3["model"].config["context"]["architecture"]["n_features"] == 25 + 3 * 5
+    assert s3["model"].config["context"]["architecture"]["n_features"] == 27 + 3 * 5
     assert s3["model"].predict_proba(image).shape == (3, 150, 254)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from ijtorch.models.pixel_classifier import DEFAULT_SIGMAS, pixel_features
+from ijtorch.models.pixel_classifier import DEFAULT_ENERGY_SIGMAS, DEFAULT_SIGMAS, pixel_features
 from ijtorch.tasks.pixels import scribbles_from_classes, train_pixels
 from ijtorch.train import pixels_scale
 from ijtorch.train.pixels_scale import features_at, zoomed_rows
@@ -19,14 +19,15 @@ def _plane(shape=(2, 230, 301), seed=0) -> np.ndarray:
     return ndi.gaussian_filter(rng.random(shape), (0, 1.5, 1.5)).astype(np.float32) * 3 - 1
 
 
+@pytest.mark.parametrize("energy", [(), DEFAULT_ENERGY_SIGMAS])  # the edge energy reaches farthest
 @pytest.mark.parametrize("n_points", [40, 20000])  # few: per-block features; many: the whole plane
-def test_features_at_equal_the_whole_planes_features(n_points):
+def test_features_at_equal_the_whole_planes_features(n_points, energy):
     plane = _plane()
     rng = np.random.default_rng(1)
     ys, xs = rng.integers(0, 230, n_points), rng.integers(0, 301, n_points)
     ys[:4], xs[:4] = [0, 229, 0, 229], [0, 300, 300, 0]  # the corners: borders reflected as on the whole plane
-    whole = pixel_features(plane, DEFAULT_SIGMAS, True)[:, ys, xs].T
-    np.testing.assert_array_equal(features_at(plane, ys, xs, DEFAULT_SIGMAS, True), whole)
+    whole = pixel_features(plane, DEFAULT_SIGMAS, True, energy)[:, ys, xs].T
+    np.testing.assert_array_equal(features_at(plane, ys, xs, DEFAULT_SIGMAS, True, energy), whole)
 
 
 def test_sparse_strokes_compute_only_blocks(monkeypatch):

@@ -442,7 +442,7 @@ def test_classify_shift_on_the_cli_and_the_server(shapes_classifier, tmp_path, m
 
 
 def test_pixel_classifier_shift(tmp_path):
-    from ijtorch.models.pixel_classifier import PixelClassifierModel, n_features
+    from ijtorch.models.pixel_classifier import DEFAULT_ENERGY_SIGMAS, DEFAULT_SIGMAS, PixelClassifierModel, n_features
     from ijtorch.tasks.pixels import classify_pixels, scribbles_from_classes, train_pixels
 
     def blobs(seed, shape=(256, 256), fg=160.0, bg=40.0):
@@ -459,7 +459,8 @@ def test_pixel_classifier_shift(tmp_path):
     train_pixels([image], [ann], output=tmp_path / "m", classes=["background", "disk"], steps=60, seed=0, device="cpu")
     ref = PixelClassifierModel.load(tmp_path / "m").shift_reference
     assert ref["calibration"]["images"] == 8 and ref["threshold"] > 0
-    assert len(ref["features"]["mean"]) == n_features(1)  # one statistic per pixel feature of a grey image
+    # one statistic per pixel feature of a grey image
+    assert len(ref["features"]["mean"]) == n_features(1, DEFAULT_SIGMAS, True, DEFAULT_ENERGY_SIGMAS)
     same = classify_pixels(blobs(1)[0], "YX", model=tmp_path / "m", device="cpu")
     assert same.shift_score is not None and same.shift_warning is None and "resembles" in same.shift_message
     dark = classify_pixels(blobs(2, fg=40.0, bg=160.0)[0], "YX", model=tmp_path / "m", device="cpu")

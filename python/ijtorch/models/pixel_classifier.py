@@ -3,7 +3,8 @@
 The model sees an image through a fixed stack of multiscale filter responses
 (:func:`pixel_features`: the image, and at each of several scales the smoothed image, gradient
 magnitude, Laplacian of Gaussian and the two Hessian eigenvalues, the features Trainable Weka
-Segmentation, Labkit and ilastik use, plus the local standard deviation), standardised, and a small
+Segmentation, Labkit and ilastik use, plus the local standard deviation; then the edge energy, the
+gradient magnitude smoothed at 4 and 8 px), standardised, and a small
 multilayer perceptron
 (:class:`PixelHead`) maps them to ``C`` class logits per pixel. Training therefore only needs the
 features of the annotated pixels, and a few hundred steps take about a second on a CPU core.
@@ -29,6 +30,24 @@ trained on dense labels of the same two images scores +0.087 / +0.080: what limi
 how unrepresentative the strokes are (none in the background right next to an object), not the
 features.
 
+Edge energy (``DEFAULT_ENERGY_SIGMAS``, 4 and 8 px: the gradient magnitude at scale 1 smoothed at
+those scales; how much edge and texture surrounds a pixel, which the scales up to 4 do not see: a
+phase-contrast cell body is locally as flat as the background), measured on 10 seeds of the
+benchmark (0-9, against the model without it: nuclei +0.052, cells +0.029 over the forest):
++0.055 / +0.042; its seeds 0-2 alone: -0.003 / +0.010. Variants on the same 10 seeds: energy at 2,
+4 and 8 +0.055 / +0.040; at 8 and 16 +0.045 / +0.038; at 4 and 8 on a scale-0.5 gradient +0.053 /
++0.046; with the local standard deviation at 8 beside it +0.054 / +0.041; with the smoothed
+absolute LoG at 4 and 8 +0.053 / +0.046, or the maximum gradient magnitude within 9 and 17 px
++0.051 / +0.047 (context wider than 8 px keeps helping the phase-contrast cells and starts to hurt
+the nuclei, whose strokes come from two images). Also on those 10 seeds, not kept: class-weight
+power 0 or 0.5 without the energy +0.054 / +0.017 and +0.048 / +0.035, with it 0.15 or 0.35
++0.054 / +0.039 and +0.053 / +0.044; smoothing the probabilities at σ 0.7 or 1 +0.057 / +0.044 and
++0.053 / +0.044 (σ 2 costs the thin boundary class: +0.030 / +0.021), an edge-preserving guided
+filter of them -0.027 to +0.049 / +0.034 to +0.046; averaging with the prediction of the image
+zoomed by 0.7 or 1.4 +0.056 / +0.041 and +0.055 / +0.043; averaging with the scikit-image forest's
+probabilities (weight 0.3 or 0.5) +0.059 / +0.038 and +0.059 / +0.031; 200 or 250 steps instead of
+300 +0.055 / +0.038 and +0.055 / +0.041.
+
 Auto-context stage (optional, ``train_pixels(..., context=True)``; ilastik's autocontext and Weka's
 iterative approach): a second head (:class:`PixelHead`, ``context_network``) takes the pixel's
 features plus the first stage's class probabilities smoothed at ``DEFAULT_CONTEXT_SIGMAS`` (0, 2, 4,
@@ -49,14 +68,15 @@ folders without them (every pixel model saved before it existed) load and predic
 Class label maps use ``1..C`` for the classes (``0`` is "unannotated" in training annotations and
 never predicted). :class:`PixelClassifierModel` is saved as a model directory of
 ``model_type="pixel_classifier"`` (config: ``classes``, ``channels``, ``features``,
-``architecture``, ``normalization``, ``tiling``, optional ``context``; ``features``: ``sigmas`` and
-``local_std``, absent in folders saved before it: those get the earlier features, scales 1-8
-without it); the builder is registered when this module is imported, and :func:`ijtorch.models.store.load_model` imports it for that model type.
+``architecture``, ``normalization``, ``tiling``, optional ``context``; ``features``: ``sigmas``,
+``local_std`` and ``energy_sigmas``: folders saved before ``local_std`` get the earlier features,
+scales 1-8 without it, and folders saved before ``energy_sigmas`` no edge energy); the builder is registered when this module is imported, and :func:`ijtorch.models.store.load_model` imports it for that model type.
 
 Tiled inference: the image is normalised as a whole, then features and head run on overlapping
-tiles stitched with ``blend="crop"`` (each pixel from the tile whose core holds it). The largest
-filter reaches ``3 * max(sigmas)`` = 12 px (24 px for models with the earlier scales) and the head is per pixel, so with the 64-px overlap a
-tiled prediction equals the whole-image one. With the context stage, the first stage's
+tiles stitched with ``blend="crop"`` (each pixel from the tile whose core holds it). The features
+reach :func:`feature_reach` px (29 with the edge energy, 15 without it, 27 for models with the
+earlier scales) and the head is per pixel, so with the 64-px overlap a tiled prediction equals the
+whole-image one. With the context stage, the first stage's
 probabilities are stitched over the whole plane, smoothed there, and passed to the tiled context
 stage as extra input channels, so it too equals the whole-image prediction.
 """
@@ -77,7 +97,7 @@ from ijtorch.errors import ModelError
 
 from .folder import ModelDir, load_model_dir, save_model_dir
 
-__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "features_per_sigma", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
+__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "DEFAULT_ENERGY_SIGMAS", "features_per_sigma", "feature_reach", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
            "n_context_features", "PixelClassifierModel", "PixelHead", "build_net"]
 
 log = logging.getLogger(__name__)
@@ -86,6 +106,8 @@ MODEL_TYPE = "pixel_classifier"
 DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 LEGACY_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # models saved before local_std (config without it)
 FEATURES_PER_SIGMA = 5  # smoothed, gradient magnitude, LoG, two Hessian eigenvalues (+1 with local_std)
+DEFAULT_ENERGY_SIGMAS: tuple[float, ...] = (4.0, 8.0)  # edge energy; models saved before it have none
+ENERGY_BASE_SIGMA = 1.0  # the edge energy smooths the gradient magnitude of the image smoothed at this scale
 DEFAULT_CONTEXT_SIGMAS: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)
 CONTEXT_PREFIX = "context."  # state-dict keys of the context stage's head
 
@@ -95,21 +117,35 @@ def features_per_sigma(local_std: bool = True) -> int:
     return FEATURES_PER_SIGMA + int(bool(local_std))
 
 
-def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True) -> int:
+def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True,
+               energy_sigmas: Sequence[float] = ()) -> int:
     """Feature channels for an image of ``n_channels`` channels."""
-    return n_channels * (1 + features_per_sigma(local_std) * len(sigmas))
+    return n_channels * (1 + features_per_sigma(local_std) * len(sigmas) + len(energy_sigmas))
 
 
-def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True) -> np.ndarray:
+def feature_reach(sigmas: Sequence[float], energy_sigmas: Sequence[float] = ()) -> int:
+    """How far (px) a pixel's features look: the largest Gaussian's radius (truncated at 3 sigma) plus
+    the finite differences after it (tiles and blocks need this margin to equal the whole plane)."""
+    reach = int(3.0 * max(sigmas) + 0.5) + 3
+    if len(energy_sigmas):
+        reach = max(reach, int(3.0 * ENERGY_BASE_SIGMA + 0.5) + int(3.0 * max(energy_sigmas) + 0.5) + 2)
+    return reach
+
+
+def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_std: bool = True,
+                   energy_sigmas: Sequence[float] = ()) -> np.ndarray:
     """Multiscale filter responses of a normalised ``(C, Y, X)`` (or ``(Y, X)``) plane.
 
     Per channel: the image itself, then for each ``sigma``: Gaussian smoothing ``G`` (borders
     reflected, truncated at 3 sigma), its gradient magnitude and the ``sigma²``-scaled Laplacian and
     two Hessian eigenvalues (ridges and blobs), the derivatives taken by central differences of
     ``G``, and with ``local_std`` the local standard deviation ``sqrt(G(I²) - G(I)²)`` (texture: it
-    tells a grainy region from a flat one of the same mean). Returns float32
-    ``(n_features(C, sigmas, local_std), Y, X)``. The latest results (up to ``_CACHE_MAX_BYTES``
-    together) are cached, keyed by the data's hash, so training, the dataset-shift reference and
+    tells a grainy region from a flat one of the same mean); then for each of ``energy_sigmas`` the
+    edge energy: the gradient magnitude at ``ENERGY_BASE_SIGMA`` smoothed at that scale (how much edge
+    and texture there is around the pixel; a phase-contrast cell body is as flat as the background
+    right under the pixel but not 10 px around it). Returns float32
+    ``(n_features(C, sigmas, local_std, energy_sigmas), Y, X)``, channel-major. The latest results
+    (up to ``_CACHE_MAX_BYTES`` together) are cached, keyed by the data's hash, so training, the dataset-shift reference and
     predicting on the same images compute them once (with one entry, two training images evicted
     each other and the reference computed both again: ~0.3 s of a ~2.5 s training).
     """
@@ -118,14 +154,15 @@ def pixel_features(image: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, 
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"image has shape {np.shape(image)}; expected (Y, X) or (C, Y, X)")
-    key = (hashlib.sha1(x.data).hexdigest(), x.shape, tuple(float(s) for s in sigmas), bool(local_std))
+    energy = tuple(float(s) for s in energy_sigmas)
+    key = (hashlib.sha1(x.data).hexdigest(), x.shape, tuple(float(s) for s in sigmas), bool(local_std), energy)
     with _CACHE_LOCK:
         hit = _FEATURE_CACHE.pop(key, None)
         if hit is not None:
             _FEATURE_CACHE[key] = hit  # now the newest
     if hit is not None:
         return hit
-    out = _compute_features(x, sigmas, bool(local_std))
+    out = _compute_features(x, sigmas, bool(local_std), energy)
     out.setflags(write=False)
     if out.nbytes <= _CACHE_MAX_BYTES:
         with _CACHE_LOCK:
@@ -140,11 +177,12 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_MAX_BYTES = 512 << 20
 
 
-def _compute_features(x: np.ndarray, sigmas: Sequence[float], local_std: bool) -> np.ndarray:
+def _compute_features(x: np.ndarray, sigmas: Sequence[float], local_std: bool,
+                      energy_sigmas: Sequence[float] = ()) -> np.ndarray:
     from scipy import ndimage as ndi
 
     per_sigma = features_per_sigma(local_std)
-    out = np.empty((n_features(x.shape[0], sigmas, local_std),) + x.shape[1:], np.float32)
+    out = np.empty((n_features(x.shape[0], sigmas, local_std, energy_sigmas),) + x.shape[1:], np.float32)
     k = 0
     small = min(x.shape[1:]) < 2
     for plane in x:
@@ -172,6 +210,15 @@ def _compute_features(x: np.ndarray, sigmas: Sequence[float], local_std: bool) -
             out[k + 3] = tr * 0.5 + root
             out[k + 4] = tr * 0.5 - root
             k += per_sigma
+        if len(energy_sigmas):
+            if small:
+                out[k:k + len(energy_sigmas)] = 0
+            else:
+                gy, gx = np.gradient(ndi.gaussian_filter(plane, ENERGY_BASE_SIGMA, mode="reflect", truncate=3.0))
+                magnitude = np.sqrt(gy * gy + gx * gx)
+                for j, s in enumerate(energy_sigmas):
+                    out[k + j] = ndi.gaussian_filter(magnitude, float(s), mode="reflect", truncate=3.0)
+            k += len(energy_sigmas)
     return out
 
 
@@ -308,7 +355,7 @@ class PixelClassifierModel:
         for plane in planes:
             x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
                                 self.config.get("normalization", {}))
-            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas, self.local_std)))[None])  # a copy: cached arrays are read-only
+            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas, self.local_std, self.energy_sigmas)))[None])  # a copy: cached arrays are read-only
             h, w = x.shape[1:]
             for i, y0 in enumerate(range(0, max(h - block, 0) + 1, block)):
                 for j, x0 in enumerate(range(0, max(w - block, 0) + 1, block)):
@@ -414,6 +461,11 @@ class PixelClassifierModel:
         return bool(self.config.get("features", {}).get("local_std", False))
 
     @property
+    def energy_sigmas(self) -> tuple[float, ...]:
+        """The edge-energy scales (models saved before the edge energy: none)."""
+        return tuple(float(s) for s in self.config.get("features", {}).get("energy_sigmas", ()))
+
+    @property
     def context_sigmas(self) -> tuple[float, ...] | None:
         """The context stage's smoothing scales, ``None`` for a one-stage model."""
         ctx = self.config.get("context")
@@ -427,11 +479,11 @@ class PixelClassifierModel:
             x = x[None]
         if x.ndim != 3 or x.shape[0] != self.n_channels:
             raise ValueError(f"the model expects {self.n_channels} channel(s) (Y, X) / (C, Y, X); got shape {np.shape(plane)}")
-        return pixel_features(normalize_plane(x, self.config.get("normalization", {})), self.sigmas, self.local_std)
+        return pixel_features(normalize_plane(x, self.config.get("normalization", {})), self.sigmas, self.local_std, self.energy_sigmas)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Normalised ``(B, C, Y, X)`` tiles → class probabilities ``(B, n_classes, Y, X)``."""
-        feats = np.stack([pixel_features(t, self.sigmas, self.local_std) for t in batch])
+        feats = np.stack([pixel_features(t, self.sigmas, self.local_std, self.energy_sigmas) for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
             collector = getattr(self._shift_local, "collector", None)
@@ -442,7 +494,7 @@ class PixelClassifierModel:
     def _forward_context(self, batch: np.ndarray) -> np.ndarray:
         """Tiles of the normalised image with the context features appended as channels → probabilities."""
         nc = self.n_channels
-        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas, self.local_std), t[nc:]])
+        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas, self.local_std, self.energy_sigmas), t[nc:]])
                           for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)

@@ -186,6 +186,13 @@ def _augment(xb: torch.Tensor, offset: torch.Tensor, noise_std: torch.Tensor) ->
     return xb * gain + shift * offset + torch.randn_like(xb) * noise_std
 
 
+def _adam(net: torch.nn.Module, learning_rate: float, device: str) -> torch.optim.Adam:
+    """Adam, fused where torch has a fused kernel for the device: a head this small spends most of a
+    step in the optimiser's per-tensor bookkeeping (300 steps: 0.18 s instead of 0.23 s on one core)."""
+    fused = str(device).split(":")[0] in ("cpu", "cuda")
+    return torch.optim.Adam(net.parameters(), lr=learning_rate, fused=fused or None)
+
+
 def _fit(net, opt, sched, Xt, yt, weights, *, steps, batch_size, rng, time_limit_s, progress, cancel,
          offset=None, noise_std=None, first=0, total=None):
     losses: list[float] = []
@@ -289,7 +296,7 @@ def train_pixel_classifier(
         ``metrics`` (``train_accuracy`` on the annotated pixels, ``loss``) and ``model``.
     """
     from ijtorch.models.device import resolve_device
-    from ijtorch.models.pixel_classifier import (DEFAULT_SIGMAS, MODEL_TYPE, PixelClassifierModel,
+    from ijtorch.models.pixel_classifier import (DEFAULT_ENERGY_SIGMAS, DEFAULT_SIGMAS, MODEL_TYPE, PixelClassifierModel,
                                                  build_net, default_architecture, features_per_sigma, normalize_plane,
                                                  pixel_features)
 
@@ -348,6 +355,7 @@ def train_pixel_classifier(
 
     sigmas = base.sigmas if base is not None else DEFAULT_SIGMAS
     local_std = base.local_std if base is not None else True  # a warm start keeps the base model's features
+    energy = base.energy_sigmas if base is not None else DEFAULT_ENERGY_SIGMAS
     norm = dict(base.config.get("normalization")) if base is not None else {"method": "percentile", "low": 1.0, "high": 99.8}
     # features of the annotated pixels only: (N, F) rows and their classes 1..C
     zooms = SCALE_ZOOMS if zooms is None else tuple(float(z) for z in zooms)
@@ -358,13 +366,13 @@ def train_pixel_classifier(
     for p, a in zip(planes, anns):
         m = a > 0
         pn = normalize_plane(p, norm)
-        f = pixel_features(pn, sigmas, local_std)
+        f = pixel_features(pn, sigmas, local_std, energy)
         if context:
             feats.append(f)  # the whole plane's features: the context stage needs the first stage everywhere
         rows.append(f[:, m].T)
         targets.append(a[m])
         for z, zr in zip(zooms, zoom_rows):
-            zr.append(zoomed_rows(pn, m, z, sigmas, local_std))
+            zr.append(zoomed_rows(pn, m, z, sigmas, local_std, energy))
     X = np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
     y = np.concatenate(targets).astype(np.int64)
     del rows, targets
@@ -398,16 +406,16 @@ def train_pixel_classifier(
     init_state = {k: v.clone() for k, v in net.state_dict().items()}  # where each fold's first stage starts
     net.to(dev).train()
     weights = torch.as_tensor(class_weights(counts, power=CLASS_WEIGHT_POWER), device=dev)
-    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    opt = _adam(net, learning_rate, dev)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=learning_rate * 0.05)
     Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
     Xt1, yt1 = (Xt, yt) if X1 is X else (torch.from_numpy(X1).to(dev), torch.from_numpy(y1).to(dev))
     per_sigma = features_per_sigma(local_std)
-    per_channel = 1 + per_sigma * len(sigmas)
+    per_channel = 1 + per_sigma * len(sigmas) + len(energy)
     mask = np.zeros(X.shape[1], np.float32)
     for c in range(X.shape[1] // per_channel):  # the raw and smoothed intensities move with an offset
-        mask[c * per_channel] = 1  # (derivatives and the local standard deviation do not)
-        mask[c * per_channel + 1:(c + 1) * per_channel:per_sigma] = 1
+        mask[c * per_channel] = 1  # (derivatives, the local standard deviation and the edge energy do not)
+        mask[c * per_channel + 1:c * per_channel + 1 + per_sigma * len(sigmas):per_sigma] = 1
     offset = torch.from_numpy(mask).to(dev)
     noise_std = torch.from_numpy(X1.std(0) * NOISE).to(dev)
     total_steps = steps * (2 if context else 1)
@@ -442,7 +450,7 @@ def train_pixel_classifier(
             nk = build_net(arch)
             nk.load_state_dict(init_state)
             nk.to(dev).train()
-            ok = torch.optim.Adam(nk.parameters(), lr=learning_rate)
+            ok = _adam(nk, learning_rate, dev)
             sk = torch.optim.lr_scheduler.CosineAnnealingLR(ok, T_max=fold_steps, eta_min=learning_rate * 0.05)
             if dev == "cpu" and threads > 1:
                 torch.set_num_threads(1)
@@ -471,7 +479,7 @@ def train_pixel_classifier(
             ctx_net.mean.copy_(torch.from_numpy(X2.mean(0)))
             ctx_net.std.copy_(torch.from_numpy(X2.std(0) + 1e-6))
         ctx_net.to(dev).train()
-        opt2 = torch.optim.Adam(ctx_net.parameters(), lr=learning_rate)
+        opt2 = _adam(ctx_net, learning_rate, dev)
         sched2 = torch.optim.lr_scheduler.CosineAnnealingLR(opt2, T_max=steps, eta_min=learning_rate * 0.05)
         Xt, yt, y = torch.from_numpy(X2).to(dev), torch.from_numpy(y2).to(dev), y2
         left = None if time_limit_s is None else max(time_limit_s - (time.monotonic() - t_train), 0.0)
@@ -496,7 +504,8 @@ def train_pixel_classifier(
         "channels": int(planes[0].shape[0]),
         "axes": "YX",
         "architecture": arch,
-        "features": {"kind": "multiscale", "sigmas": list(sigmas), "local_std": bool(local_std)},
+        "features": {"kind": "multiscale", "sigmas": list(sigmas), "local_std": bool(local_std),
+                     "energy_sigmas": list(energy)},
         "normalization": norm,
         "tiling": {"tile_size": 1024, "overlap": 64},
         "training": {"items": len(planes), "steps": done, "batch_size": int(batch_size),
