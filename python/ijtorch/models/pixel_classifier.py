@@ -343,8 +343,10 @@ class PixelClassifierModel:
         """Build the reference from raw training ``planes`` (``(Y, X)`` or ``(C, Y, X)``) and store it in
         ``config["shift"]``. Pixel models learn from strokes on one or a few images, so held-out
         images are rare: each plane is cut into ``block``-px blocks in a checkerboard, the features
-        of the "black" blocks (every ``stride``-th pixel) are the reference and the "white" blocks,
-        scored one by one, calibrate the threshold (5 % false alarms per block). The features are
+        of the "black" blocks are the reference and the "white" blocks, scored one by one, calibrate
+        the threshold (5 % false alarms per block); both read every ``stride``-th pixel per axis
+        (a prediction's score reads every 4th), and only those pixels are standardised (the whole
+        planes took ~0.06 s of a ~0.8 s training on two 520×696 images). The features are
         computed on the whole plane, so blocks have no edges of their own. A block's score varies
         more than an image's (fewer pixels), so on whole images the threshold errs towards fewer
         false alarms."""
@@ -355,15 +357,17 @@ class PixelClassifierModel:
         for plane in planes:
             x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
                                 self.config.get("normalization", {}))
-            f = self._standardised(torch.from_numpy(np.array(pixel_features(x, self.sigmas, self.local_std, self.energy_sigmas)))[None])  # a copy: cached arrays are read-only
+            f = pixel_features(x, self.sigmas, self.local_std, self.energy_sigmas)  # cached, read-only
             h, w = x.shape[1:]
             for i, y0 in enumerate(range(0, max(h - block, 0) + 1, block)):
                 for j, x0 in enumerate(range(0, max(w - block, 0) + 1, block)):
                     sl = (slice(y0, y0 + block), slice(x0, x0 + block))
-                    fb, xb = f[(..., *sl)], x[(slice(None), *sl)]
+                    fb = self._standardised(torch.from_numpy(np.ascontiguousarray(
+                        f[:, y0:y0 + block:stride, x0:x0 + block:stride]))[None])
+                    xb = x[(slice(None), *sl)]
                     if (i + j) % 2 == 0:
                         col = shift.MomentCollector()
-                        col.add(fb[..., ::stride, ::stride])
+                        col.add(fb)
                         train_cols.append(col)
                         train_q.append(shift.input_quantiles(xb))
                     else:

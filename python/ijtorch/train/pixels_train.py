@@ -361,31 +361,37 @@ def train_pixel_classifier(
     zooms = SCALE_ZOOMS if zooms is None else tuple(float(z) for z in zooms)
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise ValueError(f"zooms={zooms!r}: expected positive zoom factors")
-    rows, targets, feats = [], [], []
+    y = np.concatenate([a[a > 0] for a in anns]).astype(np.int64)  # every annotated pixel, plane by plane
+    rng = np.random.default_rng(seed)
+    keep = None  # dense class images: a random subset of each large class (indices into ``y``)
+    kept = [a > 0 for a in anns]  # per plane, the pixels whose features are computed
+    if counts.max() > MAX_PIXELS_PER_CLASS:
+        keep = np.sort(np.concatenate([np.flatnonzero(y == c) if counts[c - 1] <= MAX_PIXELS_PER_CLASS else
+                                       rng.choice(np.flatnonzero(y == c), MAX_PIXELS_PER_CLASS, replace=False)
+                                       for c in range(1, n_classes + 1) if counts[c - 1]]))
+        chosen = np.zeros(len(y), bool)
+        chosen[keep] = True
+        start = 0
+        for m in kept:  # the same pixels in each plane's np.nonzero order
+            n = int(m.sum())
+            m[m] = chosen[start:start + n]
+            start += n
+        y = y[keep]
+    rows, feats = [], []
     zoom_rows: list[list[np.ndarray]] = [[] for _ in zooms]  # per zoom, the planes' rows in the order of ``rows``
-    for p, a in zip(planes, anns):
-        m = a > 0
+    for p, m in zip(planes, kept):
         pn = normalize_plane(p, norm)
         f = pixel_features(pn, sigmas, local_std, energy)
         if context:
             feats.append(f)  # the whole plane's features: the context stage needs the first stage everywhere
         rows.append(f[:, m].T)
-        targets.append(a[m])
-        for z, zr in zip(zooms, zoom_rows):
+        for z, zr in zip(zooms, zoom_rows):  # only the kept pixels (features_at computes the blocks that hold them)
             zr.append(zoomed_rows(pn, m, z, sigmas, local_std, energy))
     X = np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
-    y = np.concatenate(targets).astype(np.int64)
-    del rows, targets
-    rng = np.random.default_rng(seed)
-    keep = None
-    if counts.max() > MAX_PIXELS_PER_CLASS:  # dense class images: a random subset of each large class
-        keep = np.sort(np.concatenate([np.flatnonzero(y == c) if counts[c - 1] <= MAX_PIXELS_PER_CLASS else
-                                       rng.choice(np.flatnonzero(y == c), MAX_PIXELS_PER_CLASS, replace=False)
-                                       for c in range(1, n_classes + 1) if counts[c - 1]]))
-        X, y = X[keep], y[keep]
+    del rows
     X1, y1 = X, y  # the first stage's rows: the planes as they are, then zoomed
-    if zooms:  # the same pixels (``keep``) in each zoom
-        Xz = [np.concatenate(zr) if keep is None else np.concatenate(zr)[keep] for zr in zoom_rows]
+    if zooms:  # the same pixels in each zoom
+        Xz = [np.concatenate(zr) for zr in zoom_rows]
         X1 = np.ascontiguousarray(np.concatenate([X, *Xz]), dtype=np.float32)
         y1 = np.tile(y, 1 + len(zooms))
         del Xz
