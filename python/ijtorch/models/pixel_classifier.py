@@ -34,7 +34,9 @@ Edge energy (``DEFAULT_ENERGY_SIGMAS``, 4 and 8 px: the gradient magnitude at sc
 those scales; how much edge and texture surrounds a pixel, which the scales up to 4 do not see: a
 phase-contrast cell body is locally as flat as the background), measured on 10 seeds of the
 benchmark (0-9, against the model without it: nuclei +0.052, cells +0.029 over the forest):
-+0.055 / +0.042; its seeds 0-2 alone: -0.003 / +0.010. Variants on the same 10 seeds: energy at 2,
++0.055 / +0.042; its seeds 0-2 alone: -0.003 / +0.010; checked on seeds 10-19, not used to choose:
++0.043 / +0.021 against +0.039 / +0.015 without it (scales 0.7, 1.4 and 2.8 with the energy, +0.057 /
++0.043 on seeds 0-9, fell to +0.036 / +0.019 there). Variants on the same 10 seeds: energy at 2,
 4 and 8 +0.055 / +0.040; at 8 and 16 +0.045 / +0.038; at 4 and 8 on a scale-0.5 gradient +0.053 /
 +0.046; with the local standard deviation at 8 beside it +0.054 / +0.041; with the smoothed
 absolute LoG at 4 and 8 +0.053 / +0.046, or the maximum gradient magnitude within 9 and 17 px
