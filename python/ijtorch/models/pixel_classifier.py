@@ -359,7 +359,7 @@ class PixelClassifierModel:
         for plane in planes:
             x = normalize_plane(np.asarray(plane)[None] if np.ndim(plane) == 2 else plane,
                                 self.config.get("normalization", {}))
-            f = pixel_features(x, self.sigmas, self.local_std, self.energy_sigmas)  # cached, read-only
+            f = self._features_of(x)  # cached, read-only
             h, w = x.shape[1:]
             for i, y0 in enumerate(range(0, max(h - block, 0) + 1, block)):
                 for j, x0 in enumerate(range(0, max(w - block, 0) + 1, block)):
@@ -485,11 +485,15 @@ class PixelClassifierModel:
             x = x[None]
         if x.ndim != 3 or x.shape[0] != self.n_channels:
             raise ValueError(f"the model expects {self.n_channels} channel(s) (Y, X) / (C, Y, X); got shape {np.shape(plane)}")
-        return pixel_features(normalize_plane(x, self.config.get("normalization", {})), self.sigmas, self.local_std, self.energy_sigmas)
+        return self._features_of(normalize_plane(x, self.config.get("normalization", {})))
+
+    def _features_of(self, normalised: np.ndarray) -> np.ndarray:
+        """:func:`pixel_features` of a normalised ``(C, Y, X)`` plane with this model's feature settings."""
+        return pixel_features(normalised, self.sigmas, self.local_std, self.energy_sigmas)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Normalised ``(B, C, Y, X)`` tiles → class probabilities ``(B, n_classes, Y, X)``."""
-        feats = np.stack([pixel_features(t, self.sigmas, self.local_std, self.energy_sigmas) for t in batch])
+        feats = np.stack([self._features_of(t) for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
             collector = getattr(self._shift_local, "collector", None)
@@ -500,8 +504,7 @@ class PixelClassifierModel:
     def _forward_context(self, batch: np.ndarray) -> np.ndarray:
         """Tiles of the normalised image with the context features appended as channels → probabilities."""
         nc = self.n_channels
-        feats = np.stack([np.concatenate([pixel_features(np.ascontiguousarray(t[:nc]), self.sigmas, self.local_std, self.energy_sigmas), t[nc:]])
-                          for t in batch])
+        feats = np.stack([np.concatenate([self._features_of(np.ascontiguousarray(t[:nc])), t[nc:]]) for t in batch])
         with torch.inference_mode():
             t = torch.from_numpy(feats).to(self.device)
             return torch.softmax(self.context_network.forward_maps(t), dim=1).float().cpu().numpy()
