@@ -142,6 +142,10 @@ def main() -> int:
     ap.add_argument("--base-model", type=Path, default=None,
                     help="continue from this model (fine-tuning with a fresh schedule; same held-out split)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--stem", type=int, choices=[1, 2], default=1,
+                    help="2: StarDist's grid-2 network (U-Net at half resolution; a new architecture, see --init-from)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start a new architecture from this model's weights where names and shapes match")
     ap.add_argument("--tune-only", action="store_true",
                     help="re-tune thresholds and re-measure metrics of the saved model (no training)")
     args = ap.parse_args()
@@ -167,7 +171,8 @@ def main() -> int:
         summary = train_stardist(
             pairs, output=args.output, val_names=val_names, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
-            head_channels=32, lr=args.lr, base_model=args.base_model, checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
+            head_channels=32, stem=args.stem, init_from=args.init_from, lr=args.lr, base_model=args.base_model,
+            checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
         )

@@ -113,7 +113,7 @@ def fit_ratio(model: Any, normalized: np.ndarray, *, scale: float = 1.0) -> floa
     collector = _shift.FeatureCollector(reference)
     unet = model.net.unet
     with torch.inference_mode():
-        x = torch.from_numpy(crop[None, None]).to(model.device)
+        x = model.net.stem(torch.from_numpy(crop[None, None]).to(model.device))  # grid-2 networks: their stem first
         for encoder in unet.encoders:
             x = unet.pool(encoder(x))
         collector.add(unet.bottleneck(x))

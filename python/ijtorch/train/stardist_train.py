@@ -345,6 +345,19 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
     }
 
 
+def _init_matching(net: Any, md: Any, stem: int) -> None:
+    """Copy ``md``'s weights into ``net`` wherever name and shape agree; with a stem, the source's
+    first U-Net level (full resolution) initialises the stem's convolutions."""
+    source = dict(md.state_dict)
+    if stem > 1:
+        first = "unet.encoders.0."
+        source.update({"stem.0." + k[len(first):]: v for k, v in md.state_dict.items() if k.startswith(first)})
+    target = net.state_dict()
+    matched = {k: v for k, v in source.items() if k in target and tuple(target[k].shape) == tuple(v.shape)}
+    net.load_state_dict(matched, strict=False)
+    log.info("init_from %s: %d of %d tensors copied", md.path, len(matched), len(target))
+
+
 def train_stardist(
     pairs: Sequence[Pair],
     *,
@@ -362,6 +375,8 @@ def train_stardist(
     base_channels: int = 24,
     depth: int = 3,
     head_channels: int = 32,
+    stem: int = 1,
+    init_from: str | os.PathLike | None = None,
     lr: float = 1e-3,
     patience: int | None = None,
     augment: AugmentConfig | dict | None = None,
@@ -395,8 +410,14 @@ def train_stardist(
         :func:`~ijtorch.train.data.split_train_val` with ``val_fraction`` and ``seed``.
     epochs, steps_per_epoch, batch_size, patch_size
         Training length and patch sampling.
-    n_rays, grid, base_channels, depth, head_channels
-        Architecture (ignored when fine-tuning, except ``grid``).
+    n_rays, grid, base_channels, depth, head_channels, stem
+        Architecture (ignored when fine-tuning, except ``grid``). ``stem=2``: StarDist's grid-2
+        network (U-Net and heads at half resolution; :class:`~ijtorch.models.stardist.network.StarDistNet`).
+    init_from : name or path, optional
+        Start a new architecture from another 2D star-convex model's weights wherever a parameter
+        has the same name and shape (e.g. a ``stem=2`` network from a full-resolution one: its
+        first U-Net level becomes the stem, the deeper levels and heads carry over); the rest
+        starts fresh. Not with ``base_model``.
     lr, patience
         AdamW learning rate (cosine schedule) and early-stopping patience on the validation loss.
     augment : AugmentConfig or dict, optional
@@ -429,6 +450,8 @@ def train_stardist(
                    keep=keep)
 
     base_cfg: dict[str, Any] = {}
+    if base_model is not None and init_from is not None:
+        raise ValueError("give base_model (fine-tune that model) or init_from (a new architecture), not both")
     if base_model is not None:
         md = _load_base_model(base_model, "stardist2d")
         base_cfg = md.config
@@ -438,8 +461,11 @@ def train_stardist(
         n_rays = net.n_rays
     else:
         torch.manual_seed(seed)
-        net = network.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels)
+        net = network.StarDistNet(n_rays, 1, base_channels=base_channels, depth=depth, head_channels=head_channels,
+                                  stem=stem)
         norm_cfg = _percentile_normalization(normalization)
+        if init_from is not None:
+            _init_matching(net, _load_base_model(init_from, "stardist2d"), stem)
 
     def batches(items: Sequence[tuple[np.ndarray, np.ndarray]], n_batches: int, aug: AugmentConfig | None,
                 workers: int = 0) -> Any:
@@ -466,6 +492,8 @@ def train_stardist(
                                      batch_size=batch_size, patch={"patch_size": patch_size}, lr=lr,
                                      fg_fraction=fg_fraction),
     }
+    if init_from is not None:
+        config["training"]["init_from"] = str(init_from)
     model = StarDistModel(trainer.model, config, device=setup.device)
     summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist",
                           optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress)
