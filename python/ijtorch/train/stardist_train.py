@@ -450,6 +450,8 @@ def train_stardist(
                    keep=keep)
 
     base_cfg: dict[str, Any] = {}
+    if stem > 1 and grid % stem:
+        raise ValueError(f"grid={grid!r} with stem={stem!r}: the candidate grid must be a multiple of the stem's pooling")
     if base_model is not None and init_from is not None:
         raise ValueError("give base_model (fine-tune that model) or init_from (a new architecture), not both")
     if base_model is not None:
