@@ -18,23 +18,6 @@ def _torch_parts() -> Any:
 
     from ..unet import ConvBlock, UNet
 
-    def stem_and_unet(in_channels: int, base_channels: int, depth: int, norm: str, stem: int) -> tuple[Any, Any]:
-        """``(stem, unet)``: with ``stem`` 2, two ``3×3`` convolutions at full resolution and a ``2×2``
-        max pooling before the U-Net (StarDist's ``grid=(2, 2)`` network); with 1, no stem."""
-        if stem == 1:
-            return nn.Identity(), UNet(in_channels, None, ndim=2, base_channels=base_channels, depth=depth, norm=norm)
-        if stem != 2:
-            raise ValueError(f"stem={stem!r}: accepted values are 1 (no stem) and 2 (U-Net at half resolution)")
-        return (nn.Sequential(ConvBlock(in_channels, base_channels, ndim=2, norm=norm, activation="relu"), nn.MaxPool2d(2)),
-                UNet(base_channels, None, ndim=2, base_channels=base_channels, depth=depth, norm=norm))
-
-    def to_full_resolution(maps: torch.Tensor, stem: int) -> torch.Tensor:
-        """Maps of the half-resolution grid cells at every pixel of their cell (nearest neighbour):
-        pixel ``(2i, 2j)``, the one NMS reads with grid 2, holds cell ``(i, j)`` exactly."""
-        if stem == 1:
-            return maps
-        return torch.nn.functional.interpolate(maps, scale_factor=stem, mode="nearest")
-
     class StarDistNet(nn.Module):
         """U-Net features → ``3×3`` conv → object-probability logit (1 channel) and distances.
 
@@ -67,7 +50,15 @@ def _torch_parts() -> Any:
                 self.config["stem"] = int(stem)
             self.n_rays = int(n_rays)
             self.grid_stem = int(stem)
-            self.stem, self.unet = stem_and_unet(in_channels, base_channels, depth, norm, self.grid_stem)
+            if self.grid_stem == 1:
+                self.stem = nn.Identity()
+                self.unet = UNet(in_channels, None, ndim=2, base_channels=base_channels, depth=depth, norm=norm)
+            elif self.grid_stem == 2:  # StarDist's grid=(2, 2) network
+                self.stem = nn.Sequential(ConvBlock(in_channels, base_channels, ndim=2, norm=norm, activation="relu"),
+                                          nn.MaxPool2d(2))
+                self.unet = UNet(base_channels, None, ndim=2, base_channels=base_channels, depth=depth, norm=norm)
+            else:
+                raise ValueError(f"stem={stem!r}: accepted values are 1 (no stem) and 2 (U-Net at half resolution)")
             self.features = nn.Sequential(nn.Conv2d(base_channels, head_channels, 3, padding=1), nn.ReLU())
             self.prob = nn.Conv2d(head_channels, 1, 1)
             self.dist = nn.Conv2d(head_channels, n_rays, 1)
@@ -84,7 +75,15 @@ def _torch_parts() -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """``(N, C, Y, X)`` → ``(N, 1 + n_rays, Y, X)``: probability logit then distances."""
-            return to_full_resolution(self.forward_grid(x), self.grid_stem)
+            return self.to_full_resolution(self.forward_grid(x), self.grid_stem)
+
+        @staticmethod
+        def to_full_resolution(maps: torch.Tensor, stem: int) -> torch.Tensor:
+            """Maps of the grid cells at every pixel of their cell (nearest neighbour): pixel
+            ``(2i, 2j)``, the one NMS reads with grid 2, holds cell ``(i, j)`` exactly."""
+            if stem == 1:
+                return maps
+            return torch.nn.functional.interpolate(maps, scale_factor=stem, mode="nearest")
 
     class FusedStarDistNet(nn.Module):
         """A 2D :class:`StarDistNet` for inference only: the probability and distance heads in one
@@ -109,7 +108,7 @@ def _torch_parts() -> Any:
                     out = self.head(self.features(self.unet(self.stem(x)))).float()
             else:
                 out = self.head(self.features(self.unet(self.stem(x))))
-            return to_full_resolution(out, self.grid_stem)
+            return StarDistNet.to_full_resolution(out, self.grid_stem)
 
         def forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
             """``(N, C, Y, X)`` → ``(N, 1 + F, Y, X)`` (channels-last): the probability logit, then the
@@ -119,7 +118,8 @@ def _torch_parts() -> Any:
                 f = self.features(self.unet(self.stem(x))).permute(0, 2, 3, 1)  # (N, Y, X, F), contiguous in memory
                 # two rows of the head, not one: the matrix product then rounds as the whole head does
                 logit = torch.nn.functional.linear(f, self.head.weight[:2, :, 0, 0], self.head.bias[:2])[..., :1]
-                return to_full_resolution(torch.cat([logit, f], dim=-1).float().permute(0, 3, 1, 2), self.grid_stem)
+                maps = torch.cat([logit, f], dim=-1).float().permute(0, 3, 1, 2)
+                return StarDistNet.to_full_resolution(maps, self.grid_stem)
 
         def distances(self, features: torch.Tensor) -> torch.Tensor:
             """The distance head on ``(M, F)`` features (rows of :meth:`forward_sparse`'s output)."""
