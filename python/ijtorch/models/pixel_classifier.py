@@ -99,7 +99,7 @@ from ijtorch.errors import ModelError
 
 from .folder import ModelDir, load_model_dir, save_model_dir
 
-__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "DEFAULT_ENERGY_SIGMAS", "features_per_sigma", "feature_reach", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
+__all__ = ["MODEL_TYPE", "DEFAULT_SIGMAS", "DEFAULT_ENERGY_SIGMAS", "features_per_sigma", "feature_reach", "offset_mask", "DEFAULT_CONTEXT_SIGMAS", "pixel_features", "n_features", "context_features",
            "n_context_features", "PixelClassifierModel", "PixelHead", "build_net"]
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,20 @@ def n_features(n_channels: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, local_
                energy_sigmas: Sequence[float] = ()) -> int:
     """Feature channels for an image of ``n_channels`` channels."""
     return n_channels * (1 + features_per_sigma(local_std) * len(sigmas) + len(energy_sigmas))
+
+
+def offset_mask(n_channels: int, sigmas: Sequence[float], local_std: bool = True,
+                energy_sigmas: Sequence[float] = ()) -> np.ndarray:
+    """1 for the features that move with an intensity offset (each channel's image and smoothed
+    images), 0 for the others (derivatives, local standard deviation, edge energy), in the order of
+    :func:`pixel_features`: what the feature-space intensity augmentation adds the offset to."""
+    per_sigma = features_per_sigma(local_std)
+    per_channel = 1 + per_sigma * len(sigmas) + len(energy_sigmas)
+    mask = np.zeros(n_channels * per_channel, np.float32)
+    for c in range(n_channels):
+        mask[c * per_channel] = 1
+        mask[c * per_channel + 1:c * per_channel + 1 + per_sigma * len(sigmas):per_sigma] = 1
+    return mask
 
 
 def feature_reach(sigmas: Sequence[float], energy_sigmas: Sequence[float] = ()) -> int:

@@ -297,7 +297,7 @@ def train_pixel_classifier(
     """
     from ijtorch.models.device import resolve_device
     from ijtorch.models.pixel_classifier import (DEFAULT_ENERGY_SIGMAS, DEFAULT_SIGMAS, MODEL_TYPE, PixelClassifierModel,
-                                                 build_net, default_architecture, features_per_sigma, normalize_plane,
+                                                 build_net, default_architecture, normalize_plane, offset_mask,
                                                  pixel_features)
 
     t0 = time.monotonic()
@@ -416,13 +416,7 @@ def train_pixel_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=learning_rate * 0.05)
     Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
     Xt1, yt1 = (Xt, yt) if X1 is X else (torch.from_numpy(X1).to(dev), torch.from_numpy(y1).to(dev))
-    per_sigma = features_per_sigma(local_std)
-    per_channel = 1 + per_sigma * len(sigmas) + len(energy)
-    mask = np.zeros(X.shape[1], np.float32)
-    for c in range(X.shape[1] // per_channel):  # the raw and smoothed intensities move with an offset
-        mask[c * per_channel] = 1  # (derivatives, the local standard deviation and the edge energy do not)
-        mask[c * per_channel + 1:c * per_channel + 1 + per_sigma * len(sigmas):per_sigma] = 1
-    offset = torch.from_numpy(mask).to(dev)
+    offset = torch.from_numpy(offset_mask(planes[0].shape[0], sigmas, local_std, energy)).to(dev)
     noise_std = torch.from_numpy(X1.std(0) * NOISE).to(dev)
     total_steps = steps * (2 if context else 1)
     emit(progress, ProgressEvent("train", 0, total_steps, "training pixel classifier"))
