@@ -144,6 +144,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--stem", type=int, choices=[1, 2], default=1,
                     help="2: StarDist's grid-2 network (U-Net at half resolution; a new architecture, see --init-from)")
+    ap.add_argument("--base-channels", type=int, default=16,
+                    help="channels of the first U-Net level (StarDist's default: 32); with --init-from a narrower "
+                         "model, the wider network starts computing what that one does")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start a new architecture from this model's weights where names and shapes match")
     ap.add_argument("--tune-only", action="store_true",
@@ -170,7 +173,7 @@ def main() -> int:
         chunk_start = time.time()
         summary = train_stardist(
             pairs, output=args.output, val_names=val_names, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
-            batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=16, depth=3,
+            batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=args.base_channels, depth=3,
             head_channels=32, stem=args.stem, init_from=args.init_from, lr=args.lr, base_model=args.base_model,
             checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,

@@ -92,3 +92,58 @@ def test_init_from_a_full_resolution_model_moves_its_first_level_into_the_stem(t
             assert torch.equal(v, fresh)
         else:
             assert torch.equal(v, src[k]), k
+
+
+def test_init_from_a_narrower_model_computes_what_it_computes_and_then_trains_the_new_channels(tmp_path):
+    from ijtorch.models.folder import load_model_dir
+    from ijtorch.models.stardist.model import StarDistModel
+    from ijtorch.train.stardist_train import _init_matching
+
+    narrow = _stem_net(5)
+    for m in narrow.modules():  # trained-looking normalisation statistics, not the identity defaults
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    StarDistModel(narrow, {"grid": 2}).save(tmp_path / "narrow")
+    torch.manual_seed(6)
+    wide = network.StarDistNet(32, 1, base_channels=16, depth=2, head_channels=16, stem=2)
+    _init_matching(wide, load_model_dir(tmp_path / "narrow"), 2)
+    x = torch.randn(2, 1, 32, 32)
+    for mode in ("eval", "train"):  # train: batch statistics, also per channel
+        getattr(narrow, mode)(), getattr(wide, mode)()
+        with torch.no_grad():
+            assert torch.allclose(wide(x), narrow(x), atol=1e-5), mode
+    # the decoder's concatenated input: the narrow skip channels sit after the wide upsampled ones
+    dec_old, dec_new = narrow.unet.decoders[0][0].weight, wide.unet.decoders[0][0].weight
+    half_old, half_new = dec_old.shape[1] // 2, dec_new.shape[1] // 2
+    assert torch.equal(dec_new[:dec_old.shape[0], half_new:half_new + half_old], dec_old[:, half_old:])
+    # the new channels learn: one step moves the zeros that kept them out of the old outputs
+    loss = network.stardist_loss(wide, (x, (x > 0).float(), x.abs().expand(2, 32, 32, 32) * 3))[0]
+    loss.backward()
+    assert wide.features[0].weight.grad[:, 8:].abs().sum() > 0
+
+
+class _CellReadsItsPixel(torch.nn.Module):
+    """A grid-2 "network" whose cell (i, j) outputs the input at pixel (2i, 2j): it shows which image
+    point each cell predicts from."""
+
+    grid_stem, n_rays = 2, 8
+    config = {"n_rays": 8, "stem": 2}
+
+    def size_multiple(self):
+        return (16, 16)
+
+    def forward(self, x):
+        cells = x[..., ::2, ::2]
+        maps = torch.cat([cells, torch.zeros_like(cells).expand(-1, self.n_rays, -1, -1)], dim=1)
+        return network.StarDistNet.to_full_resolution(maps, 2)
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (47, 41), (32, 45)])
+def test_test_time_augmentation_of_a_grid_2_network_reads_every_view_at_the_same_point(shape):
+    from ijtorch.models.stardist.model import StarDistModel
+
+    model = StarDistModel(_CellReadsItsPixel(), {"thresholds": {"prob": 0.5, "nms": 0.3}}, device="cpu")
+    img = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    prob, _ = model.predict_maps(img, normalize=False, test_time_augmentation=True)
+    # each of the 8 flipped/rotated views must predict pixel (2i, 2j) from that pixel, not a neighbour
+    np.testing.assert_allclose(prob[::2, ::2], 1 / (1 + np.exp(-img[::2, ::2])), rtol=1e-5)

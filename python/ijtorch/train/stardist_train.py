@@ -346,13 +346,20 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
 
 
 def _init_matching(net: Any, md: Any, stem: int) -> None:
-    """Copy ``md``'s weights into ``net`` wherever name and shape agree; with a stem, the source's
-    first U-Net level (full resolution) initialises the stem's convolutions."""
+    """Copy ``md``'s weights into ``net`` wherever name and shape agree (into the old channels' places
+    when ``net`` is wider); with a stem, the source's first U-Net level (full resolution) initialises
+    the stem's convolutions."""
     source = dict(md.state_dict)
-    if stem > 1:
+    if stem > 1 and int(md.config["architecture"].get("stem", 1)) == 1:
         first = "unet.encoders.0."
         source.update({"stem.0." + k[len(first):]: v for k, v in md.state_dict.items() if k.startswith(first)})
     target = net.state_dict()
+    if int(md.config["architecture"].get("base_channels", 0)) < int(net.config["base_channels"]):
+        from .widen import widen_into  # a wider network: start computing what the narrow one computes
+
+        copied, widened = widen_into(net, source)
+        log.info("init_from %s: %d of %d tensors copied, %d widened", md.path, copied, len(target), widened)
+        return
     matched = {k: v for k, v in source.items() if k in target and tuple(target[k].shape) == tuple(v.shape)}
     net.load_state_dict(matched, strict=False)
     log.info("init_from %s: %d of %d tensors copied", md.path, len(matched), len(target))
@@ -417,7 +424,8 @@ def train_stardist(
         Start a new architecture from another 2D star-convex model's weights wherever a parameter
         has the same name and shape (e.g. a ``stem=2`` network from a full-resolution one: its
         first U-Net level becomes the stem, the deeper levels and heads carry over); the rest
-        starts fresh. Not with ``base_model``.
+        starts fresh; a wider network (more ``base_channels``) starts computing exactly what the
+        narrower one does (:func:`ijtorch.train.widen.widen_into`). Not with ``base_model``.
     lr, patience
         AdamW learning rate (cosine schedule) and early-stopping patience on the validation loss.
     augment : AugmentConfig or dict, optional
