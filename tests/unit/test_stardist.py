@@ -101,7 +101,8 @@ def test_nms_removes_duplicates_and_keeps_separate_objects():
 
 def test_batched_nms_keeps_what_one_candidate_at_a_time_keeps(shared_data, rng):
     """Real nuclei (ground-truth maps, distances jittered): the IoUs of several candidates computed
-    together give the same kept polygons as visiting the candidates one by one (batch=1)."""
+    together give the same kept polygons as visiting the candidates one by one (batch=1), and so
+    do the compiled loops (numba)."""
     lab = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "labels" / "07fb37aafa662660.tif")[:256, :320]
     prob, dist = sd.object_probabilities(lab), sd.star_distances(lab, 32)
     yy, xx = np.nonzero(prob[::2, ::2] > 0.3)
@@ -110,11 +111,41 @@ def test_batched_nms_keeps_what_one_candidate_at_a_time_keeps(shared_data, rng):
     scores = prob[pts[:, 0], pts[:, 1]] + rng.uniform(0, 1e-3, len(pts))
     assert len(pts) > 1000
     for t in (0.1, 0.3, 0.5):
-        one_by_one = sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=1)
+        one_by_one = sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=1, compiled=False)
+        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t, compiled=False), one_by_one)
+        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=7, compiled=False),
+                                      one_by_one)
+        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t, compiled=True), one_by_one)
         np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t), one_by_one)
-        np.testing.assert_array_equal(sd.polygon_nms(pts, dists, scores, nms_threshold=t, batch=7), one_by_one)
     n_objects = len(np.unique(lab)) - 1
     assert 0.5 * n_objects < len(one_by_one) < 3 * n_objects
+
+
+def test_compiled_nms_keeps_what_the_numpy_version_keeps_on_a_model_s_maps(shared_data):
+    """The bundled model's own candidates on a real image (many per nucleus, as in prediction)."""
+    from ijtorch.models.store import load_model
+
+    img = tifffile.imread(shared_data / "nuclei_dsb2018" / "train" / "images" / "07fb37aafa662660.tif")
+    model = load_model("nuclei")
+    prob, dist = model.predict_maps(img if img.ndim == 2 else img[..., 0])
+    for p in (0.3, 0.5):
+        yy, xx = np.nonzero(prob[::2, ::2] > p)
+        pts = np.stack([yy * 2, xx * 2], axis=1)
+        dists = np.maximum(dist[pts[:, 0], pts[:, 1]].astype(np.float64), 1e-3)
+        for t in (0.1, 0.3, 0.5):
+            numpy_kept = sd.polygon_nms(pts, dists, prob[pts[:, 0], pts[:, 1]], nms_threshold=t, compiled=False)
+            np.testing.assert_array_equal(
+                sd.polygon_nms(pts, dists, prob[pts[:, 0], pts[:, 1]], nms_threshold=t, compiled=True), numpy_kept)
+            assert len(numpy_kept) < len(pts) / 3
+
+
+def test_nms_without_numba_runs_the_numpy_version(monkeypatch, rng):
+    pts = np.array([[20.0, 20.0], [21.0, 20.0], [60.0, 60.0]])
+    d, scores = np.full((3, 16), 6.0), np.array([0.9, 0.8, 0.7])
+    monkeypatch.setattr(sd, "_compiled_nms", lambda: None)
+    np.testing.assert_array_equal(sd.polygon_nms(pts, d, scores, nms_threshold=0.3), [0, 2])
+    with pytest.raises(ImportError, match="numba"):
+        sd.polygon_nms(pts, d, scores, compiled=True)
 
 
 def test_star_polygon_inside_test_measures_the_exact_area(rng):
