@@ -180,6 +180,13 @@ def main() -> int:
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
         )
         record_chunk(args.checkpoints / "chunks.json", summary, args, chunk_start)
+        from ijtorch.models.stardist.model import StarDistModel
+
+        model = StarDistModel.load(args.output, device="cpu")
+        model.config["auto"] = {"family": "nuclei"}  # a candidate of segment's model=auto (ijtorch.models.auto)
+        if "shift" in model.config:  # its warnings name what the model was trained on
+            model.config["shift"]["kind"] = "fluorescence"
+        model.save(args.output)
     cfg = json.loads((args.output / "config.json").read_text())
     (args.output / "README.md").write_text(model_card(cfg, summary, args.data))
     print(json.dumps(summary, indent=2, default=str))
