@@ -347,8 +347,8 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
 
 def _init_matching(net: Any, md: Any, stem: int) -> None:
     """Copy ``md``'s weights into ``net`` wherever name and shape agree (into the old channels' places
-    when ``net`` is wider); with a stem, the source's first U-Net level (full resolution) initialises
-    the stem's convolutions."""
+    when ``net`` is wider); a full-resolution source's first U-Net level initialises the stem's
+    convolutions of a grid-2 ``net``."""
     source = dict(md.state_dict)
     if stem > 1 and int(md.config["architecture"].get("stem", 1)) == 1:
         first = "unet.encoders.0."

@@ -198,7 +198,7 @@ def polygon_nms(points: np.ndarray, dists: np.ndarray, scores: np.ndarray, *, nm
     the greedy pass then reads them in order: the result is that of visiting one candidate at a time.
 
     ``compiled`` (default: whenever numba is installed) runs the same algorithm as compiled loops
-    (:mod:`~ijtorch.models.stardist.nms_compiled`): the same kept polygons, 3–10× faster; ``False``
+    (:mod:`~ijtorch.models.stardist.nms_compiled`): the same kept polygons, about 4× faster; ``False``
     runs the numpy version.
 
     Returns
@@ -223,8 +223,7 @@ def polygon_nms(points: np.ndarray, dists: np.ndarray, scores: np.ndarray, *, nm
     if compiled and kernel is None:
         raise ImportError("polygon_nms(compiled=True) needs numba, which cannot be imported here")
     if kernel is not None:
-        kept = kernel(pts, d, areas, rmax, inner2, outer2, *_ray_table(d.shape[1]),
-                                                 nms_threshold, max_samples)
+        kept = kernel(pts, d, areas, rmax, inner2, outer2, *_ray_table(d.shape[1]), nms_threshold, max_samples)
         return order[kept]
     big = float(rmax.max())
     tree = cKDTree(pts)

@@ -340,7 +340,7 @@ class StarDistModel:
 
         Counts are pooled over all validation images at ``iou_threshold``. The best pair is stored
         in ``config["thresholds"]`` and returned with its score. NMS thresholds go down to 0.1
-        (StarDist searches 0.3–0.5): annotated nuclei do not overlap, and on the bundled nuclei
+        (StarDist searches 0.3–0.5): annotated nuclei do not overlap, and on the 16-channel nuclei
         model's 71 held-out images 0.1–0.2 beat 0.3 at every probability threshold (pooled AP@0.5
         0.802 → 0.811, AP@0.75 0.489 → 0.499 at probability 0.5): a pair of polygons overlapping
         by 10–30 % was a duplicate, not two nuclei.

@@ -1,4 +1,4 @@
-"""Greedy star-polygon NMS compiled with numba: the same decisions as the numpy version, 3–10× faster.
+"""Greedy star-polygon NMS compiled with numba: the same decisions as the numpy version, about 4× faster.
 
 :func:`ijtorch.models.stardist.geometry.polygon_nms` (numpy) computes each kept polygon's IoUs with
 its neighbours in whole-array steps; what is left there is Python and numpy call overhead per batch
