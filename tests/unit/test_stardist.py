@@ -139,7 +139,7 @@ def test_compiled_nms_keeps_what_the_numpy_version_keeps_on_a_model_s_maps(share
             assert len(numpy_kept) < len(pts) / 3
 
 
-def test_nms_without_numba_runs_the_numpy_version(monkeypatch, rng):
+def test_nms_without_numba_runs_the_numpy_version(monkeypatch):
     pts = np.array([[20.0, 20.0], [21.0, 20.0], [60.0, 60.0]])
     d, scores = np.full((3, 16), 6.0), np.array([0.9, 0.8, 0.7])
     monkeypatch.setattr(sd, "_compiled_nms", lambda: None)

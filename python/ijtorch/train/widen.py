@@ -61,14 +61,9 @@ def widen_into(net: Any, source: dict[str, Any]) -> tuple[int, int]:
                 continue
             places = [_index(o, t, concat=axis == (0 if key in transposed else 1) and bool(_CONCAT_INPUT.search(key)))
                       for axis, (o, t) in enumerate(zip(old.shape, target.shape))]
-            if target.dim() >= 2:  # old outputs must not read new inputs
-                out_axis, in_axis = (1, 0) if key in transposed else (0, 1)
-                new_in = torch.ones(target.shape[in_axis], dtype=torch.bool)
-                new_in[places[in_axis]] = False
-                sel: list[Any] = [slice(None)] * target.dim()
-                sel[out_axis], sel[in_axis] = places[out_axis], new_in.nonzero()[:, 0]
-                target[tuple(torch.meshgrid(*[s if isinstance(s, torch.Tensor) else torch.arange(n)
-                                              for s, n in zip(sel, target.shape)], indexing="ij"))] = 0
+            if target.dim() >= 2:  # old outputs must not read new inputs: zero their rows, then put old back
+                out_axis = 1 if key in transposed else 0
+                target.index_fill_(out_axis, places[out_axis], 0)
             target[torch.meshgrid(*places, indexing="ij")] = old
             widened += 1
     return copied, widened

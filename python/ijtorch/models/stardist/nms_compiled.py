@@ -5,7 +5,7 @@ its neighbours in whole-array steps; what is left there is Python and numpy call
 of candidates, which made it 1.7–3× StarDist's C++ NMS. This is the same algorithm as plain loops
 (one candidate at a time, in score order), compiled by numba: the sample grid inside each kept
 polygon, the exact inside-the-star test and the IoU estimate are the numpy version's, operation for
-operation, so both keep the same polygons (``tests/unit/test_stardist_nms.py`` compares them on real
+operation, so both keep the same polygons (``tests/unit/test_stardist.py`` compares them on real
 prediction maps). Neighbours come from a grid of square bins instead of a k-d tree.
 
 Hand-written because no library here has star-polygon NMS (StarDist's is C++ inside StarDist).
@@ -112,7 +112,6 @@ def nms(pts: np.ndarray, d: np.ndarray, areas: np.ndarray, rmax: np.ndarray, inn
     return keep[:n_keep]
 
 
-
 def polygon_nms_compiled(pts: np.ndarray, d: np.ndarray, areas: np.ndarray, rmax: np.ndarray, inner2: np.ndarray,
                          outer2: np.ndarray, cos: np.ndarray, sin: np.ndarray, nms_threshold: float,
                          max_samples: int) -> np.ndarray:
@@ -128,4 +127,4 @@ def polygon_nms_compiled(pts: np.ndarray, d: np.ndarray, areas: np.ndarray, rmax
     bin_start = np.zeros(n_by * n_bx + 1, np.int64)
     np.cumsum(np.bincount(bin_of, minlength=n_by * n_bx), out=bin_start[1:])
     return nms(pts, d, areas, rmax, inner2, outer2, cos, sin, float(nms_threshold), int(max_samples),
-                     bin_of, bin_start, by_bin, n_by, n_bx, cell)
+               bin_of, bin_start, by_bin, n_by, n_bx, cell)
