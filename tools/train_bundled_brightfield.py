@@ -90,7 +90,6 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
-    from ijtorch.models.shift import fit_reference
     from ijtorch.models.stardist.model import StarDistModel
     from ijtorch.train.stardist_train import train_stardist
 
@@ -106,13 +105,10 @@ def main() -> int:
         resume=args.resume, device=args.device, workers=args.workers, time_limit_s=args.minutes * 60,
         progress_bar=False,
         description="2D StarDist nuclei model (transmitted light: brightfield, H&E as luminance), trained on DSB 2018",
+        shift_kind=KIND,  # no other transmitted-light images exist here: calibrated on the validation split
     )
-    # the trainer stored a reference; name the training images in its warnings
     model = StarDistModel.load(args.output, device="cpu")
     t = model.config["training"]
-    by_name = {p.name: p.image for p in pairs}
-    # no other transmitted-light images exist here: the threshold is calibrated on the validation split
-    fit_reference(model, [by_name[n] for n in t["train_names"]], [by_name[n] for n in t["val_names"]], kind=KIND)
     t["split"] = {**t.get("split", {}), "rule": f"stratified by index.json kind: {args.val_fraction:.0%} of each "
                   f"kind (at least one), numpy default_rng({args.seed}) permutation of the sorted names of each kind"}
     model.config["auto"] = {"family": "nuclei"}  # a candidate of segment's model=auto (ijtorch.models.auto)

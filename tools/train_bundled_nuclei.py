@@ -177,15 +177,13 @@ def main() -> int:
             head_channels=32, stem=args.stem, init_from=args.init_from, lr=args.lr, base_model=args.base_model,
             checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,
-            description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei",
+            description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei", shift_kind="fluorescence",
         )
         record_chunk(args.checkpoints / "chunks.json", summary, args, chunk_start)
         from ijtorch.models.stardist.model import StarDistModel
 
         model = StarDistModel.load(args.output, device="cpu")
         model.config["auto"] = {"family": "nuclei"}  # a candidate of segment's model=auto (ijtorch.models.auto)
-        if "shift" in model.config:  # its warnings name what the model was trained on
-            model.config["shift"]["kind"] = "fluorescence"
         model.save(args.output)
     cfg = json.loads((args.output / "config.json").read_text())
     (args.output / "README.md").write_text(model_card(cfg, summary, args.data))

@@ -202,9 +202,10 @@ def test_training_stores_a_calibrated_reference(shared_data, tmp_path):
     pairs = load_pairs(shared_data / "nuclei_dsb2018" / "train")[:6]
     train_stardist(pairs, output=tmp_path / "m", n_rays=8, base_channels=4, depth=2, head_channels=4, epochs=1,
                    steps_per_epoch=2, batch_size=2, patch_size=32, device="cpu", progress_bar=False,
-                   optimize_thresholds=False, evaluate=False, seed=0, val_fraction=0.34)
+                   optimize_thresholds=False, evaluate=False, seed=0, val_fraction=0.34, shift_kind="fluorescence")
     ref = load_model_dir(tmp_path / "m").config["shift"]
     assert ref["n_images"] == 4 and ref["calibration"]["images"] == 2 and ref["threshold"] > 0
+    assert ref["kind"] == "fluorescence"  # what the warnings call the training images
     assert len(ref["features"]["mean"]) == 16  # the bottleneck of base_channels=4, depth=2
     r = segment(pairs[0].image, "YX", model=tmp_path / "m", device="cpu")
     assert r.shift_score is not None and r.shift_threshold == ref["threshold"]

@@ -318,9 +318,10 @@ def _training_record(setup: _Setup, result: Any, *, base_model: str | os.PathLik
 
 def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seconds: float, *, method: str,
                 optimize_thresholds: bool, evaluate: bool, progress: ProgressCallback | None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                extra: dict[str, Any] | None = None, shift_kind: str = "training") -> dict[str, Any]:
     """Save the model, tune/evaluate it on the validation items, save again; the summary dict
-    (``extra`` holds the geometry-specific entries)."""
+    (``extra`` holds the geometry-specific entries). ``shift_kind`` names the training images in
+    the dataset-shift warnings of a 2D model."""
     model.save(output)  # a usable model exists even if tuning below is interrupted
     tuned, metrics = tune_and_evaluate(model, [setup.pairs[i] for i in setup.val_idx], optimize=optimize_thresholds,
                                        evaluate=evaluate, progress=progress)
@@ -329,7 +330,7 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
 
         try:
             fit_reference(model, [setup.pairs[i].image for i in setup.train_idx],
-                          [setup.pairs[i].image for i in setup.val_idx])
+                          [setup.pairs[i].image for i in setup.val_idx], kind=shift_kind)
         except Exception as exc:  # noqa: BLE001 - a model without a reference still works (it says so)
             log.warning("no dataset-shift reference for %s: %s", output, exc)
             model.config.pop("shift", None)
@@ -401,6 +402,7 @@ def train_stardist(
     progress_bar: bool | None = None,
     cancel: Callable[[], bool] | None = None,
     description: str = "",
+    shift_kind: str = "training",
 ) -> dict[str, Any]:
     """Train a 2D StarDist model and save it as a model directory.
 
@@ -442,6 +444,10 @@ def train_stardist(
         of the last epoch (e.g. at the end of a full cosine schedule).
     optimize_thresholds, evaluate : bool
         Tune thresholds / measure AP@0.5 and AP@0.75 on the validation images after training.
+    shift_kind : str
+        What the training images are (e.g. ``"fluorescence"``): the dataset-shift warnings of the
+        model name it (:mod:`ijtorch.models.shift`; the reference is fitted on the training images
+        and calibrated on the validation images).
 
     Returns
     -------
@@ -506,6 +512,7 @@ def train_stardist(
         config["training"]["init_from"] = str(init_from)
     model = StarDistModel(trainer.model, config, device=setup.device)
     summary = _save_tuned(setup, model, output, result, train_seconds, method="stardist",
-                          optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress)
+                          optimize_thresholds=optimize_thresholds, evaluate=evaluate, progress=progress,
+                          shift_kind=shift_kind)
     log.info("trained StarDist model saved to %s: %s", output, {k: v for k, v in summary.items() if k != "metrics"})
     return summary
