@@ -545,8 +545,10 @@ def test_new_user_model_dir_refuses_names_that_escape_the_model_folder(tmp_path,
 
 def test_distances_read_at_points_equal_the_dense_distance_map(shared_data, monkeypatch):
     """predict_maps(lazy_distances=True) keeps the distance head's input features and applies the head
-    only where NMS reads: the probability map and the distances at any pixels equal the dense maps',
-    and segment() finds the same objects either way."""
+    only where NMS reads: the probability map and the distances at any pixels equal the dense maps' up to
+    float rounding, and segment() finds the same objects either way. (The dense head is a 1x1
+    convolution, the lazy one a matrix product: their summation order is the CPU library's; bitwise
+    equal on the Intel machines of earlier sessions, up to 3e-7 apart on an AMD EPYC.)"""
     monkeypatch.delenv(network.CPU_BFLOAT16_ENV, raising=False)
     model = _bundled_model()
     root = shared_data / "nuclei_dsb2018" / "train" / "images"
@@ -554,7 +556,7 @@ def test_distances_read_at_points_equal_the_dense_distance_map(shared_data, monk
     prob, dense = model.predict_maps(img)
     prob_lazy, lazy = model.predict_maps(img, lazy_distances=True)
     assert not isinstance(lazy, np.ndarray) and lazy.shape == dense.shape
-    np.testing.assert_array_equal(prob_lazy, prob)
+    np.testing.assert_allclose(prob_lazy, prob, rtol=1e-5, atol=1e-6)
     rows, cols = np.nonzero(prob > 0.3)
     assert rows.size > 100
     np.testing.assert_allclose(lazy[rows, cols], dense[rows, cols], rtol=1e-5, atol=1e-4)

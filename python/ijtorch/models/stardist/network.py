@@ -116,7 +116,8 @@ def _torch_parts() -> Any:
             instead of the head's 32 distances at every pixel (the head is ~10 % of the forward pass)."""
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bfloat16 and x.device.type == "cpu"):
                 f = self.features(self.unet(self.stem(x))).permute(0, 2, 3, 1)  # (N, Y, X, F), contiguous in memory
-                # two rows of the head, not one: the matrix product then rounds as the whole head does
+                # two rows of the head, not one: on Intel CPUs the matrix product then rounds as the whole
+                # head does (bitwise); elsewhere it may differ in the last bits (3e-7 on an AMD EPYC)
                 logit = torch.nn.functional.linear(f, self.head.weight[:2, :, 0, 0], self.head.bias[:2])[..., :1]
                 maps = torch.cat([logit, f], dim=-1).float().permute(0, 3, 1, 2)
                 return StarDistNet.to_full_resolution(maps, self.grid_stem)
