@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 from ijtorch.train.data import load_pairs  # noqa: E402
-from ijtorch.train.stardist_train import train_stardist  # noqa: E402
+from ijtorch.train.stardist_train import train_stardist, tune_and_evaluate  # noqa: E402
 
 
 def model_card(cfg: dict, summary: dict, data_dirs: list[Path]) -> str:
@@ -160,16 +160,7 @@ def main() -> int:
     pairs = [p for d in args.data for p in load_pairs(d)]
     split_file = args.split_file or args.checkpoints / "split.json"
     val_names = held_out_names(pairs, split_file, args.base_model)
-    if args.tune_only:
-        from ijtorch.models.stardist.model import StarDistModel
-        from ijtorch.train.stardist_train import tune_and_evaluate
-
-        model = StarDistModel.load(args.output, device="cpu")
-        val = set(model.config["training"]["val_names"])
-        tuned, metrics = tune_and_evaluate(model, [p for p in pairs if p.name in val])
-        model.save(args.output)
-        summary = {"threshold_search": tuned, "metrics": metrics, "thresholds": model.config["thresholds"]}
-    else:
+    if not args.tune_only:
         chunk_start = time.time()
         summary = train_stardist(
             pairs, output=args.output, val_names=val_names, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
@@ -180,11 +171,15 @@ def main() -> int:
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei", shift_kind="fluorescence",
         )
         record_chunk(args.checkpoints / "chunks.json", summary, args, chunk_start)
-        from ijtorch.models.stardist.model import StarDistModel
+    from ijtorch.models.stardist.model import StarDistModel
 
-        model = StarDistModel.load(args.output, device="cpu")
-        model.config["auto"] = {"family": "nuclei"}  # a candidate of segment's model=auto (ijtorch.models.auto)
-        model.save(args.output)
+    model = StarDistModel.load(args.output, device="cpu")
+    model.config["auto"] = {"family": "nuclei"}  # a candidate of segment's model=auto (ijtorch.models.auto)
+    if args.tune_only:
+        val = set(model.config["training"]["val_names"])
+        tuned, metrics = tune_and_evaluate(model, [p for p in pairs if p.name in val])
+        summary = {"threshold_search": tuned, "metrics": metrics, "thresholds": model.config["thresholds"]}
+    model.save(args.output)
     cfg = json.loads((args.output / "config.json").read_text())
     (args.output / "README.md").write_text(model_card(cfg, summary, args.data))
     print(json.dumps(summary, indent=2, default=str))
