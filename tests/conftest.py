@@ -15,6 +15,7 @@ import pwd
 import shutil
 import site
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,47 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = [i for i in items if i not in last] + last
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """For a JVM test, print the JVM's threads a minute before pytest-timeout ends a hung run: the
+    Python stacks it prints show only where Python waits for Java (an AWT deadlock shows up in Java)."""
+    timeout = _timeout_seconds(item.config)
+    timer = None
+    if timeout and item.get_closest_marker("jvm") is not None:
+        timer = threading.Timer(max(timeout - 60, timeout / 2), _print_java_threads, args=(item.nodeid,))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _timeout_seconds(config) -> float:
+    try:
+        return float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    except (ValueError, TypeError):  # pytest-timeout not installed: no "timeout" ini option
+        return 0.0
+
+
+def _print_java_threads(nodeid: str) -> None:
+    """``jcmd <pid> Thread.print`` of this process (the embedded JVM lives in it) to stderr."""
+    import subprocess
+    import sys
+
+    jcmd = shutil.which("jcmd")
+    text = f"\n{nodeid} is still running near its timeout; the JVM's threads:\n"
+    try:
+        out = subprocess.run([jcmd, str(os.getpid()), "Thread.print"], capture_output=True, text=True,
+                             timeout=30) if jcmd else None
+        text += out.stdout + out.stderr if out else "(no jcmd on PATH)"
+    except (OSError, subprocess.SubprocessError) as e:
+        text += f"(jcmd failed: {e})"
+    sys.__stderr__.write(text + "\n")
+    sys.__stderr__.flush()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Fail the session when a test wrote into the real home; then remove the private folder."""
     if _REAL is None:
@@ -147,7 +189,7 @@ def pytest_sessionfinish(session, exitstatus):
     if changes:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         text = ("the test session changed the user's real home / model folder (tests must write only under "
-                f"$IJTORCH_TEST_PRIVATE_ROOT; a process outside the session writing there meanwhile would also show "
+                "$IJTORCH_TEST_PRIVATE_ROOT; a process outside the session writing there meanwhile would also show "
                 "here):\n  " + "\n  ".join(changes[:50]))
         if tr is not None:
             tr.write_line("")
