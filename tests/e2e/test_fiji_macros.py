@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _dialogs import find_dialog, press_ok
 
 from ijtorch import bridge
 from ijtorch.errors import BridgeError
@@ -187,12 +188,11 @@ def test_segment_recorder_line_replays_to_the_same_label_map(ij, small_images, s
     flag.setBoolean(None, True)
     try:
         IJ.doCommand("ijtorch Segment")
-        dialog = _find_dialog("ijtorch Segment")
+        dialog = find_dialog("ijtorch Segment")
         dialog.getStringFields().get(0).setText(segmentation_model)
         output = [c for c in dialog.getChoices() if "label map" in [c.getItem(i) for i in range(c.getItemCount())]]
         output[0].select("label map")  # the output choice (other choices, e.g. rgb, come before it)
-        ok = dialog.getButtons()[0]
-        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+        press_ok(dialog)
         title = f"{NAMES[0]}-labels"
         deadline = time.time() + 60
         while WindowManager.getImage(title) is None and time.time() < deadline:
@@ -213,19 +213,6 @@ def test_segment_recorder_line_replays_to_the_same_label_map(ij, small_images, s
     replayed = imageplus_to_numpy(WindowManager.getImage(title)).data
     np.testing.assert_array_equal(replayed, from_dialog)
     np.testing.assert_array_equal(from_dialog, _segment(small_images / "images" / f"{NAMES[0]}.tif", segmentation_model))
-
-
-def _find_dialog(title: str, timeout: float = 20):
-    from jpype import JClass
-
-    Window = JClass("java.awt.Window")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for w in Window.getWindows():
-            if w.isShowing() and str(getattr(w, "getTitle", lambda: "")()) == title:
-                return w
-        time.sleep(0.05)
-    raise AssertionError(f"no dialog titled {title!r} appeared")
 
 
 # ------------------------------------------------------------------ Jython scripts

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from _dialogs import find_dialog
+from _dialogs import find_dialog, press_ok
 from ijtorch import bridge
 from ijtorch.commands.outputs import CommandOutputs
 from ijtorch.errors import MacroError
@@ -165,8 +165,7 @@ def test_menu_dialog_runs_command_and_macro_recorder_line_replays(ij):
         fields.get(1).setText("from the dialog")
         dialog.getChoices().get(0).select("exact")
         dialog.getCheckboxes().get(0).setState(True)
-        ok = dialog.getButtons()[0]
-        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+        press_ok(dialog)
         deadline = time.time() + 20
         while not CALLS and time.time() < deadline:
             time.sleep(0.05)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from _dialogs import find_dialog
+from _dialogs import find_dialog, press_ok
 from ijtorch import bridge
 
 pytestmark = [pytest.mark.jvm, pytest.mark.usefixtures("one_torch_thread")]
@@ -170,8 +170,7 @@ def test_classify_pixels_dialog_is_recorded_and_the_line_replays(ij, cells, tmp_
         dialog = find_dialog("ijtorch Classify Pixels")
         dialog.getStringFields().get(0).setText("rec-px")
         dialog.getCheckboxes().get(0).setState(True)  # probabilities
-        ok = dialog.getButtons()[0]
-        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+        press_ok(dialog)
         deadline = time.time() + 60
         while JClass("ij.WindowManager").getImage("cells-probabilities") is None and time.time() < deadline:
             time.sleep(0.1)

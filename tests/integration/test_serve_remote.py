@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _dialogs import press_ok  # noqa: E402
 from _serve_model import CALIBRATION_IMAGE, make_tiny_model  # noqa: E402
 from _serve_util import ServerProcess  # noqa: E402
 
@@ -400,8 +401,7 @@ def test_dialog_shows_tuned_values_as_empty_fields_and_records_zero(ij, setup, m
             lines.setAccessible(True)
             message = "\n".join(str(x) for x in lines.get(dialog.getMessage()))
             dialog.getStringFields().get(0).setText("tiny")  # the model
-            ok = dialog.getButtons()[0]
-            dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+            press_ok(dialog)
             deadline = time.time() + 60
             while "ijtorch Segment" not in str(recorder.getText()) and time.time() < deadline:
                 time.sleep(0.1)
