@@ -147,6 +147,9 @@ def main() -> int:
     ap.add_argument("--base-channels", type=int, default=16,
                     help="channels of the first U-Net level (StarDist's default: 32); with --init-from a narrower "
                          "model, the wider network starts computing what that one does")
+    ap.add_argument("--head-channels", type=int, default=32,
+                    help="channels of the 3x3 convolution before the probability and distance heads (StarDist's "
+                         "default: 128); with --init-from a model with fewer, the new channels start silent")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start a new architecture from this model's weights where names and shapes match")
     ap.add_argument("--tune-only", action="store_true",
@@ -165,7 +168,7 @@ def main() -> int:
         summary = train_stardist(
             pairs, output=args.output, val_names=val_names, seed=0, epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch, patch_size=args.patch, n_rays=32, grid=2, base_channels=args.base_channels, depth=3,
-            head_channels=32, stem=args.stem, init_from=args.init_from, lr=args.lr, base_model=args.base_model,
+            head_channels=args.head_channels, stem=args.stem, init_from=args.init_from, lr=args.lr, base_model=args.base_model,
             checkpoint_dir=args.checkpoints, resume=args.resume, device=args.device, workers=args.workers, keep=args.keep,
             time_limit_s=args.minutes * 60, progress_bar=False,
             description="2D StarDist nuclei model (fluorescence), trained on DSB 2018 nuclei", shift_kind="fluorescence",

@@ -122,6 +122,26 @@ def test_init_from_a_narrower_model_computes_what_it_computes_and_then_trains_th
     assert wide.features[0].weight.grad[:, 8:].abs().sum() > 0
 
 
+def test_init_from_a_model_with_a_narrower_head_computes_what_it_computes(tmp_path):
+    """Only the 3x3 convolution before the heads widens (StarDist's 128 channels after the U-Net):
+    the old head channels keep their weights, the new ones start silent, the output is the same."""
+    from ijtorch.models.folder import load_model_dir
+    from ijtorch.models.stardist.model import StarDistModel
+    from ijtorch.train.stardist_train import _init_matching
+
+    narrow = _stem_net(7)
+    StarDistModel(narrow, {"grid": 2}).save(tmp_path / "narrow")
+    torch.manual_seed(8)
+    wide = network.StarDistNet(32, 1, base_channels=8, depth=2, head_channels=64, stem=2).eval()
+    _init_matching(wide, load_model_dir(tmp_path / "narrow"), 2)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+    assert torch.equal(wide.features[0].weight[:16], narrow.features[0].weight)
+    assert wide.features[0].weight[16:].abs().sum() > 0  # the new channels: their random initialisation
+    assert not wide.dist.weight[:, 16:].any() and not wide.prob.weight[:, 16:].any()
+
+
 class _CellReadsItsPixel(torch.nn.Module):
     """A grid-2 "network" whose cell (i, j) outputs the input at pixel (2i, 2j): it shows which image
     point each cell predicts from."""

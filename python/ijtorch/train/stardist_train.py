@@ -348,15 +348,15 @@ def _save_tuned(setup: _Setup, model: Any, output: Path, result: Any, train_seco
 
 def _init_matching(net: Any, md: Any, stem: int) -> None:
     """Copy ``md``'s weights into ``net`` wherever name and shape agree (into the old channels' places
-    when ``net`` is wider); a full-resolution source's first U-Net level initialises the stem's
+    when ``net``'s U-Net or head is wider); a full-resolution source's first U-Net level initialises the stem's
     convolutions of a grid-2 ``net``."""
     source = dict(md.state_dict)
     if stem > 1 and int(md.config["architecture"].get("stem", 1)) == 1:
         first = "unet.encoders.0."
         source.update({"stem.0." + k[len(first):]: v for k, v in md.state_dict.items() if k.startswith(first)})
     target = net.state_dict()
-    if int(md.config["architecture"].get("base_channels", 0)) < int(net.config["base_channels"]):
-        from .widen import widen_into  # a wider network: start computing what the narrow one computes
+    if any(int(md.config["architecture"].get(k, 0)) < int(net.config[k]) for k in ("base_channels", "head_channels")):
+        from .widen import widen_into  # a wider network or head: start computing what the narrow one computes
 
         copied, widened = widen_into(net, source)
         log.info("init_from %s: %d of %d tensors copied, %d widened", md.path, copied, len(target), widened)
