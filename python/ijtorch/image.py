@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Calibration", "Image", "check_axes", "to_axes", "rgb_as_channel_axes", "CANONICAL_AXES"]
+__all__ = ["Calibration", "Image", "check_axes", "pixel_values", "to_axes", "rgb_as_channel_axes", "CANONICAL_AXES"]
 
 CANONICAL_AXES = "TZCYXS"
 
@@ -50,6 +50,27 @@ def rgb_as_channel_axes(axes: str) -> str:
     if "C" in axes:
         raise ValueError(f"axes={axes!r}: an image with both channels (C) and RGB samples (S) is not supported")
     return axes.replace("S", "C")
+
+
+def pixel_values(data: np.ndarray) -> np.ndarray:
+    """An image's pixels as the tasks take them: integer or float (``TypeError`` otherwise; a boolean
+    mask reads as 0/1 ``uint8``), with NaN and ±inf replaced by the lowest finite value (a copy;
+    the input is untouched). ImageJ's "NaN background", masked and registered images leave NaN where
+    there is no data; left in, one NaN makes every percentile, and so every normalised pixel, NaN.
+    An image with no finite value becomes zeros."""
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+    if not np.issubdtype(data.dtype, np.floating):
+        return data
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return data
+    finite = data[~bad]
+    out = data.copy()
+    out[bad] = finite.min() if finite.size else 0
+    return out
 
 
 def check_axes(axes: str, ndim: int, *, arg_name: str = "axes") -> str:

@@ -472,6 +472,39 @@ def test_segment_bad_files_are_reported_and_the_rest_go_on(tmp_path, nuclei):
     assert len(list((tmp_path / "fast").glob("*_RoiSet.zip"))) == int(summary[1])
 
 
+def test_segment_reads_png_and_jpeg_and_images_with_nan(tmp_path, nuclei):
+    """PNG / JPEG inputs are segmented as their TIFF twins; NaN pixels (ImageJ's NaN background) read
+    as the lowest value instead of making the whole image NaN (0 objects); two inputs that would
+    write the same output names are a usage error."""
+    from PIL import Image as PILImage
+
+    image = tifffile.imread(sorted((nuclei / "images").glob("*.tif"))[0])
+    grey = (255 * (image - image.min()) / max(np.ptp(image), 1)).astype(np.uint8)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    PILImage.fromarray(grey).save(folder / "grey.png")
+    tifffile.imwrite(folder / "grey_twin.tif", grey)
+    PILImage.fromarray(np.stack([grey] * 3, -1)).save(folder / "colour.jpg", quality=95)
+    with_nan = grey.astype(np.float32)
+    with_nan[:24, :24] = np.nan  # no data in one corner
+    tifffile.imwrite(folder / "nan.tif", with_nan)
+    tifffile.imwrite(folder / "nan_twin.tif", np.where(np.isnan(with_nan), grey.min(), with_nan).astype(np.float32))
+    out = _cli(tmp_path, "segment", folder, "--output", tmp_path / "out", "--model", "nuclei")
+    assert out.returncode == 0, out.stderr
+    assert "ijtorch segment: 5 done, 0 failed, 0 skipped" in out.stdout
+    labels = {p.stem: tifffile.imread(p) for p in (tmp_path / "out").glob("*.tif")}
+    assert labels["grey"].max() > 0
+    np.testing.assert_array_equal(labels["grey"], labels["grey_twin"])
+    np.testing.assert_array_equal(labels["nan"], labels["nan_twin"])
+    assert labels["colour"].max() > 0 and labels["colour"].shape == grey.shape
+    (tmp_path / "clash").mkdir()
+    shutil.copy(folder / "grey.png", tmp_path / "clash" / "a.png")
+    shutil.copy(folder / "grey_twin.tif", tmp_path / "clash" / "a.tif")
+    clash = _cli(tmp_path, "segment", tmp_path / "clash", "--output", tmp_path / "out2")
+    _clean_failure(clash, 2, "would write outputs of the same name (a.*)")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_segment_failed_input_leaves_none_of_its_outputs(tmp_path, nuclei):
     """An input whose later outputs cannot be written leaves none of its earlier ones."""
     image = sorted((nuclei / "images").glob("*.tif"))[0]
@@ -487,7 +520,7 @@ def test_segment_user_errors_are_one_line(tmp_path, nuclei):
     empty = tmp_path / "empty"
     empty.mkdir()
     for args, text in (
-        ((empty,), f"ijtorch segment: folder {empty} holds no .tif/.tiff files"),
+        ((empty,), f"ijtorch segment: folder {empty} holds no image files (.tif, .tiff, .png, .jpg, "),
         ((nuclei / "images", "--model", "no-such-model"), "model='no-such-model' is neither a model directory"),
         ((nuclei / "images", "--scale", "-1"), "argument --scale: expected a number >= 0.1, got -1"),  # after argparse's usage
     ):

@@ -119,7 +119,7 @@ def test_user_errors_are_one_line(tmp_path):
     with pytest.raises(IjtorchError, match="does not exist"):
         _run(f"input=[{tmp_path / 'nothing'}] scheduler=local")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IjtorchError, match="holds no .tif"):
+    with pytest.raises(IjtorchError, match="holds no image files"):
         _run(f"input=[{tmp_path / 'empty'}] scheduler=local")
     with pytest.raises(IjtorchError, match="multiples of 16"):
         _run(f"input=[{tmp_path / 'empty'}] block=100")

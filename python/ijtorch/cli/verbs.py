@@ -24,38 +24,46 @@ from typing import Any
 from .batch import Batch, Skip, UsageError, add_batch_options, positive_int
 from .generated import add_command_parser, cli_option, params_from_args
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-
-
 def _input_files(inputs: list[str]) -> list[Path]:
-    """The TIFF files given, folders expanded (sorted); a missing input or an empty folder is a usage error."""
+    """The image files given (TIFF, PNG, JPEG, BMP, GIF, WebP), folders expanded (sorted); a missing
+    input, an empty folder, or two inputs whose outputs would share a name (``a.tif`` and ``a.png``:
+    outputs are named by the input's stem) is a usage error."""
+    from ..io.raster import IMAGE_SUFFIXES as suffixes
+
     files: list[Path] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
             if not found:
-                raise UsageError(f"folder {path} holds no .tif/.tiff files")
+                raise UsageError(f"folder {path} holds no image files ({', '.join(suffixes)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
             raise UsageError(f"input {path} does not exist")
-    return files
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems and stems[f.stem] != f:
+            raise UsageError(f"inputs {stems[f.stem]} and {f} would write outputs of the same name ({f.stem}.*): "
+                             "rename one or run them separately")
+        stems[f.stem] = f
+    return list(dict.fromkeys(files))
 
 
 def _read_image(path: Path, axes: str | None = None):
-    """The TIFF as an :class:`~ijtorch.image.Image`; ``--axes`` names the axes when the file does not
-    (a plain TIFF whose axes tifffile cannot map is then read as a bare array)."""
+    """The file as an :class:`~ijtorch.image.Image` (TIFF with tifffile; PNG, JPEG, ... with
+    :func:`ijtorch.io.raster.read_raster`); ``--axes`` names the axes when the file does not (a plain
+    TIFF whose axes tifffile cannot map is then read as a bare array)."""
     import tifffile
 
     from ..image import Image, check_axes
-    from ..io.tiff import read_tiff
+    from ..io.raster import RASTER_SUFFIXES, read_image
 
     try:
-        image = read_tiff(path)
+        image = read_image(path)
     except ValueError:
-        if not axes:
+        if not axes or path.suffix.lower() in RASTER_SUFFIXES:
             raise
         data = tifffile.imread(path)
         return Image(data, check_axes(axes, data.ndim, arg_name="--axes"), title=path.stem)
@@ -197,7 +205,7 @@ def _track(args: argparse.Namespace) -> int:
 
     from ..commands.track import TrackParams, track_options
     from ..image import check_axes
-    from ..io.tiff import read_tiff
+    from ..io.raster import read_image
     from ..tasks.track import linking_summary, n_tracklets, n_tracks, track_movie, write_track_outputs
 
     p = params_from_args(TrackParams, args)
@@ -212,7 +220,7 @@ def _track(args: argparse.Namespace) -> int:
 
     def one(source: Path, staging: Path) -> str:
         if source.is_dir():  # a folder of frames, e.g. a Cell Tracking Challenge TRA folder
-            frames = [read_tiff(p) for p in frame_files]
+            frames = [read_image(p) for p in frame_files]
             shapes = {f.data.shape for f in frames}
             if len(shapes) > 1:
                 raise ValueError(f"the frames differ in shape: {sorted(shapes)}")

@@ -10,6 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..image import pixel_values
 from .atomic import atomic_path
 
 __all__ = ["write_table_csv", "write_overlay_png"]
@@ -30,8 +31,9 @@ def write_table_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray]) 
 
 
 def _display_uint8(plane: np.ndarray) -> np.ndarray:
-    """Percentile-stretched 8-bit copy for display only (the data itself is never rescaled)."""
-    plane = plane.astype(np.float32)
+    """Percentile-stretched 8-bit copy for display only (the data itself is never rescaled); NaN and
+    inf pixels (no data) are shown black."""
+    plane = pixel_values(plane).astype(np.float32)
     lo, hi = np.percentile(plane, (1.0, 99.8))
     scaled = np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1)
     return (scaled * 255).astype(np.uint8)

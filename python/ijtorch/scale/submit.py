@@ -32,7 +32,6 @@ __all__ = ["ClusterRun", "segment_on_cluster", "folder_inputs", "is_big_image", 
 #: The scheduler a site sets for its users (a Fiji's cluster runs use it unless told otherwise).
 SITE_SCHEDULER_ENV = "IJTORCH_DASK_SCHEDULER"
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -58,10 +57,13 @@ def is_big_image(path: Path) -> bool:
 
 
 def folder_inputs(folder: Path) -> list[Path]:
-    """The TIFFs of ``folder`` (sorted; hidden files left out), as ``ijtorch segment FOLDER`` takes them."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
+    """The images of ``folder`` (TIFF, PNG, JPEG, ...; sorted; hidden files left out), as ``ijtorch
+    segment FOLDER`` takes them."""
+    from ..io.raster import IMAGE_SUFFIXES
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        raise IjtorchError(f"folder {folder} holds no .tif/.tiff files")
+        raise IjtorchError(f"folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -126,11 +128,11 @@ def _segment_step(options: Callable[[str], dict]) -> Callable[[Path, Path], str]
     objects: dict[str, int] = {}
 
     def one(path: Path, staging: Path) -> str:
-        from ..io.tiff import read_tiff
+        from ..io.raster import read_image
         from ..tasks.segment import segment
         from ..tasks.segmentation_files import write_segmentation_outputs
 
-        image = read_tiff(path)
+        image = read_image(path)
         result = segment(image.data, image.axes, **options(image.axes))
         write_segmentation_outputs(staging, path.stem, image, result.labels, result.axes,
                                    inputs=(path,), confidence=getattr(result, "confidence", None))

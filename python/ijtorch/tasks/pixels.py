@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ijtorch.image import Calibration, check_axes, rgb_as_channel_axes
+from ijtorch.image import Calibration, check_axes, pixel_values, rgb_as_channel_axes
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["PixelResult", "classify_pixels", "train_pixels", "class_areas", "scribbles_from_classes",
@@ -128,8 +128,7 @@ def classify_pixels(
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     axes = check_axes(axes, data.ndim)
     axes = rgb_as_channel_axes(axes)  # colour images: red, green and blue are the model's channels
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+    data = pixel_values(data)  # NaN / inf: the lowest finite value; TypeError for non-numeric data
     if tile_size is not None and (not isinstance(tile_size, (int, np.integer)) or tile_size < 32):
         raise ValueError(f"tile_size={tile_size!r}: expected None or an integer >= 32")
     net = _load(model, device)

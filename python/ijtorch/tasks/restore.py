@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ijtorch.image import check_axes
+from ijtorch.image import check_axes, pixel_values
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["KINDS", "TRAINING_DEFAULTS", "BLINDSPOT_DEFAULTS", "N2V_METHODS", "RestorationResult", "restore",
@@ -366,8 +366,7 @@ def restore(
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
     axes = check_axes(axes, data.ndim)
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+    data = pixel_values(data)  # NaN / inf: the lowest finite value; TypeError for non-numeric data
     if not isinstance(tile_size, (int, np.integer)) or tile_size < 16:
         raise ValueError(f"tile_size={tile_size!r}: expected an integer >= 16")
     if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:

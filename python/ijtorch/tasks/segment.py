@@ -70,7 +70,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ijtorch.image import check_axes
+from ijtorch.image import check_axes, pixel_values
 from ijtorch.core.progress import ProgressCallback, ProgressEvent, emit
 
 __all__ = ["SegmentationResult", "segment", "train_segmentation", "METHODS", "RGB_CONVERSIONS", "rgb_to_grey",
@@ -298,8 +298,7 @@ def segment(
     axes = check_axes(axes, data.ndim)
     if not 0 <= float(min_confidence) <= 1:
         raise ValueError(f"min_confidence={min_confidence!r}: expected a float in [0, 1]")
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise TypeError(f"data has dtype {data.dtype}; expected an integer or float image")
+    data = pixel_values(data)  # NaN / inf: the lowest finite value; TypeError for non-numeric data
     rgb_used = rgb if "S" in axes else None
     colour, colour_axes = data, axes  # a pixel model trained on colour classifies the RGB channels themselves
     data, axes = rgb_to_grey(data, axes, rgb)  # float32 grey; unchanged without an S axis
