@@ -24,6 +24,7 @@ from typing import Any
 from .batch import Batch, Skip, UsageError, add_batch_options, positive_int
 from .generated import add_command_parser, cli_option, params_from_args
 
+
 def _input_files(inputs: list[str]) -> list[Path]:
     """The image files given (TIFF, PNG, JPEG, BMP, GIF, WebP), folders expanded (sorted); a missing
     input, an empty folder, or two inputs whose outputs would share a name (``a.tif`` and ``a.png``:

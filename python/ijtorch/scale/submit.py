@@ -33,7 +33,6 @@ __all__ = ["ClusterRun", "segment_on_cluster", "folder_inputs", "is_big_image", 
 SITE_SCHEDULER_ENV = "IJTORCH_DASK_SCHEDULER"
 
 
-
 @dataclass
 class ClusterRun:
     """What :func:`segment_on_cluster` did: per-input lines, files, failures."""
