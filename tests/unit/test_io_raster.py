@@ -96,3 +96,50 @@ def test_pixel_values_fill_non_finite_pixels_and_leave_the_input_alone():
     assert pixel_values(np.eye(2, dtype=bool)).dtype == np.uint8
     with pytest.raises(TypeError, match="dtype complex64; expected an integer or float image"):
         pixel_values(np.ones((2, 2), np.complex64))
+
+
+def test_training_folders_take_png_images_and_label_maps(tmp_path, grey):
+    """train (load_pairs), train-classifier (class folders), train-pixels and train-restoration read
+    PNG as they read TIFF."""
+    from ijtorch.tasks.classify import load_class_folders
+    from ijtorch.tasks.pixels import _read_pairs
+    from ijtorch.tasks.restore_train import _read_folder
+    from ijtorch.train.data import load_pairs
+
+    labels = np.zeros(grey.shape, np.uint16)
+    labels[5:15, 5:20], labels[20:30, 30:50] = 1, 300  # 16-bit label values survive a PNG
+    for kind in ("images", "labels"):
+        (tmp_path / "seg" / kind).mkdir(parents=True)
+    PILImage.fromarray(grey).save(tmp_path / "seg" / "images" / "a.png")
+    PILImage.fromarray(labels).save(tmp_path / "seg" / "labels" / "a.png")
+    tifffile.imwrite(tmp_path / "seg" / "images" / "b.tif", grey[::-1])
+    PILImage.fromarray(labels[::-1]).save(tmp_path / "seg" / "labels" / "b.png")  # a TIFF image, a PNG label map
+    (tmp_path / "seg" / "images" / ".a.png").write_bytes(b"macOS resource fork")  # hidden: left out
+    pairs = load_pairs(tmp_path / "seg")
+    assert [p.name for p in pairs] == ["a", "b"]
+    np.testing.assert_array_equal(pairs[0].image, grey)
+    np.testing.assert_array_equal(pairs[0].labels, labels)
+    np.testing.assert_array_equal(pairs[1].labels, labels[::-1])
+
+    rgb = np.stack([grey, grey // 2, 255 - grey], -1)
+    for cls in ("g1", "s"):
+        (tmp_path / "cls" / cls).mkdir(parents=True)
+        PILImage.fromarray(rgb).save(tmp_path / "cls" / cls / "c.png")
+    images, y, classes, names = load_class_folders(tmp_path / "cls")
+    assert images.shape == (2, 3, *grey.shape) and classes == ["g1", "s"] and list(y) == [0, 1]
+    np.testing.assert_array_equal(images[0], np.moveaxis(rgb, -1, 0))
+
+    strokes = np.zeros(grey.shape, np.uint8)
+    strokes[2, 2:9], strokes[30, 10:20] = 1, 2
+    (tmp_path / "px" / "im").mkdir(parents=True), (tmp_path / "px" / "an").mkdir()
+    PILImage.fromarray(grey).save(tmp_path / "px" / "im" / "p.png")
+    PILImage.fromarray(strokes).save(tmp_path / "px" / "an" / "p.png")
+    data, annotations, axes = _read_pairs(tmp_path / "px" / "im", tmp_path / "px" / "an")
+    assert axes == "YX"
+    np.testing.assert_array_equal(data[0], grey)
+    np.testing.assert_array_equal(annotations[0], strokes)
+
+    (tmp_path / "noisy").mkdir()
+    PILImage.fromarray(grey).save(tmp_path / "noisy" / "n.png")
+    assert [k for k, _ in _read_folder(tmp_path / "noisy")] == ["n"]
+    np.testing.assert_array_equal(_read_folder(tmp_path / "noisy")[0][1], grey)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..image import Image
 
-__all__ = ["RASTER_SUFFIXES", "IMAGE_SUFFIXES", "read_raster", "read_image"]
+__all__ = ["RASTER_SUFFIXES", "IMAGE_SUFFIXES", "read_raster", "read_image", "read_array", "image_files"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGE_SUFFIXES = (".tif", ".tiff") + RASTER_SUFFIXES  #: what the batch surfaces (CLI, cluster) read
@@ -57,3 +57,22 @@ def read_image(path: str | os.PathLike) -> Image:
     from .tiff import read_tiff
 
     return read_raster(path) if Path(path).suffix.lower() in RASTER_SUFFIXES else read_tiff(path)
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """The pixels alone: a TIFF's first series as tifffile gives it, or :func:`read_raster`'s data
+    (what the training folders read: images, label maps, annotations)."""
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return read_raster(path).data
+    try:
+        return tifffile.imread(path)
+    except (tifffile.TiffFileError, OSError) as exc:
+        raise ValueError(f"{str(path)!r}: not a readable TIFF ({exc})") from None
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of ``folder`` (:data:`IMAGE_SUFFIXES`), sorted by name, hidden files left out."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

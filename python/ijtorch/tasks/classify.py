@@ -35,21 +35,22 @@ log = logging.getLogger(__name__)
 
 CLASS_WEIGHTING = ("balanced", "sampling", "none")
 NORMALIZATION = ("dataset", "item")
-_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 # ----------------------------------------------------------------------------- data
 
 def load_class_folders(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Load ``folder/<class>/*.tif`` as ``(images (N, C, Y, X), labels (N,), classes, names)``.
+    """Load ``folder/<class>/*.tif`` (or ``.png``, ``.jpg``, ...) as ``(images (N, C, Y, X), labels
+    (N,), classes, names)``.
 
-    Sub-folder names (sorted) are the classes. Each TIFF is read with its ImageJ axes and must be
+    Sub-folder names (sorted) are the classes. Each file is read with its axes (a TIFF's ImageJ
+    axes) and must be
     ``YX``, ``CYX`` (one channel is added to ``YX``) or RGB (its red, green and blue become three
     channels, as the ImageJ Classify command gives them to a 3-channel classifier); all must share
     one shape. Items are
     ordered by class, then file name; ``names`` are ``class/file``.
     """
-    from ..io.tiff import read_tiff
+    from ..io.raster import IMAGE_SUFFIXES, image_files, read_image
 
     root = Path(folder)
     if not root.is_dir():
@@ -60,11 +61,11 @@ def load_class_folders(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
                          f"{[d.name for d in class_dirs]}")
     images, labels, names = [], [], []
     for ci, d in enumerate(class_dirs):
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES)
+        files = image_files(d)
         if not files:
-            raise ValueError(f"class folder {str(d)!r} holds no .tif/.tiff files")
+            raise ValueError(f"class folder {str(d)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         for f in files:
-            im = read_tiff(f)
+            im = read_image(f)
             data, axes = im.data, im.axes
             if "S" in axes and "C" not in axes:  # RGB: red, green and blue are the item's three channels
                 data, axes = np.moveaxis(data, axes.index("S"), 0), "C" + axes.replace("S", "")

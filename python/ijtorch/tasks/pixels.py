@@ -227,16 +227,16 @@ def train_pixels(
 
 
 def _read_pairs(images: Path, annotations: Path) -> tuple[list, list, str]:
-    from ijtorch.io.tiff import read_tiff
+    from ijtorch.io.raster import IMAGE_SUFFIXES, image_files, read_image
 
     def files(p: Path) -> list[Path]:
         if p.is_file():
             return [p]
         if not p.is_dir():
             raise FileNotFoundError(f"{p} does not exist")
-        found = sorted(f for f in p.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
+        found = image_files(p)
         if not found:
-            raise FileNotFoundError(f"folder {p} holds no .tif/.tiff files")
+            raise FileNotFoundError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return found
 
     ims, anns = files(images), files(annotations)
@@ -246,11 +246,11 @@ def _read_pairs(images: Path, annotations: Path) -> tuple[list, list, str]:
         names = {f.stem: f for f in anns}
         missing = [f.name for f in ims if f.stem not in names]
         if missing:
-            raise FileNotFoundError(f"no annotation TIFF in {annotations} for {missing[:5]}")
+            raise FileNotFoundError(f"no annotation image in {annotations} for {missing[:5]}")
         anns = [names[f.stem] for f in ims]
     data, labels, axes_set = [], [], set()
     for fi, fa in zip(ims, anns):
-        im, an = read_tiff(fi), read_tiff(fa)
+        im, an = read_image(fi), read_image(fa)
         ax = rgb_as_channel_axes(im.axes)
         if set(ax) - set("CYX"):
             raise ValueError(f"{fi.name}: axes {ax}; train-pixels takes 2D images (YX or CYX)")

@@ -31,15 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def _read_folder(folder: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
-    import tifffile
+    from ..io.raster import IMAGE_SUFFIXES, image_files, read_array
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    files = image_files(folder)
     if not files:
-        raise ValueError(f"{str(folder)!r} holds no .tif/.tiff files")
-    return [(p.stem, tifffile.imread(p)) for p in files]
+        raise ValueError(f"{str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [(p.stem, read_array(p)) for p in files]
 
 
 def _as_items(arg: Any, axes: str, ndim: int, name: str) -> list[tuple[str, np.ndarray]]:

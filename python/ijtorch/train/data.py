@@ -24,7 +24,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -37,22 +36,22 @@ class Pair:
 
 
 def load_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | None = None) -> list[Pair]:
-    """Load same-named TIFFs from ``images_dir`` and ``labels_dir``.
+    """Load same-named images and label maps from ``images_dir`` and ``labels_dir``.
 
     Parameters
     ----------
     images_dir : path
-        Folder of image TIFFs, or a folder containing ``images/`` and ``labels/`` (then
-        ``labels_dir`` must be omitted).
+        Folder of images (TIFF, or PNG / JPEG / ...: :data:`ijtorch.io.raster.IMAGE_SUFFIXES`), or a
+        folder containing ``images/`` and ``labels/`` (then ``labels_dir`` must be omitted).
     labels_dir : path, optional
-        Folder of label TIFFs with the same file names.
+        Folder of label maps with the same name stems (TIFF or a lossless format such as 16-bit PNG).
 
     Returns
     -------
     list of Pair
         Sorted by name. Images whose label file is missing raise ``ValueError``.
     """
-    import tifffile
+    from ..io.raster import IMAGE_SUFFIXES, image_files, read_array
 
     images_dir = Path(images_dir)
     if labels_dir is None:
@@ -64,15 +63,15 @@ def load_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | No
     for arg, p in (("images_dir", images_dir), ("labels_dir", labels_dir)):
         if not p.is_dir():
             raise ValueError(f"{arg}={str(p)!r} is not a folder")
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES)
+    files = image_files(images_dir)
     if not files:
-        raise ValueError(f"images_dir={str(images_dir)!r} holds no .tif/.tiff files")
+        raise ValueError(f"images_dir={str(images_dir)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     pairs = []
     for f in files:
-        lab = next((labels_dir / (f.stem + s) for s in (f.suffix, *_TIFF_SUFFIXES) if (labels_dir / (f.stem + s)).exists()), None)
+        lab = next((labels_dir / (f.stem + s) for s in (f.suffix, *IMAGE_SUFFIXES) if (labels_dir / (f.stem + s)).exists()), None)
         if lab is None:
             raise ValueError(f"no label file for image {f.name!r} in labels_dir={str(labels_dir)!r}")
-        image, labels = tifffile.imread(f), tifffile.imread(lab)
+        image, labels = read_array(f), read_array(lab)
         if image.shape != labels.shape:
             raise ValueError(f"{f.name}: image shape {image.shape} differs from label shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
