@@ -19,7 +19,9 @@ __all__ = ["RASTER_SUFFIXES", "IMAGE_SUFFIXES", "read_raster", "read_image", "re
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGE_SUFFIXES = (".tif", ".tiff") + RASTER_SUFFIXES  #: what the batch surfaces (CLI, cluster) read
 
-_GREY_MODES = {"1": "L", "L": "L", "LA": "L", "La": "L", "I;16": None, "I;16L": None, "I;16B": None, "I": None, "F": None}
+#: Pillow's grey modes and what they are converted to (None: kept, e.g. 16-bit, 32-bit integer or float)
+_GREY_MODES = {"1": "L", "L": "L", "LA": "L", "La": "L",
+               "I;16": None, "I;16L": None, "I;16B": None, "I": None, "F": None}
 
 
 def _frame_array(frame) -> np.ndarray:

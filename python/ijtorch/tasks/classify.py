@@ -44,11 +44,10 @@ def load_class_folders(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     (N,), classes, names)``.
 
     Sub-folder names (sorted) are the classes. Each file is read with its axes (a TIFF's ImageJ
-    axes) and must be
-    ``YX``, ``CYX`` (one channel is added to ``YX``) or RGB (its red, green and blue become three
-    channels, as the ImageJ Classify command gives them to a 3-channel classifier); all must share
-    one shape. Items are
-    ordered by class, then file name; ``names`` are ``class/file``.
+    axes) and must be ``YX``, ``CYX`` (one channel is added to ``YX``) or RGB (its red, green and
+    blue become three channels, as the ImageJ Classify command gives them to a 3-channel
+    classifier); all must share one shape. Items are ordered by class, then file name; ``names``
+    are ``class/file``.
     """
     from ..io.raster import IMAGE_SUFFIXES, image_files, read_image
 
