@@ -1,4 +1,4 @@
-// ijtorch example: segment a whole folder of TIFFs, or one image larger than memory, on a Dask cluster.
+// ijtorch example: segment a whole folder of images (TIFF, PNG, ...), or one image larger than memory, on a Dask cluster.
 // Argument: "input=<folder, big TIFF or OME-Zarr> output=<folder> [model=nuclei] [workers=0] [scheduler=tcp://host:8786]"
 //   (no spaces in the values)
 //   workers=0: a local cluster with one worker process per CPU core; scheduler: an existing Dask scheduler

@@ -39,8 +39,8 @@ def _train_pixels(args: argparse.Namespace) -> int:
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
     p = add_command_parser(sub, "train-pixels",
                            help="train a pixel classifier (a class per pixel) from sparse strokes or class images")
-    p.add_argument("images", help="a TIFF (YX or CYX) or a folder of TIFFs")
-    p.add_argument("annotations", help="annotation TIFF(s) with the same names: 0 = unannotated, 1..C = classes")
+    p.add_argument("images", help="an image (YX, CYX or RGB; TIFF, PNG, ...) or a folder of them")
+    p.add_argument("annotations", help="annotation image(s) with the same names (TIFF or PNG): 0 = unannotated, 1..C = classes")
     cli_option(p, "--output", required=True, help="model folder to write (apply it with 'ijtorch segment --model')",
                reason="a model folder on this machine (the ImageJ command's name is a user model)")
     cli_option(p, "--device", default="auto", help="auto, cpu, cuda or mps",

@@ -1,5 +1,5 @@
 """``ijtorch segment-cluster --input FOLDER|IMAGE``: the ``ijtorch Segment on Cluster`` command on the
-command line (its options generated from the command's model): a folder of TIFFs one task per image,
+command line (its options generated from the command's model): a folder of images (TIFF, PNG, JPEG, ...) one task per image,
 or one image larger than memory block by block, on a Dask cluster (:mod:`ijtorch.scale.submit`)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _segment_cluster(args: argparse.Namespace) -> int:
     cmd = get_command("ijtorch Segment on Cluster")
     p = params_from_args(cmd.params, args)
     if not p.input:
-        raise ValueError("--input: give a folder of TIFFs or one big image (TIFF or OME-Zarr)")
+        raise ValueError("--input: give a folder of images or one big image (TIFF or OME-Zarr)")
     bars: dict[str, CountProgress] = {}
 
     def progress(event: ProgressEvent) -> None:  # files, or blocks of each phase, as the cluster finishes them
@@ -43,6 +43,6 @@ def _segment_cluster(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub: "argparse._SubParsersAction") -> None:
-    p = add_command_parser(sub, "segment-cluster", help="segment a folder of TIFFs (one task per image) or one "
+    p = add_command_parser(sub, "segment-cluster", help="segment a folder of images (one task per image) or one "
                                                         "image larger than memory (block by block) on a Dask cluster")
     p.set_defaults(func=_segment_cluster)

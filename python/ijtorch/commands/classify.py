@@ -61,7 +61,7 @@ class Weighting(str, Enum):
 
 class TrainClassifierParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: TrainSource = Field(TrainSource.image, description="ROIs on the current image, or a folder with one sub-folder of TIFFs per class")
+    source: TrainSource = Field(TrainSource.image, description="ROIs on the current image, or a folder with one sub-folder of images (TIFF, PNG, ...) per class")
     folder: str = Field("", description="folder with class sub-folders (source=folder)")
     class_from: ClassFrom = Field(ClassFrom.name, description="class of a ROI: its name prefix (mitotic_001 → mitotic) or its ROI Manager group")
     name: str = Field("my-classifier", description="name of the new model (saved in the user model folder)")

@@ -28,7 +28,7 @@ SCALE_ROOT_ENV = "IJTORCH_SCALE_ROOT"
 
 class ClusterSegmentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: str = Field("", description="a folder of TIFFs (one task per image) or one big image, TIFF or OME-Zarr "
+    input: str = Field("", description="a folder of images (TIFF, PNG, ...; one task per image) or one big image, TIFF or OME-Zarr "
                                        "(segmented block by block); empty = the folder of the current image")
     output: str = Field("", description="folder for the results (label maps, RoiSet.zip, measurements); "
                                         "empty = <input>-labels beside the input")
