@@ -29,15 +29,15 @@ def _input_files(inputs: list[str]) -> list[Path]:
     """The image files given (TIFF, PNG, JPEG, BMP, GIF, WebP), folders expanded (sorted); a missing
     input, an empty folder, or two inputs whose outputs would share a name (``a.tif`` and ``a.png``:
     outputs are named by the input's stem) is a usage error."""
-    from ..io.raster import IMAGE_SUFFIXES as suffixes
+    from ..io.raster import IMAGE_SUFFIXES, image_files
 
     files: list[Path] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
+            found = image_files(path)
             if not found:
-                raise UsageError(f"folder {path} holds no image files ({', '.join(suffixes)})")
+                raise UsageError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)

@@ -58,9 +58,9 @@ def is_big_image(path: Path) -> bool:
 def folder_inputs(folder: Path) -> list[Path]:
     """The images of ``folder`` (TIFF, PNG, JPEG, ...; sorted; hidden files left out), as ``ijtorch
     segment FOLDER`` takes them."""
-    from ..io.raster import IMAGE_SUFFIXES
+    from ..io.raster import IMAGE_SUFFIXES, image_files
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = image_files(folder)
     if not files:
         raise IjtorchError(f"folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -25,7 +25,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Pair:
     """One training item: an image, its label map and a name (the file stem)."""
